@@ -1,0 +1,376 @@
+//! Settings: every one is a command-line flag with an environment variable, typed, with its
+//! default here and nowhere else, and validated before anything starts.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// pgway: a gRPC gateway for PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "pgway", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Settings for `pgway` without a subcommand (the same as `pgway serve`).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Start a private, throwaway PostgreSQL from the installed server binaries and serve the
+    /// gateway against it on loopback. Ctrl-C stops both and removes the data directory.
+    Dev(DevArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Everything `pgway serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// PostgreSQL connection URL or key=value string. Falls back to DATABASE_URL.
+    #[arg(long, env = "PGWAY_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "PGWAY_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Connections kept open and ready even when idle.
+    #[arg(long, env = "PGWAY_POOL_MIN", default_value_t = 2)]
+    pub pool_min: u32,
+
+    /// Most connections the pool opens [default: 4 per CPU core, clamped to 5..=20].
+    #[arg(long, env = "PGWAY_POOL_MAX")]
+    pub pool_max: Option<u32>,
+
+    /// How long a call may wait for a free connection before it fails with UNAVAILABLE
+    /// (reason POOL_TIMEOUT).
+    #[arg(long, env = "PGWAY_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub acquire_timeout: Duration,
+
+    /// How long opening one database connection may take.
+    #[arg(long, env = "PGWAY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// The longest any call may run; a caller's shorter `grpc-timeout` wins.
+    #[arg(long, env = "PGWAY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Most rows a unary Query returns, and QueryStream's default cap; a request's `max_rows`
+    /// may lower it, never raise it.
+    #[arg(long, env = "PGWAY_MAX_ROWS", default_value_t = 10_000)]
+    pub max_rows: u32,
+
+    /// Most bytes in one unary reply. gRPC clients refuse messages over 4 MiB by default, so
+    /// the default leaves room below that.
+    #[arg(long, env = "PGWAY_MAX_RESPONSE_BYTES", default_value = "3MiB", value_parser = parse_bytes)]
+    pub max_response_bytes: usize,
+
+    /// Rows per QueryStream message (a message also ends at 256 KiB).
+    #[arg(long, env = "PGWAY_STREAM_BATCH_ROWS", default_value_t = 500)]
+    pub stream_batch_rows: u32,
+
+    /// Prepared statements cached per connection (least recently used are closed first).
+    #[arg(long, env = "PGWAY_STATEMENT_CACHE_SIZE", default_value = "256")]
+    pub statement_cache_size: NonZeroUsize,
+
+    /// A connection is closed after this long (each gets up to 10% less, so they don't all
+    /// reconnect at once).
+    #[arg(long, env = "PGWAY_CONN_MAX_LIFETIME", default_value = "30m", value_parser = parse_duration)]
+    pub conn_max_lifetime: Duration,
+
+    /// An idle connection above PGWAY_POOL_MIN is closed after this long.
+    #[arg(long, env = "PGWAY_CONN_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub conn_idle_timeout: Duration,
+
+    /// How many times Transaction runs a transaction that hit a serialization failure or a
+    /// deadlock before answering ABORTED.
+    #[arg(long, env = "PGWAY_TX_MAX_ATTEMPTS", default_value_t = 5)]
+    pub tx_max_attempts: u32,
+
+    /// An interactive transaction with no message for this long is rolled back.
+    #[arg(long, env = "PGWAY_TX_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tx_idle_timeout: Duration,
+
+    /// An interactive transaction open for longer than this is rolled back.
+    #[arg(long, env = "PGWAY_TX_MAX_DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub tx_max_duration: Duration,
+
+    /// How often the readiness monitor checks the database.
+    #[arg(long, env = "PGWAY_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+
+    /// On SIGTERM/SIGINT, how long calls in flight may take to finish.
+    #[arg(long, env = "PGWAY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format [default: json when stdout is not a terminal, text otherwise].
+    #[arg(long, env = "PGWAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Settings of `pgway dev`.
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    /// Address the gRPC server listens on (loopback only).
+    #[arg(long, env = "PGWAY_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Directory with the PostgreSQL server binaries (initdb, postgres, pg_ctl).
+    #[arg(long, env = "PGWAY_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+}
+
+/// The validated settings the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: tokio_postgres::Config,
+    pub grpc_addr: SocketAddr,
+    pub pool: PoolConfig,
+    pub limits: Limits,
+    pub request_timeout: Duration,
+    pub tx: TxConfig,
+    pub health_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// How the pool makes, keeps and hands out connections.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub min: u32,
+    pub max: u32,
+    pub acquire_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub statement_cache_size: NonZeroUsize,
+}
+
+/// Bounds on what one call may return.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_rows: u32,
+    pub max_response_bytes: usize,
+    pub stream_batch_rows: u32,
+    pub stream_batch_bytes: usize,
+}
+
+/// Transaction settings.
+#[derive(Debug, Clone, Copy)]
+pub struct TxConfig {
+    pub max_attempts: u32,
+    pub idle_timeout: Duration,
+    pub max_duration: Duration,
+}
+
+/// A setting that can't be used, named by its environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+/// The default pool size: 4 connections per core, clamped to 5..=20. More connections than the
+/// server has cores to run them only add contention; fewer than 5 starve bursts.
+pub fn default_pool_max() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    u32::try_from(cores.saturating_mul(4))
+        .unwrap_or(u32::MAX)
+        .clamp(5, 20)
+}
+
+impl ServeArgs {
+    /// Checks every setting and builds the [`Config`] the gateway runs with.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let url = match &self.database_url {
+            Some(url) => url.clone(),
+            None => std::env::var("DATABASE_URL").map_err(|_| {
+                invalid(
+                    "PGWAY_DATABASE_URL",
+                    "not set (nor DATABASE_URL): say which database to serve",
+                )
+            })?,
+        };
+        // The parse error of tokio-postgres never echoes the URL, so no password can leak here.
+        let mut database: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| invalid("PGWAY_DATABASE_URL", format!("not a valid connection string: {e}")))?;
+        if database.get_hosts().is_empty() {
+            return Err(invalid("PGWAY_DATABASE_URL", "names no host"));
+        }
+        if database.get_application_name().is_none() {
+            database.application_name("pgway");
+        }
+        // Without these a dead host hangs a connection for hours (keepalives idle 2 h by default).
+        database
+            .connect_timeout(self.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(10));
+
+        let max = self.pool_max.unwrap_or_else(default_pool_max);
+        if max == 0 {
+            return Err(invalid("PGWAY_POOL_MAX", "must be at least 1"));
+        }
+        if self.pool_min > max {
+            return Err(invalid(
+                "PGWAY_POOL_MIN",
+                format!("{} is above PGWAY_POOL_MAX ({max})", self.pool_min),
+            ));
+        }
+        for (setting, value) in [
+            ("PGWAY_ACQUIRE_TIMEOUT", self.acquire_timeout),
+            ("PGWAY_CONNECT_TIMEOUT", self.connect_timeout),
+            ("PGWAY_REQUEST_TIMEOUT", self.request_timeout),
+            ("PGWAY_CONN_MAX_LIFETIME", self.conn_max_lifetime),
+            ("PGWAY_CONN_IDLE_TIMEOUT", self.conn_idle_timeout),
+            ("PGWAY_TX_IDLE_TIMEOUT", self.tx_idle_timeout),
+            ("PGWAY_TX_MAX_DURATION", self.tx_max_duration),
+            ("PGWAY_HEALTH_INTERVAL", self.health_interval),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(setting, "must be more than zero"));
+            }
+        }
+        if self.max_rows == 0 {
+            return Err(invalid("PGWAY_MAX_ROWS", "must be at least 1"));
+        }
+        if self.stream_batch_rows == 0 {
+            return Err(invalid("PGWAY_STREAM_BATCH_ROWS", "must be at least 1"));
+        }
+        if self.tx_max_attempts == 0 {
+            return Err(invalid("PGWAY_TX_MAX_ATTEMPTS", "must be at least 1"));
+        }
+        if self.max_response_bytes < 1024 {
+            return Err(invalid("PGWAY_MAX_RESPONSE_BYTES", "must be at least 1KiB"));
+        }
+
+        Ok(Config {
+            database,
+            grpc_addr: self.grpc_addr,
+            pool: PoolConfig {
+                min: self.pool_min,
+                max,
+                acquire_timeout: self.acquire_timeout,
+                connect_timeout: self.connect_timeout,
+                max_lifetime: self.conn_max_lifetime,
+                idle_timeout: self.conn_idle_timeout,
+                statement_cache_size: self.statement_cache_size,
+            },
+            limits: Limits {
+                max_rows: self.max_rows,
+                max_response_bytes: self.max_response_bytes,
+                stream_batch_rows: self.stream_batch_rows,
+                stream_batch_bytes: (256 * 1024).min(self.max_response_bytes),
+            },
+            request_timeout: self.request_timeout,
+            tx: TxConfig {
+                max_attempts: self.tx_max_attempts,
+                idle_timeout: self.tx_idle_timeout,
+                max_duration: self.tx_max_duration,
+            },
+            health_interval: self.health_interval,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+/// Parses durations such as `250ms`, `5s`, `2m`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 250ms, 5s, 2m)"))
+}
+
+/// Parses sizes such as `4096`, `512KiB`, `3MiB`.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (write sizes like 4096, 512KiB, 3MiB)"))?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1024,
+        "MiB" | "M" | "MB" => 1024 * 1024,
+        "GiB" | "G" | "GB" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB)")),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("3MiB"), Ok(3 * 1024 * 1024));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 * 1024));
+        assert!(parse_bytes("3 parsecs").is_err());
+        assert!(parse_bytes("").is_err());
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5").is_err());
+    }
+
+    #[test]
+    fn default_pool_is_clamped() {
+        let max = default_pool_max();
+        assert!((5..=20).contains(&max));
+    }
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["pgway", "serve", "--database-url", "postgres://u@127.0.0.1/db"];
+        argv.extend_from_slice(extra);
+        match Cli::parse_from(argv).command {
+            Some(Command::Serve(args)) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = args(&["--pool-min", "9", "--pool-max", "3"]).validate().unwrap_err();
+        assert_eq!(err.setting, "PGWAY_POOL_MIN");
+        let err = args(&["--max-rows", "0"]).validate().unwrap_err();
+        assert_eq!(err.setting, "PGWAY_MAX_ROWS");
+        assert!(Cli::try_parse_from(["pgway", "--acquire-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn good_settings_validate() {
+        let config = args(&["--pool-max", "7"]).validate().unwrap();
+        assert_eq!(config.pool.max, 7);
+        assert_eq!(config.limits.max_rows, 10_000);
+    }
+}

@@ -1,0 +1,77 @@
+//! The effective deadline of a call: the caller's `grpc-timeout`, capped by the server's
+//! `PGWAY_REQUEST_TIMEOUT`.
+//!
+//! tonic's own timeout answers CANCELLED when it fires; pgway enforces the deadline itself so
+//! the caller gets DEADLINE_EXCEEDED and the statement on the server is cancelled.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+
+use crate::errors::GatewayError;
+
+/// The deadline of a call that arrived now.
+pub fn effective(metadata: &MetadataMap, server_cap: Duration) -> Instant {
+    let timeout = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(server_cap, |caller| caller.min(server_cap));
+    Instant::now() + timeout
+}
+
+/// Parses the `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Runs `work` until `deadline`; past it the work is dropped (which cancels its statement and
+/// discards its connection) and the call fails with DEADLINE_EXCEEDED.
+pub async fn run<T>(
+    deadline: Instant,
+    started: Instant,
+    work: impl Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(result) => result,
+        Err(_) => Err(GatewayError::DeadlineExceeded(started.elapsed())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("12x"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+    }
+
+    #[test]
+    fn the_server_cap_wins_over_a_longer_caller_timeout() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", "100S".parse().unwrap());
+        let deadline = effective(&metadata, Duration::from_secs(1));
+        assert!(deadline <= Instant::now() + Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,323 @@
+//! A throwaway PostgreSQL cluster: `initdb` into a temporary directory, a server on a free
+//! loopback port, everything removed afterwards. `pgway dev` and the test suite share this code.
+//!
+//! PostgreSQL refuses to run as root, so when the gateway runs as root the server commands run
+//! as the `postgres` OS user (through `runuser`). A watchdog process stops the server and removes
+//! its directory when the process that started it exits, however it exits.
+
+use std::ffi::OsStr;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use clap::Parser;
+use tracing::info;
+
+use crate::config::{Cli, Command as CliCommand, DevArgs};
+
+/// The OS user that runs PostgreSQL when we are root.
+const POSTGRES_OS_USER: &str = "postgres";
+
+/// Why a throwaway cluster could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum DevDbError {
+    #[error(
+        "PostgreSQL server binaries not found (looked at PGWAY_TEST_PG_BIN / PGWAY_PG_BIN, PATH, \
+         `pg_config --bindir` and /usr/lib/postgresql/*/bin). Install the server, for example \
+         `apt-get install postgresql`, or name the directory holding initdb in PGWAY_PG_BIN"
+    )]
+    BinariesNotFound,
+    #[error("{step} failed: {detail}")]
+    Command { step: &'static str, detail: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A running throwaway PostgreSQL server.
+#[derive(Debug)]
+pub struct TempPostgres {
+    bin: PathBuf,
+    root: tempfile::TempDir,
+    port: u16,
+    as_postgres_user: bool,
+    stopped: bool,
+}
+
+/// Finds the directory with `initdb`, `pg_ctl` and `postgres`.
+pub fn find_binaries(explicit: Option<&Path>) -> Result<PathBuf, DevDbError> {
+    let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = explicit {
+        candidates.push(dir.to_owned());
+    }
+    for var in ["PGWAY_TEST_PG_BIN", "PGWAY_PG_BIN"] {
+        if let Some(dir) = std::env::var_os(var) {
+            candidates.push(dir.into());
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path));
+    }
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
+        if output.status.success() {
+            candidates.push(String::from_utf8_lossy(&output.stdout).trim().into());
+        }
+    }
+    // Debian and Ubuntu keep the server out of PATH; take the newest version installed.
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<(u32, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let version = e.file_name().to_str()?.parse().ok()?;
+                Some((version, e.path().join("bin")))
+            })
+            .collect();
+        versions.sort();
+        candidates.extend(versions.into_iter().rev().map(|(_, dir)| dir));
+    }
+    candidates
+        .into_iter()
+        .find(|dir| has_server(dir))
+        .ok_or(DevDbError::BinariesNotFound)
+}
+
+fn is_root() -> bool {
+    // The effective uid, from /proc (no unsafe libc call needed).
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A port the kernel just gave us on loopback; free again once the probe socket is closed.
+fn free_port() -> Result<u16, DevDbError> {
+    let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(probe.local_addr()?.port())
+}
+
+impl TempPostgres {
+    /// Runs `initdb` and starts the server. Blocking: call it from `spawn_blocking` in async code.
+    pub fn start(bin: Option<&Path>) -> Result<TempPostgres, DevDbError> {
+        let bin = find_binaries(bin)?;
+        let root = tempfile::Builder::new().prefix("pgway-pg-").tempdir()?;
+        let as_postgres_user = is_root();
+        if as_postgres_user {
+            let status = Command::new("chown")
+                .args([POSTGRES_OS_USER, &root.path().display().to_string()])
+                .status()?;
+            if !status.success() {
+                return Err(DevDbError::Setup(format!(
+                    "cannot hand {} to the {POSTGRES_OS_USER} user (does it exist?)",
+                    root.path().display()
+                )));
+            }
+        }
+        let mut db = TempPostgres {
+            bin,
+            root,
+            port: 0,
+            as_postgres_user,
+            stopped: true,
+        };
+        db.run(
+            "initdb",
+            "initdb",
+            [
+                "-D",
+                &db.data_dir(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        )?;
+        db.spawn_watchdog()?;
+        // Another process may take the port between our probe and the server's bind: retry.
+        let mut last_error = None;
+        for _ in 0..5 {
+            db.port = free_port()?;
+            match db.pg_ctl_start() {
+                Ok(()) => {
+                    db.stopped = false;
+                    return Ok(db);
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or(DevDbError::Setup("could not start".into())))
+    }
+
+    fn data_dir(&self) -> String {
+        self.root.path().join("data").display().to_string()
+    }
+
+    fn socket_dir(&self) -> String {
+        self.root.path().display().to_string()
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres_user {
+            let mut command = Command::new("runuser");
+            command.args(["-u", POSTGRES_OS_USER, "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn run<I, S>(&self, step: &'static str, program: &str, args: I) -> Result<(), DevDbError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let output = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(DevDbError::Command {
+                step,
+                detail: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+            })
+        }
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), DevDbError> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB",
+            self.port,
+            self.socket_dir()
+        );
+        let log = self.root.path().join("postgres.log").display().to_string();
+        self.run(
+            "starting PostgreSQL",
+            "pg_ctl",
+            ["start", "-w", "-t", "60", "-D", &self.data_dir(), "-l", &log, "-o", &options],
+        )
+    }
+
+    /// A process that outlives us just long enough to stop the server and delete its files
+    /// when we are gone, even if we were killed.
+    fn spawn_watchdog(&self) -> Result<(), DevDbError> {
+        let stop = format!(
+            "{runuser}{pg_ctl} stop -D {data} -m immediate",
+            runuser = if self.as_postgres_user {
+                format!("runuser -u {POSTGRES_OS_USER} -- ")
+            } else {
+                String::new()
+            },
+            pg_ctl = self.bin.join("pg_ctl").display(),
+            data = self.data_dir(),
+        );
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             if [ -d {data} ]; then {stop} >/dev/null 2>&1; rm -rf {root}; fi",
+            pid = std::process::id(),
+            data = self.data_dir(),
+            root = self.root.path().display(),
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(())
+    }
+
+    /// The loopback port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for `database` as the superuser `postgres`.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Runs a SQL script with psql as the superuser, for test set-up.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<(), DevDbError> {
+        self.run(
+            "psql",
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
+        )
+    }
+
+    /// Stops the server (fast shutdown: running transactions are rolled back).
+    pub fn stop(&mut self) -> Result<(), DevDbError> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        self.run("stopping PostgreSQL", "pg_ctl", ["stop", "-w", "-D", &self.data_dir(), "-m", "fast"])
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        // TempDir removes the directory itself after this.
+    }
+}
+
+/// `pgway dev`: a private PostgreSQL and the gateway in front of it, until Ctrl-C.
+pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if !args.grpc_addr.ip().is_loopback() {
+        return Err(format!(
+            "pgway dev serves on loopback only, not {} (it has no authentication)",
+            args.grpc_addr
+        )
+        .into());
+    }
+    let bin = args.pg_bin.clone();
+    let mut postgres = tokio::task::spawn_blocking(move || TempPostgres::start(bin.as_deref())).await??;
+    info!(port = postgres.port(), url = %postgres.url("postgres"), "throwaway PostgreSQL started");
+    let addr = args.grpc_addr.to_string();
+    let url = postgres.url("postgres");
+    let cli = Cli::try_parse_from(["pgway", "serve", "--database-url", &url, "--grpc-addr", &addr])?;
+    let Some(CliCommand::Serve(serve)) = cli.command else {
+        return Err("internal: dev settings did not parse as serve".into());
+    };
+    let config = serve.validate()?;
+    let served = crate::server::run(config).await;
+    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    info!("throwaway PostgreSQL stopped and removed");
+    Ok(served?)
+}

@@ -1,0 +1,507 @@
+//! Running statements on a checked-out connection.
+//!
+//! Every function here marks the connection busy before it sends anything and idle only when
+//! the answer was read to the end and no transaction is left open. If the future is dropped in
+//! between (deadline, caller gone) the connection comes back busy and the pool discards it,
+//! sending a cancel for whatever still runs on it: a connection in an unknown state is never
+//! handed to the next caller.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_postgres::Statement;
+use tokio_postgres::error::SqlState;
+use tonic::Status;
+
+use crate::config::Limits;
+use crate::errors::GatewayError;
+use crate::pool::{PgConn, PooledConn};
+use crate::proto::{self, IsolationLevel};
+use crate::values::{Param, RowDecoder, params_from_proto, row_wire_size};
+
+/// The caps that apply to one unary result.
+#[derive(Debug, Clone, Copy)]
+pub struct ResultCaps {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+}
+
+impl ResultCaps {
+    /// The caps for a request: its own `max_rows` may lower the server's, never raise it.
+    pub fn for_request(requested_rows: u32, limits: &Limits) -> Self {
+        let max_rows = match requested_rows {
+            0 => limits.max_rows,
+            n => n.min(limits.max_rows),
+        };
+        ResultCaps {
+            max_rows: max_rows as usize,
+            max_bytes: limits.max_response_bytes,
+        }
+    }
+}
+
+/// Whether an error is PostgreSQL saying a cached plan went stale after a schema change
+/// ("cached plan must not change result type"): preparing the statement again cures it.
+pub fn is_stale_plan(error: &GatewayError) -> bool {
+    error
+        .sqlstate()
+        .is_some_and(|s| *s == SqlState::FEATURE_NOT_SUPPORTED)
+        && error.to_string().contains("cached plan")
+}
+
+/// Prepares `sql` on the connection (cached) and converts the parameters to its types.
+async fn prepare(
+    conn: &mut PgConn,
+    sql: &str,
+    values: &[proto::Value],
+) -> Result<(Statement, Vec<Param>), GatewayError> {
+    if sql.trim().is_empty() {
+        return Err(GatewayError::InvalidArgument("sql is empty".into()));
+    }
+    let statement = conn
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, false))?;
+    let params = params_from_proto(values, statement.params())?;
+    Ok((statement, params))
+}
+
+/// Runs a prepared statement and reads its whole result within `caps`; the connection must be
+/// idle again afterwards unless an error says otherwise.
+async fn fetch(
+    conn: &PgConn,
+    statement: &Statement,
+    params: &[Param],
+    caps: ResultCaps,
+) -> Result<proto::QueryResponse, GatewayError> {
+    let stream = conn
+        .client()
+        .query_raw(statement, params.iter())
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, true))?;
+    futures::pin_mut!(stream);
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = stream
+        .try_next()
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, true))?
+    {
+        // Stop reading as soon as the cap is passed: the rest is never buffered. The
+        // connection stays busy, so it is discarded and the statement cancelled.
+        if rows.len() == caps.max_rows {
+            return Err(GatewayError::ResultTooLarge(format!(
+                "the result has more than {} rows, the most a unary Query returns; use QueryStream",
+                caps.max_rows
+            )));
+        }
+        bytes += row_wire_size(&row);
+        if bytes > caps.max_bytes {
+            return Err(too_many_bytes(caps.max_bytes));
+        }
+        rows.push(row);
+    }
+    let rows_affected = stream.rows_affected().unwrap_or(rows.len() as u64);
+    let decoder = RowDecoder::new(statement.columns());
+    let rows = decoder.decode(&rows, conn.client()).await?;
+    let response = proto::QueryResponse {
+        columns: RowDecoder::columns_to_proto(statement.columns()),
+        rows,
+        rows_affected,
+    };
+    // The binary size was an estimate (some types are longer as text): check the real one.
+    if response.encoded_len() > caps.max_bytes {
+        return Err(too_many_bytes(caps.max_bytes));
+    }
+    Ok(response)
+}
+
+fn too_many_bytes(max_bytes: usize) -> GatewayError {
+    GatewayError::ResultTooLarge(format!(
+        "the result is larger than {max_bytes} bytes, the most a unary Query returns; use QueryStream"
+    ))
+}
+
+/// Marks the connection idle when the error left it in a known state.
+fn settle(conn: &mut PgConn, result: &Result<impl Sized, GatewayError>) {
+    match result {
+        Ok(_) => conn.mark_idle(),
+        Err(GatewayError::ResultTooLarge(_)) => {}
+        Err(error) if error.breaks_connection() => {}
+        Err(_) => conn.mark_idle(),
+    }
+}
+
+/// One statement in autocommit mode (or in a READ ONLY transaction when asked).
+pub async fn query(
+    conn: &mut PgConn,
+    request: &proto::QueryRequest,
+    caps: ResultCaps,
+) -> Result<proto::QueryResponse, GatewayError> {
+    let (mut statement, mut params) = prepare(conn, &request.sql, &request.params).await?;
+    conn.mark_busy();
+    if request.read_only {
+        let result = read_only_query(conn, &statement, &params, caps).await;
+        settle(conn, &result);
+        return result;
+    }
+    let mut result = fetch(conn, &statement, &params, caps).await;
+    if result.as_ref().err().is_some_and(is_stale_plan) {
+        // The failed Bind ran nothing; prepare afresh and run once more.
+        conn.forget_statement(&request.sql);
+        (statement, params) = prepare(conn, &request.sql, &request.params).await?;
+        result = fetch(conn, &statement, &params, caps).await;
+    }
+    settle(conn, &result);
+    result
+}
+
+async fn read_only_query(
+    conn: &PgConn,
+    statement: &Statement,
+    params: &[Param],
+    caps: ResultCaps,
+) -> Result<proto::QueryResponse, GatewayError> {
+    let client = conn.client();
+    client
+        .batch_execute("BEGIN READ ONLY")
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, false))?;
+    match fetch(conn, statement, params, caps).await {
+        Ok(response) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| GatewayError::from_postgres(e, false))?;
+            Ok(response)
+        }
+        Err(error) => {
+            if !error.breaks_connection() && !matches!(error, GatewayError::ResultTooLarge(_)) {
+                client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(|e| GatewayError::from_postgres(e, false))?;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The SQL that opens a transaction with the requested options.
+pub fn begin_sql(isolation: IsolationLevel, read_only: bool, deferrable: bool) -> String {
+    let mut sql = String::from("BEGIN");
+    match isolation {
+        IsolationLevel::Unspecified => {}
+        IsolationLevel::ReadCommitted => sql.push_str(" ISOLATION LEVEL READ COMMITTED"),
+        IsolationLevel::RepeatableRead => sql.push_str(" ISOLATION LEVEL REPEATABLE READ"),
+        IsolationLevel::Serializable => sql.push_str(" ISOLATION LEVEL SERIALIZABLE"),
+    }
+    if read_only {
+        sql.push_str(" READ ONLY");
+    }
+    if deferrable {
+        sql.push_str(" DEFERRABLE");
+    }
+    sql
+}
+
+/// The isolation level of a request, refusing numbers the proto doesn't define.
+pub fn isolation_level(value: i32) -> Result<IsolationLevel, GatewayError> {
+    IsolationLevel::try_from(value)
+        .map_err(|_| GatewayError::InvalidArgument(format!("unknown isolation_level {value}")))
+}
+
+/// Runs all statements of a Transaction request once, in one transaction. On error the
+/// transaction is rolled back (when the connection still works) and the error names the
+/// statement.
+pub async fn transaction_once(
+    conn: &mut PgConn,
+    request: &proto::TransactionRequest,
+    caps: ResultCaps,
+) -> Result<Vec<proto::QueryResponse>, GatewayError> {
+    let isolation = isolation_level(request.isolation_level)?;
+    let begin = begin_sql(isolation, request.read_only, request.deferrable);
+    conn.mark_busy();
+    conn.client()
+        .batch_execute(&begin)
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, false))?;
+    let mut results = Vec::with_capacity(request.statements.len());
+    for (index, statement) in request.statements.iter().enumerate() {
+        let request = proto::QueryRequest {
+            sql: statement.sql.clone(),
+            params: statement.params.clone(),
+            ..Default::default()
+        };
+        match statement_in_transaction(conn, &request, caps).await {
+            Ok(result) => results.push(result),
+            Err(error) => {
+                rollback(conn, &error).await;
+                return Err(GatewayError::InStatement {
+                    index,
+                    error: Box::new(error),
+                });
+            }
+        }
+    }
+    commit(conn).await?;
+    Ok(results)
+}
+
+/// Runs one statement inside an open transaction. A connection lost here means the
+/// transaction is rolled back by the server: nothing was applied.
+pub async fn statement_in_transaction(
+    conn: &mut PgConn,
+    request: &proto::QueryRequest,
+    caps: ResultCaps,
+) -> Result<proto::QueryResponse, GatewayError> {
+    let outcome = match prepare(conn, &request.sql, &request.params).await {
+        Ok((prepared, params)) => fetch(conn, &prepared, &params, caps).await,
+        Err(error) => Err(error),
+    };
+    outcome.map_err(|error| {
+        if is_stale_plan(&error) {
+            conn.forget_statement(&request.sql);
+        }
+        match error {
+            GatewayError::OutcomeUnknown(message) => GatewayError::ConnectionLost(message),
+            other => other,
+        }
+    })
+}
+
+/// Commits the open transaction. If the connection breaks after COMMIT was sent, nobody
+/// knows whether it committed: that is OUTCOME_UNKNOWN, never OK and never "retry".
+pub async fn commit(conn: &mut PgConn) -> Result<(), GatewayError> {
+    match conn.client().batch_execute("COMMIT").await {
+        Ok(()) => {
+            conn.mark_idle();
+            Ok(())
+        }
+        // The server answered (a serialization failure at commit, a deferred constraint):
+        // the transaction is over and the connection idle.
+        Err(error) if error.as_db_error().is_some() => {
+            conn.mark_idle();
+            Err(GatewayError::from_postgres(error, true))
+        }
+        Err(error) => Err(GatewayError::from_postgres(error, true)),
+    }
+}
+
+/// Ends a failed transaction so the connection can be reused; leaves it busy (discarded) when
+/// the connection itself is the problem.
+async fn rollback(conn: &mut PgConn, error: &GatewayError) {
+    if error.breaks_connection() || matches!(error, GatewayError::ResultTooLarge(_)) {
+        return;
+    }
+    if conn.client().batch_execute("ROLLBACK").await.is_ok() {
+        conn.mark_idle();
+    }
+}
+
+/// Backoff before attempt `attempt + 1` of a conflicting transaction: exponential from 10 ms,
+/// capped at 1 s, with full jitter so the conflicting callers spread out.
+pub fn conflict_backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(10)
+        .saturating_mul(1 << attempt.min(10))
+        .min(Duration::from_secs(1));
+    cap.mul_f64(rand::random::<f64>())
+}
+
+/// Streams a statement's result in batches over `sender`. The statement runs through a portal
+/// inside a transaction, fetched a batch at a time: PostgreSQL produces the next rows only when
+/// the caller has taken the previous ones, and the gateway holds one batch at a time.
+pub async fn query_stream(
+    mut conn: PooledConn,
+    request: proto::QueryRequest,
+    limits: Limits,
+    sender: mpsc::Sender<Result<proto::QueryStreamResponse, Status>>,
+) -> Result<(), GatewayError> {
+    let (statement, params) = prepare(&mut conn, &request.sql, &request.params).await?;
+    let max_rows = match request.max_rows {
+        0 => u64::MAX,
+        n => u64::from(n),
+    };
+    conn.mark_busy();
+    if statement.columns().is_empty() {
+        // Nothing to stream: a plain command.
+        let rows_affected = if request.read_only {
+            let response = read_only_query(&conn, &statement, &params, ResultCaps {
+                max_rows: 0,
+                max_bytes: limits.max_response_bytes,
+            })
+            .await;
+            settle(&mut conn, &response);
+            response?.rows_affected
+        } else {
+            let result = conn
+                .client()
+                .execute_raw(&statement, params.iter())
+                .await
+                .map_err(|e| GatewayError::from_postgres(e, true));
+            settle(&mut conn, &result);
+            result?
+        };
+        let _ = sender
+            .send(Ok(proto::QueryStreamResponse {
+                rows_affected,
+                ..Default::default()
+            }))
+            .await;
+        return Ok(());
+    }
+
+    let decoder = RowDecoder::new(statement.columns());
+    let mut columns = RowDecoder::columns_to_proto(statement.columns());
+    let transaction = conn
+        .client_mut()
+        .build_transaction()
+        .read_only(request.read_only)
+        .start()
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, false))?;
+    let portal = transaction
+        .bind_raw(&statement, params.iter())
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, true))?;
+
+    let batch_rows = u64::from(limits.stream_batch_rows);
+    // Start small, then size fetches so one batch is about stream_batch_bytes.
+    let mut fetch_rows = batch_rows.min(64);
+    let mut sent_rows = 0u64;
+    let (last_rows, truncated) = loop {
+        let remaining = max_rows - sent_rows;
+        // One row past the cap tells whether the result was cut short.
+        let want = fetch_rows.min(remaining.saturating_add(1));
+        let mut rows: Vec<tokio_postgres::Row> = transaction
+            .query_portal_raw(&portal, i32::try_from(want).unwrap_or(i32::MAX))
+            .await
+            .map_err(|e| GatewayError::from_postgres(e, true))?
+            .try_collect()
+            .await
+            .map_err(|e| GatewayError::from_postgres(e, true))?;
+        let fetched = rows.len() as u64;
+        let truncated = fetched > remaining;
+        if truncated {
+            rows.truncate(remaining as usize);
+        }
+        if fetched > 0 {
+            let wire: usize = rows.iter().map(row_wire_size).sum();
+            let per_row = (wire as u64 / fetched).max(1);
+            fetch_rows = (limits.stream_batch_bytes as u64 / per_row).clamp(1, batch_rows);
+        }
+        let decoded = decoder.decode(&rows, &transaction).await?;
+        sent_rows += rows.len() as u64;
+        drop(rows);
+        if truncated || fetched < want {
+            break (decoded, truncated);
+        }
+        for message in split_batches(std::mem::take(&mut columns), decoded, &limits)? {
+            if sender.send(Ok(message)).await.is_err() {
+                // The caller is gone: the open transaction leaves the connection busy, so it
+                // is discarded with its portal (and a cancel is sent).
+                return Ok(());
+            }
+        }
+    };
+    // Commit before the last rows go out, so a failing COMMIT (a deferred constraint of an
+    // INSERT ... RETURNING) is reported instead of a result that didn't happen.
+    transaction
+        .commit()
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, true))?;
+    conn.mark_idle();
+    let mut messages = split_batches(columns, last_rows, &limits)?;
+    match messages.last_mut() {
+        Some(last) => {
+            last.rows_affected = sent_rows;
+            last.truncated = truncated;
+        }
+        None => messages.push(proto::QueryStreamResponse {
+            rows_affected: sent_rows,
+            truncated,
+            ..Default::default()
+        }),
+    }
+    for message in messages {
+        if sender.send(Ok(message)).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Cuts decoded rows into messages of at most `stream_batch_bytes` (a single larger row goes
+/// alone, if it fits in `max_response_bytes`). The first message carries the columns.
+fn split_batches(
+    mut columns: Vec<proto::Column>,
+    rows: Vec<proto::Row>,
+    limits: &Limits,
+) -> Result<Vec<proto::QueryStreamResponse>, GatewayError> {
+    let mut messages = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0usize;
+    for row in rows {
+        let len = row.encoded_len();
+        if len > limits.max_response_bytes {
+            return Err(GatewayError::ResultTooLarge(format!(
+                "a single row is {len} bytes, more than the {} a message may carry",
+                limits.max_response_bytes
+            )));
+        }
+        if !current.is_empty() && size + len > limits.stream_batch_bytes {
+            messages.push(proto::QueryStreamResponse {
+                columns: std::mem::take(&mut columns),
+                rows: std::mem::take(&mut current),
+                ..Default::default()
+            });
+            size = 0;
+        }
+        size += len + 4;
+        current.push(row);
+    }
+    if !current.is_empty() || !columns.is_empty() {
+        messages.push(proto::QueryStreamResponse {
+            columns,
+            rows: current,
+            ..Default::default()
+        });
+    }
+    Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_says_what_was_asked() {
+        assert_eq!(begin_sql(IsolationLevel::Unspecified, false, false), "BEGIN");
+        assert_eq!(
+            begin_sql(IsolationLevel::Serializable, true, true),
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE"
+        );
+    }
+
+    #[test]
+    fn request_rows_never_raise_the_cap() {
+        let limits = Limits {
+            max_rows: 100,
+            max_response_bytes: 1 << 20,
+            stream_batch_rows: 10,
+            stream_batch_bytes: 1 << 16,
+        };
+        assert_eq!(ResultCaps::for_request(0, &limits).max_rows, 100);
+        assert_eq!(ResultCaps::for_request(5, &limits).max_rows, 5);
+        assert_eq!(ResultCaps::for_request(500, &limits).max_rows, 100);
+    }
+
+    #[test]
+    fn conflict_backoff_is_bounded() {
+        for attempt in 0..30 {
+            assert!(conflict_backoff(attempt) <= Duration::from_secs(1));
+        }
+    }
+}

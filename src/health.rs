@@ -1,0 +1,90 @@
+//! Health over `grpc.health.v1`: service `""` is liveness, `pgway.v1.Database` is readiness.
+//!
+//! Liveness never depends on the database: a database outage must not make Kubernetes restart
+//! every gateway. Readiness follows a background monitor that checks the database on its own
+//! connection (not one from the pool, so a busy pool doesn't look like a dead database).
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+use tokio_postgres::{Client, NoTls};
+
+/// The readiness service name.
+pub const READINESS: &str = "pgway.v1.Database";
+/// The liveness service name.
+pub const LIVENESS: &str = "";
+
+/// How long one check may take before the database counts as unreachable.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sets both services to NOT_SERVING (start-up before the first check, and shutdown).
+pub async fn set_all_not_serving(reporter: &HealthReporter) {
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status(READINESS, ServingStatus::NotServing)
+        .await;
+}
+
+/// Checks the database every `interval` until `shutdown`, and reports readiness.
+pub async fn monitor(
+    database: tokio_postgres::Config,
+    reporter: HealthReporter,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut conn: Option<Client> = None;
+    let mut ready = false;
+    loop {
+        let ok = tokio::select! {
+            ok = check(&database, &mut conn) => ok,
+            () = shutdown.cancelled() => return,
+        };
+        if ok != ready {
+            ready = ok;
+            if ready {
+                info!("database reachable: ready");
+            } else {
+                warn!("database unreachable: not ready");
+            }
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            // Shutdown owns the statuses once it started.
+            if shutdown.is_cancelled() {
+                return;
+            }
+            reporter.set_service_status(READINESS, status).await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One check on the monitor's own connection, opened (without the pool's backoff, so a
+/// database that came back is seen at once) when there is none.
+async fn check(database: &tokio_postgres::Config, conn: &mut Option<Client>) -> bool {
+    let attempt = async {
+        if conn.as_ref().is_none_or(Client::is_closed) {
+            let (client, connection) = database.connect(NoTls).await.ok()?;
+            tokio::spawn(connection);
+            *conn = Some(client);
+        }
+        conn.as_ref()?.simple_query("SELECT 1").await.ok()
+    };
+    let ok = matches!(tokio::time::timeout(CHECK_TIMEOUT, attempt).await, Ok(Some(_)));
+    if !ok {
+        // Whatever state the check connection is in, start afresh next time.
+        *conn = None;
+    }
+    ok
+}

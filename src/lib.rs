@@ -1,0 +1,42 @@
+//! pgway: a gRPC gateway for PostgreSQL.
+//!
+//! Services call pgway over gRPC (`pgway.v1.Database`) instead of opening their own database
+//! connections; pgway keeps one small, healthy pool of real connections for all of them.
+//!
+//! # Layout
+//! - [`config`]: command line and environment settings, typed and validated at start-up.
+//! - [`pool`]: the bb8 connection manager, pgway's own connection type (client, statement cache,
+//!   state flags) and the checkout path that surfaces connect errors.
+//! - [`values`]: protobuf [`proto::Value`]s to PostgreSQL parameters, and result rows back.
+//! - [`errors`]: the gateway's error type and the one place where errors become `tonic::Status`.
+//! - [`execute`]: running statements on a pooled connection: unary, streamed, transactions.
+//! - [`service`]: the `pgway.v1.Database` handlers.
+//! - [`deadline`]: the effective deadline of a call (`grpc-timeout` against the server's cap).
+//! - [`health`]: liveness and readiness over `grpc.health.v1`.
+//! - [`server`]: assembles the gRPC server and runs it until shutdown.
+//! - [`shutdown`]: waiting for SIGTERM / SIGINT.
+//! - [`devdb`]: a throwaway PostgreSQL cluster for `pgway dev` and the test suite.
+//! - [`logging`]: tracing subscriber set-up (JSON or text).
+
+pub mod config;
+pub mod deadline;
+pub mod devdb;
+pub mod errors;
+pub mod execute;
+pub mod health;
+pub mod logging;
+pub mod pool;
+pub mod server;
+pub mod service;
+pub mod shutdown;
+pub mod values;
+
+/// Code generated from `proto/pgway/v1/pgway.proto`.
+pub mod proto {
+    #![allow(missing_docs, clippy::all, missing_debug_implementations)]
+    tonic::include_proto!("pgway.v1");
+
+    /// The encoded descriptor set of pgway's protos, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/pgway_descriptor.bin"));
+}

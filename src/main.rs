@@ -1,0 +1,46 @@
+//! The `pgway` command: parses settings, sets up logging and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pgway::config::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("pgway: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Serve(args) => {
+            pgway::logging::init(args.log_format);
+            let config = match args.validate() {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("pgway: invalid setting {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            match runtime.block_on(pgway::server::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("pgway: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dev(args) => {
+            pgway::logging::init(None);
+            match runtime.block_on(pgway::devdb::run_dev(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("pgway dev: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The connection pool: bb8 over pgway's own connection type.
+//!
+//! bb8-postgres' manager hands out a bare `Client`, spawns the connection task and drops its
+//! error, and checks every checkout with a round trip. pgway needs more from a connection: an id
+//! and backend PID for the logs, a statement cache, and a flag the code using it sets when it can
+//! no longer vouch for it (a query abandoned mid-flight, a transaction left open). bb8 reads that
+//! flag in `has_broken` when the connection comes back, and drops the connection instead of
+//! pooling it. There is no round trip on checkout: a connection that turns out broken fails the
+//! call before its statement was sent, which is safe to report as UNAVAILABLE.
+//!
+//! bb8 reports connect failures only to its error sink and lets waiters time out with a bare
+//! "timed out". [`Pool::get`] listens to the manager's connect outcomes instead, so that a wrong
+//! password or a missing database reaches the caller at once, as itself.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bb8::{ManageConnection, RunError};
+use lru::LruCache;
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_postgres::{CancelToken, Client, NoTls, Statement};
+use tracing::{debug, info, warn};
+
+use crate::config::PoolConfig;
+use crate::errors::{ConnectError, GatewayError};
+
+/// A connection checked out of the pool; it goes back when dropped.
+pub type PooledConn = bb8::PooledConnection<'static, ConnectionManager>;
+
+/// One PostgreSQL connection as the pool keeps it.
+pub struct PgConn {
+    id: u64,
+    backend_pid: i32,
+    client: Client,
+    cancel_token: CancelToken,
+    statements: LruCache<String, Statement>,
+    /// When the pool should close this connection; jittered so they don't all go at once.
+    retire_at: Instant,
+    /// Set while a statement runs, cleared when its answer was read to the end. A connection
+    /// that comes back with this set was abandoned mid-flight (deadline, caller gone): its
+    /// state is unknown and it is discarded.
+    busy: bool,
+    /// Set by code that knows the connection can't be reused (a broken transaction, session
+    /// state it could not reset).
+    discard: bool,
+}
+
+impl PgConn {
+    /// The pool's id of this connection, for logs.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The PID of the PostgreSQL backend serving this connection.
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// The tokio-postgres client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The client, mutably (to open a transaction).
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Marks the start of work whose interruption would leave the connection in an unknown
+    /// state; [`PgConn::mark_idle`] ends it.
+    pub fn mark_busy(&mut self) {
+        self.busy = true;
+    }
+
+    /// The connection is idle again, with no statement in flight and no transaction open.
+    pub fn mark_idle(&mut self) {
+        self.busy = false;
+    }
+
+    /// Don't return this connection to the pool.
+    pub fn mark_discard(&mut self, reason: &'static str) {
+        if !self.discard {
+            debug!(conn_id = self.id, backend_pid = self.backend_pid, reason, "connection marked for discard");
+        }
+        self.discard = true;
+    }
+
+    /// A prepared statement for `sql`, from this connection's cache or prepared now (a round
+    /// trip only on the first use of a text on this connection).
+    pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        // Pushing out the least recently used statement drops it, and tokio-postgres then
+        // closes it on the server.
+        self.statements.put(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Forgets a cached statement (its plan went stale after a schema change).
+    pub fn forget_statement(&mut self, sql: &str) {
+        self.statements.pop(sql);
+    }
+
+    /// Forgets every cached statement (after `DISCARD ALL` dropped them on the server).
+    pub fn forget_statements(&mut self) {
+        self.statements.clear();
+    }
+}
+
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConn")
+            .field("id", &self.id)
+            .field("backend_pid", &self.backend_pid)
+            .field("busy", &self.busy)
+            .field("discard", &self.discard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        if self.busy {
+            // A statement may still be running for a caller who is gone: ask the server to
+            // stop it, so the backend doesn't keep working (and holding locks) for nobody.
+            let token = self.cancel_token.clone();
+            let (id, pid) = (self.id, self.backend_pid);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(error) = token.cancel_query(NoTls).await {
+                        debug!(conn_id = id, backend_pid = pid, %error, "cancel request failed");
+                    }
+                });
+            }
+        }
+        info!(conn_id = self.id, backend_pid = self.backend_pid, reason = self.close_reason(), "connection closed");
+    }
+}
+
+impl PgConn {
+    fn close_reason(&self) -> &'static str {
+        if self.client.is_closed() {
+            "broken"
+        } else if self.busy {
+            "abandoned"
+        } else if self.discard {
+            "discarded"
+        } else if Instant::now() >= self.retire_at {
+            "lifetime"
+        } else {
+            "idle"
+        }
+    }
+}
+
+/// Makes connections for bb8: one at a time per pool slot, with a jittered backoff after
+/// failures, publishing each outcome for the callers waiting in [`Pool::get`].
+#[derive(Debug)]
+pub struct ConnectionManager {
+    database: tokio_postgres::Config,
+    statement_cache_size: NonZeroUsize,
+    max_lifetime: Duration,
+    next_id: AtomicU64,
+    consecutive_failures: AtomicU32,
+    outcomes: watch::Sender<ConnectOutcome>,
+}
+
+/// The latest connect attempt's outcome, as seen by waiting callers.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOutcome {
+    /// Counts attempts, so that a waiter sees every new one.
+    pub attempt: u64,
+    /// `None` when the attempt succeeded.
+    pub error: Option<Arc<ConnectError>>,
+}
+
+/// Backoff after `failures` failed connects in a row: exponential from 50 ms up to 5 s, with
+/// full jitter, so a restart of the database doesn't meet a synchronised storm of reconnects.
+fn connect_backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let cap = Duration::from_millis(50)
+        .saturating_mul(1 << failures.min(10))
+        .min(Duration::from_secs(5));
+    cap.mul_f64(rand::rng().random::<f64>())
+}
+
+impl ConnectionManager {
+    fn new(database: tokio_postgres::Config, config: &PoolConfig) -> Self {
+        ConnectionManager {
+            database,
+            statement_cache_size: config.statement_cache_size,
+            max_lifetime: config.max_lifetime,
+            next_id: AtomicU64::new(1),
+            consecutive_failures: AtomicU32::new(0),
+            outcomes: watch::Sender::new(ConnectOutcome::default()),
+        }
+    }
+
+    fn publish(&self, error: Option<Arc<ConnectError>>) {
+        self.outcomes.send_modify(|outcome| {
+            outcome.attempt += 1;
+            outcome.error = error;
+        });
+    }
+
+    async fn open(&self, id: u64) -> Result<PgConn, ConnectError> {
+        let (client, connection) = self.database.connect(NoTls).await?;
+        // The connection task is where a broken connection's reason lives: log it with the id.
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                warn!(conn_id = id, %error, "connection ended with an error");
+            }
+        });
+        let backend_pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        let jitter = self.max_lifetime.mul_f64(rand::rng().random_range(0.0..0.1));
+        Ok(PgConn {
+            id,
+            backend_pid,
+            cancel_token: client.cancel_token(),
+            client,
+            statements: LruCache::new(self.statement_cache_size),
+            retire_at: Instant::now() + self.max_lifetime - jitter,
+            busy: false,
+            discard: false,
+        })
+    }
+}
+
+impl ManageConnection for ConnectionManager {
+    type Connection = PgConn;
+    type Error = ConnectError;
+
+    async fn connect(&self) -> Result<PgConn, ConnectError> {
+        let failures = self.consecutive_failures.load(Ordering::Relaxed);
+        let backoff = connect_backoff(failures);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        info!(conn_id = id, attempt = failures + 1, backoff_ms = backoff.as_millis() as u64, "connecting");
+        tokio::time::sleep(backoff).await;
+        match self.open(id).await {
+            Ok(conn) => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                info!(conn_id = id, backend_pid = conn.backend_pid, "connected");
+                self.publish(None);
+                Ok(conn)
+            }
+            Err(error) => {
+                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(conn_id = id, error = %error, sqlstate = error.sqlstate.as_ref().map(|s| s.code()), "connect failed");
+                self.publish(Some(Arc::new(error.clone())));
+                Err(error)
+            }
+        }
+    }
+
+    async fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
+        // Only used if test_on_check_out is turned on, which pgway doesn't do.
+        conn.client.simple_query("").await.map(drop).map_err(ConnectError::from)
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        conn.busy || conn.discard || conn.client.is_closed() || Instant::now() >= conn.retire_at
+    }
+}
+
+/// The gateway's pool: a bb8 pool plus the checkout rules described in the module docs.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    inner: bb8::Pool<ConnectionManager>,
+    outcomes: watch::Receiver<ConnectOutcome>,
+    acquire_timeout: Duration,
+    max: u32,
+}
+
+/// A snapshot of the pool's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+impl Pool {
+    /// Builds the pool; connections are opened in the background (`PGWAY_POOL_MIN` of them
+    /// kept ready), so the gateway starts even while the database is down.
+    pub fn new(database: tokio_postgres::Config, config: &PoolConfig) -> Pool {
+        let manager = ConnectionManager::new(database, config);
+        let outcomes = manager.outcomes.subscribe();
+        let inner = bb8::Pool::builder()
+            .max_size(config.max)
+            .min_idle(Some(config.min))
+            // The round trip per checkout is what pgway exists to avoid; broken connections
+            // are caught by has_broken and by the statement failing before it was sent.
+            .test_on_check_out(false)
+            // Connect retries happen in Pool::get, with backoff and the real error in hand.
+            .retry_connection(false)
+            .connection_timeout(config.acquire_timeout)
+            .idle_timeout(Some(config.idle_timeout))
+            .max_lifetime(None)
+            .error_sink(Box::new(SilentSink))
+            .build_unchecked(manager);
+        Pool {
+            inner,
+            outcomes,
+            acquire_timeout: config.acquire_timeout,
+            max: config.max,
+        }
+    }
+
+    /// Checks a connection out, waiting at most the acquire timeout. Fails at once with
+    /// [`GatewayError::ConnectFailed`] when the database refuses connections for a reason that
+    /// waiting won't fix.
+    pub async fn get(&self) -> Result<PooledConn, GatewayError> {
+        let deadline = tokio::time::Instant::now() + self.acquire_timeout;
+        let mut outcomes = self.outcomes.clone();
+        outcomes.mark_unchanged();
+        let mut last_error = None;
+        loop {
+            tokio::select! {
+                got = tokio::time::timeout_at(deadline, self.inner.get_owned()) => {
+                    return match got {
+                        Ok(Ok(conn)) => Ok(conn),
+                        Ok(Err(RunError::User(error))) => Err(GatewayError::ConnectFailed(Arc::new(error))),
+                        Ok(Err(RunError::TimedOut)) | Err(_) => Err(GatewayError::PoolTimeout {
+                            waited: self.acquire_timeout,
+                            last_connect_error: last_error,
+                        }),
+                    };
+                }
+                Ok(()) = outcomes.changed() => {
+                    let outcome = outcomes.borrow_and_update().clone();
+                    if let Some(error) = outcome.error {
+                        if error.is_permanent() {
+                            return Err(GatewayError::ConnectFailed(error));
+                        }
+                        // bb8 won't try again for a waiter on its own: asking anew (the loop
+                        // drops and restarts the checkout) starts another attempt, which the
+                        // manager delays by its backoff.
+                        last_error = Some(error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many connections are open and idle now.
+    pub fn state(&self) -> PoolState {
+        let state = self.inner.state();
+        PoolState {
+            open: state.connections,
+            idle: state.idle_connections,
+            max: self.max,
+        }
+    }
+}
+
+/// Connect errors are logged by the manager itself, with the connection's id.
+#[derive(Debug, Clone, Copy)]
+struct SilentSink;
+
+impl bb8::ErrorSink<ConnectError> for SilentSink {
+    fn sink(&self, _error: ConnectError) {}
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<ConnectError>> {
+        Box::new(*self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(connect_backoff(0), Duration::ZERO);
+        for failures in 1..40 {
+            let cap = Duration::from_millis(50).saturating_mul(1 << failures.min(10)).min(Duration::from_secs(5));
+            assert!(connect_backoff(failures) <= cap);
+        }
+    }
+}

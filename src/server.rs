@@ -1,0 +1,126 @@
+//! Assembles the gRPC server (the Database service, health, reflection) and runs it until
+//! shutdown, then drains within the grace period.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::health;
+use crate::pool::Pool;
+use crate::proto::{self, database_server::DatabaseServer};
+use crate::service::DatabaseService;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds `config.grpc_addr` and serves until SIGTERM / SIGINT.
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.grpc_addr,
+            source,
+        })?;
+    info!(addr = %config.grpc_addr, "listening");
+    serve(config, listener, crate::shutdown::signal()).await
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting calls, gives the calls
+/// in flight `config.shutdown_grace` to finish, and closes the pool.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let pool = Pool::new(config.database.clone(), &config.pool);
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    // tonic-health reports SERVING for a registered service at once: readiness starts
+    // NOT_SERVING until the monitor has seen the database.
+    reporter
+        .set_service_status(health::READINESS, tonic_health::ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status(health::LIVENESS, tonic_health::ServingStatus::Serving)
+        .await;
+
+    let tasks = TaskTracker::new();
+    let stopping = CancellationToken::new();
+    tasks.spawn(health::monitor(
+        config.database.clone(),
+        reporter.clone(),
+        config.health_interval,
+        stopping.clone(),
+    ));
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let database = DatabaseServer::new(DatabaseService::new(
+        pool.clone(),
+        &config,
+        tasks.clone(),
+        stopping.clone(),
+    ));
+
+    let signal = {
+        let stopping = stopping.clone();
+        let reporter = reporter.clone();
+        async move {
+            shutdown.await;
+            // Tell probes and load balancers first, then refuse new calls.
+            health::set_all_not_serving(&reporter).await;
+            stopping.cancel();
+        }
+    };
+    let server = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(database)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+
+    // The server waits for every connection to close after the signal, which a client that
+    // keeps its connection open could stretch forever: bound the drain by the grace period.
+    let grace = config.shutdown_grace;
+    let drained = async {
+        stopping.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        () = drained => warn!(?grace, "grace period over with calls still open; closing them"),
+    }
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        warn!("stream tasks still running after the grace period");
+    }
+    let state = pool.state();
+    drop(pool);
+    info!(open_connections = state.open, "stopped");
+    Ok(())
+}

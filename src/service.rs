@@ -1,0 +1,323 @@
+//! The `pgway.v1.Database` handlers: each takes a connection, runs [`crate::execute`] under the
+//! call's deadline, and turns the outcome into a reply or a `Status`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug};
+
+use crate::config::{Config, Limits, TxConfig};
+use crate::deadline;
+use crate::errors::GatewayError;
+use crate::execute::{self, ResultCaps};
+use crate::pool::{PgConn, Pool};
+use crate::proto::database_server::Database;
+use crate::proto::{
+    self, InteractiveTransactionRequest, InteractiveTransactionResponse, QueryRequest,
+    QueryResponse, QueryStreamResponse, TransactionRequest, TransactionResponse,
+    interactive_transaction_request::Action, interactive_transaction_response::Event,
+};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Messages a stream may hold ahead of a slow caller: with batches of at most 256 KiB this
+/// bounds a stream's memory to about a megabyte.
+const STREAM_BUFFER: usize = 2;
+
+/// The `pgway.v1.Database` service.
+#[derive(Debug, Clone)]
+pub struct DatabaseService {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    pool: Pool,
+    limits: Limits,
+    request_timeout: Duration,
+    tx: TxConfig,
+    /// Owns the tasks that feed streams, so shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Cancelled when the gateway starts shutting down.
+    shutdown: CancellationToken,
+}
+
+impl DatabaseService {
+    pub fn new(
+        pool: Pool,
+        config: &Config,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        DatabaseService {
+            inner: Arc::new(Shared {
+                pool,
+                limits: config.limits,
+                request_timeout: config.request_timeout,
+                tx: config.tx,
+                tasks,
+                shutdown,
+            }),
+        }
+    }
+
+    fn admit(&self) -> Result<(), Status> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(GatewayError::ShuttingDown.into());
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Database for DatabaseService {
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        self.admit()?;
+        let started = Instant::now();
+        let deadline = deadline::effective(request.metadata(), self.inner.request_timeout);
+        let request = request.into_inner();
+        let caps = ResultCaps::for_request(request.max_rows, &self.inner.limits);
+        let pool = &self.inner.pool;
+        deadline::run(deadline, started, async {
+            let mut conn = pool.get().await?;
+            execute::query(&mut conn, &request, caps).await
+        })
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
+    }
+
+    type QueryStreamStream = ResponseStream<QueryStreamResponse>;
+
+    async fn query_stream(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStreamStream>, Status> {
+        self.admit()?;
+        let started = Instant::now();
+        let deadline = deadline::effective(request.metadata(), self.inner.request_timeout);
+        let request = request.into_inner();
+        // Fail before the first message when we can (a status after it can't be retried by
+        // clients): checking out the connection happens here.
+        let conn = deadline::run(deadline, started, self.inner.pool.get())
+            .await
+            .map_err(Status::from)?;
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let limits = self.inner.limits;
+        let errors = sender.clone();
+        self.inner.tasks.spawn(
+            async move {
+                let work = execute::query_stream(conn, request, limits, sender);
+                if let Err(error) = deadline::run(deadline, started, work).await {
+                    let _ = errors.send(Err(error.into())).await;
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn transaction(
+        &self,
+        request: Request<TransactionRequest>,
+    ) -> Result<Response<TransactionResponse>, Status> {
+        self.admit()?;
+        let started = Instant::now();
+        let deadline = deadline::effective(request.metadata(), self.inner.request_timeout);
+        let request = request.into_inner();
+        if request.statements.is_empty() {
+            return Err(GatewayError::InvalidArgument("statements is empty".into()).into());
+        }
+        execute::isolation_level(request.isolation_level)?;
+        let caps = ResultCaps::for_request(0, &self.inner.limits);
+        let pool = &self.inner.pool;
+        let max_attempts = self.inner.tx.max_attempts;
+        deadline::run(deadline, started, async {
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let mut conn = pool.get().await?;
+                let error = match execute::transaction_once(&mut conn, &request, caps).await {
+                    Ok(results) => return Ok(TransactionResponse { results, attempts }),
+                    Err(error) => error,
+                };
+                drop(conn);
+                let retryable = error.is_transaction_conflict() || execute::is_stale_plan(&error);
+                if !retryable {
+                    return Err(error);
+                }
+                let backoff = execute::conflict_backoff(attempts);
+                // Never retry past the deadline: answer with what we know instead.
+                if attempts >= max_attempts || Instant::now() + backoff >= deadline {
+                    return Err(GatewayError::RetriesExhausted {
+                        attempts,
+                        last: Box::new(error),
+                    });
+                }
+                debug!(attempts, ?backoff, sqlstate = ?error.sqlstate().map(|s| s.code()), "transaction conflict, retrying");
+                tokio::time::sleep(backoff).await;
+            }
+        })
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
+    }
+
+    type InteractiveTransactionStream = ResponseStream<InteractiveTransactionResponse>;
+
+    async fn interactive_transaction(
+        &self,
+        request: Request<Streaming<InteractiveTransactionRequest>>,
+    ) -> Result<Response<Self::InteractiveTransactionStream>, Status> {
+        self.admit()?;
+        let started = Instant::now();
+        // The caller's deadline, capped by the longest a transaction may stay open.
+        let deadline = deadline::effective(request.metadata(), self.inner.tx.max_duration);
+        let inbound = request.into_inner();
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let shared = Arc::clone(&self.inner);
+        let errors = sender.clone();
+        self.inner.tasks.spawn(
+            async move {
+                let work = interactive(&shared, inbound, sender);
+                let result = match tokio::time::timeout_at(deadline, work).await {
+                    Ok(result) => result,
+                    Err(_) => Err(GatewayError::TransactionTimeout(format!(
+                        "the transaction was open for {:?}, past its deadline \
+                         (PGWAY_TX_MAX_DURATION or grpc-timeout), and was rolled back",
+                        started.elapsed()
+                    ))),
+                };
+                if let Err(error) = result {
+                    let _ = errors.send(Err(error.into())).await;
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+type EventSender = mpsc::Sender<Result<InteractiveTransactionResponse, Status>>;
+
+async fn send_event(sender: &EventSender, event: Event) -> Result<(), GatewayError> {
+    sender
+        .send(Ok(InteractiveTransactionResponse { event: Some(event) }))
+        .await
+        .map_err(|_| GatewayError::ConnectionLost("the caller went away".into()))
+}
+
+/// Waits for the caller's next message, at most the idle timeout.
+async fn next_action(
+    inbound: &mut Streaming<InteractiveTransactionRequest>,
+    idle_timeout: Duration,
+) -> Result<Option<Action>, GatewayError> {
+    match tokio::time::timeout(idle_timeout, inbound.message()).await {
+        Err(_) => Err(GatewayError::TransactionTimeout(format!(
+            "no message for {idle_timeout:?} (PGWAY_TX_IDLE_TIMEOUT): the transaction was rolled back"
+        ))),
+        Ok(Err(status)) => Err(GatewayError::ConnectionLost(format!(
+            "the caller's stream broke: {}",
+            status.message()
+        ))),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(Some(message))) => match message.action {
+            Some(action) => Ok(Some(action)),
+            None => Err(GatewayError::InvalidArgument(
+                "a message with no action: set begin, statement, commit or rollback".into(),
+            )),
+        },
+    }
+}
+
+/// Drives one interactive transaction. Any way out other than a commit rolls it back: an error
+/// here leaves the connection busy (so it's discarded, which rolls back on the server) unless
+/// it was rolled back cleanly first.
+async fn interactive(
+    shared: &Shared,
+    mut inbound: Streaming<InteractiveTransactionRequest>,
+    sender: EventSender,
+) -> Result<(), GatewayError> {
+    let options = match next_action(&mut inbound, shared.tx.idle_timeout).await? {
+        None => return Ok(()),
+        Some(Action::Begin(options)) => options,
+        Some(_) => {
+            return Err(GatewayError::FailedPrecondition(
+                "the first message must be begin".into(),
+            ));
+        }
+    };
+    let isolation = execute::isolation_level(options.isolation_level)?;
+    if shared.shutdown.is_cancelled() {
+        return Err(GatewayError::ShuttingDown);
+    }
+    let mut conn = shared.pool.get().await?;
+    conn.mark_busy();
+    conn.client()
+        .batch_execute(&execute::begin_sql(isolation, options.read_only, options.deferrable))
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, false))?;
+    send_event(&sender, Event::Begun(proto::Begun {})).await?;
+    let caps = ResultCaps::for_request(0, &shared.limits);
+    loop {
+        let action = tokio::select! {
+            action = next_action(&mut inbound, shared.tx.idle_timeout) => action,
+            () = shared.shutdown.cancelled() => Err(GatewayError::ShuttingDown),
+        };
+        let action = match action {
+            Ok(action) => action,
+            Err(error) => {
+                rollback_quietly(&mut conn).await;
+                return Err(error);
+            }
+        };
+        match action {
+            // The caller closed its side without committing: roll back and say so.
+            None | Some(Action::Rollback(_)) => {
+                rollback_quietly(&mut conn).await;
+                return send_event(&sender, Event::RolledBack(proto::RolledBack {})).await;
+            }
+            Some(Action::Begin(_)) => {
+                rollback_quietly(&mut conn).await;
+                return Err(GatewayError::FailedPrecondition(
+                    "begin was sent twice; the transaction was rolled back".into(),
+                ));
+            }
+            Some(Action::Statement(statement)) => {
+                let request = QueryRequest {
+                    sql: statement.sql,
+                    params: statement.params,
+                    ..Default::default()
+                };
+                match execute::statement_in_transaction(&mut conn, &request, caps).await {
+                    Ok(result) => send_event(&sender, Event::Result(result)).await?,
+                    Err(error) => {
+                        rollback_quietly(&mut conn).await;
+                        return Err(error);
+                    }
+                }
+            }
+            Some(Action::Commit(_)) => {
+                execute::commit(&mut conn).await?;
+                return send_event(&sender, Event::Committed(proto::Committed {})).await;
+            }
+        }
+    }
+}
+
+async fn rollback_quietly(conn: &mut PgConn) {
+    if conn.client().batch_execute("ROLLBACK").await.is_ok() {
+        conn.mark_idle();
+    }
+}

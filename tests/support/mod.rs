@@ -1,0 +1,202 @@
+//! The test harness: one throwaway PostgreSQL per test binary (started on first use), a fresh
+//! database per test, and a gateway in-process on a free port with a ready client.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use pgway::config::{Cli, Command};
+use pgway::devdb::TempPostgres;
+use pgway::proto::database_client::DatabaseClient;
+use pgway::proto::{self, value::Kind};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+static POSTGRES: OnceLock<TempPostgres> = OnceLock::new();
+static NEXT_DATABASE: AtomicU32 = AtomicU32::new(1);
+
+/// The binary's PostgreSQL server, started on first use.
+pub async fn postgres() -> &'static TempPostgres {
+    tokio::task::spawn_blocking(|| {
+        POSTGRES.get_or_init(|| TempPostgres::start(None).unwrap_or_else(|e| panic!("{e}")))
+    })
+    .await
+    .expect("starting PostgreSQL panicked")
+}
+
+/// A direct connection (no gateway) to `database` as the superuser.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A gateway serving a fresh database of its own.
+pub struct Gateway {
+    pub addr: std::net::SocketAddr,
+    pub database: String,
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<Result<(), pgway::server::ServeError>>>,
+}
+
+impl Gateway {
+    /// A gateway with the default settings.
+    pub async fn start() -> Gateway {
+        Gateway::with_settings(&[]).await
+    }
+
+    /// A gateway with extra `pgway serve` flags, such as `["--pool-max", "3"]`.
+    pub async fn with_settings(settings: &[&str]) -> Gateway {
+        let pg = postgres().await;
+        let database = format!("test_{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::Relaxed));
+        let admin = connect(&pg.url("postgres")).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await
+            .expect("CREATE DATABASE");
+        let url = pg.url(&database);
+        Gateway::serving(&url, database, settings).await
+    }
+
+    /// A gateway in front of any database URL (which may be wrong on purpose).
+    pub async fn serving(url: &str, database: String, settings: &[&str]) -> Gateway {
+        let mut argv = vec!["pgway", "serve", "--database-url", url, "--grpc-addr", "127.0.0.1:0"];
+        argv.extend_from_slice(settings);
+        let cli = Cli::try_parse_from(argv).expect("settings parse");
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("not a serve command")
+        };
+        let config = args.validate().expect("settings validate");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(pgway::server::serve(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        Gateway {
+            addr,
+            database,
+            url: url.to_owned(),
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// A gRPC client of the Database service.
+    pub async fn client(&self) -> DatabaseClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the gateway");
+        DatabaseClient::new(channel)
+    }
+
+    /// A gRPC channel to the gateway (for health and other services).
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the gateway")
+    }
+
+    /// A direct connection to the gateway's database, bypassing the gateway.
+    pub async fn direct(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    /// Stops the gateway as SIGTERM would and waits for it to finish.
+    pub async fn shutdown(mut self) -> Result<(), pgway::server::ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.expect("server task panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Polls `check` until it returns true, failing the test after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Small constructors so tests read like the data they send.
+
+pub fn null() -> proto::Value {
+    proto::Value { kind: Some(Kind::NullValue(0)) }
+}
+pub fn int(v: i64) -> proto::Value {
+    proto::Value { kind: Some(Kind::IntValue(v)) }
+}
+pub fn double(v: f64) -> proto::Value {
+    proto::Value { kind: Some(Kind::DoubleValue(v)) }
+}
+pub fn text(v: &str) -> proto::Value {
+    proto::Value { kind: Some(Kind::StringValue(v.to_owned())) }
+}
+pub fn boolean(v: bool) -> proto::Value {
+    proto::Value { kind: Some(Kind::BoolValue(v)) }
+}
+pub fn bytes(v: &[u8]) -> proto::Value {
+    proto::Value { kind: Some(Kind::BytesValue(v.to_vec())) }
+}
+pub fn array(values: Vec<proto::Value>) -> proto::Value {
+    proto::Value { kind: Some(Kind::ArrayValue(proto::ArrayValue { values })) }
+}
+
+/// A QueryRequest for `sql` with `params`.
+pub fn query(sql: &str, params: Vec<proto::Value>) -> proto::QueryRequest {
+    proto::QueryRequest { sql: sql.to_owned(), params, ..Default::default() }
+}
+
+/// Runs `sql` through the gateway and returns the response, panicking on error.
+pub async fn run(client: &mut DatabaseClient<Channel>, sql: &str, params: Vec<proto::Value>) -> proto::QueryResponse {
+    client
+        .query(query(sql, params))
+        .await
+        .unwrap_or_else(|status| panic!("{sql}: {status:?}"))
+        .into_inner()
+}
+
+/// The single value of a one-row, one-column response.
+pub fn scalar(response: &proto::QueryResponse) -> Option<Kind> {
+    assert_eq!(response.rows.len(), 1, "expected one row: {response:?}");
+    assert_eq!(response.rows[0].values.len(), 1, "expected one column: {response:?}");
+    response.rows[0].values[0].kind.clone()
+}
+
+/// The google.rpc.ErrorInfo of a status.
+pub fn error_info(status: &tonic::Status) -> tonic_types::ErrorInfo {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"))
+}
