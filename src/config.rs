@@ -214,9 +214,12 @@ impl ServeArgs {
             })?,
         };
         // The parse error of tokio-postgres never echoes the URL, so no password can leak here.
-        let mut database: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| invalid("PGWAY_DATABASE_URL", format!("not a valid connection string: {e}")))?;
+        let mut database: tokio_postgres::Config = url.parse().map_err(|e| {
+            invalid(
+                "PGWAY_DATABASE_URL",
+                format!("not a valid connection string: {e}"),
+            )
+        })?;
         if database.get_hosts().is_empty() {
             return Err(invalid("PGWAY_DATABASE_URL", "names no host"));
         }
@@ -307,7 +310,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses sizes such as `4096`, `512KiB`, `3MiB`.
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: usize = number
         .parse()
@@ -317,7 +322,11 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         "KiB" | "K" | "KB" => 1024,
         "MiB" | "M" | "MB" => 1024 * 1024,
         "GiB" | "G" | "GB" => 1024 * 1024 * 1024,
-        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB)"
+            ));
+        }
     };
     number
         .checked_mul(factor)
@@ -350,7 +359,12 @@ mod tests {
     }
 
     fn args(extra: &[&str]) -> ServeArgs {
-        let mut argv = vec!["pgway", "serve", "--database-url", "postgres://u@127.0.0.1/db"];
+        let mut argv = vec![
+            "pgway",
+            "serve",
+            "--database-url",
+            "postgres://u@127.0.0.1/db",
+        ];
         argv.extend_from_slice(extra);
         match Cli::parse_from(argv).command {
             Some(Command::Serve(args)) => args,
@@ -360,7 +374,9 @@ mod tests {
 
     #[test]
     fn bad_settings_are_named() {
-        let err = args(&["--pool-min", "9", "--pool-max", "3"]).validate().unwrap_err();
+        let err = args(&["--pool-min", "9", "--pool-max", "3"])
+            .validate()
+            .unwrap_err();
         assert_eq!(err.setting, "PGWAY_POOL_MIN");
         let err = args(&["--max-rows", "0"]).validate().unwrap_err();
         assert_eq!(err.setting, "PGWAY_MAX_ROWS");

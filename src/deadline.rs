@@ -18,8 +18,17 @@ pub fn effective(metadata: &MetadataMap, server_cap: Duration) -> Instant {
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .map_or(server_cap, |caller| caller.min(server_cap));
+        // Answer a little before the caller's own timer fires, so the caller hears
+        // DEADLINE_EXCEEDED from us rather than only its local timeout.
+        .map_or(server_cap, |caller| {
+            (caller - margin(caller)).min(server_cap)
+        });
     Instant::now() + timeout
+}
+
+/// 5% of the caller's timeout, at most 20 ms.
+fn margin(timeout: Duration) -> Duration {
+    (timeout / 20).min(Duration::from_millis(20))
 }
 
 /// Parses the `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).

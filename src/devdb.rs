@@ -213,7 +213,18 @@ impl TempPostgres {
         self.run(
             "starting PostgreSQL",
             "pg_ctl",
-            ["start", "-w", "-t", "60", "-D", &self.data_dir(), "-l", &log, "-o", &options],
+            [
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                &self.data_dir(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+            ],
         )
     }
 
@@ -286,7 +297,11 @@ impl TempPostgres {
             return Ok(());
         }
         self.stopped = true;
-        self.run("stopping PostgreSQL", "pg_ctl", ["stop", "-w", "-D", &self.data_dir(), "-m", "fast"])
+        self.run(
+            "stopping PostgreSQL",
+            "pg_ctl",
+            ["stop", "-w", "-D", &self.data_dir(), "-m", "fast"],
+        )
     }
 }
 
@@ -307,11 +322,19 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     let bin = args.pg_bin.clone();
-    let mut postgres = tokio::task::spawn_blocking(move || TempPostgres::start(bin.as_deref())).await??;
+    let mut postgres =
+        tokio::task::spawn_blocking(move || TempPostgres::start(bin.as_deref())).await??;
     info!(port = postgres.port(), url = %postgres.url("postgres"), "throwaway PostgreSQL started");
     let addr = args.grpc_addr.to_string();
     let url = postgres.url("postgres");
-    let cli = Cli::try_parse_from(["pgway", "serve", "--database-url", &url, "--grpc-addr", &addr])?;
+    let cli = Cli::try_parse_from([
+        "pgway",
+        "serve",
+        "--database-url",
+        &url,
+        "--grpc-addr",
+        &addr,
+    ])?;
     let Some(CliCommand::Serve(serve)) = cli.command else {
         return Err("internal: dev settings did not parse as serve".into());
     };

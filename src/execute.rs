@@ -60,6 +60,9 @@ async fn prepare(
     if sql.trim().is_empty() {
         return Err(GatewayError::InvalidArgument("sql is empty".into()));
     }
+    if crate::statement::classify(sql)?.changes_session {
+        conn.mark_dirty();
+    }
     let statement = conn
         .prepare_cached(sql)
         .await
@@ -314,12 +317,12 @@ pub fn conflict_backoff(attempt: u32) -> Duration {
 /// inside a transaction, fetched a batch at a time: PostgreSQL produces the next rows only when
 /// the caller has taken the previous ones, and the gateway holds one batch at a time.
 pub async fn query_stream(
-    mut conn: PooledConn,
+    conn: &mut PooledConn,
     request: proto::QueryRequest,
     limits: Limits,
     sender: mpsc::Sender<Result<proto::QueryStreamResponse, Status>>,
 ) -> Result<(), GatewayError> {
-    let (statement, params) = prepare(&mut conn, &request.sql, &request.params).await?;
+    let (statement, params) = prepare(conn, &request.sql, &request.params).await?;
     let max_rows = match request.max_rows {
         0 => u64::MAX,
         n => u64::from(n),
@@ -328,12 +331,17 @@ pub async fn query_stream(
     if statement.columns().is_empty() {
         // Nothing to stream: a plain command.
         let rows_affected = if request.read_only {
-            let response = read_only_query(&conn, &statement, &params, ResultCaps {
-                max_rows: 0,
-                max_bytes: limits.max_response_bytes,
-            })
+            let response = read_only_query(
+                conn,
+                &statement,
+                &params,
+                ResultCaps {
+                    max_rows: 0,
+                    max_bytes: limits.max_response_bytes,
+                },
+            )
             .await;
-            settle(&mut conn, &response);
+            settle(conn, &response);
             response?.rows_affected
         } else {
             let result = conn
@@ -341,7 +349,7 @@ pub async fn query_stream(
                 .execute_raw(&statement, params.iter())
                 .await
                 .map_err(|e| GatewayError::from_postgres(e, true));
-            settle(&mut conn, &result);
+            settle(conn, &result);
             result?
         };
         let _ = sender
@@ -478,7 +486,10 @@ mod tests {
 
     #[test]
     fn begin_says_what_was_asked() {
-        assert_eq!(begin_sql(IsolationLevel::Unspecified, false, false), "BEGIN");
+        assert_eq!(
+            begin_sql(IsolationLevel::Unspecified, false, false),
+            "BEGIN"
+        );
         assert_eq!(
             begin_sql(IsolationLevel::Serializable, true, true),
             "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE"

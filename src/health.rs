@@ -81,7 +81,10 @@ async fn check(database: &tokio_postgres::Config, conn: &mut Option<Client>) -> 
         }
         conn.as_ref()?.simple_query("SELECT 1").await.ok()
     };
-    let ok = matches!(tokio::time::timeout(CHECK_TIMEOUT, attempt).await, Ok(Some(_)));
+    let ok = matches!(
+        tokio::time::timeout(CHECK_TIMEOUT, attempt).await,
+        Ok(Some(_))
+    );
     if !ok {
         // Whatever state the check connection is in, start afresh next time.
         *conn = None;

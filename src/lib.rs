@@ -15,6 +15,7 @@
 //! - [`health`]: liveness and readiness over `grpc.health.v1`.
 //! - [`server`]: assembles the gRPC server and runs it until shutdown.
 //! - [`shutdown`]: waiting for SIGTERM / SIGINT.
+//! - [`statement`]: what a statement's text says (session changes, forbidden commands).
 //! - [`devdb`]: a throwaway PostgreSQL cluster for `pgway dev` and the test suite.
 //! - [`logging`]: tracing subscriber set-up (JSON or text).
 
@@ -29,6 +30,7 @@ pub mod pool;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod statement;
 pub mod values;
 
 /// Code generated from `proto/pgway/v1/pgway.proto`.

@@ -46,6 +46,8 @@ pub struct PgConn {
     /// Set by code that knows the connection can't be reused (a broken transaction, session
     /// state it could not reset).
     discard: bool,
+    /// A statement that may have left session state behind ran: reset before reuse.
+    dirty: bool,
 }
 
 impl PgConn {
@@ -80,10 +82,26 @@ impl PgConn {
         self.busy = false;
     }
 
+    /// Whether the connection must be reset before it goes back (see [`release`]); one that is
+    /// busy or marked for discard won't be reused anyway.
+    pub fn needs_reset(&self) -> bool {
+        self.dirty && !self.busy && !self.discard
+    }
+
+    /// A statement that may leave session state behind ran on this connection.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
     /// Don't return this connection to the pool.
     pub fn mark_discard(&mut self, reason: &'static str) {
         if !self.discard {
-            debug!(conn_id = self.id, backend_pid = self.backend_pid, reason, "connection marked for discard");
+            debug!(
+                conn_id = self.id,
+                backend_pid = self.backend_pid,
+                reason,
+                "connection marked for discard"
+            );
         }
         self.discard = true;
     }
@@ -138,7 +156,12 @@ impl Drop for PgConn {
                 });
             }
         }
-        info!(conn_id = self.id, backend_pid = self.backend_pid, reason = self.close_reason(), "connection closed");
+        info!(
+            conn_id = self.id,
+            backend_pid = self.backend_pid,
+            reason = self.close_reason(),
+            "connection closed"
+        );
     }
 }
 
@@ -154,6 +177,35 @@ impl PgConn {
             "lifetime"
         } else {
             "idle"
+        }
+    }
+}
+
+/// The reset of a connection whose last user may have left session state behind: settings,
+/// roles, temp tables, prepared statements, cursors, LISTEN, advisory locks, cached plans.
+const RESET_SQL: &str = "DISCARD ALL";
+
+/// Gives a connection back to the pool, first resetting its session if its last user may have
+/// changed it. A connection that can't be reset is discarded. Plain statements skip the round
+/// trip: most connections come back clean.
+pub async fn release(mut conn: PooledConn) {
+    if !conn.needs_reset() {
+        return;
+    }
+    match conn.client.batch_execute(RESET_SQL).await {
+        Ok(()) => {
+            // DISCARD ALL dropped the server side of every cached statement too.
+            conn.forget_statements();
+            conn.dirty = false;
+            debug!(
+                conn_id = conn.id,
+                backend_pid = conn.backend_pid,
+                "connection reset"
+            );
+        }
+        Err(error) => {
+            warn!(conn_id = conn.id, backend_pid = conn.backend_pid, %error, "reset failed");
+            conn.mark_discard("reset_failed");
         }
     }
 }
@@ -218,8 +270,13 @@ impl ConnectionManager {
                 warn!(conn_id = id, %error, "connection ended with an error");
             }
         });
-        let backend_pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
-        let jitter = self.max_lifetime.mul_f64(rand::rng().random_range(0.0..0.1));
+        let backend_pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        let jitter = self
+            .max_lifetime
+            .mul_f64(rand::rng().random_range(0.0..0.1));
         Ok(PgConn {
             id,
             backend_pid,
@@ -229,6 +286,7 @@ impl ConnectionManager {
             retire_at: Instant::now() + self.max_lifetime - jitter,
             busy: false,
             discard: false,
+            dirty: false,
         })
     }
 }
@@ -241,7 +299,12 @@ impl ManageConnection for ConnectionManager {
         let failures = self.consecutive_failures.load(Ordering::Relaxed);
         let backoff = connect_backoff(failures);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        info!(conn_id = id, attempt = failures + 1, backoff_ms = backoff.as_millis() as u64, "connecting");
+        info!(
+            conn_id = id,
+            attempt = failures + 1,
+            backoff_ms = backoff.as_millis() as u64,
+            "connecting"
+        );
         tokio::time::sleep(backoff).await;
         match self.open(id).await {
             Ok(conn) => {
@@ -261,7 +324,11 @@ impl ManageConnection for ConnectionManager {
 
     async fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
         // Only used if test_on_check_out is turned on, which pgway doesn't do.
-        conn.client.simple_query("").await.map(drop).map_err(ConnectError::from)
+        conn.client
+            .simple_query("")
+            .await
+            .map(drop)
+            .map_err(ConnectError::from)
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
@@ -380,7 +447,9 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         assert_eq!(connect_backoff(0), Duration::ZERO);
         for failures in 1..40 {
-            let cap = Duration::from_millis(50).saturating_mul(1 << failures.min(10)).min(Duration::from_secs(5));
+            let cap = Duration::from_millis(50)
+                .saturating_mul(1 << failures.min(10))
+                .min(Duration::from_secs(5));
             assert!(connect_backoff(failures) <= cap);
         }
     }

@@ -18,7 +18,7 @@ use crate::config::{Config, Limits, TxConfig};
 use crate::deadline;
 use crate::errors::GatewayError;
 use crate::execute::{self, ResultCaps};
-use crate::pool::{PgConn, Pool};
+use crate::pool::{self, PgConn, Pool, PooledConn};
 use crate::proto::database_server::Database;
 use crate::proto::{
     self, InteractiveTransactionRequest, InteractiveTransactionResponse, QueryRequest,
@@ -48,6 +48,16 @@ struct Shared {
     tasks: TaskTracker,
     /// Cancelled when the gateway starts shutting down.
     shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Returns a connection to the pool; one that needs a session reset is reset in the
+    /// background, so the caller doesn't wait for it.
+    fn give_back(&self, conn: PooledConn) {
+        if conn.needs_reset() {
+            self.tasks.spawn(pool::release(conn));
+        }
+    }
 }
 
 impl DatabaseService {
@@ -88,10 +98,12 @@ impl Database for DatabaseService {
         let deadline = deadline::effective(request.metadata(), self.inner.request_timeout);
         let request = request.into_inner();
         let caps = ResultCaps::for_request(request.max_rows, &self.inner.limits);
-        let pool = &self.inner.pool;
+        let shared = &self.inner;
         deadline::run(deadline, started, async {
-            let mut conn = pool.get().await?;
-            execute::query(&mut conn, &request, caps).await
+            let mut conn = shared.pool.get().await?;
+            let result = execute::query(&mut conn, &request, caps).await;
+            shared.give_back(conn);
+            result
         })
         .await
         .map(Response::new)
@@ -114,11 +126,17 @@ impl Database for DatabaseService {
             .await
             .map_err(Status::from)?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        let limits = self.inner.limits;
+        let shared = Arc::clone(&self.inner);
         let errors = sender.clone();
         self.inner.tasks.spawn(
             async move {
-                let work = execute::query_stream(conn, request, limits, sender);
+                let work = async {
+                    let mut conn = conn;
+                    let result =
+                        execute::query_stream(&mut conn, request, shared.limits, sender).await;
+                    shared.give_back(conn);
+                    result
+                };
                 if let Err(error) = deadline::run(deadline, started, work).await {
                     let _ = errors.send(Err(error.into())).await;
                 }
@@ -141,18 +159,19 @@ impl Database for DatabaseService {
         }
         execute::isolation_level(request.isolation_level)?;
         let caps = ResultCaps::for_request(0, &self.inner.limits);
-        let pool = &self.inner.pool;
+        let shared = &self.inner;
         let max_attempts = self.inner.tx.max_attempts;
         deadline::run(deadline, started, async {
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                let mut conn = pool.get().await?;
-                let error = match execute::transaction_once(&mut conn, &request, caps).await {
+                let mut conn = shared.pool.get().await?;
+                let outcome = execute::transaction_once(&mut conn, &request, caps).await;
+                shared.give_back(conn);
+                let error = match outcome {
                     Ok(results) => return Ok(TransactionResponse { results, attempts }),
                     Err(error) => error,
                 };
-                drop(conn);
                 let retryable = error.is_transaction_conflict() || execute::is_stale_plan(&error);
                 if !retryable {
                     return Err(error);
@@ -246,8 +265,22 @@ async fn next_action(
 /// it was rolled back cleanly first.
 async fn interactive(
     shared: &Shared,
+    inbound: Streaming<InteractiveTransactionRequest>,
+    sender: EventSender,
+) -> Result<(), GatewayError> {
+    let mut conn = None;
+    let result = drive_interactive(shared, inbound, sender, &mut conn).await;
+    if let Some(conn) = conn {
+        shared.give_back(conn);
+    }
+    result
+}
+
+async fn drive_interactive(
+    shared: &Shared,
     mut inbound: Streaming<InteractiveTransactionRequest>,
     sender: EventSender,
+    slot: &mut Option<PooledConn>,
 ) -> Result<(), GatewayError> {
     let options = match next_action(&mut inbound, shared.tx.idle_timeout).await? {
         None => return Ok(()),
@@ -262,10 +295,14 @@ async fn interactive(
     if shared.shutdown.is_cancelled() {
         return Err(GatewayError::ShuttingDown);
     }
-    let mut conn = shared.pool.get().await?;
+    let conn = slot.insert(shared.pool.get().await?);
     conn.mark_busy();
     conn.client()
-        .batch_execute(&execute::begin_sql(isolation, options.read_only, options.deferrable))
+        .batch_execute(&execute::begin_sql(
+            isolation,
+            options.read_only,
+            options.deferrable,
+        ))
         .await
         .map_err(|e| GatewayError::from_postgres(e, false))?;
     send_event(&sender, Event::Begun(proto::Begun {})).await?;
@@ -278,18 +315,18 @@ async fn interactive(
         let action = match action {
             Ok(action) => action,
             Err(error) => {
-                rollback_quietly(&mut conn).await;
+                rollback_quietly(conn).await;
                 return Err(error);
             }
         };
         match action {
             // The caller closed its side without committing: roll back and say so.
             None | Some(Action::Rollback(_)) => {
-                rollback_quietly(&mut conn).await;
+                rollback_quietly(conn).await;
                 return send_event(&sender, Event::RolledBack(proto::RolledBack {})).await;
             }
             Some(Action::Begin(_)) => {
-                rollback_quietly(&mut conn).await;
+                rollback_quietly(conn).await;
                 return Err(GatewayError::FailedPrecondition(
                     "begin was sent twice; the transaction was rolled back".into(),
                 ));
@@ -300,16 +337,16 @@ async fn interactive(
                     params: statement.params,
                     ..Default::default()
                 };
-                match execute::statement_in_transaction(&mut conn, &request, caps).await {
+                match execute::statement_in_transaction(conn, &request, caps).await {
                     Ok(result) => send_event(&sender, Event::Result(result)).await?,
                     Err(error) => {
-                        rollback_quietly(&mut conn).await;
+                        rollback_quietly(conn).await;
                         return Err(error);
                     }
                 }
             }
             Some(Action::Commit(_)) => {
-                execute::commit(&mut conn).await?;
+                execute::commit(conn).await?;
                 return send_event(&sender, Event::Committed(proto::Committed {})).await;
             }
         }

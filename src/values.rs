@@ -19,7 +19,7 @@ use std::future::Future;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::types as wire;
-use tokio_postgres::types::{FromSql, Format, IsNull, Kind, ToSql, Type, to_sql_checked};
+use tokio_postgres::types::{Format, FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Row, Transaction};
 
 use crate::errors::GatewayError;
@@ -77,7 +77,10 @@ impl ToSql for Param {
 
 /// Converts the request's values to parameters for a statement whose parameter types
 /// PostgreSQL inferred as `types`. Errors name the parameter (`$1`) and its type.
-pub fn params_from_proto(values: &[proto::Value], types: &[Type]) -> Result<Vec<Param>, GatewayError> {
+pub fn params_from_proto(
+    values: &[proto::Value],
+    types: &[Type],
+) -> Result<Vec<Param>, GatewayError> {
     if values.len() != types.len() {
         return Err(GatewayError::InvalidArgument(format!(
             "the statement has {} parameter(s) but {} value(s) were given",
@@ -188,7 +191,10 @@ fn int_param(v: i64, ty: &Type) -> Option<Param> {
 
 fn int_error(v: i64, kind: &V, ty: &Type) -> String {
     if is_number_type(ty) {
-        format!("{v} is out of range for {} (or not exactly representable)", ty.name())
+        format!(
+            "{v} is out of range for {} (or not exactly representable)",
+            ty.name()
+        )
     } else {
         mismatch(kind, ty)
     }
@@ -230,7 +236,11 @@ fn float_text(v: f64) -> String {
 
 /// Writes an array value in PostgreSQL's array input syntax (`{1,2,NULL}`, `{{"a"},{"b"}}`),
 /// checking each element against the element type as a single parameter would be checked.
-fn array_literal(array: &proto::ArrayValue, element: &Type, out: &mut String) -> Result<(), String> {
+fn array_literal(
+    array: &proto::ArrayValue,
+    element: &Type,
+    out: &mut String,
+) -> Result<(), String> {
     let base = base_type(element);
     out.push('{');
     for (i, value) in array.values.iter().enumerate() {
@@ -358,7 +368,10 @@ impl RowDecoder {
     pub fn new(columns: &[tokio_postgres::Column]) -> Self {
         let types: Vec<Type> = columns.iter().map(|c| c.type_().clone()).collect();
         let needs_server = types.iter().map(needs_server_text).collect();
-        RowDecoder { types, needs_server }
+        RowDecoder {
+            types,
+            needs_server,
+        }
     }
 
     /// The column descriptions sent to the caller.
@@ -657,7 +670,10 @@ mod tests {
 
     #[test]
     fn ints_are_range_checked() {
-        assert!(matches!(param_from_proto(&value(V::IntValue(32767)), &Type::INT2), Ok(Param::Int2(32767))));
+        assert!(matches!(
+            param_from_proto(&value(V::IntValue(32767)), &Type::INT2),
+            Ok(Param::Int2(32767))
+        ));
         assert!(param_from_proto(&value(V::IntValue(32768)), &Type::INT2).is_err());
         assert!(param_from_proto(&value(V::IntValue(-1)), &Type::OID).is_err());
         assert!(param_from_proto(&value(V::IntValue((1 << 24) + 1)), &Type::FLOAT4).is_err());
@@ -677,8 +693,12 @@ mod tests {
         assert_eq!(out, r#"{"a \"b\" \\c",NULL}"#);
         let nested = proto::ArrayValue {
             values: vec![
-                value(V::ArrayValue(proto::ArrayValue { values: vec![value(V::IntValue(1))] })),
-                value(V::ArrayValue(proto::ArrayValue { values: vec![value(V::IntValue(2))] })),
+                value(V::ArrayValue(proto::ArrayValue {
+                    values: vec![value(V::IntValue(1))],
+                })),
+                value(V::ArrayValue(proto::ArrayValue {
+                    values: vec![value(V::IntValue(2))],
+                })),
             ],
         };
         let mut out = String::new();

@@ -103,7 +103,9 @@ pub enum GatewayError {
 
     /// The connection broke after a write or COMMIT was sent and before its answer arrived:
     /// it may or may not have been applied.
-    #[error("the database connection was lost after the statement was sent; it may have been applied: {0}")]
+    #[error(
+        "the database connection was lost after the statement was sent; it may have been applied: {0}"
+    )]
     OutcomeUnknown(String),
 
     /// The call ran past its deadline; its statement was cancelled.
@@ -312,9 +314,13 @@ fn to_status(error: GatewayError, mut metadata: HashMap<String, String>) -> Stat
                 status.details().to_vec().into(),
             )
         }
-        GatewayError::InvalidArgument(_) => {
-            gateway_status(Code::InvalidArgument, "INVALID_REQUEST", message, metadata, None)
-        }
+        GatewayError::InvalidArgument(_) => gateway_status(
+            Code::InvalidArgument,
+            "INVALID_REQUEST",
+            message,
+            metadata,
+            None,
+        ),
         GatewayError::FailedPrecondition(_) => gateway_status(
             Code::FailedPrecondition,
             "PROTOCOL_VIOLATION",
@@ -414,7 +420,10 @@ mod tests {
             (SqlState::CANNOT_CONNECT_NOW, Code::Unavailable),
             (SqlState::TOO_MANY_CONNECTIONS, Code::ResourceExhausted),
             (SqlState::OUT_OF_MEMORY, Code::ResourceExhausted),
-            (SqlState::READ_ONLY_SQL_TRANSACTION, Code::FailedPrecondition),
+            (
+                SqlState::READ_ONLY_SQL_TRANSACTION,
+                Code::FailedPrecondition,
+            ),
             (SqlState::INTERNAL_ERROR, Code::Internal),
         ];
         for (state, code) in cases {
@@ -424,12 +433,18 @@ mod tests {
 
     #[test]
     fn condition_names_are_postgres_names() {
-        assert_eq!(condition_name(&SqlState::UNIQUE_VIOLATION), "UNIQUE_VIOLATION");
+        assert_eq!(
+            condition_name(&SqlState::UNIQUE_VIOLATION),
+            "UNIQUE_VIOLATION"
+        );
         assert_eq!(
             condition_name(&SqlState::T_R_SERIALIZATION_FAILURE),
             "SERIALIZATION_FAILURE"
         );
-        assert_eq!(condition_name(&SqlState::T_R_DEADLOCK_DETECTED), "DEADLOCK_DETECTED");
+        assert_eq!(
+            condition_name(&SqlState::T_R_DEADLOCK_DETECTED),
+            "DEADLOCK_DETECTED"
+        );
         assert_eq!(
             condition_name(&SqlState::from_code("ZZ999")),
             "UNKNOWN_SQLSTATE"

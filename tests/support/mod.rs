@@ -54,7 +54,11 @@ impl Gateway {
     /// A gateway with extra `pgway serve` flags, such as `["--pool-max", "3"]`.
     pub async fn with_settings(settings: &[&str]) -> Gateway {
         let pg = postgres().await;
-        let database = format!("test_{}_{}", std::process::id(), NEXT_DATABASE.fetch_add(1, Ordering::Relaxed));
+        let database = format!(
+            "test_{}_{}",
+            std::process::id(),
+            NEXT_DATABASE.fetch_add(1, Ordering::Relaxed)
+        );
         let admin = connect(&pg.url("postgres")).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {database}"))
@@ -66,7 +70,14 @@ impl Gateway {
 
     /// A gateway in front of any database URL (which may be wrong on purpose).
     pub async fn serving(url: &str, database: String, settings: &[&str]) -> Gateway {
-        let mut argv = vec!["pgway", "serve", "--database-url", url, "--grpc-addr", "127.0.0.1:0"];
+        let mut argv = vec![
+            "pgway",
+            "serve",
+            "--database-url",
+            url,
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ];
         argv.extend_from_slice(settings);
         let cli = Cli::try_parse_from(argv).expect("settings parse");
         let Some(Command::Serve(args)) = cli.command else {
@@ -143,7 +154,10 @@ where
         if check().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not within {limit:?}: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -151,34 +165,56 @@ where
 // Small constructors so tests read like the data they send.
 
 pub fn null() -> proto::Value {
-    proto::Value { kind: Some(Kind::NullValue(0)) }
+    proto::Value {
+        kind: Some(Kind::NullValue(0)),
+    }
 }
 pub fn int(v: i64) -> proto::Value {
-    proto::Value { kind: Some(Kind::IntValue(v)) }
+    proto::Value {
+        kind: Some(Kind::IntValue(v)),
+    }
 }
 pub fn double(v: f64) -> proto::Value {
-    proto::Value { kind: Some(Kind::DoubleValue(v)) }
+    proto::Value {
+        kind: Some(Kind::DoubleValue(v)),
+    }
 }
 pub fn text(v: &str) -> proto::Value {
-    proto::Value { kind: Some(Kind::StringValue(v.to_owned())) }
+    proto::Value {
+        kind: Some(Kind::StringValue(v.to_owned())),
+    }
 }
 pub fn boolean(v: bool) -> proto::Value {
-    proto::Value { kind: Some(Kind::BoolValue(v)) }
+    proto::Value {
+        kind: Some(Kind::BoolValue(v)),
+    }
 }
 pub fn bytes(v: &[u8]) -> proto::Value {
-    proto::Value { kind: Some(Kind::BytesValue(v.to_vec())) }
+    proto::Value {
+        kind: Some(Kind::BytesValue(v.to_vec())),
+    }
 }
 pub fn array(values: Vec<proto::Value>) -> proto::Value {
-    proto::Value { kind: Some(Kind::ArrayValue(proto::ArrayValue { values })) }
+    proto::Value {
+        kind: Some(Kind::ArrayValue(proto::ArrayValue { values })),
+    }
 }
 
 /// A QueryRequest for `sql` with `params`.
 pub fn query(sql: &str, params: Vec<proto::Value>) -> proto::QueryRequest {
-    proto::QueryRequest { sql: sql.to_owned(), params, ..Default::default() }
+    proto::QueryRequest {
+        sql: sql.to_owned(),
+        params,
+        ..Default::default()
+    }
 }
 
 /// Runs `sql` through the gateway and returns the response, panicking on error.
-pub async fn run(client: &mut DatabaseClient<Channel>, sql: &str, params: Vec<proto::Value>) -> proto::QueryResponse {
+pub async fn run(
+    client: &mut DatabaseClient<Channel>,
+    sql: &str,
+    params: Vec<proto::Value>,
+) -> proto::QueryResponse {
     client
         .query(query(sql, params))
         .await
@@ -189,7 +225,11 @@ pub async fn run(client: &mut DatabaseClient<Channel>, sql: &str, params: Vec<pr
 /// The single value of a one-row, one-column response.
 pub fn scalar(response: &proto::QueryResponse) -> Option<Kind> {
     assert_eq!(response.rows.len(), 1, "expected one row: {response:?}");
-    assert_eq!(response.rows[0].values.len(), 1, "expected one column: {response:?}");
+    assert_eq!(
+        response.rows[0].values.len(),
+        1,
+        "expected one column: {response:?}"
+    );
     response.rows[0].values[0].kind.clone()
 }
 

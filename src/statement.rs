@@ -1,0 +1,149 @@
+//! What a statement's text says about it, read before it runs: whether it may leave session
+//! state behind (so its connection must be reset before the next caller gets it), and whether it
+//! is something a single pooled statement must not do (open or end a transaction, COPY over the
+//! protocol).
+//!
+//! The reading is deliberately generous: a false "may change the session" costs one reset round
+//! trip, a miss would leak one caller's session into another's.
+
+use crate::errors::GatewayError;
+
+/// Words that, anywhere in a statement, mean it may leave state in the session: temp tables,
+/// session-level settings and roles, advisory locks, cursors WITH HOLD, LISTEN, PREPARE.
+const SESSION_WORDS: &[&str] = &[
+    "set_config",
+    "temp",
+    "temporary",
+    "session",
+    "role",
+    "authorization",
+    "hold",
+    "listen",
+    "prepare",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+/// Statement kinds (first word) that change the session or may run arbitrary code that does.
+const SESSION_COMMANDS: &[&str] = &[
+    "set",
+    "reset",
+    "do",
+    "call",
+    "load",
+    "discard",
+    "deallocate",
+    "close",
+    "declare",
+    "listen",
+    "prepare",
+];
+
+/// Statement kinds that control the transaction: on a pooled connection in autocommit they
+/// would leave a transaction open for the next caller, or end one pgway opened.
+const TRANSACTION_COMMANDS: &[&str] = &[
+    "begin",
+    "start",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "savepoint",
+    "release",
+];
+
+/// What pgway needs to know about a statement before running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatementTraits {
+    /// It may leave session state behind: reset the connection after it.
+    pub changes_session: bool,
+}
+
+fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
+    sql.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+}
+
+/// Reads a statement; refuses the ones a pooled statement must not run.
+pub fn classify(sql: &str) -> Result<StatementTraits, GatewayError> {
+    let first = words(sql).find(|w| !w.chars().all(|c| c.is_ascii_digit()));
+    let first = first.as_deref().unwrap_or("");
+    if TRANSACTION_COMMANDS.contains(&first) {
+        return Err(GatewayError::FailedPrecondition(format!(
+            "{} is not allowed here: each call manages its own transaction; use Transaction or \
+             InteractiveTransaction",
+            first.to_ascii_uppercase()
+        )));
+    }
+    if first == "copy" && words(sql).any(|w| w == "stdin" || w == "stdout") {
+        return Err(GatewayError::InvalidArgument(
+            "COPY FROM STDIN / TO STDOUT is not supported; use INSERT or QueryStream".into(),
+        ));
+    }
+    let changes_session = SESSION_COMMANDS.contains(&first)
+        || words(sql).any(|w| SESSION_WORDS.contains(&w.as_str()));
+    Ok(StatementTraits { changes_session })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(sql: &str) -> bool {
+        classify(sql).unwrap().changes_session
+    }
+
+    #[test]
+    fn plain_statements_need_no_reset() {
+        assert!(!changes("SELECT * FROM accounts WHERE id = $1"));
+        assert!(!changes(
+            "UPDATE accounts SET balance = balance + 1 WHERE id = $1"
+        ));
+        assert!(!changes("INSERT INTO t (a) VALUES ($1) RETURNING id"));
+    }
+
+    #[test]
+    fn session_changes_are_seen() {
+        for sql in [
+            "SET search_path = x",
+            "set local statement_timeout = 5",
+            "SELECT set_config('a.b', 'c', false)",
+            "CREATE TEMP TABLE t (a int)",
+            "create temporary table t (a int)",
+            "SET SESSION AUTHORIZATION alice",
+            "SELECT pg_advisory_lock(1)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "LISTEN channel",
+            "PREPARE p AS SELECT 1",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "SELECT 1 INTO TEMP t",
+        ] {
+            assert!(changes(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn transaction_control_is_refused() {
+        for sql in [
+            "BEGIN",
+            "  commit",
+            "ROLLBACK",
+            "start transaction",
+            "SAVEPOINT a",
+            "END",
+        ] {
+            assert!(
+                matches!(classify(sql), Err(GatewayError::FailedPrecondition(_))),
+                "{sql}"
+            );
+        }
+        assert!(matches!(
+            classify("COPY t FROM STDIN"),
+            Err(GatewayError::InvalidArgument(_))
+        ));
+        assert!(classify("SELECT 'begin'").is_ok());
+    }
+}
