@@ -257,6 +257,11 @@ impl TempPostgres {
         Ok(())
     }
 
+    /// The directory holding the cluster, its socket and its log; removed on drop.
+    pub fn dir(&self) -> &Path {
+        self.root.path()
+    }
+
     /// The loopback port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
@@ -324,7 +329,12 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
     let bin = args.pg_bin.clone();
     let mut postgres =
         tokio::task::spawn_blocking(move || TempPostgres::start(bin.as_deref())).await??;
-    info!(port = postgres.port(), url = %postgres.url("postgres"), "throwaway PostgreSQL started");
+    info!(
+        port = postgres.port(),
+        url = %postgres.url("postgres"),
+        dir = %postgres.dir().display(),
+        "throwaway PostgreSQL started"
+    );
     let addr = args.grpc_addr.to_string();
     let url = postgres.url("postgres");
     let cli = Cli::try_parse_from([

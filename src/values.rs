@@ -82,8 +82,13 @@ pub fn params_from_proto(
     types: &[Type],
 ) -> Result<Vec<Param>, GatewayError> {
     if values.len() != types.len() {
+        // Name the first parameter left without a value, as the other errors name theirs.
+        let missing = types
+            .get(values.len())
+            .map(|ty| format!(" (no value for ${} of type {})", values.len() + 1, ty.name()))
+            .unwrap_or_default();
         return Err(GatewayError::InvalidArgument(format!(
-            "the statement has {} parameter(s) but {} value(s) were given",
+            "the statement has {} parameter(s) but {} value(s) were given{missing}",
             types.len(),
             values.len()
         )));
@@ -140,7 +145,10 @@ fn param_from_proto(value: &proto::Value, ty: &Type) -> Result<Param, String> {
     let base = base_type(ty);
     match kind {
         V::NullValue(_) => Ok(Param::Null),
-        V::StringValue(text) => Ok(Param::Text(text.clone())),
+        V::StringValue(text) => {
+            check_no_nul(text)?;
+            Ok(Param::Text(text.clone()))
+        }
         V::BoolValue(v) if *base == Type::BOOL => Ok(Param::Bool(*v)),
         V::BytesValue(v) if *base == Type::BYTEA => Ok(Param::Bytea(v.clone())),
         V::IntValue(v) => int_param(*v, base).ok_or_else(|| int_error(*v, kind, base)),
@@ -154,6 +162,17 @@ fn param_from_proto(value: &proto::Value, ty: &Type) -> Result<Param, String> {
             _ => Err(mismatch(kind, base)),
         },
         V::BoolValue(_) | V::BytesValue(_) => Err(mismatch(kind, base)),
+    }
+}
+
+/// PostgreSQL reads text parameters as C strings and refuses a NUL byte in any of them, with an
+/// encoding error that can't say which parameter it was: refuse it here instead.
+fn check_no_nul(text: &str) -> Result<(), String> {
+    match text.find('\0') {
+        Some(at) => Err(format!(
+            "the string has a NUL byte at offset {at}, which no PostgreSQL text can hold"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -178,12 +197,14 @@ fn int_param(v: i64, ty: &Type) -> Option<Param> {
     } else if *ty == Type::NUMERIC {
         Some(Param::Text(v.to_string()))
     } else if *ty == Type::FLOAT4 {
-        // Only integers a float4 holds exactly: anything else would be silently rounded.
+        // Only integers a float4 holds exactly (all up to 2^24, then fewer and fewer): anything
+        // else would be silently rounded. Compared in i128 because `as i64` saturates: i64::MAX
+        // rounds up to 2^63, which would come back as i64::MAX and pass.
         let f = v as f32;
-        (f as i64 == v && v.unsigned_abs() <= 1 << 24).then_some(Param::Float4(f))
+        (f as i128 == i128::from(v)).then_some(Param::Float4(f))
     } else if *ty == Type::FLOAT8 {
         let f = v as f64;
-        (f as i64 == v && v.unsigned_abs() <= 1 << 53).then_some(Param::Float8(f))
+        (f as i128 == i128::from(v)).then_some(Param::Float8(f))
     } else {
         None
     }
@@ -205,8 +226,12 @@ fn double_param(v: f64, ty: &Type) -> Option<Param> {
     if *ty == Type::FLOAT8 {
         Some(Param::Float8(v))
     } else if *ty == Type::FLOAT4 {
-        // A finite double beyond float4's range would become infinity: refuse it.
-        (!v.is_finite() || v.abs() <= f64::from(f32::MAX)).then_some(Param::Float4(v as f32))
+        // A finite double beyond float4's range would become infinity, and a non-zero one below
+        // its smallest subnormal would become 0: refuse both (float4in refuses them as text).
+        let f = v as f32;
+        let overflows = v.is_finite() && v.abs() > f64::from(f32::MAX);
+        let underflows = v != 0.0 && f == 0.0;
+        (!overflows && !underflows).then_some(Param::Float4(f))
     } else if *ty == Type::NUMERIC {
         Some(Param::Text(float_text(v)))
     } else {
@@ -216,7 +241,7 @@ fn double_param(v: f64, ty: &Type) -> Option<Param> {
 
 fn double_error(v: f64, kind: &V, ty: &Type) -> String {
     if *ty == Type::FLOAT4 {
-        format!("{v} is out of range for float4")
+        format!("{v:e} is out of range for float4")
     } else {
         mismatch(kind, ty)
     }
@@ -242,10 +267,13 @@ fn array_literal(
     out: &mut String,
 ) -> Result<(), String> {
     let base = base_type(element);
+    // Elements are separated by the element type's typdelim: ',' for every built-in type but
+    // box, whose text has commas in it (the delimiter isn't settable for user-defined types).
+    let delimiter = if *base == Type::BOX { ';' } else { ',' };
     out.push('{');
     for (i, value) in array.values.iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(delimiter);
         }
         let kind = value
             .kind
@@ -254,7 +282,10 @@ fn array_literal(
         let in_element = |reason: String| format!("array element {i}: {reason}");
         match kind {
             V::NullValue(_) => out.push_str("NULL"),
-            V::StringValue(text) => quote_element(text, out),
+            V::StringValue(text) => {
+                check_no_nul(text).map_err(in_element)?;
+                quote_element(text, out);
+            }
             V::BoolValue(v) if *base == Type::BOOL => out.push(if *v { 't' } else { 'f' }),
             V::BytesValue(v) if *base == Type::BYTEA => {
                 let mut hex = String::with_capacity(2 + v.len() * 2);

@@ -1,0 +1,190 @@
+//! The `pgway` binary: settings validated at start-up, `pgway dev`, health and SIGTERM.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pgway::proto::database_client::DatabaseClient;
+use pgway::proto::value::Kind;
+use support::*;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const PGWAY: &str = env!("CARGO_BIN_EXE_pgway");
+
+fn pgway() -> Command {
+    let mut command = Command::new(PGWAY);
+    // Settings come only from what each test gives.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PGWAY_") || key == "DATABASE_URL" {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+#[test]
+fn bad_settings_stop_start_up_with_their_name() {
+    for (var, value, named) in [
+        ("PGWAY_POOL_MAX", "lots", "pool-max"),
+        ("PGWAY_ACQUIRE_TIMEOUT", "5", "acquire-timeout"),
+        ("PGWAY_GRPC_ADDR", "nowhere", "grpc-addr"),
+        ("PGWAY_MAX_ROWS", "0", "PGWAY_MAX_ROWS"),
+        ("PGWAY_DATABASE_URL", "postgres://u@h:notaport/db", "PGWAY_DATABASE_URL"),
+    ] {
+        let output = pgway()
+            .env("PGWAY_DATABASE_URL", "postgres://u@127.0.0.1/db")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(named), "{var}={value}: {stderr}");
+    }
+    let output = pgway().output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("PGWAY_DATABASE_URL"));
+}
+
+#[test]
+fn help_lists_every_setting_with_its_variable() {
+    let output = pgway().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for var in ["PGWAY_DATABASE_URL", "PGWAY_GRPC_ADDR", "PGWAY_POOL_MIN", "PGWAY_POOL_MAX", "PGWAY_ACQUIRE_TIMEOUT", "PGWAY_MAX_ROWS", "PGWAY_TX_MAX_ATTEMPTS"] {
+        assert!(help.contains(var), "{var} missing from --help");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_ready(addr: &str) -> tonic::transport::Channel {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
+            if let Ok(channel) = endpoint.connect().await {
+                let status = HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest { service: "pgway.v1.Database".into() })
+                    .await;
+                if status.is_ok_and(|s| s.into_inner().status == 1) {
+                    return channel;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{addr} not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill").args(["-s", name, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+async fn wait_exit(mut child: std::process::Child) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..600 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("pgway did not exit within 30 s");
+    })
+    .await
+    .unwrap()
+}
+
+/// `pgway dev` brings up a private PostgreSQL and the gateway; Ctrl-C stops both and removes
+/// the data directory.
+#[tokio::test]
+async fn dev_serves_a_throwaway_database_and_cleans_up() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = pgway()
+        .args(["dev", "--grpc-addr", &addr])
+        .env("PGWAY_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The JSON log says where the cluster lives.
+    let stdout = child.stdout.take().unwrap();
+    let logs = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+    let channel = wait_ready(&addr).await;
+    let mut client = DatabaseClient::new(channel);
+    let response = run(&mut client, "SELECT current_setting('server_version_num')::int >= 140000", vec![]).await;
+    assert_eq!(scalar(&response), Some(Kind::BoolValue(true)));
+    signal(&child, "INT");
+    let status = wait_exit(child).await;
+    assert!(status.success(), "{status:?}");
+    let logs = logs.join().unwrap();
+    let dir = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find_map(|event| event.get("dir").and_then(|d| d.as_str()).map(std::path::PathBuf::from))
+        .unwrap_or_else(|| panic!("no data directory in the logs:\n{logs}"));
+    assert!(dir.starts_with(std::env::temp_dir()), "{}", dir.display());
+    assert!(!dir.exists(), "{} was left behind", dir.display());
+
+    // dev refuses to listen beyond loopback: it has no authentication.
+    let output = pgway().args(["dev", "--grpc-addr", "0.0.0.0:0"]).output().unwrap();
+    assert!(!output.status.success());
+}
+
+/// The served binary: readiness follows the database, liveness doesn't, SIGTERM exits 0.
+#[tokio::test]
+async fn health_and_sigterm() {
+    let pg = postgres().await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = pgway()
+        .env("PGWAY_DATABASE_URL", pg.url("postgres"))
+        .env("PGWAY_GRPC_ADDR", &addr)
+        .env("PGWAY_SHUTDOWN_GRACE", "5s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let channel = wait_ready(&addr).await;
+    let mut health = HealthClient::new(channel.clone());
+    let live = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(live.status, 1, "liveness SERVING");
+    let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let mut client = DatabaseClient::new(channel);
+    run(&mut client, "SELECT 1", vec![]).await;
+    signal(&child, "TERM");
+    let status = wait_exit(child).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_database() {
+    let pg = postgres().await;
+    // Nothing listens on this port: alive, but not ready.
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
+    let gw = Gateway::serving(&url, "none".into(), &["--health-interval", "100ms"]).await;
+    let mut health = HealthClient::new(gw.channel().await);
+    let live = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(live.status, 1);
+    for _ in 0..5 {
+        let ready = health.check(HealthCheckRequest { service: "pgway.v1.Database".into() }).await.unwrap().into_inner();
+        assert_eq!(ready.status, 2, "NOT_SERVING without a database");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(gw);
+    let gw = Gateway::serving(&pg.url("postgres"), "postgres".into(), &["--health-interval", "100ms"]).await;
+    let mut health = HealthClient::new(gw.channel().await);
+    eventually(Duration::from_secs(5), "ready once the database answers", || {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest { service: "pgway.v1.Database".into() })
+                .await
+                .is_ok_and(|r| r.into_inner().status == 1)
+        }
+    })
+    .await;
+    let _ = &mut health;
+}
