@@ -24,9 +24,22 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (the default).
     Serve(ServeArgs),
+    /// Check a gateway's health the way grpc_health_probe does, with its flags and exit codes
+    /// (0 serving, 1 bad arguments, 2 connection failure, 3 RPC failure, 4 not serving):
+    /// `pgway probe -addr=127.0.0.1:50051 -service=pgway.v1.Database`.
+    #[command(disable_help_flag = true)]
+    Probe(ProbeCommand),
     /// Start a private, throwaway PostgreSQL from the installed server binaries and serve the
     /// gateway against it on loopback. Ctrl-C stops both and removes the data directory.
     Dev(DevArgs),
+}
+
+/// `pgway probe`'s arguments, parsed the way grpc_health_probe parses them.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeCommand {
+    /// -addr=host:port [-service=name] [-connect-timeout=1s] [-rpc-timeout=1s] [-tls ...]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
 }
 
 /// Log output format.
@@ -61,6 +74,19 @@ pub struct ServeArgs {
     /// (reason POOL_TIMEOUT).
     #[arg(long, env = "PGWAY_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub acquire_timeout: Duration,
+
+    /// Most calls that may wait for a free connection; past that, calls are refused at once
+    /// with UNAVAILABLE (reason OVERLOADED) and a retry delay.
+    #[arg(long, env = "PGWAY_MAX_WAITING", default_value_t = 512)]
+    pub max_waiting: usize,
+
+    /// Most connections opened at the same time (no reconnect storm after a restart).
+    #[arg(long, env = "PGWAY_MAX_CONCURRENT_CONNECTS", default_value_t = 4)]
+    pub max_concurrent_connects: usize,
+
+    /// Address of the Prometheus metrics endpoint (`/metrics`); empty turns it off.
+    #[arg(long, env = "PGWAY_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: String,
 
     /// How long opening one database connection may take.
     #[arg(long, env = "PGWAY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -130,6 +156,10 @@ pub struct DevArgs {
     #[arg(long, env = "PGWAY_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
 
+    /// Address of the Prometheus metrics endpoint; empty turns it off.
+    #[arg(long, env = "PGWAY_METRICS_ADDR", default_value = "127.0.0.1:9090")]
+    pub metrics_addr: String,
+
     /// Directory with the PostgreSQL server binaries (initdb, postgres, pg_ctl).
     #[arg(long, env = "PGWAY_PG_BIN")]
     pub pg_bin: Option<PathBuf>,
@@ -140,6 +170,8 @@ pub struct DevArgs {
 pub struct Config {
     pub database: tokio_postgres::Config,
     pub grpc_addr: SocketAddr,
+    /// Where `/metrics` is served; `None` when turned off.
+    pub metrics_addr: Option<SocketAddr>,
     pub pool: PoolConfig,
     pub limits: Limits,
     pub request_timeout: Duration,
@@ -158,6 +190,8 @@ pub struct PoolConfig {
     pub max_lifetime: Duration,
     pub idle_timeout: Duration,
     pub statement_cache_size: NonZeroUsize,
+    pub max_waiting: usize,
+    pub max_concurrent_connects: usize,
 }
 
 /// Bounds on what one call may return.
@@ -268,6 +302,15 @@ impl ServeArgs {
         if self.tx_max_attempts == 0 {
             return Err(invalid("PGWAY_TX_MAX_ATTEMPTS", "must be at least 1"));
         }
+        if self.max_concurrent_connects == 0 {
+            return Err(invalid("PGWAY_MAX_CONCURRENT_CONNECTS", "must be at least 1"));
+        }
+        let metrics_addr = match self.metrics_addr.trim() {
+            "" => None,
+            addr => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                invalid("PGWAY_METRICS_ADDR", format!("{addr:?} is not host:port ({e}); leave it empty to turn metrics off"))
+            })?),
+        };
         if self.max_response_bytes < 1024 {
             return Err(invalid("PGWAY_MAX_RESPONSE_BYTES", "must be at least 1KiB"));
         }
@@ -283,7 +326,10 @@ impl ServeArgs {
                 max_lifetime: self.conn_max_lifetime,
                 idle_timeout: self.conn_idle_timeout,
                 statement_cache_size: self.statement_cache_size,
+                max_waiting: self.max_waiting,
+                max_concurrent_connects: self.max_concurrent_connects,
             },
+            metrics_addr,
             limits: Limits {
                 max_rows: self.max_rows,
                 max_response_bytes: self.max_response_bytes,

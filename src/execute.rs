@@ -318,9 +318,10 @@ pub fn conflict_backoff(attempt: u32) -> Duration {
 /// the caller has taken the previous ones, and the gateway holds one batch at a time.
 pub async fn query_stream(
     conn: &mut PooledConn,
-    request: proto::QueryRequest,
+    request: &proto::QueryRequest,
     limits: Limits,
-    sender: mpsc::Sender<Result<proto::QueryStreamResponse, Status>>,
+    sender: &mpsc::Sender<Result<proto::QueryStreamResponse, Status>>,
+    sent: &mut bool,
 ) -> Result<(), GatewayError> {
     let (statement, params) = prepare(conn, &request.sql, &request.params).await?;
     let max_rows = match request.max_rows {
@@ -352,6 +353,7 @@ pub async fn query_stream(
             settle(conn, &result);
             result?
         };
+        *sent = true;
         let _ = sender
             .send(Ok(proto::QueryStreamResponse {
                 rows_affected,
@@ -407,6 +409,7 @@ pub async fn query_stream(
             break (decoded, truncated);
         }
         for message in split_batches(std::mem::take(&mut columns), decoded, &limits)? {
+            *sent = true;
             if sender.send(Ok(message)).await.is_err() {
                 // The caller is gone: the open transaction leaves the connection busy, so it
                 // is discarded with its portal (and a cancel is sent).
@@ -434,6 +437,7 @@ pub async fn query_stream(
         }),
     }
     for message in messages {
+        *sent = true;
         if sender.send(Ok(message)).await.is_err() {
             break;
         }

@@ -45,6 +45,7 @@ pub async fn monitor(
             ok = check(&database, &mut conn) => ok,
             () = shutdown.cancelled() => return,
         };
+        ::metrics::gauge!(crate::metrics::DATABASE_UP).set(if ok { 1.0 } else { 0.0 });
         if ok != ready {
             ready = ok;
             if ready {

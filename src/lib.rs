@@ -13,10 +13,13 @@
 //! - [`service`]: the `pgway.v1.Database` handlers.
 //! - [`deadline`]: the effective deadline of a call (`grpc-timeout` against the server's cap).
 //! - [`health`]: liveness and readiness over `grpc.health.v1`.
+//! - [`probe`]: `pgway probe`, a grpc_health_probe work-alike for images without one.
+//! - [`retry`]: which failures are retried, with backoff, inside a retry budget.
 //! - [`server`]: assembles the gRPC server and runs it until shutdown.
 //! - [`shutdown`]: waiting for SIGTERM / SIGINT.
 //! - [`statement`]: what a statement's text says (session changes, forbidden commands).
 //! - [`devdb`]: a throwaway PostgreSQL cluster for `pgway dev` and the test suite.
+//! - [`metrics`]: Prometheus metrics, `/metrics`, and the layer that observes every call.
 //! - [`logging`]: tracing subscriber set-up (JSON or text).
 
 pub mod config;
@@ -26,7 +29,10 @@ pub mod errors;
 pub mod execute;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod pool;
+pub mod probe;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod shutdown;

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Probe(probe) => ExitCode::from(runtime.block_on(pgway::probe::run(&probe.args))),
         Command::Dev(args) => {
             pgway::logging::init(None);
             match runtime.block_on(pgway::devdb::run_dev(args)) {

@@ -14,18 +14,20 @@
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bb8::{ManageConnection, RunError};
 use lru::LruCache;
 use rand::Rng;
-use tokio::sync::watch;
+use ::metrics::{counter, histogram};
+use tokio::sync::{Semaphore, watch};
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 use tracing::{debug, info, warn};
 
 use crate::config::PoolConfig;
 use crate::errors::{ConnectError, GatewayError};
+use crate::metrics;
 
 /// A connection checked out of the pool; it goes back when dropped.
 pub type PooledConn = bb8::PooledConnection<'static, ConnectionManager>;
@@ -43,11 +45,12 @@ pub struct PgConn {
     /// that comes back with this set was abandoned mid-flight (deadline, caller gone): its
     /// state is unknown and it is discarded.
     busy: bool,
-    /// Set by code that knows the connection can't be reused (a broken transaction, session
-    /// state it could not reset).
-    discard: bool,
+    /// Set (with why) by code that knows the connection can't be reused: a broken
+    /// transaction, session state it could not reset.
+    discard: Option<&'static str>,
     /// A statement that may have left session state behind ran: reset before reuse.
     dirty: bool,
+    pool: Arc<PoolShared>,
 }
 
 impl PgConn {
@@ -85,7 +88,7 @@ impl PgConn {
     /// Whether the connection must be reset before it goes back (see [`release`]); one that is
     /// busy or marked for discard won't be reused anyway.
     pub fn needs_reset(&self) -> bool {
-        self.dirty && !self.busy && !self.discard
+        self.dirty && !self.busy && self.discard.is_none()
     }
 
     /// A statement that may leave session state behind ran on this connection.
@@ -95,15 +98,10 @@ impl PgConn {
 
     /// Don't return this connection to the pool.
     pub fn mark_discard(&mut self, reason: &'static str) {
-        if !self.discard {
-            debug!(
-                conn_id = self.id,
-                backend_pid = self.backend_pid,
-                reason,
-                "connection marked for discard"
-            );
+        if self.discard.is_none() {
+            info!(conn_id = self.id, backend_pid = self.backend_pid, reason, "discarded");
+            self.discard = Some(reason);
         }
-        self.discard = true;
     }
 
     /// A prepared statement for `sql`, from this connection's cache or prepared now (a round
@@ -171,8 +169,10 @@ impl PgConn {
             "broken"
         } else if self.busy {
             "abandoned"
-        } else if self.discard {
-            "discarded"
+        } else if let Some(reason) = self.discard {
+            reason
+        } else if self.pool.closing.load(Ordering::Relaxed) {
+            "shutdown"
         } else if Instant::now() >= self.retire_at {
             "lifetime"
         } else {
@@ -219,7 +219,11 @@ pub struct ConnectionManager {
     max_lifetime: Duration,
     next_id: AtomicU64,
     consecutive_failures: AtomicU32,
+    /// At most this many connects at a time: a database that just came back is not met by a
+    /// storm of simultaneous handshakes.
+    connects: Semaphore,
     outcomes: watch::Sender<ConnectOutcome>,
+    pool: Arc<PoolShared>,
 }
 
 /// The latest connect attempt's outcome, as seen by waiting callers.
@@ -244,14 +248,16 @@ fn connect_backoff(failures: u32) -> Duration {
 }
 
 impl ConnectionManager {
-    fn new(database: tokio_postgres::Config, config: &PoolConfig) -> Self {
+    fn new(database: tokio_postgres::Config, config: &PoolConfig, pool: Arc<PoolShared>) -> Self {
         ConnectionManager {
             database,
             statement_cache_size: config.statement_cache_size,
             max_lifetime: config.max_lifetime,
             next_id: AtomicU64::new(1),
             consecutive_failures: AtomicU32::new(0),
+            connects: Semaphore::new(config.max_concurrent_connects),
             outcomes: watch::Sender::new(ConnectOutcome::default()),
+            pool,
         }
     }
 
@@ -285,8 +291,9 @@ impl ConnectionManager {
             statements: LruCache::new(self.statement_cache_size),
             retire_at: Instant::now() + self.max_lifetime - jitter,
             busy: false,
-            discard: false,
+            discard: None,
             dirty: false,
+            pool: Arc::clone(&self.pool),
         })
     }
 }
@@ -296,6 +303,11 @@ impl ManageConnection for ConnectionManager {
     type Error = ConnectError;
 
     async fn connect(&self) -> Result<PgConn, ConnectError> {
+        // The semaphore lives as long as the manager and is never closed.
+        let _permit = self.connects.acquire().await.map_err(|_| ConnectError {
+            message: "the pool is shutting down".into(),
+            sqlstate: None,
+        })?;
         let failures = self.consecutive_failures.load(Ordering::Relaxed);
         let backoff = connect_backoff(failures);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -309,12 +321,14 @@ impl ManageConnection for ConnectionManager {
         match self.open(id).await {
             Ok(conn) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
+                counter!(metrics::CONNECTIONS_OPENED).increment(1);
                 info!(conn_id = id, backend_pid = conn.backend_pid, "connected");
                 self.publish(None);
                 Ok(conn)
             }
             Err(error) => {
                 self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                counter!(metrics::CONNECTION_ERRORS, "kind" => error.kind()).increment(1);
                 warn!(conn_id = id, error = %error, sqlstate = error.sqlstate.as_ref().map(|s| s.code()), "connect failed");
                 self.publish(Some(Arc::new(error.clone())));
                 Err(error)
@@ -332,7 +346,10 @@ impl ManageConnection for ConnectionManager {
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
-        conn.busy || conn.discard || conn.client.is_closed() || Instant::now() >= conn.retire_at
+        conn.busy
+            || conn.discard.is_some()
+            || conn.client.is_closed()
+            || Instant::now() >= conn.retire_at
     }
 }
 
@@ -341,8 +358,20 @@ impl ManageConnection for ConnectionManager {
 pub struct Pool {
     inner: bb8::Pool<ConnectionManager>,
     outcomes: watch::Receiver<ConnectOutcome>,
+    shared: Arc<PoolShared>,
     acquire_timeout: Duration,
+    max_waiting: usize,
+    min: u32,
     max: u32,
+}
+
+/// State shared by the pool and its connections.
+#[derive(Debug, Default)]
+struct PoolShared {
+    /// Callers inside [`Pool::get`] now.
+    waiting: AtomicUsize,
+    /// Set when the gateway shuts down, so connections closed from then on say why.
+    closing: AtomicBool,
 }
 
 /// A snapshot of the pool's connections.
@@ -350,14 +379,26 @@ pub struct Pool {
 pub struct PoolState {
     pub open: u32,
     pub idle: u32,
+    pub min: u32,
     pub max: u32,
+    pub waiting: usize,
+}
+
+/// Counts a caller as waiting for as long as it is in [`Pool::get`].
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
     /// Builds the pool; connections are opened in the background (`PGWAY_POOL_MIN` of them
     /// kept ready), so the gateway starts even while the database is down.
     pub fn new(database: tokio_postgres::Config, config: &PoolConfig) -> Pool {
-        let manager = ConnectionManager::new(database, config);
+        let shared = Arc::new(PoolShared::default());
+        let manager = ConnectionManager::new(database, config, Arc::clone(&shared));
         let outcomes = manager.outcomes.subscribe();
         let inner = bb8::Pool::builder()
             .max_size(config.max)
@@ -375,30 +416,69 @@ impl Pool {
         Pool {
             inner,
             outcomes,
+            shared,
             acquire_timeout: config.acquire_timeout,
+            max_waiting: config.max_waiting,
+            min: config.min,
             max: config.max,
         }
     }
 
-    /// Checks a connection out, waiting at most the acquire timeout. Fails at once with
-    /// [`GatewayError::ConnectFailed`] when the database refuses connections for a reason that
-    /// waiting won't fix.
+    /// Checks a connection out, waiting at most the acquire timeout.
+    ///
+    /// - More than `PGWAY_MAX_WAITING` callers already waiting: refused at once with
+    ///   [`GatewayError::Overloaded`], instead of queueing until everyone times out.
+    /// - The database refuses connections for a reason that waiting won't fix (wrong
+    ///   password, no such database): [`GatewayError::ConnectFailed`] at once.
+    /// - An idle connection that died while pooled (the database restarted) is dropped
+    ///   without a round trip and the next one taken.
     pub async fn get(&self) -> Result<PooledConn, GatewayError> {
-        let deadline = tokio::time::Instant::now() + self.acquire_timeout;
+        let waiting = self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.shared.waiting);
+        if waiting >= self.max_waiting {
+            counter!(metrics::SHED).increment(1);
+            return Err(GatewayError::Overloaded {
+                waiting,
+                retry_after: Duration::from_millis(50),
+            });
+        }
+        let started = tokio::time::Instant::now();
+        let result = self.checkout(started + self.acquire_timeout).await;
+        histogram!(metrics::POOL_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(conn) => debug!(conn_id = conn.id, backend_pid = conn.backend_pid, "checked out"),
+            Err(GatewayError::PoolTimeout { .. }) => {
+                counter!(metrics::POOL_ACQUIRE_TIMEOUTS).increment(1);
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn checkout(&self, deadline: tokio::time::Instant) -> Result<PooledConn, GatewayError> {
         let mut outcomes = self.outcomes.clone();
         outcomes.mark_unchanged();
         let mut last_error = None;
         loop {
             tokio::select! {
                 got = tokio::time::timeout_at(deadline, self.inner.get_owned()) => {
-                    return match got {
-                        Ok(Ok(conn)) => Ok(conn),
-                        Ok(Err(RunError::User(error))) => Err(GatewayError::ConnectFailed(Arc::new(error))),
-                        Ok(Err(RunError::TimedOut)) | Err(_) => Err(GatewayError::PoolTimeout {
-                            waited: self.acquire_timeout,
-                            last_connect_error: last_error,
-                        }),
-                    };
+                    match got {
+                        Ok(Ok(mut conn)) => {
+                            if !conn.client.is_closed() {
+                                return Ok(conn);
+                            }
+                            conn.mark_discard("broken");
+                        }
+                        Ok(Err(RunError::User(error))) => {
+                            return Err(GatewayError::ConnectFailed(Arc::new(error)));
+                        }
+                        Ok(Err(RunError::TimedOut)) | Err(_) => {
+                            return Err(GatewayError::PoolTimeout {
+                                waited: self.acquire_timeout,
+                                last_connect_error: last_error,
+                            });
+                        }
+                    }
                 }
                 Ok(()) = outcomes.changed() => {
                     let outcome = outcomes.borrow_and_update().clone();
@@ -416,14 +496,21 @@ impl Pool {
         }
     }
 
-    /// How many connections are open and idle now.
+    /// How many connections are open, idle and waited for now.
     pub fn state(&self) -> PoolState {
         let state = self.inner.state();
         PoolState {
             open: state.connections,
             idle: state.idle_connections,
+            min: self.min,
             max: self.max,
+            waiting: self.shared.waiting.load(Ordering::Relaxed),
         }
+    }
+
+    /// From now on, connections that close were closed by the shutdown.
+    pub fn close(&self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
     }
 }
 

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::health;
+use crate::metrics::{self, ObserveLayer};
 use crate::pool::Pool;
 use crate::proto::{self, database_server::DatabaseServer};
 use crate::service::DatabaseService;
@@ -31,6 +32,20 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// The middleware every call passes through, outermost first.
+///
+/// Deadlines, admission (load shedding) and retries live with the code that knows the pool
+/// and the statement (see [`crate::deadline`], [`crate::pool::Pool::get`] and
+/// [`crate::service`]): a generic layer can't tell a request that waits for a connection from
+/// one that runs, nor a safe retry from an unsafe one.
+fn middleware() -> tower::ServiceBuilder<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
+    tower::ServiceBuilder::new()
+        // Outermost, so it sees every call and its final status, even the ones refused by
+        // the layers inside: a request id (the caller's x-request-id or a new one, returned
+        // in the response), a span around the call, one log line, and the call metrics.
+        .layer(ObserveLayer)
+}
+
 /// Binds `config.grpc_addr` and serves until SIGTERM / SIGINT.
 pub async fn run(config: Config) -> Result<(), ServeError> {
     let listener = TcpListener::bind(config.grpc_addr)
@@ -40,14 +55,26 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             source,
         })?;
     info!(addr = %config.grpc_addr, "listening");
-    serve(config, listener, crate::shutdown::signal()).await
+    let metrics = match config.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            info!(%addr, "metrics at /metrics");
+            Some(listener)
+        }
+        None => None,
+    };
+    serve(config, listener, metrics, crate::shutdown::signal()).await
 }
 
-/// Serves on `listener` until `shutdown` resolves, then stops accepting calls, gives the calls
-/// in flight `config.shutdown_grace` to finish, and closes the pool.
+/// Serves gRPC on `listener` (and metrics on `metrics_listener`) until `shutdown` resolves,
+/// then stops accepting calls, gives the calls in flight `config.shutdown_grace` to finish,
+/// and closes the pool.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let pool = Pool::new(config.database.clone(), &config.pool);
@@ -94,10 +121,15 @@ pub async fn serve(
             stopping.cancel();
         }
     };
+    if let Some(listener) = metrics_listener {
+        tasks.spawn(metrics::serve(listener, pool.clone(), stopping.clone()));
+    }
+
     let server = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(middleware())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -115,6 +147,7 @@ pub async fn serve(
         result = server => result?,
         () = drained => warn!(?grace, "grace period over with calls still open; closing them"),
     }
+    pool.close();
     tasks.close();
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         warn!("stream tasks still running after the grace period");

@@ -1,10 +1,12 @@
 //! The `pgway.v1.Database` handlers: each takes a connection, runs [`crate::execute`] under the
 //! call's deadline, and turns the outcome into a reply or a `Status`.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::metrics::{counter, histogram};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -18,7 +20,9 @@ use crate::config::{Config, Limits, TxConfig};
 use crate::deadline;
 use crate::errors::GatewayError;
 use crate::execute::{self, ResultCaps};
+use crate::metrics;
 use crate::pool::{self, PgConn, Pool, PooledConn};
+use crate::retry::{self, RetryBudget};
 use crate::proto::database_server::Database;
 use crate::proto::{
     self, InteractiveTransactionRequest, InteractiveTransactionResponse, QueryRequest,
@@ -48,9 +52,123 @@ struct Shared {
     tasks: TaskTracker,
     /// Cancelled when the gateway starts shutting down.
     shutdown: CancellationToken,
+    retries: RetryBudget,
 }
 
 impl Shared {
+    /// Runs `attempt` (which checks out its own connection) again after failures that
+    /// [`retry::reason`] calls safe, with backoff, within the retry budget.
+    async fn retrying<T, F, Fut>(&self, safe: bool, mut attempt: F) -> Result<T, GatewayError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, GatewayError>>,
+    {
+        self.retries.deposit();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            match retry::reason(&error, safe) {
+                Some(reason) if attempts < retry::MAX_ATTEMPTS && self.retries.withdraw() => {
+                    counter!(metrics::RETRIES, "reason" => reason).increment(1);
+                    debug!(attempts, reason, %error, "retrying");
+                    tokio::time::sleep(retry::backoff(attempts)).await;
+                }
+                _ => return Err(error),
+            }
+        }
+    }
+
+    /// Runs a Transaction request to completion: the whole transaction again after a
+    /// serialization failure or deadlock (up to PGWAY_TX_MAX_ATTEMPTS, never past the
+    /// deadline), and after a connection failure that rolled it back (within the retry budget).
+    async fn transaction(
+        &self,
+        request: &TransactionRequest,
+        deadline: Instant,
+    ) -> Result<TransactionResponse, GatewayError> {
+        let caps = ResultCaps::for_request(0, &self.limits);
+        self.retries.deposit();
+        let (mut attempts, mut connection_retries) = (0, 0);
+        loop {
+            attempts += 1;
+            let outcome = async {
+                let mut conn = self.pool.get().await?;
+                let outcome = execute::transaction_once(&mut conn, request, caps).await;
+                self.give_back(conn);
+                outcome
+            }
+            .await;
+            let error = match outcome {
+                Ok(results) => return Ok(TransactionResponse { results, attempts }),
+                Err(error) => error,
+            };
+            let backoff = if error.is_transaction_conflict() || execute::is_stale_plan(&error) {
+                let backoff = execute::conflict_backoff(attempts);
+                // Never retry past the deadline: answer with what we know instead.
+                if attempts >= self.tx.max_attempts || Instant::now() + backoff >= deadline {
+                    return Err(GatewayError::RetriesExhausted {
+                        attempts,
+                        last: Box::new(error),
+                    });
+                }
+                counter!(metrics::RETRIES, "reason" => "transaction_conflict").increment(1);
+                backoff
+            } else {
+                // Before COMMIT a lost connection means rolled back; after it, only a
+                // READ ONLY transaction is safe to run again.
+                match retry::reason(&error, request.read_only) {
+                    Some(reason)
+                        if connection_retries + 1 < retry::MAX_ATTEMPTS
+                            && self.retries.withdraw() =>
+                    {
+                        connection_retries += 1;
+                        counter!(metrics::RETRIES, "reason" => reason).increment(1);
+                        retry::backoff(connection_retries)
+                    }
+                    _ => return Err(error),
+                }
+            };
+            debug!(attempts, ?backoff, %error, "transaction retried");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// Feeds a QueryStream. A failure that [`retry::reason`] allows is retried on a new
+    /// connection as long as nothing was sent yet (after the first message the caller would
+    /// see rows twice).
+    async fn stream(
+        &self,
+        mut conn: PooledConn,
+        request: &QueryRequest,
+        sender: &mpsc::Sender<Result<QueryStreamResponse, Status>>,
+    ) -> Result<(), GatewayError> {
+        self.retries.deposit();
+        let safe = request.read_only || request.idempotent;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut sent = false;
+            let result = execute::query_stream(&mut conn, request, self.limits, sender, &mut sent).await;
+            self.give_back(conn);
+            let error = match result {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            match retry::reason(&error, safe) {
+                Some(reason) if !sent && attempts < retry::MAX_ATTEMPTS && self.retries.withdraw() => {
+                    counter!(metrics::RETRIES, "reason" => reason).increment(1);
+                    tokio::time::sleep(retry::backoff(attempts)).await;
+                    conn = self.pool.get().await?;
+                }
+                _ => return Err(error),
+            }
+        }
+    }
+
     /// Returns a connection to the pool; one that needs a session reset is reset in the
     /// background, so the caller doesn't wait for it.
     fn give_back(&self, conn: PooledConn) {
@@ -75,6 +193,7 @@ impl DatabaseService {
                 tx: config.tx,
                 tasks,
                 shutdown,
+                retries: RetryBudget::default(),
             }),
         }
     }
@@ -99,12 +218,14 @@ impl Database for DatabaseService {
         let request = request.into_inner();
         let caps = ResultCaps::for_request(request.max_rows, &self.inner.limits);
         let shared = &self.inner;
-        deadline::run(deadline, started, async {
+        let safe = request.read_only || request.idempotent;
+        let attempt = || async {
             let mut conn = shared.pool.get().await?;
             let result = execute::query(&mut conn, &request, caps).await;
             shared.give_back(conn);
             result
-        })
+        };
+        deadline::run(deadline, started, shared.retrying(safe, attempt))
         .await
         .map(Response::new)
         .map_err(Status::from)
@@ -127,18 +248,11 @@ impl Database for DatabaseService {
             .map_err(Status::from)?;
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let shared = Arc::clone(&self.inner);
-        let errors = sender.clone();
         self.inner.tasks.spawn(
             async move {
-                let work = async {
-                    let mut conn = conn;
-                    let result =
-                        execute::query_stream(&mut conn, request, shared.limits, sender).await;
-                    shared.give_back(conn);
-                    result
-                };
+                let work = shared.stream(conn, &request, &sender);
                 if let Err(error) = deadline::run(deadline, started, work).await {
-                    let _ = errors.send(Err(error.into())).await;
+                    let _ = sender.send(Err(error.into())).await;
                 }
             }
             .in_current_span(),
@@ -158,39 +272,19 @@ impl Database for DatabaseService {
             return Err(GatewayError::InvalidArgument("statements is empty".into()).into());
         }
         execute::isolation_level(request.isolation_level)?;
-        let caps = ResultCaps::for_request(0, &self.inner.limits);
         let shared = &self.inner;
-        let max_attempts = self.inner.tx.max_attempts;
-        deadline::run(deadline, started, async {
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
-                let mut conn = shared.pool.get().await?;
-                let outcome = execute::transaction_once(&mut conn, &request, caps).await;
-                shared.give_back(conn);
-                let error = match outcome {
-                    Ok(results) => return Ok(TransactionResponse { results, attempts }),
-                    Err(error) => error,
-                };
-                let retryable = error.is_transaction_conflict() || execute::is_stale_plan(&error);
-                if !retryable {
-                    return Err(error);
-                }
-                let backoff = execute::conflict_backoff(attempts);
-                // Never retry past the deadline: answer with what we know instead.
-                if attempts >= max_attempts || Instant::now() + backoff >= deadline {
-                    return Err(GatewayError::RetriesExhausted {
-                        attempts,
-                        last: Box::new(error),
-                    });
-                }
-                debug!(attempts, ?backoff, sqlstate = ?error.sqlstate().map(|s| s.code()), "transaction conflict, retrying");
-                tokio::time::sleep(backoff).await;
-            }
-        })
-        .await
-        .map(Response::new)
-        .map_err(Status::from)
+        let result = deadline::run(deadline, started, shared.transaction(&request, deadline)).await;
+        let outcome = match &result {
+            Ok(_) => "committed",
+            Err(GatewayError::OutcomeUnknown(_)) => "outcome_unknown",
+            Err(GatewayError::RetriesExhausted { .. }) => "aborted",
+            Err(_) => "rolled_back",
+        };
+        counter!(metrics::TRANSACTIONS, "outcome" => outcome).increment(1);
+        if let Ok(response) = &result {
+            histogram!(metrics::TRANSACTION_ATTEMPTS).record(f64::from(response.attempts));
+        }
+        result.map(Response::new).map_err(Status::from)
     }
 
     type InteractiveTransactionStream = ResponseStream<InteractiveTransactionResponse>;
@@ -273,7 +367,13 @@ async fn interactive(
     if let Some(conn) = conn {
         shared.give_back(conn);
     }
-    result
+    let outcome = match &result {
+        Ok(outcome) => *outcome,
+        Err(GatewayError::OutcomeUnknown(_)) => "outcome_unknown",
+        Err(_) => "rolled_back",
+    };
+    counter!(metrics::TRANSACTIONS, "outcome" => outcome).increment(1);
+    result.map(drop)
 }
 
 async fn drive_interactive(
@@ -281,9 +381,9 @@ async fn drive_interactive(
     mut inbound: Streaming<InteractiveTransactionRequest>,
     sender: EventSender,
     slot: &mut Option<PooledConn>,
-) -> Result<(), GatewayError> {
+) -> Result<&'static str, GatewayError> {
     let options = match next_action(&mut inbound, shared.tx.idle_timeout).await? {
-        None => return Ok(()),
+        None => return Ok("rolled_back"),
         Some(Action::Begin(options)) => options,
         Some(_) => {
             return Err(GatewayError::FailedPrecondition(
@@ -323,7 +423,8 @@ async fn drive_interactive(
             // The caller closed its side without committing: roll back and say so.
             None | Some(Action::Rollback(_)) => {
                 rollback_quietly(conn).await;
-                return send_event(&sender, Event::RolledBack(proto::RolledBack {})).await;
+                send_event(&sender, Event::RolledBack(proto::RolledBack {})).await?;
+                return Ok("rolled_back");
             }
             Some(Action::Begin(_)) => {
                 rollback_quietly(conn).await;
@@ -347,7 +448,9 @@ async fn drive_interactive(
             }
             Some(Action::Commit(_)) => {
                 execute::commit(conn).await?;
-                return send_event(&sender, Event::Committed(proto::Committed {})).await;
+                // Committed even if the caller is gone by now: count it as such.
+                let _ = send_event(&sender, Event::Committed(proto::Committed {})).await;
+                return Ok("committed");
             }
         }
     }

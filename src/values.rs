@@ -339,11 +339,15 @@ impl<'a> FromSql<'a> for RawValue<'a> {
 
 /// A binary value sent back to the server to have its text output made there.
 #[derive(Debug)]
-struct BinaryParam<'a>(&'a [u8]);
+struct BinaryParam<'a>(Option<&'a [u8]>);
 
 impl ToSql for BinaryParam<'_> {
     fn to_sql(&self, _ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
-        out.extend_from_slice(self.0);
+        match self.0 {
+            Some(raw) => out.extend_from_slice(raw),
+            // A NULL field of a record.
+            None => return Ok(IsNull::Yes),
+        }
         Ok(IsNull::No)
     }
 
@@ -485,18 +489,35 @@ async fn server_texts<S: TextSource>(
     pending: &[(Type, &[u8])],
 ) -> Result<Vec<String>, GatewayError> {
     let mut texts = Vec::with_capacity(pending.len());
-    for chunk in pending.chunks(SERVER_TEXT_CHUNK) {
+    let mut rest = pending;
+    while !rest.is_empty() {
+        // One statement takes values until it has SERVER_TEXT_CHUNK of them or of parameters
+        // (a record takes one per field).
         let mut sql = String::from("SELECT ");
-        for i in 1..=chunk.len() {
-            if i > 1 {
+        let mut values: Vec<(Type, Option<&[u8]>)> = Vec::new();
+        let mut taken = 0;
+        for (ty, raw) in rest {
+            if taken == SERVER_TEXT_CHUNK || (taken > 0 && values.len() >= SERVER_TEXT_CHUNK) {
+                break;
+            }
+            if taken > 0 {
                 sql.push_str(", ");
             }
-            let _ = write!(sql, "${i}::text");
+            sql.push('(');
+            server_expr(ty, Some(raw), &mut sql, &mut values).map_err(GatewayError::Internal)?;
+            sql.push_str(")::text");
+            taken += 1;
         }
-        let values: Vec<BinaryParam> = chunk.iter().map(|(_, raw)| BinaryParam(raw)).collect();
-        let params: Vec<(&(dyn ToSql + Sync), Type)> = values
+        if values.len() > usize::from(u16::MAX) {
+            return Err(GatewayError::Internal(format!(
+                "a record of {} values is too large to format",
+                values.len()
+            )));
+        }
+        let binary: Vec<BinaryParam> = values.iter().map(|(_, raw)| BinaryParam(*raw)).collect();
+        let params: Vec<(&(dyn ToSql + Sync), Type)> = binary
             .iter()
-            .zip(chunk)
+            .zip(&values)
             .map(|(value, (ty, _))| (value as &(dyn ToSql + Sync), ty.clone()))
             .collect();
         let rows = source
@@ -506,14 +527,122 @@ async fn server_texts<S: TextSource>(
         let row = rows
             .first()
             .ok_or_else(|| GatewayError::Internal("text conversion returned no row".into()))?;
-        for column in 0..chunk.len() {
+        for column in 0..taken {
             let text: Option<String> = row
                 .try_get(column)
                 .map_err(|e| GatewayError::Internal(format!("text conversion: {e}")))?;
             texts.push(text.unwrap_or_default());
         }
+        rest = &rest[taken..];
     }
     Ok(texts)
+}
+
+/// Writes the SQL for a binary value to be formatted by the server: a parameter of its type.
+/// Except an anonymous record (`SELECT ROW(1, 'a')`, a whole row of a subquery), which the
+/// server can't take as a parameter: record_recv needs a row type only a query defines. It
+/// becomes `ROW(...)` of its fields, and an array of them `ARRAY[...]`: record_out prints that
+/// exactly as it printed the original.
+fn server_expr<'a>(
+    ty: &Type,
+    raw: Option<&'a [u8]>,
+    sql: &mut String,
+    values: &mut Vec<(Type, Option<&'a [u8]>)>,
+) -> Result<(), String> {
+    match raw {
+        Some(raw) if *ty == Type::RECORD => {
+            sql.push_str("ROW(");
+            for (i, (oid, field)) in record_fields(raw)?.into_iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                // Only the OID goes to the server; the name and kind are not used. A literal's
+                // field (`ROW(1, 'a')`) is of type unknown, which a parameter can't be: its
+                // binary form is its text, so it goes as text.
+                let ty = match Type::from_oid(oid) {
+                    Some(ty) if ty == Type::UNKNOWN => Type::TEXT,
+                    Some(ty) => ty,
+                    None => Type::new(String::new(), oid, Kind::Simple, String::new()),
+                };
+                server_expr(&ty, field, sql, values)?;
+            }
+            sql.push(')');
+        }
+        Some(raw) if *ty == Type::RECORD_ARRAY => {
+            let bad = |e: BoxError| format!("decoding record[]: {e}");
+            let array = wire::array_from_sql(raw).map_err(bad)?;
+            let dimensions: Vec<wire::ArrayDimension> = array.dimensions().collect().map_err(bad)?;
+            // An ARRAY[...] starts at 1; other bounds would print differently.
+            if dimensions.iter().any(|d| d.lower_bound != 1) {
+                return Err("an array of anonymous records not starting at 1".into());
+            }
+            let elements: Vec<Option<&[u8]>> = array.values().collect().map_err(bad)?;
+            let mut elements = elements.into_iter();
+            record_array_expr(&dimensions, &mut elements, sql, values)?;
+        }
+        _ => {
+            values.push((ty.clone(), raw));
+            let _ = write!(sql, "${}", values.len());
+        }
+    }
+    Ok(())
+}
+
+fn record_array_expr<'a>(
+    dimensions: &[wire::ArrayDimension],
+    elements: &mut impl Iterator<Item = Option<&'a [u8]>>,
+    sql: &mut String,
+    values: &mut Vec<(Type, Option<&'a [u8]>)>,
+) -> Result<(), String> {
+    let Some((first, inner)) = dimensions.split_first() else {
+        sql.push_str("ARRAY[]::record[]");
+        return Ok(());
+    };
+    sql.push_str("ARRAY[");
+    for i in 0..first.len {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        if inner.is_empty() {
+            match elements.next().flatten() {
+                Some(raw) => server_expr(&Type::RECORD, Some(raw), sql, values)?,
+                None => sql.push_str("NULL::record"),
+            }
+        } else {
+            record_array_expr(inner, elements, sql, values)?;
+        }
+    }
+    sql.push(']');
+    Ok(())
+}
+
+/// The fields of a record's binary form (record_send): their count, then for each its type's
+/// OID and its value (length -1 for NULL).
+fn record_fields(raw: &[u8]) -> Result<Vec<(u32, Option<&[u8]>)>, String> {
+    let truncated = || "truncated record".to_owned();
+    let word = |at: usize| -> Result<[u8; 4], String> {
+        raw.get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(truncated)
+    };
+    let count = i32::from_be_bytes(word(0)?);
+    let mut at = 4;
+    let mut fields = Vec::new();
+    for _ in 0..count {
+        let oid = u32::from_be_bytes(word(at)?);
+        let len = i32::from_be_bytes(word(at + 4)?);
+        at += 8;
+        let value = match usize::try_from(len) {
+            Ok(len) => {
+                let value = raw.get(at..at + len).ok_or_else(truncated)?;
+                at += len;
+                Some(value)
+            }
+            Err(_) => None,
+        };
+        fields.push((oid, value));
+    }
+    Ok(fields)
 }
 
 /// Types decoded in the gateway; everything else gets its text from the server.
@@ -584,6 +713,9 @@ fn decode_value<'a>(
         },
         _ if *ty == Type::UUID => V::StringValue(uuid_text(raw)?),
         _ if *ty == Type::NUMERIC => V::StringValue(numeric_text(raw)?),
+        // Its binary form keeps a char(n)'s padding; `::text` of it (the cast is rtrim1) drops
+        // the trailing spaces.
+        _ if *ty == Type::BPCHAR => V::StringValue(utf8(raw)?.trim_end_matches(' ').to_owned()),
         _ if !needs_server_text(ty) => V::StringValue(utf8(raw)?),
         _ => V::StringValue(server_text(ty, raw)?),
     };

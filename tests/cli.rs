@@ -103,7 +103,7 @@ async fn wait_exit(mut child: std::process::Child) -> std::process::ExitStatus {
 async fn dev_serves_a_throwaway_database_and_cleans_up() {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut child = pgway()
-        .args(["dev", "--grpc-addr", &addr])
+        .args(["dev", "--grpc-addr", &addr, "--metrics-addr", "127.0.0.1:0"])
         .env("PGWAY_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -142,6 +142,7 @@ async fn health_and_sigterm() {
         .env("PGWAY_DATABASE_URL", pg.url("postgres"))
         .env("PGWAY_GRPC_ADDR", &addr)
         .env("PGWAY_SHUTDOWN_GRACE", "5s")
+        .env("PGWAY_METRICS_ADDR", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -43,6 +43,23 @@ impl ConnectError {
     }
 }
 
+impl ConnectError {
+    /// A closed set of kinds, for the `pgway_connection_errors_total{kind}` metric.
+    pub fn kind(&self) -> &'static str {
+        match &self.sqlstate {
+            Some(state) if state.code().starts_with("28") => "auth",
+            Some(state) if *state == SqlState::INVALID_CATALOG_NAME => "database_missing",
+            Some(state) if *state == SqlState::TOO_MANY_CONNECTIONS => "too_many_connections",
+            Some(state) if *state == SqlState::CANNOT_CONNECT_NOW => "starting_up",
+            Some(_) => "refused",
+            None if self.message.contains("timed out") || self.message.contains("timeout") => {
+                "timeout"
+            }
+            None => "network",
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for ConnectError {
     fn from(error: tokio_postgres::Error) -> Self {
         match error.as_db_error() {
@@ -85,6 +102,10 @@ pub enum GatewayError {
     /// The result is over the row or byte cap of a unary reply.
     #[error("{0}")]
     ResultTooLarge(String),
+
+    /// Too many callers are already waiting for a connection: shed at once.
+    #[error("the gateway is overloaded: {waiting} calls already wait for a database connection")]
+    Overloaded { waiting: usize, retry_after: Duration },
 
     /// No connection became free within the acquire timeout.
     #[error("no database connection became free within {waited:?}{}", cause_suffix(.last_connect_error))]
@@ -334,6 +355,13 @@ fn to_status(error: GatewayError, mut metadata: HashMap<String, String>) -> Stat
             message,
             metadata,
             None,
+        ),
+        GatewayError::Overloaded { retry_after, .. } => gateway_status(
+            Code::Unavailable,
+            "OVERLOADED",
+            message,
+            metadata,
+            Some(retry_after),
         ),
         GatewayError::PoolTimeout { .. } => gateway_status(
             Code::Unavailable,

@@ -39,6 +39,7 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 /// A gateway serving a fresh database of its own.
 pub struct Gateway {
     pub addr: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
     pub database: String,
     pub url: String,
     stop: Option<oneshot::Sender<()>>,
@@ -86,12 +87,15 @@ impl Gateway {
         let config = args.validate().expect("settings validate");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
+        let metrics_addr = metrics.local_addr().expect("metrics addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(pgway::server::serve(config, listener, async move {
+        let server = tokio::spawn(pgway::server::serve(config, listener, Some(metrics), async move {
             let _ = stopped.await;
         }));
         Gateway {
             addr,
+            metrics_addr,
             database,
             url: url.to_owned(),
             stop: Some(stop),
@@ -121,6 +125,31 @@ impl Gateway {
     /// A direct connection to the gateway's database, bypassing the gateway.
     pub async fn direct(&self) -> tokio_postgres::Client {
         connect(&self.url).await
+    }
+
+    /// The Prometheus text of the gateway's `/metrics`.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr).await.expect("connect to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read /metrics");
+        assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+        response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+    }
+
+    /// The value of one sample in `/metrics`, such as
+    /// `pgway_pool_connections{state="in_use"}`; 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.scrape().await;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().expect("a number"))
+            .unwrap_or(0.0)
     }
 
     /// Stops the gateway as SIGTERM would and waits for it to finish.

@@ -1,0 +1,338 @@
+//! Prometheus metrics: names, the recorder, the `/metrics` endpoint, and the tower layer that
+//! gives every call a request id, a span, a log line and its metrics.
+//!
+//! Label values come only from closed sets (method names from the proto, gRPC code names,
+//! fixed reasons), never from SQL or anything a caller sends, so cardinality stays bounded.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response};
+use http_body::{Body, Frame};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service};
+use tracing::{Instrument, Span, info, info_span};
+
+use crate::pool::Pool;
+
+pub const POOL_CONNECTIONS: &str = "pgway_pool_connections";
+pub const POOL_MAX: &str = "pgway_pool_max_connections";
+pub const POOL_MIN: &str = "pgway_pool_min_connections";
+pub const POOL_WAITING: &str = "pgway_pool_waiting";
+pub const POOL_WAIT_SECONDS: &str = "pgway_pool_wait_seconds";
+pub const POOL_ACQUIRE_TIMEOUTS: &str = "pgway_pool_acquire_timeouts_total";
+pub const CONNECTIONS_OPENED: &str = "pgway_connections_opened_total";
+pub const CONNECTIONS_CLOSED: &str = "pgway_connections_closed_total";
+pub const CONNECTION_ERRORS: &str = "pgway_connection_errors_total";
+pub const REQUESTS: &str = "pgway_requests_total";
+pub const REQUEST_DURATION: &str = "pgway_request_duration_seconds";
+pub const REQUESTS_IN_FLIGHT: &str = "pgway_requests_in_flight";
+pub const RETRIES: &str = "pgway_retries_total";
+pub const SHED: &str = "pgway_shed_total";
+pub const TRANSACTIONS: &str = "pgway_transactions_total";
+pub const TRANSACTION_ATTEMPTS: &str = "pgway_transaction_attempts";
+pub const DATABASE_UP: &str = "pgway_database_up";
+pub const BUILD_INFO: &str = "pgway_build_info";
+
+/// The request id header, taken from the caller or made up, and returned in the response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Installs the process-wide recorder once and returns its handle. Several gateways in one
+/// process (the tests) share it.
+pub fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(TRANSACTION_ATTEMPTS.into()),
+                        &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0],
+                    )
+                });
+            let handle = match builder.map(PrometheusBuilder::install_recorder) {
+                Ok(Ok(handle)) => handle,
+                // Another recorder is installed (an embedding application's): keep ours
+                // unregistered so /metrics still renders, empty rather than failing.
+                _ => PrometheusBuilder::new().build_recorder().handle(),
+            };
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+/// Publishes the pool's current state as gauges (done at each scrape, so it is never stale).
+pub fn record_pool_state(pool: &Pool) {
+    let state = pool.state();
+    gauge!(POOL_CONNECTIONS, "state" => "idle").set(f64::from(state.idle));
+    gauge!(POOL_CONNECTIONS, "state" => "in_use").set(f64::from(state.open - state.idle.min(state.open)));
+    gauge!(POOL_MAX).set(f64::from(state.max));
+    gauge!(POOL_MIN).set(f64::from(state.min));
+    gauge!(POOL_WAITING).set(state.waiting as f64);
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, pool: Pool, shutdown: CancellationToken) {
+    let handle = recorder();
+    let render = move || {
+        let handle = handle.clone();
+        let pool = pool.clone();
+        async move {
+            record_pool_state(&pool);
+            (
+                [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                handle.render(),
+            )
+        }
+    };
+    let app = axum::Router::new().route("/metrics", axum::routing::get(render));
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = served {
+        tracing::warn!(%error, "metrics endpoint stopped");
+    }
+}
+
+/// Binds the metrics endpoint.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// The gRPC methods pgway serves, as metric labels; anything else is "other".
+fn method_label(path: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "Query",
+        "QueryStream",
+        "Transaction",
+        "InteractiveTransaction",
+        "Check",
+        "Watch",
+        "ServerReflectionInfo",
+    ];
+    let name = path.rsplit('/').next().unwrap_or("");
+    KNOWN.iter().find(|k| **k == name).copied().unwrap_or("other")
+}
+
+/// The name of a gRPC status code, for labels and logs.
+pub fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .map(|v| tonic::Code::from_bytes(v.as_bytes()))
+}
+
+/// A request id a caller may choose: short and printable, so it is safe in logs and headers.
+fn caller_request_id(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let value = headers.get(REQUEST_ID_HEADER)?;
+    let text = value.to_str().ok()?;
+    (!text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| value.clone())
+}
+
+fn new_request_id() -> HeaderValue {
+    let id: u128 = rand::random();
+    // A 32-digit hex string is always a valid header value.
+    HeaderValue::from_str(&format!("{id:032x}")).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// One call in flight: finished exactly once, when its status is known or its body dropped.
+struct CallRecord {
+    method: &'static str,
+    started: Instant,
+    span: Span,
+    done: bool,
+}
+
+impl CallRecord {
+    fn finish(&mut self, code: tonic::Code) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let code = code_label(code);
+        let elapsed = self.started.elapsed();
+        gauge!(REQUESTS_IN_FLIGHT).decrement(1.0);
+        counter!(REQUESTS, "method" => self.method, "code" => code).increment(1);
+        histogram!(REQUEST_DURATION, "method" => self.method).record(elapsed.as_secs_f64());
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        info!(parent: &self.span, code, duration_ms, "call finished");
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        // The caller went away before a status was sent.
+        self.finish(tonic::Code::Cancelled);
+    }
+}
+
+/// The tower layer that observes every call (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
+    }
+}
+
+/// See [`ObserveLayer`].
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let method = method_label(request.uri().path());
+        let request_id = caller_request_id(request.headers()).unwrap_or_else(new_request_id);
+        request
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER, request_id.clone());
+        let span = info_span!(
+            "call",
+            method,
+            request_id = request_id.to_str().unwrap_or_default(),
+        );
+        gauge!(REQUESTS_IN_FLIGHT).increment(1.0);
+        let mut record = CallRecord {
+            method,
+            started: Instant::now(),
+            span: span.clone(),
+            done: false,
+        };
+        let future = self.inner.call(request);
+        Box::pin(
+            async move {
+                let mut response = future.await?;
+                response
+                    .headers_mut()
+                    .insert(REQUEST_ID_HEADER, request_id);
+                // A trailers-only response (most errors) has its status in the headers.
+                if let Some(code) = grpc_code(response.headers()) {
+                    record.finish(code);
+                }
+                Ok(response.map(|body| ObservedBody { inner: body, record }))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that finishes its call's record when the trailers carry the status.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        record: CallRecord,
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_code) {
+                    this.record.finish(code);
+                }
+            }
+            Some(Err(_)) => this.record.finish(tonic::Code::Internal),
+            None => this.record.finish(tonic::Code::Ok),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl std::fmt::Debug for CallRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallRecord").field("method", &self.method).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_come_from_a_closed_set() {
+        assert_eq!(method_label("/pgway.v1.Database/Query"), "Query");
+        assert_eq!(method_label("/grpc.health.v1.Health/Check"), "Check");
+        assert_eq!(method_label("/evil/' OR 1=1"), "other");
+    }
+
+    #[test]
+    fn request_ids_are_checked() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+        assert_eq!(caller_request_id(&headers).unwrap(), "abc-123");
+        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("has space"));
+        assert!(caller_request_id(&headers).is_none());
+        assert_eq!(new_request_id().len(), 32);
+    }
+}

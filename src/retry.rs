@@ -1,0 +1,114 @@
+//! When a failed call is run again, and how often.
+//!
+//! A call is retried when it never reached PostgreSQL (no statement sent, or the server
+//! answered with an error that rolled it back during a restart), and also after it was sent
+//! when that is safe: `read_only`, `idempotent`, or a `Transaction` whose connection broke
+//! before COMMIT. A write whose connection broke after it was sent is never retried: its
+//! caller gets UNKNOWN with reason OUTCOME_UNKNOWN.
+//!
+//! Retries wait with exponential backoff and full jitter, and draw on a budget (tower's
+//! `TpsBudget`): at most 20% of recent calls (plus a floor of 10 per second) may be retries,
+//! so a database outage is not multiplied by the retries of every caller.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use crate::errors::GatewayError;
+
+/// Most times one call runs for connection-level failures.
+pub const MAX_ATTEMPTS: u32 = 4;
+
+/// The gateway-wide retry budget.
+#[derive(Debug)]
+pub struct RetryBudget(TpsBudget);
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget(TpsBudget::new(Duration::from_secs(10), 10, 0.2))
+    }
+}
+
+impl RetryBudget {
+    /// Every call adds to the budget once.
+    pub fn deposit(&self) {
+        self.0.deposit();
+    }
+
+    /// Takes one retry from the budget, if there is one left.
+    pub fn withdraw(&self) -> bool {
+        self.0.withdraw()
+    }
+}
+
+/// Why `error` may be retried (a label for `pgway_retries_total{reason}`), or `None` when it
+/// must go back to the caller. `safe` is whether running the statement twice is harmless.
+pub fn reason(error: &GatewayError, safe: bool) -> Option<&'static str> {
+    match error {
+        GatewayError::ConnectionLost(_) => Some("connection_lost"),
+        GatewayError::OutcomeUnknown(_) if safe => Some("connection_lost"),
+        GatewayError::InStatement { error, .. } => reason(error, safe),
+        GatewayError::Postgres(db) => {
+            // The server answered with an error, so the statement (and its transaction) was
+            // rolled back: running it again can't apply it twice.
+            let code = db.code();
+            let restarting = *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || code.code().starts_with("08");
+            restarting.then_some("server_restart")
+        }
+        _ => None,
+    }
+}
+
+/// Backoff before retry number `retry` (1-based): exponential from 20 ms, capped at 1 s, with
+/// full jitter.
+pub fn backoff(retry: u32) -> Duration {
+    let cap = Duration::from_millis(20)
+        .saturating_mul(1 << retry.min(10))
+        .min(Duration::from_secs(1));
+    cap.mul_f64(rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_connections_retry_only_when_safe_or_unsent() {
+        let unsent = GatewayError::ConnectionLost("eof".into());
+        let sent = GatewayError::OutcomeUnknown("eof".into());
+        assert_eq!(reason(&unsent, false), Some("connection_lost"));
+        assert_eq!(reason(&sent, true), Some("connection_lost"));
+        assert_eq!(reason(&sent, false), None);
+    }
+
+    #[test]
+    fn caller_errors_are_never_retried() {
+        for error in [
+            GatewayError::InvalidArgument("bad".into()),
+            GatewayError::ResultTooLarge("big".into()),
+            GatewayError::PoolTimeout { waited: Duration::from_secs(1), last_connect_error: None },
+            GatewayError::Overloaded { waiting: 9, retry_after: Duration::from_millis(5) },
+            GatewayError::DeadlineExceeded(Duration::from_secs(1)),
+        ] {
+            assert_eq!(reason(&error, true), None, "{error}");
+        }
+    }
+
+    #[test]
+    fn the_budget_runs_out() {
+        let budget = RetryBudget(TpsBudget::new(Duration::from_secs(10), 1, 0.0));
+        let granted = (0..100).filter(|_| budget.withdraw()).count();
+        assert!(granted < 100);
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        for retry in 1..40 {
+            assert!(backoff(retry) <= Duration::from_secs(1));
+        }
+    }
+}
