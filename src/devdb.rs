@@ -296,6 +296,17 @@ impl TempPostgres {
         )
     }
 
+    /// Restarts the server on the same port; `mode` is pg_ctl's shutdown mode (`smart` lets
+    /// running sessions finish, `fast` rolls them back, `immediate` crashes). For fault tests.
+    pub fn restart(&self, mode: &str) -> Result<(), DevDbError> {
+        self.run(
+            "stopping PostgreSQL",
+            "pg_ctl",
+            ["stop", "-w", "-t", "60", "-D", &self.data_dir(), "-m", mode],
+        )?;
+        self.pg_ctl_start()
+    }
+
     /// Stops the server (fast shutdown: running transactions are rolled back).
     pub fn stop(&mut self) -> Result<(), DevDbError> {
         if self.stopped {

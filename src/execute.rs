@@ -79,6 +79,11 @@ async fn fetch(
     params: &[Param],
     caps: ResultCaps,
 ) -> Result<proto::QueryResponse, GatewayError> {
+    // A connection that died while pooled fails here, known unsent, rather than after the
+    // send where a lost connection would leave the outcome unknown.
+    if conn.client().is_closed() {
+        return Err(GatewayError::ConnectionLost("the connection was closed".into()));
+    }
     let stream = conn
         .client()
         .query_raw(statement, params.iter())

@@ -76,6 +76,9 @@ pub async fn monitor(
 async fn check(database: &tokio_postgres::Config, conn: &mut Option<Client>) -> bool {
     let attempt = async {
         if conn.as_ref().is_none_or(Client::is_closed) {
+            // Named apart from the pool's connections, so they can be told apart on the server.
+            let mut database = database.clone();
+            database.application_name("pgway-health");
             let (client, connection) = database.connect(NoTls).await.ok()?;
             tokio::spawn(connection);
             *conn = Some(client);

@@ -235,7 +235,7 @@ pub struct ConnectOutcome {
     pub error: Option<Arc<ConnectError>>,
 }
 
-/// Backoff after `failures` failed connects in a row: exponential from 50 ms up to 5 s, with
+/// Backoff after `failures` failed connects in a row: exponential from 50 ms up to 1 s, with
 /// full jitter, so a restart of the database doesn't meet a synchronised storm of reconnects.
 fn connect_backoff(failures: u32) -> Duration {
     if failures == 0 {
@@ -243,7 +243,7 @@ fn connect_backoff(failures: u32) -> Duration {
     }
     let cap = Duration::from_millis(50)
         .saturating_mul(1 << failures.min(10))
-        .min(Duration::from_secs(5));
+        .min(Duration::from_secs(1));
     cap.mul_f64(rand::rng().random::<f64>())
 }
 
@@ -536,7 +536,7 @@ mod tests {
         for failures in 1..40 {
             let cap = Duration::from_millis(50)
                 .saturating_mul(1 << failures.min(10))
-                .min(Duration::from_secs(5));
+                .min(Duration::from_secs(1));
             assert!(connect_backoff(failures) <= cap);
         }
     }

@@ -696,6 +696,8 @@ fn decode_value<'a>(
     let bad = |e: BoxError| format!("decoding {}: {e}", ty.name());
     let kind = match ty.kind() {
         Kind::Array(element) => return decode_array(element, raw, server_text),
+        // postgres-types files record[] (`array_agg(ROW(...))`) as a pseudo-type, not an array.
+        _ if *ty == Type::RECORD_ARRAY => return decode_array(&Type::RECORD, raw, server_text),
         Kind::Domain(base) => return decode_value(base, Some(raw), server_text),
         Kind::Enum(_) => V::StringValue(utf8(raw)?),
         _ if *ty == Type::BOOL => V::BoolValue(wire::bool_from_sql(raw).map_err(bad)?),
