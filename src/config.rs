@@ -29,6 +29,8 @@ pub enum Command {
     /// `pgway probe -addr=127.0.0.1:50051 -service=pgway.v1.Database`.
     #[command(disable_help_flag = true)]
     Probe(ProbeCommand),
+    /// Print the pool's current state from a running gateway's metrics endpoint.
+    Stats(StatsArgs),
     /// Start a private, throwaway PostgreSQL from the installed server binaries and serve the
     /// gateway against it on loopback. Ctrl-C stops both and removes the data directory.
     Dev(DevArgs),
@@ -40,6 +42,14 @@ pub struct ProbeCommand {
     /// -addr=host:port [-service=name] [-connect-timeout=1s] [-rpc-timeout=1s] [-tls ...]
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
     pub args: Vec<String>,
+}
+
+/// `pgway stats`'s arguments.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    /// The gateway's metrics address (its PGWAY_METRICS_ADDR, reachable from here).
+    #[arg(long, env = "PGWAY_METRICS_ADDR", default_value = "127.0.0.1:9090")]
+    pub metrics_addr: SocketAddr,
 }
 
 /// Log output format.
@@ -96,8 +106,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PGWAY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
-    /// Most rows a unary Query returns, and QueryStream's default cap; a request's `max_rows`
-    /// may lower it, never raise it.
+    /// Most rows a unary Query returns (and each statement of a Transaction); a request's
+    /// `max_rows` may lower it, never raise it. QueryStream has no row cap unless the request
+    /// sets `max_rows`.
     #[arg(long, env = "PGWAY_MAX_ROWS", default_value_t = 10_000)]
     pub max_rows: u32,
 

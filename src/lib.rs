@@ -17,6 +17,7 @@
 //! - [`retry`]: which failures are retried, with backoff, inside a retry budget.
 //! - [`server`]: assembles the gRPC server and runs it until shutdown.
 //! - [`shutdown`]: waiting for SIGTERM / SIGINT.
+//! - [`stats`]: `pgway stats`, the pool's state read from a running gateway.
 //! - [`statement`]: what a statement's text says (session changes, forbidden commands).
 //! - [`devdb`]: a throwaway PostgreSQL cluster for `pgway dev` and the test suite.
 //! - [`metrics`]: Prometheus metrics, `/metrics`, and the layer that observes every call.
@@ -36,6 +37,7 @@ pub mod retry;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod stats;
 pub mod statement;
 pub mod values;
 

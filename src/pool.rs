@@ -154,12 +154,9 @@ impl Drop for PgConn {
                 });
             }
         }
-        info!(
-            conn_id = self.id,
-            backend_pid = self.backend_pid,
-            reason = self.close_reason(),
-            "connection closed"
-        );
+        let reason = self.close_reason();
+        counter!(metrics::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+        info!(conn_id = self.id, backend_pid = self.backend_pid, reason, "closed");
     }
 }
 
@@ -435,7 +432,11 @@ impl Pool {
     pub async fn get(&self) -> Result<PooledConn, GatewayError> {
         let waiting = self.shared.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&self.shared.waiting);
-        if waiting >= self.max_waiting {
+        // Callers that will get an idle connection, or one the pool may still open, don't
+        // wait: only the ones beyond that count against PGWAY_MAX_WAITING.
+        let state = self.inner.state();
+        let available = state.idle_connections + self.max.saturating_sub(state.connections);
+        if waiting >= self.max_waiting + available as usize {
             counter!(metrics::SHED).increment(1);
             return Err(GatewayError::Overloaded {
                 waiting,

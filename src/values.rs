@@ -10,7 +10,8 @@
 //! other type (timestamps, intervals, money, ranges, composites, extension types, ...) depends on
 //! session settings or has a layout only the server knows, so its text comes from the server
 //! itself: the binary values of a batch are sent back as typed parameters of one
-//! `SELECT $1::text, ...` and the answer is exactly PostgreSQL's own `value::text`.
+//! `SELECT $1::text, ...` and the answer is exactly PostgreSQL's own `value::text`. (An anonymous
+//! record, which the server can't take back, goes as `ROW(...)` of its fields.)
 
 use std::error::Error as StdError;
 use std::fmt::Write as _;
@@ -85,7 +86,13 @@ pub fn params_from_proto(
         // Name the first parameter left without a value, as the other errors name theirs.
         let missing = types
             .get(values.len())
-            .map(|ty| format!(" (no value for ${} of type {})", values.len() + 1, ty.name()))
+            .map(|ty| {
+                format!(
+                    " (no value for ${} of type {})",
+                    values.len() + 1,
+                    ty.name()
+                )
+            })
             .unwrap_or_default();
         return Err(GatewayError::InvalidArgument(format!(
             "the statement has {} parameter(s) but {} value(s) were given{missing}",
@@ -556,13 +563,11 @@ fn server_expr<'a>(
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                // Only the OID goes to the server; the name and kind are not used. A literal's
-                // field (`ROW(1, 'a')`) is of type unknown, which a parameter can't be: its
-                // binary form is its text, so it goes as text.
-                let ty = match Type::from_oid(oid) {
-                    Some(ty) if ty == Type::UNKNOWN => Type::TEXT,
-                    Some(ty) => ty,
-                    None => Type::new(String::new(), oid, Kind::Simple, String::new()),
+                // A literal's field (`ROW(1, 'a')`) is of type unknown, which a parameter can't
+                // be: its binary form is its text, so it goes as text.
+                let ty = match type_of_oid(oid) {
+                    ty if ty == Type::UNKNOWN => Type::TEXT,
+                    ty => ty,
                 };
                 server_expr(&ty, field, sql, values)?;
             }
@@ -571,7 +576,8 @@ fn server_expr<'a>(
         Some(raw) if *ty == Type::RECORD_ARRAY => {
             let bad = |e: BoxError| format!("decoding record[]: {e}");
             let array = wire::array_from_sql(raw).map_err(bad)?;
-            let dimensions: Vec<wire::ArrayDimension> = array.dimensions().collect().map_err(bad)?;
+            let dimensions: Vec<wire::ArrayDimension> =
+                array.dimensions().collect().map_err(bad)?;
             // An ARRAY[...] starts at 1; other bounds would print differently.
             if dimensions.iter().any(|d| d.lower_bound != 1) {
                 return Err("an array of anonymous records not starting at 1".into());
@@ -616,9 +622,19 @@ fn record_array_expr<'a>(
     Ok(())
 }
 
+/// The type of an OID found inside a binary value. A type postgres-types doesn't know gets a
+/// stand-in: only its OID is used, to have the server format the value.
+fn type_of_oid(oid: u32) -> Type {
+    Type::from_oid(oid)
+        .unwrap_or_else(|| Type::new(String::new(), oid, Kind::Simple, String::new()))
+}
+
+/// A field of a record: its type's OID and its value (None for NULL).
+type RecordField<'a> = (u32, Option<&'a [u8]>);
+
 /// The fields of a record's binary form (record_send): their count, then for each its type's
 /// OID and its value (length -1 for NULL).
-fn record_fields(raw: &[u8]) -> Result<Vec<(u32, Option<&[u8]>)>, String> {
+fn record_fields(raw: &[u8]) -> Result<Vec<RecordField<'_>>, String> {
     let truncated = || "truncated record".to_owned();
     let word = |at: usize| -> Result<[u8; 4], String> {
         raw.get(at..at + 4)
@@ -684,11 +700,14 @@ fn utf8(raw: &[u8]) -> Result<String, String> {
     String::from_utf8(raw.to_vec()).map_err(|e| format!("invalid UTF-8 from the server: {e}"))
 }
 
+/// Gives the text of a value the gateway can't format.
+type ServerText<'a, 'f> = dyn FnMut(&Type, &'a [u8]) -> Result<String, String> + 'f;
+
 /// Decodes one binary value. `server_text` gives the text of a value the gateway can't format.
 fn decode_value<'a>(
     ty: &Type,
     raw: Option<&'a [u8]>,
-    server_text: &mut dyn FnMut(&Type, &'a [u8]) -> Result<String, String>,
+    server_text: &mut ServerText<'a, '_>,
 ) -> Result<proto::Value, String> {
     let Some(raw) = raw else {
         return Ok(null());
@@ -698,6 +717,13 @@ fn decode_value<'a>(
         Kind::Array(element) => return decode_array(element, raw, server_text),
         // postgres-types files record[] (`array_agg(ROW(...))`) as a pseudo-type, not an array.
         _ if *ty == Type::RECORD_ARRAY => return decode_array(&Type::RECORD, raw, server_text),
+        // A column of pseudo-type anyarray (pg_stats.most_common_vals) can hold an array of any
+        // type, and the server takes no anyarray parameter back: its binary form names the
+        // element type, which decodes as usual.
+        _ if *ty == Type::ANYARRAY => {
+            let array = wire::array_from_sql(raw).map_err(|e| format!("decoding anyarray: {e}"))?;
+            return decode_array(&type_of_oid(array.element_type()), raw, server_text);
+        }
         Kind::Domain(base) => return decode_value(base, Some(raw), server_text),
         Kind::Enum(_) => V::StringValue(utf8(raw)?),
         _ if *ty == Type::BOOL => V::BoolValue(wire::bool_from_sql(raw).map_err(bad)?),
@@ -727,7 +753,7 @@ fn decode_value<'a>(
 fn decode_array<'a>(
     element: &Type,
     raw: &'a [u8],
-    server_text: &mut dyn FnMut(&Type, &'a [u8]) -> Result<String, String>,
+    server_text: &mut ServerText<'a, '_>,
 ) -> Result<proto::Value, String> {
     let array = wire::array_from_sql(raw).map_err(|e| format!("decoding array: {e}"))?;
     let dimensions: Vec<usize> = array
@@ -854,7 +880,7 @@ mod tests {
             ],
         };
         let mut out = String::new();
-        array_literal(&array, &Type::TEXT, &mut out).unwrap();
+        array_literal(&array, &Type::TEXT, &mut out).expect("a text array");
         assert_eq!(out, r#"{"a \"b\" \\c",NULL}"#);
         let nested = proto::ArrayValue {
             values: vec![
@@ -867,7 +893,7 @@ mod tests {
             ],
         };
         let mut out = String::new();
-        array_literal(&nested, &Type::INT4, &mut out).unwrap();
+        array_literal(&nested, &Type::INT4, &mut out).expect("a 2-D int array");
         assert_eq!(out, "{{1},{2}}");
     }
 
@@ -878,13 +904,13 @@ mod tests {
         for word in [3u16, 1, 0, 3, 1, 2345, 6780] {
             raw.extend_from_slice(&word.to_be_bytes());
         }
-        assert_eq!(numeric_text(&raw).unwrap(), "12345.678");
+        assert_eq!(numeric_text(&raw).expect("12345.678"), "12345.678");
         // -0.00001: weight -2, digits [1000], dscale 5.
         let mut raw = Vec::new();
         for word in [1u16, (-2i16) as u16, 0x4000, 5, 1000] {
             raw.extend_from_slice(&word.to_be_bytes());
         }
-        assert_eq!(numeric_text(&raw).unwrap(), "-0.00001");
+        assert_eq!(numeric_text(&raw).expect("-0.00001"), "-0.00001");
     }
 
     #[test]

@@ -302,6 +302,8 @@ fn postgres_status(db: &DbError, mut metadata: HashMap<String, String>) -> Statu
         ("detail", db.detail()),
         ("hint", db.hint()),
         ("datatype", db.datatype()),
+        // Says which parameter a bad value was ("unnamed portal parameter $1 = '...'").
+        ("where", db.where_()),
     ];
     for (key, value) in fields {
         if let Some(value) = value {

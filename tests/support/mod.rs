@@ -2,6 +2,8 @@
 //! database per test, and a gateway in-process on a free port with a ready client.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

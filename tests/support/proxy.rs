@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! A fault-injecting TCP proxy between the gateway and PostgreSQL: cut every connection,
 //! black-hole traffic, add latency, or cut a connection right after it carried a COMMIT.
 

@@ -1,0 +1,105 @@
+//! `pgway stats`: the pool's current state from a running gateway, for people and scripts
+//! without Prometheus. It reads the gateway's `/metrics` and prints the pool figures.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The figures `pgway stats` prints, in order, with their labels.
+const SHOWN: &[(&str, &str)] = &[
+    ("pgway_pool_connections{state=\"in_use\"}", "connections in use"),
+    ("pgway_pool_connections{state=\"idle\"}", "connections idle"),
+    ("pgway_pool_max_connections", "pool maximum"),
+    ("pgway_pool_min_connections", "pool minimum"),
+    ("pgway_pool_waiting", "callers waiting"),
+    ("pgway_pool_acquire_timeouts_total", "acquire timeouts"),
+    ("pgway_shed_total", "calls shed"),
+    ("pgway_connections_opened_total", "connections opened"),
+    ("pgway_requests_in_flight", "calls in flight"),
+    ("pgway_database_up", "database up"),
+];
+
+/// Fetches `/metrics` from `addr`.
+pub async fn fetch(addr: SocketAddr) -> Result<String, String> {
+    let work = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: pgway\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or("not an HTTP response")?;
+        if !head.contains(" 200 ") {
+            return Err(format!("unexpected answer: {}", head.lines().next().unwrap_or("")));
+        }
+        Ok(body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .map_err(|_| format!("{addr} did not answer within 5 s"))?
+}
+
+/// The value of one sample in Prometheus text, if present.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Renders the pool's state as aligned lines, plus closed connections by reason.
+pub fn render(text: &str) -> String {
+    let mut out = String::new();
+    for (name, label) in SHOWN {
+        let value = sample(text, name).unwrap_or(0.0);
+        out.push_str(&format!("{label:<22} {value}\n"));
+    }
+    for line in text.lines().filter(|l| l.starts_with("pgway_connections_closed_total{")) {
+        if let Some((series, value)) = line.rsplit_once(' ') {
+            let reason = series
+                .split("reason=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?");
+            out.push_str(&format!("{:<22} {value}\n", format!("closed ({reason})")));
+        }
+    }
+    out
+}
+
+/// Runs `pgway stats`; returns the process exit code.
+pub async fn run(addr: SocketAddr) -> u8 {
+    match fetch(addr).await {
+        Ok(text) => {
+            print!("{}", render(&text));
+            0
+        }
+        Err(error) => {
+            eprintln!("pgway stats: {error}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_pool_figures() {
+        let text = "# TYPE x gauge\npgway_pool_connections{state=\"in_use\"} 3\npgway_pool_max_connections 20\npgway_connections_closed_total{reason=\"broken\"} 2\n";
+        let out = render(text);
+        assert!(out.contains("connections in use     3"), "{out}");
+        assert!(out.contains("pool maximum           20"), "{out}");
+        assert!(out.contains("closed (broken)        2"), "{out}");
+    }
+}

@@ -1,0 +1,1559 @@
+//! The value mapping, both ways, against a real PostgreSQL: every result value is its natural
+//! protobuf kind or exactly the server's own `value::text`; every parameter means what the
+//! server makes of it, and a value that doesn't fit is INVALID_ARGUMENT naming its parameter.
+
+mod support;
+
+use pgway::proto::{self, value::Kind};
+use support::*;
+use tonic::Code;
+
+/// Types a test database gets before the gateway sees it: an enum, a composite, domains over a
+/// natural and a text type, a range over a user-defined subtype, and types from extensions.
+const USER_TYPES: &str = r#"
+    CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy', 'with "quotes", commas');
+    CREATE TYPE pair AS (n int4, s text, d date);
+    CREATE TYPE nested AS (p pair, moods mood[], at timestamptz);
+    CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
+    CREATE DOMAIN short_text AS text CHECK (length(VALUE) < 10);
+    CREATE DOMAIN pair_domain AS pair;
+    CREATE DOMAIN intlist AS int4[] CHECK (cardinality(VALUE) < 5);
+    CREATE TYPE mood_range AS RANGE (subtype = mood);
+    CREATE SCHEMA "Other Schema";
+    CREATE TYPE "Other Schema"."Weird Type" AS ENUM ('a b', 'ü');
+    CREATE EXTENSION citext;
+    CREATE EXTENSION hstore;
+"#;
+
+/// A gateway on a fresh database with [`USER_TYPES`], its client and a direct connection whose
+/// text output doesn't depend on the server's configuration.
+async fn setup() -> (Gateway, DbClient, tokio_postgres::Client) {
+    let gw = Gateway::start().await;
+    let direct = gw.direct().await;
+    direct
+        .batch_execute(USER_TYPES)
+        .await
+        .expect("creating the test types");
+    direct
+        .batch_execute(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'",
+        )
+        .await
+        .expect("session settings");
+    let client = gw.client().await;
+    (gw, client, direct)
+}
+
+type DbClient = pgway::proto::database_client::DatabaseClient<tonic::transport::Channel>;
+
+/// Equality of result kinds, with doubles compared bit for bit (so -0 and NaN count).
+fn same(a: &Option<Kind>, b: &Option<Kind>) -> bool {
+    match (a, b) {
+        (Some(Kind::DoubleValue(x)), Some(Kind::DoubleValue(y))) => {
+            (x.is_nan() && y.is_nan()) || x.to_bits() == y.to_bits()
+        }
+        (Some(Kind::ArrayValue(x)), Some(Kind::ArrayValue(y))) => {
+            x.values.len() == y.values.len()
+                && x.values
+                    .iter()
+                    .zip(&y.values)
+                    .all(|(x, y)| same(&x.kind, &y.kind))
+        }
+        _ => a == b,
+    }
+}
+
+fn string_of(kind: &Option<Kind>) -> &str {
+    match kind {
+        Some(Kind::StringValue(s)) => s,
+        other => panic!("expected a string_value, got {other:?}"),
+    }
+}
+
+/// Types whose results are string_values: (expression, the type name the gateway reports).
+const SERVER_TEXT_CASES: &[(&str, &str)] = &[
+    // numeric: scale, precision and the special values.
+    ("'0.00001000'::numeric", "numeric"),
+    ("'-12345678901234567890.123456789'::numeric", "numeric"),
+    ("'NaN'::numeric", "numeric"),
+    ("'Infinity'::numeric", "numeric"),
+    ("'-Infinity'::numeric", "numeric"),
+    ("'0'::numeric", "numeric"),
+    ("'0.000'::numeric", "numeric"),
+    ("'-0.5'::numeric", "numeric"),
+    ("'1e-20'::numeric", "numeric"),
+    ("'10000'::numeric", "numeric"),
+    ("'100000000.00000001'::numeric", "numeric"),
+    ("'1e40'::numeric", "numeric"),
+    ("1::numeric(10,4)", "numeric"),
+    // text types.
+    ("'héllo wörld ✓ 🎉 日本'::text", "text"),
+    ("''::text", "text"),
+    ("E'line\\nbreak\\ttab \"quote\" \\\\ back'::text", "text"),
+    ("'abc'::varchar(10)", "varchar"),
+    ("'ab'::char(5)", "bpchar"),
+    ("'abcde'::char(5)", "bpchar"),
+    ("'  '::char(3)", "bpchar"),
+    ("'x'::\"char\"", "char"),
+    ("'some_name'::name", "name"),
+    ("'CaseLess'::citext", "citext"),
+    // uuid and json.
+    ("'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'::uuid", "uuid"),
+    (
+        "'{\"b\": [1, 2, {\"c\": null}],  \"a\": \"x\"}'::json",
+        "json",
+    ),
+    (
+        "'{\"b\": [1, 2.50, {\"c\": null}], \"a\": {\"nested\": {\"deep\": [true, \"ü\"]}}}'::jsonb",
+        "jsonb",
+    ),
+    ("'\"just a string\"'::jsonb", "jsonb"),
+    // dates and times, including the edges.
+    ("'2024-02-29'::date", "date"),
+    ("'4713-01-01 BC'::date", "date"),
+    ("'infinity'::date", "date"),
+    ("'-infinity'::date", "date"),
+    ("'23:59:59.999999'::time", "time"),
+    ("'12:34:56+05:30'::timetz", "timetz"),
+    ("'2024-01-02 03:04:05.678901'::timestamp", "timestamp"),
+    ("'0044-03-15 12:00:00 BC'::timestamp", "timestamp"),
+    ("'infinity'::timestamp", "timestamp"),
+    ("'2024-06-01 12:00:00+09:30'::timestamptz", "timestamptz"),
+    ("'2024-01-01 00:00:00-08'::timestamptz", "timestamptz"),
+    ("'1900-01-01 00:00:00+00:19:32'::timestamptz", "timestamptz"),
+    ("'-infinity'::timestamptz", "timestamptz"),
+    ("'1 year 2 mons -3 days 04:05:06.789'::interval", "interval"),
+    ("'-178000000 years'::interval", "interval"),
+    // network, money, bits, text search, xml, geometry, system types.
+    ("'192.168.0.1'::inet", "inet"),
+    ("'2001:db8::1/64'::inet", "inet"),
+    ("'10.0.0.0/8'::cidr", "cidr"),
+    ("'08:00:2b:01:02:03'::macaddr", "macaddr"),
+    ("'08:00:2b:01:02:03:04:05'::macaddr8", "macaddr8"),
+    ("'12.34'::money", "money"),
+    ("'-1234567.89'::money", "money"),
+    ("B'101'::bit(3)", "bit"),
+    ("B'1011001'::varbit", "varbit"),
+    ("'a fat cat sat on a mat'::tsvector", "tsvector"),
+    ("'fat & (rat | cat)'::tsquery", "tsquery"),
+    ("'<a x=\"1\">b &amp; c</a>'::xml", "xml"),
+    ("'(1.5,-2)'::point", "point"),
+    ("'((0,0),(1,1),(2,0))'::polygon", "polygon"),
+    ("'<(1,2),3>'::circle", "circle"),
+    ("'(1,1),(0,0)'::box", "box"),
+    ("'pg_class'::regclass", "regclass"),
+    ("'16/B374D848'::pg_lsn", "pg_lsn"),
+    ("'a=>1, b=>NULL'::hstore", "hstore"),
+    // user-defined types.
+    ("'happy'::mood", "mood"),
+    ("'with \"quotes\", commas'::mood", "mood"),
+    ("'hello'::short_text", "text"),
+    ("'[1,10)'::int4range", "int4range"),
+    ("'(,5]'::int4range", "int4range"),
+    ("'empty'::int4range", "int4range"),
+    (
+        "'[2024-01-01 00:00+02, 2024-01-02 00:00+02)'::tstzrange",
+        "tstzrange",
+    ),
+    ("'[1.5,2.25]'::numrange", "numrange"),
+    ("'[sad,happy]'::mood_range", "mood_range"),
+    ("'{[1,3), [5,7)}'::int4multirange", "int4multirange"),
+    ("ROW(1, 'a \"b\", c', '2024-01-01')::pair", "pair"),
+    ("ROW(NULL, NULL, NULL)::pair", "pair"),
+    (
+        "ROW(ROW(2, '', NULL)::pair, '{sad,happy}', '2024-06-01 12:00+09:30')::nested",
+        "nested",
+    ),
+    ("ROW(3, 'x', 'infinity')::pair_domain", "pair"),
+    ("'a b'::\"Other Schema\".\"Weird Type\"", "Weird Type"),
+];
+
+/// Types with a natural kind: (expression, type name, the value a user expects).
+fn natural_cases() -> Vec<(String, &'static str, Kind)> {
+    let all_bytes: Vec<u8> = (0..=255).collect();
+    let cases: Vec<(&str, &str, Kind)> = vec![
+        ("true", "bool", Kind::BoolValue(true)),
+        ("false", "bool", Kind::BoolValue(false)),
+        ("(-32768)::int2", "int2", Kind::IntValue(-32768)),
+        ("32767::int2", "int2", Kind::IntValue(32767)),
+        ("(-2147483648)::int4", "int4", Kind::IntValue(-2147483648)),
+        ("2147483647::int4", "int4", Kind::IntValue(2147483647)),
+        (
+            "'-9223372036854775808'::int8",
+            "int8",
+            Kind::IntValue(i64::MIN),
+        ),
+        (
+            "'9223372036854775807'::int8",
+            "int8",
+            Kind::IntValue(i64::MAX),
+        ),
+        ("'4294967295'::oid", "oid", Kind::IntValue(4294967295)),
+        (
+            "'3.4028235e38'::float4",
+            "float4",
+            Kind::DoubleValue(f32::MAX.into()),
+        ),
+        (
+            "'-3.4028235e38'::float4",
+            "float4",
+            Kind::DoubleValue(f32::MIN.into()),
+        ),
+        (
+            "'1.17549435e-38'::float4",
+            "float4",
+            Kind::DoubleValue(f32::MIN_POSITIVE.into()),
+        ),
+        (
+            "'1e-45'::float4",
+            "float4",
+            Kind::DoubleValue(f32::from_bits(1).into()),
+        ),
+        ("'0.1'::float4", "float4", Kind::DoubleValue(0.1f32.into())),
+        ("'NaN'::float4", "float4", Kind::DoubleValue(f64::NAN)),
+        ("'-0'::float4", "float4", Kind::DoubleValue(-0.0)),
+        (
+            "'Infinity'::float4",
+            "float4",
+            Kind::DoubleValue(f64::INFINITY),
+        ),
+        (
+            "'-Infinity'::float4",
+            "float4",
+            Kind::DoubleValue(f64::NEG_INFINITY),
+        ),
+        (
+            "'1.7976931348623157e308'::float8",
+            "float8",
+            Kind::DoubleValue(f64::MAX),
+        ),
+        (
+            "'-1.7976931348623157e308'::float8",
+            "float8",
+            Kind::DoubleValue(f64::MIN),
+        ),
+        ("'5e-324'::float8", "float8", Kind::DoubleValue(5e-324)),
+        (
+            "'2.2250738585072014e-308'::float8",
+            "float8",
+            Kind::DoubleValue(f64::MIN_POSITIVE),
+        ),
+        ("'0.1'::float8", "float8", Kind::DoubleValue(0.1)),
+        ("'NaN'::float8", "float8", Kind::DoubleValue(f64::NAN)),
+        ("'-0'::float8", "float8", Kind::DoubleValue(-0.0)),
+        (
+            "'Infinity'::float8",
+            "float8",
+            Kind::DoubleValue(f64::INFINITY),
+        ),
+        (
+            "'-Infinity'::float8",
+            "float8",
+            Kind::DoubleValue(f64::NEG_INFINITY),
+        ),
+        ("''::bytea", "bytea", Kind::BytesValue(Vec::new())),
+        (
+            "(SELECT decode(string_agg(lpad(to_hex(i), 2, '0'), '' ORDER BY i), 'hex') FROM generate_series(0, 255) i)",
+            "bytea",
+            Kind::BytesValue(all_bytes),
+        ),
+        // PostgreSQL describes a domain's column as its base type: it takes the base's kind.
+        ("7::posint", "int4", Kind::IntValue(7)),
+    ];
+    cases
+        .into_iter()
+        .map(|(e, t, k)| (e.to_owned(), t, k))
+        .collect()
+}
+
+/// Every type that has no natural kind comes back as exactly what the server's `::text` of the
+/// same value says, in the same query (so whatever TimeZone, DateStyle or lc_monetary the
+/// server runs with).
+#[tokio::test]
+async fn results_are_the_servers_text() {
+    let (_gw, mut client, _direct) = setup().await;
+    for (expr, type_name) in SERVER_TEXT_CASES {
+        let sql = format!("SELECT {expr} AS v, ({expr})::text AS t");
+        let response = run(&mut client, &sql, vec![]).await;
+        assert_eq!(response.columns[0].type_name, *type_name, "{sql}");
+        let row = &response.rows[0];
+        let server = string_of(&row.values[1].kind);
+        assert_eq!(
+            row.values[0].kind,
+            Some(Kind::StringValue(server.to_owned())),
+            "{sql}"
+        );
+    }
+}
+
+/// Spot checks with the text spelled out, so a server-text path that answered with something
+/// else entirely (the binary form, the output function instead of `::text`) would show.
+#[tokio::test]
+async fn results_spelled_out() {
+    let (_gw, mut client, _direct) = setup().await;
+    let cases: &[(&str, &str)] = &[
+        ("'0.00001000'::numeric", "0.00001000"),
+        (
+            "'-12345678901234567890.123456789'::numeric",
+            "-12345678901234567890.123456789",
+        ),
+        ("'NaN'::numeric", "NaN"),
+        ("'Infinity'::numeric", "Infinity"),
+        ("'1e-20'::numeric", "0.00000000000000000001"),
+        ("'100000000.00000001'::numeric", "100000000.00000001"),
+        ("'4713-01-01 BC'::date", "4713-01-01 BC"),
+        ("'infinity'::timestamptz", "infinity"),
+        (
+            "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'::uuid",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        ),
+        (
+            "'{\"b\": 1, \"a\": {\"x\": [1, 2]}}'::jsonb",
+            "{\"a\": {\"x\": [1, 2]}, \"b\": 1}",
+        ),
+        // `::text` of a char(n) drops the padding.
+        ("'ab'::char(5)", "ab"),
+        ("'happy'::mood", "happy"),
+        ("ROW(1, 'a b', NULL)::pair", "(1,\"a b\",)"),
+        ("'[1,10]'::int4range", "[1,11)"),
+    ];
+    for (expr, text) in cases {
+        let response = run(&mut client, &format!("SELECT {expr}"), vec![]).await;
+        assert_eq!(
+            scalar(&response),
+            Some(Kind::StringValue((*text).to_owned())),
+            "{expr}"
+        );
+    }
+    // The test cluster is made with --locale=C: money is in dollars.
+    let response = run(
+        &mut client,
+        "SELECT '1 year 2 mons -3 days 04:05:06.789'::interval, '-1234567.89'::money",
+        vec![],
+    )
+    .await;
+    let shown: Vec<&str> = response.rows[0]
+        .values
+        .iter()
+        .map(|v| string_of(&v.kind))
+        .collect();
+    assert_eq!(
+        shown,
+        ["1 year 2 mons -3 days +04:05:06.789", "-$1,234,567.89"]
+    );
+}
+
+/// bool, integers, floats and bytea come back as their natural kinds, equal to the constants a
+/// user expects and to what a direct connection reads.
+#[tokio::test]
+async fn results_of_natural_kinds() {
+    let (_gw, mut client, direct) = setup().await;
+    for (expr, type_name, expected) in natural_cases() {
+        let sql = format!("SELECT {expr} AS v");
+        let response = run(&mut client, &sql, vec![]).await;
+        assert_eq!(response.columns[0].type_name, type_name, "{sql}");
+        let got = scalar(&response);
+        let expected = Some(expected);
+        assert!(
+            same(&got, &expected),
+            "{sql}: got {got:?}, expected {expected:?}"
+        );
+        // The same value read directly, in the widest Rust type of its kind.
+        let read = match &expected {
+            Some(Kind::BoolValue(_)) => Kind::BoolValue(
+                direct
+                    .query_one(&format!("SELECT ({expr})::bool"), &[])
+                    .await
+                    .expect("direct")
+                    .get(0),
+            ),
+            Some(Kind::IntValue(_)) => Kind::IntValue(
+                direct
+                    .query_one(&format!("SELECT ({expr})::int8"), &[])
+                    .await
+                    .expect("direct")
+                    .get(0),
+            ),
+            Some(Kind::DoubleValue(_)) => Kind::DoubleValue(
+                direct
+                    .query_one(&format!("SELECT ({expr})::float8"), &[])
+                    .await
+                    .expect("direct")
+                    .get(0),
+            ),
+            Some(Kind::BytesValue(_)) => Kind::BytesValue(
+                direct
+                    .query_one(&format!("SELECT ({expr})"), &[])
+                    .await
+                    .expect("direct")
+                    .get(0),
+            ),
+            other => panic!("not a natural kind: {other:?}"),
+        };
+        assert!(
+            same(&got, &Some(read.clone())),
+            "{sql}: gateway {got:?}, direct {read:?}"
+        );
+    }
+    // NULL of any type is null_value.
+    let response = run(
+        &mut client,
+        "SELECT NULL::int4, NULL::text, NULL::numeric, NULL::timestamptz, NULL::mood, NULL::pair, NULL::int4[], NULL::bytea",
+        vec![],
+    )
+    .await;
+    for value in &response.rows[0].values {
+        assert_eq!(value.kind, Some(Kind::NullValue(0)));
+    }
+}
+
+/// More values needing the server's text than fit one conversion round trip (1000), in unary
+/// and streamed results: every value is its own row's text, in order.
+#[tokio::test]
+async fn many_server_texts_stay_in_order() {
+    let (_gw, mut client, _direct) = setup().await;
+    let sql = "SELECT t, t::text, i::numeric / 7, (i::numeric / 7)::text \
+               FROM generate_series(1, 2500) i, LATERAL (SELECT '2000-01-01 00:00+05'::timestamptz + i * interval '1 hour 1 second') s(t) \
+               ORDER BY i";
+    let response = run(&mut client, sql, vec![]).await;
+    assert_eq!(response.rows.len(), 2500);
+    for row in &response.rows {
+        assert_eq!(row.values[0].kind, row.values[1].kind);
+        assert_eq!(row.values[2].kind, row.values[3].kind);
+    }
+    let mut stream = client
+        .query_stream(query(sql, vec![]))
+        .await
+        .expect("QueryStream")
+        .into_inner();
+    let mut rows = 0;
+    while let Some(message) = stream.message().await.expect("stream message") {
+        for row in &message.rows {
+            assert_eq!(row.values[0].kind, row.values[1].kind);
+            assert_eq!(row.values[2].kind, row.values[3].kind);
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, 2500);
+}
+
+/// One parameter round trip: the column's type, the value sent, the column's `::text` after.
+struct RoundTrip {
+    column: &'static str,
+    value: proto::Value,
+    text: String,
+}
+
+fn trip(column: &'static str, value: proto::Value, text: &str) -> RoundTrip {
+    RoundTrip {
+        column,
+        value,
+        text: text.to_owned(),
+    }
+}
+
+fn round_trips() -> Vec<RoundTrip> {
+    let all_bytes: Vec<u8> = (0..=255).collect();
+    let all_bytes_hex: String = std::iter::once("\\x".to_owned())
+        .chain(all_bytes.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    let ints = |values: &[i64]| array(values.iter().map(|&v| int(v)).collect());
+    vec![
+        // bool
+        trip("bool", boolean(true), "true"),
+        trip("bool", boolean(false), "false"),
+        trip("bool", text("yes"), "true"),
+        // integers, from ints and from text
+        trip("int2", int(-32768), "-32768"),
+        trip("int2", int(32767), "32767"),
+        trip("int2", text(" 12 "), "12"),
+        trip("int4", int(i64::from(i32::MIN)), "-2147483648"),
+        trip("int4", int(i64::from(i32::MAX)), "2147483647"),
+        trip("int8", int(i64::MIN), "-9223372036854775808"),
+        trip("int8", int(i64::MAX), "9223372036854775807"),
+        trip("int8", text("-42"), "-42"),
+        trip("oid", int(4294967295), "4294967295"),
+        trip("oid", int(0), "0"),
+        // numeric from ints, doubles and text
+        trip("numeric", int(i64::MAX), "9223372036854775807"),
+        trip("numeric", int(i64::MIN), "-9223372036854775808"),
+        trip("numeric", double(0.1), "0.1"),
+        trip("numeric", double(-2.5e-7), "-0.00000025"),
+        trip("numeric", double(1e21), "1000000000000000000000"),
+        trip("numeric", double(-0.0), "0"),
+        trip("numeric", double(f64::NAN), "NaN"),
+        trip("numeric", double(f64::INFINITY), "Infinity"),
+        trip("numeric", double(f64::NEG_INFINITY), "-Infinity"),
+        trip(
+            "numeric",
+            text("-12345678901234567890.123456789"),
+            "-12345678901234567890.123456789",
+        ),
+        trip("numeric", text("0.00001000"), "0.00001000"),
+        trip("numeric(10,2)", double(1.005), "1.01"),
+        // floats from doubles, ints and text
+        trip("float4", double(1.5), "1.5"),
+        trip("float4", double(f64::from(f32::MAX)), "3.4028235e+38"),
+        trip("float4", double(f64::from(f32::from_bits(1))), "1e-45"),
+        trip("float4", double(-0.0), "-0"),
+        trip("float4", double(f64::NAN), "NaN"),
+        trip("float4", double(f64::NEG_INFINITY), "-Infinity"),
+        trip("float4", int(16777216), "1.6777216e+07"),
+        trip("float4", int(-16777216), "-1.6777216e+07"),
+        // Beyond 2^24 only every other integer is a float4, but those are exact.
+        trip("float4", int(16777218), "1.6777218e+07"),
+        trip("float4", int(1 << 40), "1.0995116e+12"),
+        trip("float4", text("3.25"), "3.25"),
+        trip("float8", double(0.1), "0.1"),
+        trip("float8", double(f64::MAX), "1.7976931348623157e+308"),
+        trip("float8", double(5e-324), "5e-324"),
+        trip("float8", double(-0.0), "-0"),
+        trip("float8", double(f64::INFINITY), "Infinity"),
+        trip("float8", int(1 << 53), "9.007199254740992e+15"),
+        trip("float8", int((1 << 53) + 2), "9.007199254740994e+15"),
+        trip("float8", int(i64::MIN), "-9.223372036854776e+18"),
+        trip("float8", text("-1.25e-300"), "-1.25e-300"),
+        // text types
+        trip(
+            "text",
+            text("héllo wörld ✓ 🎉 'single' \"double\" \\ back, {braces}"),
+            "héllo wörld ✓ 🎉 'single' \"double\" \\ back, {braces}",
+        ),
+        trip("text", text(""), ""),
+        trip("text", text("NULL"), "NULL"),
+        trip("varchar(5)", text("abc"), "abc"),
+        trip("char(5)", text("ab"), "ab"),
+        trip("\"char\"", text("x"), "x"),
+        trip("name", text("a_name"), "a_name"),
+        trip("citext", text("MiXeD"), "MiXeD"),
+        // bytea from bytes and from both text syntaxes
+        trip("bytea", bytes(&all_bytes), &all_bytes_hex),
+        trip("bytea", bytes(&[]), "\\x"),
+        trip("bytea", text("\\xDEADbeef"), "\\xdeadbeef"),
+        trip("bytea", text("abc\\\\"), "\\x6162635c"),
+        // uuid, json
+        trip(
+            "uuid",
+            text("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"),
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        ),
+        trip(
+            "uuid",
+            text("{a0eebc999c0b4ef8bb6d6bb9bd380a11}"),
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        ),
+        trip(
+            "json",
+            text("{\"b\":1,  \"a\":[1,2]}"),
+            "{\"b\":1,  \"a\":[1,2]}",
+        ),
+        trip(
+            "jsonb",
+            text("{\"b\": {\"deep\": {\"er\": [1, 2.50, null]}}, \"a\": \"ü\"}"),
+            "{\"a\": \"ü\", \"b\": {\"deep\": {\"er\": [1, 2.50, null]}}}",
+        ),
+        // dates and times (the direct connection reads in UTC, ISO)
+        trip("date", text("2024-02-29"), "2024-02-29"),
+        trip("date", text("4713-01-01 BC"), "4713-01-01 BC"),
+        trip("date", text("infinity"), "infinity"),
+        trip("date", text("-infinity"), "-infinity"),
+        trip("time", text("23:59:59.999999"), "23:59:59.999999"),
+        trip("timetz", text("12:34:56+05:30"), "12:34:56+05:30"),
+        trip(
+            "timestamp",
+            text("2024-01-02 03:04:05.678901"),
+            "2024-01-02 03:04:05.678901",
+        ),
+        trip(
+            "timestamp",
+            text("0044-03-15 12:00 BC"),
+            "0044-03-15 12:00:00 BC",
+        ),
+        trip(
+            "timestamptz",
+            text("2024-06-01 12:00:00+09:30"),
+            "2024-06-01 02:30:00+00",
+        ),
+        trip(
+            "timestamptz",
+            text("2024-01-01 00:00:00-08"),
+            "2024-01-01 08:00:00+00",
+        ),
+        trip("timestamptz", text("infinity"), "infinity"),
+        trip(
+            "interval",
+            text("1 year 2 mons -3 days 04:05:06.789"),
+            "1 year 2 mons -3 days +04:05:06.789",
+        ),
+        trip(
+            "interval",
+            text("P1Y2M3DT4H5M6S"),
+            "1 year 2 mons 3 days 04:05:06",
+        ),
+        // network, money, bits, text search, xml, geometry
+        trip("inet", text("192.168.0.1"), "192.168.0.1/32"),
+        trip("cidr", text("10.0.0.0/8"), "10.0.0.0/8"),
+        trip("macaddr", text("08-00-2B-01-02-03"), "08:00:2b:01:02:03"),
+        trip("money", text("12.34"), "$12.34"),
+        trip("money", text("-1,234,567.89"), "-$1,234,567.89"),
+        trip("bit(3)", text("101"), "101"),
+        trip("varbit", text("1011001"), "1011001"),
+        trip("tsvector", text("a fat cat"), "'a' 'cat' 'fat'"),
+        trip("xml", text("<a x=\"1\">b</a>"), "<a x=\"1\">b</a>"),
+        trip("point", text("(1.5,-2)"), "(1.5,-2)"),
+        trip("hstore", text("b=>2, a=>1"), "\"a\"=>\"1\", \"b\"=>\"2\""),
+        // user-defined types
+        trip("mood", text("happy"), "happy"),
+        trip(
+            "mood",
+            text("with \"quotes\", commas"),
+            "with \"quotes\", commas",
+        ),
+        trip("posint", int(5), "5"),
+        trip("posint", text("6"), "6"),
+        trip("short_text", text("hi"), "hi"),
+        trip("int4range", text("[1,10]"), "[1,11)"),
+        trip("int4range", text("empty"), "empty"),
+        trip(
+            "tstzrange",
+            text("[2024-01-01 00:00+02,infinity)"),
+            "[\"2023-12-31 22:00:00+00\",infinity)",
+        ),
+        trip("mood_range", text("[sad,ok]"), "[sad,ok]"),
+        trip(
+            "pair",
+            text("(1,\"a, \"\"b\"\"\",2024-01-01)"),
+            "(1,\"a, \"\"b\"\"\",2024-01-01)",
+        ),
+        trip(
+            "nested",
+            text("(\"(2,x,)\",\"{sad,happy}\",\"2024-06-01 12:00+09:30\")"),
+            "(\"(2,x,)\",\"{sad,happy}\",\"2024-06-01 02:30:00+00\")",
+        ),
+        trip("\"Other Schema\".\"Weird Type\"", text("ü"), "ü"),
+        // arrays from array values
+        trip("int4[]", ints(&[1, 2, 3]), "{1,2,3}"),
+        trip(
+            "int4[]",
+            array(vec![int(1), null(), int(-3)]),
+            "{1,NULL,-3}",
+        ),
+        trip("int4[]", array(vec![]), "{}"),
+        trip(
+            "int4[]",
+            array(vec![ints(&[1, 2]), ints(&[3, 4])]),
+            "{{1,2},{3,4}}",
+        ),
+        trip(
+            "int4[]",
+            array(vec![
+                array(vec![ints(&[1]), ints(&[2])]),
+                array(vec![ints(&[3]), array(vec![null()])]),
+            ]),
+            "{{{1},{2}},{{3},{NULL}}}",
+        ),
+        trip(
+            "int4[]",
+            array(vec![
+                array(vec![int(1), null()]),
+                array(vec![null(), int(4)]),
+            ]),
+            "{{1,NULL},{NULL,4}}",
+        ),
+        trip("int2[]", ints(&[-32768, 32767]), "{-32768,32767}"),
+        trip(
+            "int8[]",
+            ints(&[i64::MIN, i64::MAX]),
+            "{-9223372036854775808,9223372036854775807}",
+        ),
+        trip(
+            "text[]",
+            array(vec![
+                text("a\"b"),
+                text("back\\slash"),
+                text("com,ma"),
+                null(),
+                text(""),
+                text("NULL"),
+                text(" spaced "),
+                text("{braces}"),
+                text("ü ✓"),
+            ]),
+            r#"{"a\"b","back\\slash","com,ma",NULL,"","NULL"," spaced ","{braces}","ü ✓"}"#,
+        ),
+        trip(
+            "text[]",
+            array(vec![
+                array(vec![text("a"), text("b")]),
+                array(vec![text("c"), null()]),
+            ]),
+            "{{a,b},{c,NULL}}",
+        ),
+        trip(
+            "bytea[]",
+            array(vec![bytes(&[0, 255]), null(), bytes(&[]), text("\\x41")]),
+            r#"{"\\x00ff",NULL,"\\x","\\x41"}"#,
+        ),
+        trip(
+            "bool[]",
+            array(vec![boolean(true), boolean(false), null(), text("yes")]),
+            "{t,f,NULL,t}",
+        ),
+        trip(
+            "numeric[]",
+            array(vec![
+                double(0.1),
+                double(-2.5),
+                double(1e-7),
+                double(f64::NAN),
+                int(i64::MAX),
+                text("1.50"),
+            ]),
+            "{0.1,-2.5,0.0000001,NaN,9223372036854775807,1.50}",
+        ),
+        trip(
+            "float4[]",
+            array(vec![double(1.5), int(16777216), double(f64::NEG_INFINITY)]),
+            "{1.5,1.6777216e+07,-Infinity}",
+        ),
+        trip(
+            "float8[]",
+            array(vec![
+                double(0.1),
+                double(-0.0),
+                double(f64::INFINITY),
+                int(1 << 53),
+            ]),
+            "{0.1,-0,Infinity,9.007199254740992e+15}",
+        ),
+        trip(
+            "mood[]",
+            array(vec![text("happy"), text("with \"quotes\", commas"), null()]),
+            r#"{happy,"with \"quotes\", commas",NULL}"#,
+        ),
+        trip("posint[]", ints(&[1, 2]), "{1,2}"),
+        trip("intlist", ints(&[1, 2]), "{1,2}"),
+        trip(
+            "date[]",
+            array(vec![text("4713-01-01 BC"), text("infinity")]),
+            r#"{"4713-01-01 BC",infinity}"#,
+        ),
+        trip(
+            "timestamptz[]",
+            array(vec![text("2024-06-01 12:00:00+09:30")]),
+            r#"{"2024-06-01 02:30:00+00"}"#,
+        ),
+        trip(
+            "uuid[]",
+            array(vec![text("A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11")]),
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+        ),
+        trip(
+            "jsonb[]",
+            array(vec![text("{\"a\": [1, \"x,y\"]}")]),
+            r#"{"{\"a\": [1, \"x,y\"]}"}"#,
+        ),
+        trip(
+            "pair[]",
+            array(vec![text("(1,\"a b\",)"), null()]),
+            r#"{"(1,\"a b\",)",NULL}"#,
+        ),
+        trip(
+            "int4range[]",
+            array(vec![text("[1,2)"), text("empty")]),
+            r#"{"[1,2)",empty}"#,
+        ),
+        // box is the one built-in type whose array delimiter is ';', not ','.
+        trip(
+            "box[]",
+            array(vec![text("(1,1),(0,0)"), text("(2,2),(1,1)")]),
+            "{(1,1),(0,0);(2,2),(1,1)}",
+        ),
+        // and arrays as text
+        trip("int4[]", text("{{1,2},{3,4}}"), "{{1,2},{3,4}}"),
+        trip("text[]", text("{a,\"b c\",NULL}"), "{a,\"b c\",NULL}"),
+        trip("int4[]", text("[0:1]={5,6}"), "[0:1]={5,6}"),
+    ]
+}
+
+/// Every value sent as a parameter lands in a column of its type as what the server makes of
+/// it, and a NULL of every type is a NULL.
+#[tokio::test]
+async fn parameters_round_trip() {
+    let (_gw, mut client, direct) = setup().await;
+    let mut failures = Vec::new();
+    for (i, case) in round_trips().into_iter().enumerate() {
+        let table = format!("rt_{i}");
+        direct
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (id int GENERATED ALWAYS AS IDENTITY, v {})",
+                case.column
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", case.column));
+        let insert = format!("INSERT INTO {table} (v) VALUES ($1)");
+        for value in [case.value.clone(), null()] {
+            if let Err(status) = client.query(query(&insert, vec![value.clone()])).await {
+                failures.push(format!("{} {value:?}: {status:?}", case.column));
+            }
+        }
+        let read: Vec<Option<String>> = direct
+            .query(&format!("SELECT v::text FROM {table} ORDER BY id"), &[])
+            .await
+            .expect("read back")
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if read != vec![Some(case.text.clone()), None] {
+            failures.push(format!(
+                "{} {:?}: read back {read:?}, expected [{:?}, None]",
+                case.column, case.value, case.text
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A parameter's type is what PostgreSQL infers from the statement, not from the value: the
+/// same string means a number, a date or a jsonb document depending on where it goes.
+#[tokio::test]
+async fn parameter_types_are_inferred() {
+    let (_gw, mut client, _direct) = setup().await;
+    let response = run(
+        &mut client,
+        "SELECT $1::numeric * 2, $2::date + 1, $3::jsonb -> 'a', $4 = 'happy'::mood, $5::int4 + $6",
+        vec![
+            text("1.25"),
+            text("2024-02-28"),
+            text("{\"a\": [1]}"),
+            text("happy"),
+            text("40"),
+            int(2),
+        ],
+    )
+    .await;
+    let values: Vec<_> = response.rows[0]
+        .values
+        .iter()
+        .map(|v| v.kind.clone())
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            Some(Kind::StringValue("2.50".into())),
+            Some(Kind::StringValue("2024-02-29".into())),
+            Some(Kind::StringValue("[1]".into())),
+            Some(Kind::BoolValue(true)),
+            Some(Kind::IntValue(42)),
+        ]
+    );
+    // A parameter compared with a numeric column takes doubles and ints exactly.
+    let response = run(
+        &mut client,
+        "SELECT $1::numeric = 0.1 AND $2::numeric = 12345678901234567",
+        vec![double(0.1), int(12345678901234567)],
+    )
+    .await;
+    assert_eq!(scalar(&response), Some(Kind::BoolValue(true)));
+}
+
+/// Arrays in results: natural elements keep their kind, every other element is the server's
+/// text of that element (as `unnest(...)::text` gives it), NULL elements are null_values and
+/// more dimensions are nested arrays.
+#[tokio::test]
+async fn arrays_in_results() {
+    let (_gw, mut client, _direct) = setup().await;
+    let ints =
+        |values: &[Option<i64>]| array(values.iter().map(|v| v.map_or_else(null, int)).collect());
+    let spelled: Vec<(&str, proto::Value)> = vec![
+        ("ARRAY[1, NULL, 3]::int4[]", ints(&[Some(1), None, Some(3)])),
+        ("'{}'::int4[]", array(vec![])),
+        (
+            "'{{1,2},{3,NULL}}'::int4[]",
+            array(vec![ints(&[Some(1), Some(2)]), ints(&[Some(3), None])]),
+        ),
+        (
+            "'{{{1},{2}},{{3},{4}}}'::int8[]",
+            array(vec![
+                array(vec![ints(&[Some(1)]), ints(&[Some(2)])]),
+                array(vec![ints(&[Some(3)]), ints(&[Some(4)])]),
+            ]),
+        ),
+        ("'[5:6]={7,8}'::int2[]", ints(&[Some(7), Some(8)])),
+        (
+            "ARRAY[true, NULL, false]",
+            array(vec![boolean(true), null(), boolean(false)]),
+        ),
+        (
+            "ARRAY['-0'::float8, 'NaN', 'Infinity', 0.5]",
+            array(vec![
+                double(-0.0),
+                double(f64::NAN),
+                double(f64::INFINITY),
+                double(0.5),
+            ]),
+        ),
+        (
+            "ARRAY['\\x00ff'::bytea, NULL, '']",
+            array(vec![bytes(&[0, 255]), null(), bytes(&[])]),
+        ),
+        (
+            "ARRAY['a\"b', 'back\\slash', 'com,ma', '', NULL, 'NULL', ' spaced ', '{braces}', 'ü ✓']",
+            array(vec![
+                text("a\"b"),
+                text("back\\slash"),
+                text("com,ma"),
+                text(""),
+                null(),
+                text("NULL"),
+                text(" spaced "),
+                text("{braces}"),
+                text("ü ✓"),
+            ]),
+        ),
+        (
+            "'{{a,b},{c,NULL}}'::text[]",
+            array(vec![
+                array(vec![text("a"), text("b")]),
+                array(vec![text("c"), null()]),
+            ]),
+        ),
+        (
+            "'{0.00001000,NaN,-1.5}'::numeric[]",
+            array(vec![text("0.00001000"), text("NaN"), text("-1.5")]),
+        ),
+        (
+            "'{4713-01-01 BC,infinity,NULL}'::date[]",
+            array(vec![text("4713-01-01 BC"), text("infinity"), null()]),
+        ),
+        ("'{happy,NULL}'::mood[]", array(vec![text("happy"), null()])),
+    ];
+    for (expr, expected) in spelled {
+        let response = run(&mut client, &format!("SELECT {expr}"), vec![]).await;
+        let got = scalar(&response);
+        assert!(
+            same(&got, &expected.kind),
+            "{expr}: got {got:?}, expected {expected:?}"
+        );
+    }
+
+    // Arrays whose elements need the server's text: each element is `unnest(...)::text`.
+    let server_elements = [
+        "ARRAY['2024-06-01 12:00+09:30'::timestamptz, NULL, 'infinity', '1999-12-31 23:59:59.5-03']",
+        "'{{2024-01-01 00:00+01,2024-01-01 00:00+02},{NULL,-infinity}}'::timestamptz[]",
+        "'{0.00001000,-12345678901234567890.123456789,NaN,Infinity}'::numeric[]",
+        "'{{2024-02-29,4713-01-01 BC},{infinity,NULL}}'::date[]",
+        "ARRAY['1 year 2 mons -3 days 04:05:06.789'::interval, '-1 second']",
+        "ARRAY['192.168.0.1'::inet, '::1']",
+        "ARRAY['ab'::char(5), 'abcde']",
+        "ARRAY['12.34'::money]",
+        "ARRAY['[1,10)'::int4range, 'empty']",
+        "ARRAY[ROW(1, 'a \"b\", c', NULL)::pair, NULL]",
+        "ARRAY['[sad,happy]'::mood_range]",
+        "ARRAY['{\"a\": {\"b\": [1, 2]}}'::jsonb, 'null']",
+        "ARRAY['A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'::uuid]",
+        "ARRAY['(1,1),(0,0)'::box, '(3,3),(2,2)']",
+        "ARRAY['a=>1'::hstore]",
+    ];
+    for expr in server_elements {
+        let response = run(
+            &mut client,
+            &format!("SELECT a, {} FROM (SELECT {expr}) s(a)", element_texts("a")),
+            vec![],
+        )
+        .await;
+        let row = &response.rows[0];
+        let flat = flatten(&row.values[0]);
+        let Some(Kind::ArrayValue(texts)) = &row.values[1].kind else {
+            panic!("{expr}: no element texts: {row:?}");
+        };
+        let texts: Vec<Option<Kind>> = texts.values.iter().map(|v| v.kind.clone()).collect();
+        assert_eq!(flat, texts, "{expr}");
+    }
+}
+
+/// SQL for the texts of an array's elements, in order: `unnest(a)::text` as a text[]. (Not
+/// `FROM unnest(a)`, which splits composite elements into columns.)
+fn element_texts(array: &str) -> String {
+    format!("ARRAY(SELECT unnest({array})::text)")
+}
+
+/// Columns of pseudo-type anyarray (pg_stats' most common values) are arrays of whatever type
+/// the statistics are about.
+#[tokio::test]
+async fn anyarray_results() {
+    let (_gw, mut client, direct) = setup().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE stats AS SELECT i % 3 AS n, (ARRAY['sad', 'ok', 'happy'])[i % 3 + 1]::mood AS m, \
+                    '2024-01-01 00:00+05'::timestamptz + (i % 2) * interval '1 day' AS t \
+             FROM generate_series(1, 300) i; \
+             ANALYZE stats",
+        )
+        .await
+        .expect("stats");
+    let response = run(
+        &mut client,
+        "SELECT attname, most_common_vals, most_common_vals::text FROM pg_stats WHERE tablename = 'stats' ORDER BY attname",
+        vec![],
+    )
+    .await;
+    assert_eq!(response.columns[1].type_name, "anyarray");
+    assert_eq!(response.rows.len(), 3);
+    for row in &response.rows {
+        let column = string_of(&row.values[0].kind);
+        let mut elements = flatten(&row.values[1]);
+        // The statistics' order is by frequency: compare as sets, via each element's text.
+        let mut texts: Vec<String> = elements
+            .iter()
+            .map(|e| match e {
+                Some(Kind::IntValue(v)) => v.to_string(),
+                Some(Kind::StringValue(s)) => s.clone(),
+                other => panic!("{column}: {other:?}"),
+            })
+            .collect();
+        texts.sort();
+        let server = string_of(&row.values[2].kind);
+        let mut expected: Vec<String> = server
+            .trim_matches(|c| c == '{' || c == '}')
+            .split(',')
+            .map(|e| e.trim_matches('"').to_owned())
+            .collect();
+        expected.sort();
+        assert_eq!(texts, expected, "{column}");
+        if column == "n" {
+            elements.sort_by_key(|e| format!("{e:?}"));
+            assert_eq!(
+                elements,
+                [
+                    Some(Kind::IntValue(0)),
+                    Some(Kind::IntValue(1)),
+                    Some(Kind::IntValue(2))
+                ]
+            );
+        }
+    }
+}
+
+/// The elements of a (nested) array value, outermost dimension first; panics on a non-array.
+fn flatten(value: &proto::Value) -> Vec<Option<Kind>> {
+    let Some(Kind::ArrayValue(array)) = &value.kind else {
+        panic!("not an array: {value:?}");
+    };
+    let mut out = Vec::new();
+    for element in &array.values {
+        match &element.kind {
+            Some(Kind::ArrayValue(_)) => out.extend(flatten(element)),
+            other => out.push(other.clone()),
+        }
+    }
+    out
+}
+
+/// A value without any kind set.
+fn unset() -> proto::Value {
+    proto::Value { kind: None }
+}
+
+/// Values the gateway refuses itself: INVALID_ARGUMENT naming the parameter and its type, with
+/// nothing sent to the server, and the gateway serves the next call as usual.
+#[tokio::test]
+async fn bad_parameters_are_invalid_argument() {
+    let (_gw, mut client, direct) = setup().await;
+    direct
+        .batch_execute("CREATE TABLE sink (i2 int2, i4 int4, f4 float4, f8 float8, t text, o oid, a int4[], p posint)")
+        .await
+        .expect("sink table");
+    // (sql, params, what the message names)
+    let cases: Vec<(&str, Vec<proto::Value>, &[&str])> = vec![
+        (
+            "SELECT $1::int2",
+            vec![int(32768)],
+            &["$1", "int2", "32768"],
+        ),
+        ("SELECT $1::int2", vec![int(-32769)], &["$1", "int2"]),
+        (
+            "INSERT INTO sink (i4) VALUES ($1)",
+            vec![int(2147483648)],
+            &["$1", "int4"],
+        ),
+        ("SELECT $1::oid", vec![int(-1)], &["$1", "oid"]),
+        ("SELECT $1::oid", vec![int(4294967296)], &["$1", "oid"]),
+        // The second of two parameters is named as the second.
+        (
+            "SELECT $1::int4, $2::int2",
+            vec![int(1), int(99999)],
+            &["$2", "int2"],
+        ),
+        (
+            "SELECT $1::text",
+            vec![int(5)],
+            &["$1", "text", "int_value"],
+        ),
+        (
+            "INSERT INTO sink (t) VALUES ($1)",
+            vec![double(1.5)],
+            &["$1", "text", "double_value"],
+        ),
+        ("SELECT $1::float4", vec![double(1e39)], &["$1", "float4"]),
+        (
+            "SELECT $1::float4",
+            vec![double(-3.5e38)],
+            &["$1", "float4"],
+        ),
+        (
+            "SELECT $1::float4",
+            vec![double(f64::MAX)],
+            &["$1", "float4"],
+        ),
+        // Too small for a float4: it would silently become 0.
+        ("SELECT $1::float4", vec![double(1e-50)], &["$1", "float4"]),
+        (
+            "SELECT $1::float4",
+            vec![int(16777217)],
+            &["$1", "float4", "16777217"],
+        ),
+        ("SELECT $1::float4", vec![int(i64::MAX)], &["$1", "float4"]),
+        (
+            "SELECT $1::float8",
+            vec![int((1 << 53) + 1)],
+            &["$1", "float8"],
+        ),
+        ("SELECT $1::float8", vec![int(i64::MAX)], &["$1", "float8"]),
+        (
+            "SELECT $1::int4",
+            vec![double(1.0)],
+            &["$1", "int4", "double_value"],
+        ),
+        (
+            "SELECT $1::int4",
+            vec![boolean(true)],
+            &["$1", "int4", "bool_value"],
+        ),
+        (
+            "SELECT $1::bool",
+            vec![int(1)],
+            &["$1", "bool", "int_value"],
+        ),
+        (
+            "SELECT $1::text",
+            vec![bytes(b"abc")],
+            &["$1", "text", "bytes_value"],
+        ),
+        (
+            "SELECT $1::bytea",
+            vec![array(vec![])],
+            &["$1", "bytea", "array_value"],
+        ),
+        (
+            "SELECT $1::int4",
+            vec![array(vec![int(1)])],
+            &["$1", "int4", "array_value"],
+        ),
+        (
+            "SELECT $1::int4[]",
+            vec![int(1)],
+            &["$1", "_int4", "int_value"],
+        ),
+        ("SELECT $1::int4", vec![unset()], &["$1", "int4"]),
+        (
+            "SELECT $1::int4[]",
+            vec![array(vec![int(1), unset()])],
+            &["$1", "_int4", "element 1"],
+        ),
+        (
+            "SELECT $1::int2[]",
+            vec![array(vec![int(1), int(40000)])],
+            &["$1", "_int2", "element 1", "40000"],
+        ),
+        (
+            "INSERT INTO sink (a) VALUES ($1)",
+            vec![array(vec![array(vec![int(1), text("x"), boolean(true)])])],
+            &["$1", "_int4", "bool_value"],
+        ),
+        (
+            "SELECT $1::float4[]",
+            vec![array(vec![double(1e39)])],
+            &["$1", "_float4", "element 0"],
+        ),
+        (
+            "SELECT $1::text[]",
+            vec![array(vec![int(7)])],
+            &["$1", "_text", "int_value"],
+        ),
+        (
+            "SELECT $1::mood",
+            vec![int(1)],
+            &["$1", "mood", "int_value"],
+        ),
+        (
+            "INSERT INTO sink (p) VALUES ($1)",
+            vec![boolean(true)],
+            &["$1", "posint", "bool_value"],
+        ),
+        (
+            "SELECT $1::uuid",
+            vec![bytes(&[0; 16])],
+            &["$1", "uuid", "bytes_value"],
+        ),
+        // PostgreSQL can't take a NUL byte in any text: refused before it is sent.
+        (
+            "SELECT $1::text",
+            vec![text("a\0b")],
+            &["$1", "text", "NUL"],
+        ),
+        (
+            "SELECT $1::int4, $2::jsonb",
+            vec![int(1), text("\"\0\"")],
+            &["$2", "jsonb", "NUL"],
+        ),
+        (
+            "SELECT $1::text[]",
+            vec![array(vec![text("ok"), text("\0")])],
+            &["$1", "_text", "element 1", "NUL"],
+        ),
+        // Too few values: the first parameter without one is named.
+        (
+            "SELECT $1::int4, $2::text",
+            vec![int(1)],
+            &["$2", "text", "2 parameter", "1 value"],
+        ),
+        ("SELECT $1::uuid", vec![], &["$1", "uuid"]),
+        // Too many: nothing to name but the counts.
+        (
+            "SELECT $1::int4",
+            vec![int(1), int(2)],
+            &["1 parameter", "2 value"],
+        ),
+        ("SELECT 1", vec![int(1)], &["0 parameter", "1 value"]),
+    ];
+    let mut failures = Vec::new();
+    for (sql, params, named) in cases {
+        match client.query(query(sql, params.clone())).await {
+            Ok(response) => failures.push(format!(
+                "{sql} {params:?}: succeeded: {:?}",
+                response.into_inner().rows
+            )),
+            Err(status) => {
+                let missing: Vec<_> = named
+                    .iter()
+                    .filter(|part| !status.message().contains(**part))
+                    .collect();
+                if status.code() != Code::InvalidArgument || !missing.is_empty() {
+                    failures.push(format!(
+                        "{sql} {params:?}: {:?} {:?} doesn't name {missing:?}",
+                        status.code(),
+                        status.message()
+                    ));
+                } else if error_info(&status).domain != "pgway" {
+                    failures.push(format!(
+                        "{sql} {params:?}: not refused by the gateway itself: {status:?}"
+                    ));
+                }
+            }
+        }
+        // The gateway (and its connection) is fine afterwards.
+        let response = run(&mut client, "SELECT $1::int4 + 1", vec![int(41)]).await;
+        assert_eq!(scalar(&response), Some(Kind::IntValue(42)));
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // Nothing reached the table.
+    let rows: i64 = direct
+        .query_one("SELECT count(*) FROM sink", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0);
+
+    // The same checks apply in a streamed query and in a transaction.
+    let status = match client
+        .query_stream(query("SELECT $1::int2", vec![int(70000)]))
+        .await
+    {
+        Err(status) => status,
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            stream
+                .message()
+                .await
+                .expect_err("QueryStream with a bad parameter")
+        }
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("$1") && status.message().contains("int2"),
+        "{status:?}"
+    );
+    let status = client
+        .transaction(proto::TransactionRequest {
+            statements: vec![
+                proto::Statement {
+                    sql: "INSERT INTO sink (i4) VALUES ($1)".into(),
+                    params: vec![int(1)],
+                },
+                proto::Statement {
+                    sql: "INSERT INTO sink (t) VALUES ($1)".into(),
+                    params: vec![int(2)],
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect_err("Transaction with a bad parameter");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("$1") && status.message().contains("text"),
+        "{status:?}"
+    );
+    let rows: i64 = direct
+        .query_one("SELECT count(*) FROM sink", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0, "the transaction's first statement was rolled back");
+}
+
+/// Strings the server can't read as the parameter's type: PostgreSQL refuses them (the gateway
+/// can't know every type's syntax), which is still INVALID_ARGUMENT naming the type, with the
+/// SQLSTATE; nothing is stored and the gateway stays usable.
+#[tokio::test]
+async fn bad_strings_are_refused_by_the_server() {
+    let (_gw, mut client, _direct) = setup().await;
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("SELECT $1::uuid", "not-a-uuid", "uuid", "22P02"),
+        ("SELECT $1::int4", "12abc", "integer", "22P02"),
+        ("SELECT $1::int2", "70000", "smallint", "22003"),
+        ("SELECT $1::date", "2024-13-45", "date", "22008"),
+        ("SELECT $1::numeric", "1.2.3", "numeric", "22P02"),
+        ("SELECT $1::jsonb", "{not json", "json", "22P02"),
+        ("SELECT $1::mood", "angry", "mood", "22P02"),
+        ("SELECT $1::int4[]", "{1,x}", "integer", "22P02"),
+        ("SELECT $1::int4[]", "{1,{2}}", "array", "22P02"),
+        ("SELECT $1::float4", "1e39", "real", "22003"),
+    ];
+    for (sql, value, type_name, sqlstate) in cases {
+        let status = client
+            .query(query(sql, vec![text(value)]))
+            .await
+            .expect_err(&format!("{sql} {value:?} should fail"));
+        let info = error_info(&status);
+        assert_eq!(
+            info.metadata.get("sqlstate").map(String::as_str),
+            Some(*sqlstate),
+            "{sql} {value:?}: {status:?}"
+        );
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{sql} {value:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains(type_name),
+            "{sql} {value:?}: {:?} doesn't name {type_name}",
+            status.message()
+        );
+        let response = run(&mut client, "SELECT $1::text", vec![text("still fine")]).await;
+        assert_eq!(
+            scalar(&response),
+            Some(Kind::StringValue("still fine".into()))
+        );
+    }
+}
+
+/// Types the gateway can't know (enums, composites, domains, ranges over a user-defined
+/// subtype, extension types, anonymous records) come back as the server's text in every RPC,
+/// and take strings as parameters.
+#[tokio::test]
+async fn user_defined_types_come_back_as_text() {
+    let (_gw, mut client, direct) = setup().await;
+    direct
+        .batch_execute(
+            r#"CREATE TABLE things (
+                   id int PRIMARY KEY,
+                   m mood, ms mood[], p pair, ps pair[], n nested, pd pair_domain, st short_text,
+                   r mood_range, w "Other Schema"."Weird Type", c citext, h hstore
+               );
+               INSERT INTO things VALUES
+                   (1, 'happy', '{sad,NULL,"with \"quotes\", commas"}', '(1,"a, b",2024-01-01)',
+                    ARRAY['(2,x,)'::pair, NULL], '("(3,y,infinity)","{ok}",2024-06-01 12:00+09:30)',
+                    '(4,z,)', 'short', '[sad,happy)', 'a b', 'MiXeD', 'k=>v'),
+                   (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"#,
+        )
+        .await
+        .expect("things");
+    // Each column and its `::text`, in the same statement: whatever the session's settings,
+    // the gateway's value must be the server's text (arrays: element by element, below).
+    let columns = ["m", "ms", "p", "ps", "n", "pd", "st", "r", "w", "c", "h"];
+    let arrays = ["ms", "ps"];
+    let select = columns
+        .iter()
+        .map(|c| format!("{c}, {c}::text"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("SELECT {select} FROM things ORDER BY id");
+
+    let unary = run(&mut client, &sql, vec![]).await;
+    let mut stream = client
+        .query_stream(query(&sql, vec![]))
+        .await
+        .expect("QueryStream")
+        .into_inner();
+    let mut streamed = Vec::new();
+    while let Some(message) = stream.message().await.expect("stream") {
+        streamed.extend(message.rows);
+    }
+    let transaction = client
+        .transaction(proto::TransactionRequest {
+            statements: vec![proto::Statement {
+                sql: sql.clone(),
+                params: vec![],
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("Transaction")
+        .into_inner();
+    for (rpc, rows) in [
+        ("Query", &unary.rows),
+        ("QueryStream", &streamed),
+        ("Transaction", &transaction.results[0].rows),
+    ] {
+        assert_eq!(rows.len(), 2, "{rpc}");
+        for row in rows {
+            for (column, pair) in row.values.chunks(2).enumerate() {
+                let name = columns[column];
+                match (&pair[0].kind, &pair[1].kind) {
+                    (Some(Kind::NullValue(_)), Some(Kind::NullValue(_))) => {}
+                    (Some(Kind::ArrayValue(_)), Some(Kind::StringValue(_)))
+                        if arrays.contains(&name) => {}
+                    (Some(Kind::StringValue(got)), Some(Kind::StringValue(text))) => {
+                        assert_eq!(got, text, "{rpc} {name}")
+                    }
+                    other => panic!("{rpc} {name}: {other:?}"),
+                }
+            }
+        }
+    }
+    for array_column in arrays {
+        let response = run(
+            &mut client,
+            &format!(
+                "SELECT {array_column}, {} FROM things WHERE id = 1",
+                element_texts(array_column)
+            ),
+            vec![],
+        )
+        .await;
+        let row = &response.rows[0];
+        let Some(Kind::ArrayValue(texts)) = &row.values[1].kind else {
+            panic!("{row:?}")
+        };
+        assert_eq!(
+            flatten(&row.values[0]),
+            texts
+                .values
+                .iter()
+                .map(|v| v.kind.clone())
+                .collect::<Vec<_>>()
+        );
+    }
+
+    // Strings in, the same text out, for every user-defined type.
+    let response = run(
+        &mut client,
+        "SELECT $1::mood, $2::pair, $3::mood_range, $4::\"Other Schema\".\"Weird Type\", $5::pair_domain, $6::hstore",
+        vec![text("ok"), text("(9,\"q \"\"r\"\"\",)"), text("(sad,ok]"), text("ü"), text("(1,,)"), text("x=>NULL")],
+    )
+    .await;
+    let got: Vec<&str> = response.rows[0]
+        .values
+        .iter()
+        .map(|v| string_of(&v.kind))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "ok",
+            "(9,\"q \"\"r\"\"\",)",
+            "(sad,ok]",
+            "ü",
+            "(1,,)",
+            "\"x\"=>NULL"
+        ]
+    );
+
+    // Anonymous records (a ROW(...) or a whole row of a subquery) are composites too.
+    for expr in [
+        "ROW(1, 'a \"b\", c', NULL::int, 'ab'::char(4), '10.0.0.1'::inet)",
+        "ROW()",
+        "ROW(NULL)",
+        "ROW(ROW(1, 'x'), ARRAY[1, 2], 'happy'::mood, ROW(2, 'y', NULL)::pair, '2024-06-01 12:00+09:30'::timestamptz)",
+        "ROW(1, ARRAY[ROW(2, 'x'), NULL::record], ARRAY[]::record[], ARRAY[ARRAY[ROW(3)], ARRAY[ROW(ROW(4, 'y'))]])",
+        "(SELECT t FROM (SELECT 1 AS a, 'x y'::text AS b, 'sad'::mood AS c) t)",
+        "ROW(1, (SELECT ROW(2) WHERE false), (SELECT ARRAY[ROW(3)] WHERE false))",
+    ] {
+        let response = run(
+            &mut client,
+            &format!("SELECT {expr}, ({expr})::text"),
+            vec![],
+        )
+        .await;
+        let row = &response.rows[0];
+        assert_eq!(row.values[0].kind, row.values[1].kind, "{expr}");
+    }
+    // An array of anonymous records: each element is the element's own text.
+    let response = run(
+        &mut client,
+        "SELECT a, ARRAY(SELECT unnest(a)::text) \
+         FROM (SELECT array_agg(s ORDER BY n) FROM (VALUES (1, 'a b'), (2, NULL)) s(n, t)) q(a)",
+        vec![],
+    )
+    .await;
+    let row = &response.rows[0];
+    let Some(Kind::ArrayValue(texts)) = &row.values[1].kind else {
+        panic!("{row:?}")
+    };
+    let texts: Vec<Option<Kind>> = texts.values.iter().map(|v| v.kind.clone()).collect();
+    assert_eq!(flatten(&row.values[0]), texts);
+    assert_eq!(
+        texts,
+        [
+            Some(Kind::StringValue("(1,\"a b\")".into())),
+            Some(Kind::StringValue("(2,)".into()))
+        ]
+    );
+
+    // Many records in one result: their fields are formatted in batches, and every record
+    // still gets its own text, in unary and streamed results.
+    let sql = "SELECT ROW(i, repeat('x', i % 7), NULL::int, i::numeric / 3), \
+                      (ROW(i, repeat('x', i % 7), NULL::int, i::numeric / 3))::text \
+               FROM generate_series(1, 1500) i ORDER BY i";
+    let response = run(&mut client, sql, vec![]).await;
+    assert_eq!(response.rows.len(), 1500);
+    for row in &response.rows {
+        assert_eq!(row.values[0].kind, row.values[1].kind);
+    }
+    let mut stream = client
+        .query_stream(query(sql, vec![]))
+        .await
+        .expect("QueryStream")
+        .into_inner();
+    let mut rows = 0;
+    while let Some(message) = stream.message().await.expect("stream message") {
+        for row in &message.rows {
+            assert_eq!(row.values[0].kind, row.values[1].kind);
+            rows += 1;
+        }
+    }
+    assert_eq!(rows, 1500);
+}
