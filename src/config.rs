@@ -20,6 +20,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once at start-up: the size of the largest variant doesn't matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (the default).
@@ -314,12 +316,18 @@ impl ServeArgs {
             return Err(invalid("PGWAY_TX_MAX_ATTEMPTS", "must be at least 1"));
         }
         if self.max_concurrent_connects == 0 {
-            return Err(invalid("PGWAY_MAX_CONCURRENT_CONNECTS", "must be at least 1"));
+            return Err(invalid(
+                "PGWAY_MAX_CONCURRENT_CONNECTS",
+                "must be at least 1",
+            ));
         }
         let metrics_addr = match self.metrics_addr.trim() {
             "" => None,
             addr => Some(addr.parse::<SocketAddr>().map_err(|e| {
-                invalid("PGWAY_METRICS_ADDR", format!("{addr:?} is not host:port ({e}); leave it empty to turn metrics off"))
+                invalid(
+                    "PGWAY_METRICS_ADDR",
+                    format!("{addr:?} is not host:port ({e}); leave it empty to turn metrics off"),
+                )
             })?),
         };
         if self.max_response_bytes < 1024 {

@@ -82,7 +82,9 @@ async fn fetch(
     // A connection that died while pooled fails here, known unsent, rather than after the
     // send where a lost connection would leave the outcome unknown.
     if conn.client().is_closed() {
-        return Err(GatewayError::ConnectionLost("the connection was closed".into()));
+        return Err(GatewayError::ConnectionLost(
+            "the connection was closed".into(),
+        ));
     }
     let stream = conn
         .client()
@@ -402,10 +404,9 @@ pub async fn query_stream(
         if truncated {
             rows.truncate(remaining as usize);
         }
-        if fetched > 0 {
-            let wire: usize = rows.iter().map(row_wire_size).sum();
-            let per_row = (wire as u64 / fetched).max(1);
-            fetch_rows = (limits.stream_batch_bytes as u64 / per_row).clamp(1, batch_rows);
+        let wire: usize = rows.iter().map(row_wire_size).sum();
+        if let Some(per_row) = (wire as u64).checked_div(fetched) {
+            fetch_rows = (limits.stream_batch_bytes as u64 / per_row.max(1)).clamp(1, batch_rows);
         }
         let decoded = decoder.decode(&rows, &transaction).await?;
         sent_rows += rows.len() as u64;

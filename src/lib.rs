@@ -23,6 +23,9 @@
 //! - [`metrics`]: Prometheus metrics, `/metrics`, and the layer that observes every call.
 //! - [`logging`]: tracing subscriber set-up (JSON or text).
 
+// No unwrap on a server path: an `expect` says why it can't fail. Tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod config;
 pub mod deadline;
 pub mod devdb;
@@ -37,8 +40,8 @@ pub mod retry;
 pub mod server;
 pub mod service;
 pub mod shutdown;
-pub mod stats;
 pub mod statement;
+pub mod stats;
 pub mod values;
 
 /// Code generated from `proto/pgway/v1/pgway.proto`.

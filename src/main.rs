@@ -33,7 +33,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Probe(probe) => ExitCode::from(runtime.block_on(pgway::probe::run(&probe.args))),
-        Command::Stats(args) => ExitCode::from(runtime.block_on(pgway::stats::run(args.metrics_addr))),
+        Command::Stats(args) => {
+            ExitCode::from(runtime.block_on(pgway::stats::run(args.metrics_addr)))
+        }
         Command::Dev(args) => {
             pgway::logging::init(None);
             match runtime.block_on(pgway::devdb::run_dev(args)) {

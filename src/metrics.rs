@@ -78,7 +78,8 @@ pub fn recorder() -> PrometheusHandle {
 pub fn record_pool_state(pool: &Pool) {
     let state = pool.state();
     gauge!(POOL_CONNECTIONS, "state" => "idle").set(f64::from(state.idle));
-    gauge!(POOL_CONNECTIONS, "state" => "in_use").set(f64::from(state.open - state.idle.min(state.open)));
+    gauge!(POOL_CONNECTIONS, "state" => "in_use")
+        .set(f64::from(state.open - state.idle.min(state.open)));
     gauge!(POOL_MAX).set(f64::from(state.max));
     gauge!(POOL_MIN).set(f64::from(state.min));
     gauge!(POOL_WAITING).set(state.waiting as f64);
@@ -124,7 +125,11 @@ fn method_label(path: &str) -> &'static str {
         "ServerReflectionInfo",
     ];
     let name = path.rsplit('/').next().unwrap_or("");
-    KNOWN.iter().find(|k| **k == name).copied().unwrap_or("other")
+    KNOWN
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// The name of a gRPC status code, for labels and logs.
@@ -255,14 +260,15 @@ where
         Box::pin(
             async move {
                 let mut response = future.await?;
-                response
-                    .headers_mut()
-                    .insert(REQUEST_ID_HEADER, request_id);
+                response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
                 // A trailers-only response (most errors) has its status in the headers.
                 if let Some(code) = grpc_code(response.headers()) {
                     record.finish(code);
                 }
-                Ok(response.map(|body| ObservedBody { inner: body, record }))
+                Ok(response.map(|body| ObservedBody {
+                    inner: body,
+                    record,
+                }))
             }
             .instrument(span),
         )
@@ -311,7 +317,9 @@ impl<B: Body> Body for ObservedBody<B> {
 
 impl std::fmt::Debug for CallRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CallRecord").field("method", &self.method).finish_non_exhaustive()
+        f.debug_struct("CallRecord")
+            .field("method", &self.method)
+            .finish_non_exhaustive()
     }
 }
 

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ::metrics::{counter, histogram};
 use bb8::{ManageConnection, RunError};
 use lru::LruCache;
 use rand::Rng;
-use ::metrics::{counter, histogram};
 use tokio::sync::{Semaphore, watch};
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 use tracing::{debug, info, warn};
@@ -99,7 +99,12 @@ impl PgConn {
     /// Don't return this connection to the pool.
     pub fn mark_discard(&mut self, reason: &'static str) {
         if self.discard.is_none() {
-            info!(conn_id = self.id, backend_pid = self.backend_pid, reason, "discarded");
+            info!(
+                conn_id = self.id,
+                backend_pid = self.backend_pid,
+                reason,
+                "discarded"
+            );
             self.discard = Some(reason);
         }
     }
@@ -156,7 +161,12 @@ impl Drop for PgConn {
         }
         let reason = self.close_reason();
         counter!(metrics::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
-        info!(conn_id = self.id, backend_pid = self.backend_pid, reason, "closed");
+        info!(
+            conn_id = self.id,
+            backend_pid = self.backend_pid,
+            reason,
+            "closed"
+        );
     }
 }
 
@@ -447,7 +457,11 @@ impl Pool {
         let result = self.checkout(started + self.acquire_timeout).await;
         histogram!(metrics::POOL_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
         match &result {
-            Ok(conn) => debug!(conn_id = conn.id, backend_pid = conn.backend_pid, "checked out"),
+            Ok(conn) => debug!(
+                conn_id = conn.id,
+                backend_pid = conn.backend_pid,
+                "checked out"
+            ),
             Err(GatewayError::PoolTimeout { .. }) => {
                 counter!(metrics::POOL_ACQUIRE_TIMEOUTS).increment(1);
             }

@@ -157,7 +157,10 @@ pub async fn run(args: &[String]) -> u8 {
     let channel = match tokio::time::timeout(args.connect_timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => channel,
         Ok(Err(error)) => {
-            eprintln!("error: failed to connect service at {:?}: {error}", args.addr);
+            eprintln!(
+                "error: failed to connect service at {:?}: {error}",
+                args.addr
+            );
             return exit::CONNECTION_FAILURE;
         }
         Err(_) => {
@@ -177,15 +180,25 @@ pub async fn run(args: &[String]) -> u8 {
     let response = match tokio::time::timeout(args.rpc_timeout, check).await {
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-            eprintln!("error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}", status.message());
+            eprintln!(
+                "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
+                status.message()
+            );
             return exit::RPC_FAILURE;
         }
         Ok(Err(status)) => {
-            eprintln!("error: health rpc failed: {} {}", status.code(), status.message());
+            eprintln!(
+                "error: health rpc failed: {} {}",
+                status.code(),
+                status.message()
+            );
             return exit::RPC_FAILURE;
         }
         Err(_) => {
-            eprintln!("timeout: health rpc did not complete within {:?}", args.rpc_timeout);
+            eprintln!(
+                "timeout: health rpc did not complete within {:?}",
+                args.rpc_timeout
+            );
             return exit::RPC_FAILURE;
         }
     };
@@ -193,7 +206,10 @@ pub async fn run(args: &[String]) -> u8 {
         println!("status: SERVING");
         exit::SERVING
     } else {
-        eprintln!("service unhealthy (responded with {:?})", response.status().as_str_name());
+        eprintln!(
+            "service unhealthy (responded with {:?})",
+            response.status().as_str_name()
+        );
         exit::UNHEALTHY
     }
 }
@@ -234,7 +250,14 @@ mod tests {
 
     #[test]
     fn go_style_flags_parse() {
-        let parsed = parse(&args(&["-addr=localhost:50051", "-service=pgway.v1.Database", "-connect-timeout=250ms", "-rpc-timeout", "2s"])).unwrap();
+        let parsed = parse(&args(&[
+            "-addr=localhost:50051",
+            "-service=pgway.v1.Database",
+            "-connect-timeout=250ms",
+            "-rpc-timeout",
+            "2s",
+        ]))
+        .unwrap();
         assert_eq!(parsed.addr, "localhost:50051");
         assert_eq!(parsed.service, "pgway.v1.Database");
         assert_eq!(parsed.connect_timeout, Duration::from_millis(250));

@@ -90,8 +90,14 @@ mod tests {
         for error in [
             GatewayError::InvalidArgument("bad".into()),
             GatewayError::ResultTooLarge("big".into()),
-            GatewayError::PoolTimeout { waited: Duration::from_secs(1), last_connect_error: None },
-            GatewayError::Overloaded { waiting: 9, retry_after: Duration::from_millis(5) },
+            GatewayError::PoolTimeout {
+                waited: Duration::from_secs(1),
+                last_connect_error: None,
+            },
+            GatewayError::Overloaded {
+                waiting: 9,
+                retry_after: Duration::from_millis(5),
+            },
             GatewayError::DeadlineExceeded(Duration::from_secs(1)),
         ] {
             assert_eq!(reason(&error, true), None, "{error}");

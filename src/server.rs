@@ -38,7 +38,8 @@ pub enum ServeError {
 /// and the statement (see [`crate::deadline`], [`crate::pool::Pool::get`] and
 /// [`crate::service`]): a generic layer can't tell a request that waits for a connection from
 /// one that runs, nor a safe retry from an unsafe one.
-fn middleware() -> tower::ServiceBuilder<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
+fn middleware()
+-> tower::ServiceBuilder<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
     tower::ServiceBuilder::new()
         // Outermost, so it sees every call and its final status, even the ones refused by
         // the layers inside: a request id (the caller's x-request-id or a new one, returned

@@ -22,13 +22,13 @@ use crate::errors::GatewayError;
 use crate::execute::{self, ResultCaps};
 use crate::metrics;
 use crate::pool::{self, PgConn, Pool, PooledConn};
-use crate::retry::{self, RetryBudget};
 use crate::proto::database_server::Database;
 use crate::proto::{
     self, InteractiveTransactionRequest, InteractiveTransactionResponse, QueryRequest,
     QueryResponse, QueryStreamResponse, TransactionRequest, TransactionResponse,
     interactive_transaction_request::Action, interactive_transaction_response::Event,
 };
+use crate::retry::{self, RetryBudget};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -152,14 +152,17 @@ impl Shared {
         loop {
             attempts += 1;
             let mut sent = false;
-            let result = execute::query_stream(&mut conn, request, self.limits, sender, &mut sent).await;
+            let result =
+                execute::query_stream(&mut conn, request, self.limits, sender, &mut sent).await;
             self.give_back(conn);
             let error = match result {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
             match retry::reason(&error, safe) {
-                Some(reason) if !sent && attempts < retry::MAX_ATTEMPTS && self.retries.withdraw() => {
+                Some(reason)
+                    if !sent && attempts < retry::MAX_ATTEMPTS && self.retries.withdraw() =>
+                {
                     counter!(metrics::RETRIES, "reason" => reason).increment(1);
                     tokio::time::sleep(retry::backoff(attempts)).await;
                     conn = self.pool.get().await?;
@@ -226,9 +229,9 @@ impl Database for DatabaseService {
             result
         };
         deadline::run(deadline, started, shared.retrying(safe, attempt))
-        .await
-        .map(Response::new)
-        .map_err(Status::from)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     type QueryStreamStream = ResponseStream<QueryStreamResponse>;

@@ -9,7 +9,10 @@ use tokio::net::TcpStream;
 
 /// The figures `pgway stats` prints, in order, with their labels.
 const SHOWN: &[(&str, &str)] = &[
-    ("pgway_pool_connections{state=\"in_use\"}", "connections in use"),
+    (
+        "pgway_pool_connections{state=\"in_use\"}",
+        "connections in use",
+    ),
     ("pgway_pool_connections{state=\"idle\"}", "connections idle"),
     ("pgway_pool_max_connections", "pool maximum"),
     ("pgway_pool_min_connections", "pool minimum"),
@@ -40,7 +43,10 @@ pub async fn fetch(addr: SocketAddr) -> Result<String, String> {
             .split_once("\r\n\r\n")
             .ok_or("not an HTTP response")?;
         if !head.contains(" 200 ") {
-            return Err(format!("unexpected answer: {}", head.lines().next().unwrap_or("")));
+            return Err(format!(
+                "unexpected answer: {}",
+                head.lines().next().unwrap_or("")
+            ));
         }
         Ok(body.to_owned())
     };
@@ -63,7 +69,10 @@ pub fn render(text: &str) -> String {
         let value = sample(text, name).unwrap_or(0.0);
         out.push_str(&format!("{label:<22} {value}\n"));
     }
-    for line in text.lines().filter(|l| l.starts_with("pgway_connections_closed_total{")) {
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("pgway_connections_closed_total{"))
+    {
         if let Some((series, value)) = line.rsplit_once(' ') {
             let reason = series
                 .split("reason=\"")

@@ -30,7 +30,11 @@ fn bad_settings_stop_start_up_with_their_name() {
         ("PGWAY_ACQUIRE_TIMEOUT", "5", "acquire-timeout"),
         ("PGWAY_GRPC_ADDR", "nowhere", "grpc-addr"),
         ("PGWAY_MAX_ROWS", "0", "PGWAY_MAX_ROWS"),
-        ("PGWAY_DATABASE_URL", "postgres://u@h:notaport/db", "PGWAY_DATABASE_URL"),
+        (
+            "PGWAY_DATABASE_URL",
+            "postgres://u@h:notaport/db",
+            "PGWAY_DATABASE_URL",
+        ),
     ] {
         let output = pgway()
             .env("PGWAY_DATABASE_URL", "postgres://u@127.0.0.1/db")
@@ -50,13 +54,25 @@ fn bad_settings_stop_start_up_with_their_name() {
 fn help_lists_every_setting_with_its_variable() {
     let output = pgway().args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
-    for var in ["PGWAY_DATABASE_URL", "PGWAY_GRPC_ADDR", "PGWAY_POOL_MIN", "PGWAY_POOL_MAX", "PGWAY_ACQUIRE_TIMEOUT", "PGWAY_MAX_ROWS", "PGWAY_TX_MAX_ATTEMPTS"] {
+    for var in [
+        "PGWAY_DATABASE_URL",
+        "PGWAY_GRPC_ADDR",
+        "PGWAY_POOL_MIN",
+        "PGWAY_POOL_MAX",
+        "PGWAY_ACQUIRE_TIMEOUT",
+        "PGWAY_MAX_ROWS",
+        "PGWAY_TX_MAX_ATTEMPTS",
+    ] {
         assert!(help.contains(var), "{var} missing from --help");
     }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_ready(addr: &str) -> tonic::transport::Channel {
@@ -65,20 +81,28 @@ async fn wait_ready(addr: &str) -> tonic::transport::Channel {
         if let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) {
             if let Ok(channel) = endpoint.connect().await {
                 let status = HealthClient::new(channel.clone())
-                    .check(HealthCheckRequest { service: "pgway.v1.Database".into() })
+                    .check(HealthCheckRequest {
+                        service: "pgway.v1.Database".into(),
+                    })
                     .await;
                 if status.is_ok_and(|s| s.into_inner().status == 1) {
                     return channel;
                 }
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "{addr} not ready within 60 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} not ready within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill").args(["-s", name, &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-s", name, &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -114,7 +138,12 @@ async fn dev_serves_a_throwaway_database_and_cleans_up() {
     let logs = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap());
     let channel = wait_ready(&addr).await;
     let mut client = DatabaseClient::new(channel);
-    let response = run(&mut client, "SELECT current_setting('server_version_num')::int >= 140000", vec![]).await;
+    let response = run(
+        &mut client,
+        "SELECT current_setting('server_version_num')::int >= 140000",
+        vec![],
+    )
+    .await;
     assert_eq!(scalar(&response), Some(Kind::BoolValue(true)));
     signal(&child, "INT");
     let status = wait_exit(child).await;
@@ -123,13 +152,21 @@ async fn dev_serves_a_throwaway_database_and_cleans_up() {
     let dir = logs
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find_map(|event| event.get("dir").and_then(|d| d.as_str()).map(std::path::PathBuf::from))
+        .find_map(|event| {
+            event
+                .get("dir")
+                .and_then(|d| d.as_str())
+                .map(std::path::PathBuf::from)
+        })
         .unwrap_or_else(|| panic!("no data directory in the logs:\n{logs}"));
     assert!(dir.starts_with(std::env::temp_dir()), "{}", dir.display());
     assert!(!dir.exists(), "{} was left behind", dir.display());
 
     // dev refuses to listen beyond loopback: it has no authentication.
-    let output = pgway().args(["dev", "--grpc-addr", "0.0.0.0:0"]).output().unwrap();
+    let output = pgway()
+        .args(["dev", "--grpc-addr", "0.0.0.0:0"])
+        .output()
+        .unwrap();
     assert!(!output.status.success());
 }
 
@@ -149,9 +186,20 @@ async fn health_and_sigterm() {
         .unwrap();
     let channel = wait_ready(&addr).await;
     let mut health = HealthClient::new(channel.clone());
-    let live = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    let live = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(live.status, 1, "liveness SERVING");
-    let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     let mut client = DatabaseClient::new(channel);
     run(&mut client, "SELECT 1", vec![]).await;
@@ -167,25 +215,48 @@ async fn readiness_waits_for_the_database() {
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
     let gw = Gateway::serving(&url, "none".into(), &["--health-interval", "100ms"]).await;
     let mut health = HealthClient::new(gw.channel().await);
-    let live = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    let live = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(live.status, 1);
     for _ in 0..5 {
-        let ready = health.check(HealthCheckRequest { service: "pgway.v1.Database".into() }).await.unwrap().into_inner();
+        let ready = health
+            .check(HealthCheckRequest {
+                service: "pgway.v1.Database".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(ready.status, 2, "NOT_SERVING without a database");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(gw);
-    let gw = Gateway::serving(&pg.url("postgres"), "postgres".into(), &["--health-interval", "100ms"]).await;
+    let gw = Gateway::serving(
+        &pg.url("postgres"),
+        "postgres".into(),
+        &["--health-interval", "100ms"],
+    )
+    .await;
     let mut health = HealthClient::new(gw.channel().await);
-    eventually(Duration::from_secs(5), "ready once the database answers", || {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(HealthCheckRequest { service: "pgway.v1.Database".into() })
-                .await
-                .is_ok_and(|r| r.into_inner().status == 1)
-        }
-    })
+    eventually(
+        Duration::from_secs(5),
+        "ready once the database answers",
+        || {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: "pgway.v1.Database".into(),
+                    })
+                    .await
+                    .is_ok_and(|r| r.into_inner().status == 1)
+            }
+        },
+    )
     .await;
     let _ = &mut health;
 }

@@ -18,30 +18,38 @@ use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 async fn private_postgres() -> Arc<TempPostgres> {
-    let pg = tokio::task::spawn_blocking(|| TempPostgres::start(None).unwrap_or_else(|e| panic!("{e}")))
-        .await
-        .unwrap();
+    let pg =
+        tokio::task::spawn_blocking(|| TempPostgres::start(None).unwrap_or_else(|e| panic!("{e}")))
+            .await
+            .unwrap();
     Arc::new(pg)
 }
 
 async fn restart(pg: &Arc<TempPostgres>, mode: &'static str) {
     let pg = Arc::clone(pg);
-    tokio::task::spawn_blocking(move || pg.restart(mode)).await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || pg.restart(mode))
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 /// A request with a caller deadline, as a real client would send it.
 fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("grpc-timeout", format!("{}m", deadline.as_millis()).parse().unwrap());
+    request.metadata_mut().insert(
+        "grpc-timeout",
+        format!("{}m", deadline.as_millis()).parse().unwrap(),
+    );
     request
 }
 
 /// Backends of the gateway's pool on the server (the health monitor's is named apart).
 async fn pool_backends(direct: &tokio_postgres::Client) -> i64 {
     direct
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgway'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgway'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0)
@@ -49,7 +57,10 @@ async fn pool_backends(direct: &tokio_postgres::Client) -> i64 {
 
 fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
-    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
 }
 
 /// A fast restart of PostgreSQL under load: no read-only or idempotent call with a 5 s
@@ -57,7 +68,12 @@ fn reason(status: &tonic::Status) -> String {
 #[tokio::test]
 async fn a_restart_costs_safe_calls_nothing() {
     let pg = private_postgres().await;
-    let gw = Gateway::serving(&pg.url("postgres"), "postgres".into(), &["--pool-max", "20"]).await;
+    let gw = Gateway::serving(
+        &pg.url("postgres"),
+        "postgres".into(),
+        &["--pool-max", "20"],
+    )
+    .await;
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -74,7 +90,10 @@ async fn a_restart_costs_safe_calls_nothing() {
                 } else {
                     request.idempotent = true;
                 }
-                match client.query(with_deadline(request, Duration::from_secs(5))).await {
+                match client
+                    .query(with_deadline(request, Duration::from_secs(5)))
+                    .await
+                {
                     Ok(_) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
@@ -84,19 +103,29 @@ async fn a_restart_costs_safe_calls_nothing() {
         }));
     }
     let count = |n: &Arc<AtomicU64>| n.load(Ordering::Relaxed);
-    eventually(Duration::from_secs(20), "load is running", || async { count(&ok) > 200 }).await;
+    eventually(Duration::from_secs(20), "load is running", || async {
+        count(&ok) > 200
+    })
+    .await;
     restart(&pg, "fast").await;
     let after_restart = count(&ok);
-    eventually(Duration::from_secs(20), "calls succeed again after the restart", || async {
-        count(&ok) > after_restart + 500
-    })
+    eventually(
+        Duration::from_secs(20),
+        "calls succeed again after the restart",
+        || async { count(&ok) > after_restart + 500 },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.await.unwrap();
     }
     let errors = errors.lock().await;
-    assert!(errors.is_empty(), "{} safe calls failed, first: {:?}", errors.len(), errors.first());
+    assert!(
+        errors.is_empty(),
+        "{} safe calls failed, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
 }
 
 /// Writes in flight during a restart: each either succeeded (and is in the table once), or
@@ -104,9 +133,17 @@ async fn a_restart_costs_safe_calls_nothing() {
 #[tokio::test]
 async fn writes_in_flight_during_a_restart_are_never_lost_or_doubled() {
     let pg = private_postgres().await;
-    let gw = Gateway::serving(&pg.url("postgres"), "postgres".into(), &["--pool-max", "20"]).await;
+    let gw = Gateway::serving(
+        &pg.url("postgres"),
+        "postgres".into(),
+        &["--pool-max", "20"],
+    )
+    .await;
     let direct = connect(&pg.url("postgres")).await;
-    direct.batch_execute("CREATE TABLE w (id int8 PRIMARY KEY)").await.unwrap();
+    direct
+        .batch_execute("CREATE TABLE w (id int8 PRIMARY KEY)")
+        .await
+        .unwrap();
     let outcomes = Arc::new(Mutex::new(HashMap::<i64, Result<(), tonic::Status>>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Arc::new(AtomicU64::new(0));
@@ -120,40 +157,73 @@ async fn writes_in_flight_during_a_restart_are_never_lost_or_doubled() {
                 let id = worker * 1_000_000 + i;
                 i += 1;
                 started.fetch_add(1, Ordering::Relaxed);
-                let request = query("INSERT INTO w SELECT $1 FROM pg_sleep(0.002)", vec![int(id)]);
-                let result = client.query(with_deadline(request, Duration::from_secs(5))).await.map(drop);
+                let request = query(
+                    "INSERT INTO w SELECT $1 FROM pg_sleep(0.002)",
+                    vec![int(id)],
+                );
+                let result = client
+                    .query(with_deadline(request, Duration::from_secs(5)))
+                    .await
+                    .map(drop);
                 outcomes.lock().await.insert(id, result);
             }
         }));
     }
-    eventually(Duration::from_secs(20), "writes are flowing", || async { started.load(Ordering::Relaxed) > 300 }).await;
+    eventually(Duration::from_secs(20), "writes are flowing", || async {
+        started.load(Ordering::Relaxed) > 300
+    })
+    .await;
     restart(&pg, "fast").await;
     let mark = started.load(Ordering::Relaxed);
-    eventually(Duration::from_secs(20), "writes flow again", || async { started.load(Ordering::Relaxed) > mark + 300 }).await;
+    eventually(Duration::from_secs(20), "writes flow again", || async {
+        started.load(Ordering::Relaxed) > mark + 300
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.await.unwrap();
     }
     let direct = connect(&pg.url("postgres")).await;
-    let stored: std::collections::HashSet<i64> =
-        direct.query("SELECT id FROM w", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let stored: std::collections::HashSet<i64> = direct
+        .query("SELECT id FROM w", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let outcomes = outcomes.lock().await;
     let (mut applied, mut unknown, mut refused) = (0, 0, 0);
     for (id, outcome) in outcomes.iter() {
         match outcome {
             Ok(()) => {
-                assert!(stored.contains(id), "write {id} answered OK but is not in the table");
+                assert!(
+                    stored.contains(id),
+                    "write {id} answered OK but is not in the table"
+                );
                 applied += 1;
             }
-            Err(status) if status.code() == Code::Unknown && reason(status) == "OUTCOME_UNKNOWN" => unknown += 1,
+            Err(status)
+                if status.code() == Code::Unknown && reason(status) == "OUTCOME_UNKNOWN" =>
+            {
+                unknown += 1
+            }
             Err(status) => {
-                assert!(!stored.contains(id), "write {id} failed with {status:?} but was applied");
+                assert!(
+                    !stored.contains(id),
+                    "write {id} failed with {status:?} but was applied"
+                );
                 refused += 1;
             }
         }
     }
-    assert!(stored.iter().all(|id| outcomes.contains_key(id)), "a row nobody wrote");
-    assert!(applied > 600, "applied {applied}, unknown {unknown}, refused {refused}");
+    assert!(
+        stored.iter().all(|id| outcomes.contains_key(id)),
+        "a row nobody wrote"
+    );
+    assert!(
+        applied > 600,
+        "applied {applied}, unknown {unknown}, refused {refused}"
+    );
 }
 
 /// Every pooled backend killed with pg_terminate_backend: the next thousand calls see no error,
@@ -161,10 +231,20 @@ async fn writes_in_flight_during_a_restart_are_never_lost_or_doubled() {
 #[tokio::test]
 async fn killed_backends_cost_callers_nothing() {
     let pg = private_postgres().await;
-    let gw = Gateway::serving(&pg.url("postgres"), "postgres".into(), &["--pool-max", "20", "--pool-min", "20"]).await;
+    let gw = Gateway::serving(
+        &pg.url("postgres"),
+        "postgres".into(),
+        &["--pool-max", "20", "--pool-min", "20"],
+    )
+    .await;
     let direct = connect(&pg.url("postgres")).await;
-    eventually(Duration::from_secs(20), "the pool is full", || async { pool_backends(&direct).await == 20 }).await;
-    let broken_before = gw.metric("pgway_connections_closed_total{reason=\"broken\"}").await;
+    eventually(Duration::from_secs(20), "the pool is full", || async {
+        pool_backends(&direct).await == 20
+    })
+    .await;
+    let broken_before = gw
+        .metric("pgway_connections_closed_total{reason=\"broken\"}")
+        .await;
     let killed: i64 = direct
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgway'",
@@ -192,10 +272,21 @@ async fn killed_backends_cost_callers_nothing() {
     for task in tasks {
         failures.extend(task.await.unwrap());
     }
-    assert!(failures.is_empty(), "{} of 1000 calls failed, first: {:?}", failures.len(), failures.first());
-    eventually(Duration::from_secs(10), "the broken connections are counted", || async {
-        gw.metric("pgway_connections_closed_total{reason=\"broken\"}").await >= broken_before + 20.0
-    })
+    assert!(
+        failures.is_empty(),
+        "{} of 1000 calls failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the broken connections are counted",
+        || async {
+            gw.metric("pgway_connections_closed_total{reason=\"broken\"}")
+                .await
+                >= broken_before + 20.0
+        },
+    )
     .await;
 }
 
@@ -208,12 +299,18 @@ async fn a_deadline_frees_the_backend_and_the_slot() {
     let mut client = gw.client().await;
     let started = Instant::now();
     let status = client
-        .query(with_deadline(query("SELECT pg_sleep(10)", vec![]), Duration::from_secs(1)))
+        .query(with_deadline(
+            query("SELECT pg_sleep(10)", vec![]),
+            Duration::from_secs(1),
+        ))
         .await
         .unwrap_err();
     let elapsed = started.elapsed();
     assert_eq!(status.code(), Code::DeadlineExceeded);
-    assert!(elapsed < Duration::from_millis(1100), "answered after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(1100),
+        "answered after {elapsed:?}"
+    );
     eventually(Duration::from_millis(1000), "the sleeping backend stops", || async {
         let active: i64 = direct
             .query_one("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)' AND state = 'active'", &[])
@@ -231,7 +328,15 @@ async fn a_deadline_frees_the_backend_and_the_slot() {
 /// retry delay, and every admitted call succeeds.
 #[tokio::test]
 async fn overload_is_shed_fast_and_admitted_calls_succeed() {
-    let gw = Gateway::with_settings(&["--pool-max", "4", "--max-waiting", "8", "--acquire-timeout", "30s"]).await;
+    let gw = Gateway::with_settings(&[
+        "--pool-max",
+        "4",
+        "--max-waiting",
+        "8",
+        "--acquire-timeout",
+        "30s",
+    ])
+    .await;
     let shed_before = gw.metric("pgway_shed_total").await;
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -254,14 +359,26 @@ async fn overload_is_shed_fast_and_admitted_calls_succeed() {
                 assert_eq!(status.code(), Code::Unavailable, "{status:?}");
                 assert_eq!(reason(&status), "OVERLOADED");
                 use tonic_types::StatusExt;
-                assert!(status.get_details_retry_info().is_some(), "a retry delay is given");
-                assert!(elapsed < Duration::from_millis(250), "shedding took {elapsed:?}");
+                assert!(
+                    status.get_details_retry_info().is_some(),
+                    "a retry delay is given"
+                );
+                assert!(
+                    elapsed < Duration::from_millis(250),
+                    "shedding took {elapsed:?}"
+                );
                 shed += 1;
             }
         }
     }
-    assert!(shed > 0 && admitted >= 12, "admitted {admitted}, shed {shed}");
-    assert_eq!(gw.metric("pgway_shed_total").await - shed_before, f64::from(shed));
+    assert!(
+        shed > 0 && admitted >= 12,
+        "admitted {admitted}, shed {shed}"
+    );
+    assert_eq!(
+        gw.metric("pgway_shed_total").await - shed_before,
+        f64::from(shed)
+    );
 }
 
 /// The connection breaks after COMMIT was sent: the caller hears OUTCOME_UNKNOWN (and indeed
@@ -271,32 +388,50 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     let pg = postgres().await;
     let admin = connect(&pg.url("postgres")).await;
     let database = format!("commit_{}", std::process::id());
-    admin.batch_execute(&format!("CREATE DATABASE {database}")).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .unwrap();
     let target = format!("127.0.0.1:{}", pg.port()).parse().unwrap();
     let proxy = FaultProxy::start(target).await;
     let gw = Gateway::serving(&proxy.url(&database), database.clone(), &[]).await;
     let direct = connect(&pg.url(&database)).await;
-    direct.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    direct
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
     let mut client = gw.client().await;
     run(&mut client, "SELECT 1", vec![]).await;
 
     proxy.cut_after_commit(true);
     let status = client
         .transaction(proto::TransactionRequest {
-            statements: vec![proto::Statement { sql: "INSERT INTO t VALUES (1)".into(), params: vec![] }],
+            statements: vec![proto::Statement {
+                sql: "INSERT INTO t VALUES (1)".into(),
+                params: vec![],
+            }],
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert_eq!(reason(&status), "OUTCOME_UNKNOWN");
-    let count: i64 = direct.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let count: i64 = direct
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(count, 1, "the COMMIT did reach the server");
     proxy.cut_after_commit(false);
 
     // An autocommit write cut mid-flight: UNKNOWN unless the caller said it is idempotent,
     // in which case it is retried and succeeds.
-    let slow_write = || query("INSERT INTO t SELECT 2 FROM pg_sleep(0.5) ON CONFLICT DO NOTHING", vec![]);
+    let slow_write = || {
+        query(
+            "INSERT INTO t SELECT 2 FROM pg_sleep(0.5) ON CONFLICT DO NOTHING",
+            vec![],
+        )
+    };
     let call = tokio::spawn({
         let mut client = client.clone();
         let request = slow_write();
@@ -332,7 +467,9 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     })
     .await;
     proxy.cut_all();
-    call.await.unwrap().expect("an idempotent write is retried after the cut");
+    call.await
+        .unwrap()
+        .expect("an idempotent write is retried after the cut");
 }
 
 /// A 30 s black hole between the gateway and PostgreSQL: every call ends within its deadline,
@@ -343,23 +480,36 @@ async fn a_black_hole_is_survived() {
     let pg = postgres().await;
     let admin = connect(&pg.url("postgres")).await;
     let database = format!("blackhole_{}", std::process::id());
-    admin.batch_execute(&format!("CREATE DATABASE {database}")).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .unwrap();
     let target = format!("127.0.0.1:{}", pg.port()).parse().unwrap();
     let proxy = FaultProxy::start(target).await;
-    let gw = Gateway::serving(&proxy.url(&database), database.clone(), &["--pool-max", "5", "--health-interval", "200ms"]).await;
+    let gw = Gateway::serving(
+        &proxy.url(&database),
+        database.clone(),
+        &["--pool-max", "5", "--health-interval", "200ms"],
+    )
+    .await;
     let direct = connect(&pg.url(&database)).await;
     let mut health = HealthClient::new(gw.channel().await);
     let readiness = |health: &mut HealthClient<tonic::transport::Channel>| {
         let mut health = health.clone();
         async move {
             health
-                .check(HealthCheckRequest { service: "pgway.v1.Database".into() })
+                .check(HealthCheckRequest {
+                    service: "pgway.v1.Database".into(),
+                })
                 .await
                 .map(|r| r.into_inner().status)
                 .unwrap_or(-1)
         }
     };
-    eventually(Duration::from_secs(10), "ready", || readiness(&mut health).then_is(1)).await;
+    eventually(Duration::from_secs(10), "ready", || {
+        readiness(&mut health).then_is(1)
+    })
+    .await;
     let backends_on_server = || async {
         direct
             .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgway' AND datname = current_database()", &[])
@@ -378,7 +528,9 @@ async fn a_black_hole_is_survived() {
             let mut late = Vec::new();
             while hole_started.elapsed() < Duration::from_secs(30) {
                 let started = Instant::now();
-                let result = client.query(with_deadline(query("SELECT 1", vec![]), deadline)).await;
+                let result = client
+                    .query(with_deadline(query("SELECT 1", vec![]), deadline))
+                    .await;
                 let elapsed = started.elapsed();
                 if elapsed > deadline + Duration::from_millis(100) {
                     late.push((elapsed, result.map(drop)));
@@ -392,7 +544,12 @@ async fn a_black_hole_is_survived() {
             late
         }));
     }
-    eventually(Duration::from_secs(6), "not ready during the black hole", || readiness(&mut health).then_is(2)).await;
+    eventually(
+        Duration::from_secs(6),
+        "not ready during the black hole",
+        || readiness(&mut health).then_is(2),
+    )
+    .await;
     let mut max_backends = 0;
     while hole_started.elapsed() < Duration::from_secs(30) {
         max_backends = max_backends.max(backends_on_server().await);
@@ -405,16 +562,34 @@ async fn a_black_hole_is_survived() {
     proxy.blackhole(false);
     let back = Instant::now();
     let mut client = gw.client().await;
-    eventually(Duration::from_secs(5), "calls succeed after the black hole", || {
-        let mut client = client.clone();
-        async move { client.query(with_deadline(query("SELECT 1", vec![]), Duration::from_millis(500))).await.is_ok() }
+    eventually(
+        Duration::from_secs(5),
+        "calls succeed after the black hole",
+        || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .query(with_deadline(
+                        query("SELECT 1", vec![]),
+                        Duration::from_millis(500),
+                    ))
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(5), "ready again", || {
+        readiness(&mut health).then_is(1)
     })
     .await;
-    eventually(Duration::from_secs(5), "ready again", || readiness(&mut health).then_is(1)).await;
     println!("recovered {:?} after the black hole ended", back.elapsed());
     run(&mut client, "SELECT 1", vec![]).await;
     max_backends = max_backends.max(backends_on_server().await);
-    assert!(max_backends <= 5, "{max_backends} pool backends on the server, pool max 5");
+    assert!(
+        max_backends <= 5,
+        "{max_backends} pool backends on the server, pool max 5"
+    );
 }
 
 trait ThenIs {
@@ -431,7 +606,11 @@ impl<F: std::future::Future<Output = i32>> ThenIs for F {
 #[tokio::test]
 async fn sigterm_lets_calls_in_flight_finish() {
     let pg = postgres().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgway"))
         .env("PGWAY_DATABASE_URL", pg.url("postgres"))
@@ -444,7 +623,11 @@ async fn sigterm_lets_calls_in_flight_finish() {
         .spawn()
         .unwrap();
     let channel = loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
             break channel;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -454,7 +637,9 @@ async fn sigterm_lets_calls_in_flight_finish() {
     for i in 0..10 {
         let mut client = client.clone();
         in_flight.push(tokio::spawn(async move {
-            client.query(query(&format!("SELECT {i} FROM pg_sleep(1.5)"), vec![])).await
+            client
+                .query(query(&format!("SELECT {i} FROM pg_sleep(1.5)"), vec![]))
+                .await
         }));
     }
     let direct = connect(&pg.url("postgres")).await;
@@ -467,19 +652,30 @@ async fn sigterm_lets_calls_in_flight_finish() {
         running == 10
     })
     .await;
-    let killed = std::process::Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     // New calls are refused while the old ones finish.
     let mut late = client.clone();
     eventually(Duration::from_secs(2), "new calls are refused", || {
         let mut late = late.clone();
-        async move { late.query(query("SELECT 1", vec![])).await.is_err_and(|s| s.code() == Code::Unavailable) }
+        async move {
+            late.query(query("SELECT 1", vec![]))
+                .await
+                .is_err_and(|s| s.code() == Code::Unavailable)
+        }
     })
     .await;
     let _ = &mut late;
     for call in in_flight {
-        call.await.unwrap().expect("a call in flight at SIGTERM finishes");
+        call.await
+            .unwrap()
+            .expect("a call in flight at SIGTERM finishes");
     }
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }

@@ -13,14 +13,27 @@ use tonic::Code;
 
 #[tokio::test]
 async fn metrics_follow_the_pool_and_the_calls() {
-    let gw = Gateway::with_settings(&["--pool-max", "1", "--pool-min", "1", "--acquire-timeout", "300ms"]).await;
+    let gw = Gateway::with_settings(&[
+        "--pool-max",
+        "1",
+        "--pool-min",
+        "1",
+        "--acquire-timeout",
+        "300ms",
+    ])
+    .await;
     let mut client = gw.client().await;
     run(&mut client, "SELECT 1", vec![]).await;
     assert_eq!(gw.metric("pgway_pool_max_connections").await, 1.0);
     assert_eq!(gw.metric("pgway_pool_min_connections").await, 1.0);
     assert_eq!(gw.metric("pgway_build_info{version=\"0.1.0\"}").await, 1.0);
-    eventually(Duration::from_secs(5), "database_up", || async { gw.metric("pgway_database_up").await == 1.0 }).await;
-    let ok_before = gw.metric("pgway_requests_total{method=\"Query\",code=\"OK\"}").await;
+    eventually(Duration::from_secs(5), "database_up", || async {
+        gw.metric("pgway_database_up").await == 1.0
+    })
+    .await;
+    let ok_before = gw
+        .metric("pgway_requests_total{method=\"Query\",code=\"OK\"}")
+        .await;
     let timeouts_before = gw.metric("pgway_pool_acquire_timeouts_total").await;
 
     // A checkout shows in in_use.
@@ -28,39 +41,68 @@ async fn metrics_follow_the_pool_and_the_calls() {
         let mut client = client.clone();
         async move { client.query(query("SELECT pg_sleep(1.5)", vec![])).await }
     });
-    eventually(Duration::from_secs(5), "in_use shows the checkout", || async {
-        gw.metric("pgway_pool_connections{state=\"in_use\"}").await == 1.0
-    })
+    eventually(
+        Duration::from_secs(5),
+        "in_use shows the checkout",
+        || async { gw.metric("pgway_pool_connections{state=\"in_use\"}").await == 1.0 },
+    )
     .await;
     // A caller that can't get the only connection in time: an acquire timeout.
     let status = client.query(query("SELECT 2", vec![])).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(error_info(&status).reason, "POOL_TIMEOUT");
-    assert_eq!(gw.metric("pgway_pool_acquire_timeouts_total").await, timeouts_before + 1.0);
-    assert!(gw.metric("pgway_requests_total{method=\"Query\",code=\"UNAVAILABLE\"}").await >= 1.0);
+    assert_eq!(
+        gw.metric("pgway_pool_acquire_timeouts_total").await,
+        timeouts_before + 1.0
+    );
+    assert!(
+        gw.metric("pgway_requests_total{method=\"Query\",code=\"UNAVAILABLE\"}")
+            .await
+            >= 1.0
+    );
     busy.await.unwrap().unwrap();
-    eventually(Duration::from_secs(5), "the connection is idle again", || async {
-        gw.metric("pgway_pool_connections{state=\"in_use\"}").await == 0.0
-            && gw.metric("pgway_pool_connections{state=\"idle\"}").await == 1.0
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the connection is idle again",
+        || async {
+            gw.metric("pgway_pool_connections{state=\"in_use\"}").await == 0.0
+                && gw.metric("pgway_pool_connections{state=\"idle\"}").await == 1.0
+        },
+    )
     .await;
-    assert!(gw.metric("pgway_requests_total{method=\"Query\",code=\"OK\"}").await >= ok_before + 1.0);
+    assert!(
+        gw.metric("pgway_requests_total{method=\"Query\",code=\"OK\"}")
+            .await
+            >= ok_before + 1.0
+    );
     let text = gw.scrape().await;
-    assert!(text.contains("pgway_request_duration_seconds_bucket{method=\"Query\""), "{text}");
+    assert!(
+        text.contains("pgway_request_duration_seconds_bucket{method=\"Query\""),
+        "{text}"
+    );
     assert!(text.contains("pgway_pool_wait_seconds_bucket"), "{text}");
     // Labels never carry SQL.
     assert!(!text.contains("pg_sleep"));
 
     // Transactions are counted by outcome.
-    let committed = gw.metric("pgway_transactions_total{outcome=\"committed\"}").await;
+    let committed = gw
+        .metric("pgway_transactions_total{outcome=\"committed\"}")
+        .await;
     client
         .transaction(pgway::proto::TransactionRequest {
-            statements: vec![pgway::proto::Statement { sql: "SELECT 1".into(), params: vec![] }],
+            statements: vec![pgway::proto::Statement {
+                sql: "SELECT 1".into(),
+                params: vec![],
+            }],
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(gw.metric("pgway_transactions_total{outcome=\"committed\"}").await, committed + 1.0);
+    assert_eq!(
+        gw.metric("pgway_transactions_total{outcome=\"committed\"}")
+            .await,
+        committed + 1.0
+    );
 }
 
 #[tokio::test]
@@ -68,12 +110,23 @@ async fn request_ids_come_back() {
     let gw = Gateway::start().await;
     let mut client = gw.client().await;
     let mut request = tonic::Request::new(query("SELECT 1", vec![]));
-    request.metadata_mut().insert("x-request-id", "order-4711".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "order-4711".parse().unwrap());
     let response = client.query(request).await.unwrap();
-    assert_eq!(response.metadata().get("x-request-id").unwrap(), "order-4711");
+    assert_eq!(
+        response.metadata().get("x-request-id").unwrap(),
+        "order-4711"
+    );
 
     let response = client.query(query("SELECT 1", vec![])).await.unwrap();
-    let id = response.metadata().get("x-request-id").unwrap().to_str().unwrap().to_owned();
+    let id = response
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(id.len(), 32);
     assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
     // Errors carry it too.
@@ -82,7 +135,11 @@ async fn request_ids_come_back() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The binary's JSON logs show each connection's life and each call; `pgway stats` prints
@@ -103,16 +160,28 @@ async fn logs_show_connections_and_calls_and_stats_prints_the_pool() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let lines = std::thread::spawn(move || std::io::BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let lines = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
     let channel = loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}")).unwrap().connect().await {
+        if let Ok(channel) =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+                .unwrap()
+                .connect()
+                .await
+        {
             break channel;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut client = DatabaseClient::new(channel);
     let mut request = tonic::Request::new(query("SELECT 1", vec![]));
-    request.metadata_mut().insert("x-request-id", "trace-me-1".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "trace-me-1".parse().unwrap());
     client.query(request).await.unwrap();
 
     let stats = Command::new(env!("CARGO_BIN_EXE_pgway"))
@@ -124,15 +193,39 @@ async fn logs_show_connections_and_calls_and_stats_prints_the_pool() {
     assert!(stats.contains("pool maximum"), "{stats}");
     assert!(stats.contains("connections idle"), "{stats}");
 
-    Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
     assert!(status.success());
-    let events: Vec<serde_json::Value> = lines.join().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let find = |message: &str| events.iter().filter(move |e| e["message"] == message).collect::<Vec<_>>();
+    let events: Vec<serde_json::Value> = lines
+        .join()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let find = |message: &str| {
+        events
+            .iter()
+            .filter(move |e| e["message"] == message)
+            .collect::<Vec<_>>()
+    };
     let connecting = find("connecting");
-    assert!(!connecting.is_empty() && connecting[0]["attempt"].is_number() && connecting[0]["backoff_ms"].is_number(), "{events:?}");
+    assert!(
+        !connecting.is_empty()
+            && connecting[0]["attempt"].is_number()
+            && connecting[0]["backoff_ms"].is_number(),
+        "{events:?}"
+    );
     let connected = find("connected");
-    assert!(connected.iter().all(|e| e["backend_pid"].as_i64().is_some_and(|p| p > 0) && e["conn_id"].is_number()));
+    assert!(
+        connected
+            .iter()
+            .all(|e| e["backend_pid"].as_i64().is_some_and(|p| p > 0) && e["conn_id"].is_number())
+    );
     assert!(!find("checked out").is_empty(), "no checkout logged");
     let calls = find("call finished");
     let call = calls
@@ -143,5 +236,8 @@ async fn logs_show_connections_and_calls_and_stats_prints_the_pool() {
     assert_eq!(call["span"]["method"], "Query");
     assert!(call["duration_ms"].is_number());
     let closed = find("closed");
-    assert!(closed.iter().any(|e| e["reason"] == "shutdown"), "{closed:?}");
+    assert!(
+        closed.iter().any(|e| e["reason"] == "shutdown"),
+        "{closed:?}"
+    );
 }

@@ -17,18 +17,28 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 fn statement(sql: &str, params: Vec<proto::Value>) -> Statement {
-    Statement { sql: sql.into(), params }
+    Statement {
+        sql: sql.into(),
+        params,
+    }
 }
 
 fn tx(statements: Vec<Statement>, level: IsolationLevel) -> TransactionRequest {
-    TransactionRequest { statements, isolation_level: level as i32, ..Default::default() }
+    TransactionRequest {
+        statements,
+        isolation_level: level as i32,
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
 async fn a_batch_commits_all_or_nothing() {
     let gw = Gateway::start().await;
     let direct = gw.direct().await;
-    direct.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)").await.unwrap();
+    direct
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
     let mut client = gw.client().await;
 
     let response = client
@@ -62,20 +72,38 @@ async fn a_batch_commits_all_or_nothing() {
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
     let info = error_info(&status);
-    assert_eq!(info.metadata.get("statement_index").map(String::as_str), Some("2"));
+    assert_eq!(
+        info.metadata.get("statement_index").map(String::as_str),
+        Some("2")
+    );
     assert_eq!(info.reason, "UNIQUE_VIOLATION");
-    let rows = direct.query("SELECT id, v FROM t ORDER BY id", &[]).await.unwrap();
+    let rows = direct
+        .query("SELECT id, v FROM t ORDER BY id", &[])
+        .await
+        .unwrap();
     let rows: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(rows, vec![(1, "a".into()), (2, "b".into())]);
 
     // Bad requests.
-    let status = client.transaction(tx(vec![], IsolationLevel::Unspecified)).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let mut bad = tx(vec![statement("SELECT 1", vec![])], IsolationLevel::Unspecified);
-    bad.isolation_level = 42;
-    assert_eq!(client.transaction(bad).await.unwrap_err().code(), Code::InvalidArgument);
     let status = client
-        .transaction(tx(vec![statement("COMMIT", vec![])], IsolationLevel::Unspecified))
+        .transaction(tx(vec![], IsolationLevel::Unspecified))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let mut bad = tx(
+        vec![statement("SELECT 1", vec![])],
+        IsolationLevel::Unspecified,
+    );
+    bad.isolation_level = 42;
+    assert_eq!(
+        client.transaction(bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let status = client
+        .transaction(tx(
+            vec![statement("COMMIT", vec![])],
+            IsolationLevel::Unspecified,
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -94,18 +122,36 @@ async fn isolation_levels_are_exactly_what_was_asked() {
         (IsolationLevel::Serializable, "serializable"),
     ] {
         let response = client
-            .transaction(tx(vec![statement("SHOW transaction_isolation", vec![])], level))
+            .transaction(tx(
+                vec![statement("SHOW transaction_isolation", vec![])],
+                level,
+            ))
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(scalar(&response.results[0]), Some(Kind::StringValue(expected.into())), "{level:?}");
+        assert_eq!(
+            scalar(&response.results[0]),
+            Some(Kind::StringValue(expected.into())),
+            "{level:?}"
+        );
         // And a plain query afterwards runs at the server's default.
-        let response = run(&mut client, "SELECT current_setting('transaction_isolation')", vec![]).await;
-        assert_eq!(scalar(&response), Some(Kind::StringValue("read committed".into())));
+        let response = run(
+            &mut client,
+            "SELECT current_setting('transaction_isolation')",
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            scalar(&response),
+            Some(Kind::StringValue("read committed".into()))
+        );
     }
 
     // READ ONLY refuses writes; DEFERRABLE is accepted with SERIALIZABLE READ ONLY.
-    let mut request = tx(vec![statement("CREATE TABLE nope (a int)", vec![])], IsolationLevel::Serializable);
+    let mut request = tx(
+        vec![statement("CREATE TABLE nope (a int)", vec![])],
+        IsolationLevel::Serializable,
+    );
     request.read_only = true;
     let status = client.transaction(request).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -120,8 +166,14 @@ async fn isolation_levels_are_exactly_what_was_asked() {
     request.read_only = true;
     request.deferrable = true;
     let response = client.transaction(request).await.unwrap().into_inner();
-    assert_eq!(scalar(&response.results[0]), Some(Kind::StringValue("on".into())));
-    assert_eq!(scalar(&response.results[1]), Some(Kind::StringValue("on".into())));
+    assert_eq!(
+        scalar(&response.results[0]),
+        Some(Kind::StringValue("on".into()))
+    );
+    assert_eq!(
+        scalar(&response.results[1]),
+        Some(Kind::StringValue("on".into()))
+    );
     let response = run(&mut client, "SHOW transaction_read_only", vec![]).await;
     assert_eq!(scalar(&response), Some(Kind::StringValue("off".into())));
 }
@@ -130,7 +182,15 @@ async fn isolation_levels_are_exactly_what_was_asked() {
 /// one is re-run until it commits, and the totals come out exactly right.
 #[tokio::test]
 async fn serialization_failures_are_retried_until_every_transaction_commits() {
-    let gw = Gateway::with_settings(&["--pool-max", "8", "--tx-max-attempts", "100", "--request-timeout", "60s"]).await;
+    let gw = Gateway::with_settings(&[
+        "--pool-max",
+        "8",
+        "--tx-max-attempts",
+        "100",
+        "--request-timeout",
+        "60s",
+    ])
+    .await;
     let direct = gw.direct().await;
     direct
         .batch_execute(
@@ -149,26 +209,56 @@ async fn serialization_failures_are_retried_until_every_transaction_commits() {
             // Read, then write based on what was read: the classic write-skew shape.
             let request = tx(
                 vec![
-                    statement("SELECT balance FROM accounts WHERE id = $1", vec![int(from)]),
+                    statement(
+                        "SELECT balance FROM accounts WHERE id = $1",
+                        vec![int(from)],
+                    ),
                     statement("SELECT sum(balance) FROM accounts", vec![]),
-                    statement("UPDATE accounts SET balance = balance - 10 WHERE id = $1", vec![int(from)]),
-                    statement("UPDATE accounts SET balance = balance + 10 WHERE id = $1", vec![int(to)]),
-                    statement("INSERT INTO transfers_log SELECT $1::int", vec![int(worker)]),
+                    statement(
+                        "UPDATE accounts SET balance = balance - 10 WHERE id = $1",
+                        vec![int(from)],
+                    ),
+                    statement(
+                        "UPDATE accounts SET balance = balance + 10 WHERE id = $1",
+                        vec![int(to)],
+                    ),
+                    statement(
+                        "INSERT INTO transfers_log SELECT $1::int",
+                        vec![int(worker)],
+                    ),
                 ],
                 IsolationLevel::Serializable,
             );
-            client.transaction(request).await.map(|r| r.into_inner().attempts)
+            client
+                .transaction(request)
+                .await
+                .map(|r| r.into_inner().attempts)
         }));
     }
     let mut attempts = Vec::new();
     for task in tasks {
-        attempts.push(task.await.unwrap().expect("every transaction finally commits"));
+        attempts.push(
+            task.await
+                .unwrap()
+                .expect("every transaction finally commits"),
+        );
     }
-    let total: i64 = direct.query_one("SELECT sum(balance)::int8 FROM accounts", &[]).await.unwrap().get(0);
+    let total: i64 = direct
+        .query_one("SELECT sum(balance)::int8 FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(total, 2000);
-    let logged: i64 = direct.query_one("SELECT count(*) FROM transfers_log", &[]).await.unwrap().get(0);
-    assert_eq!(logged, workers as i64, "each transaction applied exactly once");
-    assert!(attempts.iter().any(|&a| a > 1), "no conflict happened: {attempts:?}");
+    let logged: i64 = direct
+        .query_one("SELECT count(*) FROM transfers_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, workers, "each transaction applied exactly once");
+    assert!(
+        attempts.iter().any(|&a| a > 1),
+        "no conflict happened: {attempts:?}"
+    );
 }
 
 #[tokio::test]
@@ -177,7 +267,10 @@ async fn retries_give_up_with_aborted() {
     let mut client = gw.client().await;
     let status = client
         .transaction(tx(
-            vec![statement("DO $$ BEGIN RAISE EXCEPTION 'always' USING ERRCODE = '40001'; END $$", vec![])],
+            vec![statement(
+                "DO $$ BEGIN RAISE EXCEPTION 'always' USING ERRCODE = '40001'; END $$",
+                vec![],
+            )],
             IsolationLevel::Serializable,
         ))
         .await
@@ -192,64 +285,153 @@ async fn retries_give_up_with_aborted() {
 async fn repeatable_read_sees_one_snapshot() {
     let gw = Gateway::start().await;
     let direct = gw.direct().await;
-    direct.batch_execute("CREATE TABLE counter (n int); INSERT INTO counter VALUES (1);").await.unwrap();
-    let mut client = gw.client().await;
-    let (sender, receiver) = mpsc::channel(4);
-    let mut events = client.interactive_transaction(ReceiverStream::new(receiver)).await.unwrap().into_inner();
-    let send = |action| InteractiveTransactionRequest { action: Some(action) };
-    sender
-        .send(send(Action::Begin(TransactionOptions { isolation_level: IsolationLevel::RepeatableRead as i32, ..Default::default() })))
+    direct
+        .batch_execute("CREATE TABLE counter (n int); INSERT INTO counter VALUES (1);")
         .await
         .unwrap();
-    assert!(matches!(events.next().await.unwrap().unwrap().event, Some(Event::Begun(_))));
-    sender.send(send(Action::Statement(statement("SELECT n FROM counter", vec![])))).await.unwrap();
-    let Some(Event::Result(first)) = events.next().await.unwrap().unwrap().event else { panic!() };
+    let mut client = gw.client().await;
+    let (sender, receiver) = mpsc::channel(4);
+    let mut events = client
+        .interactive_transaction(ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    let send = |action| InteractiveTransactionRequest {
+        action: Some(action),
+    };
+    sender
+        .send(send(Action::Begin(TransactionOptions {
+            isolation_level: IsolationLevel::RepeatableRead as i32,
+            ..Default::default()
+        })))
+        .await
+        .unwrap();
+    assert!(matches!(
+        events.next().await.unwrap().unwrap().event,
+        Some(Event::Begun(_))
+    ));
+    sender
+        .send(send(Action::Statement(statement(
+            "SELECT n FROM counter",
+            vec![],
+        ))))
+        .await
+        .unwrap();
+    let Some(Event::Result(first)) = events.next().await.unwrap().unwrap().event else {
+        panic!()
+    };
     // Someone else commits a change in between.
-    direct.batch_execute("UPDATE counter SET n = 2").await.unwrap();
-    sender.send(send(Action::Statement(statement("SELECT n FROM counter", vec![])))).await.unwrap();
-    let Some(Event::Result(second)) = events.next().await.unwrap().unwrap().event else { panic!() };
+    direct
+        .batch_execute("UPDATE counter SET n = 2")
+        .await
+        .unwrap();
+    sender
+        .send(send(Action::Statement(statement(
+            "SELECT n FROM counter",
+            vec![],
+        ))))
+        .await
+        .unwrap();
+    let Some(Event::Result(second)) = events.next().await.unwrap().unwrap().event else {
+        panic!()
+    };
     assert_eq!(scalar(&first), Some(Kind::IntValue(1)));
-    assert_eq!(scalar(&second), Some(Kind::IntValue(1)), "the snapshot moved");
-    sender.send(send(Action::Commit(proto::Commit {}))).await.unwrap();
-    assert!(matches!(events.next().await.unwrap().unwrap().event, Some(Event::Committed(_))));
-    assert!(events.next().await.is_none(), "the stream ends after commit");
+    assert_eq!(
+        scalar(&second),
+        Some(Kind::IntValue(1)),
+        "the snapshot moved"
+    );
+    sender
+        .send(send(Action::Commit(proto::Commit {})))
+        .await
+        .unwrap();
+    assert!(matches!(
+        events.next().await.unwrap().unwrap().event,
+        Some(Event::Committed(_))
+    ));
+    assert!(
+        events.next().await.is_none(),
+        "the stream ends after commit"
+    );
 }
 
 async fn open_interactive(
     gw: &Gateway,
-) -> (mpsc::Sender<InteractiveTransactionRequest>, tonic::Streaming<proto::InteractiveTransactionResponse>) {
+) -> (
+    mpsc::Sender<InteractiveTransactionRequest>,
+    tonic::Streaming<proto::InteractiveTransactionResponse>,
+) {
     let mut client = gw.client().await;
     let (sender, receiver) = mpsc::channel(4);
-    let events = client.interactive_transaction(ReceiverStream::new(receiver)).await.unwrap().into_inner();
+    let events = client
+        .interactive_transaction(ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
     (sender, events)
 }
 
 fn act(action: Action) -> InteractiveTransactionRequest {
-    InteractiveTransactionRequest { action: Some(action) }
+    InteractiveTransactionRequest {
+        action: Some(action),
+    }
 }
 
 #[tokio::test]
 async fn interactive_transactions_commit_roll_back_and_fail_cleanly() {
     let gw = Gateway::with_settings(&["--pool-max", "2"]).await;
     let direct = gw.direct().await;
-    direct.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.unwrap();
+    direct
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
 
     // Commit applies.
     let (sender, mut events) = open_interactive(&gw).await;
-    sender.send(act(Action::Begin(TransactionOptions::default()))).await.unwrap();
-    sender.send(act(Action::Statement(statement("INSERT INTO t VALUES ($1)", vec![int(1)])))).await.unwrap();
-    sender.send(act(Action::Commit(proto::Commit {}))).await.unwrap();
+    sender
+        .send(act(Action::Begin(TransactionOptions::default())))
+        .await
+        .unwrap();
+    sender
+        .send(act(Action::Statement(statement(
+            "INSERT INTO t VALUES ($1)",
+            vec![int(1)],
+        ))))
+        .await
+        .unwrap();
+    sender
+        .send(act(Action::Commit(proto::Commit {})))
+        .await
+        .unwrap();
     let mut kinds = Vec::new();
     while let Some(event) = events.next().await {
-        kinds.push(format!("{:?}", event.unwrap().event.unwrap()).split('(').next().unwrap().to_owned());
+        kinds.push(
+            format!("{:?}", event.unwrap().event.unwrap())
+                .split('(')
+                .next()
+                .unwrap()
+                .to_owned(),
+        );
     }
     assert_eq!(kinds, ["Begun", "Result", "Committed"]);
 
     // Rollback undoes.
     let (sender, mut events) = open_interactive(&gw).await;
-    sender.send(act(Action::Begin(TransactionOptions::default()))).await.unwrap();
-    sender.send(act(Action::Statement(statement("INSERT INTO t VALUES (2)", vec![])))).await.unwrap();
-    sender.send(act(Action::Rollback(proto::Rollback {}))).await.unwrap();
+    sender
+        .send(act(Action::Begin(TransactionOptions::default())))
+        .await
+        .unwrap();
+    sender
+        .send(act(Action::Statement(statement(
+            "INSERT INTO t VALUES (2)",
+            vec![],
+        ))))
+        .await
+        .unwrap();
+    sender
+        .send(act(Action::Rollback(proto::Rollback {})))
+        .await
+        .unwrap();
     let mut last = None;
     while let Some(event) = events.next().await {
         last = event.unwrap().event;
@@ -258,9 +440,24 @@ async fn interactive_transactions_commit_roll_back_and_fail_cleanly() {
 
     // A statement error ends the stream with its status and rolls back.
     let (sender, mut events) = open_interactive(&gw).await;
-    sender.send(act(Action::Begin(TransactionOptions::default()))).await.unwrap();
-    sender.send(act(Action::Statement(statement("INSERT INTO t VALUES (3)", vec![])))).await.unwrap();
-    sender.send(act(Action::Statement(statement("INSERT INTO t VALUES (1)", vec![])))).await.unwrap();
+    sender
+        .send(act(Action::Begin(TransactionOptions::default())))
+        .await
+        .unwrap();
+    sender
+        .send(act(Action::Statement(statement(
+            "INSERT INTO t VALUES (3)",
+            vec![],
+        ))))
+        .await
+        .unwrap();
+    sender
+        .send(act(Action::Statement(statement(
+            "INSERT INTO t VALUES (1)",
+            vec![],
+        ))))
+        .await
+        .unwrap();
     let mut status = None;
     while let Some(event) = events.next().await {
         if let Err(error) = event {
@@ -271,41 +468,79 @@ async fn interactive_transactions_commit_roll_back_and_fail_cleanly() {
 
     // The first message must be begin.
     let (sender, mut events) = open_interactive(&gw).await;
-    sender.send(act(Action::Statement(statement("SELECT 1", vec![])))).await.unwrap();
+    sender
+        .send(act(Action::Statement(statement("SELECT 1", vec![]))))
+        .await
+        .unwrap();
     let status = events.next().await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
 
     // A caller that vanishes mid-transaction: rolled back, connection freed.
     let (sender, mut events) = open_interactive(&gw).await;
-    sender.send(act(Action::Begin(TransactionOptions::default()))).await.unwrap();
-    sender.send(act(Action::Statement(statement("INSERT INTO t VALUES (4)", vec![])))).await.unwrap();
+    sender
+        .send(act(Action::Begin(TransactionOptions::default())))
+        .await
+        .unwrap();
+    sender
+        .send(act(Action::Statement(statement(
+            "INSERT INTO t VALUES (4)",
+            vec![],
+        ))))
+        .await
+        .unwrap();
     events.next().await.unwrap().unwrap();
     events.next().await.unwrap().unwrap();
     drop(sender);
     drop(events);
 
-    let ids: Vec<i32> = direct.query("SELECT id FROM t ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
-    eventually(Duration::from_secs(5), "no transaction left open", || async {
-        let open: i64 = direct
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'", &[])
-            .await
-            .unwrap()
-            .get(0);
-        open == 0
-    })
+    let ids: Vec<i32> = direct
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    eventually(
+        Duration::from_secs(5),
+        "no transaction left open",
+        || async {
+            let open: i64 = direct
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            open == 0
+        },
+    )
     .await;
     assert_eq!(ids, vec![1]);
 }
 
 #[tokio::test]
 async fn idle_and_overlong_interactive_transactions_are_rolled_back() {
-    let gw = Gateway::with_settings(&["--tx-idle-timeout", "300ms", "--tx-max-duration", "2s"]).await;
+    let gw =
+        Gateway::with_settings(&["--tx-idle-timeout", "300ms", "--tx-max-duration", "2s"]).await;
     let direct = gw.direct().await;
-    direct.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+    direct
+        .batch_execute("CREATE TABLE t (id int)")
+        .await
+        .unwrap();
 
     let (sender, mut events) = open_interactive(&gw).await;
-    sender.send(act(Action::Begin(TransactionOptions::default()))).await.unwrap();
-    sender.send(act(Action::Statement(statement("INSERT INTO t VALUES (1)", vec![])))).await.unwrap();
+    sender
+        .send(act(Action::Begin(TransactionOptions::default())))
+        .await
+        .unwrap();
+    sender
+        .send(act(Action::Statement(statement(
+            "INSERT INTO t VALUES (1)",
+            vec![],
+        ))))
+        .await
+        .unwrap();
     events.next().await.unwrap().unwrap();
     events.next().await.unwrap().unwrap();
     // Say nothing more: the idle timeout rolls it back.
@@ -316,10 +551,19 @@ async fn idle_and_overlong_interactive_transactions_are_rolled_back() {
 
     // Busy but too long: the max duration rolls it back.
     let (sender, mut events) = open_interactive(&gw).await;
-    sender.send(act(Action::Begin(TransactionOptions::default()))).await.unwrap();
+    sender
+        .send(act(Action::Begin(TransactionOptions::default())))
+        .await
+        .unwrap();
     events.next().await.unwrap().unwrap();
     let status = loop {
-        sender.send(act(Action::Statement(statement("INSERT INTO t VALUES (2)", vec![])))).await.ok();
+        sender
+            .send(act(Action::Statement(statement(
+                "INSERT INTO t VALUES (2)",
+                vec![],
+            ))))
+            .await
+            .ok();
         match events.next().await {
             Some(Ok(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
             Some(Err(status)) => break status,
@@ -327,6 +571,10 @@ async fn idle_and_overlong_interactive_transactions_are_rolled_back() {
         }
     };
     assert_eq!(status.code(), Code::Aborted);
-    let count: i64 = direct.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let count: i64 = direct
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(count, 0, "nothing of either transaction was applied");
 }

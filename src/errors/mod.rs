@@ -105,7 +105,10 @@ pub enum GatewayError {
 
     /// Too many callers are already waiting for a connection: shed at once.
     #[error("the gateway is overloaded: {waiting} calls already wait for a database connection")]
-    Overloaded { waiting: usize, retry_after: Duration },
+    Overloaded {
+        waiting: usize,
+        retry_after: Duration,
+    },
 
     /// No connection became free within the acquire timeout.
     #[error("no database connection became free within {waited:?}{}", cause_suffix(.last_connect_error))]

@@ -89,12 +89,19 @@ impl Gateway {
         let config = args.validate().expect("settings validate");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
+        let metrics = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind metrics");
         let metrics_addr = metrics.local_addr().expect("metrics addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(pgway::server::serve(config, listener, Some(metrics), async move {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(pgway::server::serve(
+            config,
+            listener,
+            Some(metrics),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Gateway {
             addr,
             metrics_addr,
@@ -132,15 +139,26 @@ impl Gateway {
     /// The Prometheus text of the gateway's `/metrics`.
     pub async fn scrape(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr).await.expect("connect to /metrics");
+        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .expect("connect to /metrics");
         stream
             .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .await
             .expect("send");
         let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read /metrics");
-        assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
-        response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("read /metrics");
+        assert!(
+            response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+            "{response}"
+        );
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
     }
 
     /// The value of one sample in `/metrics`, such as
@@ -149,7 +167,10 @@ impl Gateway {
         let text = self.scrape().await;
         text.lines()
             .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .map(|v| v.trim().parse().expect("a number"))
             .unwrap_or(0.0)
     }

@@ -55,7 +55,10 @@ impl FaultProxy {
 
     /// A URL like `base` (a postgres:// URL of the real server) but through the proxy.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.addr.port())
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}",
+            self.addr.port()
+        )
     }
 
     /// Closes every open connection (both sides).
@@ -74,7 +77,9 @@ impl FaultProxy {
     }
 
     pub fn latency(&self, delay: Duration) {
-        self.faults.latency_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.faults
+            .latency_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn cut_after_commit(&self, on: bool) {
@@ -99,10 +104,18 @@ async fn wait_open(faults: &Faults) {
     }
 }
 
-async fn relay(client: TcpStream, target: SocketAddr, faults: Arc<Faults>, cut: CancellationToken, stop: CancellationToken) {
+async fn relay(
+    client: TcpStream,
+    target: SocketAddr,
+    faults: Arc<Faults>,
+    cut: CancellationToken,
+    stop: CancellationToken,
+) {
     let work = async {
         wait_open(&faults).await;
-        let Ok(server) = TcpStream::connect(target).await else { return };
+        let Ok(server) = TcpStream::connect(target).await else {
+            return;
+        };
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
         let (client_read, client_write) = client.into_split();
