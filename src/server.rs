@@ -107,11 +107,14 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Cancelled when the grace period after the signal is over: what still runs is cut.
+    let grace_over = CancellationToken::new();
     let database = DatabaseServer::new(DatabaseService::new(
         pool.clone(),
         &config,
         tasks.clone(),
         stopping.clone(),
+        grace_over.clone(),
     ));
 
     let signal = {
@@ -150,10 +153,16 @@ pub async fn serve(
         result = server => result?,
         () = drained => warn!(?grace, "grace period over with calls still open; closing them"),
     }
+    // Streams and interactive transactions still open are cancelled and rolled back now; they
+    // get a moment for that (one round trip), not a second grace period.
+    grace_over.cancel();
     pool.close();
     tasks.close();
-    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-        warn!("stream tasks still running after the grace period");
+    if tokio::time::timeout(Duration::from_secs(2), tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("tasks still running after the grace period");
     }
     let state = pool.state();
     drop(pool);

@@ -50,8 +50,10 @@ struct Shared {
     tx: TxConfig,
     /// Owns the tasks that feed streams, so shutdown can wait for them.
     tasks: TaskTracker,
-    /// Cancelled when the gateway starts shutting down.
+    /// Cancelled when the gateway starts shutting down: new calls are refused.
     shutdown: CancellationToken,
+    /// Cancelled when the shutdown grace period is over: open streams and transactions end.
+    grace_over: CancellationToken,
     retries: RetryBudget,
 }
 
@@ -187,6 +189,7 @@ impl DatabaseService {
         config: &Config,
         tasks: TaskTracker,
         shutdown: CancellationToken,
+        grace_over: CancellationToken,
     ) -> Self {
         DatabaseService {
             inner: Arc::new(Shared {
@@ -196,6 +199,7 @@ impl DatabaseService {
                 tx: config.tx,
                 tasks,
                 shutdown,
+                grace_over,
                 retries: RetryBudget::default(),
             }),
         }
@@ -253,8 +257,12 @@ impl Database for DatabaseService {
         let shared = Arc::clone(&self.inner);
         self.inner.tasks.spawn(
             async move {
-                let work = shared.stream(conn, &request, &sender);
-                if let Err(error) = deadline::run(deadline, started, work).await {
+                let work = deadline::run(deadline, started, shared.stream(conn, &request, &sender));
+                let result = tokio::select! {
+                    result = work => result,
+                    () = shared.grace_over.cancelled() => Err(GatewayError::ShuttingDown),
+                };
+                if let Err(error) = result {
                     let _ = sender.send(Err(error.into())).await;
                 }
             }
@@ -413,7 +421,7 @@ async fn drive_interactive(
     loop {
         let action = tokio::select! {
             action = next_action(&mut inbound, shared.tx.idle_timeout) => action,
-            () = shared.shutdown.cancelled() => Err(GatewayError::ShuttingDown),
+            () = shared.grace_over.cancelled() => Err(GatewayError::ShuttingDown),
         };
         let action = match action {
             Ok(action) => action,
