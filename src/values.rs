@@ -1,5 +1,5 @@
-//! Values, both ways: protobuf [`Value`]s to PostgreSQL parameters ([`params_from_proto`]) and
-//! result rows back to protobuf ([`RowDecoder`]).
+//! Values, both ways: protobuf [`Value`](crate::proto::Value)s to PostgreSQL parameters
+//! ([`params_from_proto`]) and result rows back to protobuf ([`RowDecoder`]).
 //!
 //! Parameters take the types PostgreSQL inferred for the statement. A `string_value` is sent in
 //! text format, so it means the type's own input syntax and works for every type; the natural

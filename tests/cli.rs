@@ -67,14 +67,6 @@ fn help_lists_every_setting_with_its_variable() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn wait_ready(addr: &str) -> tonic::transport::Channel {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -96,14 +88,6 @@ async fn wait_ready(addr: &str) -> tonic::transport::Channel {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill")
-        .args(["-s", name, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 async fn wait_exit(mut child: std::process::Child) -> std::process::ExitStatus {

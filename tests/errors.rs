@@ -347,17 +347,11 @@ async fn a_deadline_cancels_the_statement() {
     assert!(started.elapsed() < Duration::from_secs(3));
     // The backend stops sleeping: no pg_sleep left running.
     let direct = gw.direct().await;
-    eventually(Duration::from_secs(5), "the cancelled statement is gone", || async {
-        let running: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        running == 0
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the cancelled statement is gone",
+        || async { active_statements(&direct, "SELECT pg_sleep%").await == 0 },
+    )
     .await;
     // The pool of one serves the next call.
     let response = run(&mut client, "SELECT 1", vec![]).await;

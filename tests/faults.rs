@@ -311,14 +311,11 @@ async fn a_deadline_frees_the_backend_and_the_slot() {
         elapsed < Duration::from_millis(1100),
         "answered after {elapsed:?}"
     );
-    eventually(Duration::from_millis(1000), "the sleeping backend stops", || async {
-        let active: i64 = direct
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(10)' AND state = 'active'", &[])
-            .await
-            .unwrap()
-            .get(0);
-        active == 0
-    })
+    eventually(
+        Duration::from_millis(1000),
+        "the sleeping backend stops",
+        || async { active_statements(&direct, "SELECT pg_sleep(10)").await == 0 },
+    )
     .await;
     let response = run(&mut client, "SELECT 7", vec![]).await;
     assert_eq!(scalar(&response), Some(Kind::IntValue(7)));
@@ -438,12 +435,7 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
         async move { client.query(request).await }
     });
     eventually(Duration::from_secs(5), "the write is running", || async {
-        let running: i64 = direct
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO t SELECT 2%' AND state = 'active'", &[])
-            .await
-            .unwrap()
-            .get(0);
-        running == 1
+        active_statements(&direct, "INSERT INTO t SELECT 2%").await == 1
     })
     .await;
     proxy.cut_all();
@@ -457,14 +449,11 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
         let mut client = client.clone();
         async move { client.query(request).await }
     });
-    eventually(Duration::from_secs(5), "the idempotent write is running", || async {
-        let running: i64 = direct
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO t SELECT 2%' AND state = 'active'", &[])
-            .await
-            .unwrap()
-            .get(0);
-        running == 1
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the idempotent write is running",
+        || async { active_statements(&direct, "INSERT INTO t SELECT 2%").await == 1 },
+    )
     .await;
     proxy.cut_all();
     call.await
@@ -535,8 +524,14 @@ async fn a_black_hole_is_survived() {
                 if elapsed > deadline + Duration::from_millis(100) {
                     late.push((elapsed, result.map(drop)));
                 } else if let Err(status) = &result {
+                    // tonic's client also enforces the grpc-timeout it sends: on a busy
+                    // machine its own timer (CANCELLED, "Timeout expired") can beat the
+                    // gateway's DEADLINE_EXCEEDED by a hair. Either way the call ended on time.
+                    let local_timeout =
+                        status.code() == Code::Cancelled && status.message() == "Timeout expired";
                     assert!(
-                        matches!(status.code(), Code::DeadlineExceeded | Code::Unavailable),
+                        local_timeout
+                            || matches!(status.code(), Code::DeadlineExceeded | Code::Unavailable),
                         "{status:?}"
                     );
                 }
@@ -606,11 +601,7 @@ impl<F: std::future::Future<Output = i32>> ThenIs for F {
 #[tokio::test]
 async fn sigterm_lets_calls_in_flight_finish() {
     let pg = postgres().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgway"))
         .env("PGWAY_DATABASE_URL", pg.url("postgres"))
@@ -622,16 +613,7 @@ async fn sigterm_lets_calls_in_flight_finish() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let channel = loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            break channel;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let channel = connect_when_up(&addr).await;
     let client = proto::database_client::DatabaseClient::new(channel);
     let mut in_flight = Vec::new();
     for i in 0..10 {
@@ -643,20 +625,13 @@ async fn sigterm_lets_calls_in_flight_finish() {
         }));
     }
     let direct = connect(&pg.url("postgres")).await;
-    eventually(Duration::from_secs(10), "all ten calls are running", || async {
-        let running: i64 = direct
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT % FROM pg_sleep(1.5)' AND state = 'active'", &[])
-            .await
-            .unwrap()
-            .get(0);
-        running == 10
-    })
+    eventually(
+        Duration::from_secs(10),
+        "all ten calls are running",
+        || async { active_statements(&direct, "SELECT % FROM pg_sleep(1.5)").await == 10 },
+    )
     .await;
-    let killed = std::process::Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    signal(&child, "TERM");
     // New calls are refused while the old ones finish.
     let mut late = client.clone();
     eventually(Duration::from_secs(2), "new calls are refused", || {

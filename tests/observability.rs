@@ -134,14 +134,6 @@ async fn request_ids_come_back() {
     assert!(status.metadata().get("x-request-id").is_some());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The binary's JSON logs show each connection's life and each call; `pgway stats` prints
 /// the pool.
 #[tokio::test]
@@ -166,17 +158,7 @@ async fn logs_show_connections_and_calls_and_stats_prints_the_pool() {
             .map_while(Result::ok)
             .collect::<Vec<_>>()
     });
-    let channel = loop {
-        if let Ok(channel) =
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
-                .unwrap()
-                .connect()
-                .await
-        {
-            break channel;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let channel = connect_when_up(&format!("127.0.0.1:{grpc}")).await;
     let mut client = DatabaseClient::new(channel);
     let mut request = tonic::Request::new(query("SELECT 1", vec![]));
     request
@@ -193,10 +175,7 @@ async fn logs_show_connections_and_calls_and_stats_prints_the_pool() {
     assert!(stats.contains("pool maximum"), "{stats}");
     assert!(stats.contains("connections idle"), "{stats}");
 
-    Command::new("kill")
-        .args(["-s", "TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "TERM");
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();

@@ -195,6 +195,55 @@ impl Drop for Gateway {
     }
 }
 
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A channel to a gateway process that is starting at `addr`, once it accepts connections.
+pub async fn connect_when_up(addr: &str) -> Channel {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri");
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} did not come up within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends a signal (`TERM`, `INT`) to a child process.
+pub fn signal(child: &std::process::Child, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args(["-s", name, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -s {name} failed");
+}
+
+/// How many statements whose text is LIKE `pattern` are running on the server now (the
+/// asking connection excluded).
+pub async fn active_statements(direct: &tokio_postgres::Client, pattern: &str) -> i64 {
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE query LIKE $1 AND state = 'active' AND pid <> pg_backend_pid()",
+            &[&pattern],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
 /// Polls `check` until it returns true, failing the test after `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
