@@ -1,0 +1,379 @@
+#!/usr/bin/env bash
+# One command for the whole comparison: pgway vs PostgreSQL directly vs PgBouncer, on this
+# machine, in one run, written to BENCHMARKS.md.
+#
+#   bench/compare.sh            # the full run (about 8 minutes on 2 cores)
+#   bench/compare.sh --smoke    # a tiny run for CI (SMOKE=1 works too); writes target/bench/
+#
+# It starts a throwaway PostgreSQL (as the `postgres` OS user when run as root), loads the
+# pgbench schema, starts PgBouncer (transaction pooling, pool of 20; installed with apt-get when
+# missing) and the gateway (target/release/pgway serve, pool of 20), all on loopback, then runs
+# target/release/pgway-bench against each of them. Everything it started is stopped and every
+# temporary file removed when it exits, however it exits.
+#
+# Settings (environment):
+#   SWEEP="1 10 20 50 100 200"   concurrency points of the point-select sweep
+#   WORKLOAD_CONCURRENCY="10 100" concurrency points of the write and 1,000-row read workloads
+#   WARMUP=3s DURATION=8s         per point
+#   SOAK_SECONDS=60               the soak (100 callers, point select) after its warm-up
+#   STREAMS=2000                  concurrent calls for the gateway memory test
+#   SCALE=10                      pgbench scale factor
+#   OUT=BENCHMARKS.md             where the report goes
+#   SKIP_BUILD=1                  use the binaries already in target/release
+#   PG_BIN=/usr/lib/postgresql/15/bin   where initdb and pg_ctl are
+#   NOTES="..."                   a paragraph added to the report
+#   NOTES_FILE=bench/notes.md     Markdown appended to the report (the analysis), when it exists
+#
+# It is a benchmark, not a test: it asserts nothing about timings. It exits non-zero only when
+# something could not be set up or a run could not be made at all.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SMOKE=${SMOKE:-0}
+for arg in "$@"; do
+    case $arg in
+        --smoke) SMOKE=1 ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "compare.sh: unknown argument $arg (try --help)" >&2
+            exit 2
+            ;;
+    esac
+done
+
+if [ "$SMOKE" = 1 ]; then
+    SWEEP=${SWEEP:-10}
+    WORKLOAD_CONCURRENCY=${WORKLOAD_CONCURRENCY:-10}
+    WARMUP=${WARMUP:-1s}
+    DURATION=${DURATION:-2s}
+    SOAK_SECONDS=${SOAK_SECONDS:-6}
+    SOAK_WARMUP=${SOAK_WARMUP:-1s}
+    SOAK_SAMPLE=${SOAK_SAMPLE:-1s}
+    STREAMS=${STREAMS:-200}
+    SCALE=${SCALE:-1}
+    OUT=${OUT:-$ROOT/target/bench/BENCHMARKS.smoke.md}
+    MODE=smoke
+else
+    SWEEP=${SWEEP:-1 10 20 50 100 200}
+    WORKLOAD_CONCURRENCY=${WORKLOAD_CONCURRENCY:-10 100}
+    WARMUP=${WARMUP:-3s}
+    DURATION=${DURATION:-8s}
+    SOAK_SECONDS=${SOAK_SECONDS:-60}
+    SOAK_WARMUP=${SOAK_WARMUP:-10s}
+    SOAK_SAMPLE=${SOAK_SAMPLE:-5s}
+    STREAMS=${STREAMS:-2000}
+    SCALE=${SCALE:-10}
+    OUT=${OUT:-$ROOT/BENCHMARKS.md}
+    MODE=full
+fi
+POOL_SIZE=20
+MAX_WAITING=${MAX_WAITING:-4096}
+CALLERS_PER_CHANNEL=${CALLERS_PER_CHANNEL:-16}
+STREAM_CALLERS_PER_CHANNEL=${STREAM_CALLERS_PER_CHANNEL:-32}
+# 200 direct connections + PgBouncer's 20 + the gateway's 20 + its health check + headroom.
+MAX_CONNECTIONS=${MAX_CONNECTIONS:-400}
+
+log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+IS_ROOT=0
+[ "$(id -u)" = 0 ] && IS_ROOT=1
+# PostgreSQL and PgBouncer refuse to run as root: run them as the postgres OS user then.
+as_pg() {
+    if [ "$IS_ROOT" = 1 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+apt_install() {
+    [ "$IS_ROOT" = 1 ] || die "$1 is missing and we are not root to install it (apt-get install -y $1)"
+    log "installing $1 with apt-get"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null 2>&1; then
+        apt-get update -qq >/dev/null 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null || die "apt-get install $1 failed"
+    fi
+}
+
+# --- Tools -------------------------------------------------------------------------------------
+
+find_pg_bin() {
+    if [ -n "${PG_BIN:-}" ]; then
+        echo "$PG_BIN"
+        return
+    fi
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -z "$dir" ] && command -v pg_config >/dev/null; then
+        dir=$(pg_config --bindir)
+    fi
+    echo "$dir"
+}
+PG_BIN=$(find_pg_bin)
+if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
+    apt_install postgresql
+    PG_BIN=$(find_pg_bin)
+fi
+[ -x "$PG_BIN/initdb" ] || die "no initdb found (set PG_BIN)"
+PGBENCH=$PG_BIN/pgbench
+[ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench || true)
+[ -n "$PGBENCH" ] || die "no pgbench found"
+
+PGBOUNCER=$(command -v pgbouncer || true)
+[ -n "$PGBOUNCER" ] || [ ! -x /usr/sbin/pgbouncer ] || PGBOUNCER=/usr/sbin/pgbouncer
+if [ -z "$PGBOUNCER" ]; then
+    apt_install pgbouncer
+    PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+fi
+[ -x "$PGBOUNCER" ] || die "no pgbouncer found"
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    log "cargo build --release --bins"
+    cargo build --release --bins --quiet
+fi
+PGWAY=$ROOT/target/release/pgway
+BENCH=$ROOT/target/release/pgway-bench
+[ -x "$PGWAY" ] && [ -x "$BENCH" ] || die "target/release/pgway and pgway-bench are not built"
+
+# --- Clean-up ----------------------------------------------------------------------------------
+
+WORK=$(mktemp -d /tmp/pgway-bench.XXXXXX)
+chmod 755 "$WORK"
+DATA=$WORK/pg/data
+GW_PID=
+BOUNCER_PIDFILE=$WORK/bouncer/pgbouncer.pid
+
+cleanup() {
+    local status=$?
+    set +e
+    trap - EXIT INT TERM
+    if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
+        kill -TERM "$GW_PID" 2>/dev/null
+        for _ in $(seq 50); do
+            kill -0 "$GW_PID" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -KILL "$GW_PID" 2>/dev/null
+        wait "$GW_PID" 2>/dev/null
+    fi
+    if [ -s "$BOUNCER_PIDFILE" ]; then
+        local bpid
+        bpid=$(cat "$BOUNCER_PIDFILE")
+        kill -TERM "$bpid" 2>/dev/null
+        for _ in $(seq 25); do
+            kill -0 "$bpid" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -KILL "$bpid" 2>/dev/null
+    fi
+    if [ -f "$DATA/postmaster.pid" ]; then
+        as_pg "$PG_BIN/pg_ctl" stop -D "$DATA" -m immediate -w >/dev/null 2>&1
+    fi
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() { "$BENCH" free-port; }
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+mkdir -p "$WORK/pg" "$WORK/bouncer"
+[ "$IS_ROOT" = 1 ] && chown postgres "$WORK/pg" "$WORK/bouncer"
+log "initdb ($PG_BIN)"
+as_pg "$PG_BIN/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 ||
+    { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+PG_PORT=
+for _ in 1 2 3 4 5; do
+    port=$(free_port)
+    if as_pg "$PG_BIN/pg_ctl" start -w -t 60 -D "$DATA" -l "$WORK/pg/postgres.log" -o \
+        "-p $port -k $WORK/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+         -c full_page_writes=off -c max_connections=$MAX_CONNECTIONS -c shared_buffers=128MB" \
+        >/dev/null 2>&1; then
+        PG_PORT=$port
+        break
+    fi
+done
+[ -n "$PG_PORT" ] || { tail -n 20 "$WORK/pg/postgres.log" >&2; die "PostgreSQL did not start"; }
+PG_PID=$(head -n 1 "$DATA/postmaster.pid")
+PG_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+log "PostgreSQL on 127.0.0.1:$PG_PORT (pid $PG_PID)"
+
+log "pgbench -i -s $SCALE"
+"$PGBENCH" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >"$WORK/pgbench-init.log" 2>&1 ||
+    { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+# --- PgBouncer ---------------------------------------------------------------------------------
+
+BOUNCER_PORT=$(free_port)
+cat >"$WORK/bouncer/userlist.txt" <<EOF
+"postgres" ""
+EOF
+cat >"$WORK/bouncer/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $WORK/bouncer/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_db_connections = $POOL_SIZE
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = 5000
+ignore_startup_parameters = extra_float_digits,options
+logfile = $WORK/bouncer/pgbouncer.log
+pidfile = $BOUNCER_PIDFILE
+log_connections = 0
+log_disconnections = 0
+EOF
+[ "$IS_ROOT" = 1 ] && chown -R postgres "$WORK/bouncer"
+as_pg "$PGBOUNCER" -d "$WORK/bouncer/pgbouncer.ini" >/dev/null 2>&1 ||
+    { cat "$WORK/bouncer/pgbouncer.log" >&2 2>/dev/null; die "PgBouncer did not start"; }
+for _ in $(seq 50); do
+    [ -s "$BOUNCER_PIDFILE" ] && break
+    sleep 0.1
+done
+[ -s "$BOUNCER_PIDFILE" ] || die "PgBouncer wrote no pid file"
+BOUNCER_PID=$(cat "$BOUNCER_PIDFILE")
+BOUNCER_URL=postgres://postgres@127.0.0.1:$BOUNCER_PORT/postgres
+log "PgBouncer on 127.0.0.1:$BOUNCER_PORT (pid $BOUNCER_PID)"
+
+# --- The gateway -------------------------------------------------------------------------------
+
+GW_PORT=$(free_port)
+METRICS_PORT=$(free_port)
+PGWAY_DATABASE_URL=$PG_URL \
+    PGWAY_GRPC_ADDR=127.0.0.1:$GW_PORT \
+    PGWAY_METRICS_ADDR=127.0.0.1:$METRICS_PORT \
+    PGWAY_POOL_MAX=$POOL_SIZE \
+    PGWAY_MAX_WAITING=$MAX_WAITING \
+    PGWAY_LOG=warn \
+    PGWAY_LOG_FORMAT=text \
+    "$PGWAY" serve >"$WORK/gateway.log" 2>&1 &
+GW_PID=$!
+ready=0
+for _ in $(seq 100); do
+    if "$PGWAY" probe -addr="127.0.0.1:$GW_PORT" -service=pgway.v1.Database >/dev/null 2>&1; then
+        ready=1
+        break
+    fi
+    kill -0 "$GW_PID" 2>/dev/null || break
+    sleep 0.2
+done
+[ "$ready" = 1 ] || { cat "$WORK/gateway.log" >&2; die "the gateway did not become ready"; }
+log "gateway on 127.0.0.1:$GW_PORT (pid $GW_PID), metrics on 127.0.0.1:$METRICS_PORT"
+
+# --- The machine -------------------------------------------------------------------------------
+
+mkdir -p "$ROOT/target/bench"
+RESULTS=$ROOT/target/bench/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl
+: >"$RESULTS"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+STARTED=$(date +%s)
+
+# --- Runs --------------------------------------------------------------------------------------
+
+FAILED=0
+target_args() {
+    case $1 in
+        gateway) echo "--target gateway --url http://127.0.0.1:$GW_PORT --pid $GW_PID --metrics-addr 127.0.0.1:$METRICS_PORT" ;;
+        direct) echo "--target direct --url $PG_URL" ;;
+        pgbouncer) echo "--target pgbouncer --url $BOUNCER_URL --pid $BOUNCER_PID" ;;
+    esac
+}
+bench() {
+    local target=$1
+    shift
+    # shellcheck disable=SC2046
+    if ! "$BENCH" run $(target_args "$target") --pg-pid "$PG_PID" --scale "$SCALE" \
+        --callers-per-channel "${CPC:-$CALLERS_PER_CHANNEL}" --json-out "$RESULTS" "$@" >/dev/null; then
+        log "run failed: $target $*"
+        FAILED=$((FAILED + 1))
+    fi
+}
+# The three targets take turns at each point, in a rotating order, so that a disturbance (a
+# compiler starting on the same machine) does not land on one target's whole sweep.
+TARGETS=(direct pgbouncer gateway)
+rotation=0
+each_target() {
+    local i
+    for i in 0 1 2; do
+        bench "${TARGETS[$(((i + rotation) % 3))]}" "$@"
+    done
+    rotation=$((rotation + 1))
+}
+
+log "point-select sweep: concurrency $SWEEP, $WARMUP warm-up + $DURATION each"
+for c in $SWEEP; do
+    each_target --label sweep --workload select -c "$c" --warmup "$WARMUP" --duration "$DURATION"
+done
+
+log "one caller, no SQL: the round-trip floor of each stack"
+each_target --label floor --workload ping -c 1 --warmup "$WARMUP" --duration "$DURATION"
+
+log "write and 1,000-row read: concurrency $WORKLOAD_CONCURRENCY"
+for w in write read1000; do
+    for c in $WORKLOAD_CONCURRENCY; do
+        each_target --label workloads --workload "$w" -c "$c" --warmup "$WARMUP" --duration "$DURATION"
+    done
+done
+
+log "soak: gateway, 100 callers, point select, ${SOAK_SECONDS}s after a $SOAK_WARMUP warm-up"
+bench gateway --label soak --workload select -c 100 --warmup "$SOAK_WARMUP" --duration "${SOAK_SECONDS}s" \
+    --soak --sample-every "$SOAK_SAMPLE"
+
+log "gateway memory at $STREAMS concurrent calls"
+CPC=$STREAM_CALLERS_PER_CHANNEL bench gateway --label streams --workload stream -c "$STREAMS" \
+    --rows "${STREAM_ROWS:-100}" --warmup "$WARMUP" --duration "$DURATION"
+CPC=$STREAM_CALLERS_PER_CHANNEL bench gateway --label streams --workload select -c "$STREAMS" \
+    --warmup "$WARMUP" --duration "$DURATION"
+
+# --- Report ------------------------------------------------------------------------------------
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "mode=$MODE"
+    echo "cpu=$(grep -m 1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "cores=$(nproc)"
+    echo "memory=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+    echo "kernel=$(uname -sr)"
+    echo "os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
+    echo "postgresql=$("$PG_BIN/postgres" --version)"
+    echo "pgbouncer=$("$PGBOUNCER" --version 2>&1 | head -n 1)"
+    echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
+    echo "pgway=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+    echo "load average (1/5/15 min) before=$LOAD_BEFORE"
+    echo "load average (1/5/15 min) after=$LOAD_AFTER"
+    echo "wall time=$(($(date +%s) - STARTED)) s"
+    echo "scale=$SCALE"
+    echo "max_connections=$MAX_CONNECTIONS"
+    echo "max_waiting=$MAX_WAITING"
+    echo "callers_per_channel=$CALLERS_PER_CHANNEL"
+    echo "warmup=$WARMUP"
+    echo "duration=$DURATION"
+    echo "results_file=target/bench/$(basename "$RESULTS")"
+    [ -z "${NOTES:-}" ] || echo "notes=$NOTES"
+} >"$WORK/machine.txt"
+mkdir -p "$(dirname "$OUT")"
+NOTES_FILE=${NOTES_FILE:-$ROOT/bench/notes.md}
+NOTES_ARGS=()
+[ ! -f "$NOTES_FILE" ] || NOTES_ARGS=(--notes "$NOTES_FILE")
+"$BENCH" report --results "$RESULTS" --machine "$WORK/machine.txt" --out "$OUT" "${NOTES_ARGS[@]}"
+log "done: $OUT (raw: $RESULTS); $FAILED run(s) failed"
