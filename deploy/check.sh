@@ -492,7 +492,16 @@ log "podman stop -t $GRACE with a call in flight"
 grpcurl -plaintext -max-time 30 -d '{"sql":"SELECT pg_sleep(2)::text AS slept"}' \
     "127.0.0.1:$GRPC_PORT" pgway.v1.Database/Query >"$WORK/inflight.out" 2>&1 &
 inflight=$!
-sleep 0.5
+# Stop only once the call is really running in PostgreSQL: SIGTERM before the call arrives
+# would test something else (a refused call), and the loaded CI machines make that race real.
+running=0
+for _ in $(seq 1 200); do
+    running=$("$PG_BIN/psql" -X -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc \
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(2)%' AND state = 'active'" 2>/dev/null || echo 0)
+    [ "$running" = 1 ] && break
+    sleep 0.05
+done
+[ "$running" = 1 ] || bad "the call in flight never reached PostgreSQL"
 start=$(now_ms)
 podman stop -t "$GRACE" "$CONTAINER" >/dev/null
 stop_ms=$(( $(now_ms) - start ))
