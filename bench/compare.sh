@@ -370,10 +370,10 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "duration=$DURATION"
     echo "results_file=target/bench/$(basename "$RESULTS")"
     [ -z "${NOTES:-}" ] || echo "notes=$NOTES"
-} >"$WORK/machine.txt"
+} >"${RESULTS%.jsonl}.machine.txt"
 mkdir -p "$(dirname "$OUT")"
 NOTES_FILE=${NOTES_FILE:-$ROOT/bench/notes.md}
 NOTES_ARGS=()
 [ ! -f "$NOTES_FILE" ] || NOTES_ARGS=(--notes "$NOTES_FILE")
-"$BENCH" report --results "$RESULTS" --machine "$WORK/machine.txt" --out "$OUT" "${NOTES_ARGS[@]}"
+"$BENCH" report --results "$RESULTS" --machine "${RESULTS%.jsonl}.machine.txt" --out "$OUT" "${NOTES_ARGS[@]}"
 log "done: $OUT (raw: $RESULTS); $FAILED run(s) failed"
