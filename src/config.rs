@@ -1,12 +1,17 @@
 //! Settings: every one is a command-line flag with an environment variable, typed, with its
 //! default here and nowhere else, and validated before anything starts.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::jwt::JwtRules;
+use crate::auth::{AuthConfig, Authenticator};
 
 /// pgway: a gRPC gateway for PostgreSQL.
 #[derive(Debug, Parser)]
@@ -160,6 +165,95 @@ pub struct ServeArgs {
     /// Log format [default: json when stdout is not a terminal, text otherwise].
     #[arg(long, env = "PGWAY_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// `none` runs the gateway open, without credentials. Without it, the gateway refuses to
+    /// start unless tokens or JWT keys are configured.
+    #[arg(long, env = "PGWAY_AUTH")]
+    pub auth: Option<AuthMode>,
+
+    /// File of static bearer tokens, one per line (`#` comments); re-read when it changes.
+    /// Token callers run as the gateway's own database role.
+    #[arg(long, env = "PGWAY_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// File holding the HS256 secret that signs callers' JWTs (Supabase's JWT secret).
+    #[arg(long, env = "PGWAY_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// JWKS file with the RS256 / ES256 public keys that sign callers' JWTs.
+    #[arg(long, env = "PGWAY_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// When set, a JWT's `aud` must include this.
+    #[arg(long, env = "PGWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// When set, a JWT's `iss` must be this.
+    #[arg(long, env = "PGWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The JWT claim that names the database role the caller runs as.
+    #[arg(long, env = "PGWAY_JWT_ROLE_CLAIM", default_value = "role")]
+    pub jwt_role_claim: String,
+
+    /// Roles a JWT may name (comma-separated), such as `anon,authenticated`.
+    #[arg(long, env = "PGWAY_JWT_ALLOWED_ROLES", value_delimiter = ',')]
+    pub jwt_allowed_roles: Vec<String>,
+
+    /// Clock skew allowed when checking a JWT's `exp` and `nbf`.
+    #[arg(long, env = "PGWAY_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Whether the health service answers without credentials (so probes keep working).
+    #[arg(long, env = "PGWAY_AUTH_PUBLIC_HEALTH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auth_public_health: bool,
+
+    /// Whether gRPC reflection answers without credentials.
+    #[arg(long, env = "PGWAY_AUTH_PUBLIC_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auth_public_reflection: bool,
+
+    /// How often the token, secret and JWKS files are checked for changes (SIGHUP re-reads
+    /// them at once).
+    #[arg(long, env = "PGWAY_AUTH_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub auth_reload_interval: Duration,
+
+    /// Largest request message the gateway accepts.
+    #[arg(long, env = "PGWAY_MAX_REQUEST_BYTES", default_value = "4MiB", value_parser = parse_bytes)]
+    pub max_request_bytes: usize,
+
+    /// Longest SQL text of one statement.
+    #[arg(long, env = "PGWAY_MAX_SQL_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_sql_bytes: usize,
+
+    /// Most parameters of one statement (PostgreSQL's own limit is 65535).
+    #[arg(long, env = "PGWAY_MAX_PARAMS", default_value_t = 10_000)]
+    pub max_params: usize,
+
+    /// Most statements in one Transaction request.
+    #[arg(long, env = "PGWAY_MAX_STATEMENTS", default_value_t = 1_000)]
+    pub max_statements: usize,
+
+    /// The server-side `statement_timeout` of pgway's connections: no statement runs longer,
+    /// even one in an interactive transaction [default: PGWAY_REQUEST_TIMEOUT]. A caller's
+    /// deadline can shorten a call, never lengthen it.
+    #[arg(long, env = "PGWAY_STATEMENT_TIMEOUT", value_parser = parse_duration)]
+    pub statement_timeout: Option<Duration>,
+
+    /// Most calls one caller (token or JWT subject) may have in flight; 0 = no cap.
+    #[arg(long, env = "PGWAY_MAX_CALLS_PER_CALLER", default_value_t = 128)]
+    pub max_calls_per_caller: usize,
+
+    /// Most interactive transactions one caller may have open [default: half of
+    /// PGWAY_POOL_MAX, at least 1]; 0 = no cap.
+    #[arg(long, env = "PGWAY_MAX_TRANSACTIONS_PER_CALLER")]
+    pub max_transactions_per_caller: Option<usize>,
+}
+
+/// `PGWAY_AUTH`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// No credentials needed: anyone who reaches the port may call.
+    None,
 }
 
 /// Settings of `pgway dev`.
@@ -191,6 +285,17 @@ pub struct Config {
     pub tx: TxConfig,
     pub health_interval: Duration,
     pub shutdown_grace: Duration,
+    pub auth: AuthConfig,
+    /// The loaded credentials (token and key files), shared by every call.
+    pub authenticator: Arc<Authenticator>,
+    pub caller_limits: CallerCaps,
+}
+
+/// What one caller may hold at once (0 = no cap).
+#[derive(Debug, Clone, Copy)]
+pub struct CallerCaps {
+    pub max_calls: usize,
+    pub max_transactions: usize,
 }
 
 /// How the pool makes, keeps and hands out connections.
@@ -214,6 +319,10 @@ pub struct Limits {
     pub max_response_bytes: usize,
     pub stream_batch_rows: u32,
     pub stream_batch_bytes: usize,
+    pub max_request_bytes: usize,
+    pub max_sql_bytes: usize,
+    pub max_params: usize,
+    pub max_statements: usize,
 }
 
 /// Transaction settings.
@@ -333,6 +442,37 @@ impl ServeArgs {
         if self.max_response_bytes < 1024 {
             return Err(invalid("PGWAY_MAX_RESPONSE_BYTES", "must be at least 1KiB"));
         }
+        for (setting, value, least) in [
+            ("PGWAY_MAX_REQUEST_BYTES", self.max_request_bytes, 1024),
+            ("PGWAY_MAX_SQL_BYTES", self.max_sql_bytes, 16),
+            ("PGWAY_MAX_STATEMENTS", self.max_statements, 1),
+        ] {
+            if value < least {
+                return Err(invalid(setting, format!("must be at least {least}")));
+            }
+        }
+        if self.max_params > 65_535 {
+            return Err(invalid(
+                "PGWAY_MAX_PARAMS",
+                "PostgreSQL takes at most 65535 parameters",
+            ));
+        }
+        let statement_timeout = self.statement_timeout.unwrap_or(self.request_timeout);
+        if statement_timeout.is_zero() {
+            return Err(invalid("PGWAY_STATEMENT_TIMEOUT", "must be more than zero"));
+        }
+        // Enforced by the server too, so a statement stops even if the gateway can't cancel
+        // it (a network cut); a caller's SET of its own is undone by the reset that follows.
+        let mut options = database.get_options().unwrap_or_default().to_owned();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str(&format!(
+            "-c statement_timeout={}",
+            statement_timeout.as_millis()
+        ));
+        database.options(&options);
+        let (auth, authenticator) = self.auth_config()?;
 
         Ok(Config {
             database,
@@ -354,6 +494,10 @@ impl ServeArgs {
                 max_response_bytes: self.max_response_bytes,
                 stream_batch_rows: self.stream_batch_rows,
                 stream_batch_bytes: (256 * 1024).min(self.max_response_bytes),
+                max_request_bytes: self.max_request_bytes,
+                max_sql_bytes: self.max_sql_bytes,
+                max_params: self.max_params,
+                max_statements: self.max_statements,
             },
             request_timeout: self.request_timeout,
             tx: TxConfig {
@@ -363,7 +507,84 @@ impl ServeArgs {
             },
             health_interval: self.health_interval,
             shutdown_grace: self.shutdown_grace,
+            auth,
+            authenticator,
+            caller_limits: CallerCaps {
+                max_calls: self.max_calls_per_caller,
+                max_transactions: self
+                    .max_transactions_per_caller
+                    .unwrap_or((max as usize / 2).max(1)),
+            },
         })
+    }
+}
+
+impl ServeArgs {
+    /// The authentication settings, checked, and their files loaded.
+    fn auth_config(&self) -> Result<(AuthConfig, Arc<Authenticator>), ConfigError> {
+        let open = self.auth == Some(AuthMode::None);
+        let jwt = self.jwt_secret_file.is_some() || self.jwt_jwks_file.is_some();
+        let credentials = self.auth_tokens_file.is_some() || jwt;
+        if open && credentials {
+            return Err(invalid(
+                "PGWAY_AUTH",
+                "is none, but tokens or JWT keys are configured too: unset one or the other",
+            ));
+        }
+        if !open && !credentials {
+            return Err(invalid(
+                "PGWAY_AUTH",
+                "no credentials are configured: set PGWAY_AUTH_TOKENS_FILE and/or \
+                 PGWAY_JWT_SECRET_FILE / PGWAY_JWT_JWKS_FILE, or PGWAY_AUTH=none to let anyone \
+                 who reaches the port call",
+            ));
+        }
+        let allowed_roles: HashSet<String> = self
+            .jwt_allowed_roles
+            .iter()
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect();
+        if jwt && allowed_roles.is_empty() {
+            return Err(invalid(
+                "PGWAY_JWT_ALLOWED_ROLES",
+                "JWTs are accepted, so name the roles they may run as (such as anon,authenticated)",
+            ));
+        }
+        if let Some(role) = allowed_roles
+            .iter()
+            .find(|r| r.len() > 63 || r.contains('\0'))
+        {
+            return Err(invalid(
+                "PGWAY_JWT_ALLOWED_ROLES",
+                format!("{role:?} is not a PostgreSQL role name"),
+            ));
+        }
+        if self.auth_reload_interval.is_zero() {
+            return Err(invalid(
+                "PGWAY_AUTH_RELOAD_INTERVAL",
+                "must be more than zero",
+            ));
+        }
+        let config = AuthConfig {
+            open,
+            tokens_file: self.auth_tokens_file.clone(),
+            jwt_secret_file: self.jwt_secret_file.clone(),
+            jwt_jwks_file: self.jwt_jwks_file.clone(),
+            jwt: JwtRules {
+                audience: self.jwt_audience.clone(),
+                issuer: self.jwt_issuer.clone(),
+                role_claim: self.jwt_role_claim.clone(),
+                allowed_roles,
+                leeway: self.jwt_leeway,
+            },
+            public_health: self.auth_public_health,
+            public_reflection: self.auth_public_reflection,
+            reload_interval: self.auth_reload_interval,
+        };
+        let authenticator =
+            Authenticator::load(&config).map_err(|(setting, reason)| invalid(setting, reason))?;
+        Ok((config, Arc::new(authenticator)))
     }
 }
 
@@ -429,6 +650,8 @@ mod tests {
             "serve",
             "--database-url",
             "postgres://u@127.0.0.1/db",
+            "--auth",
+            "none",
         ];
         argv.extend_from_slice(extra);
         match Cli::parse_from(argv).command {

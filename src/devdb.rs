@@ -355,6 +355,9 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
         &url,
         "--grpc-addr",
         &addr,
+        // Loopback only (checked above), for trying things out: no credentials.
+        "--auth",
+        "none",
     ])?;
     let Some(CliCommand::Serve(serve)) = cli.command else {
         return Err("internal: dev settings did not parse as serve".into());

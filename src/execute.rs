@@ -15,6 +15,7 @@ use tokio_postgres::Statement;
 use tokio_postgres::error::SqlState;
 use tonic::Status;
 
+use crate::auth::jwt::Verified;
 use crate::config::Limits;
 use crate::errors::GatewayError;
 use crate::pool::{PgConn, PooledConn};
@@ -51,14 +52,106 @@ pub fn is_stale_plan(error: &GatewayError) -> bool {
         && error.to_string().contains("cached plan")
 }
 
+/// Refuses a statement over the request caps before anything else happens to it.
+pub fn check_size(sql: &str, params: usize, limits: &Limits) -> Result<(), GatewayError> {
+    if sql.len() > limits.max_sql_bytes {
+        return Err(GatewayError::RequestTooLarge(format!(
+            "the SQL text is {} bytes, more than PGWAY_MAX_SQL_BYTES ({})",
+            sql.len(),
+            limits.max_sql_bytes
+        )));
+    }
+    if params > limits.max_params {
+        return Err(GatewayError::RequestTooLarge(format!(
+            "{params} parameters, more than PGWAY_MAX_PARAMS ({})",
+            limits.max_params
+        )));
+    }
+    Ok(())
+}
+
+/// The statements that make an open transaction run as a JWT caller: its role until the
+/// transaction ends, and its claims where row-level security policies read them
+/// (`current_setting('request.jwt.claims')`, as Supabase and PostgREST do). Both are `LOCAL`:
+/// nothing outlives the transaction.
+fn identity_sql(identity: &Verified) -> String {
+    format!(
+        "SET LOCAL ROLE {}; SELECT pg_catalog.set_config('request.jwt.claims', {}, true)",
+        quote_ident(&identity.role),
+        quote_literal(&identity.claims)
+    )
+}
+
+/// `BEGIN …` followed, for a JWT caller, by [`identity_sql`]: one round trip.
+fn begin_as_sql(begin: String, identity: Option<&Verified>) -> String {
+    match identity {
+        None => begin,
+        Some(identity) => format!("{begin}; {}", identity_sql(identity)),
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// An escape-string literal, right whatever `standard_conforming_strings` says.
+fn quote_literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Reads who the transaction runs as after a JWT caller's statement.
+const IDENTITY_CHECK: &str =
+    "SELECT current_user, pg_catalog.current_setting('request.jwt.claims', true)";
+
+/// After each statement of a JWT caller, before any of its result leaves: the role and the
+/// claims must still be the ones the gateway set. A statement that changed them (past the
+/// words [`crate::statement::changes_identity`] refuses) fails, and its transaction is rolled
+/// back by the caller of this function.
+fn identity_intact(row: &tokio_postgres::Row, identity: &Verified) -> Result<(), GatewayError> {
+    let role: Option<String> = row.try_get(0).ok();
+    let claims: Option<String> = row.try_get(1).ok().flatten();
+    if role.as_deref() == Some(identity.role.as_str())
+        && claims.as_deref() == Some(identity.claims.as_str())
+    {
+        Ok(())
+    } else {
+        Err(GatewayError::PermissionDenied(
+            "the statement changed the role or the JWT claims it runs with; its transaction \
+             was rolled back"
+                .into(),
+        ))
+    }
+}
+
+async fn verify_identity(conn: &mut PgConn, identity: &Verified) -> Result<(), GatewayError> {
+    let check = conn
+        .prepare_cached(IDENTITY_CHECK)
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, false))?;
+    let row = conn
+        .client()
+        .query_one(&check, &[])
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, false))?;
+    identity_intact(&row, identity)
+}
+
 /// Prepares `sql` on the connection (cached) and converts the parameters to its types.
 async fn prepare(
     conn: &mut PgConn,
     sql: &str,
     values: &[proto::Value],
+    identity: Option<&Verified>,
 ) -> Result<(Statement, Vec<Param>), GatewayError> {
     if sql.trim().is_empty() {
         return Err(GatewayError::InvalidArgument("sql is empty".into()));
+    }
+    if identity.is_some() && crate::statement::changes_identity(sql) {
+        return Err(GatewayError::PermissionDenied(
+            "a caller with a JWT may not change its role or claims (SET ROLE, set_config, \
+             request.jwt.*, DO blocks, *_to_xml, ...)"
+                .into(),
+        ));
     }
     if crate::statement::classify(sql)?.changes_session {
         conn.mark_dirty();
@@ -144,13 +237,18 @@ fn settle(conn: &mut PgConn, result: &Result<impl Sized, GatewayError>) {
     }
 }
 
-/// One statement in autocommit mode (or in a READ ONLY transaction when asked).
+/// One statement in autocommit mode (or in a READ ONLY transaction when asked). A JWT
+/// caller's statement always runs in a transaction of its own, as its role.
 pub async fn query(
     conn: &mut PgConn,
     request: &proto::QueryRequest,
     caps: ResultCaps,
+    identity: Option<&Verified>,
 ) -> Result<proto::QueryResponse, GatewayError> {
-    let (mut statement, mut params) = prepare(conn, &request.sql, &request.params).await?;
+    if let Some(identity) = identity {
+        return query_as(conn, request, caps, identity).await;
+    }
+    let (mut statement, mut params) = prepare(conn, &request.sql, &request.params, None).await?;
     conn.mark_busy();
     if request.read_only {
         let result = read_only_query(conn, &statement, &params, caps).await;
@@ -161,11 +259,40 @@ pub async fn query(
     if result.as_ref().err().is_some_and(is_stale_plan) {
         // The failed Bind ran nothing; prepare afresh and run once more.
         conn.forget_statement(&request.sql);
-        (statement, params) = prepare(conn, &request.sql, &request.params).await?;
+        (statement, params) = prepare(conn, &request.sql, &request.params, None).await?;
         result = fetch(conn, &statement, &params, caps).await;
     }
     settle(conn, &result);
     result
+}
+
+/// One statement of a JWT caller: `BEGIN` as its identity, the statement, the identity
+/// check, `COMMIT`.
+async fn query_as(
+    conn: &mut PgConn,
+    request: &proto::QueryRequest,
+    caps: ResultCaps,
+    identity: &Verified,
+) -> Result<proto::QueryResponse, GatewayError> {
+    let begin = begin_as_sql(
+        begin_sql(IsolationLevel::Unspecified, request.read_only, false),
+        Some(identity),
+    );
+    conn.mark_busy();
+    conn.client()
+        .batch_execute(&begin)
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, false))?;
+    match statement_in_transaction(conn, request, caps, Some(identity)).await {
+        Ok(response) => {
+            commit(conn).await?;
+            Ok(response)
+        }
+        Err(error) => {
+            rollback(conn, &error).await;
+            Err(error)
+        }
+    }
 }
 
 async fn read_only_query(
@@ -230,9 +357,13 @@ pub async fn transaction_once(
     conn: &mut PgConn,
     request: &proto::TransactionRequest,
     caps: ResultCaps,
+    identity: Option<&Verified>,
 ) -> Result<Vec<proto::QueryResponse>, GatewayError> {
     let isolation = isolation_level(request.isolation_level)?;
-    let begin = begin_sql(isolation, request.read_only, request.deferrable);
+    let begin = begin_as_sql(
+        begin_sql(isolation, request.read_only, request.deferrable),
+        identity,
+    );
     conn.mark_busy();
     conn.client()
         .batch_execute(&begin)
@@ -245,7 +376,7 @@ pub async fn transaction_once(
             params: statement.params.clone(),
             ..Default::default()
         };
-        match statement_in_transaction(conn, &request, caps).await {
+        match statement_in_transaction(conn, &request, caps, identity).await {
             Ok(result) => results.push(result),
             Err(error) => {
                 rollback(conn, &error).await;
@@ -266,11 +397,17 @@ pub async fn statement_in_transaction(
     conn: &mut PgConn,
     request: &proto::QueryRequest,
     caps: ResultCaps,
+    identity: Option<&Verified>,
 ) -> Result<proto::QueryResponse, GatewayError> {
-    let outcome = match prepare(conn, &request.sql, &request.params).await {
+    let mut outcome = match prepare(conn, &request.sql, &request.params, identity).await {
         Ok((prepared, params)) => fetch(conn, &prepared, &params, caps).await,
         Err(error) => Err(error),
     };
+    if let (Ok(_), Some(identity)) = (&outcome, identity)
+        && let Err(error) = verify_identity(conn, identity).await
+    {
+        outcome = Err(error);
+    }
     outcome.map_err(|error| {
         if is_stale_plan(&error) {
             conn.forget_statement(&request.sql);
@@ -298,6 +435,24 @@ pub async fn commit(conn: &mut PgConn) -> Result<(), GatewayError> {
         }
         Err(error) => Err(GatewayError::from_postgres(error, true)),
     }
+}
+
+/// Opens an interactive transaction (as the caller's identity, for a JWT caller).
+pub async fn begin(
+    conn: &mut PgConn,
+    isolation: IsolationLevel,
+    read_only: bool,
+    deferrable: bool,
+    identity: Option<&Verified>,
+) -> Result<(), GatewayError> {
+    conn.mark_busy();
+    conn.client()
+        .batch_execute(&begin_as_sql(
+            begin_sql(isolation, read_only, deferrable),
+            identity,
+        ))
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, false))
 }
 
 /// Ends a failed transaction so the connection can be reused; leaves it busy (discarded) when
@@ -329,8 +484,9 @@ pub async fn query_stream(
     limits: Limits,
     sender: &mpsc::Sender<Result<proto::QueryStreamResponse, Status>>,
     sent: &mut bool,
+    identity: Option<&Verified>,
 ) -> Result<(), GatewayError> {
-    let (statement, params) = prepare(conn, &request.sql, &request.params).await?;
+    let (statement, params) = prepare(conn, &request.sql, &request.params, identity).await?;
     let max_rows = match request.max_rows {
         0 => u64::MAX,
         n => u64::from(n),
@@ -338,7 +494,13 @@ pub async fn query_stream(
     conn.mark_busy();
     if statement.columns().is_empty() {
         // Nothing to stream: a plain command.
-        let rows_affected = if request.read_only {
+        let rows_affected = if let Some(identity) = identity {
+            let caps = ResultCaps {
+                max_rows: 0,
+                max_bytes: limits.max_response_bytes,
+            };
+            query_as(conn, request, caps, identity).await?.rows_affected
+        } else if request.read_only {
             let response = read_only_query(
                 conn,
                 &statement,
@@ -372,6 +534,14 @@ pub async fn query_stream(
 
     let decoder = RowDecoder::new(statement.columns());
     let mut columns = RowDecoder::columns_to_proto(statement.columns());
+    let check = match identity {
+        Some(_) => Some(
+            conn.prepare_cached(IDENTITY_CHECK)
+                .await
+                .map_err(|e| GatewayError::from_postgres(e, false))?,
+        ),
+        None => None,
+    };
     let transaction = conn
         .client_mut()
         .build_transaction()
@@ -379,6 +549,12 @@ pub async fn query_stream(
         .start()
         .await
         .map_err(|e| GatewayError::from_postgres(e, false))?;
+    if let Some(identity) = identity {
+        transaction
+            .batch_execute(&identity_sql(identity))
+            .await
+            .map_err(|e| GatewayError::from_postgres(e, false))?;
+    }
     let portal = transaction
         .bind_raw(&statement, params.iter())
         .await
@@ -399,6 +575,14 @@ pub async fn query_stream(
             .try_collect()
             .await
             .map_err(|e| GatewayError::from_postgres(e, true))?;
+        // No row of a batch leaves before the identity it was read under is confirmed.
+        if let (Some(check), Some(identity)) = (&check, identity) {
+            let row = transaction
+                .query_one(check, &[])
+                .await
+                .map_err(|e| GatewayError::from_postgres(e, false))?;
+            identity_intact(&row, identity)?;
+        }
         let fetched = rows.len() as u64;
         let truncated = fetched > remaining;
         if truncated {
@@ -513,10 +697,27 @@ mod tests {
             max_response_bytes: 1 << 20,
             stream_batch_rows: 10,
             stream_batch_bytes: 1 << 16,
+            max_request_bytes: 1 << 20,
+            max_sql_bytes: 1 << 20,
+            max_params: 100,
+            max_statements: 10,
         };
         assert_eq!(ResultCaps::for_request(0, &limits).max_rows, 100);
         assert_eq!(ResultCaps::for_request(5, &limits).max_rows, 5);
         assert_eq!(ResultCaps::for_request(500, &limits).max_rows, 100);
+    }
+
+    #[test]
+    fn identity_is_quoted() {
+        let identity = Verified {
+            role: "we\"ird".into(),
+            claims: r#"{"sub":"o'brien \\ x"}"#.into(),
+            subject: None,
+        };
+        assert_eq!(
+            identity_sql(&identity),
+            r#"SET LOCAL ROLE "we""ird"; SELECT pg_catalog.set_config('request.jwt.claims', E'{"sub":"o''brien \\\\ x"}', true)"#
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! connections; pgway keeps one small, healthy pool of real connections for all of them.
 //!
 //! # Layout
+//! - [`auth`]: who may call (bearer tokens, JWTs) and as which database role; per-caller limits.
 //! - [`config`]: command line and environment settings, typed and validated at start-up.
 //! - [`pool`]: the bb8 connection manager, pgway's own connection type (client, statement cache,
 //!   state flags) and the checkout path that surfaces connect errors.
@@ -26,6 +27,7 @@
 // No unwrap on a server path: an `expect` says why it can't fail. Tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod config;
 pub mod deadline;
 pub mod devdb;

@@ -40,6 +40,9 @@ pub const TRANSACTIONS: &str = "pgway_transactions_total";
 pub const TRANSACTION_ATTEMPTS: &str = "pgway_transaction_attempts";
 pub const DATABASE_UP: &str = "pgway_database_up";
 pub const BUILD_INFO: &str = "pgway_build_info";
+pub const AUTH_FAILURES: &str = "pgway_auth_failures_total";
+pub const AUTH_RELOADS: &str = "pgway_auth_reloads_total";
+pub const CALLER_LIMITED: &str = "pgway_caller_limited_total";
 
 /// The request id header, taken from the caller or made up, and returned in the response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -264,6 +267,8 @@ where
             "call",
             method,
             request_id = request_id.to_str().unwrap_or_default(),
+            // Filled in once the caller is known (never a secret: see auth::Caller::log_name).
+            caller = tracing::field::Empty,
         );
         gauge!(REQUESTS_IN_FLIGHT).increment(1.0);
         let mut record = CallRecord {

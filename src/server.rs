@@ -8,9 +8,11 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
+use crate::auth::AuthInterceptor;
 use crate::config::Config;
 use crate::health;
 use crate::metrics::{self, ObserveLayer};
@@ -45,6 +47,24 @@ fn middleware()
         // the layers inside: a request id (the caller's x-request-id or a new one, returned
         // in the response), a span around the call, one log line, and the call metrics.
         .layer(ObserveLayer)
+}
+
+/// A service as it is (when `public`) or behind the authentication interceptor: exactly one
+/// of the two is `Some`.
+#[allow(clippy::type_complexity)]
+fn guard<S>(
+    service: S,
+    public: bool,
+    interceptor: &AuthInterceptor,
+) -> (Option<S>, Option<InterceptedService<S, AuthInterceptor>>) {
+    if public {
+        (Some(service), None)
+    } else {
+        (
+            None,
+            Some(InterceptedService::new(service, interceptor.clone())),
+        )
+    }
 }
 
 /// Binds `config.grpc_addr` and serves until SIGTERM / SIGINT.
@@ -107,15 +127,32 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Credentials are checked before a request's message is decoded; health and reflection
+    // stay open unless configured otherwise, so probes and tools keep working.
+    let interceptor = AuthInterceptor(config.authenticator.clone());
+    tasks.spawn(config.authenticator.clone().watch_files(stopping.clone()));
+    let (health_open, health_guarded) =
+        guard(health_service, config.auth.public_health, &interceptor);
+    let (reflection_v1_open, reflection_v1_guarded) =
+        guard(reflection_v1, config.auth.public_reflection, &interceptor);
+    let (reflection_v1alpha_open, reflection_v1alpha_guarded) = guard(
+        reflection_v1alpha,
+        config.auth.public_reflection,
+        &interceptor,
+    );
     // Cancelled when the grace period after the signal is over: what still runs is cut.
     let grace_over = CancellationToken::new();
-    let database = DatabaseServer::new(DatabaseService::new(
-        pool.clone(),
-        &config,
-        tasks.clone(),
-        stopping.clone(),
-        grace_over.clone(),
-    ));
+    let database = InterceptedService::new(
+        DatabaseServer::new(DatabaseService::new(
+            pool.clone(),
+            &config,
+            tasks.clone(),
+            stopping.clone(),
+            grace_over.clone(),
+        ))
+        .max_decoding_message_size(config.limits.max_request_bytes),
+        interceptor.clone(),
+    );
 
     let signal = {
         let stopping = stopping.clone();
@@ -136,9 +173,12 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(middleware())
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(health_open)
+        .add_optional_service(health_guarded)
+        .add_optional_service(reflection_v1_open)
+        .add_optional_service(reflection_v1_guarded)
+        .add_optional_service(reflection_v1alpha_open)
+        .add_optional_service(reflection_v1alpha_guarded)
         .add_service(database)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
 

@@ -16,6 +16,9 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug};
 
+use crate::auth::jwt::Verified;
+use crate::auth::limits::{CallerLimits, Kind, Permit};
+use crate::auth::{self, Caller};
 use crate::config::{Config, Limits, TxConfig};
 use crate::deadline;
 use crate::errors::GatewayError;
@@ -55,6 +58,25 @@ struct Shared {
     /// Cancelled when the shutdown grace period is over: open streams and transactions end.
     grace_over: CancellationToken,
     retries: RetryBudget,
+    caller_limits: CallerLimits,
+}
+
+/// What a handler knows about its caller once admitted: who it is (for row-level security)
+/// and its place under the per-caller limit, held until the call ends.
+#[derive(Debug)]
+struct Admitted {
+    caller: Caller,
+    _permit: Permit,
+}
+
+impl Admitted {
+    /// The identity a JWT caller's statements run as; `None` for everyone else.
+    fn identity(&self) -> Option<&Verified> {
+        match &self.caller {
+            Caller::Jwt(verified) => Some(verified),
+            _ => None,
+        }
+    }
 }
 
 impl Shared {
@@ -91,6 +113,7 @@ impl Shared {
         &self,
         request: &TransactionRequest,
         deadline: Instant,
+        identity: Option<&Verified>,
     ) -> Result<TransactionResponse, GatewayError> {
         let caps = ResultCaps::for_request(0, &self.limits);
         self.retries.deposit();
@@ -99,7 +122,7 @@ impl Shared {
             attempts += 1;
             let outcome = async {
                 let mut conn = self.pool.get().await?;
-                let outcome = execute::transaction_once(&mut conn, request, caps).await;
+                let outcome = execute::transaction_once(&mut conn, request, caps, identity).await;
                 self.give_back(conn);
                 outcome
             }
@@ -147,6 +170,7 @@ impl Shared {
         mut conn: PooledConn,
         request: &QueryRequest,
         sender: &mpsc::Sender<Result<QueryStreamResponse, Status>>,
+        identity: Option<&Verified>,
     ) -> Result<(), GatewayError> {
         self.retries.deposit();
         let safe = request.read_only || request.idempotent;
@@ -155,7 +179,8 @@ impl Shared {
             attempts += 1;
             let mut sent = false;
             let result =
-                execute::query_stream(&mut conn, request, self.limits, sender, &mut sent).await;
+                execute::query_stream(&mut conn, request, self.limits, sender, &mut sent, identity)
+                    .await;
             self.give_back(conn);
             let error = match result {
                 Ok(()) => return Ok(()),
@@ -201,15 +226,33 @@ impl DatabaseService {
                 shutdown,
                 grace_over,
                 retries: RetryBudget::default(),
+                caller_limits: CallerLimits::new(
+                    config.caller_limits.max_calls,
+                    config.caller_limits.max_transactions,
+                ),
             }),
         }
     }
 
-    fn admit(&self) -> Result<(), Status> {
+    /// Lets a call in: not while shutting down, and only within its caller's limit. The
+    /// caller (found by [`auth::AuthInterceptor`]) is named in the call's log line.
+    fn admit<T>(&self, request: &Request<T>, kind: Kind) -> Result<Admitted, Status> {
         if self.inner.shutdown.is_cancelled() {
             return Err(GatewayError::ShuttingDown.into());
         }
-        Ok(())
+        let caller = auth::caller_of(request)?;
+        tracing::Span::current().record("caller", caller.log_name());
+        let permit = self
+            .inner
+            .caller_limits
+            .enter(&caller, kind)
+            .inspect_err(|_| {
+                counter!(metrics::CALLER_LIMITED, "kind" => kind.label()).increment(1);
+            })?;
+        Ok(Admitted {
+            caller,
+            _permit: permit,
+        })
     }
 }
 
@@ -219,16 +262,18 @@ impl Database for DatabaseService {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
-        self.admit()?;
+        let admitted = self.admit(&request, Kind::Call)?;
         let started = Instant::now();
         let deadline = deadline::effective(request.metadata(), self.inner.request_timeout);
         let request = request.into_inner();
+        execute::check_size(&request.sql, request.params.len(), &self.inner.limits)?;
         let caps = ResultCaps::for_request(request.max_rows, &self.inner.limits);
         let shared = &self.inner;
         let safe = request.read_only || request.idempotent;
+        let identity = admitted.identity();
         let attempt = || async {
             let mut conn = shared.pool.get().await?;
-            let result = execute::query(&mut conn, &request, caps).await;
+            let result = execute::query(&mut conn, &request, caps, identity).await;
             shared.give_back(conn);
             result
         };
@@ -244,10 +289,11 @@ impl Database for DatabaseService {
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<Self::QueryStreamStream>, Status> {
-        self.admit()?;
+        let admitted = self.admit(&request, Kind::Call)?;
         let started = Instant::now();
         let deadline = deadline::effective(request.metadata(), self.inner.request_timeout);
         let request = request.into_inner();
+        execute::check_size(&request.sql, request.params.len(), &self.inner.limits)?;
         // Fail before the first message when we can (a status after it can't be retried by
         // clients): checking out the connection happens here.
         let conn = deadline::run(deadline, started, self.inner.pool.get())
@@ -257,7 +303,11 @@ impl Database for DatabaseService {
         let shared = Arc::clone(&self.inner);
         self.inner.tasks.spawn(
             async move {
-                let work = deadline::run(deadline, started, shared.stream(conn, &request, &sender));
+                let work = deadline::run(
+                    deadline,
+                    started,
+                    shared.stream(conn, &request, &sender, admitted.identity()),
+                );
                 let result = tokio::select! {
                     result = work => result,
                     () = shared.grace_over.cancelled() => Err(GatewayError::ShuttingDown),
@@ -275,16 +325,38 @@ impl Database for DatabaseService {
         &self,
         request: Request<TransactionRequest>,
     ) -> Result<Response<TransactionResponse>, Status> {
-        self.admit()?;
+        let admitted = self.admit(&request, Kind::Call)?;
         let started = Instant::now();
         let deadline = deadline::effective(request.metadata(), self.inner.request_timeout);
         let request = request.into_inner();
         if request.statements.is_empty() {
             return Err(GatewayError::InvalidArgument("statements is empty".into()).into());
         }
+        let limits = &self.inner.limits;
+        if request.statements.len() > limits.max_statements {
+            return Err(GatewayError::RequestTooLarge(format!(
+                "{} statements, more than PGWAY_MAX_STATEMENTS ({})",
+                request.statements.len(),
+                limits.max_statements
+            ))
+            .into());
+        }
+        for (index, statement) in request.statements.iter().enumerate() {
+            execute::check_size(&statement.sql, statement.params.len(), limits).map_err(
+                |error| GatewayError::InStatement {
+                    index,
+                    error: Box::new(error),
+                },
+            )?;
+        }
         execute::isolation_level(request.isolation_level)?;
         let shared = &self.inner;
-        let result = deadline::run(deadline, started, shared.transaction(&request, deadline)).await;
+        let result = deadline::run(
+            deadline,
+            started,
+            shared.transaction(&request, deadline, admitted.identity()),
+        )
+        .await;
         let outcome = match &result {
             Ok(_) => "committed",
             Err(GatewayError::OutcomeUnknown(_)) => "outcome_unknown",
@@ -304,7 +376,15 @@ impl Database for DatabaseService {
         &self,
         request: Request<Streaming<InteractiveTransactionRequest>>,
     ) -> Result<Response<Self::InteractiveTransactionStream>, Status> {
-        self.admit()?;
+        let admitted = self.admit(&request, Kind::Call)?;
+        let open = self
+            .inner
+            .caller_limits
+            .enter(&admitted.caller, Kind::InteractiveTransaction)
+            .inspect_err(|_| {
+                counter!(metrics::CALLER_LIMITED, "kind" => Kind::InteractiveTransaction.label())
+                    .increment(1);
+            })?;
         let started = Instant::now();
         // The caller's deadline, capped by the longest a transaction may stay open.
         let deadline = deadline::effective(request.metadata(), self.inner.tx.max_duration);
@@ -314,7 +394,9 @@ impl Database for DatabaseService {
         let errors = sender.clone();
         self.inner.tasks.spawn(
             async move {
-                let work = interactive(&shared, inbound, sender);
+                // Both places are held until the transaction is over.
+                let _open = open;
+                let work = interactive(&shared, inbound, sender, admitted.identity());
                 let result = match tokio::time::timeout_at(deadline, work).await {
                     Ok(result) => result,
                     Err(_) => Err(GatewayError::TransactionTimeout(format!(
@@ -372,9 +454,10 @@ async fn interactive(
     shared: &Shared,
     inbound: Streaming<InteractiveTransactionRequest>,
     sender: EventSender,
+    identity: Option<&Verified>,
 ) -> Result<(), GatewayError> {
     let mut conn = None;
-    let result = drive_interactive(shared, inbound, sender, &mut conn).await;
+    let result = drive_interactive(shared, inbound, sender, &mut conn, identity).await;
     if let Some(conn) = conn {
         shared.give_back(conn);
     }
@@ -392,6 +475,7 @@ async fn drive_interactive(
     mut inbound: Streaming<InteractiveTransactionRequest>,
     sender: EventSender,
     slot: &mut Option<PooledConn>,
+    identity: Option<&Verified>,
 ) -> Result<&'static str, GatewayError> {
     let options = match next_action(&mut inbound, shared.tx.idle_timeout).await? {
         None => return Ok("rolled_back"),
@@ -407,15 +491,14 @@ async fn drive_interactive(
         return Err(GatewayError::ShuttingDown);
     }
     let conn = slot.insert(shared.pool.get().await?);
-    conn.mark_busy();
-    conn.client()
-        .batch_execute(&execute::begin_sql(
-            isolation,
-            options.read_only,
-            options.deferrable,
-        ))
-        .await
-        .map_err(|e| GatewayError::from_postgres(e, false))?;
+    execute::begin(
+        conn,
+        isolation,
+        options.read_only,
+        options.deferrable,
+        identity,
+    )
+    .await?;
     send_event(&sender, Event::Begun(proto::Begun {})).await?;
     let caps = ResultCaps::for_request(0, &shared.limits);
     loop {
@@ -444,12 +527,18 @@ async fn drive_interactive(
                 ));
             }
             Some(Action::Statement(statement)) => {
+                if let Err(error) =
+                    execute::check_size(&statement.sql, statement.params.len(), &shared.limits)
+                {
+                    rollback_quietly(conn).await;
+                    return Err(error);
+                }
                 let request = QueryRequest {
                     sql: statement.sql,
                     params: statement.params,
                     ..Default::default()
                 };
-                match execute::statement_in_transaction(conn, &request, caps).await {
+                match execute::statement_in_transaction(conn, &request, caps, identity).await {
                     Ok(result) => send_event(&sender, Event::Result(result)).await?,
                     Err(error) => {
                         rollback_quietly(conn).await;

@@ -1,5 +1,5 @@
-//! Waiting for the signals that stop the gateway. As PID 1 in a container nothing else handles
-//! SIGTERM, so the gateway must.
+//! Waiting for signals: SIGTERM / SIGINT stop the gateway, SIGHUP reloads its files. As PID 1
+//! in a container nothing else handles SIGTERM, so the gateway must.
 
 use tracing::info;
 
@@ -26,5 +26,25 @@ pub async fn signal() {
             }
             info!(signal = "SIGINT", "shutting down");
         }
+    }
+}
+
+/// A SIGHUP listener (reload files now), if the process can have one.
+pub fn hangup() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .inspect_err(|error| tracing::warn!(%error, "cannot listen for SIGHUP"))
+        .ok()
+}
+
+/// The next SIGHUP; never, without a listener.
+pub async fn next(hangup: &mut Option<tokio::signal::unix::Signal>) {
+    let received = match hangup {
+        Some(signal) => signal.recv().await.is_some(),
+        None => false,
+    };
+    if !received {
+        // The listener is gone (or never was): no more reloads by signal.
+        *hangup = None;
+        std::future::pending::<()>().await;
     }
 }

@@ -88,6 +88,54 @@ pub fn classify(sql: &str) -> Result<StatementTraits, GatewayError> {
     Ok(StatementTraits { changes_session })
 }
 
+/// Functions that change settings (the role, the JWT claims) or run SQL given as text, which
+/// would let a statement change them out of sight.
+const IDENTITY_FUNCTIONS: &[&str] = &[
+    "set_config",
+    "pg_settings",
+    "ts_stat",
+    "ts_rewrite",
+    "dblink",
+    "dblink_exec",
+    "dblink_send_query",
+];
+
+/// Whether a JWT caller's statement may change the role or the claims it runs with: `SET` /
+/// `RESET` of the role, session authorization, `ALL` or `request.*`; `set_config`; anything
+/// naming `request.jwt`; `DO` blocks and the functions that run SQL given as text (`*_to_xml`,
+/// `ts_stat`, `dblink`); Unicode-escaped identifiers (`U&"…"`), which could spell any of these.
+///
+/// Generous on purpose, like [`classify`]: a refusal costs the caller a clear
+/// PERMISSION_DENIED, a miss would let one user read as another. It is not the only guard:
+/// after every statement the gateway also checks that role and claims are unchanged.
+pub fn changes_identity(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    if lower.contains("u&\"") || lower.contains("u&'") {
+        return true;
+    }
+    let words: Vec<String> = words(sql).collect();
+    let first = words
+        .iter()
+        .find(|w| !w.chars().all(|c| c.is_ascii_digit()))
+        .map(String::as_str)
+        .unwrap_or("");
+    if first == "do" {
+        return true;
+    }
+    if (first == "set" || first == "reset")
+        && words
+            .iter()
+            .any(|w| matches!(w.as_str(), "role" | "authorization" | "all" | "request"))
+    {
+        return true;
+    }
+    words.iter().any(|w| {
+        IDENTITY_FUNCTIONS.contains(&w.as_str()) || w.contains("to_xml") || w.ends_with("xmlschema")
+    }) || words
+        .windows(2)
+        .any(|pair| pair[0] == "request" && pair[1] == "jwt")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +170,38 @@ mod tests {
             "SELECT 1 INTO TEMP t",
         ] {
             assert!(changes(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn identity_changes_are_seen() {
+        for sql in [
+            "SET ROLE service_role",
+            "set local role postgres",
+            "SET \"role\" TO postgres",
+            "RESET ROLE",
+            "reset all",
+            "SET SESSION AUTHORIZATION postgres",
+            "SELECT set_config('role', 'postgres', true)",
+            "SELECT pg_catalog.\"set_config\"('request.jwt.claims', '{}', true)",
+            "SET request.jwt.claims = '{}'",
+            "SET \"request\".\"jwt.claims\" = '{}'",
+            "SELECT current_setting('request . jwt.claims')",
+            "UPDATE pg_settings SET setting = 'postgres' WHERE name = 'role'",
+            "DO $$ BEGIN EXECUTE 'SET ROLE postgres'; END $$",
+            "SELECT query_to_xml('select 1', true, true, '')",
+            "SELECT * FROM ts_stat('select 1')",
+            "SELECT U&\"set\\005fconfig\"('role', 'x', true)",
+        ] {
+            assert!(changes_identity(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM notes WHERE owner = auth.uid()",
+            "UPDATE profiles SET role = $1 WHERE id = $2",
+            "INSERT INTO notes (body) VALUES ($1) RETURNING id",
+            "SET LOCAL statement_timeout = '5s'",
+        ] {
+            assert!(!changes_identity(sql), "{sql}");
         }
     }
 

@@ -38,6 +38,7 @@ fn bad_settings_stop_start_up_with_their_name() {
     ] {
         let output = pgway()
             .env("PGWAY_DATABASE_URL", "postgres://u@127.0.0.1/db")
+            .env("PGWAY_AUTH", "none")
             .env(var, value)
             .output()
             .unwrap();
@@ -161,6 +162,7 @@ async fn health_and_sigterm() {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = pgway()
         .env("PGWAY_DATABASE_URL", pg.url("postgres"))
+        .env("PGWAY_AUTH", "none")
         .env("PGWAY_GRPC_ADDR", &addr)
         .env("PGWAY_SHUTDOWN_GRACE", "5s")
         .env("PGWAY_METRICS_ADDR", "127.0.0.1:0")

@@ -605,6 +605,7 @@ async fn sigterm_lets_calls_in_flight_finish() {
     let addr = format!("127.0.0.1:{port}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgway"))
         .env("PGWAY_DATABASE_URL", pg.url("postgres"))
+        .env("PGWAY_AUTH", "none")
         .env("PGWAY_GRPC_ADDR", &addr)
         .env("PGWAY_METRICS_ADDR", "")
         .env("PGWAY_SHUTDOWN_GRACE", "10s")

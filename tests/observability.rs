@@ -142,6 +142,7 @@ async fn logs_show_connections_and_calls_and_stats_prints_the_pool() {
     let (grpc, metrics) = (free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgway"))
         .env("PGWAY_DATABASE_URL", pg.url("postgres"))
+        .env("PGWAY_AUTH", "none")
         .env("PGWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
         .env("PGWAY_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
         .env("PGWAY_POOL_MIN", "1")

@@ -152,6 +152,23 @@ pub enum GatewayError {
     #[error("the gateway is shutting down")]
     ShuttingDown,
 
+    /// The call carries no valid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+
+    /// The caller may not do this (a role off the allow list, a statement that would change
+    /// the identity it runs as).
+    #[error("{0}")]
+    PermissionDenied(String),
+
+    /// The request is over one of the gateway's size caps (SQL length, parameters, statements).
+    #[error("{0}")]
+    RequestTooLarge(String),
+
+    /// The caller already holds as much as one caller may.
+    #[error("{0}")]
+    CallerLimit(String),
+
     /// A bug or an unexpected failure inside the gateway.
     #[error("internal error: {0}")]
     Internal(String),
@@ -409,6 +426,34 @@ fn to_status(error: GatewayError, mut metadata: HashMap<String, String>) -> Stat
             message,
             metadata,
             None,
+        ),
+        GatewayError::Unauthenticated(_) => gateway_status(
+            Code::Unauthenticated,
+            "UNAUTHENTICATED",
+            message,
+            metadata,
+            None,
+        ),
+        GatewayError::PermissionDenied(_) => gateway_status(
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+            message,
+            metadata,
+            None,
+        ),
+        GatewayError::RequestTooLarge(_) => gateway_status(
+            Code::InvalidArgument,
+            "REQUEST_TOO_LARGE",
+            message,
+            metadata,
+            None,
+        ),
+        GatewayError::CallerLimit(_) => gateway_status(
+            Code::ResourceExhausted,
+            "CALLER_LIMIT",
+            message,
+            metadata,
+            Some(Duration::from_millis(200)),
         ),
         GatewayError::ShuttingDown => gateway_status(
             Code::Unavailable,

@@ -81,6 +81,13 @@ impl Gateway {
             "--grpc-addr",
             "127.0.0.1:0",
         ];
+        // Tests that don't set credentials up run the gateway open.
+        if !settings
+            .iter()
+            .any(|s| s.starts_with("--auth") || s.starts_with("--jwt"))
+        {
+            argv.extend_from_slice(&["--auth", "none"]);
+        }
         argv.extend_from_slice(settings);
         let cli = Cli::try_parse_from(argv).expect("settings parse");
         let Some(Command::Serve(args)) = cli.command else {

@@ -1,0 +1,337 @@
+//! Who may call, and as whom.
+//!
+//! Every call to `pgway.v1.Database` passes [`AuthInterceptor`] before its message is even
+//! decoded: the `authorization: Bearer …` metadata is checked against the static tokens
+//! ([`tokens`]) and JWT keys ([`jwt`]) in memory, so a call without valid credentials gets
+//! UNAUTHENTICATED and costs no database round trip. The [`Caller`] it finds travels with the
+//! request to the handlers: a token caller runs as the gateway's own database role, a JWT
+//! caller runs as its `role` claim with its claims in `request.jwt.claims`
+//! (see [`crate::execute::RowSecurity`]). [`limits`] caps what one caller may hold at once.
+//!
+//! The token, secret and JWKS files are re-read when they change (polled) and on SIGHUP; a
+//! file that fails to parse keeps the previous contents in force.
+
+pub mod jwt;
+pub mod limits;
+pub mod tokens;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use ::metrics::counter;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
+use tracing::{info, warn};
+
+use crate::errors::GatewayError;
+use crate::metrics;
+
+use jwt::{JwtRules, KeySet, Secret};
+use tokens::TokenSet;
+
+/// Why a call was turned away by the authenticator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// No credentials, or credentials that don't check out. `reason` is a metric label.
+    Unauthenticated {
+        reason: &'static str,
+        message: String,
+    },
+    /// Valid credentials asking for something they may not have (a role off the allow list).
+    PermissionDenied(String),
+}
+
+impl From<Refused> for GatewayError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Unauthenticated { message, .. } => GatewayError::Unauthenticated(message),
+            Refused::PermissionDenied(message) => GatewayError::PermissionDenied(message),
+        }
+    }
+}
+
+/// The caller of one request, as the authenticator found it.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// `PGWAY_AUTH=none`: callers are not told apart.
+    Open,
+    /// A static token; `fingerprint` names it without revealing it.
+    Token { fingerprint: Arc<str> },
+    /// A verified JWT: statements run as its role, under row-level security.
+    Jwt(Arc<jwt::Verified>),
+}
+
+impl Caller {
+    /// The key per-caller limits count under (`None`: not limited per caller).
+    pub fn limit_key(&self) -> Option<String> {
+        match self {
+            Caller::Open => None,
+            Caller::Token { fingerprint } => Some(format!("token:{fingerprint}")),
+            Caller::Jwt(verified) => Some(match &verified.subject {
+                Some(sub) => format!("jwt:{sub}"),
+                None => format!("jwt-role:{}", verified.role),
+            }),
+        }
+    }
+
+    /// How the caller is named in logs: a token's fingerprint, a JWT's role and subject. Never
+    /// a secret.
+    pub fn log_name(&self) -> String {
+        match self {
+            Caller::Open => "open".into(),
+            Caller::Token { fingerprint } => format!("token:{fingerprint}"),
+            Caller::Jwt(verified) => {
+                let sub: String = verified
+                    .subject
+                    .as_deref()
+                    .unwrap_or("-")
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(64)
+                    .collect();
+                format!("jwt:{}:{sub}", verified.role)
+            }
+        }
+    }
+}
+
+/// A file whose parsed contents are kept in memory and replaced when the file changes.
+#[derive(Debug)]
+pub struct Watched<T> {
+    setting: &'static str,
+    path: PathBuf,
+    parse: fn(&[u8]) -> Result<T, String>,
+    current: RwLock<Arc<T>>,
+    stamp: RwLock<Option<(SystemTime, u64)>>,
+}
+
+fn stamp_of(metadata: &std::fs::Metadata) -> Option<(SystemTime, u64)> {
+    metadata.modified().ok().map(|m| (m, metadata.len()))
+}
+
+impl<T> Watched<T> {
+    /// Reads and parses the file at start-up; an error names the setting, not the contents.
+    pub fn load(
+        setting: &'static str,
+        path: PathBuf,
+        parse: fn(&[u8]) -> Result<T, String>,
+    ) -> Result<Watched<T>, String> {
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+        let value = parse(&bytes).map_err(|e| format!("{path:?}: {e}"))?;
+        let stamp = std::fs::metadata(&path).ok().as_ref().and_then(stamp_of);
+        Ok(Watched {
+            setting,
+            path,
+            parse,
+            current: RwLock::new(Arc::new(value)),
+            stamp: RwLock::new(stamp),
+        })
+    }
+
+    /// The contents in force.
+    pub fn get(&self) -> Arc<T> {
+        // A poisoned lock only means a reader panicked; the value itself is whole.
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Re-reads the file if it changed (or always, when `force`); keeps the old contents if
+    /// the new ones don't parse.
+    async fn refresh(&self, force: bool) {
+        let Ok(metadata) = tokio::fs::metadata(&self.path).await else {
+            warn!(setting = self.setting, path = ?self.path, "cannot read the file; keeping what was loaded");
+            return;
+        };
+        let stamp = stamp_of(&metadata);
+        let known = *self.stamp.read().unwrap_or_else(|e| e.into_inner());
+        if !force && stamp == known {
+            return;
+        }
+        let outcome = match tokio::fs::read(&self.path).await {
+            Ok(bytes) => (self.parse)(&bytes),
+            Err(e) => Err(e.to_string()),
+        };
+        *self.stamp.write().unwrap_or_else(|e| e.into_inner()) = stamp;
+        match outcome {
+            Ok(value) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
+                counter!(metrics::AUTH_RELOADS, "setting" => self.setting, "outcome" => "ok")
+                    .increment(1);
+                info!(setting = self.setting, path = ?self.path, "reloaded");
+            }
+            Err(error) => {
+                counter!(metrics::AUTH_RELOADS, "setting" => self.setting, "outcome" => "error")
+                    .increment(1);
+                warn!(setting = self.setting, path = ?self.path, %error, "reload failed; keeping what was loaded");
+            }
+        }
+    }
+}
+
+/// The authentication settings, checked at start-up.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `PGWAY_AUTH=none`: run open.
+    pub open: bool,
+    pub tokens_file: Option<PathBuf>,
+    pub jwt_secret_file: Option<PathBuf>,
+    pub jwt_jwks_file: Option<PathBuf>,
+    pub jwt: JwtRules,
+    pub public_health: bool,
+    pub public_reflection: bool,
+    pub reload_interval: Duration,
+}
+
+/// Checks credentials against what is loaded.
+#[derive(Debug)]
+pub struct Authenticator {
+    open: bool,
+    tokens: Option<Watched<TokenSet>>,
+    secret: Option<Watched<Secret>>,
+    keys: Option<Watched<KeySet>>,
+    rules: JwtRules,
+    reload_interval: Duration,
+}
+
+impl Authenticator {
+    /// Loads the files named in `config`; an unreadable or invalid file is an error naming its
+    /// setting.
+    pub fn load(config: &AuthConfig) -> Result<Authenticator, (&'static str, String)> {
+        fn watch<T>(
+            setting: &'static str,
+            path: &Option<PathBuf>,
+            parse: fn(&[u8]) -> Result<T, String>,
+        ) -> Result<Option<Watched<T>>, (&'static str, String)> {
+            path.clone()
+                .map(|path| Watched::load(setting, path, parse))
+                .transpose()
+                .map_err(|e| (setting, e))
+        }
+        Ok(Authenticator {
+            open: config.open,
+            tokens: watch(
+                "PGWAY_AUTH_TOKENS_FILE",
+                &config.tokens_file,
+                TokenSet::parse,
+            )?,
+            secret: watch(
+                "PGWAY_JWT_SECRET_FILE",
+                &config.jwt_secret_file,
+                Secret::parse,
+            )?,
+            keys: watch("PGWAY_JWT_JWKS_FILE", &config.jwt_jwks_file, KeySet::parse)?,
+            rules: config.jwt.clone(),
+            reload_interval: config.reload_interval,
+        })
+    }
+
+    fn jwt_configured(&self) -> bool {
+        self.secret.is_some() || self.keys.is_some()
+    }
+
+    /// Finds the caller of a request from its metadata.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Refused> {
+        if self.open {
+            return Ok(Caller::Open);
+        }
+        let Some(value) = metadata.get("authorization") else {
+            return Err(Refused::Unauthenticated {
+                reason: "missing",
+                message: "this gateway needs credentials: send `authorization: Bearer <token>`"
+                    .into(),
+            });
+        };
+        let credential = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| Refused::Unauthenticated {
+                reason: "malformed",
+                message: "the authorization metadata must be `Bearer <token>`".into(),
+            })?;
+        if let Some(tokens) = &self.tokens
+            && let Some(fingerprint) = tokens.get().check(credential)
+        {
+            return Ok(Caller::Token {
+                fingerprint: fingerprint.into(),
+            });
+        }
+        // A JWT has three dot-separated parts; anything else can only have been a token.
+        if self.jwt_configured() && credential.split('.').count() == 3 {
+            let secret = self.secret.as_ref().map(Watched::get);
+            let keys = self.keys.as_ref().map(Watched::get);
+            return jwt::verify(credential, secret.as_deref(), keys.as_deref(), &self.rules)
+                .map(|verified| Caller::Jwt(Arc::new(verified)));
+        }
+        Err(Refused::Unauthenticated {
+            reason: "unknown_token",
+            message: "the bearer token is not accepted".into(),
+        })
+    }
+
+    /// Re-reads the files when they change or on SIGHUP, until `stop`.
+    pub async fn watch_files(self: Arc<Self>, stop: CancellationToken) {
+        if self.tokens.is_none() && !self.jwt_configured() {
+            return;
+        }
+        let mut hangup = crate::shutdown::hangup();
+        let mut tick = tokio::time::interval(self.reload_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let force = tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => false,
+                _ = crate::shutdown::next(&mut hangup) => true,
+            };
+            if let Some(w) = &self.tokens {
+                w.refresh(force).await;
+            }
+            if let Some(w) = &self.secret {
+                w.refresh(force).await;
+            }
+            if let Some(w) = &self.keys {
+                w.refresh(force).await;
+            }
+        }
+    }
+}
+
+/// The interceptor in front of the Database service (and, when configured, of health and
+/// reflection): it finds the [`Caller`] and puts it in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct AuthInterceptor(pub Arc<Authenticator>);
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        match self.0.authenticate(request.metadata()) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Ok(request)
+            }
+            Err(refused) => {
+                let reason = match &refused {
+                    Refused::Unauthenticated { reason, .. } => *reason,
+                    Refused::PermissionDenied(_) => "role",
+                };
+                counter!(metrics::AUTH_FAILURES, "reason" => reason).increment(1);
+                tracing::info!(reason, "call refused by authentication");
+                Err(GatewayError::from(refused).into())
+            }
+        }
+    }
+}
+
+/// The caller a handler is serving (the interceptor always sets one; a missing one can only
+/// mean a wiring bug, and is refused rather than served open).
+pub fn caller_of<T>(request: &Request<T>) -> Result<Caller, GatewayError> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| GatewayError::Internal("no caller on the request".into()))
+}
