@@ -40,6 +40,8 @@ pub const TRANSACTIONS: &str = "pgway_transactions_total";
 pub const TRANSACTION_ATTEMPTS: &str = "pgway_transaction_attempts";
 pub const DATABASE_UP: &str = "pgway_database_up";
 pub const BUILD_INFO: &str = "pgway_build_info";
+pub const TLS_RELOADS: &str = "pgway_tls_reloads_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "pgway_tls_handshake_failures_total";
 
 /// The request id header, taken from the caller or made up, and returned in the response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::future::Either;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,7 @@ use crate::metrics::{self, ObserveLayer};
 use crate::pool::Pool;
 use crate::proto::{self, database_server::DatabaseServer};
 use crate::service::DatabaseService;
+use crate::tls;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +133,7 @@ pub async fn serve(
         tasks.spawn(metrics::serve(listener, pool.clone(), stopping.clone()));
     }
 
-    let server = Server::builder()
+    let router = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -139,8 +141,29 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(database)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .add_service(database);
+    let server = match &config.tls {
+        None => Either::Left(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal),
+        ),
+        Some(settings) => {
+            info!(
+                subject = %settings.initial.subject,
+                not_after = %settings.initial.not_after,
+                client_certificates = settings.files.client_ca.is_some(),
+                "serving TLS"
+            );
+            let current = tls::Current::new(settings.initial.config.clone());
+            tasks.spawn(tls::reload(
+                settings.clone(),
+                current.clone(),
+                stopping.clone(),
+            ));
+            // Accepting ends with the signal: tonic drops the stream when it stops.
+            let incoming = tls::incoming(listener, current, stopping.clone());
+            Either::Right(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+    };
 
     // The server waits for every connection to close after the signal, which a client that
     // keeps its connection open could stretch forever: bound the drain by the grace period.
