@@ -145,7 +145,7 @@ impl TlsFiles {
         let Some(leaf) = certs.first() else {
             return Err(cert_error("holds no certificate".into()));
         };
-        let (subject, not_after) = describe(leaf).map_err(cert_error)?;
+        let (subject, not_after) = describe(leaf);
         // The PEM parser's errors may quote the file, so for the key they are not passed on.
         let key = PrivateKeyDer::from_pem_slice(&contents.key).map_err(|_| {
             load_error(
@@ -199,12 +199,16 @@ impl TlsFiles {
     }
 }
 
-/// The subject and expiry of a certificate, for the logs.
-fn describe(cert: &CertificateDer<'_>) -> Result<(String, String), String> {
-    let cert = x509_cert::Certificate::from_der(cert)
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let tbs = &cert.tbs_certificate;
-    Ok((tbs.subject.to_string(), tbs.validity.not_after.to_string()))
+/// The subject and expiry of a certificate, for the logs only: a certificate this stricter
+/// parser can't read is still served (rustls checks it against the key when it is loaded).
+fn describe(cert: &CertificateDer<'_>) -> (String, String) {
+    match x509_cert::Certificate::from_der(cert) {
+        Ok(cert) => {
+            let tbs = &cert.tbs_certificate;
+            (tbs.subject.to_string(), tbs.validity.not_after.to_string())
+        }
+        Err(_) => ("(unreadable)".into(), "(unreadable)".into()),
+    }
 }
 
 /// The server configuration new handshakes use; swapped by a reload.
