@@ -193,9 +193,16 @@ for name in ("default", "full", "exec"):
     need(psc["seccompProfile"]["type"] == "RuntimeDefault", f"{name}: seccomp RuntimeDefault")
     need("memory" in c["resources"]["limits"], f"{name}: memory limit")
     probes = {k: c[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
-    if name == "exec":
-        need(probes["readinessProbe"]["exec"]["command"][-1] == "-service=pgway.v1.Database", "exec: readiness service")
-        need(probes["livenessProbe"]["exec"]["command"][-1] == "-service=", "exec: liveness service")
+    if "PGWAY_TLS_CERT" in env:
+        # The kubelet's gRPC probes speak plaintext only: a TLS port is probed by `pgway probe -tls`.
+        for k, p in probes.items():
+            need("-tls" in p.get("exec", {}).get("command", []), f"{name}: {k} probes over TLS")
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+        vols = {v["name"]: v for v in pod.get("volumes", [])}
+        need(mounts.get("/etc/pgway/tls") in vols and "secret" in vols[mounts["/etc/pgway/tls"]], f"{name}: TLS Secret mounted")
+    if name == "exec" or "PGWAY_TLS_CERT" in env:
+        need(probes["readinessProbe"]["exec"]["command"][-1] == "-service=pgway.v1.Database", f"{name}: readiness service")
+        need(probes["livenessProbe"]["exec"]["command"][-1] == "-service=", f"{name}: liveness service")
     else:
         need(probes["readinessProbe"]["grpc"]["service"] == "pgway.v1.Database", f"{name}: readiness service")
         need(probes["livenessProbe"]["grpc"]["service"] == "", f"{name}: liveness service")

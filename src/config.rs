@@ -247,6 +247,24 @@ pub struct ServeArgs {
     /// PGWAY_POOL_MAX, at least 1]; 0 = no cap.
     #[arg(long, env = "PGWAY_MAX_TRANSACTIONS_PER_CALLER")]
     pub max_transactions_per_caller: Option<usize>,
+
+    /// Certificate chain (PEM) the gRPC server presents; with PGWAY_TLS_KEY, turns TLS on.
+    #[arg(long, env = "PGWAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, RSA or SEC1) of PGWAY_TLS_CERT.
+    #[arg(long, env = "PGWAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM bundle): callers must present a certificate issued by one of them
+    /// (mutual TLS). Needs PGWAY_TLS_CERT and PGWAY_TLS_KEY.
+    #[arg(long, env = "PGWAY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for changes and reloaded (SIGHUP reloads at once);
+    /// 0s checks only on SIGHUP.
+    #[arg(long, env = "PGWAY_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
 }
 
 /// `PGWAY_AUTH`'s values.
@@ -289,6 +307,8 @@ pub struct Config {
     /// The loaded credentials (token and key files), shared by every call.
     pub authenticator: Arc<Authenticator>,
     pub caller_limits: CallerCaps,
+    /// TLS on the gRPC side; `None` serves plaintext.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// What one caller may hold at once (0 = no cap).
@@ -473,6 +493,7 @@ impl ServeArgs {
         ));
         database.options(&options);
         let (auth, authenticator) = self.auth_config()?;
+        let tls = self.tls()?;
 
         Ok(Config {
             database,
@@ -515,7 +536,49 @@ impl ServeArgs {
                     .max_transactions_per_caller
                     .unwrap_or((max as usize / 2).max(1)),
             },
+            tls,
         })
+    }
+
+    /// The TLS settings, with the files read and checked now so a bad one stops start-up.
+    fn tls(&self) -> Result<Option<crate::tls::TlsConfig>, ConfigError> {
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            (None, None) => {
+                return match self.tls_client_ca {
+                    Some(_) => Err(invalid(
+                        "PGWAY_TLS_CLIENT_CA",
+                        "needs PGWAY_TLS_CERT and PGWAY_TLS_KEY: client certificates are asked for only over TLS",
+                    )),
+                    None => Ok(None),
+                };
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "PGWAY_TLS_KEY",
+                    "not set, but PGWAY_TLS_CERT is: set both or neither",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "PGWAY_TLS_CERT",
+                    "not set, but PGWAY_TLS_KEY is: set both or neither",
+                ));
+            }
+        };
+        let files = crate::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: self.tls_client_ca.clone(),
+        };
+        let initial = files
+            .load_blocking()
+            .map_err(|error| invalid(error.setting, error.to_string()))?;
+        Ok(Some(crate::tls::TlsConfig {
+            files,
+            reload_interval: self.tls_reload_interval,
+            initial,
+        }))
     }
 }
 
@@ -669,6 +732,24 @@ mod tests {
         let err = args(&["--max-rows", "0"]).validate().unwrap_err();
         assert_eq!(err.setting, "PGWAY_MAX_ROWS");
         assert!(Cli::try_parse_from(["pgway", "--acquire-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn tls_settings_come_together() {
+        let err = args(&["--tls-cert", "/c.pem"]).validate().unwrap_err();
+        assert_eq!(err.setting, "PGWAY_TLS_KEY");
+        let err = args(&["--tls-key", "/k.pem"]).validate().unwrap_err();
+        assert_eq!(err.setting, "PGWAY_TLS_CERT");
+        let err = args(&["--tls-client-ca", "/ca.pem"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting, "PGWAY_TLS_CLIENT_CA");
+        let err = args(&["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/k.pem"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting, "PGWAY_TLS_CERT");
+        assert!(err.reason.contains("/nonexistent/c.pem"), "{err}");
+        assert!(args(&[]).validate().unwrap().tls.is_none());
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`probe`]: `pgway probe`, a grpc_health_probe work-alike for images without one.
 //! - [`retry`]: which failures are retried, with backoff, inside a retry budget.
 //! - [`server`]: assembles the gRPC server and runs it until shutdown.
+//! - [`tls`]: TLS and mutual TLS on the gRPC side, with certificates reloaded without a restart.
 //! - [`shutdown`]: waiting for SIGTERM / SIGINT.
 //! - [`stats`]: `pgway stats`, the pool's state read from a running gateway.
 //! - [`statement`]: what a statement's text says (session changes, forbidden commands).
@@ -44,6 +45,7 @@ pub mod service;
 pub mod shutdown;
 pub mod statement;
 pub mod stats;
+pub mod tls;
 pub mod values;
 
 /// Code generated from `proto/pgway/v1/pgway.proto`.

@@ -43,6 +43,8 @@ pub const BUILD_INFO: &str = "pgway_build_info";
 pub const AUTH_FAILURES: &str = "pgway_auth_failures_total";
 pub const AUTH_RELOADS: &str = "pgway_auth_reloads_total";
 pub const CALLER_LIMITED: &str = "pgway_caller_limited_total";
+pub const TLS_RELOADS: &str = "pgway_tls_reloads_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "pgway_tls_handshake_failures_total";
 
 /// The request id header, taken from the caller or made up, and returned in the response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

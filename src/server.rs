@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::future::Either;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,7 @@ use crate::metrics::{self, ObserveLayer};
 use crate::pool::Pool;
 use crate::proto::{self, database_server::DatabaseServer};
 use crate::service::DatabaseService;
+use crate::tls;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,22 @@ fn middleware()
         // the layers inside: a request id (the caller's x-request-id or a new one, returned
         // in the response), a span around the call, one log line, and the call metrics.
         .layer(ObserveLayer)
+}
+
+/// Accepted plaintext connections with Nagle's algorithm off: tonic's `tcp_nodelay` only
+/// applies to listeners it binds itself, and a small reply held back for a delayed ACK would
+/// add up to 40 ms to a call.
+fn plaintext(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "cannot turn off Nagle's algorithm");
+            }
+        })
+    })
 }
 
 /// A service as it is (when `public`) or behind the authentication interceptor: exactly one
@@ -168,7 +186,7 @@ pub async fn serve(
         tasks.spawn(metrics::serve(listener, pool.clone(), stopping.clone()));
     }
 
-    let server = Server::builder()
+    let router = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -179,8 +197,27 @@ pub async fn serve(
         .add_optional_service(reflection_v1_guarded)
         .add_optional_service(reflection_v1alpha_open)
         .add_optional_service(reflection_v1alpha_guarded)
-        .add_service(database)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .add_service(database);
+    let server = match &config.tls {
+        None => Either::Left(router.serve_with_incoming_shutdown(plaintext(listener), signal)),
+        Some(settings) => {
+            info!(
+                subject = %settings.initial.subject,
+                not_after = %settings.initial.not_after,
+                client_certificates = settings.files.client_ca.is_some(),
+                "serving TLS"
+            );
+            let current = tls::Current::new(settings.initial.config.clone());
+            tasks.spawn(tls::reload(
+                settings.clone(),
+                current.clone(),
+                stopping.clone(),
+            ));
+            // Accepting ends with the signal: tonic drops the stream when it stops.
+            let incoming = tls::incoming(listener, current, stopping.clone());
+            Either::Right(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+    };
 
     // The server waits for every connection to close after the signal, which a client that
     // keeps its connection open could stretch forever: bound the drain by the grace period.

@@ -30,6 +30,7 @@ fn bad_settings_stop_start_up_with_their_name() {
         ("PGWAY_ACQUIRE_TIMEOUT", "5", "acquire-timeout"),
         ("PGWAY_GRPC_ADDR", "nowhere", "grpc-addr"),
         ("PGWAY_MAX_ROWS", "0", "PGWAY_MAX_ROWS"),
+        ("PGWAY_TLS_CERT", "/etc/pgway/tls.crt", "PGWAY_TLS_KEY"),
         (
             "PGWAY_DATABASE_URL",
             "postgres://u@h:notaport/db",
@@ -63,6 +64,8 @@ fn help_lists_every_setting_with_its_variable() {
         "PGWAY_ACQUIRE_TIMEOUT",
         "PGWAY_MAX_ROWS",
         "PGWAY_TX_MAX_ATTEMPTS",
+        "PGWAY_TLS_CERT",
+        "PGWAY_TLS_CLIENT_CA",
     ] {
         assert!(help.contains(var), "{var} missing from --help");
     }

@@ -145,8 +145,28 @@ maxConnections - reservedConnections. Prints the per-pod and total numbers as "p
   value: {{ toString $v | quote }}
 {{- end }}
 {{- end }}
+{{- with .Values.tls.secretName }}
+- name: PGWAY_TLS_CERT
+  value: "/etc/pgway/tls/tls.crt"
+- name: PGWAY_TLS_KEY
+  value: "/etc/pgway/tls/tls.key"
+{{- end }}
+{{- with (include "pgway.tlsClientCA" .) }}
+- name: PGWAY_TLS_CLIENT_CA
+  value: {{ . | quote }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The client CA file for mutual TLS; empty without. */}}
+{{- define "pgway.tlsClientCA" -}}
+{{- if .Values.tls.clientCAKey }}
+{{- if not .Values.tls.secretName }}
+{{- fail "tls.clientCAKey needs tls.secretName: client certificates are asked for only over TLS" }}
+{{- end }}
+{{- printf "/etc/pgway/tls/%s" .Values.tls.clientCAKey }}
 {{- end }}
 {{- end }}
 
@@ -154,6 +174,13 @@ maxConnections - reservedConnections. Prints the per-pod and total numbers as "p
 {{- define "pgway.probe" -}}
 {{- $root := .root }}
 {{- $mode := $root.Values.probes.mode }}
+{{- $tls := $root.Values.tls }}
+{{- if $tls.secretName }}
+{{- if eq $mode "grpc" }}
+{{- fail "probes.mode grpc can't check a TLS port (the kubelet's gRPC probes speak plaintext only): use auto or exec with tls.secretName" }}
+{{- end }}
+{{- $mode = "exec" }}
+{{- end }}
 {{- if eq $mode "auto" }}
 {{- $mode = ternary "grpc" "exec" (semverCompare ">=1.24-0" $root.Capabilities.KubeVersion.Version) }}
 {{- end }}
@@ -167,6 +194,15 @@ exec:
     - /pgway
     - probe
     - {{ printf "-addr=%s:%d" (ternary "[::1]" "127.0.0.1" (contains ":" $root.Values.listenHost)) (int $root.Values.containerPorts.grpc) | quote }}
+    {{- if $tls.secretName }}
+    - "-tls"
+    - {{ printf "-tls-ca-cert=/etc/pgway/tls/%s" $tls.probeCAKey | quote }}
+    - {{ printf "-tls-server-name=%s" (default (printf "%s.%s.svc" (include "pgway.fullname" $root) $root.Release.Namespace) $tls.probeServerName) | quote }}
+    {{- if $tls.clientCAKey }}
+    - "-tls-client-cert=/etc/pgway/tls/tls.crt"
+    - "-tls-client-key=/etc/pgway/tls/tls.key"
+    {{- end }}
+    {{- end }}
     - {{ printf "-service=%s" .service | quote }}
 {{- end }}
 {{- with .settings }}
