@@ -377,7 +377,6 @@ fn unverified_config() -> ClientConfig {
     let builder = ClientConfig::builder_with_provider(provider);
     // The ring provider supports TLS 1.2 and 1.3; this can only fail for a provider without
     // any cipher suite of a default version.
-    #[allow(clippy::expect_used)]
     let builder = builder
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports the default TLS versions");
