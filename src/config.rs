@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::jwt::JwtRules;
 use crate::auth::{AuthConfig, Authenticator};
+use crate::dbtls::{self, DatabaseTls};
 
 /// pgway: a gRPC gateway for PostgreSQL.
 #[derive(Debug, Parser)]
@@ -294,6 +295,8 @@ pub struct DevArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database: tokio_postgres::Config,
+    /// How connections to `database` use TLS: `sslmode` and friends of the connection string.
+    pub database_tls: DatabaseTls,
     pub grpc_addr: SocketAddr,
     /// Where `/metrics` is served; `None` when turned off.
     pub metrics_addr: Option<SocketAddr>,
@@ -389,13 +392,10 @@ impl ServeArgs {
                 )
             })?,
         };
-        // The parse error of tokio-postgres never echoes the URL, so no password can leak here.
-        let mut database: tokio_postgres::Config = url.parse().map_err(|e| {
-            invalid(
-                "PGWAY_DATABASE_URL",
-                format!("not a valid connection string: {e}"),
-            )
-        })?;
+        // Neither tokio-postgres' parse error nor ours echoes the URL, so no password can leak
+        // here. The CA and client certificate files are read now, once.
+        let (mut database, database_tls) =
+            dbtls::parse(&url).map_err(|e| invalid("PGWAY_DATABASE_URL", e.to_string()))?;
         if database.get_hosts().is_empty() {
             return Err(invalid("PGWAY_DATABASE_URL", "names no host"));
         }
@@ -497,6 +497,7 @@ impl ServeArgs {
 
         Ok(Config {
             database,
+            database_tls,
             grpc_addr: self.grpc_addr,
             pool: PoolConfig {
                 min: self.pool_min,

@@ -45,6 +45,19 @@ pub struct TempPostgres {
     stopped: bool,
 }
 
+/// Extra set-up of a cluster, applied after `initdb` and before the server first starts: for
+/// tests that need TLS (certificate files, `ssl = on`) or their own authentication rules.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSetup {
+    /// Files written into the data directory (name relative to it, contents), owned by the
+    /// server's OS user with mode 0600, as PostgreSQL requires of a private key.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Lines appended to `postgresql.conf`.
+    pub conf: Vec<String>,
+    /// Lines put before initdb's rules in `pg_hba.conf` (the first matching rule wins).
+    pub hba: Vec<String>,
+}
+
 /// Finds the directory with `initdb`, `pg_ctl` and `postgres`.
 pub fn find_binaries(explicit: Option<&Path>) -> Result<PathBuf, DevDbError> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
@@ -105,6 +118,14 @@ fn free_port() -> Result<u16, DevDbError> {
 impl TempPostgres {
     /// Runs `initdb` and starts the server. Blocking: call it from `spawn_blocking` in async code.
     pub fn start(bin: Option<&Path>) -> Result<TempPostgres, DevDbError> {
+        TempPostgres::start_with(bin, &ClusterSetup::default())
+    }
+
+    /// [`TempPostgres::start`] with extra set-up before the server first starts. Blocking.
+    pub fn start_with(
+        bin: Option<&Path>,
+        setup: &ClusterSetup,
+    ) -> Result<TempPostgres, DevDbError> {
         let bin = find_binaries(bin)?;
         let root = tempfile::Builder::new().prefix("pgway-pg-").tempdir()?;
         let as_postgres_user = is_root();
@@ -143,6 +164,7 @@ impl TempPostgres {
                 "--no-instructions",
             ],
         )?;
+        db.apply(setup)?;
         db.spawn_watchdog()?;
         // Another process may take the port between our probe and the server's bind: retry.
         let mut last_error = None;
@@ -157,6 +179,50 @@ impl TempPostgres {
             }
         }
         Err(last_error.unwrap_or(DevDbError::Setup("could not start".into())))
+    }
+
+    fn apply(&self, setup: &ClusterSetup) -> Result<(), DevDbError> {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+
+        let data = self.root.path().join("data");
+        for (name, contents) in &setup.files {
+            let path = data.join(name);
+            std::fs::write(&path, contents)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            if self.as_postgres_user {
+                let status = Command::new("chown")
+                    .arg(POSTGRES_OS_USER)
+                    .arg(&path)
+                    .status()?;
+                if !status.success() {
+                    return Err(DevDbError::Setup(format!(
+                        "cannot hand {} to the {POSTGRES_OS_USER} user",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        if !setup.conf.is_empty() {
+            // Appending keeps the file's owner: the server (another OS user) can still read it.
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))?;
+            writeln!(conf)?;
+            for line in &setup.conf {
+                writeln!(conf, "{line}")?;
+            }
+        }
+        if !setup.hba.is_empty() {
+            let path = data.join("pg_hba.conf");
+            let existing = std::fs::read_to_string(&path)?;
+            let mut rules = setup.hba.join("\n");
+            rules.push('\n');
+            rules.push_str(&existing);
+            // Rewriting in place (truncate, not replace) keeps the owner too.
+            std::fs::write(&path, rules)?;
+        }
+        Ok(())
     }
 
     fn data_dir(&self) -> String {

@@ -11,7 +11,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use crate::dbtls::DatabaseTls;
 
 /// The readiness service name.
 pub const READINESS: &str = "pgway.v1.Database";
@@ -31,9 +33,11 @@ pub async fn set_all_not_serving(reporter: &HealthReporter) {
         .await;
 }
 
-/// Checks the database every `interval` until `shutdown`, and reports readiness.
+/// Checks the database every `interval` until `shutdown`, and reports readiness. The check
+/// connection uses the pool's TLS, so a certificate the pool rejects makes the gateway not ready.
 pub async fn monitor(
     database: tokio_postgres::Config,
+    tls: DatabaseTls,
     reporter: HealthReporter,
     interval: Duration,
     shutdown: CancellationToken,
@@ -42,7 +46,7 @@ pub async fn monitor(
     let mut ready = false;
     loop {
         let ok = tokio::select! {
-            ok = check(&database, &mut conn) => ok,
+            ok = check(&database, &tls, &mut conn) => ok,
             () = shutdown.cancelled() => return,
         };
         ::metrics::gauge!(crate::metrics::DATABASE_UP).set(if ok { 1.0 } else { 0.0 });
@@ -73,13 +77,17 @@ pub async fn monitor(
 
 /// One check on the monitor's own connection, opened (without the pool's backoff, so a
 /// database that came back is seen at once) when there is none.
-async fn check(database: &tokio_postgres::Config, conn: &mut Option<Client>) -> bool {
+async fn check(
+    database: &tokio_postgres::Config,
+    tls: &DatabaseTls,
+    conn: &mut Option<Client>,
+) -> bool {
     let attempt = async {
         if conn.as_ref().is_none_or(Client::is_closed) {
             // Named apart from the pool's connections, so they can be told apart on the server.
             let mut database = database.clone();
             database.application_name("pgway-health");
-            let (client, connection) = database.connect(NoTls).await.ok()?;
+            let (client, connection) = database.connect(tls.clone()).await.ok()?;
             tokio::spawn(connection);
             *conn = Some(client);
         }

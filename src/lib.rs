@@ -8,6 +8,8 @@
 //! - [`config`]: command line and environment settings, typed and validated at start-up.
 //! - [`pool`]: the bb8 connection manager, pgway's own connection type (client, statement cache,
 //!   state flags) and the checkout path that surfaces connect errors.
+//! - [`dbtls`]: TLS to the database: `sslmode` / `sslrootcert` of the connection string, the
+//!   rustls configuration built at start-up, and the connector every connection goes through.
 //! - [`values`]: protobuf [`proto::Value`]s to PostgreSQL parameters, and result rows back.
 //! - [`errors`]: the gateway's error type and the one place where errors become `tonic::Status`.
 //! - [`execute`]: running statements on a pooled connection: unary, streamed, transactions.
@@ -30,6 +32,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod dbtls;
 pub mod deadline;
 pub mod devdb;
 pub mod errors;

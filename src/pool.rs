@@ -22,10 +22,11 @@ use bb8::{ManageConnection, RunError};
 use lru::LruCache;
 use rand::Rng;
 use tokio::sync::{Semaphore, watch};
-use tokio_postgres::{CancelToken, Client, NoTls, Statement};
+use tokio_postgres::{CancelToken, Client, Statement};
 use tracing::{debug, info, warn};
 
 use crate::config::PoolConfig;
+use crate::dbtls::DatabaseTls;
 use crate::errors::{ConnectError, GatewayError};
 use crate::metrics;
 
@@ -38,6 +39,8 @@ pub struct PgConn {
     backend_pid: i32,
     client: Client,
     cancel_token: CancelToken,
+    /// The cancel request opens a connection of its own, with the same TLS as this one.
+    tls: DatabaseTls,
     statements: LruCache<String, Statement>,
     /// When the pool should close this connection; jittered so they don't all go at once.
     retire_at: Instant,
@@ -150,10 +153,11 @@ impl Drop for PgConn {
             // A statement may still be running for a caller who is gone: ask the server to
             // stop it, so the backend doesn't keep working (and holding locks) for nobody.
             let token = self.cancel_token.clone();
+            let tls = self.tls.clone();
             let (id, pid) = (self.id, self.backend_pid);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
-                    if let Err(error) = token.cancel_query(NoTls).await {
+                    if let Err(error) = token.cancel_query(tls).await {
                         debug!(conn_id = id, backend_pid = pid, %error, "cancel request failed");
                     }
                 });
@@ -222,6 +226,7 @@ pub async fn release(mut conn: PooledConn) {
 #[derive(Debug)]
 pub struct ConnectionManager {
     database: tokio_postgres::Config,
+    tls: DatabaseTls,
     statement_cache_size: NonZeroUsize,
     max_lifetime: Duration,
     next_id: AtomicU64,
@@ -255,9 +260,15 @@ fn connect_backoff(failures: u32) -> Duration {
 }
 
 impl ConnectionManager {
-    fn new(database: tokio_postgres::Config, config: &PoolConfig, pool: Arc<PoolShared>) -> Self {
+    fn new(
+        database: tokio_postgres::Config,
+        tls: DatabaseTls,
+        config: &PoolConfig,
+        pool: Arc<PoolShared>,
+    ) -> Self {
         ConnectionManager {
             database,
+            tls,
             statement_cache_size: config.statement_cache_size,
             max_lifetime: config.max_lifetime,
             next_id: AtomicU64::new(1),
@@ -276,7 +287,7 @@ impl ConnectionManager {
     }
 
     async fn open(&self, id: u64) -> Result<PgConn, ConnectError> {
-        let (client, connection) = self.database.connect(NoTls).await?;
+        let (client, connection) = self.database.connect(self.tls.clone()).await?;
         // The connection task is where a broken connection's reason lives: log it with the id.
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -294,6 +305,7 @@ impl ConnectionManager {
             id,
             backend_pid,
             cancel_token: client.cancel_token(),
+            tls: self.tls.clone(),
             client,
             statements: LruCache::new(self.statement_cache_size),
             retire_at: Instant::now() + self.max_lifetime - jitter,
@@ -313,7 +325,7 @@ impl ManageConnection for ConnectionManager {
         // The semaphore lives as long as the manager and is never closed.
         let _permit = self.connects.acquire().await.map_err(|_| ConnectError {
             message: "the pool is shutting down".into(),
-            sqlstate: None,
+            ..ConnectError::default()
         })?;
         let failures = self.consecutive_failures.load(Ordering::Relaxed);
         let backoff = connect_backoff(failures);
@@ -403,9 +415,10 @@ impl Drop for Waiting<'_> {
 impl Pool {
     /// Builds the pool; connections are opened in the background (`PGWAY_POOL_MIN` of them
     /// kept ready), so the gateway starts even while the database is down.
-    pub fn new(database: tokio_postgres::Config, config: &PoolConfig) -> Pool {
+    /// Connections use `tls` (see [`crate::dbtls`]).
+    pub fn new(database: tokio_postgres::Config, tls: DatabaseTls, config: &PoolConfig) -> Pool {
         let shared = Arc::new(PoolShared::default());
-        let manager = ConnectionManager::new(database, config, Arc::clone(&shared));
+        let manager = ConnectionManager::new(database, tls, config, Arc::clone(&shared));
         let outcomes = manager.outcomes.subscribe();
         let inner = bb8::Pool::builder()
             .max_size(config.max)

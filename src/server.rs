@@ -116,7 +116,16 @@ pub async fn serve(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let pool = Pool::new(config.database.clone(), &config.pool);
+    info!(
+        sslmode = %config.database_tls.mode(),
+        verification = ?config.database_tls.verification(),
+        "database TLS"
+    );
+    let pool = Pool::new(
+        config.database.clone(),
+        config.database_tls.clone(),
+        &config.pool,
+    );
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // tonic-health reports SERVING for a registered service at once: readiness starts
     // NOT_SERVING until the monitor has seen the database.
@@ -131,6 +140,7 @@ pub async fn serve(
     let stopping = CancellationToken::new();
     tasks.spawn(health::monitor(
         config.database.clone(),
+        config.database_tls.clone(),
         reporter.clone(),
         config.health_interval,
         stopping.clone(),

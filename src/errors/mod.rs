@@ -21,25 +21,29 @@ pub const POSTGRES_DOMAIN: &str = "postgresql";
 pub const GATEWAY_DOMAIN: &str = "pgway";
 
 /// Why a connection to the database could not be opened.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, Default, thiserror::Error)]
 #[error("{message}")]
 pub struct ConnectError {
     /// What went wrong, without the connection string or password.
     pub message: String,
     /// The SQLSTATE when PostgreSQL itself refused (wrong password, no such database, ...).
     pub sqlstate: Option<SqlState>,
+    /// TLS failed for a reason of configuration: the server's certificate doesn't verify, the
+    /// server offers no TLS though sslmode requires it, it refused our client certificate.
+    pub tls_rejected: bool,
 }
 
 impl ConnectError {
     /// A refusal that retrying will not cure: bad credentials, a missing database or role.
     /// Callers are told at once instead of waiting for the acquire timeout.
     pub fn is_permanent(&self) -> bool {
-        self.sqlstate.as_ref().is_some_and(|state| {
-            let code = state.code();
-            code.starts_with("28") // invalid_authorization_specification, invalid_password
+        self.tls_rejected
+            || self.sqlstate.as_ref().is_some_and(|state| {
+                let code = state.code();
+                code.starts_with("28") // invalid_authorization_specification, invalid_password
                 || *state == SqlState::INVALID_CATALOG_NAME
                 || *state == SqlState::INSUFFICIENT_PRIVILEGE
-        })
+            })
     }
 }
 
@@ -47,6 +51,7 @@ impl ConnectError {
     /// A closed set of kinds, for the `pgway_connection_errors_total{kind}` metric.
     pub fn kind(&self) -> &'static str {
         match &self.sqlstate {
+            _ if self.tls_rejected => "tls",
             Some(state) if state.code().starts_with("28") => "auth",
             Some(state) if *state == SqlState::INVALID_CATALOG_NAME => "database_missing",
             Some(state) if *state == SqlState::TOO_MANY_CONNECTIONS => "too_many_connections",
@@ -66,11 +71,21 @@ impl From<tokio_postgres::Error> for ConnectError {
             Some(db) => ConnectError {
                 message: db.message().to_owned(),
                 sqlstate: Some(db.code().clone()),
+                tls_rejected: false,
             },
-            // tokio-postgres' own messages (I/O, timeout, TLS) name neither user nor password.
-            None => ConnectError {
-                message: error.to_string(),
-                sqlstate: None,
+            // tokio-postgres' TLS error says only "error performing TLS handshake": the cause
+            // (a rejected certificate, ...) is in its source.
+            None => match crate::dbtls::failure(&error) {
+                Some(failure) => ConnectError {
+                    message: failure.message,
+                    sqlstate: None,
+                    tls_rejected: failure.permanent,
+                },
+                // tokio-postgres' own messages (I/O, timeout) name neither user nor password.
+                None => ConnectError {
+                    message: error.to_string(),
+                    ..ConnectError::default()
+                },
             },
         }
     }
@@ -534,23 +549,34 @@ mod tests {
         let refused = ConnectError {
             message: "password authentication failed".into(),
             sqlstate: Some(SqlState::INVALID_PASSWORD),
+            tls_rejected: false,
         };
         assert!(refused.is_permanent());
         let missing = ConnectError {
             message: "database does not exist".into(),
             sqlstate: Some(SqlState::INVALID_CATALOG_NAME),
+            tls_rejected: false,
         };
         assert!(missing.is_permanent());
         let starting = ConnectError {
             message: "the database system is starting up".into(),
             sqlstate: Some(SqlState::CANNOT_CONNECT_NOW),
+            tls_rejected: false,
         };
         assert!(!starting.is_permanent());
         let io = ConnectError {
             message: "connection refused".into(),
             sqlstate: None,
+            tls_rejected: false,
         };
         assert!(!io.is_permanent());
+        let certificate = ConnectError {
+            message: "the database server's TLS certificate was rejected".into(),
+            sqlstate: None,
+            tls_rejected: true,
+        };
+        assert!(certificate.is_permanent());
+        assert_eq!(certificate.kind(), "tls");
     }
 
     #[test]
