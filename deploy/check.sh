@@ -11,9 +11,11 @@
 #      >= 4.4), else a check of their keys against Quadlet's list; the SELinux module compiles;
 #   4. a static release binary is built, the runtime image is built from it with podman
 #      (nothing pulled), run with --network host against a throwaway PostgreSQL started here,
-#      and must: report SERVING for readiness (from the host and through its HEALTHCHECK),
-#      answer a Query, go NOT_SERVING (readiness only) while the database is down and come
-#      back, let an in-flight call finish on `podman stop`, and exit 0 within the grace.
+#      and must: report SERVING for readiness (from the host and through its HEALTHCHECK,
+#      without credentials), answer a Query with a bearer token from a mounted podman
+#      secret and refuse one without it (Unauthenticated), go NOT_SERVING (readiness only)
+#      while the database is down and come back, let an in-flight call finish on
+#      `podman stop`, and exit 0 within the grace.
 #
 # Runs as root on Debian 12 (CI), installs what it needs, cleans up after itself (also on
 # failure), and can be run again. Environment: CARGO_TARGET_DIR (kept between runs),
@@ -29,6 +31,7 @@ BINARY="$TARGET_DIR/$TARGET/release/pgway"
 IMAGE=localhost/pgway:check
 CONTAINER=pgway-check
 SECRET=pgway-check-database-url
+TOKENS_SECRET=pgway-check-tokens
 GRACE="${PGWAY_CHECK_GRACE:-10}"
 PG_BIN=/usr/lib/postgresql/15/bin
 CHART=helm/pgway
@@ -54,6 +57,7 @@ cleanup() {
         fi
         podman rm -f -t 0 "$CONTAINER" >/dev/null 2>&1
         podman secret rm "$SECRET" >/dev/null 2>&1
+        podman secret rm "$TOKENS_SECRET" >/dev/null 2>&1
         if [ "${PGWAY_CHECK_KEEP_IMAGE:-0}" != 1 ]; then
             podman rmi -f "$IMAGE" >/dev/null 2>&1
             # The build's intermediate stage images: those that were not there before it.
@@ -166,7 +170,7 @@ kval "$WORK/exec.yaml" 1.25.0
 kval "$WORK/full.yaml" 1.30.0
 kval "$WORK/full.yaml" 1.37.0
 
-if python3 - "$WORK" <<'PY'; then ok "rendered manifests: probes, security context, grace, secret"; else bad "rendered manifests: probes, security context, grace, secret"; fi
+if python3 - "$WORK" <<'PY'; then ok "rendered manifests: probes, security context, grace, secrets, auth"; else bad "rendered manifests: probes, security context, grace, secrets, auth"; fi
 import sys, yaml
 work = sys.argv[1]
 def deployment(name):
@@ -193,6 +197,19 @@ for name in ("default", "full", "exec"):
     need(psc["seccompProfile"]["type"] == "RuntimeDefault", f"{name}: seccomp RuntimeDefault")
     need("memory" in c["resources"]["limits"], f"{name}: memory limit")
     probes = {k: c[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+    # Callers authenticate, or the gateway runs open on purpose: pgway refuses to start otherwise.
+    files = [k for k in ("PGWAY_AUTH_TOKENS_FILE", "PGWAY_JWT_SECRET_FILE", "PGWAY_JWT_JWKS_FILE") if k in env]
+    is_open = env.get("PGWAY_AUTH", {}).get("value") == "none"
+    need(is_open != bool(files), f"{name}: PGWAY_AUTH=none or credential files (one of the two)")
+    need(env.get("PGWAY_AUTH_PUBLIC_HEALTH", {}).get("value", "true") == "true", f"{name}: health answers the probes without credentials")
+    if files:
+        mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+        vols = {v["name"]: v for v in pod.get("volumes", [])}
+        m = mounts.get("/etc/pgway/auth", {})
+        need(m.get("name") in vols and "secret" in vols[m["name"]] and m.get("readOnly") is True and "subPath" not in m,
+             f"{name}: auth Secret mounted read-only as a directory")
+        for k in files:
+            need(env[k]["value"].startswith("/etc/pgway/auth/"), f"{name}: {k} in the auth Secret")
     if "PGWAY_TLS_CERT" in env:
         # The kubelet's gRPC probes speak plaintext only: a TLS port is probed by `pgway probe -tls`.
         for k, p in probes.items():
@@ -307,6 +324,25 @@ for key, want in [("ReadOnly", "true"), ("NoNewPrivileges", "true"), ("DropCapab
         errors.append(f"{key}={want} expected")
 if not any(s.startswith("pgway-database-url,") and "target=PGWAY_DATABASE_URL" in s for s in kv.get("Secret", [])):
     errors.append("Secret= for PGWAY_DATABASE_URL expected")
+# Callers authenticate: the tokens file is a Podman secret mounted as a file the user can read.
+tokens = env.get("PGWAY_AUTH_TOKENS_FILE", "")
+mounted = {}
+for s in kv.get("Secret", []):
+    name, _, opts = s.partition(",")
+    o = dict(x.split("=", 1) for x in opts.split(",") if "=" in x)
+    if o.get("type", "mount") == "mount":
+        target = o.get("target", name)
+        mounted[target if target.startswith("/") else "/run/secrets/" + target] = o
+if env.get("PGWAY_AUTH") == "none":
+    errors.append("PGWAY_AUTH=none: the unit must run with credentials")
+elif tokens not in mounted:
+    errors.append(f"PGWAY_AUTH_TOKENS_FILE={tokens!r} is not a Secret=...,type=mount target")
+elif mounted[tokens].get("uid") not in (None, kv.get("User", [None])[0]) and int(mounted[tokens].get("mode", "0444"), 8) & 0o004 == 0:
+    errors.append("the tokens secret is not readable by the container's user")
+# A read-only root without ReadOnlyTmpfs has no /run/secrets: podman can't create the mount
+# point there (tested with podman 4.3: "read-only file system"), so a Tmpfs= must provide it.
+if mounted and not any(t.split(":", 1)[0] in ("/run", "/run/secrets") for t in kv.get("Tmpfs", [])):
+    errors.append("Secret=...,type=mount on ReadOnly=true needs Tmpfs=/run/secrets:...")
 # Exec form only: a plain string runs under /bin/sh -c, and the image has no shell.
 try:
     health = json.loads(kv.get("HealthCmd", [""])[0])
@@ -346,14 +382,20 @@ if grep -q 'INTERP\|(NEEDED)' <<<"$elf"; then
 fi
 ok "static binary $(du -h "$BINARY" | cut -f1) built in $(( ($(now_ms) - start) / 1000 ))s"
 
-# Every PGWAY_* setting of `pgway serve --help` must reach the container from chart values.
-if python3 - "$BINARY" "$WORK/full.yaml" <<'PY'; then ok "every PGWAY_* setting of pgway serve --help is reachable from chart values"; else bad "PGWAY_* settings missing from the chart"; fi
+# Every PGWAY_* setting of `pgway serve --help` must reach the container from chart values:
+# from full.yaml, except PGWAY_AUTH=none, which excludes credentials and comes from exec.yaml.
+if python3 - "$BINARY" "$WORK/full.yaml" "$WORK/exec.yaml" <<'PY'; then ok "every PGWAY_* setting of pgway serve --help is reachable from chart values"; else bad "PGWAY_* settings missing from the chart"; fi
 import re, subprocess, sys, yaml
 helptext = subprocess.run([sys.argv[1], "serve", "--help"], capture_output=True, text=True, check=True).stdout
 settings = set(re.findall(r"\benv: (PGWAY_[A-Z0-9_]+)", helptext)) | {"PGWAY_LOG"}
-dep = next(d for d in yaml.safe_load_all(open(sys.argv[2])) if d and d["kind"] == "Deployment")
-env = {e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-missing = sorted(settings - env)
+def env(path):
+    dep = next(d for d in yaml.safe_load_all(open(path)) if d and d["kind"] == "Deployment")
+    return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+full, open_ = env(sys.argv[2]), env(sys.argv[3])
+exclusive = {"PGWAY_AUTH"}
+missing = sorted(settings - exclusive - set(full))
+if open_.get("PGWAY_AUTH") != "none":
+    missing.append("PGWAY_AUTH=none (in exec-probes.yaml)")
 print(f"  {len(settings)} settings: " + " ".join(sorted(settings)))
 if missing:
     print("  not set by deploy/helm-tests/full.yaml through the chart's config: " + " ".join(missing))
@@ -365,6 +407,7 @@ PY
 log "runtime image (podman, from the prebuilt binary, nothing pulled)"
 podman rm -f -t 0 "$CONTAINER" >/dev/null 2>&1 || true
 podman secret rm "$SECRET" >/dev/null 2>&1 || true
+podman secret rm "$TOKENS_SECRET" >/dev/null 2>&1 || true
 podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
 podman images -aq --no-trunc | sort -u >"$WORK/images.before"
 mkdir -p "$WORK/context"
@@ -420,15 +463,23 @@ pg_start || { cat "$PG_LOG"; die "PostgreSQL start"; }
 ok "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
 
 # ---------------------------------------------------------------------------------------
-log "run the image: --network host, read-only, no capabilities, URL from a podman secret"
+log "run the image: --network host, read-only, no capabilities, URL and tokens from podman secrets"
 # The database host is a name that only the container's /etc/hosts knows, so the static
 # binary's name resolution is exercised too.
 printf 'postgres://postgres@pgway-check-db:%s/postgres' "$PG_PORT" | podman secret create "$SECRET" - >/dev/null
+# Callers authenticate with a bearer token: the tokens file is a podman secret mounted as a
+# file (at /run/secrets/pgway-tokens) that only the container's user can read. The read-only
+# root has no /run/secrets to mount it on, so a tiny tmpfs provides one.
+TOKEN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+printf '# deploy/check.sh\n%s\n' "$TOKEN" | podman secret create "$TOKENS_SECRET" - >/dev/null
 run_args=(
     --name "$CONTAINER" --network host --add-host "pgway-check-db:127.0.0.1"
     --read-only --read-only-tmpfs=false --cap-drop all --security-opt no-new-privileges
     --user 65532:65532 --memory 192m
     --secret "$SECRET,type=env,target=PGWAY_DATABASE_URL"
+    --tmpfs /run/secrets:rw,size=64k,mode=0755,nosuid,nodev,noexec
+    --secret "$TOKENS_SECRET,type=mount,target=pgway-tokens,uid=65532,gid=65532,mode=0400"
+    -e PGWAY_AUTH_TOKENS_FILE=/run/secrets/pgway-tokens
     -e "PGWAY_GRPC_ADDR=127.0.0.1:$GRPC_PORT" -e "PGWAY_METRICS_ADDR=127.0.0.1:$METRICS_PORT"
     -e "PGWAY_SHUTDOWN_GRACE=${GRACE}s" -e PGWAY_HEALTH_INTERVAL=200ms -e PGWAY_POOL_MAX=4
     # The image's HEALTHCHECK with the port moved off 50051 for CI.
@@ -468,13 +519,22 @@ else
 fi
 if podman healthcheck run "$CONTAINER"; then ok "podman healthcheck run: healthy"; else bad "podman healthcheck run"; fi
 
-query="$(grpcurl -plaintext -max-time 10 -d '{"sql":"SELECT 41 + 1 AS answer, current_user AS who"}' \
+query="$(grpcurl -plaintext -max-time 10 -H "authorization: Bearer $TOKEN" \
+    -d '{"sql":"SELECT 41 + 1 AS answer, current_user AS who"}' \
     "127.0.0.1:$GRPC_PORT" pgway.v1.Database/Query 2>&1)" || true
 if grep -q '"intValue": "42"' <<<"$query" && grep -q '"stringValue": "postgres"' <<<"$query"; then
     ok "grpcurl pgway.v1.Database/Query through the container: 42, postgres"
 else
     echo "$query"
     bad "grpcurl Query"
+fi
+refused="$(grpcurl -plaintext -max-time 10 -d '{"sql":"SELECT 1"}' \
+    "127.0.0.1:$GRPC_PORT" pgway.v1.Database/Query 2>&1)" && refused_rc=0 || refused_rc=$?
+if [ "$refused_rc" -ne 0 ] && grep -q 'Code: Unauthenticated' <<<"$refused"; then
+    ok "grpcurl Query without the token: refused, Unauthenticated"
+else
+    echo "$refused"
+    bad "grpcurl Query without the token was not refused with Unauthenticated"
 fi
 if python3 - "$METRICS_PORT" <<'PY'; then ok "metrics at /metrics"; else bad "metrics at /metrics"; fi
 import sys, urllib.request
@@ -496,7 +556,7 @@ if probe pgway.v1.Database; then ok "database back: readiness SERVING again"; el
 
 # ---------------------------------------------------------------------------------------
 log "podman stop -t $GRACE with a call in flight"
-grpcurl -plaintext -max-time 30 -d '{"sql":"SELECT pg_sleep(2)::text AS slept"}' \
+grpcurl -plaintext -max-time 30 -H "authorization: Bearer $TOKEN" -d '{"sql":"SELECT pg_sleep(2)::text AS slept"}' \
     "127.0.0.1:$GRPC_PORT" pgway.v1.Database/Query >"$WORK/inflight.out" 2>&1 &
 inflight=$!
 # Stop only once the call is really running in PostgreSQL: SIGTERM before the call arrives

@@ -124,8 +124,43 @@ maxConnections - reservedConnections. Prints the per-pod and total numbers as "p
 {{- printf "%d %d" $perPod $total }}
 {{- end }}
 
+{{/*
+Callers' credentials, checked: pgway refuses to start without credentials unless PGWAY_AUTH is
+none, and with both. Prints the PGWAY_*_FILE variables of auth.secretName's keys as
+"NAME=path" lines; nothing when the gateway runs open.
+*/}}
+{{- define "pgway.authFiles" -}}
+{{- $auth := .Values.auth }}
+{{- $config := .Values.config }}
+{{- $open := eq (toString (index $config "auth")) "none" }}
+{{- $files := list }}
+{{- if $auth.tokensKey }}{{- $files = append $files (printf "PGWAY_AUTH_TOKENS_FILE=/etc/pgway/auth/%s" $auth.tokensKey) }}{{- end }}
+{{- if $auth.jwtSecretKey }}{{- $files = append $files (printf "PGWAY_JWT_SECRET_FILE=/etc/pgway/auth/%s" $auth.jwtSecretKey) }}{{- end }}
+{{- if $auth.jwksKey }}{{- $files = append $files (printf "PGWAY_JWT_JWKS_FILE=/etc/pgway/auth/%s" $auth.jwksKey) }}{{- end }}
+{{- if and $files (not $auth.secretName) }}
+{{- fail "auth.tokensKey / auth.jwtSecretKey / auth.jwksKey need auth.secretName: the Secret they are keys of" }}
+{{- end }}
+{{- if and $auth.secretName (not $files) }}
+{{- fail (printf "auth.secretName (%s) names no key: set auth.tokensKey and/or auth.jwtSecretKey / auth.jwksKey" $auth.secretName) }}
+{{- end }}
+{{- if and $open $files }}
+{{- fail "config.auth is none, but auth.secretName configures credentials too: pgway refuses to start with both, so unset one" }}
+{{- end }}
+{{- if not (or $open $files) }}
+{{- fail "no caller authentication configured: pgway refuses to start without it. Set auth.secretName (a Secret mounted at /etc/pgway/auth) with auth.tokensKey and/or auth.jwtSecretKey / auth.jwksKey, or set config.auth=none to let anyone who reaches the gRPC port call" }}
+{{- end }}
+{{- if and (or $auth.jwtSecretKey $auth.jwksKey) (not (index $config "jwtAllowedRoles")) }}
+{{- fail "auth.jwtSecretKey / auth.jwksKey accept JWTs: set config.jwtAllowedRoles to the roles they may run as (comma-separated, such as anon,authenticated)" }}
+{{- end }}
+{{- if eq (toString (index $config "authPublicHealth")) "false" }}
+{{- fail "config.authPublicHealth=false makes the health service ask for credentials, which the chart's startup, liveness and readiness probes can't send: the pods would never become ready. Leave it null or true" }}
+{{- end }}
+{{- join "\n" $files }}
+{{- end }}
+
 {{/* The container's environment: every PGWAY_* setting reachable from values. */}}
 {{- define "pgway.env" -}}
+{{- $authFiles := include "pgway.authFiles" . }}
 - name: PGWAY_DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -154,6 +189,12 @@ maxConnections - reservedConnections. Prints the per-pod and total numbers as "p
 {{- with (include "pgway.tlsClientCA" .) }}
 - name: PGWAY_TLS_CLIENT_CA
   value: {{ . | quote }}
+{{- end }}
+{{- range (splitList "\n" $authFiles) }}
+{{- with . }}
+- name: {{ index (splitList "=" .) 0 }}
+  value: {{ index (splitList "=" .) 1 | quote }}
+{{- end }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
