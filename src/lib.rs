@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`auth`]: who may call (bearer tokens, JWTs) and as which database role; per-caller limits.
+//! - [`codec`]: prost's codec, with undecodable requests answered as INVALID_ARGUMENT.
 //! - [`config`]: command line and environment settings, typed and validated at start-up.
 //! - [`pool`]: the bb8 connection manager, pgway's own connection type (client, statement cache,
 //!   state flags) and the checkout path that surfaces connect errors.
@@ -31,6 +32,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod auth;
+pub mod codec;
 pub mod config;
 pub mod dbtls;
 pub mod deadline;

@@ -163,7 +163,7 @@ fn param_from_proto(value: &proto::Value, ty: &Type) -> Result<Param, String> {
         V::ArrayValue(array) => match base.kind() {
             Kind::Array(element) => {
                 let mut literal = String::new();
-                array_literal(array, element, &mut literal)?;
+                array_literal(array, element, &mut literal, 1)?;
                 Ok(Param::Text(literal))
             }
             _ => Err(mismatch(kind, base)),
@@ -266,13 +266,22 @@ fn float_text(v: f64) -> String {
     }
 }
 
+/// PostgreSQL's MAXDIM: deeper arrays are refused before they are sent.
+const MAX_ARRAY_DIMENSIONS: usize = 6;
+
 /// Writes an array value in PostgreSQL's array input syntax (`{1,2,NULL}`, `{{"a"},{"b"}}`),
 /// checking each element against the element type as a single parameter would be checked.
 fn array_literal(
     array: &proto::ArrayValue,
     element: &Type,
     out: &mut String,
+    depth: usize,
 ) -> Result<(), String> {
+    if depth > MAX_ARRAY_DIMENSIONS {
+        return Err(format!(
+            "an array has at most {MAX_ARRAY_DIMENSIONS} dimensions (PostgreSQL's limit)"
+        ));
+    }
     let base = base_type(element);
     // Elements are separated by the element type's typdelim: ',' for every built-in type but
     // box, whose text has commas in it (the delimiter isn't settable for user-defined types).
@@ -312,7 +321,9 @@ fn array_literal(
                 out.push_str(&float_text(*v));
             }
             // A nested array is the next dimension of the same array type.
-            V::ArrayValue(inner) => array_literal(inner, element, out).map_err(in_element)?,
+            V::ArrayValue(inner) => {
+                array_literal(inner, element, out, depth + 1).map_err(in_element)?
+            }
             V::BoolValue(_) | V::BytesValue(_) => return Err(in_element(mismatch(kind, base))),
         }
     }
@@ -880,7 +891,7 @@ mod tests {
             ],
         };
         let mut out = String::new();
-        array_literal(&array, &Type::TEXT, &mut out).expect("a text array");
+        array_literal(&array, &Type::TEXT, &mut out, 1).expect("a text array");
         assert_eq!(out, r#"{"a \"b\" \\c",NULL}"#);
         let nested = proto::ArrayValue {
             values: vec![
@@ -893,7 +904,7 @@ mod tests {
             ],
         };
         let mut out = String::new();
-        array_literal(&nested, &Type::INT4, &mut out).expect("a 2-D int array");
+        array_literal(&nested, &Type::INT4, &mut out, 1).expect("a 2-D int array");
         assert_eq!(out, "{{1},{2}}");
     }
 

@@ -311,7 +311,8 @@ async fn cancel_requests_use_tls() {
 }
 
 fn validate(url: &str) -> Result<pgway::config::Config, pgway::config::ConfigError> {
-    let cli = Cli::try_parse_from(["pgway", "serve", "--database-url", url]).unwrap();
+    let cli =
+        Cli::try_parse_from(["pgway", "serve", "--auth", "none", "--database-url", url]).unwrap();
     let Some(Command::Serve(args)) = cli.command else {
         panic!("not a serve command")
     };

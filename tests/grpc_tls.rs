@@ -353,6 +353,8 @@ fn unusable_tls_files_stop_start_up_with_their_name() {
             "serve",
             "--database-url",
             "postgres://u@127.0.0.1/db",
+            "--auth",
+            "none",
         ];
         argv.extend_from_slice(extra);
         let Some(Command::Serve(args)) = Cli::try_parse_from(argv).unwrap().command else {

@@ -854,3 +854,129 @@ async fn reqwest_free_get(port: u16) -> String {
     socket.read_to_string(&mut body).await.unwrap();
     body
 }
+
+/// Nasty input gets a clean error (never INTERNAL or UNKNOWN, never a crash), and the gateway
+/// keeps serving.
+#[tokio::test]
+async fn hostile_input_gets_clean_errors() {
+    let gw = Gateway::start().await;
+    let mut client = gw.client().await;
+    run(&mut client, "CREATE TABLE precious (a int)", vec![]).await;
+
+    let mut nested = int(1);
+    // Deeper than PostgreSQL's 6 dimensions, within protobuf's nesting limit.
+    for _ in 0..20 {
+        nested = array(vec![nested]);
+    }
+    let cases: Vec<(&str, Vec<proto::Value>)> = vec![
+        ("SELECT 1; DROP TABLE precious", vec![]),
+        ("SELECT $1::int[]", vec![nested]),
+        ("SELECT $1::int", vec![boolean(true)]),
+        ("SELECT $1::uuid", vec![bytes(b"not a uuid")]),
+        ("SELECT $1::int", vec![array(vec![int(1)])]),
+        ("SELECT $1::int[]", vec![int(1)]),
+        ("SELECT $1::int2", vec![int(1 << 40)]),
+        ("SELECT $1::text", vec![text("a\0b")]),
+        ("SELECT $1, $2", vec![int(1)]),
+        (
+            "SELECT $1::int[]",
+            vec![array(vec![int(1), array(vec![int(2)])])],
+        ),
+        ("SELECT $1::int", vec![proto::Value { kind: None }]),
+    ];
+    for (sql, params) in cases {
+        let status = client.query(query(sql, params)).await.unwrap_err();
+        assert!(
+            matches!(
+                status.code(),
+                Code::InvalidArgument | Code::FailedPrecondition
+            ),
+            "{sql}: {status:?}"
+        );
+    }
+    // Past protobuf's nesting limit, and a string that isn't UTF-8: the message itself is bad.
+    let mut deep = int(1);
+    for _ in 0..200 {
+        deep = array(vec![deep]);
+    }
+    let status = client
+        .query(query("SELECT $1", vec![deep]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().len() < 1000);
+    // QueryRequest { sql: "SELECT '\xff'" } by hand: field 1, length 10.
+    let raw = b"\x0a\x0aSELECT '\xff'".to_vec();
+    let status = raw_call(gw.channel().await, "/pgway.v1.Database/Query", raw)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // The multi-statement string ran nothing.
+    run(&mut client, "SELECT count(*) FROM precious", vec![]).await;
+
+    // A large array is fine.
+    let big = array((0..200_000).map(int).collect());
+    let response = run(
+        &mut client,
+        "SELECT cardinality($1::int8[])::int8",
+        vec![big],
+    )
+    .await;
+    assert_eq!(scalar(&response), Some(Kind::IntValue(200_000)));
+}
+
+/// Sends `body` as the protobuf message of a unary call, byte for byte.
+async fn raw_call(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    use bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Default)]
+    struct Raw;
+    struct RawEncoder;
+    struct RawDecoder;
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = ();
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for RawDecoder {
+        type Item = ();
+        type Error = tonic::Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<()>, Self::Error> {
+            let remaining = buf.remaining();
+            buf.advance(remaining);
+            Ok(Some(()))
+        }
+    }
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.unary(
+        Request::new(body),
+        http::uri::PathAndQuery::from_static(path),
+        Raw,
+    )
+    .await
+    .map(drop)
+}

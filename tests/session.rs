@@ -17,7 +17,8 @@ fn leaks(role: &str) -> Vec<(String, String, Kind)> {
         (
             "SET statement_timeout = '1234ms'".into(),
             "SHOW statement_timeout".into(),
-            Kind::StringValue("0".into()),
+            // The gateway's own setting (PGWAY_STATEMENT_TIMEOUT, from the request timeout).
+            Kind::StringValue("30s".into()),
         ),
         (
             "SELECT set_config('app.tenant', 'acme', false)".into(),
