@@ -4,6 +4,7 @@
     pip install -r examples/requirements.txt             # Python 3.9+
     cargo run -- dev                                     # a gateway on a throwaway database
     python3 examples/client.py --addr 127.0.0.1:50051
+    PGWAY_TOKEN=… python3 examples/client.py --addr gw:50051   # a gateway that checks tokens
 
 The stubs are generated at run time from proto/pgway/v1/pgway.proto into a temporary directory,
 so no generated code is committed. The run checks every value it reads back and exits non-zero
@@ -11,6 +12,7 @@ on any unexpected error, so it doubles as a smoke test of a gateway.
 """
 
 import argparse
+import os
 import importlib
 import importlib.resources
 import queue
@@ -186,15 +188,39 @@ def demo(db, pb):
                    ("DIVISION_BY_ZERO", "postgresql", "22012"), "ErrorInfo of a division by zero")
 
 
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                  grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call."""
+
+    def __init__(self, token):
+        self.metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        metadata = list(details.metadata or []) + [self.metadata]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--addr", default="127.0.0.1:50051", help="the gateway's host:port")
     parser.add_argument("--proto", type=Path, default=PROTO_ROOT, help="the proto/ directory")
+    parser.add_argument("--token", default=os.environ.get("PGWAY_TOKEN"),
+                        help="bearer token (default: $PGWAY_TOKEN; none for an open gateway)")
     args = parser.parse_args()
     pb, rpc = load_stubs(args.proto)
-    with grpc.insecure_channel(args.addr) as channel:
+    with grpc.insecure_channel(args.addr) as plain:
+        channel = grpc.intercept_channel(plain, BearerToken(args.token)) if args.token else plain
         try:
-            grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
+            grpc.channel_ready_future(plain).result(timeout=TIMEOUT)
         except grpc.FutureTimeoutError:
             print(f"cannot reach a gateway at {args.addr}", file=sys.stderr)
             return 2

@@ -75,11 +75,16 @@ async fn require_python_grpc() {
 #[tokio::test]
 async fn python_example_client_runs_and_checks_itself() {
     require_python_grpc().await;
-    let gw = Gateway::start().await;
+    // A gateway that checks tokens, as deployed ones do.
+    let dir = tempfile::tempdir().unwrap();
+    let token = "example-token-0123456789abcdef";
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, token).unwrap();
+    let gw = Gateway::with_settings(&["--auth-tokens-file", tokens.to_str().unwrap()]).await;
     let addr = gw.addr.to_string();
     let output = run_tool(
         "python3",
-        &["examples/client.py", "--addr", &addr],
+        &["examples/client.py", "--addr", &addr, "--token", token],
         PYTHON_HINT,
     )
     .await;
