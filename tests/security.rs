@@ -378,6 +378,54 @@ async fn jwks_keys_decide_the_algorithm() {
     }
 }
 
+/// RS256 keys from a JWKS file, picked by `kid`; a token signed by another RSA key is refused.
+#[tokio::test]
+async fn rs256_tokens_are_checked_against_the_jwks() {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::traits::PublicKeyParts;
+
+    let key = || {
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let der = key.to_pkcs1_der().unwrap().as_bytes().to_vec();
+        (key, der)
+    };
+    let (public, signer) = key();
+    let (_, stranger) = key();
+    let jwk = json!({
+        "kty": "RSA", "kid": "r1", "alg": "RS256", "use": "sig",
+        "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
+        "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = write(dir.path(), "jwks.json", &json!({"keys": [jwk]}).to_string());
+    let gw = Gateway::with_settings(&[
+        "--jwt-jwks-file",
+        jwks.to_str().unwrap(),
+        "--jwt-allowed-roles",
+        "pg_read_all_data",
+    ])
+    .await;
+    let mut client = gw.client().await;
+    let rs256 = |der: &[u8]| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("r1".into());
+        jsonwebtoken::encode(
+            &header,
+            &user("pg_read_all_data", "u1"),
+            &EncodingKey::from_rsa_der(der),
+        )
+        .unwrap()
+    };
+    let response = query_as(&mut client, &rs256(&signer), "SELECT current_user::text")
+        .await
+        .unwrap();
+    assert_eq!(texts(&response), ["pg_read_all_data"]);
+    let status = query_as(&mut client, &rs256(&stranger), "SELECT 1")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
 /// The Supabase recipe end to end: the gateway logs in as `authenticator`, each JWT caller
 /// runs as its role with its claims, RLS policies keep alice and bob apart over every RPC, a
 /// caller can't change who it is, and nothing of a caller's identity stays on the connection.
