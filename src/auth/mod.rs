@@ -17,7 +17,7 @@ pub mod tokens;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use ::metrics::counter;
 use tokio_util::sync::CancellationToken;
@@ -104,11 +104,15 @@ pub struct Watched<T> {
     path: PathBuf,
     parse: fn(&[u8]) -> Result<T, String>,
     current: RwLock<Arc<T>>,
-    stamp: RwLock<Option<(SystemTime, u64)>>,
+    /// SHA-256 of the contents last read: a change is seen by content, so a Kubernetes Secret
+    /// swapped in through a symlink counts even when sizes and times say nothing.
+    digest: RwLock<[u8; 32]>,
 }
 
-fn stamp_of(metadata: &std::fs::Metadata) -> Option<(SystemTime, u64)> {
-    metadata.modified().ok().map(|m| (m, metadata.len()))
+fn digest_of(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
 }
 
 impl<T> Watched<T> {
@@ -120,13 +124,12 @@ impl<T> Watched<T> {
     ) -> Result<Watched<T>, String> {
         let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
         let value = parse(&bytes).map_err(|e| format!("{path:?}: {e}"))?;
-        let stamp = std::fs::metadata(&path).ok().as_ref().and_then(stamp_of);
         Ok(Watched {
             setting,
             path,
             parse,
             current: RwLock::new(Arc::new(value)),
-            stamp: RwLock::new(stamp),
+            digest: RwLock::new(digest_of(&bytes)),
         })
     }
 
@@ -136,24 +139,27 @@ impl<T> Watched<T> {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Re-reads the file if it changed (or always, when `force`); keeps the old contents if
-    /// the new ones don't parse.
+    /// Re-reads the file and takes its contents if they changed (or always, when `force`);
+    /// keeps the old contents if the new ones don't parse. The files are small (tokens, a
+    /// secret, a JWKS), so reading them every few seconds costs nothing worth saving.
     async fn refresh(&self, force: bool) {
-        let Ok(metadata) = tokio::fs::metadata(&self.path).await else {
-            warn!(setting = self.setting, path = ?self.path, "cannot read the file; keeping what was loaded");
-            return;
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                warn!(setting = self.setting, path = ?self.path, %error, "cannot read the file; keeping what was loaded");
+                return;
+            }
         };
-        let stamp = stamp_of(&metadata);
-        let known = *self.stamp.read().unwrap_or_else(|e| e.into_inner());
-        if !force && stamp == known {
-            return;
+        let digest = digest_of(&bytes);
+        {
+            let mut known = self.digest.write().unwrap_or_else(|e| e.into_inner());
+            if !force && *known == digest {
+                return;
+            }
+            // A broken version is reported once, not at every tick.
+            *known = digest;
         }
-        let outcome = match tokio::fs::read(&self.path).await {
-            Ok(bytes) => (self.parse)(&bytes),
-            Err(e) => Err(e.to_string()),
-        };
-        *self.stamp.write().unwrap_or_else(|e| e.into_inner()) = stamp;
-        match outcome {
+        match (self.parse)(&bytes) {
             Ok(value) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(value);
                 counter!(metrics::AUTH_RELOADS, "setting" => self.setting, "outcome" => "ok")
@@ -319,7 +325,9 @@ impl tonic::service::Interceptor for AuthInterceptor {
                     Refused::PermissionDenied(_) => "role",
                 };
                 counter!(metrics::AUTH_FAILURES, "reason" => reason).increment(1);
-                tracing::info!(reason, "call refused by authentication");
+                // The call's own `call finished` line (code UNAUTHENTICATED) is the record at
+                // info; this says why, without flooding the log under a credential-guessing run.
+                tracing::debug!(reason, "call refused by authentication");
                 Err(GatewayError::from(refused).into())
             }
         }
