@@ -6,7 +6,7 @@
 //! UNAUTHENTICATED and costs no database round trip. The [`Caller`] it finds travels with the
 //! request to the handlers: a token caller runs as the gateway's own database role, a JWT
 //! caller runs as its `role` claim with its claims in `request.jwt.claims`
-//! (see [`crate::execute::RowSecurity`]). [`limits`] caps what one caller may hold at once.
+//! (see [`crate::execute::query`]). [`limits`] caps what one caller may hold at once.
 //!
 //! The token, secret and JWKS files are re-read when they change (polled) and on SIGHUP; a
 //! file that fails to parse keeps the previous contents in force.
