@@ -165,8 +165,13 @@ async fn grpcurl_works_through_reflection() {
         "grpcurl does not run: {GRPCURL_HINT}\n{}",
         printed(&version)
     );
-    let gw = Gateway::start().await;
+    // Credentials for the Database service; reflection and health stay open to tools.
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "grpcurl-token-0123456789abcdef").unwrap();
+    let gw = Gateway::with_settings(&["--auth-tokens-file", tokens.to_str().unwrap()]).await;
     let addr = gw.addr.to_string();
+    let auth = "authorization: Bearer grpcurl-token-0123456789abcdef";
 
     let services = grpcurl_ok(&[], &addr, &["list"]).await;
     let services: Vec<&str> = services.lines().map(str::trim).collect();
@@ -197,11 +202,15 @@ async fn grpcurl_works_through_reflection() {
         "{value}"
     );
 
+    let query = r#"{"sql":"SELECT $1::int4 + 1 AS n","params":[{"intValue":"41"}]}"#;
+    let refused = grpcurl(&["-d", query], &addr, &["pgway.v1.Database/Query"]).await;
+    assert!(
+        printed(&refused).contains("Code: Unauthenticated"),
+        "{}",
+        printed(&refused)
+    );
     let reply = grpcurl_ok(
-        &[
-            "-d",
-            r#"{"sql":"SELECT $1::int4 + 1 AS n","params":[{"intValue":"41"}]}"#,
-        ],
+        &["-H", auth, "-d", query],
         &addr,
         &["pgway.v1.Database/Query"],
     )
@@ -217,7 +226,7 @@ async fn grpcurl_works_through_reflection() {
 
     // An error keeps its code and message.
     let failed = grpcurl(
-        &["-d", r#"{"sql":"SELECT 1/0"}"#],
+        &["-H", auth, "-d", r#"{"sql":"SELECT 1/0"}"#],
         &addr,
         &["pgway.v1.Database/Query"],
     )
