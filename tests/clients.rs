@@ -248,6 +248,25 @@ async fn grpcurl_works_through_reflection() {
         || grpcurl_ready(addr),
     )
     .await;
+
+    // Reflection can be closed to callers without credentials.
+    let closed = Gateway::with_settings(&[
+        "--auth-tokens-file",
+        tokens.to_str().unwrap(),
+        "--auth-public-reflection",
+        "false",
+    ])
+    .await;
+    let closed_addr = closed.addr.to_string();
+    let refused = grpcurl(&[], &closed_addr, &["list"]).await;
+    assert!(!refused.status.success(), "{}", printed(&refused));
+    assert!(
+        printed(&refused).contains("Unauthenticated"),
+        "{}",
+        printed(&refused)
+    );
+    let listed = grpcurl_ok(&["-H", auth], &closed_addr, &["list"]).await;
+    assert!(listed.contains("pgway.v1.Database"), "{listed}");
 }
 
 /// Checks liveness, waits (bounded) for readiness, and checks an unknown service, printing one
