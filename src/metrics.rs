@@ -46,7 +46,7 @@ pub const CALLER_LIMITED: &str = "pgway_caller_limited_total";
 pub const TLS_RELOADS: &str = "pgway_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "pgway_tls_handshake_failures_total";
 
-/// The request id header, taken from the caller or made up, and returned in the response.
+/// The request id header: a caller's is used in the logs and returned in the response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Installs the process-wide recorder once and returns its handle. Several gateways in one
@@ -191,10 +191,15 @@ fn caller_request_id(headers: &http::HeaderMap) -> Option<HeaderValue> {
         .then(|| value.clone())
 }
 
-fn new_request_id() -> HeaderValue {
+/// A new request id for the logs of a call that came without one: 32 hex digits.
+fn new_request_id() -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
-    // A 32-digit hex string is always a valid header value.
-    HeaderValue::from_str(&format!("{id:032x}")).unwrap_or(HeaderValue::from_static("unknown"))
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    text
 }
 
 /// One call in flight: finished exactly once, when its status is known or its body dropped.
@@ -259,16 +264,25 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let method = method_label(request.uri().path());
-        let request_id = caller_request_id(request.headers()).unwrap_or_else(new_request_id);
-        request
-            .headers_mut()
-            .insert(REQUEST_ID_HEADER, request_id.clone());
+        // Only a caller's own id goes back in the response: a new random value in every
+        // response would be a new HPACK table entry each time, costing bytes and CPU for
+        // nothing the caller asked for. A call without one still gets an id for its logs.
+        let request_id = caller_request_id(request.headers());
+        let generated;
+        let log_id = match &request_id {
+            Some(id) => id.to_str().unwrap_or_default(),
+            None => {
+                generated = new_request_id();
+                // Hex digits are ASCII, so this is always valid UTF-8.
+                std::str::from_utf8(&generated).unwrap_or_default()
+            }
+        };
         let span = info_span!(
             "call",
             method,
-            request_id = request_id.to_str().unwrap_or_default(),
+            request_id = log_id,
             // Filled in once the caller is known (never a secret: see auth::Caller::log_name).
             caller = tracing::field::Empty,
         );
@@ -283,7 +297,9 @@ where
         Box::pin(
             async move {
                 let mut response = future.await?;
-                response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+                if let Some(request_id) = request_id {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+                }
                 // A trailers-only response (most errors) has its status in the headers.
                 if let Some(code) = grpc_code(response.headers()) {
                     record.finish(code);
@@ -364,6 +380,8 @@ mod tests {
         assert_eq!(caller_request_id(&headers).unwrap(), "abc-123");
         headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("has space"));
         assert!(caller_request_id(&headers).is_none());
-        assert_eq!(new_request_id().len(), 32);
+        let id = new_request_id();
+        assert!(id.iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(id, new_request_id());
     }
 }

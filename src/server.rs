@@ -46,8 +46,9 @@ fn middleware()
 -> tower::ServiceBuilder<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
     tower::ServiceBuilder::new()
         // Outermost, so it sees every call and its final status, even the ones refused by
-        // the layers inside: a request id (the caller's x-request-id or a new one, returned
-        // in the response), a span around the call, one log line, and the call metrics.
+        // the layers inside: a request id (the caller's x-request-id, returned in the
+        // response, or a new one for the logs), a span around the call, one log line, and
+        // the call metrics.
         .layer(ObserveLayer)
 }
 
