@@ -29,6 +29,7 @@ use crate::config::PoolConfig;
 use crate::dbtls::DatabaseTls;
 use crate::errors::{ConnectError, GatewayError};
 use crate::metrics;
+use crate::statement::{StatementTraits, classify};
 
 /// A connection checked out of the pool; it goes back when dropped.
 ///
@@ -70,7 +71,7 @@ pub struct PgConn {
     cancel_token: CancelToken,
     /// The cancel request opens a connection of its own, with the same TLS as this one.
     tls: DatabaseTls,
-    statements: LruCache<String, Statement>,
+    statements: LruCache<String, CachedStatement>,
     /// When the pool should close this connection; jittered so they don't all go at once.
     retire_at: Instant,
     /// Set while a statement runs, cleared when its answer was read to the end. A connection
@@ -83,6 +84,14 @@ pub struct PgConn {
     /// A statement that may have left session state behind ran: reset before reuse.
     dirty: bool,
     pool: Arc<PoolShared>,
+}
+
+/// A statement prepared on a connection, with what [`classify`] said about its text (`None`
+/// until a caller that needs it asked).
+#[derive(Debug)]
+struct CachedStatement {
+    statement: Statement,
+    traits: Option<StatementTraits>,
 }
 
 impl PgConn {
@@ -144,14 +153,43 @@ impl PgConn {
     /// A prepared statement for `sql`, from this connection's cache or prepared now (a round
     /// trip only on the first use of a text on this connection).
     pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
+        if let Some(cached) = self.statements.get(sql) {
+            return Ok(cached.statement.clone());
         }
         let statement = self.client.prepare(sql).await?;
+        self.cache(sql, statement.clone(), None);
+        Ok(statement)
+    }
+
+    /// Like [`PgConn::prepare_cached`], with what [`classify`] says about `sql`; the text is
+    /// read once per connection, not on every call. A statement `classify` refuses is not
+    /// prepared.
+    pub async fn prepare_classified(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Statement, StatementTraits), GatewayError> {
+        if let Some(cached) = self.statements.get_mut(sql) {
+            let traits = match cached.traits {
+                Some(traits) => traits,
+                None => *cached.traits.insert(classify(sql)?),
+            };
+            return Ok((cached.statement.clone(), traits));
+        }
+        let traits = classify(sql)?;
+        let statement = self
+            .client
+            .prepare(sql)
+            .await
+            .map_err(|e| GatewayError::from_postgres(e, false))?;
+        self.cache(sql, statement.clone(), Some(traits));
+        Ok((statement, traits))
+    }
+
+    fn cache(&mut self, sql: &str, statement: Statement, traits: Option<StatementTraits>) {
         // Pushing out the least recently used statement drops it, and tokio-postgres then
         // closes it on the server.
-        self.statements.put(sql.to_owned(), statement.clone());
-        Ok(statement)
+        self.statements
+            .put(sql.to_owned(), CachedStatement { statement, traits });
     }
 
     /// Forgets a cached statement (its plan went stale after a schema change).
