@@ -7,13 +7,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame};
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -134,23 +134,71 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// The gRPC methods pgway serves, as metric labels; anything else is "other".
-fn method_label(path: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "Query",
-        "QueryStream",
-        "Transaction",
-        "InteractiveTransaction",
-        "Check",
-        "Watch",
-        "ServerReflectionInfo",
-    ];
+/// The gRPC methods pgway serves, as metric labels; anything else is "other" (the last).
+const METHODS: [&str; 8] = [
+    "Query",
+    "QueryStream",
+    "Transaction",
+    "InteractiveTransaction",
+    "Check",
+    "Watch",
+    "ServerReflectionInfo",
+    "other",
+];
+
+/// The index in [`METHODS`] of the method a request path names.
+fn method_index(path: &str) -> usize {
     let name = path.rsplit('/').next().unwrap_or("");
-    KNOWN
+    METHODS[..METHODS.len() - 1]
         .iter()
-        .find(|k| **k == name)
-        .copied()
-        .unwrap_or("other")
+        .position(|k| *k == name)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+#[cfg(test)]
+fn method_label(path: &str) -> &'static str {
+    METHODS[method_index(path)]
+}
+
+/// How many gRPC status codes there are (`tonic::Code` runs from 0 to 16).
+const CODES: usize = 17;
+
+/// The per-call metric handles, looked up in the recorder once rather than on every call
+/// (building and hashing a labelled key costs more than the update itself). A series is
+/// registered the first time it happens, as `counter!` would, so /metrics shows the same.
+struct CallMetrics {
+    in_flight: OnceLock<Gauge>,
+    requests: [[OnceLock<Counter>; CODES]; METHODS.len()],
+    durations: [OnceLock<Histogram>; METHODS.len()],
+}
+
+impl CallMetrics {
+    fn new() -> Self {
+        CallMetrics {
+            in_flight: OnceLock::new(),
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            durations: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn in_flight(&self) -> &Gauge {
+        self.in_flight.get_or_init(|| gauge!(REQUESTS_IN_FLIGHT))
+    }
+
+    fn finished(&self, method: usize, code: tonic::Code, elapsed: f64) {
+        let method_name = METHODS[method];
+        let code_name = code_label(code);
+        match self.requests[method].get(code as usize) {
+            Some(cell) => cell
+                .get_or_init(|| counter!(REQUESTS, "method" => method_name, "code" => code_name))
+                .increment(1),
+            // Not a code tonic knows today: looked up each time.
+            None => counter!(REQUESTS, "method" => method_name, "code" => code_name).increment(1),
+        }
+        self.durations[method]
+            .get_or_init(|| histogram!(REQUEST_DURATION, "method" => method_name))
+            .record(elapsed);
+    }
 }
 
 /// The name of a gRPC status code, for labels and logs.
@@ -204,7 +252,9 @@ fn new_request_id() -> [u8; 32] {
 
 /// One call in flight: finished exactly once, when its status is known or its body dropped.
 struct CallRecord {
-    method: &'static str,
+    /// An index into [`METHODS`], from [`method_index`], so always in range.
+    method: usize,
+    metrics: Arc<CallMetrics>,
     started: Instant,
     span: Span,
     done: bool,
@@ -215,12 +265,12 @@ impl CallRecord {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let code = code_label(code);
         let elapsed = self.started.elapsed();
-        gauge!(REQUESTS_IN_FLIGHT).decrement(1.0);
-        counter!(REQUESTS, "method" => self.method, "code" => code).increment(1);
-        histogram!(REQUEST_DURATION, "method" => self.method).record(elapsed.as_secs_f64());
+        self.metrics.in_flight().decrement(1.0);
+        self.metrics
+            .finished(self.method, code, elapsed.as_secs_f64());
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let code = code_label(code);
         info!(parent: &self.span, code, duration_ms, "call finished");
     }
 }
@@ -233,21 +283,58 @@ impl Drop for CallRecord {
 }
 
 /// The tower layer that observes every call (see the module docs).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ObserveLayer;
+///
+/// Its metric handles come from the recorder installed when a call first needs them: build
+/// it after [`recorder`] when metrics are served.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Arc<CallMetrics>,
+}
+
+impl ObserveLayer {
+    pub fn new() -> Self {
+        ObserveLayer {
+            metrics: Arc::new(CallMetrics::new()),
+        }
+    }
+}
+
+impl Default for ObserveLayer {
+    fn default() -> Self {
+        ObserveLayer::new()
+    }
+}
+
+impl std::fmt::Debug for ObserveLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserveLayer").finish_non_exhaustive()
+    }
+}
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner }
+        Observe {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
     }
 }
 
 /// See [`ObserveLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
+    metrics: Arc<CallMetrics>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Observe<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observe")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
@@ -265,7 +352,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let method = method_label(request.uri().path());
+        let method = method_index(request.uri().path());
         // Only a caller's own id goes back in the response: a new random value in every
         // response would be a new HPACK table entry each time, costing bytes and CPU for
         // nothing the caller asked for. A call without one still gets an id for its logs.
@@ -281,14 +368,15 @@ where
         };
         let span = info_span!(
             "call",
-            method,
+            method = METHODS[method],
             request_id = log_id,
             // Filled in once the caller is known (never a secret: see auth::Caller::log_name).
             caller = tracing::field::Empty,
         );
-        gauge!(REQUESTS_IN_FLIGHT).increment(1.0);
+        self.metrics.in_flight().increment(1.0);
         let mut record = CallRecord {
             method,
+            metrics: Arc::clone(&self.metrics),
             started: Instant::now(),
             span: span.clone(),
             done: false,
@@ -357,7 +445,7 @@ impl<B: Body> Body for ObservedBody<B> {
 impl std::fmt::Debug for CallRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallRecord")
-            .field("method", &self.method)
+            .field("method", &METHODS[self.method])
             .finish_non_exhaustive()
     }
 }

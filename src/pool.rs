@@ -454,6 +454,8 @@ pub struct Pool {
     max_waiting: usize,
     min: u32,
     max: u32,
+    /// `pgway_pool_wait_seconds`, looked up once.
+    wait_seconds: ::metrics::Histogram,
 }
 
 /// State shared by the pool and its connections.
@@ -517,6 +519,7 @@ impl Pool {
             max_waiting: config.max_waiting,
             min: config.min,
             max: config.max,
+            wait_seconds: histogram!(metrics::POOL_WAIT_SECONDS),
         }
     }
 
@@ -544,7 +547,7 @@ impl Pool {
         }
         let started = tokio::time::Instant::now();
         let result = self.checkout(started + self.acquire_timeout).await;
-        histogram!(metrics::POOL_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
+        self.wait_seconds.record(started.elapsed().as_secs_f64());
         match &result {
             Ok(conn) => debug!(
                 conn_id = conn.id,

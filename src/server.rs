@@ -49,7 +49,7 @@ fn middleware()
         // the layers inside: a request id (the caller's x-request-id, returned in the
         // response, or a new one for the logs), a span around the call, one log line, and
         // the call metrics.
-        .layer(ObserveLayer)
+        .layer(ObserveLayer::new())
 }
 
 /// Accepted plaintext connections with Nagle's algorithm off: tonic's `tcp_nodelay` only
@@ -122,6 +122,10 @@ pub async fn serve(
         verification = ?config.database_tls.verification(),
         "database TLS"
     );
+    if metrics_listener.is_some() {
+        // Installed before anything records: the pool and the call layer keep handles from it.
+        metrics::recorder();
+    }
     let pool = Pool::new(
         config.database.clone(),
         config.database_tls.clone(),
