@@ -153,13 +153,10 @@ async fn prepare(
                 .into(),
         ));
     }
-    if crate::statement::classify(sql)?.changes_session {
+    let (statement, traits) = conn.prepare_classified(sql).await?;
+    if traits.changes_session {
         conn.mark_dirty();
     }
-    let statement = conn
-        .prepare_cached(sql)
-        .await
-        .map_err(|e| GatewayError::from_postgres(e, false))?;
     let params = params_from_proto(values, statement.params())?;
     Ok((statement, params))
 }

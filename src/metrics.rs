@@ -7,13 +7,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame};
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,7 @@ pub const CALLER_LIMITED: &str = "pgway_caller_limited_total";
 pub const TLS_RELOADS: &str = "pgway_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "pgway_tls_handshake_failures_total";
 
-/// The request id header, taken from the caller or made up, and returned in the response.
+/// The request id header: a caller's is used in the logs and returned in the response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Installs the process-wide recorder once and returns its handle. Several gateways in one
@@ -134,23 +134,71 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// The gRPC methods pgway serves, as metric labels; anything else is "other".
-fn method_label(path: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "Query",
-        "QueryStream",
-        "Transaction",
-        "InteractiveTransaction",
-        "Check",
-        "Watch",
-        "ServerReflectionInfo",
-    ];
+/// The gRPC methods pgway serves, as metric labels; anything else is "other" (the last).
+const METHODS: [&str; 8] = [
+    "Query",
+    "QueryStream",
+    "Transaction",
+    "InteractiveTransaction",
+    "Check",
+    "Watch",
+    "ServerReflectionInfo",
+    "other",
+];
+
+/// The index in [`METHODS`] of the method a request path names.
+fn method_index(path: &str) -> usize {
     let name = path.rsplit('/').next().unwrap_or("");
-    KNOWN
+    METHODS[..METHODS.len() - 1]
         .iter()
-        .find(|k| **k == name)
-        .copied()
-        .unwrap_or("other")
+        .position(|k| *k == name)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+#[cfg(test)]
+fn method_label(path: &str) -> &'static str {
+    METHODS[method_index(path)]
+}
+
+/// How many gRPC status codes there are (`tonic::Code` runs from 0 to 16).
+const CODES: usize = 17;
+
+/// The per-call metric handles, looked up in the recorder once rather than on every call
+/// (building and hashing a labelled key costs more than the update itself). A series is
+/// registered the first time it happens, as `counter!` would, so /metrics shows the same.
+struct CallMetrics {
+    in_flight: OnceLock<Gauge>,
+    requests: [[OnceLock<Counter>; CODES]; METHODS.len()],
+    durations: [OnceLock<Histogram>; METHODS.len()],
+}
+
+impl CallMetrics {
+    fn new() -> Self {
+        CallMetrics {
+            in_flight: OnceLock::new(),
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            durations: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn in_flight(&self) -> &Gauge {
+        self.in_flight.get_or_init(|| gauge!(REQUESTS_IN_FLIGHT))
+    }
+
+    fn finished(&self, method: usize, code: tonic::Code, elapsed: f64) {
+        let method_name = METHODS[method];
+        let code_name = code_label(code);
+        match self.requests[method].get(code as usize) {
+            Some(cell) => cell
+                .get_or_init(|| counter!(REQUESTS, "method" => method_name, "code" => code_name))
+                .increment(1),
+            // Not a code tonic knows today: looked up each time.
+            None => counter!(REQUESTS, "method" => method_name, "code" => code_name).increment(1),
+        }
+        self.durations[method]
+            .get_or_init(|| histogram!(REQUEST_DURATION, "method" => method_name))
+            .record(elapsed);
+    }
 }
 
 /// The name of a gRPC status code, for labels and logs.
@@ -191,15 +239,22 @@ fn caller_request_id(headers: &http::HeaderMap) -> Option<HeaderValue> {
         .then(|| value.clone())
 }
 
-fn new_request_id() -> HeaderValue {
+/// A new request id for the logs of a call that came without one: 32 hex digits.
+fn new_request_id() -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
-    // A 32-digit hex string is always a valid header value.
-    HeaderValue::from_str(&format!("{id:032x}")).unwrap_or(HeaderValue::from_static("unknown"))
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    text
 }
 
 /// One call in flight: finished exactly once, when its status is known or its body dropped.
 struct CallRecord {
-    method: &'static str,
+    /// An index into [`METHODS`], from [`method_index`], so always in range.
+    method: usize,
+    metrics: Arc<CallMetrics>,
     started: Instant,
     span: Span,
     done: bool,
@@ -210,12 +265,12 @@ impl CallRecord {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let code = code_label(code);
         let elapsed = self.started.elapsed();
-        gauge!(REQUESTS_IN_FLIGHT).decrement(1.0);
-        counter!(REQUESTS, "method" => self.method, "code" => code).increment(1);
-        histogram!(REQUEST_DURATION, "method" => self.method).record(elapsed.as_secs_f64());
+        self.metrics.in_flight().decrement(1.0);
+        self.metrics
+            .finished(self.method, code, elapsed.as_secs_f64());
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let code = code_label(code);
         info!(parent: &self.span, code, duration_ms, "call finished");
     }
 }
@@ -228,21 +283,58 @@ impl Drop for CallRecord {
 }
 
 /// The tower layer that observes every call (see the module docs).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ObserveLayer;
+///
+/// Its metric handles come from the recorder installed when a call first needs them: build
+/// it after [`recorder`] when metrics are served.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Arc<CallMetrics>,
+}
+
+impl ObserveLayer {
+    pub fn new() -> Self {
+        ObserveLayer {
+            metrics: Arc::new(CallMetrics::new()),
+        }
+    }
+}
+
+impl Default for ObserveLayer {
+    fn default() -> Self {
+        ObserveLayer::new()
+    }
+}
+
+impl std::fmt::Debug for ObserveLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObserveLayer").finish_non_exhaustive()
+    }
+}
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner }
+        Observe {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
     }
 }
 
 /// See [`ObserveLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
+    metrics: Arc<CallMetrics>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Observe<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observe")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
@@ -259,22 +351,32 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let method = method_label(request.uri().path());
-        let request_id = caller_request_id(request.headers()).unwrap_or_else(new_request_id);
-        request
-            .headers_mut()
-            .insert(REQUEST_ID_HEADER, request_id.clone());
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let method = method_index(request.uri().path());
+        // Only a caller's own id goes back in the response: a new random value in every
+        // response would be a new HPACK table entry each time, costing bytes and CPU for
+        // nothing the caller asked for. A call without one still gets an id for its logs.
+        let request_id = caller_request_id(request.headers());
+        let generated;
+        let log_id = match &request_id {
+            Some(id) => id.to_str().unwrap_or_default(),
+            None => {
+                generated = new_request_id();
+                // Hex digits are ASCII, so this is always valid UTF-8.
+                std::str::from_utf8(&generated).unwrap_or_default()
+            }
+        };
         let span = info_span!(
             "call",
-            method,
-            request_id = request_id.to_str().unwrap_or_default(),
+            method = METHODS[method],
+            request_id = log_id,
             // Filled in once the caller is known (never a secret: see auth::Caller::log_name).
             caller = tracing::field::Empty,
         );
-        gauge!(REQUESTS_IN_FLIGHT).increment(1.0);
+        self.metrics.in_flight().increment(1.0);
         let mut record = CallRecord {
             method,
+            metrics: Arc::clone(&self.metrics),
             started: Instant::now(),
             span: span.clone(),
             done: false,
@@ -283,7 +385,9 @@ where
         Box::pin(
             async move {
                 let mut response = future.await?;
-                response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+                if let Some(request_id) = request_id {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+                }
                 // A trailers-only response (most errors) has its status in the headers.
                 if let Some(code) = grpc_code(response.headers()) {
                     record.finish(code);
@@ -341,7 +445,7 @@ impl<B: Body> Body for ObservedBody<B> {
 impl std::fmt::Debug for CallRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallRecord")
-            .field("method", &self.method)
+            .field("method", &METHODS[self.method])
             .finish_non_exhaustive()
     }
 }
@@ -364,6 +468,8 @@ mod tests {
         assert_eq!(caller_request_id(&headers).unwrap(), "abc-123");
         headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("has space"));
         assert!(caller_request_id(&headers).is_none());
-        assert_eq!(new_request_id().len(), 32);
+        let id = new_request_id();
+        assert!(id.iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(id, new_request_id());
     }
 }

@@ -21,7 +21,7 @@ use ::metrics::{counter, histogram};
 use bb8::{ManageConnection, RunError};
 use lru::LruCache;
 use rand::Rng;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_postgres::{CancelToken, Client, Statement};
 use tracing::{debug, info, warn};
 
@@ -29,9 +29,39 @@ use crate::config::PoolConfig;
 use crate::dbtls::DatabaseTls;
 use crate::errors::{ConnectError, GatewayError};
 use crate::metrics;
+use crate::statement::{StatementTraits, classify};
 
 /// A connection checked out of the pool; it goes back when dropped.
-pub type PooledConn = bb8::PooledConnection<'static, ConnectionManager>;
+///
+/// It holds one of the pool's admission permits (see [`Pool::get`]). The fields drop in
+/// order: the connection goes back to bb8's idle queue (or is discarded) first, then the
+/// permit wakes the next caller in line, who finds it there. Holding the permit here, rather
+/// than in the connection, means every checkout gives its permit back exactly once, whether the
+/// connection is pooled again or dropped.
+pub struct PooledConn {
+    conn: bb8::PooledConnection<'static, ConnectionManager>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = PgConn;
+
+    fn deref(&self) -> &PgConn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut PgConn {
+        &mut self.conn
+    }
+}
+
+impl std::fmt::Debug for PooledConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
 
 /// One PostgreSQL connection as the pool keeps it.
 pub struct PgConn {
@@ -41,7 +71,7 @@ pub struct PgConn {
     cancel_token: CancelToken,
     /// The cancel request opens a connection of its own, with the same TLS as this one.
     tls: DatabaseTls,
-    statements: LruCache<String, Statement>,
+    statements: LruCache<String, CachedStatement>,
     /// When the pool should close this connection; jittered so they don't all go at once.
     retire_at: Instant,
     /// Set while a statement runs, cleared when its answer was read to the end. A connection
@@ -54,6 +84,14 @@ pub struct PgConn {
     /// A statement that may have left session state behind ran: reset before reuse.
     dirty: bool,
     pool: Arc<PoolShared>,
+}
+
+/// A statement prepared on a connection, with what [`classify`] said about its text (`None`
+/// until a caller that needs it asked).
+#[derive(Debug)]
+struct CachedStatement {
+    statement: Statement,
+    traits: Option<StatementTraits>,
 }
 
 impl PgConn {
@@ -115,14 +153,43 @@ impl PgConn {
     /// A prepared statement for `sql`, from this connection's cache or prepared now (a round
     /// trip only on the first use of a text on this connection).
     pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
+        if let Some(cached) = self.statements.get(sql) {
+            return Ok(cached.statement.clone());
         }
         let statement = self.client.prepare(sql).await?;
+        self.cache(sql, statement.clone(), None);
+        Ok(statement)
+    }
+
+    /// Like [`PgConn::prepare_cached`], with what [`classify`] says about `sql`; the text is
+    /// read once per connection, not on every call. A statement `classify` refuses is not
+    /// prepared.
+    pub async fn prepare_classified(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Statement, StatementTraits), GatewayError> {
+        if let Some(cached) = self.statements.get_mut(sql) {
+            let traits = match cached.traits {
+                Some(traits) => traits,
+                None => *cached.traits.insert(classify(sql)?),
+            };
+            return Ok((cached.statement.clone(), traits));
+        }
+        let traits = classify(sql)?;
+        let statement = self
+            .client
+            .prepare(sql)
+            .await
+            .map_err(|e| GatewayError::from_postgres(e, false))?;
+        self.cache(sql, statement.clone(), Some(traits));
+        Ok((statement, traits))
+    }
+
+    fn cache(&mut self, sql: &str, statement: Statement, traits: Option<StatementTraits>) {
         // Pushing out the least recently used statement drops it, and tokio-postgres then
         // closes it on the server.
-        self.statements.put(sql.to_owned(), statement.clone());
-        Ok(statement)
+        self.statements
+            .put(sql.to_owned(), CachedStatement { statement, traits });
     }
 
     /// Forgets a cached statement (its plan went stale after a schema change).
@@ -376,12 +443,19 @@ impl ManageConnection for ConnectionManager {
 #[derive(Debug, Clone)]
 pub struct Pool {
     inner: bb8::Pool<ConnectionManager>,
+    /// One permit per connection the pool may open, taken before asking bb8 and held with the
+    /// connection: callers get connections in the order they asked (bb8 alone lets a newcomer
+    /// take a returned connection ahead of the waiter it woke, which then queues again at the
+    /// back).
+    admission: Arc<Semaphore>,
     outcomes: watch::Receiver<ConnectOutcome>,
     shared: Arc<PoolShared>,
     acquire_timeout: Duration,
     max_waiting: usize,
     min: u32,
     max: u32,
+    /// `pgway_pool_wait_seconds`, looked up once.
+    wait_seconds: ::metrics::Histogram,
 }
 
 /// State shared by the pool and its connections.
@@ -431,16 +505,21 @@ impl Pool {
             .connection_timeout(config.acquire_timeout)
             .idle_timeout(Some(config.idle_timeout))
             .max_lifetime(None)
+            // The most recently returned connection first: a light load keeps reusing a few warm
+            // connections, and the others stay idle long enough for the idle timeout to close them.
+            .queue_strategy(bb8::QueueStrategy::Lifo)
             .error_sink(Box::new(SilentSink))
             .build_unchecked(manager);
         Pool {
             inner,
+            admission: Arc::new(Semaphore::new(config.max as usize)),
             outcomes,
             shared,
             acquire_timeout: config.acquire_timeout,
             max_waiting: config.max_waiting,
             min: config.min,
             max: config.max,
+            wait_seconds: histogram!(metrics::POOL_WAIT_SECONDS),
         }
     }
 
@@ -468,7 +547,7 @@ impl Pool {
         }
         let started = tokio::time::Instant::now();
         let result = self.checkout(started + self.acquire_timeout).await;
-        histogram!(metrics::POOL_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
+        self.wait_seconds.record(started.elapsed().as_secs_f64());
         match &result {
             Ok(conn) => debug!(
                 conn_id = conn.id,
@@ -487,13 +566,30 @@ impl Pool {
         let mut outcomes = self.outcomes.clone();
         outcomes.mark_unchanged();
         let mut last_error = None;
+        // First a place in line. The same acquire future is kept across connect outcomes, so
+        // the caller never loses its place; a permanent connect error still ends the wait.
+        let acquire = Arc::clone(&self.admission).acquire_owned();
+        tokio::pin!(acquire);
+        let permit = loop {
+            tokio::select! {
+                permit = tokio::time::timeout_at(deadline, &mut acquire) => match permit {
+                    Ok(Ok(permit)) => break permit,
+                    // Ok(Err(_)): closed, which this pool never does; treat it as the timeout.
+                    Ok(Err(_)) | Err(_) => return Err(self.timed_out(last_error)),
+                },
+                Ok(()) = outcomes.changed() => {
+                    last_error = Self::connect_outcome(&mut outcomes, last_error)?;
+                }
+            }
+        };
+        // Then a connection: with a permit in hand, one is idle, returning, or may be opened.
         loop {
             tokio::select! {
                 got = tokio::time::timeout_at(deadline, self.inner.get_owned()) => {
                     match got {
                         Ok(Ok(mut conn)) => {
                             if !conn.client.is_closed() {
-                                return Ok(conn);
+                                return Ok(PooledConn { conn, _permit: permit });
                             }
                             conn.mark_discard("broken");
                         }
@@ -501,26 +597,38 @@ impl Pool {
                             return Err(GatewayError::ConnectFailed(Arc::new(error)));
                         }
                         Ok(Err(RunError::TimedOut)) | Err(_) => {
-                            return Err(GatewayError::PoolTimeout {
-                                waited: self.acquire_timeout,
-                                last_connect_error: last_error,
-                            });
+                            return Err(self.timed_out(last_error));
                         }
                     }
                 }
                 Ok(()) = outcomes.changed() => {
-                    let outcome = outcomes.borrow_and_update().clone();
-                    if let Some(error) = outcome.error {
-                        if error.is_permanent() {
-                            return Err(GatewayError::ConnectFailed(error));
-                        }
-                        // bb8 won't try again for a waiter on its own: asking anew (the loop
-                        // drops and restarts the checkout) starts another attempt, which the
-                        // manager delays by its backoff.
-                        last_error = Some(error);
-                    }
+                    // bb8 won't try again for a waiter on its own: asking anew (the loop drops
+                    // and restarts the checkout) starts another attempt, which the manager
+                    // delays by its backoff.
+                    last_error = Self::connect_outcome(&mut outcomes, last_error)?;
                 }
             }
+        }
+    }
+
+    /// Reads a new connect outcome for a waiting caller: a permanent error ends its wait, a
+    /// passing one is kept to explain a timeout.
+    fn connect_outcome(
+        outcomes: &mut watch::Receiver<ConnectOutcome>,
+        last_error: Option<Arc<ConnectError>>,
+    ) -> Result<Option<Arc<ConnectError>>, GatewayError> {
+        let outcome = outcomes.borrow_and_update().clone();
+        match outcome.error {
+            Some(error) if error.is_permanent() => Err(GatewayError::ConnectFailed(error)),
+            Some(error) => Ok(Some(error)),
+            None => Ok(last_error),
+        }
+    }
+
+    fn timed_out(&self, last_connect_error: Option<Arc<ConnectError>>) -> GatewayError {
+        GatewayError::PoolTimeout {
+            waited: self.acquire_timeout,
+            last_connect_error,
         }
     }
 

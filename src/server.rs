@@ -46,9 +46,10 @@ fn middleware()
 -> tower::ServiceBuilder<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
     tower::ServiceBuilder::new()
         // Outermost, so it sees every call and its final status, even the ones refused by
-        // the layers inside: a request id (the caller's x-request-id or a new one, returned
-        // in the response), a span around the call, one log line, and the call metrics.
-        .layer(ObserveLayer)
+        // the layers inside: a request id (the caller's x-request-id, returned in the
+        // response, or a new one for the logs), a span around the call, one log line, and
+        // the call metrics.
+        .layer(ObserveLayer::new())
 }
 
 /// Accepted plaintext connections with Nagle's algorithm off: tonic's `tcp_nodelay` only
@@ -121,6 +122,10 @@ pub async fn serve(
         verification = ?config.database_tls.verification(),
         "database TLS"
     );
+    if metrics_listener.is_some() {
+        // Installed before anything records: the pool and the call layer keep handles from it.
+        metrics::recorder();
+    }
     let pool = Pool::new(
         config.database.clone(),
         config.database_tls.clone(),
