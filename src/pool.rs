@@ -243,13 +243,18 @@ impl Drop for PgConn {
 
 impl PgConn {
     fn close_reason(&self) -> &'static str {
-        if self.client.is_closed() {
+        // At shutdown an idle connection's task may end before the connection itself is
+        // dropped, which would read as "broken": the reason it closes is the shutdown.
+        let closing = self.pool.closing.load(Ordering::Relaxed);
+        if closing && !self.busy && self.discard.is_none() {
+            "shutdown"
+        } else if self.client.is_closed() {
             "broken"
         } else if self.busy {
             "abandoned"
         } else if let Some(reason) = self.discard {
             reason
-        } else if self.pool.closing.load(Ordering::Relaxed) {
+        } else if closing {
             "shutdown"
         } else if Instant::now() >= self.retire_at {
             "lifetime"
