@@ -292,13 +292,16 @@ fn build(params: &TlsParams, negotiation: SslNegotiation) -> Result<DatabaseTls,
             (Verification::Full, Some(store)) => builder.with_root_certificates(store),
             (Verification::Chain, Some(store)) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly {
-                    roots: Arc::new(store),
+                .with_custom_certificate_verifier(Arc::new(ChainVerifier {
+                    roots: Some(Arc::new(store)),
                     algorithms,
                 })),
             _ => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerification { algorithms })),
+                .with_custom_certificate_verifier(Arc::new(ChainVerifier {
+                    roots: None,
+                    algorithms,
+                })),
         };
     let mut config = match client_cert {
         Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
@@ -382,61 +385,25 @@ fn unverified_config() -> ClientConfig {
         .expect("the ring provider supports the default TLS versions");
     builder
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerification { algorithms }))
+        .with_custom_certificate_verifier(Arc::new(ChainVerifier {
+            roots: None,
+            algorithms,
+        }))
         .with_no_client_auth()
 }
 
-/// `prefer` / `require` without a CA: like libpq, any certificate is accepted. The handshake
-/// signatures are still checked, so the connection is at least bound to the certificate's key.
-#[derive(Debug)]
-struct NoVerification {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 /// `verify-ca`: the chain up to a CA of `sslrootcert` (and validity dates), but not the host
-/// name. rustls' own verifier always checks the name, hence this one.
+/// name; rustls' own verifier always checks the name, hence this one. Without roots it is
+/// `prefer` / `require` without a CA: like libpq, any certificate is accepted. The handshake
+/// signatures are checked either way, so the connection is at least bound to the
+/// certificate's key.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct ChainVerifier {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for ChainVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -445,10 +412,13 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let certificate = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &certificate,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.algorithms.all,
@@ -821,11 +791,11 @@ mod tests {
         }
     }
 
-    fn chain_only(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> ChainOnly {
+    fn chain_only(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) -> ChainVerifier {
         let mut roots = RootCertStore::empty();
         roots.add(ca.der().clone()).unwrap();
-        ChainOnly {
-            roots: Arc::new(roots),
+        ChainVerifier {
+            roots: Some(Arc::new(roots)),
             algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
         }
     }
