@@ -242,13 +242,7 @@ impl DatabaseService {
         }
         let caller = auth::caller_of(request)?;
         tracing::Span::current().record("caller", caller.log_name());
-        let permit = self
-            .inner
-            .caller_limits
-            .enter(&caller, kind)
-            .inspect_err(|_| {
-                counter!(metrics::CALLER_LIMITED, "kind" => kind.label()).increment(1);
-            })?;
+        let permit = self.inner.caller_limits.enter(&caller, kind)?;
         Ok(Admitted {
             caller,
             _permit: permit,
@@ -380,11 +374,7 @@ impl Database for DatabaseService {
         let open = self
             .inner
             .caller_limits
-            .enter(&admitted.caller, Kind::InteractiveTransaction)
-            .inspect_err(|_| {
-                counter!(metrics::CALLER_LIMITED, "kind" => Kind::InteractiveTransaction.label())
-                    .increment(1);
-            })?;
+            .enter(&admitted.caller, Kind::InteractiveTransaction)?;
         let started = Instant::now();
         // The caller's deadline, capped by the longest a transaction may stay open.
         let deadline = deadline::effective(request.metadata(), self.inner.tx.max_duration);

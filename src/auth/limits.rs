@@ -8,7 +8,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use ::metrics::counter;
+
 use crate::errors::GatewayError;
+use crate::metrics;
 
 use super::Caller;
 
@@ -93,6 +96,7 @@ impl CallerLimits {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts.entry(key.clone()).or_insert(0);
         if *count >= max {
+            counter!(metrics::CALLER_LIMITED, "kind" => kind.label()).increment(1);
             return Err(GatewayError::CallerLimit(format!(
                 "this caller already has {max} {what}, the most one caller may have ({setting})"
             )));

@@ -109,12 +109,6 @@ pub struct Watched<T> {
     digest: RwLock<[u8; 32]>,
 }
 
-fn digest_of(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
-    out
-}
-
 impl<T> Watched<T> {
     /// Reads and parses the file at start-up; an error names the setting, not the contents.
     pub fn load(
@@ -129,7 +123,7 @@ impl<T> Watched<T> {
             path,
             parse,
             current: RwLock::new(Arc::new(value)),
-            digest: RwLock::new(digest_of(&bytes)),
+            digest: RwLock::new(tokens::sha256(&bytes)),
         })
     }
 
@@ -150,7 +144,7 @@ impl<T> Watched<T> {
                 return;
             }
         };
-        let digest = digest_of(&bytes);
+        let digest = tokens::sha256(&bytes);
         {
             let mut known = self.digest.write().unwrap_or_else(|e| e.into_inner());
             if !force && *known == digest {

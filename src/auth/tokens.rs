@@ -24,7 +24,8 @@ impl std::fmt::Debug for TokenSet {
     }
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
+/// The SHA-256 digest of `bytes`.
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, bytes).as_ref());
     out
