@@ -182,8 +182,17 @@ async fn fetch(
         .await
         .map_err(|e| GatewayError::from_postgres(e, true))?;
     futures::pin_mut!(stream);
+    let decoder = RowDecoder::new(statement.columns());
+    // Most results are decoded row by row as they arrive, their exact encoded size counted on
+    // the way. Values only the server can format wait until the result is complete and the
+    // connection is free to ask for them: those rows are kept, their size estimated.
+    let decode_now = !decoder.needs_server();
     let mut rows = Vec::new();
+    let mut kept = Vec::new();
     let mut bytes = 0usize;
+    // A row that doesn't decode fails the call only once the rest of the result is read, so
+    // that the connection goes back in a known state.
+    let mut failed = None;
     while let Some(row) = stream
         .try_next()
         .await
@@ -191,32 +200,57 @@ async fn fetch(
     {
         // Stop reading as soon as the cap is passed: the rest is never buffered. The
         // connection stays busy, so it is discarded and the statement cancelled.
-        if rows.len() == caps.max_rows {
+        if rows.len() + kept.len() == caps.max_rows {
             return Err(GatewayError::ResultTooLarge(format!(
                 "the result has more than {} rows, the most a unary Query returns; use QueryStream",
                 caps.max_rows
             )));
         }
-        bytes += row_wire_size(&row);
+        if !decode_now {
+            bytes += row_wire_size(&row);
+            kept.push(row);
+        } else if failed.is_none() {
+            match decoder.decode_local(&row) {
+                Ok(row) => {
+                    bytes += prost::encoding::message::encoded_len(ROWS_TAG, &row);
+                    rows.push(row);
+                }
+                Err(error) => failed = Some(error),
+            }
+        }
         if bytes > caps.max_bytes {
             return Err(too_many_bytes(caps.max_bytes));
         }
-        rows.push(row);
     }
-    let rows_affected = stream.rows_affected().unwrap_or(rows.len() as u64);
-    let decoder = RowDecoder::new(statement.columns());
-    let rows = decoder.decode(&rows, conn.client()).await?;
-    let response = proto::QueryResponse {
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    let rows_affected = stream
+        .rows_affected()
+        .unwrap_or((rows.len() + kept.len()) as u64);
+    let mut response = proto::QueryResponse {
         columns: RowDecoder::columns_to_proto(statement.columns()),
-        rows,
+        rows: Vec::new(),
         rows_affected,
     };
-    // The binary size was an estimate (some types are longer as text): check the real one.
-    if response.encoded_len() > caps.max_bytes {
-        return Err(too_many_bytes(caps.max_bytes));
+    if decode_now {
+        // `bytes` is exact for the rows: add the rest of the message.
+        if bytes + response.encoded_len() > caps.max_bytes {
+            return Err(too_many_bytes(caps.max_bytes));
+        }
+        response.rows = rows;
+    } else {
+        response.rows = decoder.decode(&kept, conn.client()).await?;
+        // The binary size was an estimate (some types are longer as text): check the real one.
+        if response.encoded_len() > caps.max_bytes {
+            return Err(too_many_bytes(caps.max_bytes));
+        }
     }
     Ok(response)
 }
+
+/// The field number of `QueryResponse.rows` in `proto/pgway/v1/pgway.proto`.
+const ROWS_TAG: u32 = 2;
 
 fn too_many_bytes(max_bytes: usize) -> GatewayError {
     GatewayError::ResultTooLarge(format!(
@@ -715,6 +749,38 @@ mod tests {
             identity_sql(&identity),
             r#"SET LOCAL ROLE "we""ird"; SELECT pg_catalog.set_config('request.jwt.claims', E'{"sub":"o''brien \\\\ x"}', true)"#
         );
+    }
+
+    #[test]
+    fn rows_counted_one_by_one_make_the_whole_size() {
+        use proto::value::Kind as V;
+        let row = |text: &str| proto::Row {
+            values: vec![
+                proto::Value {
+                    kind: Some(V::StringValue(text.into())),
+                },
+                proto::Value {
+                    kind: Some(V::IntValue(-7)),
+                },
+            ],
+        };
+        let rows = vec![row(""), row("a longer text value"), row(&"x".repeat(300))];
+        let counted: usize = rows
+            .iter()
+            .map(|row| prost::encoding::message::encoded_len(ROWS_TAG, row))
+            .sum();
+        let mut response = proto::QueryResponse {
+            columns: vec![proto::Column {
+                name: "name".into(),
+                type_oid: 25,
+                type_name: "text".into(),
+            }],
+            rows: Vec::new(),
+            rows_affected: 3,
+        };
+        let rest = response.encoded_len();
+        response.rows = rows;
+        assert_eq!(counted + rest, response.encoded_len());
     }
 
     #[test]
