@@ -15,6 +15,8 @@
 #   SWEEP="1 10 20 50 100 200"   concurrency points of the point-select sweep
 #   WORKLOAD_CONCURRENCY="10 100" concurrency points of the write and 1,000-row read workloads
 #   WARMUP=3s DURATION=8s         per point
+#   REPEAT=1                      runs of the sweep and the floor; the report takes each point's
+#                                 median (3 on a noisy machine)
 #   SOAK_SECONDS=60               the soak (100 callers, point select) after its warm-up
 #   STREAMS=2000                  concurrent calls for the gateway memory test
 #   SCALE=10                      pgbench scale factor
@@ -72,6 +74,10 @@ else
     MODE=full
 fi
 POOL_SIZE=20
+REPEAT=${REPEAT:-1}
+case $REPEAT in
+    '' | *[!0-9]* | 0) echo "compare.sh: REPEAT must be a positive number" >&2 && exit 2 ;;
+esac
 MAX_WAITING=${MAX_WAITING:-4096}
 CALLERS_PER_CHANNEL=${CALLERS_PER_CHANNEL:-16}
 STREAM_CALLERS_PER_CHANNEL=${STREAM_CALLERS_PER_CHANNEL:-32}
@@ -320,13 +326,15 @@ each_target() {
     rotation=$((rotation + 1))
 }
 
-log "point-select sweep: concurrency $SWEEP, $WARMUP warm-up + $DURATION each"
-for c in $SWEEP; do
-    each_target --label sweep --workload select -c "$c" --warmup "$WARMUP" --duration "$DURATION"
+# Each repeat goes over the whole sweep again, so that the runs of one point are minutes apart.
+for round in $(seq "$REPEAT"); do
+    log "point-select sweep ($round of $REPEAT): concurrency $SWEEP, $WARMUP warm-up + $DURATION each"
+    for c in $SWEEP; do
+        each_target --label sweep --workload select -c "$c" --warmup "$WARMUP" --duration "$DURATION"
+    done
+    log "one caller, no SQL: the round-trip floor of each stack ($round of $REPEAT)"
+    each_target --label floor --workload ping -c 1 --warmup "$WARMUP" --duration "$DURATION"
 done
-
-log "one caller, no SQL: the round-trip floor of each stack"
-each_target --label floor --workload ping -c 1 --warmup "$WARMUP" --duration "$DURATION"
 
 log "write and 1,000-row read: concurrency $WORKLOAD_CONCURRENCY"
 for w in write read1000; do
@@ -368,6 +376,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "max_waiting=$MAX_WAITING"
     echo "callers_per_channel=$CALLERS_PER_CHANNEL"
     echo "warmup=$WARMUP"
+    echo "repeat=$REPEAT"
     echo "duration=$DURATION"
     echo "results_file=target/bench/$(basename "$RESULTS")"
     [ -z "${NOTES:-}" ] || echo "notes=$NOTES"

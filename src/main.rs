@@ -5,13 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use pgway::config::{Cli, Command};
 
-/// Each call allocates many small buffers that live for microseconds (headers, messages,
-/// rows, futures); mimalloc serves them with fewer instructions than glibc's malloc (which
-/// took about a tenth of the gateway's CPU per call), and its per-thread heaps keep the
-/// runtime's worker threads from contending.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -1546,14 +1546,29 @@ mod report {
     }
 
     impl Runs {
+        /// Every run of one point, in the order they were made.
+        fn all(&self, label: &str, target: &str, workload: &str, concurrency: u64) -> Vec<&J> {
+            self.runs
+                .iter()
+                .filter(|r| {
+                    r.text("label") == label
+                        && r.text("target") == target
+                        && r.text("workload") == workload
+                        && r.num("concurrency") == Some(concurrency as f64)
+                })
+                .collect()
+        }
+
+        /// The run that stands for a point: when it was repeated (`REPEAT` in compare.sh), the
+        /// one with the median throughput (of an even number, the lower of the two middle
+        /// ones), so that one disturbed run moves no ratio.
         fn find(&self, label: &str, target: &str, workload: &str, concurrency: u64) -> Option<&J> {
-            // The last matching run wins (a re-run replaces an earlier one).
-            self.runs.iter().rev().find(|r| {
-                r.text("label") == label
-                    && r.text("target") == target
-                    && r.text("workload") == workload
-                    && r.num("concurrency") == Some(concurrency as f64)
-            })
+            let mut runs = self.all(label, target, workload, concurrency);
+            runs.sort_by(|a, b| {
+                let q = |r: &J| r.num("throughput_qps").unwrap_or(0.0);
+                q(a).total_cmp(&q(b))
+            });
+            runs.get(runs.len().saturating_sub(1) / 2).copied()
         }
 
         fn concurrencies(&self, label: &str, workload: &str) -> Vec<u64> {
@@ -1627,10 +1642,8 @@ mod report {
             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
         );
         for t in TARGETS {
-            for &c in &cs {
-                let Some(r) = runs.find(label, t, workload, c) else {
-                    continue;
-                };
+            for r in cs.iter().flat_map(|&c| runs.all(label, t, workload, c)) {
+                let c = r.num("concurrency").unwrap_or(0.0);
                 let ms = |k: &str| fmt_num(r.num(k).map(|v| v * 1000.0), 1);
                 let _ = writeln!(
                     out,
@@ -1666,10 +1679,9 @@ mod report {
 
         // 1. No collapse at 100.
         let best = runs
-            .label_runs("sweep")
+            .concurrencies("sweep", "select")
             .into_iter()
-            .filter(|r| r.text("target") == "gateway" && r.text("workload") == "select")
-            .filter_map(|r| Some((r.num("throughput_qps")?, r.num("concurrency")?)))
+            .filter_map(|c| Some((qps("gateway", c)?, c as f64)))
             .fold(None::<(f64, f64)>, |acc, x| match acc {
                 Some(a) if a.0 >= x.0 => Some(a),
                 _ => Some(x),
@@ -1928,7 +1940,7 @@ mod report {
              (`query_typed`, one round trip; named prepared statements need PgBouncer ≥ 1.21).\n\
              - gateway: `target/release/pgway serve`, `PGWAY_POOL_MAX=20`, `PGWAY_MAX_WAITING={}`, `PGWAY_LOG=warn`; \
              callers spread over HTTP/2 channels, {} callers per channel.\n\
-             - Each point: {} warm-up, then {} measured. Concurrency = callers each waiting for its answer before asking again.\n\
+             - Each point: {} warm-up, then {} measured{}. Concurrency = callers each waiting for its answer before asking again.\n\
              - Workloads: **select** = `pgbench -S` (`{}` with a random aid); **write** = `BEGIN; {}; COMMIT` \
              (the `Transaction` RPC for the gateway); **read1000** = `{}` over 1,000 consecutive aids (unary `Query` for the gateway).\n",
             info("max_connections"),
@@ -1937,6 +1949,14 @@ mod report {
             info("callers_per_channel"),
             info("warmup"),
             info("duration"),
+            match info("repeat").parse::<u32>() {
+                Ok(n) if n > 1 => format!(
+                    "; the point-select sweep and the one-caller floor were run {n} times each, \
+                     interleaved, and the tables show the run with the median throughput \
+                     (every run is in the details)"
+                ),
+                _ => String::new(),
+            },
             super::SELECT_SQL,
             super::UPDATE_SQL,
             super::RANGE_SQL,
@@ -1985,10 +2005,9 @@ mod report {
                 "| target | workload | q/s | p50 µs | p90 µs | p99 µs | proxy CPU ms / 1k | PostgreSQL CPU ms / 1k | load generator CPU ms / 1k |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
             );
             for t in TARGETS {
-                let rows = floor
-                    .iter()
-                    .copied()
-                    .filter(|r| r.text("target") == t)
+                let rows = runs
+                    .find("floor", t, "ping", 1)
+                    .into_iter()
                     .chain(runs.find("sweep", t, "select", 1));
                 for r in rows {
                     let ms = |k: &str| fmt_num(r.num(k).map(|v| v * 1000.0), 1);
@@ -2094,6 +2113,40 @@ mod report {
             None => print!("{out}"),
         }
         Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn run(target: &str, concurrency: u64, qps: f64) -> J {
+            parse(&format!(
+                r#"{{"label":"sweep","target":"{target}","workload":"select","concurrency":{concurrency},"throughput_qps":{qps}}}"#
+            ))
+            .expect("valid JSON")
+        }
+
+        #[test]
+        fn a_repeated_point_is_its_median_run() {
+            let runs = Runs {
+                runs: vec![
+                    run("gateway", 100, 900.0),
+                    run("gateway", 100, 300.0),
+                    run("gateway", 10, 50.0),
+                    run("gateway", 100, 600.0),
+                    run("direct", 100, 5.0),
+                ],
+            };
+            let q = |r: Option<&J>| r.and_then(|r| r.num("throughput_qps"));
+            assert_eq!(q(runs.find("sweep", "gateway", "select", 100)), Some(600.0));
+            assert_eq!(q(runs.find("sweep", "gateway", "select", 10)), Some(50.0));
+            assert_eq!(runs.all("sweep", "gateway", "select", 100).len(), 3);
+            assert!(runs.find("sweep", "pgbouncer", "select", 100).is_none());
+            let two = Runs {
+                runs: vec![run("gateway", 1, 20.0), run("gateway", 1, 10.0)],
+            };
+            assert_eq!(q(two.find("sweep", "gateway", "select", 1)), Some(10.0));
+        }
     }
 }
 
