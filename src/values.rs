@@ -447,7 +447,7 @@ impl RowDecoder {
         source: &S,
     ) -> Result<Vec<proto::Row>, GatewayError> {
         let mut texts = Vec::new();
-        if self.needs_server.contains(&true) {
+        if self.needs_server() {
             let mut pending: Vec<(Type, &[u8])> = Vec::new();
             for row in rows {
                 for (column, ty) in self.types.iter().enumerate() {
