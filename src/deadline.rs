@@ -12,8 +12,26 @@ use tonic::metadata::MetadataMap;
 
 use crate::errors::GatewayError;
 
-/// The deadline of a call that arrived now.
-pub fn effective(metadata: &MetadataMap, server_cap: Duration) -> Instant {
+/// When a call's headers arrived, put in its extensions by the outermost layer
+/// ([`crate::metrics::ObserveLayer`]).
+///
+/// tonic starts a timer of its own for a caller's `grpc-timeout` when the headers arrive,
+/// and answers CANCELLED when it fires. A unary handler only runs once the whole message is
+/// in, which can be a delayed ACK later (40 ms) from a client that leaves Nagle's algorithm
+/// on: a deadline counted from the handler would fire after tonic's.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival(pub Instant);
+
+/// When `request` arrived (now, if no layer recorded it).
+pub fn arrival<T>(request: &tonic::Request<T>) -> Instant {
+    request
+        .extensions()
+        .get::<Arrival>()
+        .map_or_else(Instant::now, |arrival| arrival.0)
+}
+
+/// The deadline of a call that arrived at `arrived`.
+pub fn effective(metadata: &MetadataMap, arrived: Instant, server_cap: Duration) -> Instant {
     let timeout = metadata
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
@@ -23,7 +41,7 @@ pub fn effective(metadata: &MetadataMap, server_cap: Duration) -> Instant {
         .map_or(server_cap, |caller| {
             (caller - margin(caller)).min(server_cap)
         });
-    Instant::now() + timeout
+    arrived + timeout
 }
 
 /// 5% of the caller's timeout, at most 20 ms.
@@ -80,7 +98,21 @@ mod tests {
     fn the_server_cap_wins_over_a_longer_caller_timeout() {
         let mut metadata = MetadataMap::new();
         metadata.insert("grpc-timeout", "100S".parse().unwrap());
-        let deadline = effective(&metadata, Duration::from_secs(1));
-        assert!(deadline <= Instant::now() + Duration::from_secs(1));
+        let arrived = Instant::now();
+        let deadline = effective(&metadata, arrived, Duration::from_secs(1));
+        assert_eq!(deadline, arrived + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_deadline_counts_from_the_arrival_with_a_margin() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", "300m".parse().unwrap());
+        let arrived = Instant::now() - Duration::from_millis(40);
+        let deadline = effective(&metadata, arrived, Duration::from_secs(60));
+        assert_eq!(deadline, arrived + Duration::from_millis(285));
+
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(Arrival(arrived));
+        assert_eq!(arrival(&request), arrived);
     }
 }

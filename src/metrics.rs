@@ -351,7 +351,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The start of the call's deadline: see `deadline::Arrival`.
+        request
+            .extensions_mut()
+            .insert(crate::deadline::Arrival(tokio::time::Instant::now()));
         let method = method_index(request.uri().path());
         // Only a caller's own id goes back in the response: a new random value in every
         // response would be a new HPACK table entry each time, costing bytes and CPU for

@@ -257,8 +257,8 @@ impl Database for DatabaseService {
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
         let admitted = self.admit(&request, Kind::Call)?;
-        let started = Instant::now();
-        let deadline = deadline::effective(request.metadata(), self.inner.request_timeout);
+        let started = deadline::arrival(&request);
+        let deadline = deadline::effective(request.metadata(), started, self.inner.request_timeout);
         let request = request.into_inner();
         execute::check_size(&request.sql, request.params.len(), &self.inner.limits)?;
         let caps = ResultCaps::for_request(request.max_rows, &self.inner.limits);
@@ -284,8 +284,8 @@ impl Database for DatabaseService {
         request: Request<QueryRequest>,
     ) -> Result<Response<Self::QueryStreamStream>, Status> {
         let admitted = self.admit(&request, Kind::Call)?;
-        let started = Instant::now();
-        let deadline = deadline::effective(request.metadata(), self.inner.request_timeout);
+        let started = deadline::arrival(&request);
+        let deadline = deadline::effective(request.metadata(), started, self.inner.request_timeout);
         let request = request.into_inner();
         execute::check_size(&request.sql, request.params.len(), &self.inner.limits)?;
         // Fail before the first message when we can (a status after it can't be retried by
@@ -320,8 +320,8 @@ impl Database for DatabaseService {
         request: Request<TransactionRequest>,
     ) -> Result<Response<TransactionResponse>, Status> {
         let admitted = self.admit(&request, Kind::Call)?;
-        let started = Instant::now();
-        let deadline = deadline::effective(request.metadata(), self.inner.request_timeout);
+        let started = deadline::arrival(&request);
+        let deadline = deadline::effective(request.metadata(), started, self.inner.request_timeout);
         let request = request.into_inner();
         if request.statements.is_empty() {
             return Err(GatewayError::InvalidArgument("statements is empty".into()).into());
@@ -375,9 +375,9 @@ impl Database for DatabaseService {
             .inner
             .caller_limits
             .enter(&admitted.caller, Kind::InteractiveTransaction)?;
-        let started = Instant::now();
+        let started = deadline::arrival(&request);
         // The caller's deadline, capped by the longest a transaction may stay open.
-        let deadline = deadline::effective(request.metadata(), self.inner.tx.max_duration);
+        let deadline = deadline::effective(request.metadata(), started, self.inner.tx.max_duration);
         let inbound = request.into_inner();
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let shared = Arc::clone(&self.inner);

@@ -298,7 +298,8 @@ async fn a_deadline_frees_the_backend_and_the_slot() {
     let direct = gw.direct().await;
     let mut client = gw.client().await;
     let started = Instant::now();
-    let status = client
+    let status = gw
+        .client_without_local_deadline()
         .query(with_deadline(
             query("SELECT pg_sleep(10)", vec![]),
             Duration::from_secs(1),
@@ -512,7 +513,8 @@ async fn a_black_hole_is_survived() {
     let deadline = Duration::from_secs(2);
     let mut calls = Vec::new();
     for _ in 0..5 {
-        let mut client = gw.client().await;
+        // Only the gateway enforces the deadline, so a call it lets run late shows as late.
+        let mut client = gw.client_without_local_deadline();
         calls.push(tokio::spawn(async move {
             let mut late = Vec::new();
             while hole_started.elapsed() < Duration::from_secs(30) {
@@ -524,14 +526,8 @@ async fn a_black_hole_is_survived() {
                 if elapsed > deadline + Duration::from_millis(100) {
                     late.push((elapsed, result.map(drop)));
                 } else if let Err(status) = &result {
-                    // tonic's client also enforces the grpc-timeout it sends: on a busy
-                    // machine its own timer (CANCELLED, "Timeout expired") can beat the
-                    // gateway's DEADLINE_EXCEEDED by a hair. Either way the call ended on time.
-                    let local_timeout =
-                        status.code() == Code::Cancelled && status.message() == "Timeout expired";
                     assert!(
-                        local_timeout
-                            || matches!(status.code(), Code::DeadlineExceeded | Code::Unavailable),
+                        matches!(status.code(), Code::DeadlineExceeded | Code::Unavailable),
                         "{status:?}"
                     );
                 }

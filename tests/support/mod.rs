@@ -17,6 +17,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+/// Plain HTTP/2 without tonic's `Channel` (see [`Gateway::client_without_local_deadline`]).
+pub type PlainHttp2 = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    tonic::body::Body,
+>;
+
 static POSTGRES: OnceLock<TempPostgres> = OnceLock::new();
 static NEXT_DATABASE: AtomicU32 = AtomicU32::new(1);
 
@@ -127,6 +133,19 @@ impl Gateway {
             .await
             .expect("connect to the gateway");
         DatabaseClient::new(channel)
+    }
+
+    /// A client whose transport sends a call's `grpc-timeout` without enforcing it. tonic's
+    /// `Channel` starts a timer of its own from that header and reports CANCELLED ("Timeout
+    /// expired") locally, racing the gateway's DEADLINE_EXCEEDED; tests of what the gateway
+    /// answers past a deadline use this client so only the gateway decides.
+    pub fn client_without_local_deadline(&self) -> DatabaseClient<PlainHttp2> {
+        let transport =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        let origin = format!("http://{}", self.addr).parse().expect("uri");
+        DatabaseClient::with_origin(transport, origin)
     }
 
     /// A gRPC channel to the gateway (for health and other services).
