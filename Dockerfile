@@ -42,7 +42,7 @@ USER 65532:65532
 EXPOSE 50051/tcp 9090/tcp
 # Readiness: SERVING once the database answers. Change -addr if PGWAY_GRPC_ADDR moves the port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["/pgway", "probe", "-addr=127.0.0.1:50051", "-service=pgway.v1.Database"]
+    CMD ["/pgway", "probe", "-service=pgway.v1.Database"]
 # pgway handles SIGTERM itself as PID 1: NOT_SERVING at once, in-flight calls get
 # PGWAY_SHUTDOWN_GRACE (default 20s), then exit 0. Give `docker/podman stop -t` more than that
 # (twice the grace covers a stream still open when the grace ends).

@@ -430,7 +430,7 @@ if set(cfg.get("ExposedPorts", {})) != {"50051/tcp", "9090/tcp"}: errors.append(
 if cfg.get("Entrypoint") != ["/pgway"]: errors.append(f"Entrypoint {cfg.get('Entrypoint')}")
 if cfg.get("StopSignal") not in ("SIGTERM", "15"): errors.append(f"StopSignal {cfg.get('StopSignal')}")
 hc = (info.get("Healthcheck") or info.get("HealthCheck") or cfg.get("Healthcheck") or {}).get("Test")
-if hc != ["CMD", "/pgway", "probe", "-addr=127.0.0.1:50051", "-service=pgway.v1.Database"]: errors.append(f"HealthCheck {hc}")
+if hc != ["CMD", "/pgway", "probe", "-service=pgway.v1.Database"]: errors.append(f"HealthCheck {hc}")
 layers = info.get("RootFS", {}).get("Layers", [])
 if len(layers) != 1: errors.append(f"{len(layers)} layers, expected 1 (scratch + the binary)")
 for e in errors: print("  " + e)
@@ -482,8 +482,7 @@ run_args=(
     -e PGWAY_AUTH_TOKENS_FILE=/run/secrets/pgway-tokens
     -e "PGWAY_GRPC_ADDR=127.0.0.1:$GRPC_PORT" -e "PGWAY_METRICS_ADDR=127.0.0.1:$METRICS_PORT"
     -e "PGWAY_SHUTDOWN_GRACE=${GRACE}s" -e PGWAY_HEALTH_INTERVAL=200ms -e PGWAY_POOL_MAX=4
-    # The image's HEALTHCHECK with the port moved off 50051 for CI.
-    --health-cmd "[\"/pgway\",\"probe\",\"-addr=127.0.0.1:$GRPC_PORT\",\"-service=pgway.v1.Database\"]"
+    # The image's own HEALTHCHECK, which follows PGWAY_GRPC_ADDR off port 50051.
     --health-interval 2s --health-retries 3 --health-timeout 3s
 )
 # crun cannot set rlimits on some machines (this CI's among them): use runc with explicit

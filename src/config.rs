@@ -8,6 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where `pgway serve` listens for gRPC without `PGWAY_GRPC_ADDR` (and where `pgway probe`
+/// looks without `-addr`).
+pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::jwt::JwtRules;
@@ -77,7 +81,7 @@ pub struct ServeArgs {
     pub database_url: Option<String>,
 
     /// Address the gRPC server listens on.
-    #[arg(long, env = "PGWAY_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(long, env = "PGWAY_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
 
     /// Connections kept open and ready even when idle.

@@ -4,8 +4,10 @@
 //! Flags are spelled the Go way (`-addr=host:port`, `-service=name`, `-connect-timeout=1s`,
 //! `-rpc-timeout=1s`, `-tls`, `-tls-ca-cert=file`, `-tls-client-cert=file`,
 //! `-tls-client-key=file`, `-tls-server-name=name`, `-user-agent=ua`, `-v`); `--addr` and
-//! `-addr value` work too.
+//! `-addr value` work too. Without `-addr` it probes the gateway's own `PGWAY_GRPC_ADDR` (see
+//! [`default_addr`]), so an image's health check follows the port the gateway listens on.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ pub mod exit {
 /// What to probe.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeArgs {
+    /// Empty when `-addr` isn't given: [`run`] then probes [`default_addr`].
     pub addr: String,
     pub service: String,
     pub connect_timeout: Duration,
@@ -100,9 +103,6 @@ pub fn parse(args: &[String]) -> Result<ProbeArgs, String> {
             other => return Err(format!("flag provided but not defined: -{other}")),
         }
     }
-    if parsed.addr.is_empty() {
-        return Err("-addr not specified".into());
-    }
     if parsed.tls_client_cert.is_some() != parsed.tls_client_key.is_some() {
         return Err("specify both -tls-client-cert and -tls-client-key".into());
     }
@@ -116,9 +116,33 @@ pub fn parse(args: &[String]) -> Result<ProbeArgs, String> {
     Ok(parsed)
 }
 
+/// The address to probe without `-addr`: where a gateway with the same environment listens
+/// (`PGWAY_GRPC_ADDR`, or its default), an unspecified address (`0.0.0.0`, `::`) turned into
+/// the loopback one of its family.
+pub fn default_addr(listen: Option<&str>) -> Result<String, String> {
+    let listen = listen.unwrap_or(crate::config::DEFAULT_GRPC_ADDR);
+    let mut addr: SocketAddr = listen.parse().map_err(|_| {
+        format!("-addr not specified, and PGWAY_GRPC_ADDR={listen:?} is not host:port")
+    })?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(addr.to_string())
+}
+
 /// Runs the probe and returns the exit code, printing what grpc_health_probe would print.
 pub async fn run(args: &[String]) -> u8 {
-    let args = match parse(args) {
+    let parsed = parse(args).and_then(|mut args| {
+        if args.addr.is_empty() {
+            let listen = std::env::var("PGWAY_GRPC_ADDR").ok();
+            args.addr = default_addr(listen.as_deref())?;
+        }
+        Ok(args)
+    });
+    let args = match parsed {
         Ok(args) => args,
         Err(error) => {
             eprintln!("error: {error}");
@@ -268,8 +292,24 @@ mod tests {
     }
 
     #[test]
+    fn without_addr_the_gateways_own_address_is_probed() {
+        assert_eq!(parse(&args(&["-service=x"])).unwrap().addr, "");
+        assert_eq!(default_addr(None).unwrap(), "127.0.0.1:50051");
+        assert_eq!(
+            default_addr(Some("0.0.0.0:6000")).unwrap(),
+            "127.0.0.1:6000"
+        );
+        assert_eq!(default_addr(Some("[::]:6000")).unwrap(), "[::1]:6000");
+        assert_eq!(default_addr(Some("10.1.2.3:7")).unwrap(), "10.1.2.3:7");
+        assert!(
+            default_addr(Some("nowhere"))
+                .unwrap_err()
+                .contains("PGWAY_GRPC_ADDR")
+        );
+    }
+
+    #[test]
     fn bad_flags_are_refused() {
-        assert!(parse(&args(&[])).is_err());
         assert!(parse(&args(&["-addr=h:1", "-bogus"])).is_err());
         assert!(parse(&args(&["-addr=h:1", "-tls-ca-cert=x"])).is_err());
         assert!(parse(&args(&["-addr=h:1", "-rpc-timeout=soon"])).is_err());

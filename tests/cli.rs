@@ -192,6 +192,19 @@ async fn health_and_sigterm() {
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     let mut client = DatabaseClient::new(channel);
     run(&mut client, "SELECT 1", vec![]).await;
+    // `pgway probe` without -addr, in the same environment (as an image's HEALTHCHECK runs),
+    // finds the gateway; a gateway listening on every address is probed on loopback.
+    let port = addr.rsplit_once(':').unwrap().1.to_owned();
+    let probe = tokio::task::spawn_blocking(move || {
+        pgway()
+            .env("PGWAY_GRPC_ADDR", format!("0.0.0.0:{port}"))
+            .args(["probe", "-service=pgway.v1.Database", "-rpc-timeout=10s"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(probe.status.code(), Some(0), "{probe:?}");
     signal(&child, "TERM");
     let status = wait_exit(child).await;
     assert_eq!(status.code(), Some(0), "{status:?}");
