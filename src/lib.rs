@@ -22,6 +22,7 @@
 //! - [`server`]: assembles the gRPC server and runs it until shutdown.
 //! - [`tls`]: TLS and mutual TLS on the gRPC side, with certificates reloaded without a restart.
 //! - [`shutdown`]: waiting for SIGTERM / SIGINT.
+//! - [`drain`]: health watches and reflection streams end when shutdown starts.
 //! - [`stats`]: `pgway stats`, the pool's state read from a running gateway.
 //! - [`statement`]: what a statement's text says (session changes, forbidden commands).
 //! - [`devdb`]: a throwaway PostgreSQL cluster for `pgway dev` and the test suite.
@@ -37,6 +38,7 @@ pub mod config;
 pub mod dbtls;
 pub mod deadline;
 pub mod devdb;
+pub mod drain;
 pub mod errors;
 pub mod execute;
 pub mod health;

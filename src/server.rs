@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::auth::AuthInterceptor;
 use crate::config::Config;
+use crate::drain::EndOnStop;
 use crate::health;
 use crate::metrics::{self, ObserveLayer};
 use crate::pool::Pool;
@@ -158,8 +159,10 @@ pub async fn serve(
             // So grpcurl can decode the google.rpc.ErrorInfo in error details.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Their streams would hold the drain open: they end when shutdown starts.
+    let health_service = EndOnStop::new(health_service, stopping.clone());
+    let reflection_v1 = EndOnStop::new(reflection().build_v1()?, stopping.clone());
+    let reflection_v1alpha = EndOnStop::new(reflection().build_v1alpha()?, stopping.clone());
     // Credentials are checked before a request's message is decoded; health and reflection
     // stay open unless configured otherwise, so probes and tools keep working.
     let interceptor = AuthInterceptor(config.authenticator.clone());

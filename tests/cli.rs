@@ -262,3 +262,62 @@ async fn readiness_waits_for_the_database() {
     .await;
     let _ = &mut health;
 }
+
+/// Streams with no end of their own (a health Watch, a reflection stream that grpcurl or a
+/// watching load balancer keeps open) don't hold the shutdown for its whole grace period:
+/// the watcher hears NOT_SERVING, then both end with UNAVAILABLE and the server stops.
+#[tokio::test]
+async fn watches_and_reflection_streams_end_at_shutdown() {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest,
+    };
+
+    let gw = Gateway::with_settings(&["--shutdown-grace", "120s"]).await;
+    let channel = gw.channel().await;
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: "pgway.v1.Database".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Ready once the first health check of the database passed.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while watch.message().await.unwrap().map(|r| r.status) != Some(1) {}
+    })
+    .await
+    .expect("SERVING");
+
+    let (ask, asks) = tokio::sync::mpsc::channel(1);
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    ask.send(list).await.unwrap();
+    let mut reflection = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(asks))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reflection.message().await.unwrap().is_some());
+
+    // `ask` stays open: the caller keeps its reflection stream, as tools do.
+    let stopped = tokio::spawn(gw.shutdown());
+    // Well inside the two-minute grace.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        assert_eq!(watch.message().await.unwrap().map(|r| r.status), Some(2));
+        assert_eq!(
+            watch.message().await.unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            reflection.message().await.unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+        stopped.await.unwrap().unwrap();
+    })
+    .await
+    .expect("the streams end and the server stops without waiting out the grace period");
+    drop(ask);
+}
