@@ -191,6 +191,12 @@ struct RunArgs {
     #[arg(long)]
     json_out: Option<PathBuf>,
 
+    /// A file whose first line is a bearer token (a static token or a JWT) sent with every
+    /// gateway call, to measure the gateway with authentication (and, with a JWT, its
+    /// row-level security transaction) on.
+    #[arg(long)]
+    bearer_file: Option<PathBuf>,
+
     /// Pause after an error before the caller asks again (no busy loop on a failing target).
     #[arg(long, default_value = "10ms", value_parser = pgway::config::parse_duration)]
     error_pause: Duration,
@@ -542,9 +548,22 @@ struct Params {
     workload: Workload,
     accounts: i32,
     rows: i32,
+    /// `Bearer <token>` for the gateway's authorization header.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Params {
+    /// A gateway request with the bearer token, when there is one.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        request
+    }
+
     fn aid(&self, rng: &mut impl Rng) -> i32 {
         rng.random_range(1..=self.accounts)
     }
@@ -576,11 +595,11 @@ async fn gateway_call(
     match params.workload {
         Workload::Select => {
             let reply = client
-                .query(QueryRequest {
+                .query(params.request(QueryRequest {
                     sql: SELECT_SQL.into(),
                     params: vec![int(aid.into())],
                     ..Default::default()
-                })
+                }))
                 .await
                 .map_err(|s| status_label(&s))?
                 .into_inner();
@@ -591,13 +610,13 @@ async fn gateway_call(
         }
         Workload::Write => {
             let reply = client
-                .transaction(TransactionRequest {
+                .transaction(params.request(TransactionRequest {
                     statements: vec![Statement {
                         sql: UPDATE_SQL.into(),
                         params: vec![int(delta.into()), int(aid.into())],
                     }],
                     ..Default::default()
-                })
+                }))
                 .await
                 .map_err(|s| status_label(&s))?
                 .into_inner();
@@ -608,11 +627,11 @@ async fn gateway_call(
         }
         Workload::Read1000 => {
             let reply = client
-                .query(QueryRequest {
+                .query(params.request(QueryRequest {
                     sql: RANGE_SQL.into(),
                     params: vec![int(start.into()), int(end.into())],
                     ..Default::default()
-                })
+                }))
                 .await
                 .map_err(|s| status_label(&s))?
                 .into_inner();
@@ -624,11 +643,11 @@ async fn gateway_call(
         Workload::Ping => unreachable!("ping is served by the health client"),
         Workload::Stream => {
             let mut stream = client
-                .query_stream(QueryRequest {
+                .query_stream(params.request(QueryRequest {
                     sql: RANGE_SQL.into(),
                     params: vec![int(start.into()), int(end.into())],
                     ..Default::default()
-                })
+                }))
                 .await
                 .map_err(|s| status_label(&s))?
                 .into_inner();
@@ -934,6 +953,14 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         workload: args.workload,
         accounts: i32::try_from(u64::from(args.scale) * 100_000).unwrap_or(i32::MAX),
         rows: i32::try_from(args.rows.max(1)).unwrap_or(i32::MAX),
+        authorization: match &args.bearer_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)?;
+                let token = text.lines().next().unwrap_or_default().trim();
+                Some(format!("Bearer {token}").parse()?)
+            }
+        },
     });
     let args = Arc::new(args);
     let shared = Arc::new(Shared {
