@@ -8,15 +8,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where `pgway serve` listens for gRPC without `PGWAY_GRPC_ADDR` (and where `pgway probe`
-/// looks without `-addr`).
-pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
-
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::jwt::JwtRules;
 use crate::auth::{AuthConfig, Authenticator};
 use crate::dbtls::{self, DatabaseTls};
+
+/// Where `pgway serve` listens for gRPC without `PGWAY_GRPC_ADDR` (and where `pgway probe`
+/// looks without `-addr`).
+pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
 
 /// pgway: a gRPC gateway for PostgreSQL.
 #[derive(Debug, Parser)]
