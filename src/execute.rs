@@ -758,6 +758,7 @@ mod tests {
             role: "we\"ird".into(),
             claims: r#"{"sub":"o'brien \\ x"}"#.into(),
             subject: None,
+            expires_at: 0,
         };
         assert_eq!(
             identity_sql(&identity),

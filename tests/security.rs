@@ -319,6 +319,68 @@ async fn jwts_are_checked_before_anything_runs() {
     }
 }
 
+/// A JWT verified once is not checked again on every call, but only while the secret that
+/// verified it is in force and the token hasn't expired: a rotated secret or an `exp` that
+/// passed refuses it at once.
+#[tokio::test]
+async fn verified_jwts_are_kept_only_while_their_secret_and_expiry_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write(dir.path(), "secret", SECRET);
+    let gw = Gateway::with_settings(&[
+        "--jwt-secret-file",
+        secret.to_str().unwrap(),
+        "--jwt-allowed-roles",
+        "pg_read_all_data",
+        "--jwt-leeway",
+        "0s",
+        "--auth-reload-interval",
+        "100ms",
+    ])
+    .await;
+    let mut client = gw.client().await;
+    let whoami = "SELECT current_user::text";
+
+    // Expires in two seconds: accepted (twice, the second time as already verified), then
+    // refused once the clock passes its exp.
+    let short = hs256(
+        SECRET,
+        json!({"role": "pg_read_all_data", "sub": "u1", "exp": now() + 2}),
+    );
+    for _ in 0..2 {
+        let response = query_as(&mut client, &short, whoami).await.unwrap();
+        assert_eq!(texts(&response), ["pg_read_all_data"]);
+    }
+    eventually(Duration::from_secs(10), "the token expires", || {
+        let mut client = client.clone();
+        let short = short.clone();
+        async move {
+            query_as(&mut client, &short, whoami).await.is_err_and(|s| {
+                s.code() == Code::Unauthenticated && s.message().contains("expired")
+            })
+        }
+    })
+    .await;
+
+    // Rotating the secret: the token it verified is refused from then on.
+    let token = hs256(SECRET, user("pg_read_all_data", "u2"));
+    query_as(&mut client, &token, whoami).await.unwrap();
+    std::fs::write(&secret, "another-secret-that-is-long-enough-1234").unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the old secret's token is refused",
+        || {
+            let mut client = client.clone();
+            let token = token.clone();
+            async move {
+                query_as(&mut client, &token, whoami).await.is_err_and(|s| {
+                    s.code() == Code::Unauthenticated && s.message().contains("signature")
+                })
+            }
+        },
+    )
+    .await;
+}
+
 /// ES256 keys from a JWKS file; an HS256 token "signed" with the public key is refused
 /// (algorithm confusion), as is a token for a key that isn't in the set.
 #[tokio::test]

@@ -122,6 +122,8 @@ pub struct Verified {
     /// The claims as compact JSON.
     pub claims: String,
     pub subject: Option<String>,
+    /// Until when (Unix seconds, leeway included) the token passes the `exp` check.
+    pub expires_at: u64,
 }
 
 fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Refused {
@@ -223,10 +225,15 @@ pub fn verify(
         Some(Value::String(sub)) => Some(sub.clone()),
         _ => None,
     };
+    // `exp` is required and was checked, so it is a number; a fraction counts down.
+    let expires_at = claims.get("exp").and_then(Value::as_f64).map_or(0, |exp| {
+        (exp.max(0.0) as u64).saturating_add(rules.leeway.as_secs())
+    });
     let claims = Value::Object(claims).to_string();
     Ok(Verified {
         role,
         claims,
         subject,
+        expires_at,
     })
 }

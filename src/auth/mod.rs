@@ -11,10 +11,12 @@
 //! The token, secret and JWKS files are re-read when they change (polled) and on SIGHUP; a
 //! file that fails to parse keeps the previous contents in force.
 
+pub mod cache;
 pub mod jwt;
 pub mod limits;
 pub mod tokens;
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -28,6 +30,7 @@ use tracing::{info, warn};
 use crate::errors::GatewayError;
 use crate::metrics;
 
+use cache::VerifiedCache;
 use jwt::{JwtRules, KeySet, Secret};
 use tokens::TokenSet;
 
@@ -192,7 +195,12 @@ pub struct Authenticator {
     keys: Option<Watched<KeySet>>,
     rules: JwtRules,
     reload_interval: Duration,
+    verified: VerifiedCache,
 }
+
+/// JWTs kept verified (see [`cache`]): a few MB at most, for that many distinct callers'
+/// tokens in use at once.
+const VERIFIED_CAPACITY: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 
 impl Authenticator {
     /// Loads the files named in `config`; an unreadable or invalid file is an error naming its
@@ -223,6 +231,7 @@ impl Authenticator {
             keys: watch("PGWAY_JWT_JWKS_FILE", &config.jwt_jwks_file, KeySet::parse)?,
             rules: config.jwt.clone(),
             reload_interval: config.reload_interval,
+            verified: VerifiedCache::new(VERIFIED_CAPACITY),
         })
     }
 
@@ -263,10 +272,23 @@ impl Authenticator {
         }
         // A JWT has three dot-separated parts; anything else can only have been a token.
         if self.jwt_configured() && credential.split('.').count() == 3 {
-            let secret = self.secret.as_ref().map(Watched::get);
-            let keys = self.keys.as_ref().map(Watched::get);
-            return jwt::verify(credential, secret.as_deref(), keys.as_deref(), &self.rules)
-                .map(|verified| Caller::Jwt(Arc::new(verified)));
+            let keys = (
+                self.secret.as_ref().map(Watched::get),
+                self.keys.as_ref().map(Watched::get),
+            );
+            let digest = tokens::sha256(credential.as_bytes());
+            let now = jsonwebtoken::get_current_timestamp();
+            if let Some(verified) = self.verified.get(&digest, &keys, now) {
+                return Ok(Caller::Jwt(verified));
+            }
+            let verified = Arc::new(jwt::verify(
+                credential,
+                keys.0.as_deref(),
+                keys.1.as_deref(),
+                &self.rules,
+            )?);
+            self.verified.put(digest, Arc::clone(&verified), keys);
+            return Ok(Caller::Jwt(verified));
         }
         Err(Refused::Unauthenticated {
             reason: "unknown_token",
