@@ -198,9 +198,12 @@ pub struct Authenticator {
     verified: VerifiedCache,
 }
 
-/// JWTs kept verified (see [`cache`]): a few MB at most, for that many distinct callers'
-/// tokens in use at once.
+/// JWTs kept verified (see [`cache`]), for that many distinct callers' tokens in use at once.
+/// (A const: the `unwrap` is evaluated, and would fail, at compile time.)
 const VERIFIED_CAPACITY: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
+/// Larger tokens are verified every time: with this bound the cache holds well under 20 MB
+/// (a Supabase token is about 1 KB).
+const VERIFIED_MAX_TOKEN: usize = 4096;
 
 impl Authenticator {
     /// Loads the files named in `config`; an unreadable or invalid file is an error naming its
@@ -287,7 +290,9 @@ impl Authenticator {
                 keys.1.as_deref(),
                 &self.rules,
             )?);
-            self.verified.put(digest, Arc::clone(&verified), keys);
+            if credential.len() <= VERIFIED_MAX_TOKEN {
+                self.verified.put(digest, Arc::clone(&verified), keys);
+            }
             return Ok(Caller::Jwt(verified));
         }
         Err(Refused::Unauthenticated {
