@@ -266,8 +266,9 @@ impl Authenticator {
                 reason: "malformed",
                 message: "the authorization metadata must be `Bearer <token>`".into(),
             })?;
+        let digest = tokens::sha256(credential.as_bytes());
         if let Some(tokens) = &self.tokens
-            && let Some(fingerprint) = tokens.get().check(credential)
+            && let Some(fingerprint) = tokens.get().check(&digest)
         {
             return Ok(Caller::Token {
                 fingerprint: fingerprint.into(),
@@ -279,7 +280,6 @@ impl Authenticator {
                 self.secret.as_ref().map(Watched::get),
                 self.keys.as_ref().map(Watched::get),
             );
-            let digest = tokens::sha256(credential.as_bytes());
             let now = jsonwebtoken::get_current_timestamp();
             if let Some(verified) = self.verified.get(&digest, &keys, now) {
                 return Ok(Caller::Jwt(verified));

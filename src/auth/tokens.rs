@@ -62,15 +62,15 @@ impl TokenSet {
         Ok(TokenSet { digests })
     }
 
-    /// The fingerprint of `token` if it is one of the set: the first 8 hex digits of its
-    /// SHA-256, which names the token in logs and limits without revealing it.
-    pub fn check(&self, token: &str) -> Option<String> {
-        let presented = sha256(token.as_bytes());
+    /// The fingerprint of the token whose SHA-256 is `presented`, if it is one of the set:
+    /// the first 8 hex digits of the digest, which names the token in logs and limits without
+    /// revealing it. (The caller hashes the credential once, for this and the JWT cache.)
+    pub fn check(&self, presented: &[u8; 32]) -> Option<String> {
         let mut found = subtle::Choice::from(0);
         for known in &self.digests {
-            found |= known.ct_eq(&presented);
+            found |= known.ct_eq(presented);
         }
-        bool::from(found).then(|| fingerprint(&presented))
+        bool::from(found).then(|| fingerprint(presented))
     }
 
     pub fn len(&self) -> usize {
@@ -96,13 +96,14 @@ mod tests {
             TokenSet::parse(b"# services\nalpha-0123456789abcdef\n\n  beta-0123456789abcdef  \n")
                 .unwrap();
         assert_eq!(set.len(), 2);
-        assert!(set.check("alpha-0123456789abcdef").is_some());
-        assert!(set.check("beta-0123456789abcdef").is_some());
-        assert!(set.check("alpha-0123456789abcde").is_none());
-        assert!(set.check("").is_none());
+        let check = |token: &str| set.check(&sha256(token.as_bytes()));
+        assert!(check("alpha-0123456789abcdef").is_some());
+        assert!(check("beta-0123456789abcdef").is_some());
+        assert!(check("alpha-0123456789abcde").is_none());
+        assert!(check("").is_none());
         assert_ne!(
-            set.check("alpha-0123456789abcdef"),
-            set.check("beta-0123456789abcdef")
+            check("alpha-0123456789abcdef"),
+            check("beta-0123456789abcdef")
         );
     }
 
