@@ -305,10 +305,11 @@ async fn cancel_requests_use_tls() {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 
     let direct = connect(&server.pg.url(&gw.database)).await;
-    eventually(
+    statements_end(
+        &direct,
+        "SELECT pg_sleep%",
         Duration::from_secs(20),
         "the sleeping statement was cancelled",
-        || async { active_statements(&direct, "SELECT pg_sleep%").await == 0 },
     )
     .await;
 }

@@ -357,11 +357,7 @@ async fn a_deadline_counts_from_the_headers_of_a_late_message() {
             late,
         )))
         .unwrap();
-    let transport =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .build_http();
-    let response = transport.request(request).await.unwrap();
+    let response = plain_http2().request(request).await.unwrap();
     let headers = response.headers().clone();
     let trailers = response
         .into_body()
@@ -381,10 +377,11 @@ async fn a_deadline_counts_from_the_headers_of_a_late_message() {
         "{headers:?} {trailers:?}"
     );
     let direct = gw.direct().await;
-    eventually(
+    statements_end(
+        &direct,
+        "SELECT pg_sleep%",
         Duration::from_secs(5),
         "the cancelled statement is gone",
-        || async { active_statements(&direct, "SELECT pg_sleep%").await == 0 },
     )
     .await;
 }
@@ -409,10 +406,11 @@ async fn a_deadline_cancels_the_statement() {
     assert!(started.elapsed() < Duration::from_secs(3));
     // The backend stops sleeping: no pg_sleep left running.
     let direct = gw.direct().await;
-    eventually(
+    statements_end(
+        &direct,
+        "SELECT pg_sleep%",
         Duration::from_secs(5),
         "the cancelled statement is gone",
-        || async { active_statements(&direct, "SELECT pg_sleep%").await == 0 },
     )
     .await;
     // The pool of one serves the next call.

@@ -312,10 +312,11 @@ async fn a_deadline_frees_the_backend_and_the_slot() {
         elapsed < Duration::from_millis(1100),
         "answered after {elapsed:?}"
     );
-    eventually(
+    statements_end(
+        &direct,
+        "SELECT pg_sleep(10)",
         Duration::from_millis(1000),
         "the sleeping backend stops",
-        || async { active_statements(&direct, "SELECT pg_sleep(10)").await == 0 },
     )
     .await;
     let response = run(&mut client, "SELECT 7", vec![]).await;

@@ -23,6 +23,13 @@ pub type PlainHttp2 = hyper_util::client::legacy::Client<
     tonic::body::Body,
 >;
 
+/// An HTTP/2 client with no gRPC layers of its own, for requests built by hand too.
+pub fn plain_http2() -> PlainHttp2 {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
 static POSTGRES: OnceLock<TempPostgres> = OnceLock::new();
 static NEXT_DATABASE: AtomicU32 = AtomicU32::new(1);
 
@@ -140,12 +147,8 @@ impl Gateway {
     /// expired") locally, racing the gateway's DEADLINE_EXCEEDED; tests of what the gateway
     /// answers past a deadline use this client so only the gateway decides.
     pub fn client_without_local_deadline(&self) -> DatabaseClient<PlainHttp2> {
-        let transport =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .http2_only(true)
-                .build_http();
         let origin = format!("http://{}", self.addr).parse().expect("uri");
-        DatabaseClient::with_origin(transport, origin)
+        DatabaseClient::with_origin(plain_http2(), origin)
     }
 
     /// A gRPC channel to the gateway (for health and other services).
@@ -268,6 +271,20 @@ pub async fn active_statements(direct: &tokio_postgres::Client, pattern: &str) -
         .await
         .expect("pg_stat_activity")
         .get(0)
+}
+
+/// Polls until no statement matching `pattern` runs on the server, failing the test with
+/// `what` after `limit`.
+pub async fn statements_end(
+    direct: &tokio_postgres::Client,
+    pattern: &str,
+    limit: Duration,
+    what: &str,
+) {
+    eventually(limit, what, || async {
+        active_statements(direct, pattern).await == 0
+    })
+    .await;
 }
 
 /// Polls `check` until it returns true, failing the test after `limit`.
