@@ -4,8 +4,10 @@
 //! warm-up, against one target:
 //!
 //! - `gateway`: pgway over gRPC, with the generated client, callers spread over several HTTP/2
-//!   channels (one h2 connection runs through one connection task, so many callers on one
-//!   channel measure that task, not the gateway);
+//!   connections (one h2 connection runs through one connection task, so many callers on one
+//!   connection measure that task, not the gateway). By default each connection is hyper's
+//!   HTTP/2 client used directly; `--grpc-client tonic-channel` uses tonic's `Channel` instead,
+//!   which adds a queue and a task hop per call (see [`GrpcClient`]);
 //! - `direct`: PostgreSQL itself, one tokio-postgres connection per caller, with named prepared
 //!   statements (what a service without a pooler does);
 //! - `pgbouncer`: PgBouncer in transaction pooling mode, one client connection per caller, with
@@ -40,7 +42,7 @@ use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::Type;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -145,9 +147,13 @@ struct RunArgs {
     #[arg(long, default_value = "8s", value_parser = pgway::config::parse_duration)]
     duration: Duration,
 
-    /// Gateway callers per HTTP/2 channel.
+    /// Gateway callers per HTTP/2 connection.
     #[arg(long, default_value_t = 16)]
     callers_per_channel: usize,
+
+    /// The gRPC client transport for the gateway.
+    #[arg(long, value_enum, default_value = "h2")]
+    grpc_client: GrpcClient,
 
     /// pgbench scale factor of the database (100,000 accounts per unit).
     #[arg(long, default_value_t = 10)]
@@ -580,7 +586,7 @@ impl Params {
 
 /// One gateway call. `Ok(rows)` on success.
 async fn gateway_call(
-    client: &mut DatabaseClient<Channel>,
+    client: &mut DatabaseClient<Transport>,
     params: &Params,
 ) -> Result<u64, String> {
     // ThreadRng is not Send: draw everything before the first await.
@@ -792,12 +798,12 @@ async fn pg_call(caller: &PgCaller, params: &Params) -> Result<u64, tokio_postgr
 }
 
 enum Caller {
-    Gateway(DatabaseClient<Channel>),
-    Health(HealthClient<Channel>),
+    Gateway(DatabaseClient<Transport>),
+    Health(HealthClient<Transport>),
     Pg(PgCaller),
 }
 
-async fn health_call(client: &mut HealthClient<Channel>) -> Result<u64, String> {
+async fn health_call(client: &mut HealthClient<Transport>) -> Result<u64, String> {
     let reply = client
         .check(HealthCheckRequest {
             service: String::new(),
@@ -891,21 +897,19 @@ async fn connect_callers(
         Target::Gateway => {
             let per = args.callers_per_channel.max(1);
             let channels = n.div_ceil(per);
-            let endpoint = Endpoint::from_shared(args.url.clone())?
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(5));
+            let origin: http::Uri = args.url.parse()?;
             let mut made = Vec::with_capacity(channels);
             for _ in 0..channels {
-                made.push(endpoint.connect().await?);
+                made.push(Transport::connect(args.grpc_client, &origin).await?);
             }
             let callers = (0..n)
                 .map(|i| {
-                    let channel = made[i / per].clone();
+                    let transport = made[i / per].clone();
                     if args.workload == Workload::Ping {
-                        Caller::Health(HealthClient::new(channel))
+                        Caller::Health(HealthClient::with_origin(transport, origin.clone()))
                     } else {
                         Caller::Gateway(
-                            DatabaseClient::new(channel)
+                            DatabaseClient::with_origin(transport, origin.clone())
                                 .max_decoding_message_size(64 * 1024 * 1024),
                         )
                     }
@@ -927,6 +931,101 @@ async fn connect_callers(
 }
 
 use futures::StreamExt as _;
+
+/// How the load tool speaks gRPC to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GrpcClient {
+    /// hyper's HTTP/2 client connection, used directly: the caller's task hands its request to
+    /// the connection task, nothing more.
+    H2,
+    /// tonic's `Channel`: a `tower` buffer in front of the connection, i.e. one more queue and
+    /// task hop per call, and a client-side timer per call when a deadline is set.
+    TonicChannel,
+}
+
+type TransportFuture = std::pin::Pin<
+    Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, BoxError>> + Send>,
+>;
+
+/// One HTTP/2 connection to the gateway, shared by the callers given a clone of it.
+///
+/// The load generator shares the machine with what it measures, so every cycle it spends on a
+/// call is taken from the gateway: it should not cost more than the client a service would
+/// use. tonic's `Channel` is the convenient default (reconnects, load balancing), at the price
+/// of a `tower::buffer::Buffer` task between the caller and the HTTP/2 connection; `H2` is the
+/// connection alone.
+#[derive(Clone)]
+enum Transport {
+    H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>),
+    Channel(tonic::transport::Channel),
+}
+
+impl Transport {
+    async fn connect(kind: GrpcClient, origin: &http::Uri) -> Result<Transport, BoxError> {
+        match kind {
+            GrpcClient::TonicChannel => {
+                let channel = Endpoint::from(origin.clone())
+                    .tcp_nodelay(true)
+                    .connect_timeout(Duration::from_secs(5))
+                    .connect()
+                    .await?;
+                Ok(Transport::Channel(channel))
+            }
+            GrpcClient::H2 => {
+                let host = origin.host().ok_or("the gateway URL has no host")?;
+                // A bracketed IPv6 literal in a URI is not a socket address as it stands.
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let port = origin.port_u16().unwrap_or(80);
+                let stream = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::TcpStream::connect((host, port)),
+                )
+                .await
+                .map_err(|_| format!("connecting to {origin}: timed out"))??;
+                stream.set_nodelay(true)?;
+                let (sender, connection) =
+                    hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        eprintln!("pgway-bench: HTTP/2 connection to the gateway ended: {e}");
+                    }
+                });
+                Ok(Transport::H2(sender))
+            }
+        }
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Transport {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = TransportFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        match self {
+            Transport::H2(sender) => sender.poll_ready(cx).map_err(Into::into),
+            Transport::Channel(channel) => channel.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> TransportFuture {
+        match self {
+            Transport::H2(sender) => {
+                let sent = sender.send_request(request);
+                Box::pin(async move { Ok(sent.await?.map(tonic::body::Body::new)) })
+            }
+            Transport::Channel(channel) => {
+                let sent = channel.call(request);
+                Box::pin(async move { Ok(sent.await?) })
+            }
+        }
+    }
+}
 
 /// Least-squares slope of (seconds, bytes) samples, in bytes per minute.
 fn slope_per_minute(samples: &[(f64, u64)]) -> Option<f64> {
