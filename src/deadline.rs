@@ -69,15 +69,20 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 
 /// Runs `work` until `deadline`; past it the work is dropped (which cancels its statement and
 /// discards its connection) and the call fails with DEADLINE_EXCEEDED.
-pub async fn run<T>(
+///
+/// A combinator rather than an `async fn`: an `async fn` would keep `work` twice in its state
+/// (once as the argument, once inside the timeout it awaits), doubling the size of every
+/// handler's future, which is copied when it is boxed.
+pub fn run<T>(
     deadline: Instant,
     started: Instant,
     work: impl Future<Output = Result<T, GatewayError>>,
-) -> Result<T, GatewayError> {
-    match tokio::time::timeout_at(deadline, work).await {
+) -> impl Future<Output = Result<T, GatewayError>> {
+    use futures::FutureExt as _;
+    tokio::time::timeout_at(deadline, work).map(move |outcome| match outcome {
         Ok(result) => result,
         Err(_) => Err(GatewayError::DeadlineExceeded(started.elapsed())),
-    }
+    })
 }
 
 #[cfg(test)]
