@@ -2074,7 +2074,8 @@ mod report {
              - PgBouncer: `pool_mode=transaction`, `default_pool_size=20`, tokio-postgres clients with unnamed statements \
              (`query_typed`, one round trip; named prepared statements need PgBouncer ≥ 1.21).\n\
              - gateway: `target/release/pgway serve`, `PGWAY_POOL_MAX=20`, `PGWAY_MAX_WAITING={}`, `PGWAY_LOG=warn`; \
-             callers spread over HTTP/2 channels, {} callers per channel.\n\
+             callers spread over HTTP/2 connections, {} callers per connection, each connection hyper's HTTP/2 client \
+             used directly (tonic's `Channel` would add a buffer task per connection and cost the load generator more CPU per call).\n\
              - Each point: {} warm-up, then {} measured{}. Concurrency = callers each waiting for its answer before asking again.\n\
              - Workloads: **select** = `pgbench -S` (`{}` with a random aid); **write** = `BEGIN; {}; COMMIT` \
              (the `Transaction` RPC for the gateway); **read1000** = `{}` over 1,000 consecutive aids (unary `Query` for the gateway).\n",
