@@ -202,9 +202,11 @@ async fn fetch(
     // Most results are decoded row by row as they arrive, their exact encoded size counted on
     // the way. Values only the server can format wait until the result is complete and the
     // connection is free to ask for them: those rows are kept, their size estimated.
-    let decode_now = !decoder.needs_server();
-    let mut rows = Vec::new();
-    let mut kept = Vec::new();
+    let mut collected = if decoder.needs_server() {
+        Collected::Raw(Vec::new())
+    } else {
+        Collected::Decoded(Vec::new())
+    };
     let mut bytes = 0usize;
     // A row that doesn't decode fails the call only once the rest of the result is read, so
     // that the connection goes back in a known state.
@@ -216,23 +218,25 @@ async fn fetch(
     {
         // Stop reading as soon as the cap is passed: the rest is never buffered. The
         // connection stays busy, so it is discarded and the statement cancelled.
-        if rows.len() + kept.len() == caps.max_rows {
+        if collected.len() == caps.max_rows {
             return Err(GatewayError::ResultTooLarge(format!(
                 "the result has more than {} rows, the most a unary Query returns; use QueryStream",
                 caps.max_rows
             )));
         }
-        if !decode_now {
-            bytes += row_wire_size(&row);
-            kept.push(row);
-        } else if failed.is_none() {
-            match decoder.decode_local(&row) {
+        match &mut collected {
+            Collected::Raw(kept) => {
+                bytes += row_wire_size(&row);
+                kept.push(row);
+            }
+            Collected::Decoded(rows) if failed.is_none() => match decoder.decode_local(&row) {
                 Ok(row) => {
                     bytes += prost::encoding::message::encoded_len(ROWS_TAG, &row);
                     rows.push(row);
                 }
                 Err(error) => failed = Some(error),
-            }
+            },
+            Collected::Decoded(_) => {}
         }
         if bytes > caps.max_bytes {
             return Err(too_many_bytes(caps.max_bytes));
@@ -241,28 +245,48 @@ async fn fetch(
     if let Some(error) = failed {
         return Err(error);
     }
-    let rows_affected = stream
-        .rows_affected()
-        .unwrap_or((rows.len() + kept.len()) as u64);
+    let rows_affected = stream.rows_affected().unwrap_or(collected.len() as u64);
     let mut response = proto::QueryResponse {
         columns: RowDecoder::columns_to_proto(statement.columns()),
         rows: Vec::new(),
         rows_affected,
     };
-    if decode_now {
-        // `bytes` is exact for the rows: add the rest of the message.
-        if bytes + response.encoded_len() > caps.max_bytes {
-            return Err(too_many_bytes(caps.max_bytes));
+    match collected {
+        Collected::Decoded(rows) => {
+            // `bytes` is exact for the rows: add the rest of the message.
+            if bytes + response.encoded_len() > caps.max_bytes {
+                return Err(too_many_bytes(caps.max_bytes));
+            }
+            response.rows = rows;
         }
-        response.rows = rows;
-    } else {
-        response.rows = decoder.decode(&kept, conn.client()).await?;
-        // The binary size was an estimate (some types are longer as text): check the real one.
-        if response.encoded_len() > caps.max_bytes {
-            return Err(too_many_bytes(caps.max_bytes));
+        Collected::Raw(kept) => {
+            response.rows = decoder.decode(&kept, conn.client()).await?;
+            // The binary size was an estimate (some types are longer as text): check the
+            // real one.
+            if response.encoded_len() > caps.max_bytes {
+                return Err(too_many_bytes(caps.max_bytes));
+            }
         }
     }
     Ok(response)
+}
+
+/// The rows of a unary result read so far.
+enum Collected {
+    /// Decoded as they arrived.
+    Decoded(Vec<proto::Row>),
+    /// Kept as PostgreSQL sent them, for values only the server can format, which are asked
+    /// for once the result is complete.
+    Raw(Vec<tokio_postgres::Row>),
+}
+
+impl Collected {
+    fn len(&self) -> usize {
+        match self {
+            Collected::Decoded(rows) => rows.len(),
+            Collected::Raw(rows) => rows.len(),
+        }
+    }
 }
 
 /// The field number of `QueryResponse.rows` in `proto/pgway/v1/pgway.proto`.
