@@ -148,6 +148,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 PGWAY=$ROOT/target/release/pgway
 BENCH=$ROOT/target/release/pgway-bench
+# The source the binaries were built from, taken now: the tree may change during the run.
+PGWAY_VERSION=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 [ -x "$PGWAY" ] && [ -x "$BENCH" ] || die "target/release/pgway and pgway-bench are not built"
 
 # --- Clean-up ----------------------------------------------------------------------------------
@@ -367,7 +369,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "postgresql=$("$PG_BIN/postgres" --version)"
     echo "pgbouncer=$("$PGBOUNCER" --version 2>&1 | head -n 1)"
     echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
-    echo "pgway=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+    echo "pgway=$PGWAY_VERSION"
     echo "load average (1/5/15 min) before=$LOAD_BEFORE"
     echo "load average (1/5/15 min) after=$LOAD_AFTER"
     echo "wall time=$(($(date +%s) - STARTED)) s"
