@@ -823,6 +823,21 @@ mod tests {
     }
 
     #[test]
+    fn rows_tag_is_the_field_number_of_rows() {
+        // The size of a field's key depends on its number only past 15, so the test above
+        // can't tell a wrong tag: the key prost writes for `rows` must be ROWS_TAG's.
+        let response = proto::QueryResponse {
+            rows: vec![proto::Row::default()],
+            ..Default::default()
+        };
+        let length_delimited = 2;
+        assert_eq!(
+            response.encode_to_vec().first().copied(),
+            Some(((ROWS_TAG << 3) | length_delimited) as u8)
+        );
+    }
+
+    #[test]
     fn conflict_backoff_is_bounded() {
         for attempt in 0..30 {
             assert!(conflict_backoff(attempt) <= Duration::from_secs(1));
