@@ -182,12 +182,18 @@ async fn isolation_levels_are_exactly_what_was_asked() {
 /// one is re-run until it commits, and the totals come out exactly right.
 #[tokio::test]
 async fn serialization_failures_are_retried_until_every_transaction_commits() {
+    // Workers update the two rows in opposite orders, so some of them deadlock, and PostgreSQL
+    // takes deadlock_timeout (1 s) to break each deadlock while both connections stay busy: a
+    // worker may queue for a connection longer than the default 5 s acquire timeout. That wait
+    // is not what this test is about.
     let gw = Gateway::with_settings(&[
         "--pool-max",
         "8",
         "--tx-max-attempts",
         "100",
         "--request-timeout",
+        "60s",
+        "--acquire-timeout",
         "60s",
     ])
     .await;
