@@ -424,27 +424,52 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     proxy.cut_after_commit(false);
 
     // An autocommit write cut mid-flight: UNKNOWN unless the caller said it is idempotent,
-    // in which case it is retried and succeeds.
+    // in which case it is retried and succeeds. The write waits at an advisory lock that
+    // `direct` holds, so it is certainly still running when the connection is cut, and no
+    // answer can have passed the proxy before the cut.
     let slow_write = || {
         query(
-            "INSERT INTO t SELECT 2 FROM pg_sleep(0.5) ON CONFLICT DO NOTHING",
+            "INSERT INTO t SELECT 2 FROM pg_advisory_xact_lock_shared(7) \
+             ON CONFLICT DO NOTHING",
             vec![],
         )
     };
+    let write_running = || async { active_statements(&direct, "INSERT INTO t SELECT 2%").await };
+    direct
+        .execute("SELECT pg_advisory_lock(7)", &[])
+        .await
+        .unwrap();
     let call = tokio::spawn({
         let mut client = client.clone();
         let request = slow_write();
         async move { client.query(request).await }
     });
     eventually(Duration::from_secs(5), "the write is running", || async {
-        active_statements(&direct, "INSERT INTO t SELECT 2%").await == 1
+        write_running().await == 1
     })
     .await;
     proxy.cut_all();
     let status = call.await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert_eq!(reason(&status), "OUTCOME_UNKNOWN");
+    direct
+        .execute("SELECT pg_advisory_unlock(7)", &[])
+        .await
+        .unwrap();
+    // Whether the orphaned write commits is a race between the lock being freed and the
+    // cancel request the gateway sends for it: exactly why the caller hears UNKNOWN.
+    statements_end(
+        &direct,
+        "INSERT INTO t SELECT 2%",
+        Duration::from_secs(5),
+        "the orphaned write ends",
+    )
+    .await;
 
+    direct
+        .execute("SELECT pg_advisory_lock(7)", &[])
+        .await
+        .unwrap();
     let mut request = slow_write();
     request.idempotent = true;
     let call = tokio::spawn({
@@ -454,10 +479,14 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     eventually(
         Duration::from_secs(5),
         "the idempotent write is running",
-        || async { active_statements(&direct, "INSERT INTO t SELECT 2%").await == 1 },
+        || async { write_running().await == 1 },
     )
     .await;
     proxy.cut_all();
+    direct
+        .execute("SELECT pg_advisory_unlock(7)", &[])
+        .await
+        .unwrap();
     call.await
         .unwrap()
         .expect("an idempotent write is retried after the cut");
