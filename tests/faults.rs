@@ -308,14 +308,16 @@ async fn a_deadline_frees_the_backend_and_the_slot() {
         .unwrap_err();
     let elapsed = started.elapsed();
     assert_eq!(status.code(), Code::DeadlineExceeded);
+    // At the deadline, not when the statement would have ended (the margin is for a loaded
+    // machine, not a target).
     assert!(
-        elapsed < Duration::from_millis(1100),
+        elapsed < Duration::from_secs(3),
         "answered after {elapsed:?}"
     );
     statements_end(
         &direct,
         "SELECT pg_sleep(10)",
-        Duration::from_millis(1000),
+        Duration::from_secs(5),
         "the sleeping backend stops",
     )
     .await;
@@ -344,7 +346,7 @@ async fn overload_is_shed_fast_and_admitted_calls_succeed() {
             let mut client = client.clone();
             tasks.push(tokio::spawn(async move {
                 let started = Instant::now();
-                let result = client.query(query("SELECT pg_sleep(0.3)", vec![])).await;
+                let result = client.query(query("SELECT pg_sleep(1)", vec![])).await;
                 (result, started.elapsed())
             }));
         }
@@ -362,8 +364,9 @@ async fn overload_is_shed_fast_and_admitted_calls_succeed() {
                     status.get_details_retry_info().is_some(),
                     "a retry delay is given"
                 );
+                // A call that waited for a slot would take at least one 1 s sleep.
                 assert!(
-                    elapsed < Duration::from_millis(250),
+                    elapsed < Duration::from_secs(1),
                     "shedding took {elapsed:?}"
                 );
                 shed += 1;
@@ -553,7 +556,9 @@ async fn a_black_hole_is_survived() {
                     .query(with_deadline(query("SELECT 1", vec![]), deadline))
                     .await;
                 let elapsed = started.elapsed();
-                if elapsed > deadline + Duration::from_millis(100) {
+                // Late means past the deadline by more than a loaded machine's jitter; a
+                // call the gateway did not end would hang for the whole 30 s hole.
+                if elapsed > deadline + Duration::from_secs(1) {
                     late.push((elapsed, result.map(drop)));
                 } else if let Err(status) = &result {
                     assert!(
