@@ -426,3 +426,31 @@ async fn a_deadline_cancels_the_statement() {
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
 }
+
+/// A method the Database service doesn't have, and a service the gateway doesn't serve, are
+/// UNIMPLEMENTED: the Database service's calls skip the general router, the rest go through it.
+#[tokio::test]
+async fn unknown_methods_and_services_are_unimplemented() {
+    let gw = Gateway::start().await;
+    let mut grpc = tonic::client::Grpc::new(gw.channel().await);
+    for path in [
+        "/pgway.v1.Database/Nope",
+        "/pgway.v1.Nope/Query",
+        "/pgway.v1.DatabaseX/Query",
+    ] {
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary::<_, pgway::proto::QueryResponse, _>(
+                tonic::Request::new(query("SELECT 1", vec![])),
+                http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{path}: {status:?}");
+    }
+    // The service itself still answers next to them.
+    let mut client = gw.client().await;
+    let response = run(&mut client, "SELECT 1", vec![]).await;
+    assert_eq!(response.rows.len(), 1);
+}
