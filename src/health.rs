@@ -15,8 +15,8 @@ use tokio_postgres::Client;
 
 use crate::dbtls::DatabaseTls;
 
-/// The readiness service name.
-pub const READINESS: &str = "pgway.v1.Database";
+/// The readiness service name: the Database service's own.
+pub const READINESS: &str = crate::proto::database_server::SERVICE_NAME;
 /// The liveness service name.
 pub const LIVENESS: &str = "";
 

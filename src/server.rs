@@ -62,8 +62,12 @@ fn middleware<D>(
         .layer(DatabaseRouteLayer(database))
 }
 
-/// The path prefix of every method of the Database service.
-const DATABASE_PATH: &str = "/pgway.v1.Database/";
+/// Whether `path` (`/<service>/<method>`) names a method of the Database service.
+fn is_database_call(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.strip_prefix(proto::database_server::SERVICE_NAME))
+        .is_some_and(|method| method.starts_with('/'))
+}
 
 /// Hands the Database service's calls straight to it; everything else (health, reflection,
 /// unknown paths) goes through tonic's router.
@@ -128,7 +132,7 @@ where
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         use futures::TryFutureExt;
-        if request.uri().path().starts_with(DATABASE_PATH) {
+        if is_database_call(request.uri().path()) {
             Either::Left(
                 self.database
                     .call(request)

@@ -427,21 +427,17 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     proxy.cut_after_commit(false);
 
     // An autocommit write cut mid-flight: UNKNOWN unless the caller said it is idempotent,
-    // in which case it is retried and succeeds. The write waits at an advisory lock that
-    // `direct` holds, so it is certainly still running when the connection is cut, and no
-    // answer can have passed the proxy before the cut.
+    // in which case it is retried and succeeds. The write waits at a gate that `direct`
+    // closes, so it is certainly still running when the connection is cut, and no answer can
+    // have passed the proxy before the cut.
     let slow_write = || {
         query(
-            "INSERT INTO t SELECT 2 FROM pg_advisory_xact_lock_shared(7) \
-             ON CONFLICT DO NOTHING",
+            &format!("INSERT INTO t SELECT 2 FROM {WAIT_AT_GATE} ON CONFLICT DO NOTHING"),
             vec![],
         )
     };
     let write_running = || async { active_statements(&direct, "INSERT INTO t SELECT 2%").await };
-    direct
-        .execute("SELECT pg_advisory_lock(7)", &[])
-        .await
-        .unwrap();
+    close_gate(&direct).await;
     let call = tokio::spawn({
         let mut client = client.clone();
         let request = slow_write();
@@ -455,11 +451,8 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     let status = call.await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert_eq!(reason(&status), "OUTCOME_UNKNOWN");
-    direct
-        .execute("SELECT pg_advisory_unlock(7)", &[])
-        .await
-        .unwrap();
-    // Whether the orphaned write commits is a race between the lock being freed and the
+    open_gate(&direct).await;
+    // Whether the orphaned write commits is a race between the gate opening and the
     // cancel request the gateway sends for it: exactly why the caller hears UNKNOWN.
     statements_end(
         &direct,
@@ -469,10 +462,7 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     )
     .await;
 
-    direct
-        .execute("SELECT pg_advisory_lock(7)", &[])
-        .await
-        .unwrap();
+    close_gate(&direct).await;
     let mut request = slow_write();
     request.idempotent = true;
     let call = tokio::spawn({
@@ -486,10 +476,7 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     )
     .await;
     proxy.cut_all();
-    direct
-        .execute("SELECT pg_advisory_unlock(7)", &[])
-        .await
-        .unwrap();
+    open_gate(&direct).await;
     call.await
         .unwrap()
         .expect("an idempotent write is retried after the cut");

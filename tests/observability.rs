@@ -36,18 +36,15 @@ async fn metrics_follow_the_pool_and_the_calls() {
         .await;
     let timeouts_before = gw.metric("pgway_pool_acquire_timeouts_total").await;
 
-    // A checkout shows in in_use. The call waits at an advisory lock held here, so it keeps
-    // the only connection for as long as the test needs it.
+    // A checkout shows in in_use. The call waits at a gate closed here, so it keeps the only
+    // connection for as long as the test needs it.
     let direct = gw.direct().await;
-    direct
-        .execute("SELECT pg_advisory_lock(7)", &[])
-        .await
-        .unwrap();
+    close_gate(&direct).await;
     let busy = tokio::spawn({
         let mut client = client.clone();
         async move {
             client
-                .query(query("SELECT pg_advisory_xact_lock_shared(7)", vec![]))
+                .query(query(&format!("SELECT {WAIT_AT_GATE}"), vec![]))
                 .await
         }
     });
@@ -70,10 +67,7 @@ async fn metrics_follow_the_pool_and_the_calls() {
             .await
             >= 1.0
     );
-    direct
-        .execute("SELECT pg_advisory_unlock(7)", &[])
-        .await
-        .unwrap();
+    open_gate(&direct).await;
     busy.await.unwrap().unwrap();
     eventually(
         Duration::from_secs(5),

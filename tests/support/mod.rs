@@ -273,6 +273,26 @@ pub async fn active_statements(direct: &tokio_postgres::Client, pattern: &str) -
         .get(0)
 }
 
+/// SQL that waits, as a running statement, while a gate is closed in the same database: a test
+/// holds a call in flight for exactly as long as it needs, with no sleep to outlast.
+pub const WAIT_AT_GATE: &str = "pg_advisory_xact_lock_shared(7)";
+
+/// Closes the gate of [`WAIT_AT_GATE`] for as long as `holder`'s session holds it.
+pub async fn close_gate(holder: &tokio_postgres::Client) {
+    holder
+        .execute("SELECT pg_advisory_lock(7)", &[])
+        .await
+        .expect("close the gate");
+}
+
+/// Opens the gate of [`WAIT_AT_GATE`]: the statements waiting at it go on.
+pub async fn open_gate(holder: &tokio_postgres::Client) {
+    holder
+        .execute("SELECT pg_advisory_unlock(7)", &[])
+        .await
+        .expect("open the gate");
+}
+
 /// Polls until no statement matching `pattern` runs on the server, failing the test with
 /// `what` after `limit`.
 pub async fn statements_end(
