@@ -155,6 +155,11 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "h2")]
     grpc_client: GrpcClient,
 
+    /// Load threads. Each owns a share of the callers together with their connections, so a
+    /// call never moves between threads (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+
     /// pgbench scale factor of the database (100,000 accounts per unit).
     #[arg(long, default_value_t = 10)]
     scale: u32,
@@ -258,17 +263,32 @@ fn main() -> std::process::ExitCode {
             }
         },
         Cmd::Run(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
+            let threads = match args.threads {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            };
+            let shards = match Shards::start(threads) {
+                Ok(shards) => shards,
+                Err(error) => {
+                    eprintln!("pgway-bench: cannot start the load threads: {error}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            // The main thread only paces the run and samples /proc.
+            let built = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()
-            {
+                .build();
+            let runtime = match built {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("pgway-bench: cannot start the runtime: {error}");
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(args)) {
+            let outcome = runtime.block_on(run(args, &shards));
+            drop(runtime);
+            shards.stop();
+            match outcome {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("pgway-bench: {error}");
@@ -855,6 +875,77 @@ async fn caller_loop(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Load threads
+// ---------------------------------------------------------------------------------------------
+
+/// The load generator's threads, each a single-threaded runtime.
+///
+/// The load generator shares the machine with what it measures. On tokio's work-stealing
+/// runtime a caller's task and the task of the connection it sends on land on different threads,
+/// and every call then wakes the other thread twice; with each caller kept on the thread that
+/// owns its connection, the gRPC client spent about 10% less CPU per call at 100 callers and
+/// 20% less at one (bench/notes.md, finding 12). One thread in all would be cheaper still, but
+/// it slows 200 direct connections down by a third: one per core.
+struct Shards {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Shards {
+    fn start(count: usize) -> std::io::Result<Shards> {
+        let mut shards = Shards {
+            handles: Vec::new(),
+            stops: Vec::new(),
+            threads: Vec::new(),
+        };
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            shards.handles.push(runtime.handle().clone());
+            shards.stops.push(stop);
+            // The runtime runs the tasks given to its handle while its thread waits here, and
+            // drops what is left (callers, connections) when the thread ends.
+            shards.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("load-{index}"))
+                    .spawn(move || {
+                        runtime.block_on(async {
+                            let _ = stopped.await;
+                        });
+                    })?,
+            );
+        }
+        Ok(shards)
+    }
+
+    fn handle(&self, shard: usize) -> &tokio::runtime::Handle {
+        &self.handles[shard % self.handles.len()]
+    }
+
+    /// Runs `work` on load thread `shard` (anything it spawns stays there) and waits for it.
+    async fn on<T: Send + 'static>(
+        &self,
+        shard: usize,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, BoxError> {
+        self.handle(shard)
+            .spawn(work)
+            .await
+            .map_err(|e| format!("load thread {shard}: {e}").into())
+    }
+
+    fn stop(self) {
+        drop(self.stops);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // One run
 // ---------------------------------------------------------------------------------------------
 
@@ -888,10 +979,13 @@ async fn snapshot(args: &RunArgs) -> Snapshot {
     }
 }
 
+/// Connects the callers, each on the load thread that owns its connection; returns them with
+/// that thread's index, and the number of connections.
 async fn connect_callers(
     args: &RunArgs,
     mode: StatementMode,
-) -> Result<(Vec<Caller>, usize), BoxError> {
+    shards: &Shards,
+) -> Result<(Vec<(usize, Caller)>, usize), BoxError> {
     let n = args.concurrency.max(1);
     match args.target {
         Target::Gateway => {
@@ -899,20 +993,23 @@ async fn connect_callers(
             let channels = n.div_ceil(per);
             let origin: http::Uri = args.url.parse()?;
             let mut made = Vec::with_capacity(channels);
-            for _ in 0..channels {
-                made.push(Transport::connect(args.grpc_client, &origin).await?);
+            for channel in 0..channels {
+                let (kind, origin) = (args.grpc_client, origin.clone());
+                let connect = async move { Transport::connect(kind, &origin).await };
+                made.push(shards.on(channel, connect).await??);
             }
             let callers = (0..n)
                 .map(|i| {
                     let transport = made[i / per].clone();
-                    if args.workload == Workload::Ping {
+                    let caller = if args.workload == Workload::Ping {
                         Caller::Health(HealthClient::with_origin(transport, origin.clone()))
                     } else {
                         Caller::Gateway(
                             DatabaseClient::with_origin(transport, origin.clone())
                                 .max_decoding_message_size(64 * 1024 * 1024),
                         )
-                    }
+                    };
+                    (i / per, caller)
                 })
                 .collect();
             Ok((callers, channels))
@@ -920,10 +1017,14 @@ async fn connect_callers(
         Target::Direct | Target::Pgbouncer => {
             // Open the connections a few at a time: a burst of forks is not what is measured.
             let mut callers = Vec::with_capacity(n);
-            let mut pending = futures::stream::iter((0..n).map(|_| pg_connect(&args.url, mode)))
-                .buffer_unordered(8);
-            while let Some(caller) = pending.next().await {
-                callers.push(Caller::Pg(caller?));
+            let mut pending = futures::stream::iter((0..n).map(|i| {
+                let url = args.url.clone();
+                let connect = async move { pg_connect(&url, mode).await };
+                async move { (i, shards.on(i, connect).await) }
+            }))
+            .buffer_unordered(8);
+            while let Some((i, caller)) = pending.next().await {
+                callers.push((i, Caller::Pg(caller??)));
             }
             Ok((callers, n))
         }
@@ -1043,7 +1144,7 @@ fn slope_per_minute(samples: &[(f64, u64)]) -> Option<f64> {
     (den > 0.0).then(|| num / den * 60.0)
 }
 
-async fn run(args: RunArgs) -> Result<(), BoxError> {
+async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
     let mode = args.statements.unwrap_or(match args.target {
         Target::Pgbouncer => StatementMode::Unnamed,
         _ => StatementMode::Prepared,
@@ -1074,11 +1175,11 @@ async fn run(args: RunArgs) -> Result<(), BoxError> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let (callers, connections) = connect_callers(&args, mode).await?;
+    let (callers, connections) = connect_callers(&args, mode, shards).await?;
 
     let mut tasks = Vec::with_capacity(callers.len());
-    for caller in callers {
-        tasks.push(tokio::spawn(caller_loop(
+    for (shard, caller) in callers {
+        tasks.push(shards.handle(shard).spawn(caller_loop(
             caller,
             Arc::clone(&shared),
             Arc::clone(&params),
@@ -1883,7 +1984,15 @@ mod report {
             ) {
                 (Some(g), Some(d)) => Verdict {
                     target: name,
-                    measured: format!("{g:.0} − {d:.0} = {:.0} µs", g - d),
+                    // What one more hop costs on this machine, for scale: PgBouncer's own.
+                    measured: match sweep("pgbouncer", 1).and_then(|r| r.num("p50_us")) {
+                        Some(b) => format!(
+                            "{g:.0} − {d:.0} = {:.0} µs (PgBouncer: {b:.0} − {d:.0} = {:.0} µs)",
+                            g - d,
+                            b - d
+                        ),
+                        None => format!("{g:.0} − {d:.0} = {:.0} µs", g - d),
+                    },
                     met: Some(g - d < 100.0),
                 },
                 _ => Verdict {
@@ -2076,6 +2185,7 @@ mod report {
              - gateway: `target/release/pgway serve`, `PGWAY_POOL_MAX=20`, `PGWAY_MAX_WAITING={}`, `PGWAY_LOG=warn`; \
              callers spread over HTTP/2 connections, {} callers per connection, each connection hyper's HTTP/2 client \
              used directly (tonic's `Channel` would add a buffer task per connection and cost the load generator more CPU per call).\n\
+             - The load generator: one thread per core, each a single-threaded runtime that owns a share of the callers              and their connections, so a call never moves between threads.\n\
              - Each point: {} warm-up, then {} measured{}. Concurrency = callers each waiting for its answer before asking again.\n\
              - Workloads: **select** = `pgbench -S` (`{}` with a random aid); **write** = `BEGIN; {}; COMMIT` \
              (the `Transaction` RPC for the gateway); **read1000** = `{}` over 1,000 consecutive aids (unary `Query` for the gateway).\n",
