@@ -2094,10 +2094,12 @@ mod report {
                     Some(s) if mean > 0.0 => Verdict {
                         target: name,
                         measured: format!(
-                            "{s:.0} bytes/min over {:.0} s ({} samples, mean RSS {:.1} MB, errors {}): {:+.2}% per hour{}",
+                            "{s:.0} bytes/min over {:.0} s ({} samples, mean RSS {:.1} MB, from {:.1} to {:.1} MB, errors {}): {:+.2}% per hour{}",
                             r.num("duration_s").unwrap_or(0.0),
                             samples.len(),
                             mean / 1e6,
+                            samples.iter().copied().fold(f64::INFINITY, f64::min) / 1e6,
+                            samples.iter().copied().fold(0.0, f64::max) / 1e6,
                             errors_text(r),
                             s * 60.0 / mean * 100.0,
                             if r.num("duration_s").unwrap_or(0.0) < 600.0 {
