@@ -882,7 +882,7 @@ async fn caller_loop(
 ///
 /// The load generator shares the machine with what it measures. On tokio's work-stealing
 /// runtime a caller's task and the task of the connection it sends on land on different threads,
-/// and every call then wakes the other thread twice; with each caller kept on the thread that
+/// and a call then wakes the other thread; with each caller kept on the thread that
 /// owns its connection, the gRPC client spent about 10% less CPU per call at 100 callers and
 /// 20% less at one (bench/notes.md, finding 12). One thread in all would be cheaper still, but
 /// it slows 200 direct connections down by a third: one per core.
@@ -2187,7 +2187,8 @@ mod report {
              - gateway: `target/release/pgway serve`, `PGWAY_POOL_MAX=20`, `PGWAY_MAX_WAITING={}`, `PGWAY_LOG=warn`; \
              callers spread over HTTP/2 connections, {} callers per connection, each connection hyper's HTTP/2 client \
              used directly (tonic's `Channel` would add a buffer task per connection and cost the load generator more CPU per call).\n\
-             - The load generator: one thread per core, each a single-threaded runtime that owns a share of the callers              and their connections, so a call never moves between threads.\n\
+             - The load generator: one thread per core, each a single-threaded runtime that owns a share of the callers \
+             and their connections, so a call never moves between threads.\n\
              - Each point: {} warm-up, then {} measured{}. Concurrency = callers each waiting for its answer before asking again.\n\
              - Workloads: **select** = `pgbench -S` (`{}` with a random aid); **write** = `BEGIN; {}; COMMIT` \
              (the `Transaction` RPC for the gateway); **read1000** = `{}` over 1,000 consecutive aids (unary `Query` for the gateway).\n",
