@@ -241,7 +241,7 @@ impl DatabaseService {
             return Err(GatewayError::ShuttingDown.into());
         }
         let caller = auth::caller_of(request)?;
-        tracing::Span::current().record("caller", caller.log_name());
+        tracing::Span::current().record("caller", tracing::field::display(caller.log_name()));
         let permit = self.inner.caller_limits.enter(&caller, kind)?;
         Ok(Admitted {
             caller,

@@ -220,6 +220,7 @@ async fn logs_show_connections_and_calls_and_stats_prints_the_pool() {
         .unwrap_or_else(|| panic!("no call line with the request id: {calls:?}"));
     assert_eq!(call["code"], "OK");
     assert_eq!(call["span"]["method"], "Query");
+    assert_eq!(call["span"]["caller"], "open");
     assert!(call["duration_ms"].is_number());
     let closed = find("closed");
     assert!(

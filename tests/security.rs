@@ -940,6 +940,25 @@ async fn secrets_stay_out_of_logs_and_metrics() {
     // Not even the JWT's signature part.
     let signature = jwt.rsplit('.').next().unwrap();
     assert!(!logs.contains(signature));
+    // What the call lines name instead: the token by its fingerprint (the first 8 hex digits of
+    // its SHA-256), the JWT by its role and subject.
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let fingerprint: String = digest.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let callers: Vec<String> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["message"] == "call finished")
+        .filter_map(|e| e["span"]["caller"].as_str().map(str::to_owned))
+        .collect();
+    for expected in [
+        format!("token:{fingerprint}"),
+        "jwt:pg_read_all_data:someone".to_owned(),
+    ] {
+        assert!(callers.contains(&expected), "{expected} not in {callers:?}");
+    }
 }
 
 fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {

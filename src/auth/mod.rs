@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod limits;
 pub mod tokens;
 
+use std::fmt::{self, Write as _};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -80,21 +81,34 @@ impl Caller {
     }
 
     /// How the caller is named in logs: a token's fingerprint, a JWT's role and subject. Never
-    /// a secret.
-    pub fn log_name(&self) -> String {
-        match self {
-            Caller::Open => "open".into(),
-            Caller::Token { fingerprint } => format!("token:{fingerprint}"),
+    /// a secret. Formatted only when a log line is written, so a call whose span is off costs
+    /// no allocation.
+    pub fn log_name(&self) -> LogName<'_> {
+        LogName(self)
+    }
+}
+
+/// A [`Caller`]'s name in logs; see [`Caller::log_name`].
+#[derive(Debug, Clone, Copy)]
+pub struct LogName<'a>(&'a Caller);
+
+impl fmt::Display for LogName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Caller::Open => f.write_str("open"),
+            Caller::Token { fingerprint } => write!(f, "token:{fingerprint}"),
             Caller::Jwt(verified) => {
-                let sub: String = verified
-                    .subject
-                    .as_deref()
-                    .unwrap_or("-")
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(64)
-                    .collect();
-                format!("jwt:{}:{sub}", verified.role)
+                write!(f, "jwt:{}:", verified.role)?;
+                match verified.subject.as_deref() {
+                    None => f.write_str("-"),
+                    // A subject is the token issuer's text: no control characters (a forged
+                    // line break in a log), and no more than 64 characters of it.
+                    Some(sub) => sub
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(64)
+                        .try_for_each(|c| f.write_char(c)),
+                }
             }
         }
     }
