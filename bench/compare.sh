@@ -79,7 +79,8 @@ case $REPEAT in
     '' | *[!0-9]* | 0) echo "compare.sh: REPEAT must be a positive number" >&2 && exit 2 ;;
 esac
 MAX_WAITING=${MAX_WAITING:-4096}
-CALLERS_PER_CHANNEL=${CALLERS_PER_CHANNEL:-16}
+# 0: one HTTP/2 connection per load thread, whatever the concurrency (see pgway-bench run --help).
+CALLERS_PER_CHANNEL=${CALLERS_PER_CHANNEL:-0}
 STREAM_CALLERS_PER_CHANNEL=${STREAM_CALLERS_PER_CHANNEL:-32}
 # 200 direct connections + PgBouncer's 20 + the gateway's 20 + its health check + headroom.
 MAX_CONNECTIONS=${MAX_CONNECTIONS:-400}
@@ -377,6 +378,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "max_connections=$MAX_CONNECTIONS"
     echo "max_waiting=$MAX_WAITING"
     echo "callers_per_channel=$CALLERS_PER_CHANNEL"
+    echo "stream_callers_per_channel=$STREAM_CALLERS_PER_CHANNEL"
     echo "warmup=$WARMUP"
     echo "repeat=$REPEAT"
     echo "duration=$DURATION"

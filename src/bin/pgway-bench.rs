@@ -147,8 +147,10 @@ struct RunArgs {
     #[arg(long, default_value = "8s", value_parser = pgway::config::parse_duration)]
     duration: Duration,
 
-    /// Gateway callers per HTTP/2 connection.
-    #[arg(long, default_value_t = 16)]
+    /// Gateway callers per HTTP/2 connection (0: one connection per load thread, shared by all
+    /// of that thread's callers, the way a gRPC client process sends every call over its one
+    /// channel).
+    #[arg(long, default_value_t = 0)]
     callers_per_channel: usize,
 
     /// The gRPC client transport for the gateway.
@@ -921,6 +923,10 @@ impl Shards {
         Ok(shards)
     }
 
+    fn len(&self) -> usize {
+        self.handles.len()
+    }
+
     fn handle(&self, shard: usize) -> &tokio::runtime::Handle {
         &self.handles[shard % self.handles.len()]
     }
@@ -989,8 +995,18 @@ async fn connect_callers(
     let n = args.concurrency.max(1);
     match args.target {
         Target::Gateway => {
-            let per = args.callers_per_channel.max(1);
-            let channels = n.div_ceil(per);
+            // Caller i sends on connection `channel_of(i)`, owned by load thread `channel_of(i)`.
+            // With a fixed number of connections the sweep varies only the concurrency: more
+            // callers per connection, not more connections carrying fewer calls each (which
+            // costs both ends more per call: fewer requests share a read or a write).
+            let (channels, channel_of): (usize, Box<dyn Fn(usize) -> usize>) =
+                match args.callers_per_channel {
+                    0 => {
+                        let channels = n.min(shards.len());
+                        (channels, Box::new(move |i| i % channels))
+                    }
+                    per => (n.div_ceil(per), Box::new(move |i| i / per)),
+                };
             let origin: http::Uri = args.url.parse()?;
             let mut made = Vec::with_capacity(channels);
             for channel in 0..channels {
@@ -1000,7 +1016,7 @@ async fn connect_callers(
             }
             let callers = (0..n)
                 .map(|i| {
-                    let transport = made[i / per].clone();
+                    let transport = made[channel_of(i)].clone();
                     let caller = if args.workload == Workload::Ping {
                         Caller::Health(HealthClient::with_origin(transport, origin.clone()))
                     } else {
@@ -1009,7 +1025,7 @@ async fn connect_callers(
                                 .max_decoding_message_size(64 * 1024 * 1024),
                         )
                     };
-                    (i / per, caller)
+                    (channel_of(i), caller)
                 })
                 .collect();
             Ok((callers, channels))
@@ -2185,7 +2201,7 @@ mod report {
              - PgBouncer: `pool_mode=transaction`, `default_pool_size=20`, tokio-postgres clients with unnamed statements \
              (`query_typed`, one round trip; named prepared statements need PgBouncer ≥ 1.21).\n\
              - gateway: `target/release/pgway serve`, `PGWAY_POOL_MAX=20`, `PGWAY_MAX_WAITING={}`, `PGWAY_LOG=warn`; \
-             callers spread over HTTP/2 connections, {} callers per connection, each connection hyper's HTTP/2 client \
+             {}, each connection hyper's HTTP/2 client \
              used directly (tonic's `Channel` would add a buffer task per connection and cost the load generator more CPU per call).\n\
              - The load generator: one thread per core, each a single-threaded runtime that owns a share of the callers \
              and their connections, so a call never moves between threads.\n\
@@ -2195,7 +2211,16 @@ mod report {
             info("max_connections"),
             info("scale"),
             info("max_waiting"),
-            info("callers_per_channel"),
+            match info("callers_per_channel") {
+                "0" => format!(
+                    "one HTTP/2 connection per load thread, shared by all of its callers (a gRPC client \
+                     process sends every call over its one channel; the 2,000-call memory runs use one \
+                     connection per {} callers, as many clients would)",
+                    info("stream_callers_per_channel")
+                ),
+                per =>
+                    format!("callers spread over HTTP/2 connections, {per} callers per connection"),
+            },
             info("warmup"),
             info("duration"),
             match info("repeat").parse::<u32>() {
