@@ -995,7 +995,8 @@ async fn connect_callers(
     let n = args.concurrency.max(1);
     match args.target {
         Target::Gateway => {
-            // Caller i sends on connection `channel_of(i)`, owned by load thread `channel_of(i)`.
+            // Caller i sends on connection `channel_of(i)`, which the load thread of that number
+            // (modulo the thread count) owns, as it owns the caller.
             // With a fixed number of connections the sweep varies only the concurrency: more
             // callers per connection, not more connections carrying fewer calls each (which
             // costs both ends more per call: fewer requests share a read or a write).
