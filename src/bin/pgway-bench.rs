@@ -928,7 +928,7 @@ impl Shards {
     }
 
     fn handle(&self, shard: usize) -> &tokio::runtime::Handle {
-        &self.handles[shard % self.handles.len()]
+        &self.handles[shard % self.len()]
     }
 
     /// Runs `work` on load thread `shard` (anything it spawns stays there) and waits for it.
@@ -1000,14 +1000,13 @@ async fn connect_callers(
             // With a fixed number of connections the sweep varies only the concurrency: more
             // callers per connection, not more connections carrying fewer calls each (which
             // costs both ends more per call: fewer requests share a read or a write).
-            let (channels, channel_of): (usize, Box<dyn Fn(usize) -> usize>) =
-                match args.callers_per_channel {
-                    0 => {
-                        let channels = n.min(shards.len());
-                        (channels, Box::new(move |i| i % channels))
-                    }
-                    per => (n.div_ceil(per), Box::new(move |i| i / per)),
-                };
+            let per = args.callers_per_channel;
+            let channels = match per {
+                0 => n.min(shards.len()),
+                per => n.div_ceil(per),
+            };
+            // Consecutive callers share a connection, or (per = 0) they take turns.
+            let channel_of = |i: usize| i.checked_div(per).unwrap_or(i % channels);
             let origin: http::Uri = args.url.parse()?;
             let mut made = Vec::with_capacity(channels);
             for channel in 0..channels {
