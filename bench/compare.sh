@@ -15,6 +15,7 @@
 #   SWEEP="1 10 20 50 100 200"   concurrency points of the point-select sweep
 #   WORKLOAD_CONCURRENCY="10 100" concurrency points of the write and 1,000-row read workloads
 #   WARMUP=3s DURATION=8s         per point
+#   HOP_DURATION=3s               each bare loopback round-trip measurement (pgway-bench hop)
 #   REPEAT=1                      runs of the sweep and the floor; the report takes each point's
 #                                 median (3 on a noisy machine)
 #   SOAK_SECONDS=60               the soak (100 callers, point select) after its warm-up
@@ -53,6 +54,7 @@ if [ "$SMOKE" = 1 ]; then
     WORKLOAD_CONCURRENCY=${WORKLOAD_CONCURRENCY:-10}
     WARMUP=${WARMUP:-1s}
     DURATION=${DURATION:-2s}
+    HOP_DURATION=${HOP_DURATION:-1s}
     SOAK_SECONDS=${SOAK_SECONDS:-6}
     SOAK_WARMUP=${SOAK_WARMUP:-1s}
     SOAK_SAMPLE=${SOAK_SAMPLE:-1s}
@@ -65,6 +67,7 @@ else
     WORKLOAD_CONCURRENCY=${WORKLOAD_CONCURRENCY:-10 100}
     WARMUP=${WARMUP:-3s}
     DURATION=${DURATION:-8s}
+    HOP_DURATION=${HOP_DURATION:-3s}
     SOAK_SECONDS=${SOAK_SECONDS:-60}
     SOAK_WARMUP=${SOAK_WARMUP:-10s}
     SOAK_SAMPLE=${SOAK_SAMPLE:-5s}
@@ -337,6 +340,10 @@ for round in $(seq "$REPEAT"); do
     done
     log "one caller, no SQL: the round-trip floor of each stack ($round of $REPEAT)"
     each_target --label floor --workload ping -c 1 --warmup "$WARMUP" --duration "$DURATION"
+    # And under every stack: a bare loopback round trip between two threads, on two cores and
+    # on one, which is what a hop between two processes costs this machine before any protocol.
+    "$BENCH" hop --label floor --duration "$HOP_DURATION" --json-out "$RESULTS" >/dev/null ||
+        { log "run failed: hop"; FAILED=$((FAILED + 1)); }
 done
 
 log "write and 1,000-row read: concurrency $WORKLOAD_CONCURRENCY"
@@ -366,6 +373,10 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "cores=$(nproc)"
     echo "memory=$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "kernel=$(uname -sr)"
+    # How an idle core waits decides what waking a thread on it costs (see the hop rows).
+    HALT_POLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+    echo "cpuidle=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo unknown)$(
+        [ ! -r "$HALT_POLL" ] || echo ", guest_halt_poll_ns=$(cat "$HALT_POLL")")"
     echo "os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
     echo "postgresql=$("$PG_BIN/postgres" --version)"
     echo "pgbouncer=$("$PGBOUNCER" --version 2>&1 | head -n 1)"

@@ -21,6 +21,8 @@
 //! `--soak` samples the RSS every `--sample-every` and reports its least-squares slope.
 //!
 //! `pgway-bench report` turns the JSON lines of a `bench/compare.sh` run into BENCHMARKS.md.
+//! `pgway-bench hop` times a bare loopback TCP round trip between two threads (on two cores and
+//! on one): what the machine charges for a hop between processes before any protocol.
 //! `pgway-bench free-port` prints a free loopback TCP port (for the script).
 //!
 //! It is a benchmark, not a test: nothing here asserts a timing.
@@ -66,6 +68,25 @@ enum Cmd {
     Report(ReportArgs),
     /// Print a free TCP port on 127.0.0.1.
     FreePort,
+    /// Time a bare TCP round trip over loopback between two threads, with blocking sockets and
+    /// no protocol: the floor under every hop between two processes on this machine. Once with
+    /// the threads on two different cores, once with both on one core.
+    Hop(HopArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct HopArgs {
+    /// Time measured for each placement (after a tenth of it as warm-up).
+    #[arg(long, default_value = "3s", value_parser = pgway::config::parse_duration)]
+    duration: Duration,
+
+    /// The label of the JSON lines.
+    #[arg(long, default_value = "floor")]
+    label: String,
+
+    /// Append the JSON lines to this file too.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -257,6 +278,13 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Cmd::Hop(args) => match hop::run(&args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("pgway-bench hop: {error}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Cmd::Report(args) => match report::run(&args) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(error) => {
@@ -1421,6 +1449,133 @@ async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The floor under a hop: a bare loopback round trip between two threads
+// ---------------------------------------------------------------------------------------------
+
+/// Every call through the gateway crosses two process boundaries where a direct connection
+/// crosses one, and each crossing wakes a sleeping thread. What a wake-up costs is the
+/// machine's, not the software's: on a virtual machine, waking a thread on another core goes
+/// through the hypervisor and can cost several times the same wake-up on one core. This
+/// measures it, so that the added latency of the gateway can be read against it.
+mod hop {
+    use super::{BoxError, Histogram, HopArgs, Json};
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+
+    /// Pins the calling thread to one CPU.
+    fn pin(cpu: usize) -> std::io::Result<()> {
+        let mut set = CpuSet::new();
+        set.set(cpu);
+        sched_setaffinity(None, &set).map_err(std::io::Error::from)
+    }
+
+    /// Round trips of one byte between an echo thread on `echo_cpu` and a timing thread on
+    /// `ping_cpu`, for `warmup` and then `duration`.
+    fn measure(
+        echo_cpu: usize,
+        ping_cpu: usize,
+        warmup: Duration,
+        duration: Duration,
+    ) -> Result<Histogram, BoxError> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let addr = listener.local_addr()?;
+        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            pin(echo_cpu)?;
+            let (mut socket, _) = listener.accept()?;
+            socket.set_nodelay(true)?;
+            let mut byte = [0u8; 1];
+            // Until the timing thread closes its end (read returns 0).
+            while socket.read(&mut byte)? == 1 {
+                socket.write_all(&byte)?;
+            }
+            Ok(())
+        });
+        let ping = std::thread::spawn(move || -> std::io::Result<Histogram> {
+            pin(ping_cpu)?;
+            let mut socket = TcpStream::connect(addr)?;
+            socket.set_nodelay(true)?;
+            let histogram = Histogram::new();
+            let mut byte = [0u8; 1];
+            let start = Instant::now();
+            let measure_from = start + warmup;
+            let end = measure_from + duration;
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                socket.write_all(&byte)?;
+                socket.read_exact(&mut byte)?;
+                if sent >= measure_from {
+                    histogram.record(sent.elapsed());
+                }
+            }
+            Ok(histogram)
+        });
+        let histogram = ping.join().map_err(|_| "the timing thread panicked")??;
+        echo.join().map_err(|_| "the echo thread panicked")??;
+        Ok(histogram)
+    }
+
+    pub fn run(args: &HopArgs) -> Result<(), BoxError> {
+        let allowed = sched_getaffinity(None)?;
+        let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
+            .filter(|&cpu| allowed.is_set(cpu))
+            .take(2)
+            .collect();
+        let Some(&first) = cpus.first() else {
+            return Err("no CPU to run on".into());
+        };
+        let mut placements = vec![("tcp-1-core", first, first)];
+        if let Some(&second) = cpus.get(1) {
+            placements.insert(0, ("tcp-2-cores", first, second));
+        }
+        let mut lines = Vec::new();
+        for (workload, echo_cpu, ping_cpu) in placements {
+            let h = measure(echo_cpu, ping_cpu, args.duration / 10, args.duration)?;
+            let count = h.count.load(Ordering::Relaxed);
+            let us = |ns: u64| ns as f64 / 1000.0;
+            let line = Json::object()
+                .str("tool", "pgway-bench")
+                .str("label", &args.label)
+                .str("target", "loopback")
+                .str("workload", workload)
+                .int("concurrency", 1)
+                .num("duration_s", args.duration.as_secs_f64())
+                .int("ok", count)
+                .num("throughput_qps", count as f64 / args.duration.as_secs_f64())
+                .num("p50_us", us(h.quantile(0.50)))
+                .num("p90_us", us(h.quantile(0.90)))
+                .num("p99_us", us(h.quantile(0.99)))
+                .num("max_us", us(h.max_ns.load(Ordering::Relaxed)))
+                .finish();
+            eprintln!(
+                "loopback  {workload:<11} round trip p50 {:>8.1}µs  p90 {:>8.1}µs  p99 {:>8.1}µs",
+                us(h.quantile(0.50)),
+                us(h.quantile(0.90)),
+                us(h.quantile(0.99)),
+            );
+            println!("{line}");
+            lines.push(line);
+        }
+        if let Some(path) = &args.json_out {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            for line in lines {
+                writeln!(file, "{line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // A small JSON writer (no serde_json in the non-dev dependencies)
 // ---------------------------------------------------------------------------------------------
 
@@ -2000,14 +2155,26 @@ mod report {
             ) {
                 (Some(g), Some(d)) => Verdict {
                     target: name,
-                    // What one more hop costs on this machine, for scale: PgBouncer's own.
-                    measured: match sweep("pgbouncer", 1).and_then(|r| r.num("p50_us")) {
-                        Some(b) => format!(
-                            "{g:.0} − {d:.0} = {:.0} µs (PgBouncer: {b:.0} − {d:.0} = {:.0} µs)",
-                            g - d,
-                            b - d
-                        ),
-                        None => format!("{g:.0} − {d:.0} = {:.0} µs", g - d),
+                    // What one more hop costs on this machine, for scale: PgBouncer's own, and
+                    // the bare loopback round trip between two cores under any stack.
+                    measured: {
+                        let mut text = format!("{g:.0} − {d:.0} = {:.0} µs", g - d);
+                        let mut scale = Vec::new();
+                        if let Some(b) = sweep("pgbouncer", 1).and_then(|r| r.num("p50_us")) {
+                            scale.push(format!("PgBouncer: {b:.0} − {d:.0} = {:.0} µs", b - d));
+                        }
+                        if let Some(hop) = runs
+                            .find("floor", "loopback", "tcp-2-cores", 1)
+                            .and_then(|r| r.num("p50_us"))
+                        {
+                            scale.push(format!(
+                                "a bare loopback round trip between two cores: {hop:.0} µs"
+                            ));
+                        }
+                        if !scale.is_empty() {
+                            let _ = write!(text, " ({})", scale.join("; "));
+                        }
+                        text
                     },
                     met: Some(g - d < 100.0),
                 },
@@ -2272,32 +2439,42 @@ mod report {
                 out,
                 "`ping` is a call that does no SQL: the gRPC health `Check` for the gateway, an empty query for \
                  PostgreSQL and PgBouncer. The gap between `ping` and `select` is the work of the query itself; \
-                 the gap between the targets' `ping` is the cost of their protocol stacks on this machine.\n"
+                 the gap between the targets' `ping` is the cost of their protocol stacks on this machine. \
+                 The `loopback` rows are under every stack: one byte sent back and forth between two threads \
+                 over a loopback TCP connection, with blocking sockets and no protocol (`pgway-bench hop`), \
+                 the threads pinned to two different cores (`tcp-2-cores`) or both to one (`tcp-1-core`). \
+                 A call through the gateway or PgBouncer makes two such round trips where a direct call \
+                 makes one, so the `tcp-2-cores` row is the scale on which to read what a proxy adds at one \
+                 caller: what this machine charges for waking a thread on another core, before any protocol \
+                 (less when the scheduler happens to put the two processes on one core).\n"
             );
             let _ = writeln!(
                 out,
                 "| target | workload | q/s | p50 µs | p90 µs | p99 µs | proxy CPU ms / 1k | PostgreSQL CPU ms / 1k | load generator CPU ms / 1k |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
             );
-            for t in TARGETS {
-                let rows = runs
-                    .find("floor", t, "ping", 1)
+            let stacks = TARGETS.iter().flat_map(|&t| {
+                runs.find("floor", t, "ping", 1)
                     .into_iter()
-                    .chain(runs.find("sweep", t, "select", 1));
-                for r in rows {
-                    let ms = |k: &str| fmt_num(r.num(k).map(|v| v * 1000.0), 1);
-                    let _ = writeln!(
-                        out,
-                        "| {t} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                        r.text("workload"),
-                        fmt_num(r.num("throughput_qps"), 0),
-                        fmt_num(r.num("p50_us"), 0),
-                        fmt_num(r.num("p90_us"), 0),
-                        fmt_num(r.num("p99_us"), 0),
-                        ms("cpu_s_per_1k"),
-                        ms("pg_cpu_s_per_1k"),
-                        ms("bench_cpu_s_per_1k"),
-                    );
-                }
+                    .chain(runs.find("sweep", t, "select", 1))
+            });
+            let bare = ["tcp-2-cores", "tcp-1-core"]
+                .into_iter()
+                .filter_map(|w| runs.find("floor", "loopback", w, 1));
+            for r in stacks.chain(bare) {
+                let ms = |k: &str| fmt_num(r.num(k).map(|v| v * 1000.0), 1);
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.text("target"),
+                    r.text("workload"),
+                    fmt_num(r.num("throughput_qps"), 0),
+                    fmt_num(r.num("p50_us"), 0),
+                    fmt_num(r.num("p90_us"), 0),
+                    fmt_num(r.num("p99_us"), 0),
+                    ms("cpu_s_per_1k"),
+                    ms("pg_cpu_s_per_1k"),
+                    ms("bench_cpu_s_per_1k"),
+                );
             }
             let _ = writeln!(out);
         }
@@ -2460,6 +2637,78 @@ mod tests {
         let samples: Vec<(f64, u64)> = (0..10).map(|i| (i as f64 * 6.0, 1000 + i * 10)).collect();
         let slope = slope_per_minute(&samples).unwrap();
         assert!((slope - 100.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn hop_times_round_trips_on_one_core_and_on_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let json_out = dir.path().join("hop.jsonl");
+        let args = HopArgs {
+            duration: Duration::from_millis(200),
+            label: "floor".into(),
+            json_out: Some(json_out.clone()),
+        };
+        hop::run(&args).unwrap();
+        let text = std::fs::read_to_string(json_out).unwrap();
+        let runs: Vec<_> = text.lines().map(|l| report::parse(l).unwrap()).collect();
+        let mut expected = vec!["tcp-1-core"];
+        if rustix::thread::sched_getaffinity(None).unwrap().count() > 1 {
+            expected.insert(0, "tcp-2-cores");
+        }
+        let workloads: Vec<&str> = runs.iter().map(|r| r.text("workload")).collect();
+        assert_eq!(workloads, expected);
+        for r in &runs {
+            assert_eq!(r.text("target"), "loopback");
+            assert!(r.num("ok").unwrap() > 0.0, "{text}");
+            let (p50, p99) = (r.num("p50_us").unwrap(), r.num("p99_us").unwrap());
+            assert!(0.0 < p50 && p50 <= p99, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_report_reads_the_added_latency_against_the_bare_hop() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |label: &str, target: &str, workload: &str, p50: f64| {
+            Json::object()
+                .str("label", label)
+                .str("target", target)
+                .str("workload", workload)
+                .int("concurrency", 1)
+                .num("throughput_qps", 1000.0)
+                .num("p50_us", p50)
+                .finish()
+        };
+        let results = dir.path().join("results.jsonl");
+        let lines = [
+            line("sweep", "direct", "select", 190.0),
+            line("sweep", "gateway", "select", 400.0),
+            line("floor", "loopback", "tcp-2-cores", 123.0),
+            line("floor", "loopback", "tcp-1-core", 16.0),
+        ];
+        std::fs::write(&results, lines.join("\n")).unwrap();
+        let out = dir.path().join("BENCHMARKS.md");
+        let args = ReportArgs {
+            results,
+            machine: None,
+            out: Some(out.clone()),
+            notes: None,
+        };
+        report::run(&args).unwrap();
+        let text = std::fs::read_to_string(out).unwrap();
+        assert!(
+            text.contains(
+                "400 − 190 = 210 µs (a bare loopback round trip between two cores: 123 µs)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| loopback | tcp-2-cores | 1000 | 123 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| loopback | tcp-1-core | 1000 | 16 |"),
+            "{text}"
+        );
     }
 
     #[test]
