@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1439,10 +1439,18 @@ async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
     eprintln!("{human}");
     println!("{line}");
     if let Some(path) = &args.json_out {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        append_lines(path, &[line])?;
+    }
+    Ok(())
+}
+
+/// Appends JSON lines to a results file (`--json-out`), creating it when missing.
+fn append_lines(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    for line in lines {
         writeln!(file, "{line}")?;
     }
     Ok(())
@@ -1539,6 +1547,11 @@ mod hop {
             let h = measure(echo_cpu, ping_cpu, args.duration / 10, args.duration)?;
             let count = h.count.load(Ordering::Relaxed);
             let us = |ns: u64| ns as f64 / 1000.0;
+            let (p50, p90, p99) = (
+                us(h.quantile(0.50)),
+                us(h.quantile(0.90)),
+                us(h.quantile(0.99)),
+            );
             let line = Json::object()
                 .str("tool", "pgway-bench")
                 .str("label", &args.label)
@@ -1548,28 +1561,19 @@ mod hop {
                 .num("duration_s", args.duration.as_secs_f64())
                 .int("ok", count)
                 .num("throughput_qps", count as f64 / args.duration.as_secs_f64())
-                .num("p50_us", us(h.quantile(0.50)))
-                .num("p90_us", us(h.quantile(0.90)))
-                .num("p99_us", us(h.quantile(0.99)))
+                .num("p50_us", p50)
+                .num("p90_us", p90)
+                .num("p99_us", p99)
                 .num("max_us", us(h.max_ns.load(Ordering::Relaxed)))
                 .finish();
             eprintln!(
-                "loopback  {workload:<11} round trip p50 {:>8.1}µs  p90 {:>8.1}µs  p99 {:>8.1}µs",
-                us(h.quantile(0.50)),
-                us(h.quantile(0.90)),
-                us(h.quantile(0.99)),
+                "loopback  {workload:<11} round trip p50 {p50:>8.1}µs  p90 {p90:>8.1}µs  p99 {p99:>8.1}µs"
             );
             println!("{line}");
             lines.push(line);
         }
         if let Some(path) = &args.json_out {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            for line in lines {
-                writeln!(file, "{line}")?;
-            }
+            super::append_lines(path, &lines)?;
         }
         Ok(())
     }
