@@ -2,7 +2,7 @@
 """A small Python client of pgway (gRPC service pgway.v1.Database).
 
     pip install -r examples/requirements.txt             # Python 3.9+
-    cargo run -- dev                                     # a gateway on a throwaway database
+    pgway dev                                            # a gateway on a throwaway database
     python3 examples/client.py --addr 127.0.0.1:50051
     PGWAY_TOKEN=… python3 examples/client.py --addr gw:50051   # a gateway that checks tokens
 

@@ -84,9 +84,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PGWAY_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
 
-    /// Connections kept open and ready even when idle.
-    #[arg(long, env = "PGWAY_POOL_MIN", default_value_t = 2)]
-    pub pool_min: u32,
+    /// Connections kept open and ready even when idle, so the first burst finds them [default:
+    /// 5, or PGWAY_POOL_MAX when that is lower].
+    #[arg(long, env = "PGWAY_POOL_MIN")]
+    pub pool_min: Option<u32>,
 
     /// Most connections the pool opens [default: 4 per CPU core, clamped to 5..=20].
     #[arg(long, env = "PGWAY_POOL_MAX")]
@@ -307,6 +308,8 @@ pub struct Config {
     pub pool: PoolConfig,
     pub limits: Limits,
     pub request_timeout: Duration,
+    /// The server-side `statement_timeout` of every connection.
+    pub statement_timeout: Duration,
     pub tx: TxConfig,
     pub health_interval: Duration,
     pub shutdown_grace: Duration,
@@ -360,12 +363,98 @@ pub struct TxConfig {
     pub max_duration: Duration,
 }
 
-/// A setting that can't be used, named by its environment variable.
+/// A setting that can't be used, named by its environment variable (and its flag).
 #[derive(Debug, thiserror::Error)]
-#[error("{setting}: {reason}")]
+#[error("{setting}{}: {reason}", flag_suffix(.setting))]
 pub struct ConfigError {
     pub setting: &'static str,
     pub reason: String,
+}
+
+/// ` (--flag)` for the setting whose environment variable is `env`, or nothing.
+fn flag_suffix(env: &str) -> String {
+    find_arg(&built_command(), &|arg| {
+        arg.get_env().is_some_and(|e| e == env)
+    })
+    .map(|(flag, _)| format!(" (--{flag})"))
+    .unwrap_or_default()
+}
+
+/// The command with its subcommands, built (clap prints an argument only once it is).
+fn built_command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    command.build();
+    command
+}
+
+/// The long flag and environment variable of the first argument of `command` or of its
+/// subcommands that `wanted` accepts.
+fn find_arg(
+    command: &clap::Command,
+    wanted: &dyn Fn(&clap::Arg) -> bool,
+) -> Option<(String, Option<String>)> {
+    command
+        .get_arguments()
+        .find(|arg| wanted(arg))
+        .and_then(|arg| {
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            arg.get_long().map(|flag| (flag.to_owned(), env))
+        })
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| find_arg(sub, wanted))
+        })
+}
+
+/// Parses the command line and the environment. A value the parser refuses is reported by
+/// its environment variable as well as its flag (most settings come from the environment,
+/// where the user never typed the flag), and the process exits with code 2; any other
+/// parse outcome (`--help`, an unknown flag) is clap's own.
+pub fn parse() -> Cli {
+    use clap::Parser as _;
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => match invalid_value(&error) {
+            Some(message) => {
+                eprintln!("pgway: invalid setting {message}");
+                std::process::exit(2)
+            }
+            None => error.exit(),
+        },
+    }
+}
+
+/// `PGWAY_X (--x): invalid value 'v': why` for an error about a value, else `None`.
+fn invalid_value(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let text = |kind| match error.get(kind) {
+        Some(ContextValue::String(text)) => Some(text.clone()),
+        _ => None,
+    };
+    // clap names the argument as it prints it: `--pool-max <POOL_MAX>`.
+    let shown = text(ContextKind::InvalidArg)?;
+    let value = text(ContextKind::InvalidValue).unwrap_or_default();
+    let (flag, env) = find_arg(&built_command(), &|arg| arg.to_string() == shown)?;
+    let why = match (error.kind(), std::error::Error::source(error)) {
+        (ErrorKind::ValueValidation, Some(source)) => source.to_string(),
+        _ => match error.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(valid)) => format!("expected one of {}", valid.join(", ")),
+            _ => "not a valid value".to_owned(),
+        },
+    };
+    let named = match env {
+        Some(env) => format!("{env} (--{flag})"),
+        None => format!("--{flag}"),
+    };
+    Some(format!("{named}: invalid value {value:?}: {why}"))
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -374,6 +463,10 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
         reason: reason.into(),
     }
 }
+
+/// Connections kept ready without `PGWAY_POOL_MIN` (fewer only when `PGWAY_POOL_MAX` is
+/// lower): the smallest pool the default maximum allows.
+pub const DEFAULT_POOL_MIN: u32 = 5;
 
 /// The default pool size: 4 connections per core, clamped to 5..=20. More connections than the
 /// server has cores to run them only add contention; fewer than 5 starve bursts.
@@ -419,12 +512,16 @@ impl ServeArgs {
         if max == 0 {
             return Err(invalid("PGWAY_POOL_MAX", "must be at least 1"));
         }
-        if self.pool_min > max {
-            return Err(invalid(
-                "PGWAY_POOL_MIN",
-                format!("{} is above PGWAY_POOL_MAX ({max})", self.pool_min),
-            ));
-        }
+        let min = match self.pool_min {
+            Some(min) if min > max => {
+                return Err(invalid(
+                    "PGWAY_POOL_MIN",
+                    format!("{min} is above PGWAY_POOL_MAX ({max})"),
+                ));
+            }
+            Some(min) => min,
+            None => DEFAULT_POOL_MIN.min(max),
+        };
         for (setting, value) in [
             ("PGWAY_ACQUIRE_TIMEOUT", self.acquire_timeout),
             ("PGWAY_CONNECT_TIMEOUT", self.connect_timeout),
@@ -504,7 +601,7 @@ impl ServeArgs {
             database_tls,
             grpc_addr: self.grpc_addr,
             pool: PoolConfig {
-                min: self.pool_min,
+                min,
                 max,
                 acquire_timeout: self.acquire_timeout,
                 connect_timeout: self.connect_timeout,
@@ -526,6 +623,7 @@ impl ServeArgs {
                 max_statements: self.max_statements,
             },
             request_timeout: self.request_timeout,
+            statement_timeout,
             tx: TxConfig {
                 max_attempts: self.tx_max_attempts,
                 idle_timeout: self.tx_idle_timeout,
@@ -737,6 +835,44 @@ mod tests {
         let err = args(&["--max-rows", "0"]).validate().unwrap_err();
         assert_eq!(err.setting, "PGWAY_MAX_ROWS");
         assert!(Cli::try_parse_from(["pgway", "--acquire-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_pool_keeps_five_ready_unless_its_maximum_is_lower() {
+        let config = args(&[]).validate().unwrap();
+        assert_eq!(config.pool.min, 5);
+        let config = args(&["--pool-max", "3"]).validate().unwrap();
+        assert_eq!((config.pool.min, config.pool.max), (3, 3));
+        let config = args(&["--pool-min", "1"]).validate().unwrap();
+        assert_eq!(config.pool.min, 1);
+    }
+
+    #[test]
+    fn settings_errors_name_the_variable_and_the_flag() {
+        let err = args(&["--max-rows", "0"]).validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "PGWAY_MAX_ROWS (--max-rows): must be at least 1"
+        );
+        let refused = Cli::try_parse_from(["pgway", "serve", "--pool-max", "abc"]).unwrap_err();
+        let message = invalid_value(&refused).unwrap();
+        assert!(
+            message.starts_with("PGWAY_POOL_MAX (--pool-max): invalid value \"abc\": "),
+            "{message}"
+        );
+        let refused = Cli::try_parse_from(["pgway", "serve", "--log-format", "xml"]).unwrap_err();
+        let message = invalid_value(&refused).unwrap();
+        assert!(
+            message.contains("PGWAY_LOG_FORMAT (--log-format)"),
+            "{message}"
+        );
+        assert!(message.contains("json"), "{message}");
+        let refused = Cli::try_parse_from(["pgway", "stats", "--metrics-addr", "x"]).unwrap_err();
+        let message = invalid_value(&refused).unwrap();
+        assert!(
+            message.starts_with("PGWAY_METRICS_ADDR (--metrics-addr)"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -80,9 +80,31 @@ pub fn run<T>(
 ) -> impl Future<Output = Result<T, GatewayError>> {
     use futures::FutureExt as _;
     tokio::time::timeout_at(deadline, work).map(move |outcome| match outcome {
-        Ok(result) => result,
         Err(_) => Err(GatewayError::DeadlineExceeded(started.elapsed())),
+        Ok(Err(error)) if is_cancel(&error) && Instant::now() >= deadline => {
+            Err(GatewayError::DeadlineExceeded(started.elapsed()))
+        }
+        Ok(result) => result,
     })
+}
+
+/// Whether `error` is PostgreSQL's "canceling statement" (57014), alone or in a Transaction's
+/// statement.
+///
+/// `PGWAY_STATEMENT_TIMEOUT` defaults to `PGWAY_REQUEST_TIMEOUT`, so for a call that runs to
+/// the server's cap the server's `statement_timeout` and the gateway's own timer fire at about
+/// the same instant, and whichever is seen first would pick the code: both are pgway's limits.
+/// The server counts from when it received the statement, which is after the call arrived, so
+/// its 57014 never comes before the deadline: one seen at or past the deadline is the
+/// deadline's, and the caller hears DEADLINE_EXCEEDED whichever fired first. A 57014 before the
+/// deadline (the caller's own `SET LOCAL statement_timeout`, an administrator's
+/// `pg_cancel_backend`) stays CANCELLED.
+fn is_cancel(error: &GatewayError) -> bool {
+    match error {
+        GatewayError::Postgres(db) => *db.code() == tokio_postgres::error::SqlState::QUERY_CANCELED,
+        GatewayError::InStatement { error, .. } => is_cancel(error),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

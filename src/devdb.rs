@@ -403,6 +403,11 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
+    if let Ok(metrics) = args.metrics_addr.trim().parse::<std::net::SocketAddr>() {
+        if !metrics.ip().is_loopback() {
+            return Err(format!("pgway dev serves metrics on loopback only, not {metrics}").into());
+        }
+    }
     let bin = args.pg_bin.clone();
     let mut postgres =
         tokio::task::spawn_blocking(move || TempPostgres::start(bin.as_deref())).await??;
@@ -421,6 +426,9 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
         &url,
         "--grpc-addr",
         &addr,
+        // Empty turns metrics off; anything else that isn't host:port is refused by validate.
+        "--metrics-addr",
+        &args.metrics_addr,
         // Loopback only (checked above), for trying things out: no credentials.
         "--auth",
         "none",

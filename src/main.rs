@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use pgway::config::{Cli, Command};
+use pgway::config::Command;
 
 // Every call allocates in the HTTP/2 and gRPC layers; jemalloc spends ~5% fewer instructions
 // per call than the system allocator and hands freed memory back on its own, so RSS stays
@@ -13,7 +12,7 @@ use pgway::config::{Cli, Command};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = pgway::config::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -74,9 +74,158 @@ pub fn recorder() -> PrometheusHandle {
                 _ => PrometheusBuilder::new().build_recorder().handle(),
             };
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            register_known_series();
             handle
         })
         .clone()
+}
+
+/// `pgway_connections_closed_total{reason}`'s values.
+const CLOSE_REASONS: [&str; 6] = [
+    "broken",
+    "lifetime",
+    "idle",
+    "abandoned",
+    "reset_failed",
+    "shutdown",
+];
+/// `pgway_connection_errors_total{kind}`'s values ([`crate::errors::ConnectError::kind`]).
+const CONNECT_ERROR_KINDS: [&str; 8] = [
+    "auth",
+    "database_missing",
+    "too_many_connections",
+    "starting_up",
+    "refused",
+    "tls",
+    "timeout",
+    "network",
+];
+/// `pgway_retries_total{reason}`'s values.
+const RETRY_REASONS: [&str; 3] = ["connection_lost", "server_restart", "transaction_conflict"];
+/// `pgway_transactions_total{outcome}`'s values.
+const TRANSACTION_OUTCOMES: [&str; 4] = ["committed", "rolled_back", "aborted", "outcome_unknown"];
+/// `pgway_auth_failures_total{reason}`'s values.
+const AUTH_FAILURE_REASONS: [&str; 12] = [
+    "missing",
+    "malformed",
+    "unknown_token",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "audience",
+    "issuer",
+    "algorithm",
+    "unknown_key",
+    "missing_claim",
+    "role",
+];
+/// `pgway_caller_limited_total{kind}`'s values.
+const CALLER_LIMIT_KINDS: [&str; 2] = ["call", "interactive_transaction"];
+/// `pgway_tls_reloads_total{outcome}`'s values.
+const TLS_RELOAD_OUTCOMES: [&str; 2] = ["success", "failure"];
+/// `pgway_tls_handshake_failures_total{reason}`'s values.
+const TLS_HANDSHAKE_REASONS: [&str; 2] = ["error", "timeout"];
+
+/// Describes every metric (its `# HELP`) and registers each series whose labels come from a
+/// closed set at zero, before anything happens: an alert on `rate(pgway_shed_total[5m]) > 0`
+/// or `pgway_database_up == 0` can only fire on a series that exists.
+fn register_known_series() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+    describe_gauge!(
+        POOL_CONNECTIONS,
+        "Open database connections, by state (idle, in_use)."
+    );
+    describe_gauge!(
+        POOL_MAX,
+        "Most connections the pool opens (PGWAY_POOL_MAX)."
+    );
+    describe_gauge!(
+        POOL_MIN,
+        "Connections kept open even when idle (PGWAY_POOL_MIN)."
+    );
+    describe_gauge!(POOL_WAITING, "Calls waiting for a free connection now.");
+    describe_histogram!(POOL_WAIT_SECONDS, "Time a call waited for a connection.");
+    describe_counter!(
+        POOL_ACQUIRE_TIMEOUTS,
+        "Calls that got no connection within PGWAY_ACQUIRE_TIMEOUT."
+    );
+    describe_counter!(CONNECTIONS_OPENED, "Database connections opened.");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Database connections closed, by reason."
+    );
+    describe_counter!(
+        CONNECTION_ERRORS,
+        "Failed attempts to open a database connection, by kind."
+    );
+    describe_counter!(REQUESTS, "Finished calls, by gRPC method and status code.");
+    describe_histogram!(REQUEST_DURATION, "Call duration, by gRPC method.");
+    describe_gauge!(REQUESTS_IN_FLIGHT, "Calls being served now.");
+    describe_counter!(
+        RETRIES,
+        "Statements and transactions run again by the gateway, by reason."
+    );
+    describe_counter!(
+        SHED,
+        "Calls refused at once because too many already waited (OVERLOADED)."
+    );
+    describe_counter!(TRANSACTIONS, "Transactions ended, by outcome.");
+    describe_histogram!(
+        TRANSACTION_ATTEMPTS,
+        "Attempts a committed Transaction took."
+    );
+    describe_gauge!(
+        DATABASE_UP,
+        "1 when the health monitor's last check of the database passed, else 0."
+    );
+    describe_gauge!(BUILD_INFO, "The running version (always 1).");
+    describe_counter!(AUTH_FAILURES, "Calls refused by authentication, by reason.");
+    describe_counter!(
+        AUTH_RELOADS,
+        "Reloads of the credential files, by setting and outcome."
+    );
+    describe_counter!(
+        CALLER_LIMITED,
+        "Calls refused by a per-caller limit, by kind."
+    );
+    describe_counter!(TLS_RELOADS, "Reloads of the gRPC TLS files, by outcome.");
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "Refused or timed-out TLS handshakes, by reason."
+    );
+
+    // Not ready until the monitor has seen the database.
+    gauge!(DATABASE_UP).set(0.0);
+    gauge!(REQUESTS_IN_FLIGHT).increment(0.0);
+    for name in [CONNECTIONS_OPENED, POOL_ACQUIRE_TIMEOUTS, SHED] {
+        counter!(name).increment(0);
+    }
+    let labelled: [(&'static str, &'static str, &[&'static str]); 8] = [
+        (CONNECTIONS_CLOSED, "reason", &CLOSE_REASONS),
+        (CONNECTION_ERRORS, "kind", &CONNECT_ERROR_KINDS),
+        (RETRIES, "reason", &RETRY_REASONS),
+        (TRANSACTIONS, "outcome", &TRANSACTION_OUTCOMES),
+        (AUTH_FAILURES, "reason", &AUTH_FAILURE_REASONS),
+        (CALLER_LIMITED, "kind", &CALLER_LIMIT_KINDS),
+        (TLS_RELOADS, "outcome", &TLS_RELOAD_OUTCOMES),
+        (TLS_HANDSHAKE_FAILURES, "reason", &TLS_HANDSHAKE_REASONS),
+    ];
+    for (name, label, values) in labelled {
+        for &value in values {
+            counter!(name, label => value).increment(0);
+        }
+    }
+    for method in METHODS {
+        // Registered (a histogram's handle records nothing until used), so it renders at 0.
+        let _ = histogram!(REQUEST_DURATION, "method" => method);
+        for code in 0..CODES {
+            let code = code_label(tonic::Code::from(code as i32));
+            counter!(REQUESTS, "method" => method, "code" => code).increment(0);
+        }
+    }
+    let _ = histogram!(POOL_WAIT_SECONDS);
+    let _ = histogram!(TRANSACTION_ATTEMPTS);
 }
 
 /// Publishes the pool's current state as gauges (done at each scrape, so it is never stale).

@@ -184,6 +184,8 @@ fn guard<S>(
 
 /// Binds `config.grpc_addr` and serves until SIGTERM / SIGINT.
 pub async fn run(config: Config) -> Result<(), ServeError> {
+    // Before any port opens: a SIGTERM that follows the first "listening" line is never lost.
+    let signals = crate::shutdown::Signals::install();
     let listener = TcpListener::bind(config.grpc_addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -201,7 +203,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         }
         None => None,
     };
-    serve(config, listener, metrics, crate::shutdown::signal()).await
+    serve(config, listener, metrics, signals.stopped()).await
 }
 
 /// Serves gRPC on `listener` (and metrics on `metrics_listener`) until `shutdown` resolves,

@@ -50,6 +50,11 @@ struct Shared {
     pool: Pool,
     limits: Limits,
     request_timeout: Duration,
+    /// The longest one statement may run: the request timeout, or the server's
+    /// `statement_timeout` when that is shorter. The deadline of a Query or a QueryStream (one
+    /// statement each), so reaching either limit answers DEADLINE_EXCEEDED (see
+    /// [`deadline::run`]).
+    statement_cap: Duration,
     tx: TxConfig,
     /// Owns the tasks that feed streams, so shutdown can wait for them.
     tasks: TaskTracker,
@@ -221,6 +226,7 @@ impl DatabaseService {
                 pool,
                 limits: config.limits,
                 request_timeout: config.request_timeout,
+                statement_cap: config.request_timeout.min(config.statement_timeout),
                 tx: config.tx,
                 tasks,
                 shutdown,
@@ -258,7 +264,7 @@ impl Database for DatabaseService {
     ) -> Result<Response<QueryResponse>, Status> {
         let admitted = self.admit(&request, Kind::Call)?;
         let started = deadline::arrival(&request);
-        let deadline = deadline::effective(request.metadata(), started, self.inner.request_timeout);
+        let deadline = deadline::effective(request.metadata(), started, self.inner.statement_cap);
         let request = request.into_inner();
         execute::check_size(&request.sql, request.params.len(), &self.inner.limits)?;
         let caps = ResultCaps::for_request(request.max_rows, &self.inner.limits);
@@ -285,7 +291,7 @@ impl Database for DatabaseService {
     ) -> Result<Response<Self::QueryStreamStream>, Status> {
         let admitted = self.admit(&request, Kind::Call)?;
         let started = deadline::arrival(&request);
-        let deadline = deadline::effective(request.metadata(), started, self.inner.request_timeout);
+        let deadline = deadline::effective(request.metadata(), started, self.inner.statement_cap);
         let request = request.into_inner();
         execute::check_size(&request.sql, request.params.len(), &self.inner.limits)?;
         // Fail before the first message when we can (a status after it can't be retried by

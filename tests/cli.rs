@@ -23,6 +23,20 @@ fn pgway() -> Command {
     command
 }
 
+/// Fails unless `pgway` with `var=value` (on top of a valid URL and `PGWAY_AUTH=none`) exits
+/// with code 2, saying `named`.
+fn refused_start_names(var: &str, value: &str, named: &str) {
+    let output = pgway()
+        .env("PGWAY_DATABASE_URL", "postgres://u@127.0.0.1/db")
+        .env("PGWAY_AUTH", "none")
+        .env(var, value)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{var}={value}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(named), "{var}={value}: {stderr}");
+}
+
 #[test]
 fn bad_settings_stop_start_up_with_their_name() {
     for (var, value, named) in [
@@ -37,19 +51,37 @@ fn bad_settings_stop_start_up_with_their_name() {
             "PGWAY_DATABASE_URL",
         ),
     ] {
-        let output = pgway()
-            .env("PGWAY_DATABASE_URL", "postgres://u@127.0.0.1/db")
-            .env("PGWAY_AUTH", "none")
-            .env(var, value)
-            .output()
-            .unwrap();
-        assert_eq!(output.status.code(), Some(2), "{var}={value}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(named), "{var}={value}: {stderr}");
+        refused_start_names(var, value, named);
     }
     let output = pgway().output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("PGWAY_DATABASE_URL"));
+}
+
+/// A value set in the environment is reported by the variable the user set, with the flag
+/// beside it, whether the parser or the validation refuses it.
+#[test]
+fn bad_settings_name_the_variable_and_the_flag() {
+    for (var, value, named) in [
+        (
+            "PGWAY_POOL_MAX",
+            "abc",
+            "PGWAY_POOL_MAX (--pool-max): invalid value \"abc\"",
+        ),
+        (
+            "PGWAY_ACQUIRE_TIMEOUT",
+            "5",
+            "PGWAY_ACQUIRE_TIMEOUT (--acquire-timeout)",
+        ),
+        ("PGWAY_LOG_FORMAT", "xml", "PGWAY_LOG_FORMAT (--log-format)"),
+        (
+            "PGWAY_MAX_ROWS",
+            "0",
+            "PGWAY_MAX_ROWS (--max-rows): must be at least 1",
+        ),
+    ] {
+        refused_start_names(var, value, named);
+    }
 }
 
 #[test]
@@ -114,8 +146,10 @@ async fn wait_exit(mut child: std::process::Child) -> std::process::ExitStatus {
 #[tokio::test]
 async fn dev_serves_a_throwaway_database_and_cleans_up() {
     let addr = format!("127.0.0.1:{}", free_port());
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics = metrics_addr.to_string();
     let mut child = pgway()
-        .args(["dev", "--grpc-addr", &addr, "--metrics-addr", "127.0.0.1:0"])
+        .args(["dev", "--grpc-addr", &addr, "--metrics-addr", &metrics])
         .env("PGWAY_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -133,6 +167,12 @@ async fn dev_serves_a_throwaway_database_and_cleans_up() {
     )
     .await;
     assert_eq!(scalar(&response), Some(Kind::BoolValue(true)));
+    // Metrics are where --metrics-addr says, not on every address's 9090.
+    let exposition = scrape(metrics_addr).await;
+    assert!(
+        exposition.contains("pgway_pool_connections"),
+        "{exposition}"
+    );
     signal(&child, "INT");
     let status = wait_exit(child).await;
     assert!(status.success(), "{status:?}");
@@ -156,6 +196,15 @@ async fn dev_serves_a_throwaway_database_and_cleans_up() {
         .output()
         .unwrap();
     assert!(!output.status.success());
+    let output = pgway()
+        .args(["dev", "--metrics-addr", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("loopback only"),
+        "{output:?}"
+    );
 }
 
 /// The served binary: readiness follows the database, liveness doesn't, SIGTERM exits 0.
@@ -208,6 +257,45 @@ async fn health_and_sigterm() {
     signal(&child, "TERM");
     let status = wait_exit(child).await;
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// A SIGTERM sent the moment the gateway says it listens (as Kubernetes or Podman may, when a
+/// pod is deleted while it starts) stops it cleanly: the handlers exist before any port opens.
+#[tokio::test]
+async fn a_signal_right_after_start_up_is_not_lost() {
+    use std::io::BufRead as _;
+    let pg = postgres().await;
+    for round in 0..5 {
+        let mut child = pgway()
+            .env("PGWAY_DATABASE_URL", pg.url("postgres"))
+            .env("PGWAY_AUTH", "none")
+            .env("PGWAY_GRPC_ADDR", "127.0.0.1:0")
+            .env("PGWAY_METRICS_ADDR", "127.0.0.1:0")
+            .env("PGWAY_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (listening, heard) = std::sync::mpsc::channel();
+        // Reads to the end, so the gateway never blocks on a full pipe.
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let line = line.unwrap();
+                if line.contains(r#":"listening""#) {
+                    let _ = listening.send(());
+                }
+            }
+        });
+        tokio::task::spawn_blocking(move || heard.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .expect("the gateway says it listens");
+        signal(&child, if round % 2 == 0 { "TERM" } else { "INT" });
+        let status = wait_exit(child).await;
+        assert_eq!(status.code(), Some(0), "round {round}: {status:?}");
+        reader.join().unwrap();
+    }
 }
 
 #[tokio::test]

@@ -318,3 +318,110 @@ async fn python_health_checking_client() {
         printed(&output)
     );
 }
+
+/// grpcio-status' `rpc_status.from_call` reads every RPC's error details: it refuses them when
+/// their code or message differ from the call's (as a Transaction's `statement N: ` prefix
+/// once made them).
+#[tokio::test]
+async fn python_reads_error_details_of_every_rpc() {
+    require_python_grpc().await;
+    let gw = Gateway::start().await;
+    let addr = gw.addr.to_string();
+    let output = run_tool(
+        "python3",
+        &["tests/python/error_details.py", &addr],
+        PYTHON_HINT,
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "tests/python/error_details.py failed\n{}",
+        printed(&output)
+    );
+    let out = stdout(&output);
+    let lines: Vec<&str> = out.lines().collect();
+    let division = "INVALID_ARGUMENT reason=DIVISION_BY_ZERO domain=postgresql sqlstate=22012";
+    assert_eq!(
+        lines,
+        [
+            format!("Query {division} statement_index=-"),
+            format!("QueryStream {division} statement_index=-"),
+            format!("Transaction {division} statement_index=1"),
+            format!("InteractiveTransaction {division} statement_index=-"),
+        ],
+        "{}",
+        printed(&output)
+    );
+}
+
+const NODE_HINT: &str =
+    "install Node.js 18.3+ and run `npm ci --prefix examples/node` (tests/run does it)";
+
+#[tokio::test]
+async fn node_example_client_runs_and_checks_itself() {
+    let modules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node/node_modules");
+    assert!(
+        modules.is_dir(),
+        "{} is missing: {NODE_HINT}",
+        modules.display()
+    );
+    // A gateway that checks tokens, as deployed ones do.
+    let dir = tempfile::tempdir().unwrap();
+    let token = "node-example-token-0123456789abcdef";
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, token).unwrap();
+    let gw = Gateway::with_settings(&["--auth-tokens-file", tokens.to_str().unwrap()]).await;
+    let addr = gw.addr.to_string();
+    let output = run_tool(
+        "node",
+        &["examples/node/client.js", "--addr", &addr, "--token", token],
+        NODE_HINT,
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "examples/node/client.js failed\n{}",
+        printed(&output)
+    );
+    let out = stdout(&output);
+    for expected in [
+        "insert: [id:int8] [[1]] (rows_affected=1)",
+        "select: [name:text, age:int4, active:bool]",
+        "stream: 10000 rows",
+        "sum 50005000, rows_affected=10000, truncated=false",
+        "transaction: committed after 1 attempt(s)",
+        "statement 0: [] [] (rows_affected=1)",
+        "statement 1: [] [] (rows_affected=1)",
+        "statement 2: [name:text, age:int4]",
+        "interactive: statement: [active:bool] [[false]]",
+        "interactive: committed",
+        "expected error: gRPC error INVALID_ARGUMENT: division by zero (SQLSTATE 22012)",
+        "reason=DIVISION_BY_ZERO domain=postgresql sqlstate=22012",
+        "all checks passed",
+    ] {
+        assert!(
+            out.contains(expected),
+            "no {expected:?} in the output\n{}",
+            printed(&output)
+        );
+    }
+
+    // The writes really reached the database, as the transactions left them.
+    let rows = gw
+        .direct()
+        .await
+        .query(
+            "SELECT name, age, active FROM pgway_node_example_people ORDER BY name",
+            &[],
+        )
+        .await
+        .expect("the example's rows");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[0].get::<_, String>(0).starts_with("ada-"));
+    assert_eq!(rows[0].get::<_, i32>(1), 37);
+    assert!(!rows[0].get::<_, bool>(2));
+    assert!(rows[1].get::<_, String>(0).starts_with("grace-"));
+    assert_eq!(rows[1].get::<_, i32>(1), 45);
+    assert!(rows[1].get::<_, bool>(2));
+}

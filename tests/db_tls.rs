@@ -26,7 +26,6 @@ struct TlsServer {
     ca: PathBuf,
     /// A CA that has nothing to do with the server.
     other_ca: PathBuf,
-    _files: tempfile::TempDir,
 }
 
 static SERVER: OnceCell<TlsServer> = OnceCell::const_new();
@@ -72,16 +71,17 @@ fn start_server() -> TlsServer {
     };
     let pg = TempPostgres::start_with(None, &setup).unwrap_or_else(|e| panic!("{e}"));
 
-    let files = tempfile::tempdir().unwrap();
-    let ca_path = files.path().join("ca.pem");
+    // Beside the cluster, not in a directory of their own: the server lives in a static, which
+    // is never dropped, and the cluster's watchdog removes its whole directory once this test
+    // binary exits, these files with it.
+    let ca_path = pg.dir().join("ca.pem");
     std::fs::write(&ca_path, ca.pem()).unwrap();
-    let other_path = files.path().join("other-ca.pem");
+    let other_path = pg.dir().join("other-ca.pem");
     std::fs::write(&other_path, other_ca.pem()).unwrap();
     TlsServer {
         pg,
         ca: ca_path,
         other_ca: other_path,
-        _files: files,
     }
 }
 

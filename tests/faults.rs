@@ -290,6 +290,76 @@ async fn killed_backends_cost_callers_nothing() {
     .await;
 }
 
+/// The server's own cap (`PGWAY_REQUEST_TIMEOUT`, and with it the default
+/// `PGWAY_STATEMENT_TIMEOUT`) answers DEADLINE_EXCEEDED every time, never CANCELLED, although
+/// PostgreSQL's statement_timeout fires at the same instant as the gateway's timer.
+#[tokio::test]
+async fn the_servers_time_limit_is_always_deadline_exceeded() {
+    let gw = Gateway::with_settings(&["--request-timeout", "300ms"]).await;
+    let mut client = gw.client_without_local_deadline();
+    let sleep = || query("SELECT pg_sleep(10)", vec![]);
+    let mut codes = Vec::new();
+    // A statement timeout set below the request timeout caps a Query's deadline too.
+    let short_statements =
+        Gateway::with_settings(&["--request-timeout", "30s", "--statement-timeout", "300ms"]).await;
+    for _ in 0..5 {
+        let status = short_statements
+            .client_without_local_deadline()
+            .query(with_deadline(sleep(), Duration::from_secs(20)))
+            .await
+            .unwrap_err();
+        codes.push((
+            "Query, statement timeout",
+            status.code(),
+            status.message().to_owned(),
+        ));
+    }
+    for _ in 0..15 {
+        let status = client
+            .query(with_deadline(sleep(), Duration::from_secs(20)))
+            .await
+            .unwrap_err();
+        codes.push(("Query", status.code(), status.message().to_owned()));
+    }
+    for _ in 0..5 {
+        let transaction = proto::TransactionRequest {
+            statements: vec![proto::Statement {
+                sql: "SELECT pg_sleep(10)".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let status = client
+            .transaction(with_deadline(transaction, Duration::from_secs(20)))
+            .await
+            .unwrap_err();
+        codes.push(("Transaction", status.code(), status.message().to_owned()));
+        let mut stream = client
+            .query_stream(with_deadline(sleep(), Duration::from_secs(20)))
+            .await
+            .unwrap()
+            .into_inner();
+        let status = loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(status) => break status,
+            }
+        };
+        codes.push(("QueryStream", status.code(), status.message().to_owned()));
+    }
+    let wrong: Vec<_> = codes
+        .iter()
+        .filter(|(_, code, _)| *code != Code::DeadlineExceeded)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {}: {wrong:?}",
+        wrong.len(),
+        codes.len()
+    );
+}
+
 /// A statement running past its 1 s deadline: DEADLINE_EXCEEDED on time, the backend is idle
 /// again at once, and the pool slot serves the next call.
 #[tokio::test]
@@ -418,12 +488,21 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert_eq!(reason(&status), "OUTCOME_UNKNOWN");
-    let count: i64 = direct
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(count, 1, "the COMMIT did reach the server");
+    // The server reads the COMMIT before the cut, but may finish it a moment after the
+    // gateway has answered: look for it with a bound.
+    eventually(
+        Duration::from_secs(10),
+        "the COMMIT did reach the server",
+        || async {
+            let count: i64 = direct
+                .query_one("SELECT count(*) FROM t", &[])
+                .await
+                .unwrap()
+                .get(0);
+            count == 1
+        },
+    )
+    .await;
     proxy.cut_after_commit(false);
 
     // An autocommit write cut mid-flight: UNKNOWN unless the caller said it is idempotent,

@@ -228,3 +228,101 @@ async fn logs_show_connections_and_calls_and_stats_prints_the_pool() {
         "{closed:?}"
     );
 }
+
+/// Right after start-up, before any call or connection event, `/metrics` already has every
+/// series an alert may name, at zero, with its HELP text; `pgway_database_up` says whether the
+/// database is reachable, and the pool keeps its default minimum of 5 connections ready.
+#[tokio::test]
+async fn every_series_exists_from_the_start() {
+    let pg = postgres().await;
+    let (grpc, metrics) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgway"))
+        .env("PGWAY_DATABASE_URL", pg.url("postgres"))
+        .env("PGWAY_AUTH", "none")
+        .env("PGWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("PGWAY_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
+        .env("PGWAY_POOL_MAX", "8")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{metrics}").parse().unwrap();
+    // Before the monitor's first check: the series exists, at 0. (Only a scrape that happens
+    // before the check sees 0, so the first scrape is all this can look at.)
+    let first = loop {
+        if tokio::net::TcpStream::connect(metrics).await.is_ok() {
+            break scrape(metrics).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let samples = |text: &str, name: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .count()
+    };
+    for (name, kind, at_least) in [
+        ("pgway_requests_total", "counter", 4 * 17),
+        ("pgway_request_duration_seconds_count", "histogram", 4),
+        ("pgway_requests_in_flight", "gauge", 1),
+        ("pgway_connections_opened_total", "counter", 1),
+        ("pgway_connections_closed_total", "counter", 6),
+        ("pgway_connection_errors_total", "counter", 8),
+        ("pgway_pool_acquire_timeouts_total", "counter", 1),
+        ("pgway_retries_total", "counter", 3),
+        ("pgway_shed_total", "counter", 1),
+        ("pgway_transactions_total", "counter", 4),
+        ("pgway_auth_failures_total", "counter", 12),
+        ("pgway_caller_limited_total", "counter", 2),
+        ("pgway_database_up", "gauge", 1),
+    ] {
+        assert!(
+            samples(&first, name) >= at_least,
+            "fewer than {at_least} samples of {name}:\n{first}"
+        );
+        let family = name.trim_end_matches("_count");
+        assert!(
+            first.contains(&format!("# TYPE {family} {kind}")),
+            "no TYPE of {family}:\n{first}"
+        );
+        assert!(
+            first.contains(&format!("# HELP {family} ")),
+            "no HELP of {family}:\n{first}"
+        );
+    }
+    for sample in [
+        "pgway_shed_total 0",
+        "pgway_requests_total{method=\"Query\",code=\"UNAVAILABLE\"} 0",
+        "pgway_transactions_total{outcome=\"outcome_unknown\"} 0",
+        "pgway_retries_total{reason=\"server_restart\"} 0",
+    ] {
+        assert!(first.contains(sample), "no {sample:?}:\n{first}");
+    }
+    let up = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("pgway_database_up "))
+            .map(|v| v.trim().to_owned())
+    };
+    assert!(matches!(up(&first).as_deref(), Some("0" | "1")), "{first}");
+    let idle = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("pgway_pool_connections{state=\"idle\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eventually(
+        Duration::from_secs(15),
+        "database_up 1 and 5 idle connections ready",
+        || async {
+            let text = scrape(metrics).await;
+            up(&text).as_deref() == Some("1") && idle(&text) >= 5.0
+        },
+    )
+    .await;
+    let text = scrape(metrics).await;
+    assert!(text.contains("pgway_pool_min_connections 5"), "{text}");
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+}

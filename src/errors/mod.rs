@@ -353,6 +353,15 @@ fn postgres_status(db: &DbError, mut metadata: HashMap<String, String>) -> Statu
     Status::with_error_details(code_for_sqlstate(state), message, details)
 }
 
+/// `status`'s error details under another code and message.
+///
+/// The details are encoded again, not copied: the `google.rpc.Status` they travel in carries a
+/// code and a message of its own, and clients compare them with the call's (grpcio-status'
+/// `rpc_status.from_call` raises `ValueError` when they differ).
+fn restated(status: &Status, code: Code, message: String) -> Status {
+    Status::with_error_details(code, message, status.get_error_details())
+}
+
 impl From<GatewayError> for Status {
     fn from(error: GatewayError) -> Status {
         to_status(error, HashMap::new())
@@ -366,11 +375,8 @@ fn to_status(error: GatewayError, mut metadata: HashMap<String, String>) -> Stat
         GatewayError::InStatement { index, error } => {
             metadata.insert("statement_index".into(), index.to_string());
             let status = to_status(*error, metadata);
-            Status::with_details(
-                status.code(),
-                format!("statement {index}: {}", status.message()),
-                status.details().to_vec().into(),
-            )
+            let message = format!("statement {index}: {}", status.message());
+            restated(&status, status.code(), message)
         }
         GatewayError::InvalidArgument(_) => gateway_status(
             Code::InvalidArgument,
@@ -433,7 +439,7 @@ fn to_status(error: GatewayError, mut metadata: HashMap<String, String>) -> Stat
         GatewayError::RetriesExhausted { attempts, last } => {
             metadata.insert("attempts".into(), attempts.to_string());
             let status = to_status(*last, metadata);
-            Status::with_details(Code::Aborted, message, status.details().to_vec().into())
+            restated(&status, Code::Aborted, message)
         }
         GatewayError::TransactionTimeout(_) => gateway_status(
             Code::Aborted,
@@ -590,5 +596,34 @@ mod tests {
         let status = Status::from(GatewayError::Internal("secret detail".into()));
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("secret"));
+    }
+
+    /// The `google.rpc.Status` in the details says what the call says: clients check.
+    #[test]
+    fn details_carry_the_calls_code_and_message() {
+        use prost::Message as _;
+        let inner = || GatewayError::DeadlineExceeded(Duration::from_secs(3));
+        let cases = [
+            inner(),
+            GatewayError::InStatement {
+                index: 2,
+                error: Box::new(inner()),
+            },
+            GatewayError::RetriesExhausted {
+                attempts: 5,
+                last: Box::new(GatewayError::InStatement {
+                    index: 1,
+                    error: Box::new(GatewayError::ConnectionLost("reset".into())),
+                }),
+            },
+            GatewayError::Internal("secret".into()),
+        ];
+        for error in cases {
+            let status = Status::from(error);
+            let details = tonic_types::pb::Status::decode(status.details()).unwrap();
+            assert_eq!(details.code, status.code() as i32, "{status:?}");
+            assert_eq!(details.message, status.message(), "{status:?}");
+            assert!(status.get_details_error_info().is_some(), "{status:?}");
+        }
     }
 }
