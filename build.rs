@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         // Requests that don't decode are INVALID_ARGUMENT, not INTERNAL (see src/codec.rs).
-        .codec_path("crate::codec::PgwayCodec")
+        .codec_path("crate::grpc::codec::PgwayCodec")
         .compile_fds(fds)?;
     Ok(())
 }

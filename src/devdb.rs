@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use clap::Parser;
 use tracing::info;
 
-use crate::config::{Cli, Command as CliCommand, DevArgs};
+use crate::app::config::{Cli, Command as CliCommand, DevArgs};
 
 /// The OS user that runs PostgreSQL when we are root.
 const POSTGRES_OS_USER: &str = "postgres";
@@ -437,7 +437,7 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err("internal: dev settings did not parse as serve".into());
     };
     let config = serve.validate()?;
-    let served = crate::server::run(config).await;
+    let served = crate::app::run(config).await;
     tokio::task::spawn_blocking(move || postgres.stop()).await??;
     info!("throwaway PostgreSQL stopped and removed");
     Ok(served?)

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::app::config::LogFormat;
 
 /// Library log targets capped at info, whatever the filter asks for.
 const SECRET_BEARING_TARGETS: &[&str] = &[

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use pgway::config::Command;
+use pgway::app::config::Command;
 
 // Every call allocates in the HTTP/2 and gRPC layers; jemalloc spends ~5% fewer instructions
 // per call than the system allocator and hands freed memory back on its own, so RSS stays
@@ -12,7 +12,7 @@ use pgway::config::Command;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let cli = pgway::config::parse();
+    let cli = pgway::app::config::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match runtime.block_on(pgway::server::run(config)) {
+            match runtime.block_on(pgway::app::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("pgway: {error}");
@@ -38,9 +38,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Probe(probe) => ExitCode::from(runtime.block_on(pgway::probe::run(&probe.args))),
+        Command::Probe(probe) => {
+            ExitCode::from(runtime.block_on(pgway::admin::probe::run(&probe.args)))
+        }
         Command::Stats(args) => {
-            ExitCode::from(runtime.block_on(pgway::stats::run(args.metrics_addr)))
+            ExitCode::from(runtime.block_on(pgway::admin::stats::run(args.metrics_addr)))
         }
         Command::Dev(args) => {
             pgway::logging::init(None);

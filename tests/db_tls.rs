@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
-use pgway::config::{Cli, Command};
+use pgway::app::config::{Cli, Command};
 use pgway::devdb::{ClusterSetup, TempPostgres};
 use pgway::proto::value::Kind;
 use support::*;
@@ -314,7 +314,7 @@ async fn cancel_requests_use_tls() {
     .await;
 }
 
-fn validate(url: &str) -> Result<pgway::config::Config, pgway::config::ConfigError> {
+fn validate(url: &str) -> Result<pgway::app::config::Config, pgway::app::config::ConfigError> {
     let cli =
         Cli::try_parse_from(["pgway", "serve", "--auth", "none", "--database-url", url]).unwrap();
     let Some(Command::Serve(args)) = cli.command else {

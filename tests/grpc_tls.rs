@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
-use pgway::config::{Cli, Command};
+use pgway::app::config::{Cli, Command};
 use pgway::proto::database_client::DatabaseClient;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -325,7 +325,7 @@ async fn probe_checks_a_tls_gateway() {
             "-rpc-timeout=10s".to_owned(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        async move { pgway::probe::run(&args).await }
+        async move { pgway::admin::probe::run(&args).await }
     };
     let ca_flag = format!("-tls-ca-cert={}", files.client_ca.display());
     let cert_flag = format!("-tls-client-cert={}", cert.display());
@@ -337,10 +337,10 @@ async fn probe_checks_a_tls_gateway() {
         &key_flag,
         "-tls-server-name=localhost",
     ];
-    assert_eq!(probe(&tls).await, pgway::probe::exit::SERVING);
+    assert_eq!(probe(&tls).await, pgway::admin::probe::exit::SERVING);
     // Without a client certificate, or without TLS, the probe fails.
-    assert_ne!(probe(&tls[..2]).await, pgway::probe::exit::SERVING);
-    assert_ne!(probe(&[]).await, pgway::probe::exit::SERVING);
+    assert_ne!(probe(&tls[..2]).await, pgway::admin::probe::exit::SERVING);
+    assert_ne!(probe(&[]).await, pgway::admin::probe::exit::SERVING);
 }
 
 #[test]

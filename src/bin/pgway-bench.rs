@@ -77,7 +77,7 @@ enum Cmd {
 #[derive(Debug, Clone, Args)]
 struct HopArgs {
     /// Time measured for each placement (after a tenth of it as warm-up).
-    #[arg(long, default_value = "3s", value_parser = pgway::config::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = pgway::app::config::parse_duration)]
     duration: Duration,
 
     /// The label of the JSON lines.
@@ -161,11 +161,11 @@ struct RunArgs {
     concurrency: usize,
 
     /// Time to run before measuring.
-    #[arg(long, default_value = "3s", value_parser = pgway::config::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = pgway::app::config::parse_duration)]
     warmup: Duration,
 
     /// Time measured.
-    #[arg(long, default_value = "8s", value_parser = pgway::config::parse_duration)]
+    #[arg(long, default_value = "8s", value_parser = pgway::app::config::parse_duration)]
     duration: Duration,
 
     /// Gateway callers per HTTP/2 connection (0: one connection per load thread, shared by all
@@ -209,7 +209,7 @@ struct RunArgs {
     soak: bool,
 
     /// How often the RSS of --pid is sampled for the slope (peak RSS is sampled every 100 ms).
-    #[arg(long, default_value = "5s", value_parser = pgway::config::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = pgway::app::config::parse_duration)]
     sample_every: Duration,
 
     /// Statements for the PostgreSQL targets [default: prepared for direct, unnamed for
@@ -232,7 +232,7 @@ struct RunArgs {
     bearer_file: Option<PathBuf>,
 
     /// Pause after an error before the caller asks again (no busy loop on a failing target).
-    #[arg(long, default_value = "10ms", value_parser = pgway::config::parse_duration)]
+    #[arg(long, default_value = "10ms", value_parser = pgway::app::config::parse_duration)]
     error_pause: Duration,
 }
 
@@ -585,7 +585,7 @@ fn int(value: i64) -> proto::Value {
 /// `CODE` or `CODE/REASON` (the ErrorInfo reason pgway attaches) of a gRPC status.
 fn status_label(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
-    let code = pgway::metrics::code_label(status.code());
+    let code = pgway::grpc::observe::code_label(status.code());
     match status.get_error_details().error_info() {
         Some(info) if !info.reason.is_empty() => format!("{code}/{}", info.reason),
         _ => code.to_owned(),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
-use pgway::config::{Cli, Command};
+use pgway::app::config::{Cli, Command};
 use pgway::devdb::TempPostgres;
 use pgway::proto::database_client::DatabaseClient;
 use pgway::proto::{self, value::Kind};
@@ -58,7 +58,7 @@ pub struct Gateway {
     pub database: String,
     pub url: String,
     stop: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<Result<(), pgway::server::ServeError>>>,
+    server: Option<tokio::task::JoinHandle<Result<(), pgway::app::ServeError>>>,
 }
 
 impl Gateway {
@@ -114,7 +114,7 @@ impl Gateway {
             .expect("bind metrics");
         let metrics_addr = metrics.local_addr().expect("metrics addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(pgway::server::serve(
+        let server = tokio::spawn(pgway::app::serve(
             config,
             listener,
             Some(metrics),
@@ -185,7 +185,7 @@ impl Gateway {
     }
 
     /// Stops the gateway as SIGTERM would and waits for it to finish.
-    pub async fn shutdown(mut self) -> Result<(), pgway::server::ServeError> {
+    pub async fn shutdown(mut self) -> Result<(), pgway::app::ServeError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -15,12 +15,12 @@ use tokio_postgres::Statement;
 use tokio_postgres::error::SqlState;
 use tonic::Status;
 
-use crate::auth::jwt::Verified;
-use crate::config::Limits;
-use crate::errors::GatewayError;
-use crate::pool::{PgConn, PooledConn};
+use crate::core::auth::jwt::Verified;
+use crate::core::error::GatewayError;
+use crate::core::pool::{PgConn, PooledConn};
+use crate::grpc::Limits;
+use crate::grpc::values::{Param, RowDecoder, params_from_proto, row_wire_size};
 use crate::proto::{self, IsolationLevel};
-use crate::values::{Param, RowDecoder, params_from_proto, row_wire_size};
 
 /// The caps that apply to one unary result.
 #[derive(Debug, Clone, Copy)]
@@ -105,7 +105,7 @@ const IDENTITY_CHECK: &str =
 
 /// After each statement of a JWT caller, before any of its result leaves: the role and the
 /// claims must still be the ones the gateway set. A statement that changed them (past the
-/// words [`crate::statement::changes_identity`] refuses) fails, and its transaction is rolled
+/// words [`crate::core::sql::changes_identity`] refuses) fails, and its transaction is rolled
 /// back by the caller of this function.
 fn identity_intact(row: &tokio_postgres::Row, identity: &Verified) -> Result<(), GatewayError> {
     let role: Option<String> = row.try_get(0).ok();
@@ -162,7 +162,7 @@ async fn prepare(
     if sql.trim().is_empty() {
         return Err(GatewayError::InvalidArgument("sql is empty".into()));
     }
-    if identity.is_some() && crate::statement::changes_identity(sql) {
+    if identity.is_some() && crate::core::sql::changes_identity(sql) {
         return Err(GatewayError::PermissionDenied(
             "a caller with a JWT may not change its role or claims (SET ROLE, set_config, \
              request.jwt.*, DO blocks, *_to_xml, ...)"

@@ -6,7 +6,7 @@
 //! The reading is deliberately generous: a false "may change the session" costs one reset round
 //! trip, a miss would leak one caller's session into another's.
 
-use crate::errors::GatewayError;
+use crate::core::error::GatewayError;
 
 /// Words that, anywhere in a statement, mean it may leave state in the session: temp tables,
 /// session-level settings and roles, advisory locks, cursors WITH HOLD, LISTEN, PREPARE.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::errors::GatewayError;
+use crate::core::error::GatewayError;
 
 /// Most times one call runs for connection-level failures.
 pub const MAX_ATTEMPTS: u32 = 4;

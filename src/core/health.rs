@@ -1,44 +1,34 @@
-//! Health over `grpc.health.v1`: service `""` is liveness, `pgway.v1.Database` is readiness.
+//! Readiness: a background monitor that checks the database on its own connection (not one
+//! from the pool, so a busy pool doesn't look like a dead database) and publishes whether it
+//! answers on a watch channel, which each door reports in its own way.
 //!
 //! Liveness never depends on the database: a database outage must not make Kubernetes restart
-//! every gateway. Readiness follows a background monitor that checks the database on its own
-//! connection (not one from the pool, so a busy pool doesn't look like a dead database).
+//! every gateway, so nothing here speaks of it.
 
 use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
-use tokio_postgres::Client;
-
-use crate::dbtls::DatabaseTls;
-
-/// The readiness service name: the Database service's own.
-pub const READINESS: &str = crate::proto::database_server::SERVICE_NAME;
-/// The liveness service name.
-pub const LIVENESS: &str = "";
+use crate::core::dbtls::DatabaseTls;
 
 /// How long one check may take before the database counts as unreachable.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Sets both services to NOT_SERVING (start-up before the first check, and shutdown).
-pub async fn set_all_not_serving(reporter: &HealthReporter) {
-    reporter
-        .set_service_status(LIVENESS, ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status(READINESS, ServingStatus::NotServing)
-        .await;
+/// A new readiness channel: not ready until the monitor's first check passes.
+pub fn readiness() -> (watch::Sender<bool>, watch::Receiver<bool>) {
+    watch::channel(false)
 }
 
-/// Checks the database every `interval` until `shutdown`, and reports readiness. The check
-/// connection uses the pool's TLS, so a certificate the pool rejects makes the gateway not ready.
+/// Checks the database every `interval` until `shutdown`, and publishes readiness on `ready`.
+/// The check connection uses the pool's TLS, so a certificate the pool rejects makes the
+/// gateway not ready.
 pub async fn monitor(
     database: tokio_postgres::Config,
     tls: DatabaseTls,
-    reporter: HealthReporter,
+    ready_tx: watch::Sender<bool>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -49,7 +39,7 @@ pub async fn monitor(
             ok = check(&database, &tls, &mut conn) => ok,
             () = shutdown.cancelled() => return,
         };
-        ::metrics::gauge!(crate::metrics::DATABASE_UP).set(if ok { 1.0 } else { 0.0 });
+        ::metrics::gauge!(crate::core::telemetry::DATABASE_UP).set(if ok { 1.0 } else { 0.0 });
         if ok != ready {
             ready = ok;
             if ready {
@@ -57,16 +47,11 @@ pub async fn monitor(
             } else {
                 warn!("database unreachable: not ready");
             }
-            let status = if ready {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
             // Shutdown owns the statuses once it started.
             if shutdown.is_cancelled() {
                 return;
             }
-            reporter.set_service_status(READINESS, status).await;
+            ready_tx.send_replace(ready);
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}

@@ -1,4 +1,4 @@
-//! Assembles the gRPC server (the Database service, health, reflection) and runs it until
+//! Assembles the gRPC door (the Database service, health, reflection) and serves it until
 //! shutdown, then drains within the grace period.
 
 use std::future::Future;
@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::future::Either;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -13,36 +14,45 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tracing::{info, warn};
 
-use crate::auth::AuthInterceptor;
-use crate::config::Config;
-use crate::drain::EndOnStop;
-use crate::health;
-use crate::metrics::{self, ObserveLayer};
-use crate::pool::Pool;
+use super::Settings;
+use super::auth::AuthInterceptor;
+use super::drain::EndOnStop;
+use super::health;
+use super::observe::ObserveLayer;
+use super::service::DatabaseService;
+use crate::core::pool::Pool;
+use crate::core::tls;
 use crate::proto::{self, database_server::DatabaseServer};
-use crate::service::DatabaseService;
-use crate::tls;
 
-/// Why the server could not run.
+/// Why the gRPC door could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
+/// What the door shares with the rest of the gateway.
+#[derive(Debug)]
+pub struct Shared {
+    pub pool: Pool,
+    /// Whether the database answers (the core's health monitor).
+    pub ready: watch::Receiver<bool>,
+    /// Owns the door's background tasks; the composition root waits for them.
+    pub tasks: TaskTracker,
+    /// Cancelled when shutdown starts (after the door told its probes).
+    pub stopping: CancellationToken,
+    /// Cancelled when the grace period after the signal is over: what still runs is cut.
+    pub grace_over: CancellationToken,
+}
+
 /// The middleware every call passes through, outermost first, with the Database service at
 /// its heart.
 ///
 /// Deadlines, admission (load shedding) and retries live with the code that knows the pool
-/// and the statement (see [`crate::deadline`], [`crate::pool::Pool::get`] and
-/// [`crate::service`]): a generic layer can't tell a request that waits for a connection from
+/// and the statement (see [`super::deadline`], [`crate::core::pool::Pool::get`] and
+/// [`super::service`]): a generic layer can't tell a request that waits for a connection from
 /// one that runs, nor a safe retry from an unsafe one.
 #[allow(clippy::type_complexity)]
 fn middleware<D>(
@@ -182,53 +192,23 @@ fn guard<S>(
     }
 }
 
-/// Binds `config.grpc_addr` and serves until SIGTERM / SIGINT.
-pub async fn run(config: Config) -> Result<(), ServeError> {
-    // Before any port opens: a SIGTERM that follows the first "listening" line is never lost.
-    let signals = crate::shutdown::Signals::install();
-    let listener = TcpListener::bind(config.grpc_addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.grpc_addr,
-            source,
-        })?;
-    info!(addr = %config.grpc_addr, "listening");
-    let metrics = match config.metrics_addr {
-        Some(addr) => {
-            let listener = metrics::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?;
-            info!(%addr, "metrics at /metrics");
-            Some(listener)
-        }
-        None => None,
-    };
-    serve(config, listener, metrics, signals.stopped()).await
-}
-
-/// Serves gRPC on `listener` (and metrics on `metrics_listener`) until `shutdown` resolves,
-/// then stops accepting calls, gives the calls in flight `config.shutdown_grace` to finish,
-/// and closes the pool.
+/// Serves gRPC on `listener` until `shutdown` resolves: then readiness and liveness go
+/// NOT_SERVING, `shared.stopping` is cancelled, and the calls in flight get
+/// `settings.shutdown_grace` to finish (after which it returns; the caller then cancels
+/// `grace_over`).
 pub async fn serve(
-    config: Config,
+    settings: Settings,
+    shared: &Shared,
     listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    info!(
-        sslmode = %config.database_tls.mode(),
-        verification = ?config.database_tls.verification(),
-        "database TLS"
-    );
-    if metrics_listener.is_some() {
-        // Installed before anything records: the pool and the call layer keep handles from it.
-        metrics::recorder();
-    }
-    let pool = Pool::new(
-        config.database.clone(),
-        config.database_tls.clone(),
-        &config.pool,
-    );
+    let Shared {
+        pool,
+        ready,
+        tasks,
+        stopping,
+        grace_over,
+    } = shared;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // tonic-health reports SERVING for a registered service at once: readiness starts
     // NOT_SERVING until the monitor has seen the database.
@@ -238,14 +218,9 @@ pub async fn serve(
     reporter
         .set_service_status(health::LIVENESS, tonic_health::ServingStatus::Serving)
         .await;
-
-    let tasks = TaskTracker::new();
-    let stopping = CancellationToken::new();
-    tasks.spawn(health::monitor(
-        config.database.clone(),
-        config.database_tls.clone(),
+    tasks.spawn(health::report(
+        ready.clone(),
         reporter.clone(),
-        config.health_interval,
         stopping.clone(),
     ));
 
@@ -262,28 +237,21 @@ pub async fn serve(
     let reflection_v1alpha = EndOnStop::new(reflection().build_v1alpha()?, stopping.clone());
     // Credentials are checked before a request's message is decoded; health and reflection
     // stay open unless configured otherwise, so probes and tools keep working.
-    let interceptor = AuthInterceptor(config.authenticator.clone());
-    tasks.spawn(config.authenticator.clone().watch_files(stopping.clone()));
-    let (health_open, health_guarded) =
-        guard(health_service, config.auth.public_health, &interceptor);
+    let interceptor = AuthInterceptor(settings.authenticator.clone());
+    let (health_open, health_guarded) = guard(health_service, settings.public_health, &interceptor);
     let (reflection_v1_open, reflection_v1_guarded) =
-        guard(reflection_v1, config.auth.public_reflection, &interceptor);
-    let (reflection_v1alpha_open, reflection_v1alpha_guarded) = guard(
-        reflection_v1alpha,
-        config.auth.public_reflection,
-        &interceptor,
-    );
-    // Cancelled when the grace period after the signal is over: what still runs is cut.
-    let grace_over = CancellationToken::new();
+        guard(reflection_v1, settings.public_reflection, &interceptor);
+    let (reflection_v1alpha_open, reflection_v1alpha_guarded) =
+        guard(reflection_v1alpha, settings.public_reflection, &interceptor);
     let database = InterceptedService::new(
         DatabaseServer::new(DatabaseService::new(
             pool.clone(),
-            &config,
+            &settings.calls,
             tasks.clone(),
             stopping.clone(),
             grace_over.clone(),
         ))
-        .max_decoding_message_size(config.limits.max_request_bytes),
+        .max_decoding_message_size(settings.calls.limits.max_request_bytes),
         interceptor.clone(),
     );
 
@@ -297,9 +265,6 @@ pub async fn serve(
             stopping.cancel();
         }
     };
-    if let Some(listener) = metrics_listener {
-        tasks.spawn(metrics::serve(listener, pool.clone(), stopping.clone()));
-    }
 
     let router = Server::builder()
         .tcp_nodelay(true)
@@ -312,18 +277,18 @@ pub async fn serve(
         .add_optional_service(reflection_v1_guarded)
         .add_optional_service(reflection_v1alpha_open)
         .add_optional_service(reflection_v1alpha_guarded);
-    let server = match &config.tls {
+    let server = match &settings.tls {
         None => Either::Left(router.serve_with_incoming_shutdown(plaintext(listener), signal)),
-        Some(settings) => {
+        Some(tls_settings) => {
             info!(
-                subject = %settings.initial.subject,
-                not_after = %settings.initial.not_after,
-                client_certificates = settings.files.client_ca.is_some(),
+                subject = %tls_settings.initial.subject,
+                not_after = %tls_settings.initial.not_after,
+                client_certificates = tls_settings.files.client_ca.is_some(),
                 "serving TLS"
             );
-            let current = tls::Current::new(settings.initial.config.clone());
+            let current = tls::Current::new(tls_settings.initial.config.clone());
             tasks.spawn(tls::reload(
-                settings.clone(),
+                tls_settings.clone(),
                 current.clone(),
                 stopping.clone(),
             ));
@@ -335,7 +300,7 @@ pub async fn serve(
 
     // The server waits for every connection to close after the signal, which a client that
     // keeps its connection open could stretch forever: bound the drain by the grace period.
-    let grace = config.shutdown_grace;
+    let grace = settings.shutdown_grace;
     let drained = async {
         stopping.cancelled().await;
         tokio::time::sleep(grace).await;
@@ -344,19 +309,5 @@ pub async fn serve(
         result = server => result?,
         () = drained => warn!(?grace, "grace period over with calls still open; closing them"),
     }
-    // Streams and interactive transactions still open are cancelled and rolled back now; they
-    // get a moment for that (one round trip), not a second grace period.
-    grace_over.cancel();
-    pool.close();
-    tasks.close();
-    if tokio::time::timeout(Duration::from_secs(2), tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!("tasks still running after the grace period");
-    }
-    let state = pool.state();
-    drop(pool);
-    info!(open_connections = state.open, "stopped");
     Ok(())
 }

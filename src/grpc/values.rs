@@ -23,7 +23,7 @@ use postgres_protocol::types as wire;
 use tokio_postgres::types::{Format, FromSql, IsNull, Kind, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Row, Transaction};
 
-use crate::errors::GatewayError;
+use crate::core::error::GatewayError;
 use crate::proto::{self, value::Kind as V};
 
 type BoxError = Box<dyn StdError + Sync + Send>;

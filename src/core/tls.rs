@@ -1,7 +1,8 @@
-//! TLS on the gRPC side: loading the certificate, key and client CA, the accept path that turns
-//! TCP connections into TLS streams, and reloading the files without a restart.
+//! TLS on the server side (the gRPC port today): loading the certificate, key and client CA,
+//! the accept path that turns TCP connections into TLS streams, and reloading the files
+//! without a restart.
 //!
-//! tonic's own `ServerTlsConfig` is fixed for the server's life, so pgway runs the handshakes
+//! The gRPC library's own TLS settings are fixed for the server's life, so pgway runs the handshakes
 //! itself: every new connection is accepted with the [`ServerConfig`] current at that moment,
 //! and a reload only swaps which one that is. Connections already open keep the one they
 //! were made with.
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use x509_cert::der::Decode;
 
-use crate::metrics::{TLS_HANDSHAKE_FAILURES, TLS_RELOADS};
+use crate::core::telemetry::{TLS_HANDSHAKE_FAILURES, TLS_RELOADS};
 
 /// The settings that name each file, for error messages.
 pub const CERT_SETTING: &str = "PGWAY_TLS_CERT";

@@ -10,10 +10,17 @@ use std::sync::{Arc, Mutex};
 
 use ::metrics::counter;
 
-use crate::errors::GatewayError;
-use crate::metrics;
+use crate::core::error::GatewayError;
+use crate::core::telemetry as metrics;
 
 use super::Caller;
+
+/// What one caller may hold at once (0 = no cap).
+#[derive(Debug, Clone, Copy)]
+pub struct CallerCaps {
+    pub max_calls: usize,
+    pub max_transactions: usize,
+}
 
 /// What a permit counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -10,10 +10,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
-use crate::errors::GatewayError;
+use crate::core::error::GatewayError;
 
 /// When a call's headers arrived, put in its extensions by the outermost layer
-/// ([`crate::metrics::ObserveLayer`]).
+/// ([`super::observe::ObserveLayer`]).
 ///
 /// tonic starts a timer of its own for a caller's `grpc-timeout` when the headers arrive,
 /// and answers CANCELLED when it fires. A unary handler only runs once the whole message is

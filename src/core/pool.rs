@@ -25,11 +25,24 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_postgres::{CancelToken, Client, Statement};
 use tracing::{debug, info, warn};
 
-use crate::config::PoolConfig;
-use crate::dbtls::DatabaseTls;
-use crate::errors::{ConnectError, GatewayError};
-use crate::metrics;
-use crate::statement::{StatementTraits, classify};
+use crate::core::dbtls::DatabaseTls;
+use crate::core::error::{ConnectError, GatewayError};
+use crate::core::sql::{StatementTraits, classify};
+use crate::core::telemetry as metrics;
+
+/// How the pool makes, keeps and hands out connections.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub min: u32,
+    pub max: u32,
+    pub acquire_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub statement_cache_size: NonZeroUsize,
+    pub max_waiting: usize,
+    pub max_concurrent_connects: usize,
+}
 
 /// A connection checked out of the pool; it goes back when dropped.
 ///
@@ -494,7 +507,7 @@ impl Drop for Waiting<'_> {
 impl Pool {
     /// Builds the pool; connections are opened in the background (`PGWAY_POOL_MIN` of them
     /// kept ready), so the gateway starts even while the database is down.
-    /// Connections use `tls` (see [`crate::dbtls`]).
+    /// Connections use `tls` (see [`crate::core::dbtls`]).
     pub fn new(database: tokio_postgres::Config, tls: DatabaseTls, config: &PoolConfig) -> Pool {
         let shared = Arc::new(PoolShared::default());
         let manager = ConnectionManager::new(database, tls, config, Arc::clone(&shared));

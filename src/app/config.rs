@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::auth::jwt::JwtRules;
-use crate::auth::{AuthConfig, Authenticator};
-use crate::dbtls::{self, DatabaseTls};
+use crate::core::auth::jwt::JwtRules;
+use crate::core::auth::limits::CallerCaps;
+use crate::core::auth::{AuthConfig, Authenticator};
+use crate::core::dbtls::{self, DatabaseTls};
+use crate::core::pool::PoolConfig;
+use crate::grpc::{CallSettings, Limits, TxConfig};
 
 /// Where `pgway serve` listens for gRPC without `PGWAY_GRPC_ADDR` (and where `pgway probe`
 /// looks without `-addr`).
@@ -318,49 +321,27 @@ pub struct Config {
     pub authenticator: Arc<Authenticator>,
     pub caller_limits: CallerCaps,
     /// TLS on the gRPC side; `None` serves plaintext.
-    pub tls: Option<crate::tls::TlsConfig>,
+    pub tls: Option<crate::core::tls::TlsConfig>,
 }
 
-/// What one caller may hold at once (0 = no cap).
-#[derive(Debug, Clone, Copy)]
-pub struct CallerCaps {
-    pub max_calls: usize,
-    pub max_transactions: usize,
-}
-
-/// How the pool makes, keeps and hands out connections.
-#[derive(Debug, Clone)]
-pub struct PoolConfig {
-    pub min: u32,
-    pub max: u32,
-    pub acquire_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub max_lifetime: Duration,
-    pub idle_timeout: Duration,
-    pub statement_cache_size: NonZeroUsize,
-    pub max_waiting: usize,
-    pub max_concurrent_connects: usize,
-}
-
-/// Bounds on what one call may return.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_rows: u32,
-    pub max_response_bytes: usize,
-    pub stream_batch_rows: u32,
-    pub stream_batch_bytes: usize,
-    pub max_request_bytes: usize,
-    pub max_sql_bytes: usize,
-    pub max_params: usize,
-    pub max_statements: usize,
-}
-
-/// Transaction settings.
-#[derive(Debug, Clone, Copy)]
-pub struct TxConfig {
-    pub max_attempts: u32,
-    pub idle_timeout: Duration,
-    pub max_duration: Duration,
+impl Config {
+    /// What the gRPC door needs of the settings.
+    pub fn grpc_settings(&self) -> crate::grpc::Settings {
+        crate::grpc::Settings {
+            calls: CallSettings {
+                limits: self.limits,
+                request_timeout: self.request_timeout,
+                statement_timeout: self.statement_timeout,
+                tx: self.tx,
+                caller_caps: self.caller_limits,
+            },
+            authenticator: self.authenticator.clone(),
+            public_health: self.auth.public_health,
+            public_reflection: self.auth.public_reflection,
+            tls: self.tls.clone(),
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
 }
 
 /// A setting that can't be used, named by its environment variable (and its flag).
@@ -644,7 +625,7 @@ impl ServeArgs {
     }
 
     /// The TLS settings, with the files read and checked now so a bad one stops start-up.
-    fn tls(&self) -> Result<Option<crate::tls::TlsConfig>, ConfigError> {
+    fn tls(&self) -> Result<Option<crate::core::tls::TlsConfig>, ConfigError> {
         let (cert, key) = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => (cert.clone(), key.clone()),
             (None, None) => {
@@ -669,7 +650,7 @@ impl ServeArgs {
                 ));
             }
         };
-        let files = crate::tls::TlsFiles {
+        let files = crate::core::tls::TlsFiles {
             cert,
             key,
             client_ca: self.tls_client_ca.clone(),
@@ -677,7 +658,7 @@ impl ServeArgs {
         let initial = files
             .load_blocking()
             .map_err(|error| invalid(error.setting, error.to_string()))?;
-        Ok(Some(crate::tls::TlsConfig {
+        Ok(Some(crate::core::tls::TlsConfig {
             files,
             reload_interval: self.tls_reload_interval,
             initial,

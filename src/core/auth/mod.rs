@@ -1,12 +1,12 @@
 //! Who may call, and as whom.
 //!
-//! Every call to `pgway.v1.Database` passes [`AuthInterceptor`] before its message is even
-//! decoded: the `authorization: Bearer …` metadata is checked against the static tokens
-//! ([`tokens`]) and JWT keys ([`jwt`]) in memory, so a call without valid credentials gets
-//! UNAUTHENTICATED and costs no database round trip. The [`Caller`] it finds travels with the
-//! request to the handlers: a token caller runs as the gateway's own database role, a JWT
-//! caller runs as its `role` claim with its claims in `request.jwt.claims`
-//! (see [`crate::execute::query`]). [`limits`] caps what one caller may hold at once.
+//! A door hands [`Authenticator::authenticate`] the `authorization` its request carried
+//! (`Bearer …`), before the request's message is even decoded: it is checked against the
+//! static tokens ([`tokens`]) and JWT keys ([`jwt`]) in memory, so a call without valid
+//! credentials is refused without a database round trip. The [`Caller`] it finds travels with
+//! the request to the handlers: a token caller runs as the gateway's own database role, a JWT
+//! caller runs as its `role` claim with its claims in `request.jwt.claims`. [`limits`] caps
+//! what one caller may hold at once.
 //!
 //! The token, secret and JWKS files are re-read when they change (polled) and on SIGHUP; a
 //! file that fails to parse keeps the previous contents in force.
@@ -24,16 +24,25 @@ use std::time::Duration;
 
 use ::metrics::counter;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataMap;
-use tonic::{Request, Status};
 use tracing::{info, warn};
 
-use crate::errors::GatewayError;
-use crate::metrics;
+use crate::core::error::GatewayError;
+use crate::core::telemetry as metrics;
 
 use cache::VerifiedCache;
 use jwt::{JwtRules, KeySet, Secret};
 use tokens::TokenSet;
+
+/// The `authorization` a request carried, as its door read it.
+#[derive(Debug, Clone, Copy)]
+pub enum Authorization<'a> {
+    /// None was sent.
+    Missing,
+    /// One was sent that is not visible ASCII text.
+    NotText,
+    /// Its text.
+    Text(&'a str),
+}
 
 /// Why a call was turned away by the authenticator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,21 +265,23 @@ impl Authenticator {
         self.secret.is_some() || self.keys.is_some()
     }
 
-    /// Finds the caller of a request from its metadata.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, Refused> {
+    /// Finds the caller of a request from the `authorization` it carried.
+    pub fn authenticate(&self, authorization: Authorization<'_>) -> Result<Caller, Refused> {
         if self.open {
             return Ok(Caller::Open);
         }
-        let Some(value) = metadata.get("authorization") else {
-            return Err(Refused::Unauthenticated {
-                reason: "missing",
-                message: "this gateway needs credentials: send `authorization: Bearer <token>`"
-                    .into(),
-            });
+        let value = match authorization {
+            Authorization::Missing => {
+                return Err(Refused::Unauthenticated {
+                    reason: "missing",
+                    message: "this gateway needs credentials: send `authorization: Bearer <token>`"
+                        .into(),
+                });
+            }
+            Authorization::NotText => None,
+            Authorization::Text(value) => Some(value),
         };
         let credential = value
-            .to_str()
-            .ok()
             .and_then(|v| {
                 let (scheme, rest) = v.split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
@@ -320,14 +331,14 @@ impl Authenticator {
         if self.tokens.is_none() && !self.jwt_configured() {
             return;
         }
-        let mut hangup = crate::shutdown::hangup();
+        let mut hangup = crate::core::shutdown::hangup();
         let mut tick = tokio::time::interval(self.reload_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let force = tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => false,
-                _ = crate::shutdown::next(&mut hangup) => true,
+                _ = crate::core::shutdown::next(&mut hangup) => true,
             };
             if let Some(w) = &self.tokens {
                 w.refresh(force).await;
@@ -340,41 +351,4 @@ impl Authenticator {
             }
         }
     }
-}
-
-/// The interceptor in front of the Database service (and, when configured, of health and
-/// reflection): it finds the [`Caller`] and puts it in the request's extensions.
-#[derive(Debug, Clone)]
-pub struct AuthInterceptor(pub Arc<Authenticator>);
-
-impl tonic::service::Interceptor for AuthInterceptor {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        match self.0.authenticate(request.metadata()) {
-            Ok(caller) => {
-                request.extensions_mut().insert(caller);
-                Ok(request)
-            }
-            Err(refused) => {
-                let reason = match &refused {
-                    Refused::Unauthenticated { reason, .. } => *reason,
-                    Refused::PermissionDenied(_) => "role",
-                };
-                counter!(metrics::AUTH_FAILURES, "reason" => reason).increment(1);
-                // The call's own `call finished` line (code UNAUTHENTICATED) is the record at
-                // info; this says why, without flooding the log under a credential-guessing run.
-                tracing::debug!(reason, "call refused by authentication");
-                Err(GatewayError::from(refused).into())
-            }
-        }
-    }
-}
-
-/// The caller a handler is serving (the interceptor always sets one; a missing one can only
-/// mean a wiring bug, and is refused rather than served open).
-pub fn caller_of<T>(request: &Request<T>) -> Result<Caller, GatewayError> {
-    request
-        .extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| GatewayError::Internal("no caller on the request".into()))
 }

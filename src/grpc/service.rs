@@ -1,4 +1,4 @@
-//! The `pgway.v1.Database` handlers: each takes a connection, runs [`crate::execute`] under the
+//! The `pgway.v1.Database` handlers: each takes a connection, runs [`crate::grpc::execute`] under the
 //! call's deadline, and turns the outcome into a reply or a `Status`.
 
 use std::future::Future;
@@ -16,22 +16,23 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug};
 
-use crate::auth::jwt::Verified;
-use crate::auth::limits::{CallerLimits, Kind, Permit};
-use crate::auth::{self, Caller};
-use crate::config::{Config, Limits, TxConfig};
-use crate::deadline;
-use crate::errors::GatewayError;
-use crate::execute::{self, ResultCaps};
-use crate::metrics;
-use crate::pool::{self, PgConn, Pool, PooledConn};
+use crate::core::auth::Caller;
+use crate::core::auth::jwt::Verified;
+use crate::core::auth::limits::{CallerLimits, Kind, Permit};
+use crate::core::error::GatewayError;
+use crate::core::pool::{self, PgConn, Pool, PooledConn};
+use crate::core::retry::{self, RetryBudget};
+use crate::core::telemetry as metrics;
+use crate::grpc::auth;
+use crate::grpc::deadline;
+use crate::grpc::execute::{self, ResultCaps};
+use crate::grpc::{CallSettings, Limits, TxConfig};
 use crate::proto::database_server::Database;
 use crate::proto::{
     self, InteractiveTransactionRequest, InteractiveTransactionResponse, QueryRequest,
     QueryResponse, QueryStreamResponse, TransactionRequest, TransactionResponse,
     interactive_transaction_request::Action, interactive_transaction_response::Event,
 };
-use crate::retry::{self, RetryBudget};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -216,7 +217,7 @@ impl Shared {
 impl DatabaseService {
     pub fn new(
         pool: Pool,
-        config: &Config,
+        config: &CallSettings,
         tasks: TaskTracker,
         shutdown: CancellationToken,
         grace_over: CancellationToken,
@@ -233,8 +234,8 @@ impl DatabaseService {
                 grace_over,
                 retries: RetryBudget::default(),
                 caller_limits: CallerLimits::new(
-                    config.caller_limits.max_calls,
-                    config.caller_limits.max_transactions,
+                    config.caller_caps.max_calls,
+                    config.caller_caps.max_transactions,
                 ),
             }),
         }

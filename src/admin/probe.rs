@@ -83,7 +83,7 @@ pub fn parse(args: &[String]) -> Result<ProbeArgs, String> {
                 .ok_or_else(|| format!("flag needs an argument: -{name}"))
         };
         let duration = |text: String| {
-            crate::config::parse_duration(&text).map_err(|e| format!("-{name}: {e}"))
+            crate::app::config::parse_duration(&text).map_err(|e| format!("-{name}: {e}"))
         };
         match name {
             "addr" => parsed.addr = value(inline)?,
@@ -120,7 +120,7 @@ pub fn parse(args: &[String]) -> Result<ProbeArgs, String> {
 /// (`PGWAY_GRPC_ADDR`, or its default), an unspecified address (`0.0.0.0`, `::`) turned into
 /// the loopback one of its family.
 pub fn default_addr(listen: Option<&str>) -> Result<String, String> {
-    let listen = listen.unwrap_or(crate::config::DEFAULT_GRPC_ADDR);
+    let listen = listen.unwrap_or(crate::app::config::DEFAULT_GRPC_ADDR);
     let mut addr: SocketAddr = listen.parse().map_err(|_| {
         format!("-addr not specified, and PGWAY_GRPC_ADDR={listen:?} is not host:port")
     })?;

@@ -1,0 +1,26 @@
+//! The core, shared by every door and knowing nothing of any: it names neither the gRPC
+//! stack, nor the generated protocol types, nor a door (`.ci/layers` checks that).
+//!
+//! - [`pool`]: the bb8 connection manager, pgway's own connection type (client, statement
+//!   cache, state flags), admission and the checkout path that surfaces connect errors.
+//! - [`dbtls`]: TLS to the database: `sslmode` / `sslrootcert`, the rustls configuration, the
+//!   connector every connection goes through.
+//! - [`health`]: readiness, as a watch channel a background monitor keeps.
+//! - [`sql`]: what a statement's text says (session changes, forbidden commands).
+//! - [`retry`]: which failures are retried, with backoff, inside a retry budget.
+//! - [`error`]: the protocol-neutral error type.
+//! - [`telemetry`]: metric names and the recorder (a leaf).
+//! - [`auth`]: who may call (bearer tokens, JWTs) and as which role; per-caller limits.
+//! - [`tls`]: the server side's TLS, with certificates reloaded without a restart.
+//! - [`shutdown`]: the process's signals (stop, reload).
+
+pub mod auth;
+pub mod dbtls;
+pub mod error;
+pub mod health;
+pub mod pool;
+pub mod retry;
+pub mod shutdown;
+pub mod sql;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,204 @@
+//! Metric names and the process-wide recorder: a leaf every part of pgway records through.
+//!
+//! Label values come only from closed sets (method names from the proto, status code names,
+//! fixed reasons), never from SQL or anything a caller sends, so cardinality stays bounded.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const POOL_CONNECTIONS: &str = "pgway_pool_connections";
+pub const POOL_MAX: &str = "pgway_pool_max_connections";
+pub const POOL_MIN: &str = "pgway_pool_min_connections";
+pub const POOL_WAITING: &str = "pgway_pool_waiting";
+pub const POOL_WAIT_SECONDS: &str = "pgway_pool_wait_seconds";
+pub const POOL_ACQUIRE_TIMEOUTS: &str = "pgway_pool_acquire_timeouts_total";
+pub const CONNECTIONS_OPENED: &str = "pgway_connections_opened_total";
+pub const CONNECTIONS_CLOSED: &str = "pgway_connections_closed_total";
+pub const CONNECTION_ERRORS: &str = "pgway_connection_errors_total";
+pub const REQUESTS: &str = "pgway_requests_total";
+pub const REQUEST_DURATION: &str = "pgway_request_duration_seconds";
+pub const REQUESTS_IN_FLIGHT: &str = "pgway_requests_in_flight";
+pub const RETRIES: &str = "pgway_retries_total";
+pub const SHED: &str = "pgway_shed_total";
+pub const TRANSACTIONS: &str = "pgway_transactions_total";
+pub const TRANSACTION_ATTEMPTS: &str = "pgway_transaction_attempts";
+pub const DATABASE_UP: &str = "pgway_database_up";
+pub const BUILD_INFO: &str = "pgway_build_info";
+pub const AUTH_FAILURES: &str = "pgway_auth_failures_total";
+pub const AUTH_RELOADS: &str = "pgway_auth_reloads_total";
+pub const CALLER_LIMITED: &str = "pgway_caller_limited_total";
+pub const TLS_RELOADS: &str = "pgway_tls_reloads_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "pgway_tls_handshake_failures_total";
+
+/// Installs the process-wide recorder once and returns its handle. Several gateways in one
+/// process (the tests) share it.
+pub fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(TRANSACTION_ATTEMPTS.into()),
+                        &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0],
+                    )
+                });
+            let handle = match builder.map(PrometheusBuilder::install_recorder) {
+                Ok(Ok(handle)) => handle,
+                // Another recorder is installed (an embedding application's): keep ours
+                // unregistered so /metrics still renders, empty rather than failing.
+                _ => PrometheusBuilder::new().build_recorder().handle(),
+            };
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            register_known_series();
+            handle
+        })
+        .clone()
+}
+
+/// `pgway_connections_closed_total{reason}`'s values.
+const CLOSE_REASONS: [&str; 6] = [
+    "broken",
+    "lifetime",
+    "idle",
+    "abandoned",
+    "reset_failed",
+    "shutdown",
+];
+/// `pgway_connection_errors_total{kind}`'s values ([`crate::core::error::ConnectError::kind`]).
+const CONNECT_ERROR_KINDS: [&str; 8] = [
+    "auth",
+    "database_missing",
+    "too_many_connections",
+    "starting_up",
+    "refused",
+    "tls",
+    "timeout",
+    "network",
+];
+/// `pgway_retries_total{reason}`'s values.
+const RETRY_REASONS: [&str; 3] = ["connection_lost", "server_restart", "transaction_conflict"];
+/// `pgway_transactions_total{outcome}`'s values.
+const TRANSACTION_OUTCOMES: [&str; 4] = ["committed", "rolled_back", "aborted", "outcome_unknown"];
+/// `pgway_auth_failures_total{reason}`'s values.
+const AUTH_FAILURE_REASONS: [&str; 12] = [
+    "missing",
+    "malformed",
+    "unknown_token",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "audience",
+    "issuer",
+    "algorithm",
+    "unknown_key",
+    "missing_claim",
+    "role",
+];
+/// `pgway_caller_limited_total{kind}`'s values.
+const CALLER_LIMIT_KINDS: [&str; 2] = ["call", "interactive_transaction"];
+/// `pgway_tls_reloads_total{outcome}`'s values.
+const TLS_RELOAD_OUTCOMES: [&str; 2] = ["success", "failure"];
+/// `pgway_tls_handshake_failures_total{reason}`'s values.
+const TLS_HANDSHAKE_REASONS: [&str; 2] = ["error", "timeout"];
+
+/// Describes every metric (its `# HELP`) and registers each series whose labels come from a
+/// closed set at zero, before anything happens: an alert on `rate(pgway_shed_total[5m]) > 0`
+/// or `pgway_database_up == 0` can only fire on a series that exists.
+fn register_known_series() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+    describe_gauge!(
+        POOL_CONNECTIONS,
+        "Open database connections, by state (idle, in_use)."
+    );
+    describe_gauge!(
+        POOL_MAX,
+        "Most connections the pool opens (PGWAY_POOL_MAX)."
+    );
+    describe_gauge!(
+        POOL_MIN,
+        "Connections kept open even when idle (PGWAY_POOL_MIN)."
+    );
+    describe_gauge!(POOL_WAITING, "Calls waiting for a free connection now.");
+    describe_histogram!(POOL_WAIT_SECONDS, "Time a call waited for a connection.");
+    describe_counter!(
+        POOL_ACQUIRE_TIMEOUTS,
+        "Calls that got no connection within PGWAY_ACQUIRE_TIMEOUT."
+    );
+    describe_counter!(CONNECTIONS_OPENED, "Database connections opened.");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Database connections closed, by reason."
+    );
+    describe_counter!(
+        CONNECTION_ERRORS,
+        "Failed attempts to open a database connection, by kind."
+    );
+    describe_counter!(REQUESTS, "Finished calls, by gRPC method and status code.");
+    describe_histogram!(REQUEST_DURATION, "Call duration, by gRPC method.");
+    describe_gauge!(REQUESTS_IN_FLIGHT, "Calls being served now.");
+    describe_counter!(
+        RETRIES,
+        "Statements and transactions run again by the gateway, by reason."
+    );
+    describe_counter!(
+        SHED,
+        "Calls refused at once because too many already waited (OVERLOADED)."
+    );
+    describe_counter!(TRANSACTIONS, "Transactions ended, by outcome.");
+    describe_histogram!(
+        TRANSACTION_ATTEMPTS,
+        "Attempts a committed Transaction took."
+    );
+    describe_gauge!(
+        DATABASE_UP,
+        "1 when the health monitor's last check of the database passed, else 0."
+    );
+    describe_gauge!(BUILD_INFO, "The running version (always 1).");
+    describe_counter!(AUTH_FAILURES, "Calls refused by authentication, by reason.");
+    describe_counter!(
+        AUTH_RELOADS,
+        "Reloads of the credential files, by setting and outcome."
+    );
+    describe_counter!(
+        CALLER_LIMITED,
+        "Calls refused by a per-caller limit, by kind."
+    );
+    describe_counter!(TLS_RELOADS, "Reloads of the gRPC TLS files, by outcome.");
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "Refused or timed-out TLS handshakes, by reason."
+    );
+
+    // Not ready until the monitor has seen the database.
+    gauge!(DATABASE_UP).set(0.0);
+    gauge!(REQUESTS_IN_FLIGHT).increment(0.0);
+    for name in [CONNECTIONS_OPENED, POOL_ACQUIRE_TIMEOUTS, SHED] {
+        counter!(name).increment(0);
+    }
+    let labelled: [(&'static str, &'static str, &[&'static str]); 8] = [
+        (CONNECTIONS_CLOSED, "reason", &CLOSE_REASONS),
+        (CONNECTION_ERRORS, "kind", &CONNECT_ERROR_KINDS),
+        (RETRIES, "reason", &RETRY_REASONS),
+        (TRANSACTIONS, "outcome", &TRANSACTION_OUTCOMES),
+        (AUTH_FAILURES, "reason", &AUTH_FAILURE_REASONS),
+        (CALLER_LIMITED, "kind", &CALLER_LIMIT_KINDS),
+        (TLS_RELOADS, "outcome", &TLS_RELOAD_OUTCOMES),
+        (TLS_HANDSHAKE_FAILURES, "reason", &TLS_HANDSHAKE_REASONS),
+    ];
+    for (name, label, values) in labelled {
+        for &value in values {
+            counter!(name, label => value).increment(0);
+        }
+    }
+    let _ = histogram!(POOL_WAIT_SECONDS);
+    let _ = histogram!(TRANSACTION_ATTEMPTS);
+}
