@@ -109,9 +109,12 @@ pub async fn serve(
     shared.grace_over.cancel();
     pool.close();
     tasks.close();
-    if tokio::time::timeout(Duration::from_secs(2), tasks.wait())
-        .await
-        .is_err()
+    if tokio::time::timeout(Duration::from_secs(2), async {
+        tasks.wait().await;
+        pool.resets_done().await;
+    })
+    .await
+    .is_err()
     {
         warn!("tasks still running after the grace period");
     }

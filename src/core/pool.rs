@@ -44,29 +44,74 @@ pub struct PoolConfig {
     pub max_concurrent_connects: usize,
 }
 
-/// A connection checked out of the pool; it goes back when dropped.
+/// A connection checked out of the pool; it goes back when dropped, and its Drop decides how.
 ///
-/// It holds one of the pool's admission permits (see [`Pool::get`]). The fields drop in
-/// order: the connection goes back to bb8's idle queue (or is discarded) first, then the
-/// permit wakes the next caller in line, who finds it there. Holding the permit here, rather
-/// than in the connection, means every checkout gives its permit back exactly once, whether the
-/// connection is pooled again or dropped.
+/// A connection whose last user may have left session state behind ([`PgConn::needs_reset`])
+/// is reset in the background before it goes back (see [`release`]); one that can't be reset
+/// (no runtime to run the reset on) is discarded; no path can forget either. It holds one of
+/// the pool's admission permits (see [`Pool::get`]). The fields drop in order: the connection
+/// goes back to bb8's idle queue (or is discarded) first, then the permit wakes the next caller
+/// in line, who finds it there. Holding the permit here, rather than in the connection, means
+/// every checkout gives its permit back exactly once, whether the connection is pooled again or
+/// dropped.
 pub struct PooledConn {
-    conn: bb8::PooledConnection<'static, ConnectionManager>,
-    _permit: OwnedSemaphorePermit,
+    /// `Some` until Drop hands it to the background reset.
+    conn: Option<bb8::PooledConnection<'static, ConnectionManager>>,
+    /// Travels with `conn`.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl PooledConn {
+    fn new(
+        conn: bb8::PooledConnection<'static, ConnectionManager>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        PooledConn {
+            conn: Some(conn),
+            permit: Some(permit),
+        }
+    }
 }
 
 impl std::ops::Deref for PooledConn {
     type Target = PgConn;
 
     fn deref(&self) -> &PgConn {
-        &self.conn
+        // `conn` is only taken in Drop, after which nothing can deref.
+        #[allow(clippy::expect_used)]
+        self.conn
+            .as_ref()
+            .expect("a pooled connection until dropped")
     }
 }
 
 impl std::ops::DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut PgConn {
-        &mut self.conn
+        // As in `deref`.
+        #[allow(clippy::expect_used)]
+        self.conn
+            .as_mut()
+            .expect("a pooled connection until dropped")
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if !self.conn.as_ref().is_some_and(|conn| conn.needs_reset()) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let resets = self.pool.resets.clone();
+                let conn = PooledConn {
+                    conn: self.conn.take(),
+                    permit: self.permit.take(),
+                };
+                let _reset = resets.spawn_on(release(conn), &runtime);
+            }
+            // Nowhere to run the reset: the connection must not go back as it is.
+            Err(_) => self.mark_discard("reset_failed"),
+        }
     }
 }
 
@@ -284,11 +329,16 @@ const RESET_SQL: &str = "DISCARD ALL";
 /// Gives a connection back to the pool, first resetting its session if its last user may have
 /// changed it. A connection that can't be reset is discarded. Plain statements skip the round
 /// trip: most connections come back clean.
-pub async fn release(mut conn: PooledConn) {
+async fn release(mut conn: PooledConn) {
     if !conn.needs_reset() {
         return;
     }
-    match conn.client.batch_execute(RESET_SQL).await {
+    // In flight: a reset cut short (the runtime stopping) leaves the connection busy, so it is
+    // cancelled and discarded instead of handed to another reset.
+    conn.busy = true;
+    let reset = conn.client.batch_execute(RESET_SQL).await;
+    conn.busy = false;
+    match reset {
         Ok(()) => {
             // DISCARD ALL dropped the server side of every cached statement too.
             conn.forget_statements();
@@ -450,7 +500,9 @@ impl ManageConnection for ConnectionManager {
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
+        // A dirty connection here was not reset (the guard's Drop resets before returning).
         conn.busy
+            || conn.dirty
             || conn.discard.is_some()
             || conn.client.is_closed()
             || Instant::now() >= conn.retire_at
@@ -483,6 +535,8 @@ struct PoolShared {
     waiting: AtomicUsize,
     /// Set when the gateway shuts down, so connections closed from then on say why.
     closing: AtomicBool,
+    /// The background resets of returned connections (see [`PooledConn`]'s Drop).
+    resets: tokio_util::task::TaskTracker,
 }
 
 /// A snapshot of the pool's connections.
@@ -607,7 +661,7 @@ impl Pool {
                     match got {
                         Ok(Ok(mut conn)) => {
                             if !conn.client.is_closed() {
-                                return Ok(PooledConn { conn, _permit: permit });
+                                return Ok(PooledConn::new(conn, permit));
                             }
                             conn.mark_discard("broken");
                         }
@@ -665,6 +719,13 @@ impl Pool {
     /// From now on, connections that close were closed by the shutdown.
     pub fn close(&self) {
         self.shared.closing.store(true, Ordering::Relaxed);
+        self.shared.resets.close();
+    }
+
+    /// Waits until the resets of connections given back have finished (after [`Pool::close`]:
+    /// shutdown waits for them, bounded, like its other tasks).
+    pub async fn resets_done(&self) {
+        self.shared.resets.wait().await;
     }
 }
 

@@ -20,7 +20,7 @@ use crate::core::auth::Caller;
 use crate::core::auth::jwt::Verified;
 use crate::core::auth::limits::{CallerLimits, Kind, Permit};
 use crate::core::error::GatewayError;
-use crate::core::pool::{self, PgConn, Pool, PooledConn};
+use crate::core::pool::{PgConn, Pool, PooledConn};
 use crate::core::retry::{self, RetryBudget};
 use crate::core::telemetry as metrics;
 use crate::grpc::auth;
@@ -129,7 +129,7 @@ impl Shared {
             let outcome = async {
                 let mut conn = self.pool.get().await?;
                 let outcome = execute::transaction_once(&mut conn, request, caps, identity).await;
-                self.give_back(conn);
+                drop(conn);
                 outcome
             }
             .await;
@@ -187,7 +187,7 @@ impl Shared {
             let result =
                 execute::query_stream(&mut conn, request, self.limits, sender, &mut sent, identity)
                     .await;
-            self.give_back(conn);
+            drop(conn);
             let error = match result {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
@@ -202,14 +202,6 @@ impl Shared {
                 }
                 _ => return Err(error),
             }
-        }
-    }
-
-    /// Returns a connection to the pool; one that needs a session reset is reset in the
-    /// background, so the caller doesn't wait for it.
-    fn give_back(&self, conn: PooledConn) {
-        if conn.needs_reset() {
-            self.tasks.spawn(pool::release(conn));
         }
     }
 }
@@ -275,7 +267,7 @@ impl Database for DatabaseService {
         let attempt = || async {
             let mut conn = shared.pool.get().await?;
             let result = execute::query(&mut conn, &request, caps, identity).await;
-            shared.give_back(conn);
+            drop(conn);
             result
         };
         deadline::run(deadline, started, shared.retrying(safe, attempt))
@@ -456,7 +448,7 @@ async fn interactive(
     let mut conn = None;
     let result = drive_interactive(shared, inbound, sender, &mut conn, identity).await;
     if let Some(conn) = conn {
-        shared.give_back(conn);
+        drop(conn);
     }
     let outcome = match &result {
         Ok(outcome) => *outcome,
