@@ -21,7 +21,7 @@
 //! protocol types or a module above it, or a file under `src/grpc/` names `app` or `admin`.
 
 // No unwrap on a server path: an `expect` says why it can't fail. Tests may unwrap.
-#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod app;

@@ -19,7 +19,6 @@ fn one_connection_pool(url: &str) -> Pool {
             min: 0,
             max: 1,
             acquire_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
             max_lifetime: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(600),
             statement_cache_size: NonZeroUsize::new(16).unwrap(),

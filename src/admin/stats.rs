@@ -7,21 +7,25 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The figures `pgway stats` prints, in order, with their labels.
-const SHOWN: &[(&str, &str)] = &[
+use crate::core::telemetry as metrics;
+
+/// The figures `pgway stats` prints, in order: the metric, its `state` label if any, and what
+/// the line says.
+const SHOWN: &[(&str, Option<&str>, &str)] = &[
     (
-        "pgway_pool_connections{state=\"in_use\"}",
+        metrics::POOL_CONNECTIONS,
+        Some("in_use"),
         "connections in use",
     ),
-    ("pgway_pool_connections{state=\"idle\"}", "connections idle"),
-    ("pgway_pool_max_connections", "pool maximum"),
-    ("pgway_pool_min_connections", "pool minimum"),
-    ("pgway_pool_waiting", "callers waiting"),
-    ("pgway_pool_acquire_timeouts_total", "acquire timeouts"),
-    ("pgway_shed_total", "calls shed"),
-    ("pgway_connections_opened_total", "connections opened"),
-    ("pgway_requests_in_flight", "calls in flight"),
-    ("pgway_database_up", "database up"),
+    (metrics::POOL_CONNECTIONS, Some("idle"), "connections idle"),
+    (metrics::POOL_MAX, None, "pool maximum"),
+    (metrics::POOL_MIN, None, "pool minimum"),
+    (metrics::POOL_WAITING, None, "callers waiting"),
+    (metrics::POOL_ACQUIRE_TIMEOUTS, None, "acquire timeouts"),
+    (metrics::SHED, None, "calls shed"),
+    (metrics::CONNECTIONS_OPENED, None, "connections opened"),
+    (metrics::REQUESTS_IN_FLIGHT, None, "calls in flight"),
+    (metrics::DATABASE_UP, None, "database up"),
 ];
 
 /// Fetches `/metrics` from `addr`.
@@ -65,14 +69,18 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
 /// Renders the pool's state as aligned lines, plus closed connections by reason.
 pub fn render(text: &str) -> String {
     let mut out = String::new();
-    for (name, label) in SHOWN {
-        let value = sample(text, name).unwrap_or(0.0);
+    for (name, state, label) in SHOWN {
+        let series = match state {
+            Some(state) => format!("{name}{{state=\"{state}\"}}"),
+            None => (*name).to_owned(),
+        };
+        let value = sample(text, &series).unwrap_or(0.0);
         out.push_str(&format!("{label:<22} {value}\n"));
     }
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("pgway_connections_closed_total{"))
-    {
+    for line in text.lines().filter(|l| {
+        l.strip_prefix(metrics::CONNECTIONS_CLOSED)
+            .is_some_and(|rest| rest.starts_with('{'))
+    }) {
         if let Some((series, value)) = line.rsplit_once(' ') {
             let reason = series
                 .split("reason=\"")

@@ -585,7 +585,6 @@ impl ServeArgs {
                 min,
                 max,
                 acquire_timeout: self.acquire_timeout,
-                connect_timeout: self.connect_timeout,
                 max_lifetime: self.conn_max_lifetime,
                 idle_timeout: self.conn_idle_timeout,
                 statement_cache_size: self.statement_cache_size,

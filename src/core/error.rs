@@ -82,6 +82,15 @@ impl From<tokio_postgres::Error> for ConnectError {
     }
 }
 
+/// Whether a statement may have reached the server when its connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// It can't have: nothing was applied.
+    No,
+    /// It may have: a write may or may not have been applied.
+    Maybe,
+}
+
 /// Everything that can go wrong while serving a call.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -191,12 +200,12 @@ impl GatewayError {
     /// Classifies an error from tokio-postgres raised while a statement was running.
     /// `sent` tells whether the statement may have reached the server: a broken connection
     /// before that is harmless, after it the outcome of a write is unknown.
-    pub fn from_postgres(error: tokio_postgres::Error, sent: bool) -> Self {
+    pub fn from_postgres(error: tokio_postgres::Error, sent: Sent) -> Self {
         if let Some(db) = error.as_db_error() {
             return GatewayError::Postgres(Box::new(db.clone()));
         }
         if error.is_closed() || is_io(&error) {
-            return if sent {
+            return if sent == Sent::Maybe {
                 GatewayError::OutcomeUnknown(error.to_string())
             } else {
                 GatewayError::ConnectionLost(error.to_string())
@@ -230,16 +239,20 @@ impl GatewayError {
             | GatewayError::DeadlineExceeded(_)
             | GatewayError::Internal(_) => true,
             GatewayError::InStatement { error, .. } => error.breaks_connection(),
-            GatewayError::Postgres(db) => {
-                let code = db.code();
-                code.code().starts_with("08")
-                    || *code == SqlState::ADMIN_SHUTDOWN
-                    || *code == SqlState::CRASH_SHUTDOWN
-                    || *code == SqlState::CANNOT_CONNECT_NOW
-            }
+            GatewayError::Postgres(db) => means_server_restart(db.code()),
             _ => false,
         }
     }
+}
+
+/// Whether PostgreSQL said it is going away or not there yet: an administrator's or a crash
+/// shutdown (57P01, 57P02), still starting up (57P03), or a connection failure (class 08).
+/// The connection that heard it is done for, and what it refused can run again elsewhere.
+pub fn means_server_restart(state: &SqlState) -> bool {
+    *state == SqlState::ADMIN_SHUTDOWN
+        || *state == SqlState::CRASH_SHUTDOWN
+        || *state == SqlState::CANNOT_CONNECT_NOW
+        || state.code().starts_with("08")
 }
 
 fn is_io(error: &tokio_postgres::Error) -> bool {

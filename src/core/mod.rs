@@ -13,12 +13,14 @@
 //! - [`auth`]: who may call (bearer tokens, JWTs) and as which role; per-caller limits.
 //! - [`tls`]: the server side's TLS, with certificates reloaded without a restart.
 //! - [`shutdown`]: the process's signals (stop, reload).
+//! - [`reload`]: when reloadable files are looked at again (a timer and SIGHUP).
 
 pub mod auth;
 pub mod dbtls;
 pub mod error;
 pub mod health;
 pub mod pool;
+pub mod reload;
 pub mod retry;
 pub mod shutdown;
 pub mod sql;

@@ -26,7 +26,7 @@ use tokio_postgres::{CancelToken, Client, Statement};
 use tracing::{debug, info, warn};
 
 use crate::core::dbtls::DatabaseTls;
-use crate::core::error::{ConnectError, GatewayError};
+use crate::core::error::{ConnectError, GatewayError, Sent};
 use crate::core::sql::{StatementTraits, classify};
 use crate::core::telemetry as metrics;
 
@@ -36,7 +36,6 @@ pub struct PoolConfig {
     pub min: u32,
     pub max: u32,
     pub acquire_timeout: Duration,
-    pub connect_timeout: Duration,
     pub max_lifetime: Duration,
     pub idle_timeout: Duration,
     pub statement_cache_size: NonZeroUsize,
@@ -47,7 +46,7 @@ pub struct PoolConfig {
 /// A connection checked out of the pool; it goes back when dropped, and its Drop decides how.
 ///
 /// A connection whose last user may have left session state behind ([`PgConn::needs_reset`])
-/// is reset in the background before it goes back (see [`release`]); one that can't be reset
+/// is reset in the background before it goes back (see `release`); one that can't be reset
 /// (no runtime to run the reset on) is discarded; no path can forget either. It holds one of
 /// the pool's admission permits (see [`Pool::get`]). The fields drop in order: the connection
 /// goes back to bb8's idle queue (or is discarded) first, then the permit wakes the next caller
@@ -110,7 +109,7 @@ impl Drop for PooledConn {
                 let _reset = resets.spawn_on(release(conn), &runtime);
             }
             // Nowhere to run the reset: the connection must not go back as it is.
-            Err(_) => self.mark_discard("reset_failed"),
+            Err(_) => self.mark_discard(CloseReason::ResetFailed),
         }
     }
 }
@@ -138,7 +137,7 @@ pub struct PgConn {
     busy: bool,
     /// Set (with why) by code that knows the connection can't be reused: a broken
     /// transaction, session state it could not reset.
-    discard: Option<&'static str>,
+    discard: Option<CloseReason>,
     /// A statement that may have left session state behind ran: reset before reuse.
     dirty: bool,
     pool: Arc<PoolShared>,
@@ -153,16 +152,6 @@ struct CachedStatement {
 }
 
 impl PgConn {
-    /// The pool's id of this connection, for logs.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The PID of the PostgreSQL backend serving this connection.
-    pub fn backend_pid(&self) -> i32 {
-        self.backend_pid
-    }
-
     /// The tokio-postgres client.
     pub fn client(&self) -> &Client {
         &self.client
@@ -171,6 +160,14 @@ impl PgConn {
     /// The client, mutably (to open a transaction).
     pub fn client_mut(&mut self) -> &mut Client {
         &mut self.client
+    }
+
+    /// Ends the transaction open on this connection (`ROLLBACK`); once the server confirmed
+    /// it, the connection is idle again.
+    pub async fn roll_back(&mut self) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute("ROLLBACK").await?;
+        self.mark_idle();
+        Ok(())
     }
 
     /// Marks the start of work whose interruption would leave the connection in an unknown
@@ -184,7 +181,7 @@ impl PgConn {
         self.busy = false;
     }
 
-    /// Whether the connection must be reset before it goes back (see [`release`]); one that is
+    /// Whether the connection must be reset before it goes back (see `release`); one that is
     /// busy or marked for discard won't be reused anyway.
     pub fn needs_reset(&self) -> bool {
         self.dirty && !self.busy && self.discard.is_none()
@@ -196,12 +193,12 @@ impl PgConn {
     }
 
     /// Don't return this connection to the pool.
-    pub fn mark_discard(&mut self, reason: &'static str) {
+    pub fn mark_discard(&mut self, reason: CloseReason) {
         if self.discard.is_none() {
             info!(
                 conn_id = self.id,
                 backend_pid = self.backend_pid,
-                reason,
+                reason = reason.label(),
                 "discarded"
             );
             self.discard = Some(reason);
@@ -238,7 +235,7 @@ impl PgConn {
             .client
             .prepare(sql)
             .await
-            .map_err(|e| GatewayError::from_postgres(e, false))?;
+            .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
         self.cache(sql, statement.clone(), Some(traits));
         Ok((statement, traits))
     }
@@ -288,7 +285,7 @@ impl Drop for PgConn {
                 });
             }
         }
-        let reason = self.close_reason();
+        let reason = self.close_reason().label();
         counter!(metrics::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
         info!(
             conn_id = self.id,
@@ -299,25 +296,67 @@ impl Drop for PgConn {
     }
 }
 
+/// Why a connection closed (the `reason` of `pgway_connections_closed_total` and of its
+/// `closed` log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The connection failed or the server closed it.
+    Broken,
+    /// It reached `PGWAY_CONN_MAX_LIFETIME`.
+    Lifetime,
+    /// It sat idle past `PGWAY_CONN_IDLE_TIMEOUT`, above the pool's minimum.
+    Idle,
+    /// Its user went away with a statement in flight (deadline, caller gone).
+    Abandoned,
+    /// Its session could not be reset after a user that may have changed it.
+    ResetFailed,
+    /// The gateway is stopping.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Every reason, in the order of [`crate::core::telemetry::CLOSE_REASONS`].
+    pub const ALL: [CloseReason; 6] = [
+        CloseReason::Broken,
+        CloseReason::Lifetime,
+        CloseReason::Idle,
+        CloseReason::Abandoned,
+        CloseReason::ResetFailed,
+        CloseReason::Shutdown,
+    ];
+
+    /// The metric label and log value.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Broken => "broken",
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::Idle => "idle",
+            CloseReason::Abandoned => "abandoned",
+            CloseReason::ResetFailed => "reset_failed",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 impl PgConn {
-    fn close_reason(&self) -> &'static str {
+    fn close_reason(&self) -> CloseReason {
         // At shutdown an idle connection's task may end before the connection itself is
         // dropped, which would read as "broken": the reason it closes is the shutdown.
         let closing = self.pool.closing.load(Ordering::Relaxed);
         if closing && !self.busy && self.discard.is_none() {
-            "shutdown"
+            CloseReason::Shutdown
         } else if self.client.is_closed() {
-            "broken"
+            CloseReason::Broken
         } else if self.busy {
-            "abandoned"
+            CloseReason::Abandoned
         } else if let Some(reason) = self.discard {
             reason
         } else if closing {
-            "shutdown"
+            CloseReason::Shutdown
         } else if Instant::now() >= self.retire_at {
-            "lifetime"
+            CloseReason::Lifetime
         } else {
-            "idle"
+            CloseReason::Idle
         }
     }
 }
@@ -351,7 +390,7 @@ async fn release(mut conn: PooledConn) {
         }
         Err(error) => {
             warn!(conn_id = conn.id, backend_pid = conn.backend_pid, %error, "reset failed");
-            conn.mark_discard("reset_failed");
+            conn.mark_discard(CloseReason::ResetFailed);
         }
     }
 }
@@ -376,8 +415,6 @@ pub struct ConnectionManager {
 /// The latest connect attempt's outcome, as seen by waiting callers.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOutcome {
-    /// Counts attempts, so that a waiter sees every new one.
-    pub attempt: u64,
     /// `None` when the attempt succeeded.
     pub error: Option<Arc<ConnectError>>,
 }
@@ -388,10 +425,7 @@ fn connect_backoff(failures: u32) -> Duration {
     if failures == 0 {
         return Duration::ZERO;
     }
-    let cap = Duration::from_millis(50)
-        .saturating_mul(1 << failures.min(10))
-        .min(Duration::from_secs(1));
-    cap.mul_f64(rand::rng().random::<f64>())
+    crate::core::retry::Backoff::CONNECT.delay(failures)
 }
 
 impl ConnectionManager {
@@ -415,10 +449,8 @@ impl ConnectionManager {
     }
 
     fn publish(&self, error: Option<Arc<ConnectError>>) {
-        self.outcomes.send_modify(|outcome| {
-            outcome.attempt += 1;
-            outcome.error = error;
-        });
+        // Sent even when it equals the last outcome: every attempt wakes the waiters.
+        self.outcomes.send_modify(|outcome| outcome.error = error);
     }
 
     async fn open(&self, id: u64) -> Result<PgConn, ConnectError> {
@@ -663,7 +695,7 @@ impl Pool {
                             if !conn.client.is_closed() {
                                 return Ok(PooledConn::new(conn, permit));
                             }
-                            conn.mark_discard("broken");
+                            conn.mark_discard(CloseReason::Broken);
                         }
                         Ok(Err(RunError::User(error))) => {
                             return Err(GatewayError::ConnectFailed(Arc::new(error)));
@@ -744,6 +776,12 @@ impl bb8::ErrorSink<ConnectError> for SilentSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_reasons_are_the_registered_labels() {
+        let labels = CloseReason::ALL.map(CloseReason::label);
+        assert_eq!(labels, crate::core::telemetry::CLOSE_REASONS);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -12,7 +12,6 @@
 
 use std::time::Duration;
 
-use tokio_postgres::error::SqlState;
 use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::core::error::GatewayError;
@@ -52,24 +51,49 @@ pub fn reason(error: &GatewayError, safe: bool) -> Option<&'static str> {
         GatewayError::Postgres(db) => {
             // The server answered with an error, so the statement (and its transaction) was
             // rolled back: running it again can't apply it twice.
-            let code = db.code();
-            let restarting = *code == SqlState::ADMIN_SHUTDOWN
-                || *code == SqlState::CRASH_SHUTDOWN
-                || *code == SqlState::CANNOT_CONNECT_NOW
-                || code.code().starts_with("08");
-            restarting.then_some("server_restart")
+            crate::core::error::means_server_restart(db.code()).then_some("server_restart")
         }
         _ => None,
     }
 }
 
-/// Backoff before retry number `retry` (1-based): exponential from 20 ms, capped at 1 s, with
-/// full jitter.
-pub fn backoff(retry: u32) -> Duration {
-    let cap = Duration::from_millis(20)
-        .saturating_mul(1 << retry.min(10))
-        .min(Duration::from_secs(1));
-    cap.mul_f64(rand::random::<f64>())
+/// An exponential backoff with full jitter, pgway's one: retry `n` waits a random time below
+/// `base · 2ⁿ`, at most `cap`, so callers that failed together don't come back together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// Before running a statement again after a lost connection or a server restart.
+    pub const STATEMENT: Backoff = Backoff::new(20, 1_000);
+    /// Before running a transaction again after a serialization failure or a deadlock.
+    pub const CONFLICT: Backoff = Backoff::new(10, 1_000);
+    /// Before opening a connection again after failed connects in a row.
+    pub const CONNECT: Backoff = Backoff::new(50, 1_000);
+
+    const fn new(base_ms: u64, cap_ms: u64) -> Backoff {
+        Backoff {
+            base: Duration::from_millis(base_ms),
+            cap: Duration::from_millis(cap_ms),
+        }
+    }
+
+    /// The longest wait before retry `n`.
+    pub fn ceiling(self, n: u32) -> Duration {
+        self.base.saturating_mul(1 << n.min(10)).min(self.cap)
+    }
+
+    /// The wait before retry `n` for a `fraction` (in `[0, 1)`) of its ceiling.
+    pub fn at(self, n: u32, fraction: f64) -> Duration {
+        self.ceiling(n).mul_f64(fraction.clamp(0.0, 1.0))
+    }
+
+    /// A random wait before retry `n`.
+    pub fn delay(self, n: u32) -> Duration {
+        self.at(n, rand::random::<f64>())
+    }
 }
 
 #[cfg(test)]
@@ -114,7 +138,21 @@ mod tests {
     #[test]
     fn backoff_is_bounded() {
         for retry in 1..40 {
-            assert!(backoff(retry) <= Duration::from_secs(1));
+            assert!(Backoff::STATEMENT.delay(retry) <= Duration::from_secs(1));
         }
+    }
+
+    #[test]
+    fn backoff_grows_from_its_base_to_its_cap() {
+        let backoff = Backoff::STATEMENT;
+        assert_eq!(backoff.ceiling(0), Duration::from_millis(20));
+        assert_eq!(backoff.ceiling(1), Duration::from_millis(40));
+        assert_eq!(backoff.ceiling(5), Duration::from_millis(640));
+        assert_eq!(backoff.ceiling(6), Duration::from_secs(1));
+        assert_eq!(backoff.ceiling(u32::MAX), Duration::from_secs(1));
+        assert_eq!(backoff.at(3, 0.5), Duration::from_millis(80));
+        assert_eq!(backoff.at(3, 0.0), Duration::ZERO);
+        assert_eq!(Backoff::CONFLICT.ceiling(2), Duration::from_millis(40));
+        assert_eq!(Backoff::CONNECT.ceiling(1), Duration::from_millis(100));
     }
 }

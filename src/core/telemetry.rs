@@ -64,7 +64,7 @@ pub fn recorder() -> PrometheusHandle {
 }
 
 /// `pgway_connections_closed_total{reason}`'s values.
-const CLOSE_REASONS: [&str; 6] = [
+pub const CLOSE_REASONS: [&str; 6] = [
     "broken",
     "lifetime",
     "idle",

@@ -307,29 +307,8 @@ pub async fn reload(config: TlsConfig, current: Current, stopping: CancellationT
     let mut last_good = config.initial.contents;
     let mut last_failed: Option<Contents> = None;
     let mut unreadable = false;
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(stream) => Some(stream),
-        Err(error) => {
-            warn!(%error, "cannot listen for SIGHUP; TLS files are reloaded only when they change");
-            None
-        }
-    };
-    let mut tick = (!config.reload_interval.is_zero()).then(|| {
-        let mut tick = tokio::time::interval(config.reload_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick
-    });
-    loop {
-        let forced = tokio::select! {
-            () = stopping.cancelled() => return,
-            Some(()) = async { hangup.as_mut()?.recv().await } => true,
-            _ = async {
-                match tick.as_mut() {
-                    Some(tick) => tick.tick().await,
-                    None => std::future::pending().await,
-                }
-            } => false,
-        };
+    let mut trigger = crate::core::reload::Trigger::new(config.reload_interval);
+    while let Some(forced) = trigger.next(&stopping).await {
         let contents = match files.read().await {
             Ok(contents) => contents,
             Err(error) => {

@@ -6,8 +6,6 @@
 //! sending a cancel for whatever still runs on it: a connection in an unknown state is never
 //! handed to the next caller.
 
-use std::time::Duration;
-
 use futures::TryStreamExt;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -16,7 +14,7 @@ use tokio_postgres::error::SqlState;
 use tonic::Status;
 
 use crate::core::auth::jwt::Verified;
-use crate::core::error::GatewayError;
+use crate::core::error::{GatewayError, Sent};
 use crate::core::pool::{PgConn, PooledConn};
 use crate::grpc::Limits;
 use crate::grpc::values::{Param, RowDecoder, params_from_proto, row_wire_size};
@@ -137,14 +135,14 @@ async fn fetch_checked(
     let check = conn
         .prepare_cached(IDENTITY_CHECK)
         .await
-        .map_err(|e| GatewayError::from_postgres(e, false))?;
+        .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
     let conn = &*conn;
     // Polled after the statement's future has sent the statement: the check goes second.
     let checked = async {
         conn.client()
             .query_one(&check, &[])
             .await
-            .map_err(|e| GatewayError::from_postgres(e, false))
+            .map_err(|e| GatewayError::from_postgres(e, Sent::No))
     };
     let (response, row) =
         futures::future::try_join(fetch(conn, statement, params, caps), checked).await?;
@@ -196,7 +194,7 @@ async fn fetch(
         .client()
         .query_raw(statement, params.iter())
         .await
-        .map_err(|e| GatewayError::from_postgres(e, true))?;
+        .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe))?;
     futures::pin_mut!(stream);
     let decoder = RowDecoder::new(statement.columns());
     // Most results are decoded row by row as they arrive, their exact encoded size counted on
@@ -214,7 +212,7 @@ async fn fetch(
     while let Some(row) = stream
         .try_next()
         .await
-        .map_err(|e| GatewayError::from_postgres(e, true))?
+        .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe))?
     {
         // Stop reading as soon as the cap is passed: the rest is never buffered. The
         // connection stays busy, so it is discarded and the statement cancelled.
@@ -353,7 +351,7 @@ async fn query_as(
     conn.client()
         .batch_execute(&begin)
         .await
-        .map_err(|e| GatewayError::from_postgres(e, false))?;
+        .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
     match statement_in_transaction(conn, request, caps, Some(identity)).await {
         Ok(response) => {
             commit(conn).await?;
@@ -376,21 +374,23 @@ async fn read_only_query(
     client
         .batch_execute("BEGIN READ ONLY")
         .await
-        .map_err(|e| GatewayError::from_postgres(e, false))?;
+        .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
     match fetch(conn, statement, params, caps).await {
         Ok(response) => {
             client
                 .batch_execute("COMMIT")
                 .await
-                .map_err(|e| GatewayError::from_postgres(e, false))?;
+                .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
             Ok(response)
         }
         Err(error) => {
+            // The same decision as `rollback`, but a read-only transaction's connection is not
+            // marked busy: a failed ROLLBACK must fail the call, so the caller discards it.
             if !error.breaks_connection() && !matches!(error, GatewayError::ResultTooLarge(_)) {
                 client
                     .batch_execute("ROLLBACK")
                     .await
-                    .map_err(|e| GatewayError::from_postgres(e, false))?;
+                    .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
             }
             Err(error)
         }
@@ -439,7 +439,7 @@ pub async fn transaction_once(
     conn.client()
         .batch_execute(&begin)
         .await
-        .map_err(|e| GatewayError::from_postgres(e, false))?;
+        .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
     let mut results = Vec::with_capacity(request.statements.len());
     for (index, statement) in request.statements.iter().enumerate() {
         let request = proto::QueryRequest {
@@ -500,9 +500,9 @@ pub async fn commit(conn: &mut PgConn) -> Result<(), GatewayError> {
         // the transaction is over and the connection idle.
         Err(error) if error.as_db_error().is_some() => {
             conn.mark_idle();
-            Err(GatewayError::from_postgres(error, true))
+            Err(GatewayError::from_postgres(error, Sent::Maybe))
         }
-        Err(error) => Err(GatewayError::from_postgres(error, true)),
+        Err(error) => Err(GatewayError::from_postgres(error, Sent::Maybe)),
     }
 }
 
@@ -521,7 +521,7 @@ pub async fn begin(
             identity,
         ))
         .await
-        .map_err(|e| GatewayError::from_postgres(e, false))
+        .map_err(|e| GatewayError::from_postgres(e, Sent::No))
 }
 
 /// Ends a failed transaction so the connection can be reused; leaves it busy (discarded) when
@@ -530,18 +530,8 @@ async fn rollback(conn: &mut PgConn, error: &GatewayError) {
     if error.breaks_connection() || matches!(error, GatewayError::ResultTooLarge(_)) {
         return;
     }
-    if conn.client().batch_execute("ROLLBACK").await.is_ok() {
-        conn.mark_idle();
-    }
-}
-
-/// Backoff before attempt `attempt + 1` of a conflicting transaction: exponential from 10 ms,
-/// capped at 1 s, with full jitter so the conflicting callers spread out.
-pub fn conflict_backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(10)
-        .saturating_mul(1 << attempt.min(10))
-        .min(Duration::from_secs(1));
-    cap.mul_f64(rand::random::<f64>())
+    // A failed ROLLBACK leaves the connection busy: it is discarded.
+    let _ = conn.roll_back().await;
 }
 
 /// Streams a statement's result in batches over `sender`. The statement runs through a portal
@@ -587,7 +577,7 @@ pub async fn query_stream(
                 .client()
                 .execute_raw(&statement, params.iter())
                 .await
-                .map_err(|e| GatewayError::from_postgres(e, true));
+                .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe));
             settle(conn, &result);
             result?
         };
@@ -607,7 +597,7 @@ pub async fn query_stream(
         Some(_) => Some(
             conn.prepare_cached(IDENTITY_CHECK)
                 .await
-                .map_err(|e| GatewayError::from_postgres(e, false))?,
+                .map_err(|e| GatewayError::from_postgres(e, Sent::No))?,
         ),
         None => None,
     };
@@ -617,17 +607,17 @@ pub async fn query_stream(
         .read_only(request.read_only)
         .start()
         .await
-        .map_err(|e| GatewayError::from_postgres(e, false))?;
+        .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
     if let Some(identity) = identity {
         transaction
             .batch_execute(&identity_sql(identity))
             .await
-            .map_err(|e| GatewayError::from_postgres(e, false))?;
+            .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
     }
     let portal = transaction
         .bind_raw(&statement, params.iter())
         .await
-        .map_err(|e| GatewayError::from_postgres(e, true))?;
+        .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe))?;
 
     let batch_rows = u64::from(limits.stream_batch_rows);
     // Start small, then size fetches so one batch is about stream_batch_bytes.
@@ -640,16 +630,16 @@ pub async fn query_stream(
         let mut rows: Vec<tokio_postgres::Row> = transaction
             .query_portal_raw(&portal, i32::try_from(want).unwrap_or(i32::MAX))
             .await
-            .map_err(|e| GatewayError::from_postgres(e, true))?
+            .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe))?
             .try_collect()
             .await
-            .map_err(|e| GatewayError::from_postgres(e, true))?;
+            .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe))?;
         // No row of a batch leaves before the identity it was read under is confirmed.
         if let (Some(check), Some(identity)) = (&check, identity) {
             let row = transaction
                 .query_one(check, &[])
                 .await
-                .map_err(|e| GatewayError::from_postgres(e, false))?;
+                .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
             identity_intact(&row, identity)?;
         }
         let fetched = rows.len() as u64;
@@ -681,7 +671,7 @@ pub async fn query_stream(
     transaction
         .commit()
         .await
-        .map_err(|e| GatewayError::from_postgres(e, true))?;
+        .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe))?;
     conn.mark_idle();
     let mut messages = split_batches(columns, last_rows, &limits)?;
     match messages.last_mut() {
@@ -746,6 +736,7 @@ fn split_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn begin_says_what_was_asked() {
@@ -840,7 +831,7 @@ mod tests {
     #[test]
     fn conflict_backoff_is_bounded() {
         for attempt in 0..30 {
-            assert!(conflict_backoff(attempt) <= Duration::from_secs(1));
+            assert!(crate::core::retry::Backoff::CONFLICT.delay(attempt) <= Duration::from_secs(1));
         }
     }
 }

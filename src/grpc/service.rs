@@ -21,7 +21,7 @@ use crate::core::auth::jwt::Verified;
 use crate::core::auth::limits::{CallerLimits, Kind, Permit};
 use crate::core::error::GatewayError;
 use crate::core::pool::{PgConn, Pool, PooledConn};
-use crate::core::retry::{self, RetryBudget};
+use crate::core::retry::{self, Backoff, RetryBudget};
 use crate::core::telemetry as metrics;
 use crate::grpc::auth;
 use crate::grpc::deadline;
@@ -105,7 +105,7 @@ impl Shared {
                 Some(reason) if attempts < retry::MAX_ATTEMPTS && self.retries.withdraw() => {
                     counter!(metrics::RETRIES, "reason" => reason).increment(1);
                     debug!(attempts, reason, %error, "retrying");
-                    tokio::time::sleep(retry::backoff(attempts)).await;
+                    tokio::time::sleep(Backoff::STATEMENT.delay(attempts)).await;
                 }
                 _ => return Err(error),
             }
@@ -138,7 +138,7 @@ impl Shared {
                 Err(error) => error,
             };
             let backoff = if error.is_transaction_conflict() || execute::is_stale_plan(&error) {
-                let backoff = execute::conflict_backoff(attempts);
+                let backoff = Backoff::CONFLICT.delay(attempts);
                 // Never retry past the deadline: answer with what we know instead.
                 if attempts >= self.tx.max_attempts || Instant::now() + backoff >= deadline {
                     return Err(GatewayError::RetriesExhausted {
@@ -158,7 +158,7 @@ impl Shared {
                     {
                         connection_retries += 1;
                         counter!(metrics::RETRIES, "reason" => reason).increment(1);
-                        retry::backoff(connection_retries)
+                        Backoff::STATEMENT.delay(connection_retries)
                     }
                     _ => return Err(error),
                 }
@@ -197,7 +197,7 @@ impl Shared {
                     if !sent && attempts < retry::MAX_ATTEMPTS && self.retries.withdraw() =>
                 {
                     counter!(metrics::RETRIES, "reason" => reason).increment(1);
-                    tokio::time::sleep(retry::backoff(attempts)).await;
+                    tokio::time::sleep(Backoff::STATEMENT.delay(attempts)).await;
                     conn = self.pool.get().await?;
                 }
                 _ => return Err(error),
@@ -352,9 +352,7 @@ impl Database for DatabaseService {
         .await;
         let outcome = match &result {
             Ok(_) => "committed",
-            Err(GatewayError::OutcomeUnknown(_)) => "outcome_unknown",
-            Err(GatewayError::RetriesExhausted { .. }) => "aborted",
-            Err(_) => "rolled_back",
+            Err(error) => failed_outcome(error),
         };
         counter!(metrics::TRANSACTIONS, "outcome" => outcome).increment(1);
         if let Ok(response) = &result {
@@ -401,6 +399,15 @@ impl Database for DatabaseService {
             .in_current_span(),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// The `outcome` label (`pgway_transactions_total`) of a transaction that failed with `error`.
+fn failed_outcome(error: &GatewayError) -> &'static str {
+    match error {
+        GatewayError::OutcomeUnknown(_) => "outcome_unknown",
+        GatewayError::RetriesExhausted { .. } => "aborted",
+        _ => "rolled_back",
     }
 }
 
@@ -452,8 +459,7 @@ async fn interactive(
     }
     let outcome = match &result {
         Ok(outcome) => *outcome,
-        Err(GatewayError::OutcomeUnknown(_)) => "outcome_unknown",
-        Err(_) => "rolled_back",
+        Err(error) => failed_outcome(error),
     };
     counter!(metrics::TRANSACTIONS, "outcome" => outcome).increment(1);
     result.map(drop)
@@ -546,7 +552,6 @@ async fn drive_interactive(
 }
 
 async fn rollback_quietly(conn: &mut PgConn) {
-    if conn.client().batch_execute("ROLLBACK").await.is_ok() {
-        conn.mark_idle();
-    }
+    // A failed ROLLBACK leaves the connection busy: it is discarded.
+    let _ = conn.roll_back().await;
 }

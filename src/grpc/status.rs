@@ -43,10 +43,7 @@ pub fn code_for_sqlstate(state: &SqlState) -> Code {
         Code::Cancelled
     } else if *state == SqlState::READ_ONLY_SQL_TRANSACTION {
         Code::FailedPrecondition
-    } else if *state == SqlState::ADMIN_SHUTDOWN
-        || *state == SqlState::CRASH_SHUTDOWN
-        || *state == SqlState::CANNOT_CONNECT_NOW
-    {
+    } else if crate::core::error::means_server_restart(state) {
         Code::Unavailable
     } else {
         match class {
@@ -135,111 +132,11 @@ fn to_status(error: GatewayError, mut metadata: HashMap<String, String>) -> Stat
             let message = format!("statement {index}: {}", status.message());
             restated(&status, status.code(), message)
         }
-        GatewayError::InvalidArgument(_) => gateway_status(
-            Code::InvalidArgument,
-            "INVALID_REQUEST",
-            message,
-            metadata,
-            None,
-        ),
-        GatewayError::FailedPrecondition(_) => gateway_status(
-            Code::FailedPrecondition,
-            "PROTOCOL_VIOLATION",
-            message,
-            metadata,
-            None,
-        ),
-        GatewayError::ResultTooLarge(_) => gateway_status(
-            Code::ResourceExhausted,
-            "RESULT_TOO_LARGE",
-            message,
-            metadata,
-            None,
-        ),
-        GatewayError::Overloaded { retry_after, .. } => gateway_status(
-            Code::Unavailable,
-            "OVERLOADED",
-            message,
-            metadata,
-            Some(retry_after),
-        ),
-        GatewayError::PoolTimeout { .. } => gateway_status(
-            Code::Unavailable,
-            "POOL_TIMEOUT",
-            message,
-            metadata,
-            Some(Duration::from_millis(100)),
-        ),
-        GatewayError::ConnectFailed(cause) => {
-            if let Some(state) = &cause.sqlstate {
-                metadata.insert("sqlstate".into(), state.code().to_owned());
-            }
-            gateway_status(Code::Unavailable, "CONNECT_FAILED", message, metadata, None)
-        }
-        GatewayError::ConnectionLost(_) => gateway_status(
-            Code::Unavailable,
-            "CONNECTION_LOST",
-            message,
-            metadata,
-            Some(Duration::from_millis(50)),
-        ),
-        GatewayError::OutcomeUnknown(_) => {
-            gateway_status(Code::Unknown, "OUTCOME_UNKNOWN", message, metadata, None)
-        }
-        GatewayError::DeadlineExceeded(_) => gateway_status(
-            Code::DeadlineExceeded,
-            "DEADLINE_EXCEEDED",
-            message,
-            metadata,
-            None,
-        ),
         GatewayError::RetriesExhausted { attempts, last } => {
             metadata.insert("attempts".into(), attempts.to_string());
             let status = to_status(*last, metadata);
             restated(&status, Code::Aborted, message)
         }
-        GatewayError::TransactionTimeout(_) => gateway_status(
-            Code::Aborted,
-            "TRANSACTION_TIMEOUT",
-            message,
-            metadata,
-            None,
-        ),
-        GatewayError::Unauthenticated(_) => gateway_status(
-            Code::Unauthenticated,
-            "UNAUTHENTICATED",
-            message,
-            metadata,
-            None,
-        ),
-        GatewayError::PermissionDenied(_) => gateway_status(
-            Code::PermissionDenied,
-            "PERMISSION_DENIED",
-            message,
-            metadata,
-            None,
-        ),
-        GatewayError::RequestTooLarge(_) => gateway_status(
-            Code::InvalidArgument,
-            "REQUEST_TOO_LARGE",
-            message,
-            metadata,
-            None,
-        ),
-        GatewayError::CallerLimit(_) => gateway_status(
-            Code::ResourceExhausted,
-            "CALLER_LIMIT",
-            message,
-            metadata,
-            Some(Duration::from_millis(200)),
-        ),
-        GatewayError::ShuttingDown => gateway_status(
-            Code::Unavailable,
-            "SHUTTING_DOWN",
-            message,
-            metadata,
-            Some(Duration::from_millis(100)),
-        ),
         GatewayError::Internal(detail) => {
             // Ours, not the caller's: the detail goes to the log, the caller gets a generic line.
             tracing::error!(error = %detail, "internal error");
@@ -251,6 +148,47 @@ fn to_status(error: GatewayError, mut metadata: HashMap<String, String>) -> Stat
                 None,
             )
         }
+        error => {
+            if let GatewayError::ConnectFailed(cause) = &error
+                && let Some(state) = &cause.sqlstate
+            {
+                metadata.insert("sqlstate".into(), state.code().to_owned());
+            }
+            let (code, reason, retry_after) = answer(&error);
+            gateway_status(code, reason, message, metadata, retry_after)
+        }
+    }
+}
+
+/// How each of the gateway's own errors answers: its code, its ErrorInfo reason, and the delay
+/// its RetryInfo suggests. (PostgreSQL's errors, a Transaction's statement and retries
+/// exhausted carry the answer of the error inside them; see [`to_status`].)
+fn answer(error: &GatewayError) -> (Code, &'static str, Option<Duration>) {
+    let ms = Duration::from_millis;
+    match error {
+        GatewayError::InvalidArgument(_) => (Code::InvalidArgument, "INVALID_REQUEST", None),
+        GatewayError::FailedPrecondition(_) => {
+            (Code::FailedPrecondition, "PROTOCOL_VIOLATION", None)
+        }
+        GatewayError::ResultTooLarge(_) => (Code::ResourceExhausted, "RESULT_TOO_LARGE", None),
+        GatewayError::Overloaded { retry_after, .. } => {
+            (Code::Unavailable, "OVERLOADED", Some(*retry_after))
+        }
+        GatewayError::PoolTimeout { .. } => (Code::Unavailable, "POOL_TIMEOUT", Some(ms(100))),
+        GatewayError::ConnectFailed(_) => (Code::Unavailable, "CONNECT_FAILED", None),
+        GatewayError::ConnectionLost(_) => (Code::Unavailable, "CONNECTION_LOST", Some(ms(50))),
+        GatewayError::OutcomeUnknown(_) => (Code::Unknown, "OUTCOME_UNKNOWN", None),
+        GatewayError::DeadlineExceeded(_) => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED", None),
+        GatewayError::TransactionTimeout(_) => (Code::Aborted, "TRANSACTION_TIMEOUT", None),
+        GatewayError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED", None),
+        GatewayError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED", None),
+        GatewayError::RequestTooLarge(_) => (Code::InvalidArgument, "REQUEST_TOO_LARGE", None),
+        GatewayError::CallerLimit(_) => (Code::ResourceExhausted, "CALLER_LIMIT", Some(ms(200))),
+        GatewayError::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", Some(ms(100))),
+        GatewayError::Postgres(_)
+        | GatewayError::InStatement { .. }
+        | GatewayError::RetriesExhausted { .. }
+        | GatewayError::Internal(_) => (Code::Internal, "INTERNAL", None),
     }
 }
 
@@ -347,5 +285,103 @@ mod tests {
             assert_eq!(details.message, status.message(), "{status:?}");
             assert!(status.get_details_error_info().is_some(), "{status:?}");
         }
+    }
+
+    /// The README's table of the gateway's reasons, row by row.
+    #[test]
+    fn gateway_errors_answer_as_documented() {
+        let text = || "x".to_owned();
+        let cases = [
+            (
+                GatewayError::InvalidArgument(text()),
+                Code::InvalidArgument,
+                "INVALID_REQUEST",
+            ),
+            (
+                GatewayError::FailedPrecondition(text()),
+                Code::FailedPrecondition,
+                "PROTOCOL_VIOLATION",
+            ),
+            (
+                GatewayError::ResultTooLarge(text()),
+                Code::ResourceExhausted,
+                "RESULT_TOO_LARGE",
+            ),
+            (
+                GatewayError::Overloaded {
+                    waiting: 1,
+                    retry_after: Duration::from_millis(7),
+                },
+                Code::Unavailable,
+                "OVERLOADED",
+            ),
+            (
+                GatewayError::PoolTimeout {
+                    waited: Duration::from_secs(1),
+                    last_connect_error: None,
+                },
+                Code::Unavailable,
+                "POOL_TIMEOUT",
+            ),
+            (
+                GatewayError::ConnectionLost(text()),
+                Code::Unavailable,
+                "CONNECTION_LOST",
+            ),
+            (
+                GatewayError::OutcomeUnknown(text()),
+                Code::Unknown,
+                "OUTCOME_UNKNOWN",
+            ),
+            (
+                GatewayError::DeadlineExceeded(Duration::from_secs(1)),
+                Code::DeadlineExceeded,
+                "DEADLINE_EXCEEDED",
+            ),
+            (
+                GatewayError::TransactionTimeout(text()),
+                Code::Aborted,
+                "TRANSACTION_TIMEOUT",
+            ),
+            (
+                GatewayError::Unauthenticated(text()),
+                Code::Unauthenticated,
+                "UNAUTHENTICATED",
+            ),
+            (
+                GatewayError::PermissionDenied(text()),
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+            ),
+            (
+                GatewayError::RequestTooLarge(text()),
+                Code::InvalidArgument,
+                "REQUEST_TOO_LARGE",
+            ),
+            (
+                GatewayError::CallerLimit(text()),
+                Code::ResourceExhausted,
+                "CALLER_LIMIT",
+            ),
+            (
+                GatewayError::ShuttingDown,
+                Code::Unavailable,
+                "SHUTTING_DOWN",
+            ),
+            (GatewayError::Internal(text()), Code::Internal, "INTERNAL"),
+        ];
+        for (error, code, reason) in cases {
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(status.get_details_error_info().unwrap().reason, reason);
+        }
+        let overloaded = Status::from(GatewayError::Overloaded {
+            waiting: 1,
+            retry_after: Duration::from_millis(7),
+        });
+        assert_eq!(
+            overloaded.get_details_retry_info().unwrap().retry_delay,
+            Some(Duration::from_millis(7))
+        );
     }
 }

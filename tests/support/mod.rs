@@ -204,29 +204,11 @@ impl Drop for Gateway {
     }
 }
 
-/// The Prometheus text of the `/metrics` served at `addr`.
+/// The Prometheus text of the `/metrics` served at `addr` (read as `pgway stats` reads it).
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    pgway::admin::stats::fetch(addr)
         .await
-        .expect("connect to /metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("send");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("read /metrics");
-    assert!(
-        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
-        "{response}"
-    );
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
+        .unwrap_or_else(|error| panic!("GET /metrics: {error}"))
 }
 
 /// A loopback port that was free a moment ago.

@@ -331,15 +331,8 @@ impl Authenticator {
         if self.tokens.is_none() && !self.jwt_configured() {
             return;
         }
-        let mut hangup = crate::core::shutdown::hangup();
-        let mut tick = tokio::time::interval(self.reload_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let force = tokio::select! {
-                () = stop.cancelled() => return,
-                _ = tick.tick() => false,
-                _ = crate::core::shutdown::next(&mut hangup) => true,
-            };
+        let mut trigger = crate::core::reload::Trigger::new(self.reload_interval);
+        while let Some(force) = trigger.next(&stop).await {
             if let Some(w) = &self.tokens {
                 w.refresh(force).await;
             }

@@ -1,0 +1,50 @@
+//! When to look at reloadable files again: on a timer, and at once on SIGHUP. One loop for
+//! every owner of such files (the credential files, the server's TLS files).
+
+use std::time::Duration;
+
+use tokio::signal::unix::Signal;
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+/// Wakes a file watcher: every `interval` (none when zero: SIGHUP only) and on SIGHUP.
+#[derive(Debug)]
+pub struct Trigger {
+    hangup: Option<Signal>,
+    tick: Option<Interval>,
+}
+
+impl Trigger {
+    /// A trigger ticking every `interval` (zero: only on SIGHUP). Its first tick is at once.
+    pub fn new(interval: Duration) -> Trigger {
+        let tick = (!interval.is_zero()).then(|| {
+            let mut tick = tokio::time::interval(interval);
+            // A watcher that fell behind looks once, not once per missed tick.
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            tick
+        });
+        Trigger {
+            hangup: crate::core::shutdown::hangup(),
+            tick,
+        }
+    }
+
+    /// Waits for the next reason to look at the files: `Some(true)` for SIGHUP (look even if
+    /// nothing seems to have changed), `Some(false)` for the timer, `None` once `stopping` is
+    /// cancelled.
+    pub async fn next(&mut self, stopping: &CancellationToken) -> Option<bool> {
+        let tick = async {
+            match self.tick.as_mut() {
+                Some(tick) => {
+                    tick.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stopping.cancelled() => None,
+            () = crate::core::shutdown::next(&mut self.hangup) => Some(true),
+            () = tick => Some(false),
+        }
+    }
+}
