@@ -147,8 +147,8 @@ fi
 [ -x "$PGBOUNCER" ] || die "no pgbouncer found"
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    log "cargo build --release --bins"
-    cargo build --release --bins --quiet
+    log "cargo build --release -p pgway -p pgway-bench"
+    cargo build --release -p pgway -p pgway-bench --quiet
 fi
 PGWAY=$ROOT/target/release/pgway
 BENCH=$ROOT/target/release/pgway-bench

@@ -17,7 +17,6 @@ template `fail`s); 2 on bad usage.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import helm_python as helm

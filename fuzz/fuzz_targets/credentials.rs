@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use pgway::auth::jwt::{self, JwtRules, KeySet, Secret};
-use pgway::auth::tokens::TokenSet;
+use pgway::core::auth::jwt::{self, JwtRules, KeySet, Secret};
+use pgway::core::auth::tokens::TokenSet;
 
 fuzz_target!(|data: &[u8]| {
     let _ = TokenSet::parse(data);

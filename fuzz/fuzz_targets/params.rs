@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let types: Vec<Type> = (0..request.params.len())
         .map(|i| TYPES[(usize::from(selector) + i * 7) % TYPES.len()].clone())
         .collect();
-    if let Ok(params) = pgway::values::params_from_proto(&request.params, &types) {
+    if let Ok(params) = pgway::grpc::values::params_from_proto(&request.params, &types) {
         for (param, ty) in params.iter().zip(&types) {
             let mut buf = bytes::BytesMut::new();
             let _ = param.to_sql_checked(ty, &mut buf);

@@ -5,6 +5,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let sql = String::from_utf8_lossy(data);
-    let _ = pgway::statement::classify(&sql);
-    let _ = pgway::statement::changes_identity(&sql);
+    let _ = pgway::core::sql::classify(&sql);
+    let _ = pgway::core::sql::changes_identity(&sql);
 });

@@ -1,0 +1,112 @@
+//! Readings from `/proc`: the CPU time and memory of the processes under test, and of the
+//! machine.
+
+use std::sync::OnceLock;
+
+/// Clock ticks per second for `/proc/<pid>/stat` times.
+pub fn clock_ticks() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+/// (ppid, utime + stime in ticks) of a process.
+fn stat(pid: u32) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: fields start after it.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state): field n is fields[n - 3].
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+/// CPU seconds (user + system, all threads) a process has used.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    stat(pid).map(|(_, ticks)| ticks as f64 / clock_ticks())
+}
+
+/// CPU seconds of a process and its children now alive (a postmaster and its backends).
+pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
+    let (_, own) = stat(root)?;
+    let mut ticks = own;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == root {
+            continue;
+        }
+        if let Some((ppid, t)) = stat(pid) {
+            if ppid == root {
+                ticks += t;
+            }
+        }
+    }
+    Some(ticks as f64 / clock_ticks())
+}
+
+/// A `kB` line of `/proc/<pid>/stat`us, in bytes.
+pub fn status_bytes(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line[key.len()..]
+        .trim_start_matches(':')
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+pub fn rss(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+pub fn hwm(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM")
+}
+
+/// Resets the process's peak RSS (VmHWM) to its current RSS; false when not allowed.
+pub fn reset_hwm(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// (busy, total) CPU seconds of the whole machine, all cores, from /proc/stat.
+pub fn machine_cpu() -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest is counted in user already).
+    let idle = v[3] + v[4];
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    let ticks = clock_ticks();
+    Some((busy as f64 / ticks, (busy + idle) as f64 / ticks))
+}
+
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}

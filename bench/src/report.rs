@@ -1,0 +1,729 @@
+//! `report`: the JSON lines of a bench/compare.sh run rendered as BENCHMARKS.md.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::json::{self, Record};
+use crate::targets::{RANGE_SQL, SELECT_SQL, UPDATE_SQL};
+use crate::{BoxError, ReportArgs};
+
+fn fmt_num(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(v) => format!("{v:.decimals$}"),
+        None => "–".into(),
+    }
+}
+
+fn mib(v: Option<f64>) -> String {
+    v.map_or("–".into(), |b| format!("{:.1} MiB", b / 1048576.0))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn errors_text(run: &Record) -> String {
+    let total = run.errors.unwrap_or(0.0);
+    let mut text = format!("{total:.0}");
+    if !run.errors_by_code.is_empty() {
+        let parts: Vec<String> = run
+            .errors_by_code
+            .iter()
+            .map(|(k, n)| format!("{k}: {n:.0}"))
+            .collect();
+        let _ = write!(text, " ({})", parts.join(", "));
+    }
+    text
+}
+
+struct Runs {
+    runs: Vec<Record>,
+}
+
+impl Runs {
+    /// Every run of one point, in the order they were made.
+    fn all(&self, label: &str, target: &str, workload: &str, concurrency: u64) -> Vec<&Record> {
+        self.runs
+            .iter()
+            .filter(|r| {
+                r.label == label
+                    && r.target == target
+                    && r.workload == workload
+                    && r.concurrency == Some(concurrency as f64)
+            })
+            .collect()
+    }
+
+    /// The run that stands for a point: when it was repeated (`REPEAT` in compare.sh), the
+    /// one with the median throughput (of an even number, the lower of the two middle
+    /// ones), so that one disturbed run moves no ratio.
+    fn find(&self, label: &str, target: &str, workload: &str, concurrency: u64) -> Option<&Record> {
+        let mut runs = self.all(label, target, workload, concurrency);
+        runs.sort_by(|a, b| {
+            let q = |r: &Record| r.throughput_qps.unwrap_or(0.0);
+            q(a).total_cmp(&q(b))
+        });
+        runs.get(runs.len().saturating_sub(1) / 2).copied()
+    }
+
+    fn concurrencies(&self, label: &str, workload: &str) -> Vec<u64> {
+        let mut cs: Vec<u64> = self
+            .runs
+            .iter()
+            .filter(|r| r.label == label && r.workload == workload)
+            .filter_map(|r| r.concurrency.map(|c| c as u64))
+            .collect();
+        cs.sort_unstable();
+        cs.dedup();
+        cs
+    }
+
+    fn label_runs(&self, label: &str) -> Vec<&Record> {
+        self.runs.iter().filter(|r| r.label == label).collect()
+    }
+}
+
+const TARGETS: [&str; 3] = ["direct", "pgbouncer", "gateway"];
+
+fn sweep_section(out: &mut String, runs: &Runs, label: &str, workload: &str, title: &str) {
+    let cs = runs.concurrencies(label, workload);
+    if cs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "### {title}\n");
+    let _ = writeln!(
+        out,
+        "Throughput in queries (or transactions, or reads) per second; ratios are of runs in this same invocation.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| callers | direct q/s | PgBouncer q/s | gateway q/s | gateway / direct | gateway / PgBouncer | p50 direct / PgBouncer / gateway (µs) | p99 direct / PgBouncer / gateway (µs) |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &c in &cs {
+        let get = |t: &str| runs.find(label, t, workload, c);
+        let q = |t: &str| get(t).and_then(|r| r.throughput_qps);
+        let p = |t: &str, k: fn(&Record) -> Option<f64>| fmt_num(get(t).and_then(k), 0);
+        let _ = writeln!(
+            out,
+            "| {c} | {} | {} | {} | {} | {} | {} / {} / {} | {} / {} / {} |",
+            fmt_num(q("direct"), 0),
+            fmt_num(q("pgbouncer"), 0),
+            fmt_num(q("gateway"), 0),
+            fmt_num(ratio(q("gateway"), q("direct")), 2),
+            fmt_num(ratio(q("gateway"), q("pgbouncer")), 2),
+            p("direct", |r| r.p50_us),
+            p("pgbouncer", |r| r.p50_us),
+            p("gateway", |r| r.p50_us),
+            p("direct", |r| r.p99_us),
+            p("pgbouncer", |r| r.p99_us),
+            p("gateway", |r| r.p99_us),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "<details><summary>Every run of this workload (latency, errors, CPU, memory)</summary>\n"
+    );
+    let _ = writeln!(
+        out,
+        "| target | callers | q/s | p50 µs | p90 µs | p99 µs | max µs | errors | proxy CPU ms / 1k | PostgreSQL CPU ms / 1k | load generator CPU ms / 1k | proxy peak RSS | machine busy | CPU of other processes (s) |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for t in TARGETS {
+        for r in cs.iter().flat_map(|&c| runs.all(label, t, workload, c)) {
+            let c = r.concurrency.unwrap_or(0.0);
+            let ms = |v: Option<f64>| fmt_num(v.map(|v| v * 1000.0), 1);
+            let _ = writeln!(
+                out,
+                "| {t} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}% | {} |",
+                fmt_num(r.throughput_qps, 0),
+                fmt_num(r.p50_us, 0),
+                fmt_num(r.p90_us, 0),
+                fmt_num(r.p99_us, 0),
+                fmt_num(r.max_us, 0),
+                errors_text(r),
+                ms(r.cpu_s_per_1k),
+                ms(r.pg_cpu_s_per_1k),
+                ms(r.bench_cpu_s_per_1k),
+                mib(r.rss_peak_bytes),
+                fmt_num(r.machine_busy_pct, 0),
+                fmt_num(r.other_cpu_s, 1),
+            );
+        }
+    }
+    let _ = writeln!(out, "\n</details>\n");
+}
+
+struct Verdict {
+    target: &'static str,
+    measured: String,
+    met: Option<bool>,
+}
+
+fn verdicts(runs: &Runs) -> Vec<Verdict> {
+    let sweep = |t: &str, c: u64| runs.find("sweep", t, "select", c);
+    let qps = |t: &str, c: u64| sweep(t, c).and_then(|r| r.throughput_qps);
+    let mut out = Vec::new();
+
+    // 1. No collapse at 100.
+    let best = runs
+        .concurrencies("sweep", "select")
+        .into_iter()
+        .filter_map(|c| Some((qps("gateway", c)?, c as f64)))
+        .fold(None::<(f64, f64)>, |acc, x| match acc {
+            Some(a) if a.0 >= x.0 => Some(a),
+            _ => Some(x),
+        });
+    let at100 = sweep("gateway", 100);
+    out.push(match (best, at100) {
+        (Some((best_q, best_c)), Some(r)) => {
+            let q = r.throughput_qps.unwrap_or(0.0);
+            let errors = r.errors.unwrap_or(0.0);
+            let timeouts = r.acquire_timeouts;
+            let share = q / best_q;
+            Verdict {
+                target: "At 100 callers the gateway keeps ≥ 95% of its best throughput, with 0 errors and no acquire timeouts",
+                measured: format!(
+                    "{q:.0} q/s at 100 = {:.1}% of its best ({best_q:.0} q/s at {best_c:.0}); errors {}; acquire timeouts {}",
+                    share * 100.0,
+                    errors_text(r),
+                    fmt_num(timeouts, 0)
+                ),
+                met: Some(share >= 0.95 && errors == 0.0 && timeouts.unwrap_or(0.0) == 0.0),
+            }
+        }
+        _ => Verdict {
+            target: "At 100 callers the gateway keeps ≥ 95% of its best throughput, with 0 errors and no acquire timeouts",
+            measured: "not measured".into(),
+            met: None,
+        },
+    });
+
+    // 2. Versus PgBouncer at 100.
+    let name =
+        "At 100 callers: gateway throughput ≥ PgBouncer's, and gateway CPU per query ≤ PgBouncer's";
+    out.push(match (sweep("gateway", 100), sweep("pgbouncer", 100)) {
+        (Some(g), Some(b)) => {
+            let (gq, bq) = (g.throughput_qps.unwrap_or(0.0), b.throughput_qps.unwrap_or(0.0));
+            let (gc, bc) = (g.cpu_s_per_1k, b.cpu_s_per_1k);
+            let cpu_ok = matches!((gc, bc), (Some(g), Some(b)) if g <= b);
+            Verdict {
+                target: name,
+                measured: format!(
+                    "throughput {gq:.0} vs {bq:.0} q/s (ratio {}); CPU {} vs {} ms per 1,000 queries (ratio {})",
+                    fmt_num(ratio(Some(gq), Some(bq)), 2),
+                    fmt_num(gc.map(|v| v * 1000.0), 1),
+                    fmt_num(bc.map(|v| v * 1000.0), 1),
+                    fmt_num(ratio(gc, bc), 2),
+                ),
+                met: Some(gq >= bq && cpu_ok),
+            }
+        }
+        _ => Verdict { target: name, measured: "not measured".into(), met: None },
+    });
+
+    // 3. Versus direct at 200.
+    let name = "At 200 callers the gateway beats direct connections";
+    out.push(match (qps("gateway", 200), qps("direct", 200)) {
+        (Some(g), Some(d)) => Verdict {
+            target: name,
+            measured: format!("{g:.0} vs {d:.0} q/s (ratio {:.2})", g / d),
+            met: Some(g > d),
+        },
+        _ => Verdict {
+            target: name,
+            measured: "not measured".into(),
+            met: None,
+        },
+    });
+
+    // 4. Added latency at 1 caller.
+    let name = "Added latency at 1 caller: gateway p50 − direct p50 < 100 µs";
+    out.push(
+        match (
+            sweep("gateway", 1).and_then(|r| r.p50_us),
+            sweep("direct", 1).and_then(|r| r.p50_us),
+        ) {
+            (Some(g), Some(d)) => Verdict {
+                target: name,
+                // What one more hop costs on this machine, for scale: PgBouncer's own, and
+                // the bare loopback round trip between two cores under any stack.
+                measured: {
+                    let mut text = format!("{g:.0} − {d:.0} = {:.0} µs", g - d);
+                    let mut scale = Vec::new();
+                    if let Some(b) = sweep("pgbouncer", 1).and_then(|r| r.p50_us) {
+                        scale.push(format!("PgBouncer: {b:.0} − {d:.0} = {:.0} µs", b - d));
+                    }
+                    if let Some(hop) = runs
+                        .find("floor", "loopback", "tcp-2-cores", 1)
+                        .and_then(|r| r.p50_us)
+                    {
+                        scale.push(format!(
+                            "a bare loopback round trip between two cores: {hop:.0} µs"
+                        ));
+                    }
+                    if !scale.is_empty() {
+                        let _ = write!(text, " ({})", scale.join("; "));
+                    }
+                    text
+                },
+                met: Some(g - d < 100.0),
+            },
+            _ => Verdict {
+                target: name,
+                measured: "not measured".into(),
+                met: None,
+            },
+        },
+    );
+
+    // 5. RSS.
+    let name = "Peak RSS < 50 MB at 100 callers";
+    // The highest of each workload's runs (the sweep's may be repeated).
+    let mut rss100: Vec<(String, f64)> = Vec::new();
+    for r in runs
+        .runs
+        .iter()
+        .filter(|r| r.target == "gateway" && r.concurrency == Some(100.0))
+        .filter(|r| r.label == "sweep" || r.label == "workloads")
+    {
+        let (Some(bytes), workload) = (r.rss_peak_bytes, r.workload.as_str()) else {
+            continue;
+        };
+        match rss100.iter_mut().find(|(w, _)| w == workload) {
+            Some((_, most)) => *most = most.max(bytes),
+            None => rss100.push((workload.to_owned(), bytes)),
+        }
+    }
+    out.push(if rss100.is_empty() {
+        Verdict {
+            target: name,
+            measured: "not measured".into(),
+            met: None,
+        }
+    } else {
+        let worst = rss100.iter().map(|x| x.1).fold(0.0, f64::max);
+        Verdict {
+            target: name,
+            measured: rss100
+                .iter()
+                .map(|(w, b)| format!("{w}: {:.1} MB", b / 1e6))
+                .collect::<Vec<_>>()
+                .join("; "),
+            met: Some(worst < 50e6),
+        }
+    });
+    let name = "Peak RSS < 200 MB at 2,000 concurrent streams";
+    let streams: Vec<&Record> = runs.label_runs("streams");
+    out.push(if streams.is_empty() {
+        Verdict {
+            target: name,
+            measured: "not measured".into(),
+            met: None,
+        }
+    } else {
+        let worst = streams
+            .iter()
+            .filter_map(|r| r.rss_peak_bytes)
+            .fold(0.0, f64::max);
+        Verdict {
+            target: name,
+            measured: streams
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} × {}: {} MB, errors {}",
+                        fmt_num(r.concurrency, 0),
+                        r.workload,
+                        fmt_num(r.rss_peak_bytes.map(|b| b / 1e6), 1),
+                        errors_text(r)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            met: Some(worst > 0.0 && worst < 200e6),
+        }
+    });
+
+    // 6. Soak.
+    let name = "Soak: memory flat (RSS slope × 1 h < 5% of the mean RSS)";
+    out.push(match runs.label_runs("soak").last() {
+        Some(r) => {
+            let slope = r.rss_slope_bytes_per_min;
+            let samples: Vec<f64> = r.rss_samples.iter().flatten().map(|s| s.1).collect();
+            let mean = if samples.is_empty() { 0.0 } else { samples.iter().sum::<f64>() / samples.len() as f64 };
+            match slope {
+                Some(s) if mean > 0.0 => Verdict {
+                    target: name,
+                    measured: format!(
+                        "{s:.0} bytes/min over {:.0} s ({} samples, mean RSS {:.1} MB, from {:.1} to {:.1} MB, errors {}): {:+.2}% per hour{}",
+                        r.duration_s.unwrap_or(0.0),
+                        samples.len(),
+                        mean / 1e6,
+                        samples.iter().copied().fold(f64::INFINITY, f64::min) / 1e6,
+                        samples.iter().copied().fold(0.0, f64::max) / 1e6,
+                        errors_text(r),
+                        s * 60.0 / mean * 100.0,
+                        if r.duration_s.unwrap_or(0.0) < 600.0 {
+                            " (a soak this short only rules out fast growth: run SOAK_SECONDS=1800)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    met: Some((s * 60.0).abs() < 0.05 * mean),
+                },
+                _ => Verdict { target: name, measured: "too few samples".into(), met: None },
+            }
+        }
+        None => Verdict { target: name, measured: "not measured".into(), met: None },
+    });
+    out
+}
+
+pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
+    let text = std::fs::read_to_string(&args.results)?;
+    let mut parsed = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        parsed.push(
+            json::parse(line).map_err(|e| format!("{}:{}: {e}", args.results.display(), i + 1))?,
+        );
+    }
+    let runs = Runs { runs: parsed };
+    let machine: Vec<(String, String)> = match &args.machine {
+        Some(path) => std::fs::read_to_string(path)?
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect(),
+        None => Vec::new(),
+    };
+    let info = |key: &str| {
+        machine
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Generated by `bench/compare.sh`{} on {}. Every number below comes from that one run, on one machine: the gateway (`pgway`), \
+         PostgreSQL, PgBouncer and the load generator (`pgway-bench`) all ran on it at the same time, over loopback. \
+         Compare ratios from the same run, not absolute numbers across runs or machines. \
+         Regenerate with `bench/compare.sh` (about 8 minutes on 2 cores; `SOAK_SECONDS=1800` for the long soak).\n",
+        if info("mode") == "smoke" {
+            " --smoke (a tiny run for CI: not for conclusions)"
+        } else {
+            ""
+        },
+        info("date"),
+    );
+    let _ = writeln!(out, "## The machine\n");
+    let _ = writeln!(out, "| | |\n|---|---|");
+    for (k, v) in &machine {
+        let _ = writeln!(out, "| {k} | {v} |");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "**The load generator shares the machine.** With {} cores for PostgreSQL, the proxy under test and \
+         `pgway-bench` itself, every CPU cycle the load generator spends is taken from the system under test; \
+         a gRPC client (HTTP/2 + protobuf) costs more CPU per call than a PostgreSQL wire-protocol client, which \
+         counts against the gateway here (the per-run table shows the load generator's CPU per 1,000 queries). \
+         The *CPU of other processes* column is CPU used during the measurement by processes that are not part \
+         of the benchmark (for example a compiler running at the same time): where it is not near 0, that run was disturbed.\n",
+        info("cores")
+    );
+    let _ = writeln!(out, "## Set-up\n");
+    let _ = writeln!(
+        out,
+        "- PostgreSQL: a throwaway cluster (`initdb` as the `postgres` user), `fsync=off`, `synchronous_commit=off`, \
+         `full_page_writes=off`, `shared_buffers=128MB`, `max_connections={}`; `pgbench -i -s {}` data.\n\
+         - direct: one tokio-postgres connection per caller, named prepared statements (prepared once per connection).\n\
+         - PgBouncer: `pool_mode=transaction`, `default_pool_size=20`, tokio-postgres clients with unnamed statements \
+         (`query_typed`, one round trip; named prepared statements need PgBouncer ≥ 1.21).\n\
+         - gateway: `target/release/pgway serve`, `PGWAY_POOL_MAX=20`, `PGWAY_MAX_WAITING={}`, `PGWAY_LOG=warn`; \
+         {}, each connection hyper's HTTP/2 client \
+         used directly (tonic's `Channel` would add a buffer task per connection and cost the load generator more CPU per call).\n\
+         - The load generator: one thread per core, each a single-threaded runtime that owns a share of the callers \
+         and their connections, so a call never moves between threads.\n\
+         - Each point: {} warm-up, then {} measured{}. Concurrency = callers each waiting for its answer before asking again.\n\
+         - Workloads: **select** = `pgbench -S` (`{}` with a random aid); **write** = `BEGIN; {}; COMMIT` \
+         (the `Transaction` RPC for the gateway); **read1000** = `{}` over 1,000 consecutive aids (unary `Query` for the gateway).\n",
+        info("max_connections"),
+        info("scale"),
+        info("max_waiting"),
+        match info("callers_per_channel") {
+            "0" => format!(
+                "one HTTP/2 connection per load thread, shared by all of its callers (a gRPC client \
+                 process sends every call over its one channel; the 2,000-call memory runs use one \
+                 connection per {} callers, as many clients would)",
+                info("stream_callers_per_channel")
+            ),
+            per => format!("callers spread over HTTP/2 connections, {per} callers per connection"),
+        },
+        info("warmup"),
+        info("duration"),
+        match info("repeat").parse::<u32>() {
+            Ok(n) if n > 1 => format!(
+                "; the point-select sweep and the one-caller floor were run {n} times each, \
+                 interleaved, and the tables show the run with the median throughput \
+                 (every run is in the details)"
+            ),
+            _ => String::new(),
+        },
+        SELECT_SQL,
+        UPDATE_SQL,
+        RANGE_SQL,
+    );
+
+    let _ = writeln!(out, "## Targets\n");
+    let _ = writeln!(out, "| target | measured | met? |\n|---|---|---|");
+    for v in verdicts(&runs) {
+        let met = match v.met {
+            Some(true) => "**met**",
+            Some(false) => "**not met**",
+            None => "not measured",
+        };
+        let _ = writeln!(out, "| {} | {} | {met} |", v.target, v.measured);
+    }
+    let _ = writeln!(out);
+
+    let _ = writeln!(out, "## Results\n");
+    sweep_section(
+        &mut out,
+        &runs,
+        "sweep",
+        "select",
+        "Point select (`pgbench -S`), concurrency sweep",
+    );
+    sweep_section(
+        &mut out,
+        &runs,
+        "workloads",
+        "write",
+        "Small write transaction",
+    );
+    sweep_section(&mut out, &runs, "workloads", "read1000", "1,000-row read");
+
+    let floor = runs.label_runs("floor");
+    if !floor.is_empty() {
+        let _ = writeln!(out, "### One caller: the round-trip floor of each stack\n");
+        let _ = writeln!(
+            out,
+            "`ping` is a call that does no SQL: the gRPC health `Check` for the gateway, an empty query for \
+             PostgreSQL and PgBouncer. The gap between `ping` and `select` is the work of the query itself; \
+             the gap between the targets' `ping` is the cost of their protocol stacks on this machine. \
+             The `loopback` rows are under every stack: one byte sent back and forth between two threads \
+             over a loopback TCP connection, with blocking sockets and no protocol (`pgway-bench hop`), \
+             the threads pinned to two different cores (`tcp-2-cores`) or both to one (`tcp-1-core`). \
+             A call through the gateway or PgBouncer makes two such round trips where a direct call \
+             makes one, so the `tcp-2-cores` row is the scale on which to read what a proxy adds at one \
+             caller: what this machine charges for waking a thread on another core, before any protocol \
+             (less when the scheduler happens to put the two processes on one core).\n"
+        );
+        let _ = writeln!(
+            out,
+            "| target | workload | q/s | p50 µs | p90 µs | p99 µs | proxy CPU ms / 1k | PostgreSQL CPU ms / 1k | load generator CPU ms / 1k |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let stacks = TARGETS.iter().flat_map(|&t| {
+            runs.find("floor", t, "ping", 1)
+                .into_iter()
+                .chain(runs.find("sweep", t, "select", 1))
+        });
+        let bare = ["tcp-2-cores", "tcp-1-core"]
+            .into_iter()
+            .filter_map(|w| runs.find("floor", "loopback", w, 1));
+        for r in stacks.chain(bare) {
+            let ms = |v: Option<f64>| fmt_num(v.map(|v| v * 1000.0), 1);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.target,
+                r.workload,
+                fmt_num(r.throughput_qps, 0),
+                fmt_num(r.p50_us, 0),
+                fmt_num(r.p90_us, 0),
+                fmt_num(r.p99_us, 0),
+                ms(r.cpu_s_per_1k),
+                ms(r.pg_cpu_s_per_1k),
+                ms(r.bench_cpu_s_per_1k),
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    let streams = runs.label_runs("streams");
+    if !streams.is_empty() {
+        let _ = writeln!(out, "### Many concurrent calls (gateway memory)\n");
+        let _ = writeln!(
+            out,
+            "| callers | workload | channels | q/s | p50 µs | p99 µs | errors | peak RSS | RSS after |\n|---:|---|---:|---:|---:|---:|---|---:|---:|"
+        );
+        for r in streams {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                fmt_num(r.concurrency, 0),
+                r.workload,
+                fmt_num(r.connections, 0),
+                fmt_num(r.throughput_qps, 0),
+                fmt_num(r.p50_us, 0),
+                fmt_num(r.p99_us, 0),
+                errors_text(r),
+                mib(r.rss_peak_bytes),
+                mib(r.rss_end_bytes),
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    if let Some(r) = runs.label_runs("soak").last() {
+        let _ = writeln!(out, "### Soak\n");
+        let _ = writeln!(
+            out,
+            "{} callers, point select, {} s after a warm-up of {} s: {} q/s, errors {}, RSS slope {} bytes/min (least squares).\n",
+            fmt_num(r.concurrency, 0),
+            fmt_num(r.duration_s, 0),
+            fmt_num(r.warmup_s, 0),
+            fmt_num(r.throughput_qps, 0),
+            errors_text(r),
+            fmt_num(r.rss_slope_bytes_per_min, 0),
+        );
+        if let Some(samples) = &r.rss_samples {
+            let _ = writeln!(out, "| seconds | RSS |\n|---:|---:|");
+            // At most ~20 rows, evenly spread, always the last.
+            let step = samples.len().div_ceil(20).max(1);
+            for (i, s) in samples.iter().enumerate() {
+                if i % step != 0 && i + 1 != samples.len() {
+                    continue;
+                }
+                let (t, v) = s;
+                let _ = writeln!(out, "| {t:.0} | {:.2} MiB |", v / 1048576.0);
+            }
+            let _ = writeln!(out);
+        }
+    }
+
+    let notes = info("notes");
+    if !notes.is_empty() {
+        let _ = writeln!(out, "## Notes\n\n{notes}\n");
+    }
+    if let Some(path) = &args.notes {
+        let text = std::fs::read_to_string(path)?;
+        let _ = writeln!(out, "{}\n", text.trim_end());
+    }
+    let _ = writeln!(
+        out,
+        "Raw results: one JSON line per run, printed by `pgway-bench run` (kept by `bench/compare.sh` in `{}`).",
+        info("results_file")
+    );
+
+    let mut by_label: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &runs.runs {
+        *by_label.entry(r.label.as_str()).or_default() += 1;
+    }
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &out)?;
+            eprintln!(
+                "wrote {} ({} runs: {by_label:?})",
+                path.display(),
+                runs.runs.len()
+            );
+        }
+        None => print!("{out}"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(target: &str, concurrency: u64, qps: f64) -> Record {
+        json::parse(&format!(
+            r#"{{"label":"sweep","target":"{target}","workload":"select","concurrency":{concurrency},"throughput_qps":{qps}}}"#
+        ))
+        .expect("valid JSON")
+    }
+
+    #[test]
+    fn a_repeated_point_is_its_median_run() {
+        let runs = Runs {
+            runs: vec![
+                run("gateway", 100, 900.0),
+                run("gateway", 100, 300.0),
+                run("gateway", 10, 50.0),
+                run("gateway", 100, 600.0),
+                run("direct", 100, 5.0),
+            ],
+        };
+        let q = |r: Option<&Record>| r.and_then(|r| r.throughput_qps);
+        assert_eq!(q(runs.find("sweep", "gateway", "select", 100)), Some(600.0));
+        assert_eq!(q(runs.find("sweep", "gateway", "select", 10)), Some(50.0));
+        assert_eq!(runs.all("sweep", "gateway", "select", 100).len(), 3);
+        assert!(runs.find("sweep", "pgbouncer", "select", 100).is_none());
+        let two = Runs {
+            runs: vec![run("gateway", 1, 20.0), run("gateway", 1, 10.0)],
+        };
+        assert_eq!(q(two.find("sweep", "gateway", "select", 1)), Some(10.0));
+    }
+    #[test]
+    fn the_report_reads_the_added_latency_against_the_bare_hop() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |label: &str, target: &str, workload: &str, p50: f64| {
+            serde_json::json!({
+                "label": label,
+                "target": target,
+                "workload": workload,
+                "concurrency": 1,
+                "throughput_qps": 1000.0,
+                "p50_us": p50,
+            })
+            .to_string()
+        };
+        let results = dir.path().join("results.jsonl");
+        let lines = [
+            line("sweep", "direct", "select", 190.0),
+            line("sweep", "gateway", "select", 400.0),
+            line("floor", "loopback", "tcp-2-cores", 123.0),
+            line("floor", "loopback", "tcp-1-core", 16.0),
+        ];
+        std::fs::write(&results, lines.join("\n")).unwrap();
+        let out = dir.path().join("BENCHMARKS.md");
+        let args = ReportArgs {
+            results,
+            machine: None,
+            out: Some(out.clone()),
+            notes: None,
+        };
+        super::run(&args).unwrap();
+        let text = std::fs::read_to_string(out).unwrap();
+        assert!(
+            text.contains(
+                "400 − 190 = 210 µs (a bare loopback round trip between two cores: 123 µs)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| loopback | tcp-2-cores | 1000 | 123 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| loopback | tcp-1-core | 1000 | 16 |"),
+            "{text}"
+        );
+    }
+}

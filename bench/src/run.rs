@@ -1,0 +1,353 @@
+//! One run: the callers started, the warm-up, the measured window, and its JSON line.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::histogram::Histogram;
+use crate::json::{self, Num, RunLine};
+use crate::procfs;
+use crate::shards::Shards;
+use crate::targets::{self, Params, Shared};
+use crate::{BoxError, RunArgs, StatementMode, Target};
+
+/// What is read before and after the measured window.
+struct Snapshot {
+    at: Instant,
+    pid_cpu: Option<f64>,
+    pg_cpu: Option<f64>,
+    self_cpu: Option<f64>,
+    machine: Option<(f64, f64)>,
+    metrics: Option<Vec<f64>>,
+}
+
+const METRIC_NAMES: [&str; 3] = [
+    "pgway_pool_acquire_timeouts_total",
+    "pgway_shed_total",
+    "pgway_retries_total",
+];
+
+async fn snapshot(args: &RunArgs) -> Snapshot {
+    let metrics = match &args.metrics_addr {
+        Some(addr) => scrape(addr, &METRIC_NAMES).await,
+        None => None,
+    };
+    Snapshot {
+        at: Instant::now(),
+        pid_cpu: args.pid.and_then(procfs::cpu_seconds),
+        pg_cpu: args.pg_pid.and_then(procfs::tree_cpu_seconds),
+        self_cpu: procfs::cpu_seconds(std::process::id()),
+        machine: procfs::machine_cpu(),
+        metrics,
+    }
+}
+
+/// Sums the counters named in `names` from the gateway's /metrics (all label sets).
+async fn scrape(addr: &str, names: &[&str]) -> Option<Vec<f64>> {
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut body = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&body);
+    let mut sums = vec![0.0; names.len()];
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            if let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+                sums[i] += value;
+            }
+        }
+    }
+    Some(sums)
+}
+
+/// Least-squares slope of (seconds, bytes) samples, in bytes per minute.
+fn slope_per_minute(samples: &[(f64, u64)]) -> Option<f64> {
+    if samples.len() < 3 {
+        return None;
+    }
+    let n = samples.len() as f64;
+    let mean_t = samples.iter().map(|s| s.0).sum::<f64>() / n;
+    let mean_y = samples.iter().map(|s| s.1 as f64).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (t, y) in samples {
+        num += (t - mean_t) * (*y as f64 - mean_y);
+        den += (t - mean_t) * (t - mean_t);
+    }
+    (den > 0.0).then(|| num / den * 60.0)
+}
+
+pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
+    let mode = args.statements.unwrap_or(match args.target {
+        Target::Pgbouncer => StatementMode::Unnamed,
+        _ => StatementMode::Prepared,
+    });
+    let params = Arc::new(Params {
+        workload: args.workload,
+        accounts: i32::try_from(u64::from(args.scale) * 100_000).unwrap_or(i32::MAX),
+        rows: i32::try_from(args.rows.max(1)).unwrap_or(i32::MAX),
+        authorization: match &args.bearer_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)?;
+                let token = text.lines().next().unwrap_or_default().trim();
+                Some(format!("Bearer {token}").parse()?)
+            }
+        },
+    });
+    let args = Arc::new(args);
+    let shared = Arc::new(Shared {
+        histogram: Histogram::new(),
+        errors: Mutex::new(BTreeMap::new()),
+        other_errors: AtomicU64::new(0),
+        recording: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        rows: AtomicU64::new(0),
+    });
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (callers, connections) = targets::connect_callers(&args, mode, shards).await?;
+
+    let mut tasks = Vec::with_capacity(callers.len());
+    for (shard, caller) in callers {
+        tasks.push(shards.handle(shard).spawn(targets::caller_loop(
+            caller,
+            Arc::clone(&shared),
+            Arc::clone(&params),
+            Arc::clone(&args),
+            mode,
+        )));
+    }
+
+    tokio::time::sleep(args.warmup).await;
+
+    // The measured window.
+    let hwm_reset = args.pid.is_some_and(procfs::reset_hwm);
+    let before = snapshot(&args).await;
+    shared.recording.store(true, Ordering::Relaxed);
+    let sampler = {
+        let pid = args.pid;
+        let every = args.sample_every;
+        let duration = args.duration;
+        tokio::spawn(async move {
+            let mut peak = 0u64;
+            let mut samples: Vec<(f64, u64)> = Vec::new();
+            let Some(pid) = pid else {
+                return (peak, samples);
+            };
+            let start = Instant::now();
+            let mut next_sample = Duration::ZERO;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let now = start.elapsed();
+                if now > duration {
+                    break;
+                }
+                if let Some(rss) = procfs::rss(pid) {
+                    peak = peak.max(rss);
+                    if now >= next_sample {
+                        samples.push((now.as_secs_f64(), rss));
+                        next_sample += every;
+                    }
+                }
+            }
+            (peak, samples)
+        })
+    };
+    tokio::time::sleep(args.duration).await;
+    shared.recording.store(false, Ordering::Relaxed);
+    let after = snapshot(&args).await;
+    let (sampled_peak, samples) = sampler.await.unwrap_or_default();
+    let hwm = args.pid.and_then(procfs::hwm);
+    let rss_end = args.pid.and_then(procfs::rss);
+
+    shared.stop.store(true, Ordering::Relaxed);
+    let stop_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for task in tasks {
+        if tokio::time::timeout_at(stop_deadline, task).await.is_err() {
+            // Stuck caller (a target that stopped answering): leave it, the process ends.
+        }
+    }
+
+    // Results.
+    let elapsed = (after.at - before.at).as_secs_f64();
+    let ok = shared.histogram.count.load(Ordering::Relaxed);
+    let errors = shared
+        .errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let error_total: u64 = errors.values().sum();
+    let qps = ok as f64 / elapsed;
+    let per_1k = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if ok > 0 => Some((b - a) / ok as f64 * 1000.0),
+        _ => None,
+    };
+    let delta = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| b - a);
+    let pid_cpu = delta(before.pid_cpu, after.pid_cpu);
+    let pg_cpu = delta(before.pg_cpu, after.pg_cpu);
+    let self_cpu = delta(before.self_cpu, after.self_cpu);
+    let (machine_busy, machine_busy_pct) = match (before.machine, after.machine) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+            (Some(b1 - b0), Some((b1 - b0) / (t1 - t0) * 100.0))
+        }
+        _ => (None, None),
+    };
+    // CPU used by processes that are not part of the benchmark (other work on the machine).
+    let other_cpu = machine_busy.map(|busy| {
+        busy - pid_cpu.unwrap_or(0.0) - pg_cpu.unwrap_or(0.0) - self_cpu.unwrap_or(0.0)
+    });
+    let metric_delta = |i: usize| match (&before.metrics, &after.metrics) {
+        (Some(a), Some(b)) => Some(b[i] - a[i]),
+        _ => None,
+    };
+    let rss_peak = match (hwm_reset, hwm) {
+        (true, Some(hwm)) => Some(hwm.max(sampled_peak)),
+        _ if sampled_peak > 0 => Some(sampled_peak),
+        _ => None,
+    };
+    let slope = slope_per_minute(&samples);
+    let h = &shared.histogram;
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let (p50, p90, p99, p999) = (
+        h.quantile(0.50),
+        h.quantile(0.90),
+        h.quantile(0.99),
+        h.quantile(0.999),
+    );
+    let max = h.max_ns.load(Ordering::Relaxed);
+    let mean = h
+        .sum_ns
+        .load(Ordering::Relaxed)
+        .checked_div(ok)
+        .unwrap_or(0);
+
+    let line = serde_json::to_string(&RunLine {
+        tool: "pgway-bench",
+        label: &args.label,
+        target: args.target.name(),
+        workload: args.workload.name(),
+        concurrency: args.concurrency,
+        connections,
+        statements: match (args.target, mode) {
+            (Target::Gateway, _) => "gateway",
+            (_, StatementMode::Prepared) => "prepared",
+            (_, StatementMode::Unnamed) => "unnamed",
+        },
+        warmup_s: Num(args.warmup.as_secs_f64()),
+        duration_s: Num(elapsed),
+        started_unix,
+        ok,
+        rows: shared.rows.load(Ordering::Relaxed),
+        errors: error_total,
+        errors_by_code: errors.clone(),
+        errors_outside_window: shared.other_errors.load(Ordering::Relaxed),
+        throughput_qps: Num(qps),
+        p50_us: Num(us(p50)),
+        p90_us: Num(us(p90)),
+        p99_us: Num(us(p99)),
+        p999_us: Num(us(p999)),
+        max_us: Num(us(max)),
+        mean_us: Num(us(mean)),
+        pid: args.pid,
+        cpu_s: pid_cpu.map(Num),
+        cpu_s_per_1k: per_1k(before.pid_cpu, after.pid_cpu).map(Num),
+        rss_peak_bytes: rss_peak,
+        rss_hwm_bytes: hwm,
+        rss_hwm_reset: hwm_reset,
+        rss_end_bytes: rss_end,
+        rss_slope_bytes_per_min: slope.map(Num),
+        pg_cpu_s: pg_cpu.map(Num),
+        pg_cpu_s_per_1k: per_1k(before.pg_cpu, after.pg_cpu).map(Num),
+        bench_cpu_s: self_cpu.map(Num),
+        bench_cpu_s_per_1k: per_1k(before.self_cpu, after.self_cpu).map(Num),
+        machine_busy_pct: machine_busy_pct.map(Num),
+        other_cpu_s: other_cpu.map(Num),
+        loadavg_end: procfs::loadavg(),
+        acquire_timeouts: metric_delta(0).map(Num),
+        shed: metric_delta(1).map(Num),
+        retries: metric_delta(2).map(Num),
+        rss_samples: args
+            .soak
+            .then(|| samples.iter().map(|&(t, bytes)| (Num(t), bytes)).collect()),
+    })?;
+
+    let mut human = format!(
+        "{:<9} {:<8} c={:<5} {:>9.0} q/s  p50 {:>8.1}µs  p90 {:>8.1}µs  p99 {:>8.1}µs  max {:>9.1}µs  errors {}",
+        args.target.name(),
+        args.workload.name(),
+        args.concurrency,
+        qps,
+        us(p50),
+        us(p90),
+        us(p99),
+        us(max),
+        error_total
+    );
+    if !errors.is_empty() {
+        let _ = write!(human, " {errors:?}");
+    }
+    if let Some(cpu) = per_1k(before.pid_cpu, after.pid_cpu) {
+        let _ = write!(human, "  cpu {:.1} ms/1k", cpu * 1000.0);
+    }
+    if let Some(rss) = rss_peak {
+        let _ = write!(human, "  rss peak {:.1} MiB", rss as f64 / 1048576.0);
+    }
+    if let Some(cpu) = per_1k(before.pg_cpu, after.pg_cpu) {
+        let _ = write!(human, "  pg cpu {:.1} ms/1k", cpu * 1000.0);
+    }
+    if let Some(cpu) = per_1k(before.self_cpu, after.self_cpu) {
+        let _ = write!(human, "  bench cpu {:.1} ms/1k", cpu * 1000.0);
+    }
+    if let Some(other) = other_cpu {
+        let _ = write!(human, "  other cpu {:.1}s", other);
+    }
+    if let Some(slope) = slope {
+        if args.soak {
+            let _ = write!(
+                human,
+                "  rss slope {:.0} B/min over {} samples",
+                slope,
+                samples.len()
+            );
+        }
+    }
+    eprintln!("{human}");
+    println!("{line}");
+    if let Some(path) = &args.json_out {
+        json::append_lines(path, &[line])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_of_a_line() {
+        let samples: Vec<(f64, u64)> = (0..10).map(|i| (i as f64 * 6.0, 1000 + i * 10)).collect();
+        let slope = slope_per_minute(&samples).unwrap();
+        assert!((slope - 100.0).abs() < 1e-6);
+    }
+}
