@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use pgway::core::telemetry;
 
 use crate::histogram::Histogram;
 use crate::json::{self, Num, RunLine};
@@ -26,9 +26,9 @@ struct Snapshot {
 }
 
 const METRIC_NAMES: [&str; 3] = [
-    "pgway_pool_acquire_timeouts_total",
-    "pgway_shed_total",
-    "pgway_retries_total",
+    telemetry::POOL_ACQUIRE_TIMEOUTS,
+    telemetry::SHED,
+    telemetry::RETRIES,
 ];
 
 async fn snapshot(args: &RunArgs) -> Snapshot {
@@ -46,21 +46,11 @@ async fn snapshot(args: &RunArgs) -> Snapshot {
     }
 }
 
-/// Sums the counters named in `names` from the gateway's /metrics (all label sets).
+/// Sums the counters named in `names` from the gateway's /metrics (all label sets), read as
+/// `pgway stats` reads it.
 async fn scrape(addr: &str, names: &[&str]) -> Option<Vec<f64>> {
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-            .await
-            .ok()?
-            .ok()?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut body = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut body))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&body);
+    let addr = tokio::net::lookup_host(addr).await.ok()?.next()?;
+    let text = pgway::admin::stats::fetch(addr).await.ok()?;
     let mut sums = vec![0.0; names.len()];
     for line in text.lines() {
         if line.starts_with('#') {

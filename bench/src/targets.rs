@@ -56,35 +56,10 @@ fn int(value: i64) -> proto::Value {
 /// `CODE` or `CODE/REASON` (the ErrorInfo reason pgway attaches) of a gRPC status.
 fn status_label(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
-    let code = code_name(status.code());
+    let code = pgway::grpc::observe::code_label(status.code());
     match status.get_error_details().error_info() {
         Some(info) if !info.reason.is_empty() => format!("{code}/{}", info.reason),
         _ => code.to_owned(),
-    }
-}
-
-/// The canonical name of a gRPC status code, as in the gRPC specification (`UNAVAILABLE`).
-/// (`tonic::Code` displays a description, and its `Debug` is the Rust variant name.)
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -482,7 +457,7 @@ mod tests {
         let status = tonic::Status::with_error_details(tonic::Code::Unavailable, "no", details);
         assert_eq!(status_label(&status), "UNAVAILABLE/POOL_TIMEOUT");
         assert_eq!(
-            code_name(tonic::Code::DeadlineExceeded),
+            pgway::grpc::observe::code_label(tonic::Code::DeadlineExceeded),
             "DEADLINE_EXCEEDED"
         );
     }

@@ -184,6 +184,10 @@ pub enum GatewayError {
     #[error("{0}")]
     CallerLimit(String),
 
+    /// A statement a single pooled statement must not run (see [`crate::core::sql`]).
+    #[error("{0}")]
+    Refused(#[from] crate::core::sql::Refusal),
+
     /// A bug or an unexpected failure inside the gateway.
     #[error("internal error: {0}")]
     Internal(String),

@@ -6,7 +6,17 @@
 //! The reading is deliberately generous: a false "may change the session" costs one reset round
 //! trip, a miss would leak one caller's session into another's.
 
-use crate::core::error::GatewayError;
+/// A statement a single pooled statement must not run. Each door says what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// It opens or ends a transaction (`BEGIN`, `COMMIT`, `SAVEPOINT`, …); the command, in
+    /// upper case.
+    #[error("{0} is not allowed here: each call manages its own transaction")]
+    TransactionControl(String),
+    /// COPY over the protocol (`FROM STDIN`, `TO STDOUT`).
+    #[error("COPY FROM STDIN / TO STDOUT is not supported")]
+    CopyOverProtocol,
+}
 
 /// Words that, anywhere in a statement, mean it may leave state in the session: temp tables,
 /// session-level settings and roles, advisory locks, cursors WITH HOLD, LISTEN, PREPARE.
@@ -68,20 +78,14 @@ fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Reads a statement; refuses the ones a pooled statement must not run.
-pub fn classify(sql: &str) -> Result<StatementTraits, GatewayError> {
+pub fn classify(sql: &str) -> Result<StatementTraits, Refusal> {
     let first = words(sql).find(|w| !w.chars().all(|c| c.is_ascii_digit()));
     let first = first.as_deref().unwrap_or("");
     if TRANSACTION_COMMANDS.contains(&first) {
-        return Err(GatewayError::FailedPrecondition(format!(
-            "{} is not allowed here: each call manages its own transaction; use Transaction or \
-             InteractiveTransaction",
-            first.to_ascii_uppercase()
-        )));
+        return Err(Refusal::TransactionControl(first.to_ascii_uppercase()));
     }
     if first == "copy" && words(sql).any(|w| w == "stdin" || w == "stdout") {
-        return Err(GatewayError::InvalidArgument(
-            "COPY FROM STDIN / TO STDOUT is not supported; use INSERT or QueryStream".into(),
-        ));
+        return Err(Refusal::CopyOverProtocol);
     }
     let changes_session = SESSION_COMMANDS.contains(&first)
         || words(sql).any(|w| SESSION_WORDS.contains(&w.as_str()));
@@ -216,13 +220,13 @@ mod tests {
             "END",
         ] {
             assert!(
-                matches!(classify(sql), Err(GatewayError::FailedPrecondition(_))),
+                matches!(classify(sql), Err(Refusal::TransactionControl(_))),
                 "{sql}"
             );
         }
         assert!(matches!(
             classify("COPY t FROM STDIN"),
-            Err(GatewayError::InvalidArgument(_))
+            Err(Refusal::CopyOverProtocol)
         ));
         assert!(classify("SELECT 'begin'").is_ok());
     }

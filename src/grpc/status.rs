@@ -13,6 +13,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::core::error::GatewayError;
+use crate::core::sql::Refusal;
 
 /// Domain of ErrorInfo for errors PostgreSQL reported.
 pub const POSTGRES_DOMAIN: &str = "postgresql";
@@ -137,6 +138,22 @@ fn to_status(error: GatewayError, mut metadata: HashMap<String, String>) -> Stat
             let status = to_status(*last, metadata);
             restated(&status, Code::Aborted, message)
         }
+        GatewayError::Refused(refusal) => {
+            // What the caller can do instead is this door's to say.
+            let (code, reason, message) = match &refusal {
+                Refusal::TransactionControl(_) => (
+                    Code::FailedPrecondition,
+                    "PROTOCOL_VIOLATION",
+                    format!("{refusal}; use Transaction or InteractiveTransaction"),
+                ),
+                Refusal::CopyOverProtocol => (
+                    Code::InvalidArgument,
+                    "INVALID_REQUEST",
+                    format!("{refusal}; use INSERT or QueryStream"),
+                ),
+            };
+            gateway_status(code, reason, message, metadata, None)
+        }
         GatewayError::Internal(detail) => {
             // Ours, not the caller's: the detail goes to the log, the caller gets a generic line.
             tracing::error!(error = %detail, "internal error");
@@ -186,6 +203,7 @@ fn answer(error: &GatewayError) -> (Code, &'static str, Option<Duration>) {
         GatewayError::CallerLimit(_) => (Code::ResourceExhausted, "CALLER_LIMIT", Some(ms(200))),
         GatewayError::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", Some(ms(100))),
         GatewayError::Postgres(_)
+        | GatewayError::Refused(_)
         | GatewayError::InStatement { .. }
         | GatewayError::RetriesExhausted { .. }
         | GatewayError::Internal(_) => (Code::Internal, "INTERNAL", None),
@@ -382,6 +400,37 @@ mod tests {
         assert_eq!(
             overloaded.get_details_retry_info().unwrap().retry_delay,
             Some(Duration::from_millis(7))
+        );
+    }
+
+    /// A refused statement reads as it always has on this door: the code, the reason and what
+    /// to use instead.
+    #[test]
+    fn refused_statements_say_what_to_use_instead() {
+        let status = Status::from(GatewayError::from(
+            crate::core::sql::classify("BEGIN").unwrap_err(),
+        ));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "PROTOCOL_VIOLATION"
+        );
+        assert_eq!(
+            status.message(),
+            "BEGIN is not allowed here: each call manages its own transaction; use Transaction \
+             or InteractiveTransaction"
+        );
+        let status = Status::from(GatewayError::from(
+            crate::core::sql::classify("COPY t FROM STDIN").unwrap_err(),
+        ));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "INVALID_REQUEST"
+        );
+        assert_eq!(
+            status.message(),
+            "COPY FROM STDIN / TO STDOUT is not supported; use INSERT or QueryStream"
         );
     }
 }
