@@ -534,63 +534,114 @@ async fn rollback(conn: &mut PgConn, error: &GatewayError) {
     let _ = conn.roll_back().await;
 }
 
-/// Streams a statement's result in batches over `sender`. The statement runs through a portal
+/// Where a QueryStream's messages go, and whether one has gone yet: once one has, the
+/// statement can't be run again for a retry (the caller would see its first rows twice).
+#[derive(Debug)]
+pub struct StreamSink<'a> {
+    sender: &'a mpsc::Sender<Result<proto::QueryStreamResponse, Status>>,
+    sent: bool,
+}
+
+impl<'a> StreamSink<'a> {
+    pub fn new(sender: &'a mpsc::Sender<Result<proto::QueryStreamResponse, Status>>) -> Self {
+        StreamSink {
+            sender,
+            sent: false,
+        }
+    }
+
+    /// Whether a message has gone (or was on its way when the caller left).
+    pub fn has_sent(&self) -> bool {
+        self.sent
+    }
+
+    /// Sends `message`; `false` when the caller is gone.
+    async fn send(&mut self, message: proto::QueryStreamResponse) -> bool {
+        self.sent = true;
+        self.sender.send(Ok(message)).await.is_ok()
+    }
+}
+
+/// Streams a statement's result in batches into `sink`. The statement runs through a portal
 /// inside a transaction, fetched a batch at a time: PostgreSQL produces the next rows only when
 /// the caller has taken the previous ones, and the gateway holds one batch at a time.
 pub async fn query_stream(
     conn: &mut PooledConn,
     request: &proto::QueryRequest,
     limits: Limits,
-    sender: &mpsc::Sender<Result<proto::QueryStreamResponse, Status>>,
-    sent: &mut bool,
+    sink: &mut StreamSink<'_>,
     identity: Option<&Verified>,
 ) -> Result<(), GatewayError> {
     let (statement, params) = prepare(conn, &request.sql, &request.params, identity).await?;
+    conn.mark_busy();
+    if statement.columns().is_empty() {
+        let rows_affected =
+            run_command(conn, request, &statement, &params, &limits, identity).await?;
+        // Nothing to stream: the one message says how many rows the command touched.
+        sink.send(proto::QueryStreamResponse {
+            rows_affected,
+            ..Default::default()
+        })
+        .await;
+        return Ok(());
+    }
+    stream_rows(conn, request, &statement, &params, limits, sink, identity).await
+}
+
+/// Runs a statement that returns no rows (a plain command) and says how many it touched.
+async fn run_command(
+    conn: &mut PooledConn,
+    request: &proto::QueryRequest,
+    statement: &Statement,
+    params: &[Param],
+    limits: &Limits,
+    identity: Option<&Verified>,
+) -> Result<u64, GatewayError> {
+    let rows_affected = if let Some(identity) = identity {
+        let caps = ResultCaps {
+            max_rows: 0,
+            max_bytes: limits.max_response_bytes,
+        };
+        query_as(conn, request, caps, identity).await?.rows_affected
+    } else if request.read_only {
+        let response = read_only_query(
+            conn,
+            statement,
+            params,
+            ResultCaps {
+                max_rows: 0,
+                max_bytes: limits.max_response_bytes,
+            },
+        )
+        .await;
+        settle(conn, &response);
+        response?.rows_affected
+    } else {
+        let result = conn
+            .client()
+            .execute_raw(statement, params.iter())
+            .await
+            .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe));
+        settle(conn, &result);
+        result?
+    };
+    Ok(rows_affected)
+}
+
+/// Streams the rows of `statement` through a portal, a batch at a time (see [`query_stream`]).
+async fn stream_rows(
+    conn: &mut PooledConn,
+    request: &proto::QueryRequest,
+    statement: &Statement,
+    params: &[Param],
+    limits: Limits,
+    sink: &mut StreamSink<'_>,
+    identity: Option<&Verified>,
+) -> Result<(), GatewayError> {
     let max_rows = match request.max_rows {
         0 => u64::MAX,
         n => u64::from(n),
     };
-    conn.mark_busy();
-    if statement.columns().is_empty() {
-        // Nothing to stream: a plain command.
-        let rows_affected = if let Some(identity) = identity {
-            let caps = ResultCaps {
-                max_rows: 0,
-                max_bytes: limits.max_response_bytes,
-            };
-            query_as(conn, request, caps, identity).await?.rows_affected
-        } else if request.read_only {
-            let response = read_only_query(
-                conn,
-                &statement,
-                &params,
-                ResultCaps {
-                    max_rows: 0,
-                    max_bytes: limits.max_response_bytes,
-                },
-            )
-            .await;
-            settle(conn, &response);
-            response?.rows_affected
-        } else {
-            let result = conn
-                .client()
-                .execute_raw(&statement, params.iter())
-                .await
-                .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe));
-            settle(conn, &result);
-            result?
-        };
-        *sent = true;
-        let _ = sender
-            .send(Ok(proto::QueryStreamResponse {
-                rows_affected,
-                ..Default::default()
-            }))
-            .await;
-        return Ok(());
-    }
-
     let decoder = RowDecoder::new(statement.columns());
     let mut columns = RowDecoder::columns_to_proto(statement.columns());
     let check = match identity {
@@ -615,7 +666,7 @@ pub async fn query_stream(
             .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
     }
     let portal = transaction
-        .bind_raw(&statement, params.iter())
+        .bind_raw(statement, params.iter())
         .await
         .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe))?;
 
@@ -658,8 +709,7 @@ pub async fn query_stream(
             break (decoded, truncated);
         }
         for message in split_batches(std::mem::take(&mut columns), decoded, &limits)? {
-            *sent = true;
-            if sender.send(Ok(message)).await.is_err() {
+            if !sink.send(message).await {
                 // The caller is gone: the open transaction leaves the connection busy, so it
                 // is discarded with its portal (and a cancel is sent).
                 return Ok(());
@@ -686,8 +736,7 @@ pub async fn query_stream(
         }),
     }
     for message in messages {
-        *sent = true;
-        if sender.send(Ok(message)).await.is_err() {
+        if !sink.send(message).await {
             break;
         }
     }

@@ -25,7 +25,7 @@ use crate::core::retry::{self, Backoff, RetryBudget};
 use crate::core::telemetry as metrics;
 use crate::grpc::auth;
 use crate::grpc::deadline;
-use crate::grpc::execute::{self, ResultCaps};
+use crate::grpc::execute::{self, ResultCaps, StreamSink};
 use crate::grpc::{CallSettings, Limits, TxConfig};
 use crate::proto::database_server::Database;
 use crate::proto::{
@@ -183,10 +183,10 @@ impl Shared {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut sent = false;
+            let mut sink = StreamSink::new(sender);
             let result =
-                execute::query_stream(&mut conn, request, self.limits, sender, &mut sent, identity)
-                    .await;
+                execute::query_stream(&mut conn, request, self.limits, &mut sink, identity).await;
+            let sent = sink.has_sent();
             drop(conn);
             let error = match result {
                 Ok(()) => return Ok(()),
