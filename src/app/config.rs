@@ -11,11 +11,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::core::auth::jwt::JwtRules;
-use crate::core::auth::limits::CallerCaps;
+use crate::core::auth::limits::CallerQuota;
 use crate::core::auth::{AuthConfig, Authenticator};
 use crate::core::dbtls::{self, DatabaseTls};
 use crate::core::pool::PoolConfig;
-use crate::grpc::{CallSettings, Limits, TxConfig};
+use crate::grpc::{CallBounds, CallSettings, TxConfig};
 
 /// Where `pgway serve` listens for gRPC without `PGWAY_GRPC_ADDR` (and where `pgway probe`
 /// looks without `-addr`).
@@ -309,7 +309,7 @@ pub struct Config {
     /// Where `/metrics` is served; `None` when turned off.
     pub metrics_addr: Option<SocketAddr>,
     pub pool: PoolConfig,
-    pub limits: Limits,
+    pub limits: CallBounds,
     pub request_timeout: Duration,
     /// The server-side `statement_timeout` of every connection.
     pub statement_timeout: Duration,
@@ -319,7 +319,7 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The loaded credentials (token and key files), shared by every call.
     pub authenticator: Arc<Authenticator>,
-    pub caller_limits: CallerCaps,
+    pub caller_quota: CallerQuota,
     /// TLS on the gRPC side; `None` serves plaintext.
     pub tls: Option<crate::core::tls::TlsConfig>,
 }
@@ -333,7 +333,7 @@ impl Config {
                 request_timeout: self.request_timeout,
                 statement_timeout: self.statement_timeout,
                 tx: self.tx,
-                caller_caps: self.caller_limits,
+                caller_quota: self.caller_quota,
             },
             authenticator: self.authenticator.clone(),
             public_health: self.auth.public_health,
@@ -592,7 +592,7 @@ impl ServeArgs {
                 max_concurrent_connects: self.max_concurrent_connects,
             },
             metrics_addr,
-            limits: Limits {
+            limits: CallBounds {
                 max_rows: self.max_rows,
                 max_response_bytes: self.max_response_bytes,
                 stream_batch_rows: self.stream_batch_rows,
@@ -613,7 +613,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             auth,
             authenticator,
-            caller_limits: CallerCaps {
+            caller_quota: CallerQuota {
                 max_calls: self.max_calls_per_caller,
                 max_transactions: self
                     .max_transactions_per_caller

@@ -16,25 +16,25 @@ use tonic::Status;
 use crate::core::auth::jwt::Verified;
 use crate::core::error::{GatewayError, Sent};
 use crate::core::pool::{PgConn, PooledConn};
-use crate::grpc::Limits;
+use crate::grpc::CallBounds;
 use crate::grpc::values::{Param, RowDecoder, params_from_proto, row_wire_size};
 use crate::proto::{self, IsolationLevel};
 
 /// The caps that apply to one unary result.
 #[derive(Debug, Clone, Copy)]
-pub struct ResultCaps {
+pub struct ResultBounds {
     pub max_rows: usize,
     pub max_bytes: usize,
 }
 
-impl ResultCaps {
+impl ResultBounds {
     /// The caps for a request: its own `max_rows` may lower the server's, never raise it.
-    pub fn for_request(requested_rows: u32, limits: &Limits) -> Self {
+    pub fn for_request(requested_rows: u32, limits: &CallBounds) -> Self {
         let max_rows = match requested_rows {
             0 => limits.max_rows,
             n => n.min(limits.max_rows),
         };
-        ResultCaps {
+        ResultBounds {
             max_rows: max_rows as usize,
             max_bytes: limits.max_response_bytes,
         }
@@ -51,7 +51,7 @@ pub fn is_stale_plan(error: &GatewayError) -> bool {
 }
 
 /// Refuses a statement over the request caps before anything else happens to it.
-pub fn check_size(sql: &str, params: usize, limits: &Limits) -> Result<(), GatewayError> {
+pub fn check_size(sql: &str, params: usize, limits: &CallBounds) -> Result<(), GatewayError> {
     if sql.len() > limits.max_sql_bytes {
         return Err(GatewayError::RequestTooLarge(format!(
             "the SQL text is {} bytes, more than PGWAY_MAX_SQL_BYTES ({})",
@@ -129,7 +129,7 @@ async fn fetch_checked(
     conn: &mut PgConn,
     statement: &Statement,
     params: &[Param],
-    caps: ResultCaps,
+    caps: ResultBounds,
     identity: &Verified,
 ) -> Result<proto::QueryResponse, GatewayError> {
     let check = conn
@@ -181,7 +181,7 @@ async fn fetch(
     conn: &PgConn,
     statement: &Statement,
     params: &[Param],
-    caps: ResultCaps,
+    caps: ResultBounds,
 ) -> Result<proto::QueryResponse, GatewayError> {
     // A connection that died while pooled fails here, known unsent, rather than after the
     // send where a lost connection would leave the outcome unknown.
@@ -311,7 +311,7 @@ fn settle(conn: &mut PgConn, result: &Result<impl Sized, GatewayError>) {
 pub async fn query(
     conn: &mut PgConn,
     request: &proto::QueryRequest,
-    caps: ResultCaps,
+    caps: ResultBounds,
     identity: Option<&Verified>,
 ) -> Result<proto::QueryResponse, GatewayError> {
     if let Some(identity) = identity {
@@ -340,7 +340,7 @@ pub async fn query(
 async fn query_as(
     conn: &mut PgConn,
     request: &proto::QueryRequest,
-    caps: ResultCaps,
+    caps: ResultBounds,
     identity: &Verified,
 ) -> Result<proto::QueryResponse, GatewayError> {
     let begin = begin_as_sql(
@@ -368,7 +368,7 @@ async fn read_only_query(
     conn: &PgConn,
     statement: &Statement,
     params: &[Param],
-    caps: ResultCaps,
+    caps: ResultBounds,
 ) -> Result<proto::QueryResponse, GatewayError> {
     let client = conn.client();
     client
@@ -427,7 +427,7 @@ pub fn isolation_level(value: i32) -> Result<IsolationLevel, GatewayError> {
 pub async fn transaction_once(
     conn: &mut PgConn,
     request: &proto::TransactionRequest,
-    caps: ResultCaps,
+    caps: ResultBounds,
     identity: Option<&Verified>,
 ) -> Result<Vec<proto::QueryResponse>, GatewayError> {
     let isolation = isolation_level(request.isolation_level)?;
@@ -467,7 +467,7 @@ pub async fn transaction_once(
 pub async fn statement_in_transaction(
     conn: &mut PgConn,
     request: &proto::QueryRequest,
-    caps: ResultCaps,
+    caps: ResultBounds,
     identity: Option<&Verified>,
 ) -> Result<proto::QueryResponse, GatewayError> {
     let outcome = match prepare(conn, &request.sql, &request.params, identity).await {
@@ -568,7 +568,7 @@ impl<'a> StreamSink<'a> {
 pub async fn query_stream(
     conn: &mut PooledConn,
     request: &proto::QueryRequest,
-    limits: Limits,
+    limits: CallBounds,
     sink: &mut StreamSink<'_>,
     identity: Option<&Verified>,
 ) -> Result<(), GatewayError> {
@@ -594,11 +594,11 @@ async fn run_command(
     request: &proto::QueryRequest,
     statement: &Statement,
     params: &[Param],
-    limits: &Limits,
+    limits: &CallBounds,
     identity: Option<&Verified>,
 ) -> Result<u64, GatewayError> {
     let rows_affected = if let Some(identity) = identity {
-        let caps = ResultCaps {
+        let caps = ResultBounds {
             max_rows: 0,
             max_bytes: limits.max_response_bytes,
         };
@@ -608,7 +608,7 @@ async fn run_command(
             conn,
             statement,
             params,
-            ResultCaps {
+            ResultBounds {
                 max_rows: 0,
                 max_bytes: limits.max_response_bytes,
             },
@@ -634,7 +634,7 @@ async fn stream_rows(
     request: &proto::QueryRequest,
     statement: &Statement,
     params: &[Param],
-    limits: Limits,
+    limits: CallBounds,
     sink: &mut StreamSink<'_>,
     identity: Option<&Verified>,
 ) -> Result<(), GatewayError> {
@@ -748,7 +748,7 @@ async fn stream_rows(
 fn split_batches(
     mut columns: Vec<proto::Column>,
     rows: Vec<proto::Row>,
-    limits: &Limits,
+    limits: &CallBounds,
 ) -> Result<Vec<proto::QueryStreamResponse>, GatewayError> {
     let mut messages = Vec::new();
     let mut current = Vec::new();
@@ -801,7 +801,7 @@ mod tests {
 
     #[test]
     fn request_rows_never_raise_the_cap() {
-        let limits = Limits {
+        let limits = CallBounds {
             max_rows: 100,
             max_response_bytes: 1 << 20,
             stream_batch_rows: 10,
@@ -811,9 +811,9 @@ mod tests {
             max_params: 100,
             max_statements: 10,
         };
-        assert_eq!(ResultCaps::for_request(0, &limits).max_rows, 100);
-        assert_eq!(ResultCaps::for_request(5, &limits).max_rows, 5);
-        assert_eq!(ResultCaps::for_request(500, &limits).max_rows, 100);
+        assert_eq!(ResultBounds::for_request(0, &limits).max_rows, 100);
+        assert_eq!(ResultBounds::for_request(5, &limits).max_rows, 5);
+        assert_eq!(ResultBounds::for_request(500, &limits).max_rows, 100);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::auth::Authenticator;
-use crate::core::auth::limits::CallerCaps;
+use crate::core::auth::limits::CallerQuota;
 use crate::core::tls::TlsConfig;
 
 /// What the gRPC door needs of the settings (the composition root builds it).
@@ -50,17 +50,17 @@ pub struct Settings {
 /// What the Database service's handlers need of the settings.
 #[derive(Debug, Clone, Copy)]
 pub struct CallSettings {
-    pub limits: Limits,
+    pub limits: CallBounds,
     pub request_timeout: Duration,
     /// The server-side `statement_timeout` of every connection.
     pub statement_timeout: Duration,
     pub tx: TxConfig,
-    pub caller_caps: CallerCaps,
+    pub caller_quota: CallerQuota,
 }
 
-/// Bounds on what one call may return.
+/// What one call may send and get back: the sizes of its request and of its result.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct CallBounds {
     pub max_rows: u32,
     pub max_response_bytes: usize,
     pub stream_batch_rows: u32,

@@ -18,15 +18,15 @@ use tracing::{Instrument, debug};
 
 use crate::core::auth::Caller;
 use crate::core::auth::jwt::Verified;
-use crate::core::auth::limits::{CallerLimits, Kind, Permit};
+use crate::core::auth::limits::{Kind, Permit, QuotaLedger};
 use crate::core::error::GatewayError;
 use crate::core::pool::{PgConn, Pool, PooledConn};
 use crate::core::retry::{self, Backoff, RetryBudget};
 use crate::core::telemetry as metrics;
 use crate::grpc::auth;
 use crate::grpc::deadline;
-use crate::grpc::execute::{self, ResultCaps, StreamSink};
-use crate::grpc::{CallSettings, Limits, TxConfig};
+use crate::grpc::execute::{self, ResultBounds, StreamSink};
+use crate::grpc::{CallBounds, CallSettings, TxConfig};
 use crate::proto::database_server::Database;
 use crate::proto::{
     self, InteractiveTransactionRequest, InteractiveTransactionResponse, QueryRequest,
@@ -49,7 +49,7 @@ pub struct DatabaseService {
 #[derive(Debug)]
 struct Shared {
     pool: Pool,
-    limits: Limits,
+    limits: CallBounds,
     request_timeout: Duration,
     /// The longest one statement may run: the request timeout, or the server's
     /// `statement_timeout` when that is shorter. The deadline of a Query or a QueryStream (one
@@ -64,7 +64,7 @@ struct Shared {
     /// Cancelled when the shutdown grace period is over: open streams and transactions end.
     grace_over: CancellationToken,
     retries: RetryBudget,
-    caller_limits: CallerLimits,
+    quotas: QuotaLedger,
 }
 
 /// What a handler knows about its caller once admitted: who it is (for row-level security)
@@ -121,7 +121,7 @@ impl Shared {
         deadline: Instant,
         identity: Option<&Verified>,
     ) -> Result<TransactionResponse, GatewayError> {
-        let caps = ResultCaps::for_request(0, &self.limits);
+        let caps = ResultBounds::for_request(0, &self.limits);
         self.retries.deposit();
         let (mut attempts, mut connection_retries) = (0, 0);
         loop {
@@ -225,9 +225,9 @@ impl DatabaseService {
                 shutdown,
                 grace_over,
                 retries: RetryBudget::default(),
-                caller_limits: CallerLimits::new(
-                    config.caller_caps.max_calls,
-                    config.caller_caps.max_transactions,
+                quotas: QuotaLedger::new(
+                    config.caller_quota.max_calls,
+                    config.caller_quota.max_transactions,
                 ),
             }),
         }
@@ -241,7 +241,7 @@ impl DatabaseService {
         }
         let caller = auth::caller_of(request)?;
         tracing::Span::current().record("caller", tracing::field::display(caller.log_name()));
-        let permit = self.inner.caller_limits.enter(&caller, kind)?;
+        let permit = self.inner.quotas.enter(&caller, kind)?;
         Ok(Admitted {
             caller,
             _permit: permit,
@@ -260,7 +260,7 @@ impl Database for DatabaseService {
         let deadline = deadline::effective(request.metadata(), started, self.inner.statement_cap);
         let request = request.into_inner();
         execute::check_size(&request.sql, request.params.len(), &self.inner.limits)?;
-        let caps = ResultCaps::for_request(request.max_rows, &self.inner.limits);
+        let caps = ResultBounds::for_request(request.max_rows, &self.inner.limits);
         let shared = &self.inner;
         let safe = request.read_only || request.idempotent;
         let identity = admitted.identity();
@@ -370,7 +370,7 @@ impl Database for DatabaseService {
         let admitted = self.admit(&request, Kind::Call)?;
         let open = self
             .inner
-            .caller_limits
+            .quotas
             .enter(&admitted.caller, Kind::InteractiveTransaction)?;
         let started = deadline::arrival(&request);
         // The caller's deadline, capped by the longest a transaction may stay open.
@@ -495,7 +495,7 @@ async fn drive_interactive(
     )
     .await?;
     send_event(&sender, Event::Begun(proto::Begun {})).await?;
-    let caps = ResultCaps::for_request(0, &shared.limits);
+    let caps = ResultBounds::for_request(0, &shared.limits);
     loop {
         let action = tokio::select! {
             action = next_action(&mut inbound, shared.tx.idle_timeout) => action,

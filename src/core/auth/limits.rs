@@ -15,9 +15,9 @@ use crate::core::telemetry as metrics;
 
 use super::Caller;
 
-/// What one caller may hold at once (0 = no cap).
+/// How much one caller may hold at once (0 = no cap): its quota, from the settings.
 #[derive(Debug, Clone, Copy)]
-pub struct CallerCaps {
+pub struct CallerQuota {
     pub max_calls: usize,
     pub max_transactions: usize,
 }
@@ -39,9 +39,9 @@ impl Kind {
     }
 }
 
-/// Per-caller caps (0 = no cap).
+/// What each caller holds now, checked against the [`CallerQuota`] (0 = no cap).
 #[derive(Debug)]
-pub struct CallerLimits {
+pub struct QuotaLedger {
     max_calls: usize,
     max_transactions: usize,
     counts: Arc<Mutex<HashMap<(Kind, String), usize>>>,
@@ -67,9 +67,9 @@ impl Drop for Permit {
     }
 }
 
-impl CallerLimits {
+impl QuotaLedger {
     pub fn new(max_calls: usize, max_transactions: usize) -> Self {
-        CallerLimits {
+        QuotaLedger {
             max_calls,
             max_transactions,
             counts: Arc::default(),
@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn a_caller_is_capped_and_released() {
-        let limits = CallerLimits::new(2, 1);
+        let limits = QuotaLedger::new(2, 1);
         let alice = Caller::Token {
             fingerprint: "aaaa".into(),
         };
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn entries_go_away_with_their_last_permit() {
-        let limits = CallerLimits::new(5, 5);
+        let limits = QuotaLedger::new(5, 5);
         let permits: Vec<_> = (0..100)
             .map(|i| {
                 let caller = Caller::Token {
