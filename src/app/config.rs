@@ -461,6 +461,61 @@ pub fn default_pool_max() -> u32 {
 impl ServeArgs {
     /// Checks every setting and builds the [`Config`] the gateway runs with.
     pub fn validate(&self) -> Result<Config, ConfigError> {
+        // In this order, so that of several bad settings the same one is reported as always.
+        let (mut database, database_tls) = self.database()?;
+        let pool = self.pool()?;
+        self.check_counts_and_durations()?;
+        let metrics_addr = self.metrics_addr()?;
+        let limits = self.bounds()?;
+        let statement_timeout = self.statement_timeout.unwrap_or(self.request_timeout);
+        if statement_timeout.is_zero() {
+            return Err(invalid("PGWAY_STATEMENT_TIMEOUT", "must be more than zero"));
+        }
+        // Enforced by the server too, so a statement stops even if the gateway can't cancel
+        // it (a network cut); a caller's SET of its own is undone by the reset that follows.
+        let mut options = database.get_options().unwrap_or_default().to_owned();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str(&format!(
+            "-c statement_timeout={}",
+            statement_timeout.as_millis()
+        ));
+        database.options(&options);
+        let (auth, authenticator) = self.auth_config()?;
+        let tls = self.tls()?;
+
+        Ok(Config {
+            database,
+            database_tls,
+            grpc_addr: self.grpc_addr,
+            caller_quota: CallerQuota {
+                max_calls: self.max_calls_per_caller,
+                max_transactions: self
+                    .max_transactions_per_caller
+                    .unwrap_or((pool.max as usize / 2).max(1)),
+            },
+            pool,
+            metrics_addr,
+            limits,
+            request_timeout: self.request_timeout,
+            statement_timeout,
+            tx: TxConfig {
+                max_attempts: self.tx_max_attempts,
+                idle_timeout: self.tx_idle_timeout,
+                max_duration: self.tx_max_duration,
+            },
+            health_interval: self.health_interval,
+            shutdown_grace: self.shutdown_grace,
+            auth,
+            authenticator,
+            tls,
+        })
+    }
+
+    /// The database's connection settings and TLS, from the URL (or `DATABASE_URL`), with
+    /// pgway's timeouts and keepalives.
+    fn database(&self) -> Result<(tokio_postgres::Config, DatabaseTls), ConfigError> {
         let url = match &self.database_url {
             Some(url) => url.clone(),
             None => std::env::var("DATABASE_URL").map_err(|_| {
@@ -488,7 +543,11 @@ impl ServeArgs {
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3)
             .tcp_user_timeout(Duration::from_secs(10));
+        Ok((database, database_tls))
+    }
 
+    /// The pool's size and timings.
+    fn pool(&self) -> Result<PoolConfig, ConfigError> {
         let max = self.pool_max.unwrap_or_else(default_pool_max);
         if max == 0 {
             return Err(invalid("PGWAY_POOL_MAX", "must be at least 1"));
@@ -503,6 +562,20 @@ impl ServeArgs {
             Some(min) => min,
             None => DEFAULT_POOL_MIN.min(max),
         };
+        Ok(PoolConfig {
+            min,
+            max,
+            acquire_timeout: self.acquire_timeout,
+            max_lifetime: self.conn_max_lifetime,
+            idle_timeout: self.conn_idle_timeout,
+            statement_cache_size: self.statement_cache_size,
+            max_waiting: self.max_waiting,
+            max_concurrent_connects: self.max_concurrent_connects,
+        })
+    }
+
+    /// Durations that must be more than zero, counts that must be at least one.
+    fn check_counts_and_durations(&self) -> Result<(), ConfigError> {
         for (setting, value) in [
             ("PGWAY_ACQUIRE_TIMEOUT", self.acquire_timeout),
             ("PGWAY_CONNECT_TIMEOUT", self.connect_timeout),
@@ -517,30 +590,37 @@ impl ServeArgs {
                 return Err(invalid(setting, "must be more than zero"));
             }
         }
-        if self.max_rows == 0 {
-            return Err(invalid("PGWAY_MAX_ROWS", "must be at least 1"));
-        }
-        if self.stream_batch_rows == 0 {
-            return Err(invalid("PGWAY_STREAM_BATCH_ROWS", "must be at least 1"));
-        }
-        if self.tx_max_attempts == 0 {
-            return Err(invalid("PGWAY_TX_MAX_ATTEMPTS", "must be at least 1"));
-        }
-        if self.max_concurrent_connects == 0 {
-            return Err(invalid(
+        for (setting, value) in [
+            ("PGWAY_MAX_ROWS", self.max_rows as usize),
+            ("PGWAY_STREAM_BATCH_ROWS", self.stream_batch_rows as usize),
+            ("PGWAY_TX_MAX_ATTEMPTS", self.tx_max_attempts as usize),
+            (
                 "PGWAY_MAX_CONCURRENT_CONNECTS",
-                "must be at least 1",
-            ));
+                self.max_concurrent_connects,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(setting, "must be at least 1"));
+            }
         }
-        let metrics_addr = match self.metrics_addr.trim() {
-            "" => None,
-            addr => Some(addr.parse::<SocketAddr>().map_err(|e| {
+        Ok(())
+    }
+
+    /// Where `/metrics` is served; `None` when the setting is empty.
+    fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.metrics_addr.trim() {
+            "" => Ok(None),
+            addr => addr.parse::<SocketAddr>().map(Some).map_err(|e| {
                 invalid(
                     "PGWAY_METRICS_ADDR",
                     format!("{addr:?} is not host:port ({e}); leave it empty to turn metrics off"),
                 )
-            })?),
-        };
+            }),
+        }
+    }
+
+    /// What one call may send and get back.
+    fn bounds(&self) -> Result<CallBounds, ConfigError> {
         if self.max_response_bytes < 1024 {
             return Err(invalid("PGWAY_MAX_RESPONSE_BYTES", "must be at least 1KiB"));
         }
@@ -559,67 +639,15 @@ impl ServeArgs {
                 "PostgreSQL takes at most 65535 parameters",
             ));
         }
-        let statement_timeout = self.statement_timeout.unwrap_or(self.request_timeout);
-        if statement_timeout.is_zero() {
-            return Err(invalid("PGWAY_STATEMENT_TIMEOUT", "must be more than zero"));
-        }
-        // Enforced by the server too, so a statement stops even if the gateway can't cancel
-        // it (a network cut); a caller's SET of its own is undone by the reset that follows.
-        let mut options = database.get_options().unwrap_or_default().to_owned();
-        if !options.is_empty() {
-            options.push(' ');
-        }
-        options.push_str(&format!(
-            "-c statement_timeout={}",
-            statement_timeout.as_millis()
-        ));
-        database.options(&options);
-        let (auth, authenticator) = self.auth_config()?;
-        let tls = self.tls()?;
-
-        Ok(Config {
-            database,
-            database_tls,
-            grpc_addr: self.grpc_addr,
-            pool: PoolConfig {
-                min,
-                max,
-                acquire_timeout: self.acquire_timeout,
-                max_lifetime: self.conn_max_lifetime,
-                idle_timeout: self.conn_idle_timeout,
-                statement_cache_size: self.statement_cache_size,
-                max_waiting: self.max_waiting,
-                max_concurrent_connects: self.max_concurrent_connects,
-            },
-            metrics_addr,
-            limits: CallBounds {
-                max_rows: self.max_rows,
-                max_response_bytes: self.max_response_bytes,
-                stream_batch_rows: self.stream_batch_rows,
-                stream_batch_bytes: (256 * 1024).min(self.max_response_bytes),
-                max_request_bytes: self.max_request_bytes,
-                max_sql_bytes: self.max_sql_bytes,
-                max_params: self.max_params,
-                max_statements: self.max_statements,
-            },
-            request_timeout: self.request_timeout,
-            statement_timeout,
-            tx: TxConfig {
-                max_attempts: self.tx_max_attempts,
-                idle_timeout: self.tx_idle_timeout,
-                max_duration: self.tx_max_duration,
-            },
-            health_interval: self.health_interval,
-            shutdown_grace: self.shutdown_grace,
-            auth,
-            authenticator,
-            caller_quota: CallerQuota {
-                max_calls: self.max_calls_per_caller,
-                max_transactions: self
-                    .max_transactions_per_caller
-                    .unwrap_or((max as usize / 2).max(1)),
-            },
-            tls,
+        Ok(CallBounds {
+            max_rows: self.max_rows,
+            max_response_bytes: self.max_response_bytes,
+            stream_batch_rows: self.stream_batch_rows,
+            stream_batch_bytes: (256 * 1024).min(self.max_response_bytes),
+            max_request_bytes: self.max_request_bytes,
+            max_sql_bytes: self.max_sql_bytes,
+            max_params: self.max_params,
+            max_statements: self.max_statements,
         })
     }
 
