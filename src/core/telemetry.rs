@@ -72,7 +72,7 @@ pub const CLOSE_REASONS: [&str; 6] = [
     "reset_failed",
     "shutdown",
 ];
-/// `pgway_connection_errors_total{kind}`'s values ([`crate::core::error::ConnectError::kind`]).
+/// `pgway_connection_errors_total{kind}`'s values (`ConnectError::kind`).
 const CONNECT_ERROR_KINDS: [&str; 8] = [
     "auth",
     "database_missing",

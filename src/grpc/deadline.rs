@@ -13,7 +13,7 @@ use tonic::metadata::MetadataMap;
 use crate::core::error::GatewayError;
 
 /// When a call's headers arrived, put in its extensions by the outermost layer
-/// ([`super::observe::ObserveLayer`]).
+/// (the observer layer).
 ///
 /// tonic starts a timer of its own for a caller's `grpc-timeout` when the headers arrive,
 /// and answers CANCELLED when it fires. A unary handler only runs once the whole message is
