@@ -35,11 +35,51 @@ pub enum DevDbError {
     Setup(String),
 }
 
+/// A directory of its own under the system's temporary directory (mode 0700), removed with
+/// everything in it when dropped. Written here rather than taken from `tempfile` (which the
+/// tests use): this is the product's only temporary directory, and `tempfile` would bring
+/// `rustix` into every gateway binary.
+#[derive(Debug)]
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(prefix: &str) -> std::io::Result<ScratchDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        // A random name, created atomically: a name already taken is tried again.
+        for _ in 0..16 {
+            let path = base.join(format!("{prefix}{:016x}", rand::random::<u64>()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(ScratchDir(path)),
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "no free name for a temporary directory in {}",
+                base.display()
+            ),
+        ))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A running throwaway PostgreSQL server.
 #[derive(Debug)]
 pub struct TempPostgres {
     bin: PathBuf,
-    root: tempfile::TempDir,
+    root: ScratchDir,
     port: u16,
     as_postgres_user: bool,
     stopped: bool,
@@ -127,7 +167,7 @@ impl TempPostgres {
         setup: &ClusterSetup,
     ) -> Result<TempPostgres, DevDbError> {
         let bin = find_binaries(bin)?;
-        let root = tempfile::Builder::new().prefix("pgway-pg-").tempdir()?;
+        let root = ScratchDir::new("pgway-pg-")?;
         let as_postgres_user = is_root();
         if as_postgres_user {
             let status = Command::new("chown")
@@ -390,7 +430,7 @@ impl TempPostgres {
 impl Drop for TempPostgres {
     fn drop(&mut self) {
         let _ = self.stop();
-        // TempDir removes the directory itself after this.
+        // ScratchDir removes the directory itself after this.
     }
 }
 
