@@ -39,6 +39,25 @@ impl RetryBudget {
     pub fn withdraw(&self) -> bool {
         self.0.withdraw()
     }
+
+    /// The one retry policy for failures below the statement (a lost connection, a server
+    /// restarting): after attempt number `attempt` failed with `error`, whether to run it
+    /// again, and if so why (the `pgway_retries_total{reason}` label, counted here) and how
+    /// long to wait first. `safe` is whether running the statement twice is harmless. Takes a
+    /// retry from the budget only when everything else allows one.
+    pub fn next_retry(
+        &self,
+        error: &GatewayError,
+        safe: bool,
+        attempt: u32,
+    ) -> Option<(&'static str, Duration)> {
+        let reason = reason(error, safe)?;
+        if attempt >= MAX_ATTEMPTS || !self.withdraw() {
+            return None;
+        }
+        ::metrics::counter!(crate::core::telemetry::RETRIES, "reason" => reason).increment(1);
+        Some((reason, Backoff::STATEMENT.delay(attempt)))
+    }
 }
 
 /// Why `error` may be retried (a label for `pgway_retries_total{reason}`), or `None` when it
@@ -154,5 +173,20 @@ mod tests {
         assert_eq!(backoff.at(3, 0.0), Duration::ZERO);
         assert_eq!(Backoff::CONFLICT.ceiling(2), Duration::from_millis(40));
         assert_eq!(Backoff::CONNECT.ceiling(1), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_policy_retries_only_what_is_safe_and_within_bounds() {
+        let budget = RetryBudget::default();
+        let lost = GatewayError::ConnectionLost("reset".into());
+        let (reason, wait) = budget.next_retry(&lost, false, 1).unwrap();
+        assert_eq!(reason, "connection_lost");
+        assert!(wait <= Backoff::STATEMENT.ceiling(1));
+        assert!(budget.next_retry(&lost, false, MAX_ATTEMPTS).is_none());
+        let unknown = GatewayError::OutcomeUnknown("cut".into());
+        assert!(budget.next_retry(&unknown, false, 1).is_none());
+        assert!(budget.next_retry(&unknown, true, 1).is_some());
+        let bad = GatewayError::InvalidArgument("bad".into());
+        assert!(budget.next_retry(&bad, true, 1).is_none());
     }
 }

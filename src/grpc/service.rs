@@ -21,7 +21,7 @@ use crate::core::auth::jwt::Verified;
 use crate::core::auth::limits::{Kind, Permit, QuotaLedger};
 use crate::core::error::GatewayError;
 use crate::core::pool::{PgConn, Pool, PooledConn};
-use crate::core::retry::{self, Backoff, RetryBudget};
+use crate::core::retry::{Backoff, RetryBudget};
 use crate::core::telemetry as metrics;
 use crate::grpc::auth;
 use crate::grpc::deadline;
@@ -87,7 +87,7 @@ impl Admitted {
 
 impl Shared {
     /// Runs `attempt` (which checks out its own connection) again after failures that
-    /// [`retry::reason`] calls safe, with backoff, within the retry budget.
+    /// [`RetryBudget::next_retry`] calls safe, with backoff, within the retry budget.
     async fn retrying<T, F, Fut>(&self, safe: bool, mut attempt: F) -> Result<T, GatewayError>
     where
         F: FnMut() -> Fut,
@@ -101,13 +101,12 @@ impl Shared {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            match retry::reason(&error, safe) {
-                Some(reason) if attempts < retry::MAX_ATTEMPTS && self.retries.withdraw() => {
-                    counter!(metrics::RETRIES, "reason" => reason).increment(1);
+            match self.retries.next_retry(&error, safe, attempts) {
+                Some((reason, wait)) => {
                     debug!(attempts, reason, %error, "retrying");
-                    tokio::time::sleep(Backoff::STATEMENT.delay(attempts)).await;
+                    tokio::time::sleep(wait).await;
                 }
-                _ => return Err(error),
+                None => return Err(error),
             }
         }
     }
@@ -151,16 +150,15 @@ impl Shared {
             } else {
                 // Before COMMIT a lost connection means rolled back; after it, only a
                 // READ ONLY transaction is safe to run again.
-                match retry::reason(&error, request.read_only) {
-                    Some(reason)
-                        if connection_retries + 1 < retry::MAX_ATTEMPTS
-                            && self.retries.withdraw() =>
-                    {
+                match self
+                    .retries
+                    .next_retry(&error, request.read_only, connection_retries + 1)
+                {
+                    Some((_, wait)) => {
                         connection_retries += 1;
-                        counter!(metrics::RETRIES, "reason" => reason).increment(1);
-                        Backoff::STATEMENT.delay(connection_retries)
+                        wait
                     }
-                    _ => return Err(error),
+                    None => return Err(error),
                 }
             };
             debug!(attempts, ?backoff, %error, "transaction retried");
@@ -168,7 +166,7 @@ impl Shared {
         }
     }
 
-    /// Feeds a QueryStream. A failure that [`retry::reason`] allows is retried on a new
+    /// Feeds a QueryStream. A failure that [`RetryBudget::next_retry`] allows is retried on a new
     /// connection as long as nothing was sent yet (after the first message the caller would
     /// see rows twice).
     async fn stream(
@@ -192,15 +190,18 @@ impl Shared {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };
-            match retry::reason(&error, safe) {
-                Some(reason)
-                    if !sent && attempts < retry::MAX_ATTEMPTS && self.retries.withdraw() =>
-                {
-                    counter!(metrics::RETRIES, "reason" => reason).increment(1);
-                    tokio::time::sleep(Backoff::STATEMENT.delay(attempts)).await;
+            // After the first message the caller would see rows twice.
+            let retry = if sent {
+                None
+            } else {
+                self.retries.next_retry(&error, safe, attempts)
+            };
+            match retry {
+                Some((_, wait)) => {
+                    tokio::time::sleep(wait).await;
                     conn = self.pool.get().await?;
                 }
-                _ => return Err(error),
+                None => return Err(error),
             }
         }
     }
