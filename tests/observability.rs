@@ -140,17 +140,26 @@ async fn request_ids_come_back() {
     assert!(response.metadata().get("x-request-id").is_none());
 }
 
+/// The `pgway` binary serving the test server's `postgres` database openly, with gRPC and
+/// metrics on the given loopback ports; the caller adds its own settings and spawns it.
+async fn gateway_process(grpc: u16, metrics: u16) -> Command {
+    let pg = postgres().await;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgway"));
+    command
+        .env("PGWAY_DATABASE_URL", pg.url("postgres"))
+        .env("PGWAY_AUTH", "none")
+        .env("PGWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("PGWAY_METRICS_ADDR", format!("127.0.0.1:{metrics}"));
+    command
+}
+
 /// The binary's JSON logs show each connection's life and each call; `pgway stats` prints
 /// the pool.
 #[tokio::test]
 async fn logs_show_connections_and_calls_and_stats_prints_the_pool() {
-    let pg = postgres().await;
     let (grpc, metrics) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgway"))
-        .env("PGWAY_DATABASE_URL", pg.url("postgres"))
-        .env("PGWAY_AUTH", "none")
-        .env("PGWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("PGWAY_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
+    let mut child = gateway_process(grpc, metrics)
+        .await
         .env("PGWAY_POOL_MIN", "1")
         .env("PGWAY_LOG_FORMAT", "json")
         .env("PGWAY_LOG", "pgway=debug")
@@ -234,13 +243,9 @@ async fn logs_show_connections_and_calls_and_stats_prints_the_pool() {
 /// database is reachable, and the pool keeps its default minimum of 5 connections ready.
 #[tokio::test]
 async fn every_series_exists_from_the_start() {
-    let pg = postgres().await;
     let (grpc, metrics) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgway"))
-        .env("PGWAY_DATABASE_URL", pg.url("postgres"))
-        .env("PGWAY_AUTH", "none")
-        .env("PGWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("PGWAY_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
+    let mut child = gateway_process(grpc, metrics)
+        .await
         .env("PGWAY_POOL_MAX", "8")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
