@@ -29,6 +29,7 @@ pub mod core;
 pub mod devdb;
 pub mod grpc;
 pub mod logging;
+pub mod pgwire;
 
 /// Code generated from `proto/pgway/v1/pgway.proto`.
 pub mod proto {

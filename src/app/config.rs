@@ -114,6 +114,39 @@ pub struct ServeArgs {
     #[arg(long, env = "PGWAY_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: String,
 
+    /// Address the PostgreSQL-protocol door listens on; empty turns it off.
+    #[arg(long, env = "PGWAY_PG_ADDR", default_value = "0.0.0.0:6432")]
+    pub pg_addr: String,
+
+    /// More users for the PostgreSQL door, in PgBouncer's userlist.txt format, with SCRAM
+    /// verifiers as stored in pg_authid (never passwords). Read at each login.
+    #[arg(long, env = "PGWAY_PG_AUTH_FILE")]
+    pub pg_auth_file: Option<PathBuf>,
+
+    /// A query the URL's user runs at login to find a user's SCRAM verifier, given the user
+    /// name as $1 (PgBouncer's auth_query); schema-qualify everything it names.
+    #[arg(long, env = "PGWAY_PG_AUTH_QUERY")]
+    pub pg_auth_query: Option<String>,
+
+    /// Named prepared statements kept per server connection of the PostgreSQL door.
+    #[arg(long, env = "PGWAY_PG_PREPARED_STATEMENTS", default_value_t = 200)]
+    pub pg_prepared_statements: usize,
+
+    /// Most clients of the PostgreSQL door pinned to a server connection at once
+    /// [default: half of PGWAY_POOL_MAX].
+    #[arg(long, env = "PGWAY_PG_MAX_PINNED")]
+    pub pg_max_pinned: Option<usize>,
+
+    /// What statements that keep state in the server session do (temp tables, LISTEN,
+    /// session advisory locks, WITH HOLD cursors, PREPARE, SET ROLE): pin the client to its
+    /// server connection, or fail with 0A000.
+    #[arg(long, env = "PGWAY_PG_SESSION_STATE", default_value = "pin", value_parser = ["pin", "error"])]
+    pub pg_session_state: String,
+
+    /// Most client connections of the PostgreSQL door.
+    #[arg(long, env = "PGWAY_PG_MAX_CLIENTS", default_value_t = 4000)]
+    pub pg_max_clients: usize,
+
     /// How long opening one database connection may take.
     #[arg(long, env = "PGWAY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -322,6 +355,21 @@ pub struct Config {
     pub caller_quota: CallerQuota,
     /// TLS on the gRPC side; `None` serves plaintext.
     pub tls: Option<crate::core::tls::TlsConfig>,
+    /// The PostgreSQL door; `None` when turned off.
+    pub pg: Option<PgConfig>,
+}
+
+/// The PostgreSQL door's settings.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    pub addr: SocketAddr,
+    pub auth_file: Option<PathBuf>,
+    pub auth_query: Option<String>,
+    pub prepared_statements: NonZeroUsize,
+    pub max_pinned: usize,
+    pub session_state: crate::pgwire::SessionStateMode,
+    pub max_clients: usize,
+    pub max_request_bytes: usize,
 }
 
 impl Config {
@@ -484,6 +532,7 @@ impl ServeArgs {
         database.options(&options);
         let (auth, authenticator) = self.auth_config()?;
         let tls = self.tls()?;
+        let pg = self.pg(&pool)?;
 
         Ok(Config {
             database,
@@ -510,7 +559,53 @@ impl ServeArgs {
             auth,
             authenticator,
             tls,
+            pg,
         })
+    }
+
+    /// The PostgreSQL door's settings, or `None` when `PGWAY_PG_ADDR` is empty.
+    fn pg(&self, pool: &PoolConfig) -> Result<Option<PgConfig>, ConfigError> {
+        let addr = match self.pg_addr.trim() {
+            "" => return Ok(None),
+            addr => addr
+                .parse()
+                .map_err(|e| invalid("PGWAY_PG_ADDR", format!("not an address ({e})")))?,
+        };
+        let prepared_statements = NonZeroUsize::new(self.pg_prepared_statements)
+            .ok_or_else(|| invalid("PGWAY_PG_PREPARED_STATEMENTS", "must be at least 1"))?;
+        if let Some(path) = &self.pg_auth_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("PGWAY_PG_AUTH_FILE", format!("{}: {e}", path.display())))?;
+            crate::pgwire::userlist::UserList::parse(&text)
+                .map_err(|e| invalid("PGWAY_PG_AUTH_FILE", format!("{}: {e}", path.display())))?;
+        }
+        if self
+            .pg_auth_query
+            .as_deref()
+            .is_some_and(|q| !q.contains("$1"))
+        {
+            return Err(invalid(
+                "PGWAY_PG_AUTH_QUERY",
+                "must take the user name as $1",
+            ));
+        }
+        if self.pg_max_clients == 0 {
+            return Err(invalid("PGWAY_PG_MAX_CLIENTS", "must be at least 1"));
+        }
+        Ok(Some(PgConfig {
+            addr,
+            auth_file: self.pg_auth_file.clone(),
+            auth_query: self.pg_auth_query.clone(),
+            prepared_statements,
+            max_pinned: self.pg_max_pinned.unwrap_or((pool.max as usize / 2).max(1)),
+            session_state: if self.pg_session_state == "error" {
+                crate::pgwire::SessionStateMode::Error
+            } else {
+                crate::pgwire::SessionStateMode::Pin
+            },
+            max_clients: self.pg_max_clients,
+            max_request_bytes: self.max_request_bytes,
+        }))
     }
 
     /// The database's connection settings and TLS, from the URL (or `DATABASE_URL`), with
@@ -560,6 +655,9 @@ impl ServeArgs {
                 ));
             }
             Some(min) => min,
+            // With the PostgreSQL door on, the gRPC door keeps no idle connections of its own
+            // unless told to: they would hold places in the budget both doors share.
+            None if !self.pg_addr.trim().is_empty() => 0,
             None => DEFAULT_POOL_MIN.min(max),
         };
         Ok(PoolConfig {

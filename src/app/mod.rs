@@ -5,6 +5,7 @@
 pub mod config;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -13,9 +14,75 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin;
-use crate::core::{health, pool::Pool, shutdown, telemetry};
+use crate::core::budget::Budget;
+use crate::core::{health, pool::Pool, shutdown, telemetry, tls};
 use crate::grpc;
-use config::Config;
+use crate::pgwire;
+use config::{Config, PgConfig};
+
+/// Builds the PostgreSQL door over the shared pool budget and starts accepting on `listener`;
+/// its clients run on the returned tracker.
+fn start_pg_door(
+    config: &Config,
+    pg: &PgConfig,
+    listener: TcpListener,
+    pool: &Pool,
+    budget: Budget,
+    tasks: &TaskTracker,
+    stopping: &CancellationToken,
+) -> Result<(Arc<pgwire::Door>, TaskTracker), ServeError> {
+    let target = pgwire::server::Target::of(&config.database, config.database_tls.clone())
+        .map_err(ServeError::Pg)?;
+    tasks.spawn(
+        pool.clone()
+            .give_back_idle(budget.clone(), stopping.clone()),
+    );
+    let pools = pgwire::pool::Pools::new(
+        target,
+        budget,
+        pgwire::pool::PoolSettings {
+            acquire_timeout: config.pool.acquire_timeout,
+            idle_timeout: config.pool.idle_timeout,
+            max_lifetime: config.pool.max_lifetime,
+            max_waiting: config.pool.max_waiting,
+            prepared_statements: pg.prepared_statements,
+        },
+    );
+    let url_user = config.database.get_user().unwrap_or("postgres").to_owned();
+    let users = pgwire::users::Users::new(
+        url_user.clone(),
+        config
+            .database
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        pg.auth_file.clone(),
+        pg.auth_query.clone(),
+        pool.clone(),
+    );
+    let client_tls = config.tls.as_ref().map(|files| {
+        let current = tls::Current::new(files.initial.config.clone());
+        tasks.spawn(tls::reload(
+            files.clone(),
+            current.clone(),
+            stopping.clone(),
+        ));
+        current
+    });
+    let settings = pgwire::Settings {
+        database: config.database.get_dbname().map_or(url_user, str::to_owned),
+        max_message: pg.max_request_bytes,
+        tx_idle_timeout: config.tx.idle_timeout,
+        session_state: pg.session_state,
+        max_pinned: pg.max_pinned,
+        max_clients: pg.max_clients,
+        require_tls: false,
+    };
+    let door = Arc::new(pgwire::Door::new(settings, pools, users, client_tls));
+    let clients = TaskTracker::new();
+    tasks.spawn(pgwire::serve(Arc::clone(&door), listener, clients.clone()));
+    tasks.spawn(door.pools.clone().maintain(stopping.clone()));
+    Ok((door, clients))
+}
 
 /// Why the gateway could not run.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +94,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Grpc(#[from] grpc::server::ServeError),
+    #[error("the PostgreSQL door: {0}")]
+    Pg(String),
 }
 
 /// Binds `config.grpc_addr` and serves until SIGTERM / SIGINT.
@@ -40,6 +109,17 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             source,
         })?;
     info!(addr = %config.grpc_addr, "listening");
+    let pg = match &config.pg {
+        Some(pg) => Some(
+            TcpListener::bind(pg.addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: pg.addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let metrics = match config.metrics_addr {
         Some(addr) => {
             let listener = admin::metrics::bind(addr)
@@ -50,15 +130,16 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         }
         None => None,
     };
-    serve(config, listener, metrics, signals.stopped()).await
+    serve(config, listener, pg, metrics, signals.stopped()).await
 }
 
-/// Serves gRPC on `listener` (and metrics on `metrics_listener`) until `shutdown` resolves,
-/// then stops accepting calls, gives the calls in flight `config.shutdown_grace` to finish,
-/// and closes the pool.
+/// Serves gRPC on `listener`, the PostgreSQL door on `pg_listener` (when `config.pg` is set)
+/// and metrics on `metrics_listener` until `shutdown` resolves, then stops accepting calls and
+/// clients, gives what is in flight `config.shutdown_grace` to finish, and closes the pools.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    pg_listener: Option<TcpListener>,
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -72,10 +153,13 @@ pub async fn serve(
         telemetry::recorder();
         grpc::observe::register_series();
     }
-    let pool = Pool::new(
+    // One budget for both doors' server connections.
+    let budget = Budget::new(config.pool.max);
+    let pool = Pool::with_budget(
         config.database.clone(),
         config.database_tls.clone(),
         &config.pool,
+        budget.clone(),
     );
     let tasks = TaskTracker::new();
     let stopping = CancellationToken::new();
@@ -103,7 +187,44 @@ pub async fn serve(
         stopping: stopping.clone(),
         grace_over: CancellationToken::new(),
     };
-    grpc::server::serve(config.grpc_settings(), &shared, listener, shutdown).await?;
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    let door = match (pg_listener, &config.pg) {
+        (Some(listener), Some(pg)) => Some(start_pg_door(
+            &config, pg, listener, &pool, budget, &tasks, &stopping,
+        )?),
+        _ => None,
+    };
+    let pg_drained = async {
+        let Some((door, clients)) = &door else { return };
+        stop.cancelled().await;
+        door.stopping.cancel();
+        clients.close();
+        if tokio::time::timeout(config.shutdown_grace, clients.wait())
+            .await
+            .is_err()
+        {
+            door.grace_over.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), clients.wait()).await;
+        }
+        door.pools.shut();
+    };
+    let (served, ()) = tokio::join!(
+        grpc::server::serve(
+            config.grpc_settings(),
+            &shared,
+            listener,
+            stop.clone().cancelled_owned()
+        ),
+        pg_drained
+    );
+    served?;
     // Streams and interactive transactions still open are cancelled and rolled back now; they
     // get a moment for that (one round trip), not a second grace period.
     shared.grace_over.cancel();

@@ -3,6 +3,7 @@
 //!
 //! - [`pool`]: the bb8 connection manager, pgway's own connection type (client, statement
 //!   cache, state flags), admission and the checkout path that surfaces connect errors.
+//! - [`budget`]: the one connection budget both doors' connections draw from.
 //! - [`dbtls`]: TLS to the database: `sslmode` / `sslrootcert`, the rustls configuration, the
 //!   connector every connection goes through.
 //! - [`health`]: readiness, as a watch channel a background monitor keeps.
@@ -16,6 +17,7 @@
 //! - [`reload`]: when reloadable files are looked at again (a timer and SIGHUP).
 
 pub mod auth;
+pub mod budget;
 pub mod dbtls;
 pub mod error;
 pub mod health;

@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_postgres::{CancelToken, Client, Statement};
 use tracing::{debug, info, warn};
 
+use crate::core::budget::{Budget, Permit};
 use crate::core::dbtls::DatabaseTls;
 use crate::core::error::{ConnectError, GatewayError, Sent};
 use crate::core::sql::{StatementTraits, classify};
@@ -141,6 +142,8 @@ pub struct PgConn {
     /// A statement that may have left session state behind ran: reset before reuse.
     dirty: bool,
     pool: Arc<PoolShared>,
+    /// Its place in the connection budget, given back when the connection closes.
+    _place: Permit,
 }
 
 /// A statement prepared on a connection, with what [`classify`] said about its text (`None`
@@ -312,17 +315,20 @@ pub enum CloseReason {
     ResetFailed,
     /// The gateway is stopping.
     Shutdown,
+    /// Idle, closed to give its place in the budget to another user or door.
+    Reclaimed,
 }
 
 impl CloseReason {
     /// Every reason, in the order of [`crate::core::telemetry::CLOSE_REASONS`].
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Broken,
         CloseReason::Lifetime,
         CloseReason::Idle,
         CloseReason::Abandoned,
         CloseReason::ResetFailed,
         CloseReason::Shutdown,
+        CloseReason::Reclaimed,
     ];
 
     /// The metric label and log value.
@@ -334,6 +340,7 @@ impl CloseReason {
             CloseReason::Abandoned => "abandoned",
             CloseReason::ResetFailed => "reset_failed",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Reclaimed => "reclaimed",
         }
     }
 }
@@ -410,6 +417,10 @@ pub struct ConnectionManager {
     connects: Semaphore,
     outcomes: watch::Sender<ConnectOutcome>,
     pool: Arc<PoolShared>,
+    /// The places shared with the other door; each connection holds one while open.
+    budget: Budget,
+    /// How long a connect waits for a place in the budget.
+    budget_patience: Duration,
 }
 
 /// The latest connect attempt's outcome, as seen by waiting callers.
@@ -434,8 +445,11 @@ impl ConnectionManager {
         tls: DatabaseTls,
         config: &PoolConfig,
         pool: Arc<PoolShared>,
+        budget: Budget,
     ) -> Self {
         ConnectionManager {
+            budget,
+            budget_patience: config.acquire_timeout,
             database,
             tls,
             statement_cache_size: config.statement_cache_size,
@@ -454,6 +468,17 @@ impl ConnectionManager {
     }
 
     async fn open(&self, id: u64) -> Result<PgConn, ConnectError> {
+        let place = self
+            .budget
+            .take(self.budget_patience)
+            .await
+            .ok_or_else(|| ConnectError {
+                message: format!(
+                    "all {} server connections of PGWAY_POOL_MAX are in use by the other door",
+                    self.budget.total()
+                ),
+                ..ConnectError::default()
+            })?;
         let (client, connection) = self.database.connect(self.tls.clone()).await?;
         // The connection task is where a broken connection's reason lives: log it with the id.
         tokio::spawn(async move {
@@ -480,6 +505,7 @@ impl ConnectionManager {
             discard: None,
             dirty: false,
             pool: Arc::clone(&self.pool),
+            _place: place,
         })
     }
 }
@@ -595,8 +621,18 @@ impl Pool {
     /// kept ready), so the gateway starts even while the database is down.
     /// Connections use `tls` (see [`crate::core::dbtls`]).
     pub fn new(database: tokio_postgres::Config, tls: DatabaseTls, config: &PoolConfig) -> Pool {
+        Pool::with_budget(database, tls, config, Budget::new(config.max))
+    }
+
+    /// [`Pool::new`], its connections drawing on a `budget` shared with the other door.
+    pub fn with_budget(
+        database: tokio_postgres::Config,
+        tls: DatabaseTls,
+        config: &PoolConfig,
+        budget: Budget,
+    ) -> Pool {
         let shared = Arc::new(PoolShared::default());
-        let manager = ConnectionManager::new(database, tls, config, Arc::clone(&shared));
+        let manager = ConnectionManager::new(database, tls, config, Arc::clone(&shared), budget);
         let outcomes = manager.outcomes.subscribe();
         let inner = bb8::Pool::builder()
             .max_size(config.max)
@@ -624,6 +660,29 @@ impl Pool {
             min: config.min,
             max: config.max,
             wait_seconds: histogram!(metrics::POOL_WAIT_SECONDS),
+        }
+    }
+
+    /// Closes an idle connection whenever someone waits for a place in the budget this pool
+    /// shares, until `stopping`. Used when another door draws on the same budget.
+    pub async fn give_back_idle(
+        self,
+        budget: Budget,
+        stopping: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = budget.reclaim_requested() => {}
+            }
+            if self.inner.state().idle_connections == 0 {
+                continue;
+            }
+            if let Ok(Ok(mut conn)) =
+                tokio::time::timeout(Duration::from_millis(1), self.inner.get()).await
+            {
+                conn.mark_discard(CloseReason::Reclaimed);
+            }
         }
     }
 

@@ -31,6 +31,10 @@ pub const AUTH_RELOADS: &str = "pgway_auth_reloads_total";
 pub const CALLER_LIMITED: &str = "pgway_caller_limited_total";
 pub const TLS_RELOADS: &str = "pgway_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "pgway_tls_handshake_failures_total";
+pub const PG_CLIENTS: &str = "pgway_pg_clients";
+pub const PG_PREPARED: &str = "pgway_pg_prepared_statements_total";
+pub const PG_CANCELS: &str = "pgway_pg_cancels_total";
+pub const PG_AUTH_FAILURES: &str = "pgway_pg_auth_failures_total";
 
 /// Installs the process-wide recorder once and returns its handle. Several gateways in one
 /// process (the tests) share it.
@@ -64,13 +68,14 @@ pub fn recorder() -> PrometheusHandle {
 }
 
 /// `pgway_connections_closed_total{reason}`'s values.
-pub const CLOSE_REASONS: [&str; 6] = [
+pub const CLOSE_REASONS: [&str; 7] = [
     "broken",
     "lifetime",
     "idle",
     "abandoned",
     "reset_failed",
     "shutdown",
+    "reclaimed",
 ];
 /// `pgway_connection_errors_total{kind}`'s values (`ConnectError::kind`).
 const CONNECT_ERROR_KINDS: [&str; 8] = [
@@ -177,11 +182,36 @@ fn register_known_series() {
         TLS_HANDSHAKE_FAILURES,
         "Refused or timed-out TLS handshakes, by reason."
     );
+    describe_gauge!(
+        PG_CLIENTS,
+        "Clients of the PostgreSQL door, by state (active: linked to a server connection; idle; waiting for one; pinned to one)."
+    );
+    describe_counter!(
+        PG_PREPARED,
+        "Named prepared statements of the PostgreSQL door, by outcome (hit: already on the server connection; prepared there; evicted from it)."
+    );
+    describe_counter!(
+        PG_CANCELS,
+        "Cancel requests forwarded to a server connection."
+    );
+    describe_counter!(PG_AUTH_FAILURES, "Failed logins at the PostgreSQL door.");
 
     // Not ready until the monitor has seen the database.
     gauge!(DATABASE_UP).set(0.0);
     gauge!(REQUESTS_IN_FLIGHT).increment(0.0);
-    for name in [CONNECTIONS_OPENED, POOL_ACQUIRE_TIMEOUTS, SHED] {
+    for state in ["active", "idle", "waiting", "pinned"] {
+        gauge!(PG_CLIENTS, "state" => state).set(0.0);
+    }
+    for outcome in ["hit", "prepared", "evicted"] {
+        counter!(PG_PREPARED, "outcome" => outcome).increment(0);
+    }
+    for name in [
+        CONNECTIONS_OPENED,
+        POOL_ACQUIRE_TIMEOUTS,
+        SHED,
+        PG_CANCELS,
+        PG_AUTH_FAILURES,
+    ] {
         counter!(name).increment(0);
     }
     let labelled: [(&'static str, &'static str, &[&'static str]); 8] = [

@@ -54,6 +54,8 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 /// A gateway serving a fresh database of its own.
 pub struct Gateway {
     pub addr: std::net::SocketAddr,
+    /// The PostgreSQL door's address, when the settings turn it on (`--pg-addr 127.0.0.1:0`).
+    pub pg_addr: Option<std::net::SocketAddr>,
     pub metrics_addr: std::net::SocketAddr,
     pub database: String,
     pub url: String,
@@ -94,6 +96,10 @@ impl Gateway {
             "--grpc-addr",
             "127.0.0.1:0",
         ];
+        // The PostgreSQL door only where a test asks for it.
+        if !settings.iter().any(|s| s.starts_with("--pg-addr")) {
+            argv.extend_from_slice(&["--pg-addr", ""]);
+        }
         // Tests that don't set credentials up run the gateway open.
         if !settings
             .iter()
@@ -114,9 +120,17 @@ impl Gateway {
             .expect("bind metrics");
         let metrics_addr = metrics.local_addr().expect("metrics addr");
         let (stop, stopped) = oneshot::channel::<()>();
+        let pg_listener = match &config.pg {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind pg")),
+            None => None,
+        };
+        let pg_addr = pg_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("pg addr"));
         let server = tokio::spawn(pgway::app::serve(
             config,
             listener,
+            pg_listener,
             Some(metrics),
             async move {
                 let _ = stopped.await;
@@ -124,6 +138,7 @@ impl Gateway {
         ));
         Gateway {
             addr,
+            pg_addr,
             metrics_addr,
             database,
             url: url.to_owned(),

@@ -1,0 +1,35 @@
+//! SCRAM-SHA-256 and the auth_file: verifiers, userlist.txt, and both sides of an exchange fed
+//! arbitrary messages.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pgway::pgwire::scram::{KeyClient, SCRAM_SHA_256, ServerExchange, Verifier};
+use pgway::pgwire::userlist::UserList;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let _ = Verifier::parse(&text);
+    let _ = UserList::parse(&text);
+
+    // Few iterations: deriving the verifier is not what is being fuzzed.
+    let verifier = Verifier::from_password("fuzz", b"fuzzing-salt", 1);
+    let (first, last) = data.split_at(data.len() / 2);
+
+    // The server side, with arbitrary client messages.
+    let mut server = ServerExchange::new(verifier.clone());
+    if server.client_first(SCRAM_SHA_256, first).is_ok() {
+        let _ = server.client_final(last);
+    }
+    // A well-formed client-first-message, so the arbitrary client-final-message is parsed too.
+    let mut server = ServerExchange::new(verifier.clone());
+    if server.client_first(SCRAM_SHA_256, b"n,,n=,r=fuzznonce").is_ok() {
+        let _ = server.client_final(data);
+    }
+
+    // The client side, with arbitrary server messages.
+    let mut client = KeyClient::new([7; 32], verifier);
+    let _ = client.client_first();
+    if client.server_first(first).is_ok() {
+        let _ = client.server_final(last);
+    }
+});

@@ -1,0 +1,225 @@
+//! The PostgreSQL door: a listener that speaks the PostgreSQL frontend/backend protocol (v3)
+//! and pools in transaction mode, over the same core and connection budget as the gRPC door.
+//!
+//! - [`startup`]: SSL/GSS negotiation, the startup packet, SCRAM-SHA-256, the parameters.
+//! - [`session`]: the relay, transaction boundaries, session state, pinning.
+//! - [`statements`]: named prepared statements carried across server connections.
+//! - [`pool`]: server connections per (user, database) under the shared budget.
+//! - [`server`]: opening and logging in a server connection.
+//! - [`cancel`]: cancel requests, routed to the right server connection only.
+//! - [`frame`]: message framing and the few messages the door reads or writes.
+//! - [`scram`], [`userlist`], [`users`]: who may log in, and how pgway logs them in upstream.
+
+pub mod cancel;
+pub mod frame;
+pub mod pool;
+pub mod scram;
+pub mod server;
+pub mod session;
+pub mod startup;
+pub mod statements;
+pub mod userlist;
+pub mod users;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use metrics::{Gauge, gauge};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::core::telemetry as names;
+use crate::core::tls::Current;
+use pool::Pools;
+use scram::Verifier;
+use statements::Registry;
+use users::Users;
+
+/// What a statement that keeps state in the server session does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStateMode {
+    /// The client keeps its server connection until it disconnects.
+    Pin,
+    /// The statement is refused (0A000, with a hint).
+    Error,
+}
+
+/// The door's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The one database clients may name (the URL's).
+    pub database: String,
+    pub max_message: usize,
+    pub tx_idle_timeout: Duration,
+    pub session_state: SessionStateMode,
+    pub max_pinned: usize,
+    pub max_clients: usize,
+    pub require_tls: bool,
+}
+
+/// Counts of clients by state, kept as `pgway_pg_clients{state}`.
+#[derive(Debug)]
+pub struct Clients {
+    total: AtomicI64,
+    active: AtomicI64,
+    waiting: AtomicI64,
+    pinned: AtomicUsize,
+    max_pinned: usize,
+    gauges: [Gauge; 4],
+}
+
+impl Clients {
+    fn new(max_pinned: usize) -> Clients {
+        let g = |state: &'static str| gauge!(names::PG_CLIENTS, "state" => state);
+        Clients {
+            total: AtomicI64::new(0),
+            active: AtomicI64::new(0),
+            waiting: AtomicI64::new(0),
+            pinned: AtomicUsize::new(0),
+            max_pinned,
+            gauges: [g("active"), g("idle"), g("waiting"), g("pinned")],
+        }
+    }
+
+    fn publish(&self) {
+        let total = self.total.load(Ordering::Relaxed);
+        let active = self.active.load(Ordering::Relaxed);
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        self.gauges[0].set(active as f64);
+        self.gauges[1].set((total - active - waiting).max(0) as f64);
+        self.gauges[2].set(waiting as f64);
+        self.gauges[3].set(self.pinned.load(Ordering::Relaxed) as f64);
+    }
+
+    /// Counts a client for as long as the guard lives.
+    pub fn connected(&self) -> Connected<'_> {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.publish();
+        Connected(self)
+    }
+
+    pub fn count(&self) -> usize {
+        self.total.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    pub fn waiting(&self, delta: i64) {
+        self.waiting.fetch_add(delta, Ordering::Relaxed);
+        self.publish();
+    }
+
+    pub fn linked(&self, delta: i64) {
+        self.active.fetch_add(delta, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// A place among the pinned clients, if the cap allows.
+    pub fn try_pin(&self) -> bool {
+        let got = self
+            .pinned
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_pinned).then_some(n + 1)
+            })
+            .is_ok();
+        self.publish();
+        got
+    }
+
+    pub fn unpin(&self) {
+        self.pinned.fetch_sub(1, Ordering::Relaxed);
+        self.publish();
+    }
+}
+
+/// Counts one connected client.
+#[derive(Debug)]
+pub struct Connected<'a>(&'a Clients);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.total.fetch_sub(1, Ordering::Relaxed);
+        self.0.publish();
+    }
+}
+
+/// Everything a client connection of the door uses.
+#[derive(Debug)]
+pub struct Door {
+    pub settings: Settings,
+    pub pools: Pools,
+    pub statements: Registry,
+    pub cancels: cancel::Cancels,
+    pub clients: Clients,
+    pub users: Users,
+    /// TLS for clients that ask; `None` answers `N`.
+    pub tls: Option<Current>,
+    /// Stop: no new clients, idle ones are told 57P01; transactions may finish.
+    pub stopping: CancellationToken,
+    /// The grace period is over: everyone still here is told 57P01.
+    pub grace_over: CancellationToken,
+    /// Makes the mock verifiers of unknown users (stable per name, unknown to anyone).
+    mock_secret: [u8; 32],
+}
+
+impl Door {
+    pub fn new(settings: Settings, pools: Pools, users: Users, tls: Option<Current>) -> Door {
+        Door {
+            clients: Clients::new(settings.max_pinned),
+            settings,
+            pools,
+            statements: Registry::default(),
+            cancels: cancel::Cancels::default(),
+            users,
+            tls,
+            stopping: CancellationToken::new(),
+            grace_over: CancellationToken::new(),
+            mock_secret: rand::random(),
+        }
+    }
+
+    /// A verifier no password matches, the same for a name every time, so an unknown user
+    /// can't be told from a known one by its salt.
+    pub fn mock_verifier(&self, user: &str) -> Verifier {
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut mac = match Hmac::<sha2::Sha256>::new_from_slice(&self.mock_secret) {
+            Ok(mac) => mac,
+            Err(_) => {
+                return Verifier::from_password(&rand::random::<u64>().to_string(), b"pgway", 4096);
+            }
+        };
+        mac.update(user.as_bytes());
+        let salt = mac.finalize().into_bytes();
+        let mut verifier = Verifier::from_password(&hex(&self.mock_secret), &salt[..16], 4096);
+        verifier.stored_key = rand::random();
+        verifier
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Accepts clients on `listener` until the door is told to stop; each client runs on a task
+/// of `tasks`.
+pub async fn serve(door: Arc<Door>, listener: TcpListener, tasks: TaskTracker) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, door = "postgres", "listening");
+    }
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    tasks.spawn(startup::serve_client(Arc::clone(&door), tcp, peer));
+                }
+                Err(error) => {
+                    warn!(%error, door = "postgres", "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = door.stopping.cancelled() => break,
+        }
+    }
+    info!(door = "postgres", "stopped accepting");
+}

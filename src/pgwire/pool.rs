@@ -1,0 +1,364 @@
+//! The PostgreSQL door's server connections: one idle list per (user, database), all drawing
+//! on the gateway's one connection budget.
+//!
+//! A client is given a connection at the first message of a transaction and gives it back
+//! when the transaction is over. Idle connections of one user are closed to make room when
+//! another user, or the gRPC door, finds the budget spent.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use metrics::counter;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::scram::Credential;
+use super::server::{self, LoginError, ServerConn, Target};
+use crate::core::budget::Budget;
+use crate::core::pool::CloseReason;
+use crate::core::retry::Backoff;
+use crate::core::telemetry as names;
+
+/// Who a server connection is logged in as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub user: String,
+    pub database: String,
+}
+
+/// How the door's pools behave.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub acquire_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub max_waiting: usize,
+    pub prepared_statements: NonZeroUsize,
+}
+
+/// Why no server connection was given.
+#[derive(Debug, Clone)]
+pub enum AcquireError {
+    /// Too many clients already waiting (53300).
+    Overloaded { waiting: usize },
+    /// None free within the acquire timeout (53300 too: the client may try again).
+    Timeout { last: Option<LoginError> },
+    /// The server refused the login for a reason waiting won't cure.
+    Login(LoginError),
+    /// The gateway is shutting down (57P01).
+    Closing,
+}
+
+/// The door's pools. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    target: Target,
+    budget: Budget,
+    settings: PoolSettings,
+    idle: Mutex<HashMap<Arc<PoolKey>, Vec<ServerConn>>>,
+    /// Woken when a connection of that key goes idle.
+    returned: Mutex<HashMap<Arc<PoolKey>, Arc<Notify>>>,
+    waiting: AtomicUsize,
+    open: AtomicUsize,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+/// Counts a caller as waiting while it is in [`Pools::acquire`].
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pools {
+    pub fn new(target: Target, budget: Budget, settings: PoolSettings) -> Pools {
+        Pools {
+            inner: Arc::new(Inner {
+                target,
+                budget,
+                settings,
+                idle: Mutex::new(HashMap::new()),
+                returned: Mutex::new(HashMap::new()),
+                waiting: AtomicUsize::new(0),
+                open: AtomicUsize::new(0),
+                next_id: AtomicU64::new(1),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.inner.target
+    }
+
+    /// Clients waiting for a server connection now.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Open server connections of this door, and how many of them are idle.
+    pub fn counts(&self) -> (usize, usize) {
+        let idle = self
+            .inner
+            .idle
+            .lock()
+            .map(|idle| idle.values().map(Vec::len).sum())
+            .unwrap_or(0);
+        (self.inner.open.load(Ordering::Relaxed), idle)
+    }
+
+    /// A server connection for `key`: an idle one, or a new one while the budget allows,
+    /// waiting up to the acquire timeout.
+    pub async fn acquire(
+        &self,
+        key: &Arc<PoolKey>,
+        credential: &Credential,
+    ) -> Result<ServerConn, AcquireError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Relaxed) {
+            return Err(AcquireError::Closing);
+        }
+        if let Some(conn) = self.take_idle(key) {
+            return Ok(conn);
+        }
+        let waiting = inner.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&inner.waiting);
+        if waiting >= inner.settings.max_waiting {
+            counter!(names::SHED).increment(1);
+            return Err(AcquireError::Overloaded { waiting });
+        }
+        let deadline = tokio::time::Instant::now() + inner.settings.acquire_timeout;
+        let returned = self.returned(key);
+        let mut last = None;
+        let mut failures = 0u32;
+        loop {
+            if inner.closed.load(Ordering::Relaxed) {
+                return Err(AcquireError::Closing);
+            }
+            if let Some(conn) = self.take_idle(key) {
+                return Ok(conn);
+            }
+            let place = match inner.budget.try_take() {
+                Some(place) => Some(place),
+                None if self.close_idle_other_than(key) => inner.budget.try_take(),
+                None => None,
+            };
+            let place = match place {
+                Some(place) => place,
+                None => {
+                    let notified = returned.notified();
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    tokio::select! {
+                        _ = notified => continue,
+                        place = inner.budget.take(remaining) => match place {
+                            Some(place) => place,
+                            None => return Err(AcquireError::Timeout { last }),
+                        },
+                    }
+                }
+            };
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            info!(server_conn = id, user = %key.user, database = %key.database, door = "postgres", "connecting");
+            match server::connect(
+                &inner.target,
+                &key.user,
+                &key.database,
+                credential,
+                id,
+                inner.settings.prepared_statements,
+                place,
+            )
+            .await
+            {
+                Ok(conn) => {
+                    inner.open.fetch_add(1, Ordering::Relaxed);
+                    counter!(names::CONNECTIONS_OPENED).increment(1);
+                    info!(
+                        server_conn = id,
+                        backend_pid = conn.pid,
+                        door = "postgres",
+                        "connected"
+                    );
+                    return Ok(conn);
+                }
+                Err(error) if error.is_permanent() => {
+                    warn!(server_conn = id, %error, door = "postgres", "connect failed");
+                    return Err(AcquireError::Login(error));
+                }
+                Err(error) => {
+                    warn!(server_conn = id, %error, door = "postgres", "connect failed");
+                    counter!(names::CONNECTION_ERRORS, "kind" => "network").increment(1);
+                    last = Some(error);
+                    failures += 1;
+                    let wait = Backoff::CONNECT.delay(failures);
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(AcquireError::Timeout { last });
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Gives a connection back: pooled if it can be vouched for, closed otherwise.
+    pub fn release(&self, key: &Arc<PoolKey>, mut conn: ServerConn) {
+        let inner = &self.inner;
+        if conn.broken
+            || inner.closed.load(Ordering::Relaxed)
+            || conn.opened.elapsed() >= inner.settings.max_lifetime
+        {
+            let reason = if conn.broken {
+                CloseReason::Broken
+            } else {
+                CloseReason::Lifetime
+            };
+            self.close(conn, reason);
+            return;
+        }
+        conn.idle_since = Instant::now();
+        if let Ok(mut idle) = inner.idle.lock() {
+            idle.entry(Arc::clone(key)).or_default().push(conn);
+        }
+        self.returned(key).notify_one();
+    }
+
+    /// Closes a connection that can't go back (counted and logged).
+    pub fn close(&self, conn: ServerConn, reason: CloseReason) {
+        self.inner.open.fetch_sub(1, Ordering::Relaxed);
+        let reason = reason.label();
+        counter!(names::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+        info!(
+            server_conn = conn.id,
+            backend_pid = conn.pid,
+            reason,
+            door = "postgres",
+            "closed"
+        );
+        drop(conn);
+    }
+
+    fn returned(&self, key: &Arc<PoolKey>) -> Arc<Notify> {
+        match self.inner.returned.lock() {
+            Ok(mut map) => Arc::clone(map.entry(Arc::clone(key)).or_default()),
+            Err(_) => Arc::new(Notify::new()),
+        }
+    }
+
+    fn take_idle(&self, key: &Arc<PoolKey>) -> Option<ServerConn> {
+        loop {
+            // The most recently used first: a light load keeps reusing a few warm connections.
+            let conn = self.inner.idle.lock().ok()?.get_mut(key)?.pop()?;
+            let mut conn = conn;
+            if conn.closed_while_idle() {
+                self.close(conn, CloseReason::Broken);
+                continue;
+            }
+            if conn.opened.elapsed() >= self.inner.settings.max_lifetime {
+                self.close(conn, CloseReason::Lifetime);
+                continue;
+            }
+            debug!(server_conn = conn.id, "checked out");
+            return Some(conn);
+        }
+    }
+
+    /// Closes the longest-idle connection of another key, to give its place to `key`.
+    fn close_idle_other_than(&self, key: &Arc<PoolKey>) -> bool {
+        let victim = self.inner.idle.lock().ok().and_then(|mut idle| {
+            let (_, list) = idle
+                .iter_mut()
+                .filter(|(k, list)| *k != key && !list.is_empty())
+                .min_by_key(|(_, list)| list.first().map(|c| c.idle_since))?;
+            Some(list.remove(0))
+        });
+        match victim {
+            Some(conn) => {
+                self.close(conn, CloseReason::Reclaimed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the longest-idle connection of any key; false if none is idle.
+    fn close_longest_idle(&self) -> bool {
+        let victim = self.inner.idle.lock().ok().and_then(|mut idle| {
+            let (_, list) = idle
+                .iter_mut()
+                .filter(|(_, list)| !list.is_empty())
+                .min_by_key(|(_, list)| list.first().map(|c| c.idle_since))?;
+            Some(list.remove(0))
+        });
+        match victim {
+            Some(conn) => {
+                self.close(conn, CloseReason::Reclaimed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes idle connections past the idle timeout, and gives places back to the other
+    /// door when it asks; runs until `stopping`.
+    pub async fn maintain(self, stopping: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stopping.cancelled() => break,
+                _ = self.inner.budget.reclaim_requested() => {
+                    self.close_longest_idle();
+                }
+                _ = tick.tick() => self.close_expired(),
+            }
+        }
+    }
+
+    fn close_expired(&self) {
+        let timeout = self.inner.settings.idle_timeout;
+        let expired: Vec<ServerConn> = match self.inner.idle.lock() {
+            Ok(mut idle) => idle
+                .values_mut()
+                .flat_map(|list| {
+                    let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(list)
+                        .into_iter()
+                        .partition(|c| c.idle_since.elapsed() >= timeout);
+                    *list = keep;
+                    old
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for conn in expired {
+            self.close(conn, CloseReason::Idle);
+        }
+    }
+
+    /// Stops giving connections out and closes the idle ones; connections in use close when
+    /// they come back.
+    pub fn shut(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        let all: Vec<ServerConn> = match self.inner.idle.lock() {
+            Ok(mut idle) => idle.drain().flat_map(|(_, list)| list).collect(),
+            Err(_) => Vec::new(),
+        };
+        for conn in all {
+            self.close(conn, CloseReason::Shutdown);
+        }
+        if let Ok(map) = self.inner.returned.lock() {
+            for notify in map.values() {
+                notify.notify_waiters();
+            }
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! A server connection of the PostgreSQL door: a raw protocol stream to PostgreSQL, logged in
+//! as one user to one database, whose bytes are relayed to and from the clients it serves.
+//!
+//! tokio-postgres can't carry a wire client's traffic (it owns the stream and always asks for
+//! binary results), so this module opens the stream, speaks the startup and authentication
+//! itself with postgres-protocol's frontend writers and SCRAM client, and then hands the stream
+//! to the relay.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use lru::LruCache;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+
+use super::frame;
+use super::scram::{Credential, KeyClient};
+use crate::core::budget::Permit;
+use crate::core::dbtls::{DatabaseTls, SslMode};
+
+/// A byte stream, plain or TLS, either side of the door.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub type Stream = Box<dyn Io>;
+
+/// Where server connections go, and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub tls: DatabaseTls,
+    pub connect_timeout: Duration,
+}
+
+impl Target {
+    /// The host, port and TLS of the gateway's database URL.
+    pub fn of(database: &tokio_postgres::Config, tls: DatabaseTls) -> Result<Target, String> {
+        let host = match database.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            Some(_) => {
+                return Err("the PostgreSQL door needs a TCP host in PGWAY_DATABASE_URL".into());
+            }
+            None => "localhost".into(),
+        };
+        let port = database.get_ports().first().copied().unwrap_or(5432);
+        Ok(Target {
+            host,
+            port,
+            tls,
+            connect_timeout: database
+                .get_connect_timeout()
+                .copied()
+                .unwrap_or(Duration::from_secs(5)),
+        })
+    }
+}
+
+/// Why a server connection could not be opened.
+#[derive(Debug, Clone)]
+pub struct LoginError {
+    /// The server's own ErrorResponse, to forward to the client as it is.
+    pub response: Option<BytesMut>,
+    pub code: String,
+    pub message: String,
+}
+
+impl LoginError {
+    fn io(error: impl std::fmt::Display) -> LoginError {
+        LoginError {
+            response: None,
+            code: "08006".into(),
+            message: format!("cannot reach the database: {error}"),
+        }
+    }
+
+    fn protocol(message: impl Into<String>) -> LoginError {
+        LoginError {
+            response: None,
+            code: "08P01".into(),
+            message: message.into(),
+        }
+    }
+
+    /// Waiting won't cure it: bad credentials, no such database or role, TLS refused.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self.code.as_str(),
+            "28P01" | "28000" | "3D000" | "42501" | "08P01"
+        ) || self.code.starts_with("28")
+    }
+}
+
+impl std::fmt::Display for LoginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+/// One open, logged-in server connection.
+pub struct ServerConn {
+    pub id: u64,
+    pub stream: Stream,
+    /// Bytes read from the server not yet relayed.
+    pub buf: BytesMut,
+    pub pid: i32,
+    pub secret: i32,
+    /// The ParameterStatus values of the login.
+    pub params: Vec<(String, String)>,
+    /// The session settings applied on it now beyond its defaults (`source = 'session'`).
+    pub applied: BTreeMap<String, String>,
+    /// The door's global statements prepared on it, least recently used first out.
+    pub prepared: LruCache<u64, ()>,
+    pub opened: Instant,
+    pub idle_since: Instant,
+    /// Set when what is on it can't be vouched for: it is closed, not pooled.
+    pub broken: bool,
+    _place: Permit,
+}
+
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConn")
+            .field("id", &self.id)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConn {
+    /// Whether an idle connection has been closed under it (the database restarted, or ended
+    /// it): anything readable on an idle connection is a goodbye (FATAL or EOF). Polled once,
+    /// without waiting, so checking costs no round trip.
+    pub fn closed_while_idle(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut scratch = [0u8; 256];
+        let mut read = ReadBuf::new(&mut scratch);
+        !matches!(
+            Pin::new(&mut self.stream).poll_read(&mut cx, &mut read),
+            Poll::Pending
+        )
+    }
+}
+
+/// Opens a connection to `target` and logs in as `user` to `database`.
+pub async fn connect(
+    target: &Target,
+    user: &str,
+    database: &str,
+    credential: &Credential,
+    id: u64,
+    prepared_cap: std::num::NonZeroUsize,
+    place: Permit,
+) -> Result<ServerConn, LoginError> {
+    let work = async {
+        let stream = open(target).await?;
+        login(stream, user, database, credential).await
+    };
+    let (stream, buf, pid, secret, params) = tokio::time::timeout(target.connect_timeout, work)
+        .await
+        .map_err(|_| LoginError::io("timed out"))??;
+    let now = Instant::now();
+    Ok(ServerConn {
+        id,
+        stream,
+        buf,
+        pid,
+        secret,
+        params,
+        applied: BTreeMap::new(),
+        prepared: LruCache::new(prepared_cap),
+        opened: now,
+        idle_since: now,
+        broken: false,
+        _place: place,
+    })
+}
+
+/// TCP, then TLS as `sslmode` says.
+pub async fn open(target: &Target) -> Result<Stream, LoginError> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(LoginError::io)?;
+    let _ = tcp.set_nodelay(true);
+    let mode = target.tls.mode();
+    if mode == SslMode::Disable {
+        return Ok(Box::new(tcp));
+    }
+    let mut tcp = tcp;
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await.map_err(LoginError::io)?;
+    let answer = tcp.read_u8().await.map_err(LoginError::io)?;
+    match answer {
+        b'S' => {
+            let mut connector = target.tls.clone();
+            let tls = MakeTlsConnect::<TcpStream>::make_tls_connect(&mut connector, &target.host)
+                .map_err(|e| LoginError {
+                response: None,
+                code: "08006".into(),
+                message: format!("TLS to the database: {e}"),
+            })?;
+            let stream = tls.connect(tcp).await.map_err(|e| LoginError {
+                response: None,
+                code: "08006".into(),
+                message: format!("TLS to the database: {e}"),
+            })?;
+            Ok(Box::new(stream))
+        }
+        b'N' if mode == SslMode::Prefer => Ok(Box::new(tcp)),
+        b'N' => Err(LoginError {
+            response: None,
+            code: "08006".into(),
+            message: format!("the database offers no TLS but sslmode={}", mode.as_str()),
+        }),
+        _ => Err(LoginError::protocol(
+            "the database answered SSLRequest with neither S nor N",
+        )),
+    }
+}
+
+type Login = (Stream, BytesMut, i32, i32, Vec<(String, String)>);
+
+async fn login(
+    mut stream: Stream,
+    user: &str,
+    database: &str,
+    credential: &Credential,
+) -> Result<Login, LoginError> {
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", user), ("database", database)], &mut out)
+        .map_err(LoginError::io)?;
+    stream.write_all(&out).await.map_err(LoginError::io)?;
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut scram: Option<Scram> = None;
+    let (mut pid, mut secret, mut params) = (0, 0, Vec::new());
+    loop {
+        let msg = read_message(&mut stream, &mut buf).await?;
+        let body = frame::body(&msg);
+        out.clear();
+        match msg[0] {
+            b'R' => {
+                let mut b = body;
+                if b.len() < 4 {
+                    return Err(LoginError::protocol("short authentication message"));
+                }
+                let code = b.get_i32();
+                match code {
+                    0 => {}
+                    10 => {
+                        let offered = b.split(|&c| c == 0).any(|m| m == b"SCRAM-SHA-256");
+                        if !offered {
+                            return Err(LoginError::protocol(
+                                "the database offers no SCRAM-SHA-256",
+                            ));
+                        }
+                        let (first, client) = match credential {
+                            Credential::Password(password) => {
+                                let client = ScramSha256::new(
+                                    password.as_bytes(),
+                                    ChannelBinding::unsupported(),
+                                );
+                                (client.message().to_vec(), Scram::Password(client))
+                            }
+                            Credential::ClientKey {
+                                client_key,
+                                verifier,
+                            } => {
+                                let mut client = KeyClient::new(*client_key, verifier.clone());
+                                (client.client_first(), Scram::Key(client))
+                            }
+                        };
+                        frontend::sasl_initial_response("SCRAM-SHA-256", &first, &mut out)
+                            .map_err(LoginError::io)?;
+                        scram = Some(client);
+                    }
+                    11 => {
+                        let reply = match scram.as_mut() {
+                            Some(Scram::Password(client)) => {
+                                client.update(b).map_err(scram_failed)?;
+                                client.message().to_vec()
+                            }
+                            Some(Scram::Key(client)) => {
+                                client.server_first(b).map_err(scram_failed)?
+                            }
+                            None => return Err(LoginError::protocol("SASL continue out of order")),
+                        };
+                        frontend::sasl_response(&reply, &mut out).map_err(LoginError::io)?;
+                    }
+                    12 => match scram.as_mut() {
+                        Some(Scram::Password(client)) => client.finish(b).map_err(scram_failed)?,
+                        Some(Scram::Key(client)) => client.server_final(b).map_err(scram_failed)?,
+                        None => return Err(LoginError::protocol("SASL final out of order")),
+                    },
+                    3 | 5 => {
+                        let Credential::Password(password) = credential else {
+                            return Err(LoginError::protocol(
+                                "the database asks for a password, but pass-through \
+                                 authentication needs it to use SCRAM-SHA-256",
+                            ));
+                        };
+                        if code == 3 {
+                            frontend::password_message(password.as_bytes(), &mut out)
+                        } else {
+                            let salt = <[u8; 4]>::try_from(b)
+                                .map_err(|_| LoginError::protocol("bad md5 salt"))?;
+                            let hash = postgres_protocol::authentication::md5_hash(
+                                user.as_bytes(),
+                                password.as_bytes(),
+                                salt,
+                            );
+                            frontend::password_message(hash.as_bytes(), &mut out)
+                        }
+                        .map_err(LoginError::io)?;
+                    }
+                    other => {
+                        return Err(LoginError::protocol(format!(
+                            "unsupported authentication request {other}"
+                        )));
+                    }
+                }
+                if !out.is_empty() {
+                    stream.write_all(&out).await.map_err(LoginError::io)?;
+                }
+            }
+            b'S' => {
+                if let Some(param) = frame::read_parameter_status(&msg) {
+                    params.push(param);
+                }
+            }
+            b'K' => {
+                let mut b = body;
+                if b.len() < 8 {
+                    return Err(LoginError::protocol("short BackendKeyData"));
+                }
+                pid = b.get_i32();
+                secret = b.get_i32();
+            }
+            b'Z' => return Ok((stream, buf, pid, secret, params)),
+            b'E' => {
+                let fields = frame::read_error(&msg);
+                return Err(LoginError {
+                    code: fields.code,
+                    message: fields.message,
+                    response: Some(msg),
+                });
+            }
+            // NoticeResponse, NegotiateProtocolVersion: nothing to do.
+            _ => {}
+        }
+    }
+}
+
+enum Scram {
+    Password(ScramSha256),
+    Key(KeyClient),
+}
+
+fn scram_failed(error: impl std::fmt::Display) -> LoginError {
+    LoginError {
+        response: None,
+        code: "28P01".into(),
+        message: format!("SCRAM authentication with the database failed: {error}"),
+    }
+}
+
+/// Reads one whole message from `stream`.
+pub async fn read_message(stream: &mut Stream, buf: &mut BytesMut) -> Result<BytesMut, LoginError> {
+    loop {
+        if let Some(msg) =
+            frame::split_message(buf, 1 << 30).map_err(|e| LoginError::protocol(e.to_string()))?
+        {
+            return Ok(msg);
+        }
+        if stream.read_buf(buf).await.map_err(LoginError::io)? == 0 {
+            return Err(LoginError::io("the database closed the connection"));
+        }
+    }
+}
+
+/// Sends a CancelRequest for the backend `pid` / `secret` on a connection of its own, and
+/// waits until the server has acted on it (it closes the connection once it has signalled the
+/// backend), so the caller can be sure the cancel can't hit a later statement.
+pub async fn cancel(target: &Target, pid: i32, secret: i32) -> Result<(), LoginError> {
+    let mut stream = open(target).await?;
+    let mut out = BytesMut::new();
+    frontend::cancel_request(pid, secret, &mut out);
+    stream.write_all(&out).await.map_err(LoginError::io)?;
+    let mut rest = [0u8; 16];
+    let _ = stream.read(&mut rest).await;
+    Ok(())
+}

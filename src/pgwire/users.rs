@@ -1,0 +1,133 @@
+//! Who may log in through the PostgreSQL door, and with which SCRAM verifier.
+//!
+//! - The user of `PGWAY_DATABASE_URL`, with its password: pgway makes a verifier of its own
+//!   for checking the client, and logs in to the server with the password.
+//! - `PGWAY_PG_AUTH_FILE`: users with the server's own verifiers (PgBouncer's userlist.txt),
+//!   read at each login so edits apply without a restart.
+//! - `PGWAY_PG_AUTH_QUERY`: verifiers looked up at login by a query the URL's user runs.
+//!
+//! For the last two the client's key recovered from its proof logs in upstream (pass-through):
+//! pgway stores no password.
+
+use std::path::PathBuf;
+
+use tracing::warn;
+
+use super::scram::{Credential, Verifier};
+use super::userlist::UserList;
+use crate::core::pool::Pool;
+
+/// Where a user's verifier came from.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// The URL's user: logs in upstream with the password.
+    UrlUser {
+        verifier: Verifier,
+        password: String,
+    },
+    /// A stored verifier: logs in upstream with the recovered key.
+    Stored(Verifier),
+}
+
+impl Found {
+    pub fn verifier(&self) -> &Verifier {
+        match self {
+            Found::UrlUser { verifier, .. } | Found::Stored(verifier) => verifier,
+        }
+    }
+
+    /// What the server login uses, once the client proved itself with `client_key`.
+    pub fn credential(&self, client_key: [u8; 32]) -> Credential {
+        match self {
+            Found::UrlUser { password, .. } => Credential::Password(password.clone()),
+            Found::Stored(verifier) => Credential::ClientKey {
+                client_key,
+                verifier: verifier.clone(),
+            },
+        }
+    }
+}
+
+/// The door's users.
+#[derive(Debug)]
+pub struct Users {
+    url_user: String,
+    url: Option<(Verifier, String)>,
+    file: Option<PathBuf>,
+    query: Option<String>,
+    /// The gRPC door's pool (the URL's user), for the auth query.
+    pool: Pool,
+}
+
+impl Users {
+    pub fn new(
+        url_user: String,
+        url_password: Option<String>,
+        file: Option<PathBuf>,
+        query: Option<String>,
+        pool: Pool,
+    ) -> Users {
+        let url = url_password.map(|password| {
+            let salt: [u8; 16] = rand::random();
+            (Verifier::from_password(&password, &salt, 4096), password)
+        });
+        Users {
+            url_user,
+            url,
+            file,
+            query,
+            pool,
+        }
+    }
+
+    /// The verifier `user` logs in with, if any.
+    pub async fn find(&self, user: &str) -> Option<Found> {
+        if user == self.url_user
+            && let Some((verifier, password)) = &self.url
+        {
+            return Some(Found::UrlUser {
+                verifier: verifier.clone(),
+                password: password.clone(),
+            });
+        }
+        if let Some(path) = &self.file {
+            match tokio::fs::read_to_string(path).await {
+                Ok(text) => match UserList::parse(&text) {
+                    Ok(list) => {
+                        if let Some(verifier) = list.get(user) {
+                            return Some(Found::Stored(verifier.clone()));
+                        }
+                    }
+                    Err(error) => {
+                        warn!(path = %path.display(), %error, "PGWAY_PG_AUTH_FILE unreadable; its users can't log in")
+                    }
+                },
+                Err(error) => {
+                    warn!(path = %path.display(), %error, "PGWAY_PG_AUTH_FILE unreadable; its users can't log in")
+                }
+            }
+        }
+        if let Some(query) = &self.query {
+            match self.look_up(query, user).await {
+                Ok(found) => return found.map(Found::Stored),
+                Err(error) => warn!(%error, "PGWAY_PG_AUTH_QUERY failed"),
+            }
+        }
+        None
+    }
+
+    async fn look_up(&self, query: &str, user: &str) -> Result<Option<Verifier>, String> {
+        let conn = self.pool.get().await.map_err(|e| e.to_string())?;
+        let row = conn
+            .client()
+            .query_opt(query, &[&user])
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(row) = row else { return Ok(None) };
+        // PgBouncer's shape: (usename, passwd); the last column is the secret.
+        let secret: Option<String> = row
+            .try_get(row.len().saturating_sub(1))
+            .map_err(|e| e.to_string())?;
+        Ok(secret.and_then(|s| Verifier::parse(&s).ok()))
+    }
+}
