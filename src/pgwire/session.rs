@@ -189,6 +189,9 @@ impl Session {
                     }
                     continue;
                 }
+                if self.server.is_none() && self.answer_unlinked(&msg, &mut to_client) {
+                    continue;
+                }
                 if self.server.is_none() {
                     if let Err(ended) = self.link(&mut to_server, &mut to_client, msg[0]).await {
                         return ended;
@@ -264,6 +267,36 @@ impl Session {
                         .await;
                 }
             }
+        }
+    }
+
+    /// Answers what needs no server between transactions: a named Parse (remembered, and
+    /// prepared on whichever server connection first binds it), a Sync or a Flush with
+    /// nothing before them. Drivers that prepare synchronously before they execute (pgbench
+    /// `-M prepared`, one thread for many clients) would otherwise hold the thread waiting
+    /// for a server connection that its other clients hold. The cost: a Parse's error (a
+    /// syntax error) is reported at its first Bind or Describe, not at the Parse.
+    fn answer_unlinked(&mut self, msg: &[u8], to_client: &mut BytesMut) -> bool {
+        match msg[0] {
+            b'P' => {
+                let Ok(parse) = frame::read_parse(msg) else {
+                    return false;
+                };
+                if parse.name.is_empty() || session_effect(parse.query) != Default::default() {
+                    return false;
+                }
+                let statement = self.door.statements.statement(parse.query, parse.types);
+                self.names
+                    .insert(Bytes::copy_from_slice(parse.name), statement);
+                to_client.extend_from_slice(frame::PARSE_COMPLETE);
+                true
+            }
+            b'S' => {
+                frame::write_ready(to_client, self.status);
+                true
+            }
+            b'H' => true,
+            _ => false,
         }
     }
 
@@ -752,12 +785,15 @@ impl Session {
                             self.door.statements.retire(id);
                             server.prepared.pop(&id);
                         }
-                        if fields.code == "26000" {
+                        if fields.code == "26000"
+                            && let Some(id) = bind
+                        {
                             // The server lacks a statement the door thought it had.
-                            server.prepared.clear();
+                            server.prepared.pop(&id);
                         }
                         if end != End::Ready {
-                            // The server skips everything up to the next Sync.
+                            // The server skips everything up to the next Sync: the Parses
+                            // among those never happened.
                             self.expect.pop_front();
                             while let Some(next) = self.expect.front() {
                                 if matches!(
@@ -769,7 +805,12 @@ impl Session {
                                 ) {
                                     break;
                                 }
-                                self.expect.pop_front();
+                                if let Some(Expect::Answer {
+                                    parse: Some(id), ..
+                                }) = self.expect.pop_front()
+                                {
+                                    server.prepared.pop(&id);
+                                }
                             }
                             if self.expect.is_empty() {
                                 self.skipping = true;
