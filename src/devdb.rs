@@ -434,6 +434,9 @@ impl Drop for TempPostgres {
     }
 }
 
+/// The password `pgway dev` gives its throwaway server's superuser, for the PostgreSQL door.
+pub const DEV_PASSWORD: &str = "pgway";
+
 /// `pgway dev`: a private PostgreSQL and the gateway in front of it, until Ctrl-C.
 pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !args.grpc_addr.ip().is_loopback() {
@@ -449,7 +452,7 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let bin = args.pg_bin.clone();
-    let mut postgres =
+    let postgres =
         tokio::task::spawn_blocking(move || TempPostgres::start(bin.as_deref())).await??;
     info!(
         port = postgres.port(),
@@ -457,8 +460,34 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
         dir = %postgres.dir().display(),
         "throwaway PostgreSQL started"
     );
+    let pg_addr = args.pg_addr.trim().to_owned();
+    if let Ok(pg) = pg_addr.parse::<std::net::SocketAddr>() {
+        if !pg.ip().is_loopback() {
+            return Err(
+                format!("pgway dev serves the PostgreSQL door on loopback only, not {pg}").into(),
+            );
+        }
+    }
+    // The PostgreSQL door logs clients in with SCRAM against the URL's password, so the
+    // throwaway server's superuser gets one (the server itself still trusts loopback).
+    let postgres = tokio::task::spawn_blocking(move || {
+        postgres
+            .psql(
+                "postgres",
+                &format!("ALTER ROLE postgres PASSWORD '{DEV_PASSWORD}'"),
+            )
+            .map(|()| postgres)
+    })
+    .await??;
+    let mut postgres = postgres;
     let addr = args.grpc_addr.to_string();
-    let url = postgres.url("postgres");
+    let url = format!(
+        "postgres://postgres:{DEV_PASSWORD}@127.0.0.1:{}/postgres",
+        postgres.port()
+    );
+    if !pg_addr.is_empty() {
+        info!("PostgreSQL door: psql \"postgres://postgres:{DEV_PASSWORD}@{pg_addr}/postgres\"");
+    }
     let cli = Cli::try_parse_from([
         "pgway",
         "serve",
@@ -466,6 +495,8 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
         &url,
         "--grpc-addr",
         &addr,
+        "--pg-addr",
+        &pg_addr,
         // Empty turns metrics off; anything else that isn't host:port is refused by validate.
         "--metrics-addr",
         &args.metrics_addr,

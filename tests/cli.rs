@@ -20,6 +20,9 @@ fn pgway() -> Command {
             command.env_remove(key);
         }
     }
+    // The PostgreSQL door only where a test turns it on (`--pg-addr`): several gateways run
+    // at once, and the default port is one.
+    command.env("PGWAY_PG_ADDR", "");
     command
 }
 
@@ -148,8 +151,17 @@ async fn dev_serves_a_throwaway_database_and_cleans_up() {
     let addr = format!("127.0.0.1:{}", free_port());
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let metrics = metrics_addr.to_string();
+    let pg_addr = format!("127.0.0.1:{}", free_port());
     let mut child = pgway()
-        .args(["dev", "--grpc-addr", &addr, "--metrics-addr", &metrics])
+        .args([
+            "dev",
+            "--grpc-addr",
+            &addr,
+            "--metrics-addr",
+            &metrics,
+            "--pg-addr",
+            &pg_addr,
+        ])
         .env("PGWAY_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -172,6 +184,22 @@ async fn dev_serves_a_throwaway_database_and_cleans_up() {
     assert!(
         exposition.contains("pgway_pool_connections"),
         "{exposition}"
+    );
+    // The quickstart's psql line: the PostgreSQL door, with the password dev gives its server.
+    let psql = psql_binary();
+    let url = format!(
+        "postgres://postgres:{}@{pg_addr}/postgres?sslmode=disable",
+        pgway::devdb::DEV_PASSWORD
+    );
+    let output = tokio::process::Command::new(&psql)
+        .args([url.as_str(), "-X", "-At", "-c", "SELECT 40 + 2"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "42",
+        "{output:?}"
     );
     signal(&child, "INT");
     let status = wait_exit(child).await;
@@ -408,4 +436,15 @@ async fn watches_and_reflection_streams_end_at_shutdown() {
     .await
     .expect("the streams end and the server stops without waiting out the grace period");
     drop(ask);
+}
+
+/// psql from the PostgreSQL binaries the tests use (PGWAY_TEST_PG_BIN), or PostgreSQL 15's.
+fn psql_binary() -> std::path::PathBuf {
+    let dir = pgway::devdb::find_binaries(None).unwrap();
+    let psql = dir.join("psql");
+    if psql.exists() {
+        psql
+    } else {
+        "/usr/lib/postgresql/15/bin/psql".into()
+    }
 }

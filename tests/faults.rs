@@ -705,6 +705,7 @@ async fn sigterm_lets_calls_in_flight_finish() {
         .env("PGWAY_AUTH", "none")
         .env("PGWAY_GRPC_ADDR", &addr)
         .env("PGWAY_METRICS_ADDR", "")
+        .env("PGWAY_PG_ADDR", "")
         .env("PGWAY_SHUTDOWN_GRACE", "10s")
         .env("PGWAY_POOL_MAX", "12")
         .stdout(std::process::Stdio::null())

@@ -51,7 +51,11 @@ async fn metrics_follow_the_pool_and_the_calls() {
     eventually(
         Duration::from_secs(5),
         "in_use shows the checkout",
-        || async { gw.metric("pgway_pool_connections{state=\"in_use\"}").await == 1.0 },
+        || async {
+            gw.metric("pgway_pool_connections{door=\"grpc\",state=\"in_use\"}")
+                .await
+                == 1.0
+        },
     )
     .await;
     // A caller that can't get the only connection in time: an acquire timeout.
@@ -73,8 +77,13 @@ async fn metrics_follow_the_pool_and_the_calls() {
         Duration::from_secs(5),
         "the connection is idle again",
         || async {
-            gw.metric("pgway_pool_connections{state=\"in_use\"}").await == 0.0
-                && gw.metric("pgway_pool_connections{state=\"idle\"}").await == 1.0
+            gw.metric("pgway_pool_connections{door=\"grpc\",state=\"in_use\"}")
+                .await
+                == 0.0
+                && gw
+                    .metric("pgway_pool_connections{door=\"grpc\",state=\"idle\"}")
+                    .await
+                    == 1.0
         },
     )
     .await;
@@ -149,7 +158,8 @@ async fn gateway_process(grpc: u16, metrics: u16) -> Command {
         .env("PGWAY_DATABASE_URL", pg.url("postgres"))
         .env("PGWAY_AUTH", "none")
         .env("PGWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("PGWAY_METRICS_ADDR", format!("127.0.0.1:{metrics}"));
+        .env("PGWAY_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
+        .env("PGWAY_PG_ADDR", "");
     command
 }
 
@@ -310,7 +320,7 @@ async fn every_series_exists_from_the_start() {
     assert!(matches!(up(&first).as_deref(), Some("0" | "1")), "{first}");
     let idle = |text: &str| {
         text.lines()
-            .find_map(|l| l.strip_prefix("pgway_pool_connections{state=\"idle\"} "))
+            .find_map(|l| l.strip_prefix("pgway_pool_connections{door=\"grpc\",state=\"idle\"} "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
     };

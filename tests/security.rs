@@ -867,6 +867,7 @@ async fn secrets_stay_out_of_logs_and_metrics() {
         .env("PGWAY_DATABASE_URL", &url)
         .env("PGWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
         .env("PGWAY_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
+        .env("PGWAY_PG_ADDR", "")
         .env("PGWAY_AUTH_TOKENS_FILE", &tokens)
         .env("PGWAY_JWT_SECRET_FILE", &secret_file)
         .env("PGWAY_JWT_ALLOWED_ROLES", "pg_read_all_data")

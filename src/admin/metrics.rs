@@ -1,7 +1,8 @@
-//! The `/metrics` endpoint: Prometheus text of the process-wide recorder, with the pool's
-//! state published at each scrape.
+//! The `/metrics` endpoint: Prometheus text of the process-wide recorder, with the pools'
+//! state published at each scrape, per door (`door` = `grpc` / `postgres`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use metrics::gauge;
 use tokio::net::TcpListener;
@@ -10,25 +11,52 @@ use tokio_util::sync::CancellationToken;
 use crate::core::pool::Pool;
 use crate::core::telemetry::{POOL_CONNECTIONS, POOL_MAX, POOL_MIN, POOL_WAITING, recorder};
 
-/// Publishes the pool's current state as gauges (done at each scrape, so it is never stale).
-pub fn record_pool_state(pool: &Pool) {
+/// What another door's pools hold now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DoorPools {
+    pub open: usize,
+    pub idle: usize,
+    pub waiting: usize,
+}
+
+/// Reads another door's pools at each scrape: (the `door` label, the reader).
+pub type DoorReader = (&'static str, Arc<dyn Fn() -> DoorPools + Send + Sync>);
+
+/// Publishes the pools' current state as gauges (done at each scrape, so it is never stale).
+/// `pgway_pool_max_connections` is the budget both doors share.
+pub fn record_pool_state(pool: &Pool, others: &[DoorReader]) {
     let state = pool.state();
-    gauge!(POOL_CONNECTIONS, "state" => "idle").set(f64::from(state.idle));
-    gauge!(POOL_CONNECTIONS, "state" => "in_use")
+    gauge!(POOL_CONNECTIONS, "door" => "grpc", "state" => "idle").set(f64::from(state.idle));
+    gauge!(POOL_CONNECTIONS, "door" => "grpc", "state" => "in_use")
         .set(f64::from(state.open - state.idle.min(state.open)));
     gauge!(POOL_MAX).set(f64::from(state.max));
     gauge!(POOL_MIN).set(f64::from(state.min));
-    gauge!(POOL_WAITING).set(state.waiting as f64);
+    gauge!(POOL_WAITING, "door" => "grpc").set(state.waiting as f64);
+    for (door, read) in others {
+        let door = *door;
+        let pools = read();
+        gauge!(POOL_CONNECTIONS, "door" => door, "state" => "idle").set(pools.idle as f64);
+        gauge!(POOL_CONNECTIONS, "door" => door, "state" => "in_use")
+            .set(pools.open.saturating_sub(pools.idle) as f64);
+        gauge!(POOL_WAITING, "door" => door).set(pools.waiting as f64);
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, pool: Pool, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    pool: Pool,
+    others: Vec<DoorReader>,
+    shutdown: CancellationToken,
+) {
     let handle = recorder();
+    let others = Arc::new(others);
     let render = move || {
         let handle = handle.clone();
         let pool = pool.clone();
+        let others = Arc::clone(&others);
         async move {
-            record_pool_state(&pool);
+            record_pool_state(&pool, &others);
             (
                 [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                 handle.render(),

@@ -9,18 +9,56 @@ use tokio::net::TcpStream;
 
 use crate::core::telemetry as metrics;
 
-/// The figures `pgway stats` prints, in order: the metric, its `state` label if any, and what
-/// the line says.
+/// The figures `pgway stats` prints, in order: the metric, its labels if any, and what the
+/// line says.
 const SHOWN: &[(&str, Option<&str>, &str)] = &[
     (
         metrics::POOL_CONNECTIONS,
-        Some("in_use"),
-        "connections in use",
+        Some("door=\"grpc\",state=\"in_use\""),
+        "grpc: connections in use",
     ),
-    (metrics::POOL_CONNECTIONS, Some("idle"), "connections idle"),
-    (metrics::POOL_MAX, None, "pool maximum"),
-    (metrics::POOL_MIN, None, "pool minimum"),
-    (metrics::POOL_WAITING, None, "callers waiting"),
+    (
+        metrics::POOL_CONNECTIONS,
+        Some("door=\"grpc\",state=\"idle\""),
+        "grpc: connections idle",
+    ),
+    (
+        metrics::POOL_WAITING,
+        Some("door=\"grpc\""),
+        "grpc: callers waiting",
+    ),
+    (
+        metrics::POOL_CONNECTIONS,
+        Some("door=\"postgres\",state=\"in_use\""),
+        "postgres: connections in use",
+    ),
+    (
+        metrics::POOL_CONNECTIONS,
+        Some("door=\"postgres\",state=\"idle\""),
+        "postgres: connections idle",
+    ),
+    (
+        metrics::POOL_WAITING,
+        Some("door=\"postgres\""),
+        "postgres: clients waiting",
+    ),
+    (
+        metrics::PG_CLIENTS,
+        Some("state=\"active\""),
+        "postgres: clients active",
+    ),
+    (
+        metrics::PG_CLIENTS,
+        Some("state=\"idle\""),
+        "postgres: clients idle",
+    ),
+    (
+        metrics::PG_CLIENTS,
+        Some("state=\"pinned\""),
+        "postgres: clients pinned",
+    ),
+    (metrics::POOL_MAX, None, "pool maximum (both)"),
+    (metrics::POOL_MIN, None, "pool minimum (grpc)"),
     (metrics::POOL_ACQUIRE_TIMEOUTS, None, "acquire timeouts"),
     (metrics::SHED, None, "calls shed"),
     (metrics::CONNECTIONS_OPENED, None, "connections opened"),
@@ -69,13 +107,13 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
 /// Renders the pool's state as aligned lines, plus closed connections by reason.
 pub fn render(text: &str) -> String {
     let mut out = String::new();
-    for (name, state, label) in SHOWN {
-        let series = match state {
-            Some(state) => format!("{name}{{state=\"{state}\"}}"),
+    for (name, labels, label) in SHOWN {
+        let series = match labels {
+            Some(labels) => format!("{name}{{{labels}}}"),
             None => (*name).to_owned(),
         };
         let value = sample(text, &series).unwrap_or(0.0);
-        out.push_str(&format!("{label:<22} {value}\n"));
+        out.push_str(&format!("{label:<30} {value}\n"));
     }
     for line in text.lines().filter(|l| {
         l.strip_prefix(metrics::CONNECTIONS_CLOSED)
@@ -87,7 +125,7 @@ pub fn render(text: &str) -> String {
                 .nth(1)
                 .and_then(|r| r.split('"').next())
                 .unwrap_or("?");
-            out.push_str(&format!("{:<22} {value}\n", format!("closed ({reason})")));
+            out.push_str(&format!("{:<30} {value}\n", format!("closed ({reason})")));
         }
     }
     out
@@ -113,10 +151,11 @@ mod tests {
 
     #[test]
     fn renders_the_pool_figures() {
-        let text = "# TYPE x gauge\npgway_pool_connections{state=\"in_use\"} 3\npgway_pool_max_connections 20\npgway_connections_closed_total{reason=\"broken\"} 2\n";
+        let text = "# TYPE x gauge\npgway_pool_connections{door=\"grpc\",state=\"in_use\"} 3\npgway_pool_connections{door=\"postgres\",state=\"in_use\"} 4\npgway_pool_max_connections 20\npgway_connections_closed_total{reason=\"broken\"} 2\n";
         let out = render(text);
-        assert!(out.contains("connections in use     3"), "{out}");
-        assert!(out.contains("pool maximum           20"), "{out}");
-        assert!(out.contains("closed (broken)        2"), "{out}");
+        assert!(out.contains("grpc: connections in use       3"), "{out}");
+        assert!(out.contains("postgres: connections in use   4"), "{out}");
+        assert!(out.contains("pool maximum (both)            20"), "{out}");
+        assert!(out.contains("closed (broken)                2"), "{out}");
     }
 }

@@ -327,6 +327,10 @@ pub struct DevArgs {
     #[arg(long, env = "PGWAY_METRICS_ADDR", default_value = "127.0.0.1:9090")]
     pub metrics_addr: String,
 
+    /// Address of the PostgreSQL door (loopback only); empty turns it off.
+    #[arg(long, env = "PGWAY_PG_ADDR", default_value = "127.0.0.1:6432")]
+    pub pg_addr: String,
+
     /// Directory with the PostgreSQL server binaries (initdb, postgres, pg_ctl).
     #[arg(long, env = "PGWAY_PG_BIN")]
     pub pg_bin: Option<PathBuf>,

@@ -172,13 +172,6 @@ pub async fn serve(
         stopping.clone(),
     ));
     tasks.spawn(config.authenticator.clone().watch_files(stopping.clone()));
-    if let Some(listener) = metrics_listener {
-        tasks.spawn(admin::metrics::serve(
-            listener,
-            pool.clone(),
-            stopping.clone(),
-        ));
-    }
 
     let shared = grpc::server::Shared {
         pool: pool.clone(),
@@ -201,6 +194,30 @@ pub async fn serve(
         )?),
         _ => None,
     };
+    if let Some(listener) = metrics_listener {
+        let others: Vec<admin::metrics::DoorReader> = door
+            .iter()
+            .map(|(door, _)| {
+                let pools = door.pools.clone();
+                let read = move || {
+                    let (open, idle) = pools.counts();
+                    admin::metrics::DoorPools {
+                        open,
+                        idle,
+                        waiting: pools.waiting(),
+                    }
+                };
+                let read: Arc<dyn Fn() -> admin::metrics::DoorPools + Send + Sync> = Arc::new(read);
+                ("postgres", read)
+            })
+            .collect();
+        tasks.spawn(admin::metrics::serve(
+            listener,
+            pool.clone(),
+            others,
+            stopping.clone(),
+        ));
+    }
     let pg_drained = async {
         let Some((door, clients)) = &door else { return };
         stop.cancelled().await;

@@ -2,7 +2,7 @@
 //!
 //! Every server connection, whichever door opens it, holds one [`Permit`] for as long as it is
 //! open. A door that finds the budget spent asks the others to give back an idle connection
-//! ([`Budget::reclaim`]): the PostgreSQL door keeps idle connections per user and database, and
+//! ([`Budget::reclaim_requested`]): the PostgreSQL door keeps idle connections per user and database, and
 //! one user's idle connections must not starve another user, or the gRPC door.
 
 use std::sync::Arc;

@@ -186,7 +186,7 @@ impl Gateway {
     }
 
     /// The value of one sample in `/metrics`, such as
-    /// `pgway_pool_connections{state="in_use"}`; 0 when absent.
+    /// `pgway_pool_connections{door="grpc",state="in_use"}`; 0 when absent.
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.scrape().await;
         text.lines()
