@@ -1,0 +1,135 @@
+//! One connection budget for both doors: `PGWAY_POOL_MAX` server connections in all, whichever
+//! door uses them, and neither door's idle connections starve the other.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// A gateway with both doors on whose URL carries a password (the harness server trusts
+/// loopback, so only the door's own SCRAM check uses it), and the door's connection string.
+async fn both_doors(settings: &[&str]) -> (Gateway, String) {
+    let pg = postgres().await;
+    let database = format!("budget_{}", std::process::id() ^ rand_suffix());
+    let admin = connect(&pg.url("postgres")).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .expect("CREATE DATABASE");
+    let url = pg
+        .url(&database)
+        .replace("postgres@", "postgres:door-password@");
+    let mut all = vec!["--pg-addr", "127.0.0.1:0"];
+    all.extend_from_slice(settings);
+    let gw = Gateway::serving(&url, database.clone(), &all).await;
+    let door = format!(
+        "host=127.0.0.1 port={} user=postgres password=door-password dbname={database}",
+        gw.pg_addr.expect("the PostgreSQL door is on").port()
+    );
+    (gw, door)
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed) << 20
+}
+
+/// The gateway's server connections to `database` open now, as PostgreSQL counts them: the
+/// direct connection asking and the health monitor's (outside the budget) excluded.
+async fn backends(direct: &tokio_postgres::Client, database: &str) -> i64 {
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = $1 AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
+             AND application_name <> 'pgway-health'",
+            &[&database],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// The gRPC door keeps its minimum of idle connections, which fill the whole budget: a client
+/// of the PostgreSQL door still gets a server connection, because an idle gRPC one is closed
+/// to make room, and the total never goes over the budget.
+#[tokio::test]
+async fn idle_grpc_connections_make_room_for_the_postgres_door() {
+    let (gw, door) = both_doors(&["--pool-max", "2", "--pool-min", "2"]).await;
+    let direct = gw.direct().await;
+    eventually(
+        Duration::from_secs(10),
+        "the gRPC door's minimum",
+        || async {
+            gw.metric("pgway_pool_connections{door=\"grpc\",state=\"idle\"}")
+                .await
+                == 2.0
+        },
+    )
+    .await;
+    let client = connect(&door).await;
+    let row = client.query_one("SELECT 40 + 2", &[]).await.expect("query");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    assert!(backends(&direct, &gw.database).await <= 2);
+    assert!(
+        gw.metric("pgway_connections_closed_total{reason=\"reclaimed\"}")
+            .await
+            >= 1.0
+    );
+    drop(gw);
+}
+
+/// Both doors under load at once on a budget of 3: every call and every statement succeeds,
+/// and PostgreSQL never sees more than 3 of the gateway's connections.
+#[tokio::test]
+async fn both_doors_share_the_budget_under_load() {
+    let (gw, door) = both_doors(&["--pool-max", "3"]).await;
+    let direct = gw.direct().await;
+    let mut work = tokio::task::JoinSet::new();
+    for caller in 0..4 {
+        let mut grpc = gw.client().await;
+        work.spawn(async move {
+            for i in 0..25 {
+                let response = run(&mut grpc, "SELECT $1::int + 1", vec![int(i)]).await;
+                assert_eq!(
+                    scalar(&response),
+                    Some(pgway::proto::value::Kind::IntValue(i + 1)),
+                    "gRPC caller {caller}"
+                );
+            }
+        });
+    }
+    for client_no in 0..4 {
+        let door = door.clone();
+        work.spawn(async move {
+            let client = connect(&door).await;
+            for i in 0..25i32 {
+                let row = client
+                    .query_one("SELECT $1::int + 1", &[&i])
+                    .await
+                    .unwrap_or_else(|e| panic!("door client {client_no}: {e}"));
+                assert_eq!(row.get::<_, i32>(0), i + 1);
+            }
+        });
+    }
+    let watch = {
+        let database = gw.database.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            for _ in 0..200 {
+                most = most.max(backends(&direct, &database).await);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            most
+        })
+    };
+    while let Some(done) = work.join_next().await {
+        done.expect("a caller failed");
+    }
+    let most = watch.await.expect("watcher");
+    assert!(
+        most <= 3,
+        "{most} server connections open, over the budget of 3"
+    );
+}
