@@ -5,14 +5,14 @@
 //! when the transaction is over. Idle connections of one user are closed to make room when
 //! another user, or the gRPC door, finds the budget spent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::counter;
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::scram::Credential;
@@ -64,8 +64,9 @@ struct Inner {
     budget: Budget,
     settings: PoolSettings,
     idle: Mutex<HashMap<Arc<PoolKey>, Vec<ServerConn>>>,
-    /// Woken when a connection of that key goes idle.
-    returned: Mutex<HashMap<Arc<PoolKey>, Arc<Notify>>>,
+    /// Clients waiting for a connection of that key, longest-waiting first: a connection
+    /// given back goes straight to the first, so no newcomer can take it ahead of them.
+    waiters: Mutex<HashMap<Arc<PoolKey>, VecDeque<oneshot::Sender<ServerConn>>>>,
     waiting: AtomicUsize,
     open: AtomicUsize,
     next_id: AtomicU64,
@@ -89,7 +90,7 @@ impl Pools {
                 budget,
                 settings,
                 idle: Mutex::new(HashMap::new()),
-                returned: Mutex::new(HashMap::new()),
+                waiters: Mutex::new(HashMap::new()),
                 waiting: AtomicUsize::new(0),
                 open: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
@@ -139,7 +140,6 @@ impl Pools {
             return Err(AcquireError::Overloaded { waiting });
         }
         let deadline = tokio::time::Instant::now() + inner.settings.acquire_timeout;
-        let returned = self.returned(key);
         let mut last = None;
         let mut failures = 0u32;
         loop {
@@ -157,10 +157,26 @@ impl Pools {
             let place = match place {
                 Some(place) => place,
                 None => {
-                    let notified = returned.notified();
+                    // In line for the next connection of this key given back, first come
+                    // first served; or for a place in the budget, whichever comes first.
+                    let (handoff, received) = oneshot::channel();
+                    if let Ok(mut waiters) = inner.waiters.lock() {
+                        waiters
+                            .entry(Arc::clone(key))
+                            .or_default()
+                            .push_back(handoff);
+                    }
+                    // One may have come back between the look and joining the line.
+                    if let Some(conn) = self.take_idle(key) {
+                        return Ok(conn);
+                    }
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                     tokio::select! {
-                        _ = notified => continue,
+                        given = received => match given {
+                            Ok(conn) => return Ok(conn),
+                            // The pool shut: its waiters' lines were dropped.
+                            Err(_) => continue,
+                        },
                         place = inner.budget.take(remaining) => match place {
                             Some(place) => place,
                             None => return Err(AcquireError::Timeout { last }),
@@ -212,7 +228,7 @@ impl Pools {
     }
 
     /// Gives a connection back: pooled if it can be vouched for, closed otherwise.
-    pub fn release(&self, key: &Arc<PoolKey>, mut conn: ServerConn) {
+    pub fn release(&self, key: &Arc<PoolKey>, conn: ServerConn) {
         let inner = &self.inner;
         if conn.broken
             || inner.closed.load(Ordering::Relaxed)
@@ -226,11 +242,22 @@ impl Pools {
             self.close(conn, reason);
             return;
         }
+        // Straight to the longest-waiting client of the same key, if any still waits.
+        let mut conn = conn;
+        if let Ok(mut waiters) = inner.waiters.lock()
+            && let Some(line) = waiters.get_mut(key)
+        {
+            while let Some(waiter) = line.pop_front() {
+                match waiter.send(conn) {
+                    Ok(()) => return,
+                    Err(back) => conn = back,
+                }
+            }
+        }
         conn.idle_since = Instant::now();
         if let Ok(mut idle) = inner.idle.lock() {
             idle.entry(Arc::clone(key)).or_default().push(conn);
         }
-        self.returned(key).notify_one();
     }
 
     /// Closes a connection that can't go back (counted and logged).
@@ -246,13 +273,6 @@ impl Pools {
             "closed"
         );
         drop(conn);
-    }
-
-    fn returned(&self, key: &Arc<PoolKey>) -> Arc<Notify> {
-        match self.inner.returned.lock() {
-            Ok(mut map) => Arc::clone(map.entry(Arc::clone(key)).or_default()),
-            Err(_) => Arc::new(Notify::new()),
-        }
     }
 
     fn take_idle(&self, key: &Arc<PoolKey>) -> Option<ServerConn> {
@@ -317,7 +337,10 @@ impl Pools {
             tokio::select! {
                 _ = stopping.cancelled() => break,
                 _ = self.inner.budget.reclaim_requested() => {
-                    self.close_longest_idle();
+                    // Not while this door's own clients wait: it is short itself.
+                    if self.waiting() == 0 {
+                        self.close_longest_idle();
+                    }
                 }
                 _ = tick.tick() => self.close_expired(),
             }
@@ -355,10 +378,8 @@ impl Pools {
         for conn in all {
             self.close(conn, CloseReason::Shutdown);
         }
-        if let Ok(map) = self.inner.returned.lock() {
-            for notify in map.values() {
-                notify.notify_waiters();
-            }
+        if let Ok(mut waiters) = self.inner.waiters.lock() {
+            waiters.clear();
         }
     }
 }
