@@ -38,8 +38,9 @@ LABEL org.opencontainers.image.title="pgway" \
 # A fixed, numeric non-root UID/GID (so Kubernetes' runAsNonRoot can check it). The image
 # has no /etc/passwd: nothing in pgway needs a user name.
 USER 65532:65532
-# gRPC (PGWAY_GRPC_ADDR) and Prometheus metrics at /metrics (PGWAY_METRICS_ADDR).
-EXPOSE 50051/tcp 9090/tcp
+# gRPC (PGWAY_GRPC_ADDR), the PostgreSQL door (PGWAY_PG_ADDR) and Prometheus metrics at
+# /metrics (PGWAY_METRICS_ADDR).
+EXPOSE 50051/tcp 6432/tcp 9090/tcp
 # Readiness: SERVING once the database answers. Change -addr if PGWAY_GRPC_ADDR moves the port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["/pgway", "probe", "-service=pgway.v1.Database"]

@@ -5,7 +5,8 @@
 
 DIR holds three renderings of helm/pgway, as the helm stage leaves them in its work
 directory: default.yaml (deploy/helm-tests/base.yaml), full.yaml (full.yaml: everything on)
-and exec.yaml (exec-probes.yaml: exec probes, PGWAY_AUTH=none). To make them by hand:
+and exec.yaml (exec-probes.yaml: exec probes, PGWAY_AUTH=none, metrics and the PostgreSQL door
+off). To make them by hand:
 
     python3 deploy/helm.py template helm/pgway --name pgway --namespace pgway \\
         -f deploy/helm-tests/base.yaml > DIR/default.yaml    # and so on
@@ -14,7 +15,11 @@ In each: termination grace above shutdown grace + preStop sleep, the database UR
 Secret, the hardened security context, a memory limit, caller authentication (credential
 files from the auth Secret mounted read-only as a directory, or PGWAY_AUTH=none: one of the
 two), health without credentials, TLS probes and Secret when TLS is on, and the probes'
-health services. In full.yaml also the kinds rendered and the ServiceMonitor's endpoint.
+health services on the gRPC port. The PostgreSQL door: on in default.yaml and full.yaml (port
+6432 named postgres in the pod and the Service, and in the NetworkPolicy's ingress when there is
+one; its users file, PGWAY_PG_AUTH_FILE, in the auth Secret), off in exec.yaml
+(PGWAY_PG_ADDR="" and no such port). In full.yaml also the kinds rendered and the
+ServiceMonitor's endpoint.
 
 Prints each rule not met. Exit status: 0 when all are met, 1 otherwise.
 """
@@ -63,13 +68,13 @@ def main() -> int:
         is_open = env.get("PGWAY_AUTH", {}).get("value") == "none"
         need(is_open != bool(files), f"{name}: PGWAY_AUTH=none or credential files (one of the two)")
         need(env.get("PGWAY_AUTH_PUBLIC_HEALTH", {}).get("value", "true") == "true", f"{name}: health answers the probes without credentials")
-        if files:
+        if files or "PGWAY_PG_AUTH_FILE" in env:
             mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
             vols = {v["name"]: v for v in pod.get("volumes", [])}
             m = mounts.get("/etc/pgway/auth", {})
             need(m.get("name") in vols and "secret" in vols[m["name"]] and m.get("readOnly") is True and "subPath" not in m,
                  f"{name}: auth Secret mounted read-only as a directory")
-            for k in files:
+            for k in files + [k for k in ("PGWAY_PG_AUTH_FILE",) if k in env]:
                 need(env[k]["value"].startswith("/etc/pgway/auth/"), f"{name}: {k} in the auth Secret")
         if "PGWAY_TLS_CERT" in env:
             # The kubelet's gRPC probes speak plaintext only: a TLS port is probed by `pgway probe -tls`.
@@ -85,6 +90,30 @@ def main() -> int:
             need(probes["readinessProbe"]["grpc"]["service"] == "pgway.v1.Database", f"{name}: readiness service")
             need(probes["livenessProbe"]["grpc"]["service"] == "", f"{name}: liveness service")
             need(probes["startupProbe"]["grpc"]["service"] == "", f"{name}: startup probe on liveness")
+        # Probes stay on the gRPC health service, whichever other doors are open.
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        for k, p in probes.items():
+            if "grpc" in p:
+                need(p["grpc"]["port"] == ports.get("grpc"), f"{name}: {k} on the grpc port")
+            else:
+                addr = next(a for a in p["exec"]["command"] if a.startswith("-addr="))
+                need(addr.endswith(f":{ports.get('grpc')}"), f"{name}: {k} on the grpc port")
+        # The PostgreSQL door: on by default, off in exec.yaml; its port follows PGWAY_PG_ADDR.
+        pg_addr = env.get("PGWAY_PG_ADDR", {}).get("value")
+        svc = next((d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == dep["metadata"]["name"]), None)
+        svc_ports = {p["name"]: p for p in (svc or {}).get("spec", {}).get("ports", [])}
+        netpol = next((d for d in docs if d["kind"] == "NetworkPolicy"), None)
+        ingress_ports = {p["port"] for r in (netpol or {}).get("spec", {}).get("ingress", []) for p in r.get("ports", [])}
+        if name == "exec":
+            need(pg_addr == "", f"{name}: the PostgreSQL door off (PGWAY_PG_ADDR=\"\")")
+            need("postgres" not in ports and "postgres" not in svc_ports, f"{name}: no postgres port with the door off")
+        else:
+            need(pg_addr is not None and pg_addr.endswith(":6432"), f"{name}: the PostgreSQL door on 6432 (PGWAY_PG_ADDR={pg_addr!r})")
+            need(ports.get("postgres") == 6432, f"{name}: container port postgres 6432")
+            need(svc_ports.get("postgres", {}).get("port") == 6432 and svc_ports.get("postgres", {}).get("targetPort") == "postgres",
+                 f"{name}: Service port postgres 6432")
+            if netpol:
+                need(6432 in ingress_ports, f"{name}: NetworkPolicy lets clients reach 6432")
     kinds = {d["kind"] for d in deployment("full")[1]}
     need(kinds >= {"Deployment", "Service", "ServiceAccount", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "NetworkPolicy"}, f"full: kinds {sorted(kinds)}")
     sm = next(d for d in deployment("full")[1] if d["kind"] == "ServiceMonitor")

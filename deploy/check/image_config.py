@@ -4,7 +4,7 @@
     python3 deploy/check/image_config.py IMAGE
 
 IMAGE is a podman image built from the Dockerfile (docker format, so that the HEALTHCHECK
-is kept). It must run as 65532:65532, expose 50051/tcp and 9090/tcp, have /pgway as its
+is kept). It must run as 65532:65532, expose 50051/tcp, 6432/tcp and 9090/tcp, have /pgway as its
 entrypoint and SIGTERM as its stop signal, check health with
 `/pgway probe -service=pgway.v1.Database` (exec form), and have one layer: scratch plus the
 binary.
@@ -29,7 +29,7 @@ def main() -> int:
     errors = []
     if cfg.get("User") != "65532:65532":
         errors.append(f"User {cfg.get('User')!r}")
-    if set(cfg.get("ExposedPorts", {})) != {"50051/tcp", "9090/tcp"}:
+    if set(cfg.get("ExposedPorts", {})) != {"50051/tcp", "6432/tcp", "9090/tcp"}:
         errors.append(f"ExposedPorts {cfg.get('ExposedPorts')}")
     if cfg.get("Entrypoint") != ["/pgway"]:
         errors.append(f"Entrypoint {cfg.get('Entrypoint')}")

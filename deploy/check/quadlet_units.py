@@ -11,7 +11,9 @@ pkg/systemd/quadlet), and the settings that matter to pgway: StopTimeout above
 PGWAY_SHUTDOWN_GRACE and TimeoutStopSec above StopTimeout; hardening (ReadOnly,
 NoNewPrivileges, DropCapability=all) and Notify=healthy; the database URL from a Secret= and
 never from Environment=; the bearer tokens file from a Secret= mounted where the user can
-read it, on a Tmpfs=; a JSON exec-form HealthCmd on readiness; SELinux labels on volumes.
+read it, on a Tmpfs= (and so the PostgreSQL door's PGWAY_PG_AUTH_FILE, when set); the gRPC
+and PostgreSQL-door ports (PGWAY_GRPC_ADDR, PGWAY_PG_ADDR) published; a JSON exec-form
+HealthCmd on readiness; SELinux labels on volumes.
 
 Prints each problem. Exit status: 0 when there is none, 1 otherwise.
 """
@@ -109,6 +111,15 @@ def check(container_unit, network_unit):
         errors.append(f"PGWAY_AUTH_TOKENS_FILE={tokens!r} is not a Secret=...,type=mount target")
     elif mounted[tokens].get("uid") not in (None, kv.get("User", [None])[0]) and int(mounted[tokens].get("mode", "0444"), 8) & 0o004 == 0:
         errors.append("the tokens secret is not readable by the container's user")
+    pg_file = env.get("PGWAY_PG_AUTH_FILE")
+    if pg_file is not None and pg_file not in mounted:
+        errors.append(f"PGWAY_PG_AUTH_FILE={pg_file!r} is not a Secret=...,type=mount target")
+    # The doors' ports are published: PublishPort=[[IP:]HOST:]CONTAINER[/tcp].
+    published = {p.rsplit(":", 1)[-1].split("/")[0] for p in kv.get("PublishPort", [])}
+    for key, default in (("PGWAY_GRPC_ADDR", "0.0.0.0:50051"), ("PGWAY_PG_ADDR", "0.0.0.0:6432")):
+        addr = env.get(key, default)
+        if addr and addr.rsplit(":", 1)[-1] not in published:
+            errors.append(f"{key}={addr}: its port is in no PublishPort=")
     # A read-only root without ReadOnlyTmpfs has no /run/secrets: podman can't create the mount
     # point there (tested with podman 4.3: "read-only file system"), so a Tmpfs= must provide it.
     if mounted and not any(t.split(":", 1)[0] in ("/run", "/run/secrets") for t in kv.get("Tmpfs", [])):

@@ -61,9 +61,9 @@ stage_helm() {
     kval "$WORK/full.yaml" 1.37.0
 
     if python3 "$CHECK_DIR/helm_manifests.py" "$WORK"; then
-        ok "rendered manifests: probes, security context, grace, secrets, auth"
+        ok "rendered manifests: probes, security context, grace, secrets, auth, ports"
     else
-        bad "rendered manifests: probes, security context, grace, secrets, auth"
+        bad "rendered manifests: probes, security context, grace, secrets, auth, ports"
     fi
 
     for f in "$T"/bad/*.yaml; do

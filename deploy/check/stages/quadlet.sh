@@ -23,9 +23,9 @@ stage_quadlet() {
     fi
     # Keys against Quadlet's own list (podman 5, pkg/systemd/quadlet), and the timing rules.
     if python3 "$CHECK_DIR/quadlet_units.py" deploy/podman/pgway.container deploy/podman/pgway.network; then
-        ok "Quadlet keys and stop/health settings"
+        ok "Quadlet keys, stop/health settings, secrets and published ports"
     else
-        bad "Quadlet keys and stop/health settings"
+        bad "Quadlet keys, stop/health settings, secrets and published ports"
     fi
     if checkmodule -M -m -o "$WORK/pgway_pgsocket.mod" deploy/selinux/pgway_pgsocket.te >/dev/null &&
         semodule_package -o "$WORK/pgway_pgsocket.pp" -m "$WORK/pgway_pgsocket.mod"; then

@@ -2,7 +2,8 @@
 # Stage run: the image stage's image runs with --network host against a throwaway
 # PostgreSQL 15 started here on 127.0.0.1, and must: report SERVING for readiness (from the
 # host and through its HEALTHCHECK, without credentials), answer a Query with a bearer token
-# from a mounted podman secret and refuse one without it (Unauthenticated), serve /metrics,
+# from a mounted podman secret and refuse one without it (Unauthenticated), answer psql through
+# the PostgreSQL door (SCRAM login as the URL's user) and refuse a wrong password, serve /metrics,
 # go NOT_SERVING (readiness only) while the database is down and come back, let an in-flight
 # call finish on `podman stop`, and exit 0 within the grace (PGWAY_CHECK_GRACE seconds,
 # default 10).
@@ -17,6 +18,7 @@ probe_code() { local rc=0; probe "$1" || rc=$?; echo "$rc"; }
 
 stage_run() {
     local start serving startup_ms stop_ms token query refused refused_rc inflight inflight_rc running exit_code
+    local db_password door door_refused door_rc
     local run_args runtime_args
 
     # -----------------------------------------------------------------------------------
@@ -25,12 +27,19 @@ stage_run() {
     port=$(free_port)
     GRPC_PORT=$(free_port)
     METRICS_PORT=$(free_port)
-    while [ "$GRPC_PORT" = "$port" ] || [ "$METRICS_PORT" = "$port" ] || [ "$METRICS_PORT" = "$GRPC_PORT" ]; do
+    DOOR_PORT=$(free_port)
+    while [ "$(printf '%s\n' "$port" "$GRPC_PORT" "$METRICS_PORT" "$DOOR_PORT" | sort -u | wc -l)" -ne 4 ]; do
         GRPC_PORT=$(free_port)
         METRICS_PORT=$(free_port)
+        DOOR_PORT=$(free_port)
     done
     pg_init "$port"
     pg_start || { cat "$PG_LOG"; die "PostgreSQL start"; }
+    # The URL carries a password: the PostgreSQL door logs the URL's user in with SCRAM against
+    # it (the throwaway server itself trusts loopback and never asks for it).
+    db_password="$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+    "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+        -c "ALTER ROLE postgres PASSWORD '$db_password'" || die "ALTER ROLE postgres PASSWORD"
     ok "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
 
     # -----------------------------------------------------------------------------------
@@ -38,7 +47,7 @@ stage_run() {
     on_exit cleanup_container
     # The database host is a name that only the container's /etc/hosts knows, so the static
     # binary's name resolution is exercised too.
-    printf 'postgres://postgres@pgway-check-db:%s/postgres' "$PG_PORT" | podman secret create "$SECRET" - >/dev/null
+    printf 'postgres://postgres:%s@pgway-check-db:%s/postgres' "$db_password" "$PG_PORT" | podman secret create "$SECRET" - >/dev/null
     # Callers authenticate with a bearer token: the tokens file is a podman secret mounted as a
     # file (at /run/secrets/pgway-tokens) that only the container's user can read. The read-only
     # root has no /run/secrets to mount it on, so a tiny tmpfs provides one.
@@ -54,6 +63,8 @@ stage_run() {
         --secret "$TOKENS_SECRET,type=mount,target=pgway-tokens,uid=65532,gid=65532,mode=0400"
         -e PGWAY_AUTH_TOKENS_FILE=/run/secrets/pgway-tokens
         -e "PGWAY_GRPC_ADDR=127.0.0.1:$GRPC_PORT" -e "PGWAY_METRICS_ADDR=127.0.0.1:$METRICS_PORT"
+        # Off the default 6432 (--network host: the host's own port).
+        -e "PGWAY_PG_ADDR=127.0.0.1:$DOOR_PORT"
         -e "PGWAY_SHUTDOWN_GRACE=${GRACE}s" -e PGWAY_HEALTH_INTERVAL=200ms -e PGWAY_POOL_MAX=4
         # The image's own HEALTHCHECK, which follows PGWAY_GRPC_ADDR off port 50051.
         --health-interval 2s --health-retries 3 --health-timeout 3s
@@ -103,6 +114,24 @@ stage_run() {
     else
         echo "$refused"
         bad "grpcurl Query without the token was not refused with Unauthenticated"
+    fi
+    # The PostgreSQL door, as an application's connection string reaches it (psql's default
+    # sslmode=prefer: the door without TLS declines SSL and the login goes on in the clear).
+    door="$(PGPASSWORD="$db_password" PGCONNECT_TIMEOUT=10 "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$DOOR_PORT" \
+        -U postgres -d postgres -c "SELECT 41 + 1, current_user" 2>&1)" || true
+    if [ "$door" = "42|postgres" ]; then
+        ok "psql through the PostgreSQL door (SCRAM as the URL's user): 42, postgres"
+    else
+        echo "$door"
+        bad "psql through the PostgreSQL door"
+    fi
+    door_refused="$(PGPASSWORD="not-$db_password" PGCONNECT_TIMEOUT=10 "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$DOOR_PORT" \
+        -U postgres -d postgres -c "SELECT 1" 2>&1)" && door_rc=0 || door_rc=$?
+    if [ "$door_rc" -ne 0 ] && grep -q 'password authentication failed' <<<"$door_refused"; then
+        ok "psql through the door with a wrong password: refused"
+    else
+        echo "$door_refused"
+        bad "psql through the door with a wrong password was not refused"
     fi
     if python3 "$CHECK_DIR/metrics.py" "$METRICS_PORT"; then ok "metrics at /metrics"; else bad "metrics at /metrics"; fi
 

@@ -80,8 +80,8 @@ second grace period before pgway exits (measured: 6.2 s with PGWAY_SHUTDOWN_GRAC
 
 {{/*
 The connection budget: the most pods that can run at once (HPA maxReplicas or replicaCount,
-plus maxSurge during a rolling update) times (poolMax + 1: the pool plus the readiness check's
-own connection). With database.maxConnections set, rendering fails when that exceeds
+plus maxSurge during a rolling update) times (poolMax + 1: the pool, which the gRPC and
+PostgreSQL doors share, plus the readiness check's own connection). With database.maxConnections set, rendering fails when that exceeds
 maxConnections - reservedConnections. Prints the per-pod and total numbers as "perPod total".
 */}}
 {{- define "pgway.connectionBudget" -}}
@@ -89,7 +89,8 @@ maxConnections - reservedConnections. Prints the per-pod and total numbers as "p
 {{- if not (kindIs "invalid" .Values.config.poolMax) }}
 {{- $poolMax = int .Values.config.poolMax }}
 {{- end }}
-{{- $poolMin := 2 }}
+{{- /* The binary's default: 0 with the PostgreSQL door on, else 5 (or poolMax when lower). */}}
+{{- $poolMin := ternary 0 (min 5 $poolMax | int) .Values.postgres.enabled }}
 {{- if not (kindIs "invalid" .Values.config.poolMin) }}
 {{- $poolMin = int .Values.config.poolMin }}
 {{- end }}
@@ -125,9 +126,10 @@ maxConnections - reservedConnections. Prints the per-pod and total numbers as "p
 {{- end }}
 
 {{/*
-Callers' credentials, checked: pgway refuses to start without credentials unless PGWAY_AUTH is
-none, and with both. Prints the PGWAY_*_FILE variables of auth.secretName's keys as
-"NAME=path" lines; nothing when the gateway runs open.
+Callers' credentials, checked: pgway refuses to start without gRPC credentials unless
+PGWAY_AUTH is none, and with both. Prints the PGWAY_*_FILE variables of auth.secretName's keys
+as "NAME=path" lines: the gRPC credentials (none when the gateway runs open) and the PostgreSQL
+door's users file (PGWAY_PG_AUTH_FILE), which is no gRPC credential and goes with either.
 */}}
 {{- define "pgway.authFiles" -}}
 {{- $auth := .Values.auth }}
@@ -137,17 +139,19 @@ none, and with both. Prints the PGWAY_*_FILE variables of auth.secretName's keys
 {{- if $auth.tokensKey }}{{- $files = append $files (printf "PGWAY_AUTH_TOKENS_FILE=/etc/pgway/auth/%s" $auth.tokensKey) }}{{- end }}
 {{- if $auth.jwtSecretKey }}{{- $files = append $files (printf "PGWAY_JWT_SECRET_FILE=/etc/pgway/auth/%s" $auth.jwtSecretKey) }}{{- end }}
 {{- if $auth.jwksKey }}{{- $files = append $files (printf "PGWAY_JWT_JWKS_FILE=/etc/pgway/auth/%s" $auth.jwksKey) }}{{- end }}
-{{- if and $files (not $auth.secretName) }}
-{{- fail "auth.tokensKey / auth.jwtSecretKey / auth.jwksKey need auth.secretName: the Secret they are keys of" }}
+{{- $pgFile := list }}
+{{- if $auth.pgAuthFileKey }}{{- $pgFile = list (printf "PGWAY_PG_AUTH_FILE=/etc/pgway/auth/%s" $auth.pgAuthFileKey) }}{{- end }}
+{{- if and (or $files $pgFile) (not $auth.secretName) }}
+{{- fail "auth.tokensKey / auth.jwtSecretKey / auth.jwksKey / auth.pgAuthFileKey need auth.secretName: the Secret they are keys of" }}
 {{- end }}
-{{- if and $auth.secretName (not $files) }}
-{{- fail (printf "auth.secretName (%s) names no key: set auth.tokensKey and/or auth.jwtSecretKey / auth.jwksKey" $auth.secretName) }}
+{{- if and $auth.secretName (not (or $files $pgFile)) }}
+{{- fail (printf "auth.secretName (%s) names no key: set auth.tokensKey and/or auth.jwtSecretKey / auth.jwksKey (and auth.pgAuthFileKey for the PostgreSQL door)" $auth.secretName) }}
 {{- end }}
 {{- if and $open $files }}
 {{- fail "config.auth is none, but auth.secretName configures credentials too: pgway refuses to start with both, so unset one" }}
 {{- end }}
 {{- if not (or $open $files) }}
-{{- fail "no caller authentication configured: pgway refuses to start without it. Set auth.secretName (a Secret mounted at /etc/pgway/auth) with auth.tokensKey and/or auth.jwtSecretKey / auth.jwksKey, or set config.auth=none to let anyone who reaches the gRPC port call" }}
+{{- fail "no caller authentication configured: pgway refuses to start without it. Set auth.secretName (a Secret mounted at /etc/pgway/auth) with auth.tokensKey and/or auth.jwtSecretKey / auth.jwksKey, or set config.auth=none to let anyone who reaches the gRPC port call (auth.pgAuthFileKey is for the PostgreSQL door only)" }}
 {{- end }}
 {{- if and (or $auth.jwtSecretKey $auth.jwksKey) (not (index $config "jwtAllowedRoles")) }}
 {{- fail "auth.jwtSecretKey / auth.jwksKey accept JWTs: set config.jwtAllowedRoles to the roles they may run as (comma-separated, such as anon,authenticated)" }}
@@ -155,7 +159,7 @@ none, and with both. Prints the PGWAY_*_FILE variables of auth.secretName's keys
 {{- if eq (toString (index $config "authPublicHealth")) "false" }}
 {{- fail "config.authPublicHealth=false makes the health service ask for credentials, which the chart's startup, liveness and readiness probes can't send: the pods would never become ready. Leave it null or true" }}
 {{- end }}
-{{- join "\n" $files }}
+{{- join "\n" (concat $files $pgFile) }}
 {{- end }}
 
 {{/* The container's environment: every PGWAY_* setting reachable from values. */}}
@@ -170,6 +174,8 @@ none, and with both. Prints the PGWAY_*_FILE variables of auth.secretName's keys
   value: {{ include "pgway.listen" (dict "host" .Values.listenHost "port" .Values.containerPorts.grpc) | quote }}
 - name: PGWAY_METRICS_ADDR
   value: {{ ternary (include "pgway.listen" (dict "host" .Values.listenHost "port" .Values.containerPorts.metrics)) "" .Values.metrics.enabled | quote }}
+- name: PGWAY_PG_ADDR
+  value: {{ ternary (include "pgway.listen" (dict "host" .Values.listenHost "port" .Values.containerPorts.postgres)) "" .Values.postgres.enabled | quote }}
 - name: PGWAY_SHUTDOWN_GRACE
   value: {{ printf "%ds" (int .Values.config.shutdownGraceSeconds) | quote }}
 {{- range $key, $value := .Values.config }}
