@@ -8,6 +8,7 @@
 //! own and never wait for the pool.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use metrics::counter;
@@ -17,10 +18,27 @@ use tracing::debug;
 use super::server::{self, Target};
 use crate::core::telemetry as names;
 
+/// A BackendKeyData: process id and secret.
+pub type CancelKey = (i32, i32);
+
 /// One client's cancel slot.
 #[derive(Debug, Default)]
 pub struct Slot {
     linked: tokio::sync::Mutex<Option<(i32, i32)>>,
+    /// A cancel for this client is on its way: more are dropped, not queued behind it. Each
+    /// queued cancel would hold the lock for a round trip to PostgreSQL while the client's
+    /// server connection waits for it to be given back (a client repeating its cancel could
+    /// keep its connection from others for as long as it kept sending).
+    sending: AtomicBool,
+}
+
+/// Clears [`Slot::sending`] however the cancel ends.
+struct Sending<'a>(&'a AtomicBool);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Slot {
@@ -48,7 +66,7 @@ impl Slot {
 /// The door's keys → slots.
 #[derive(Debug, Clone, Default)]
 pub struct Cancels {
-    slots: Arc<Mutex<HashMap<(i32, i32), Arc<Slot>>>>,
+    slots: Arc<Mutex<HashMap<CancelKey, Arc<Slot>>>>,
 }
 
 impl Cancels {
@@ -82,6 +100,11 @@ impl Cancels {
             debug!("cancel request for an unknown key");
             return;
         };
+        if slot.sending.swap(true, Ordering::AcqRel) {
+            debug!("a cancel for this client is already on its way");
+            return;
+        }
+        let _sending = Sending(&slot.sending);
         let linked = slot.linked.lock().await;
         if let Some((pid, secret)) = *linked {
             counter!(names::PG_CANCELS).increment(1);

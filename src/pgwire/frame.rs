@@ -177,8 +177,11 @@ pub fn write_parse(out: &mut BytesMut, name: &[u8], query: &[u8], types: &[u8]) 
     out.put_slice(types);
 }
 
+/// A Bind's portal name, statement name, and the rest of it as sent.
+pub type BindParts<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
 /// The statement name of a Bind (after the portal name), and where the rest starts.
-pub fn read_bind(msg: &[u8]) -> Result<(&[u8], &[u8], &[u8]), FrameError> {
+pub fn read_bind(msg: &[u8]) -> Result<BindParts<'_>, FrameError> {
     let mut b = body(msg);
     let portal = take_cstr(&mut b).ok_or(FrameError::Malformed("Bind"))?;
     let statement = take_cstr(&mut b).ok_or(FrameError::Malformed("Bind"))?;
@@ -349,6 +352,13 @@ pub fn write_command_complete(out: &mut BytesMut, tag: &str) {
 
 /// ParseComplete.
 pub const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+/// BindComplete.
+pub const BIND_COMPLETE: &[u8] = &[b'2', 0, 0, 0, 4];
+/// NoData.
+pub const NO_DATA: &[u8] = &[b'n', 0, 0, 0, 4];
+/// ParameterDescription of no parameters, then NoData: a Describe of a statement that takes
+/// none and returns no rows.
+pub const NO_PARAMETERS_NO_DATA: &[u8] = &[b't', 0, 0, 0, 6, 0, 0, b'n', 0, 0, 0, 4];
 /// CloseComplete.
 pub const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
 

@@ -101,15 +101,29 @@ pub struct Session {
     wanted: BTreeMap<String, String>,
     /// The client's statement names → the global statements.
     names: HashMap<Bytes, Arc<Statement>>,
+    /// The client's statements (by name, `""` for the unnamed one) and portals that are a
+    /// `DEALLOCATE` of its own names, sent by the extended protocol: answered by the door
+    /// like [`Session::deallocate`] answers a simple Query (psycopg sends its cache's
+    /// DEALLOCATEs this way in pipeline mode).
+    door_statements: HashMap<Bytes, Deallocation>,
+    door_portals: HashMap<Bytes, Deallocation>,
     server: Option<ServerConn>,
     expect: VecDeque<Expect>,
     /// The server is skipping messages up to the next Sync after an error.
     skipping: bool,
     /// The last ReadyForQuery status (`I`, `T`, `E`).
     status: u8,
+    /// Extended-protocol messages went to the server since the last Sync: the server is in
+    /// the middle of a pipeline (perhaps skipping to the Sync after an error), whatever the
+    /// last ReadyForQuery said, so the connection can't be given to anyone else yet.
+    unsynced: bool,
     copy_in: bool,
     /// A statement that may change settings ran since link: read them back before unlinking.
     settings_changed: bool,
+    /// The unnamed statement may change settings: its Binds set `settings_changed` (a Parse
+    /// only prepares; the change happens when the statement runs, possibly after the
+    /// Parse's own Sync).
+    unnamed_changes_settings: bool,
     pinned: Option<PinReason>,
     /// The link failed: the client's messages are dropped up to its next Sync.
     refusing: bool,
@@ -147,12 +161,16 @@ impl Session {
             credential,
             wanted,
             names: HashMap::new(),
+            door_statements: HashMap::new(),
+            door_portals: HashMap::new(),
             server: None,
             expect: VecDeque::new(),
             skipping: false,
             status: b'I',
+            unsynced: false,
             copy_in: false,
             settings_changed: false,
+            unnamed_changes_settings: false,
             pinned: None,
             refusing: false,
             cancel,
@@ -200,7 +218,10 @@ impl Session {
                         continue;
                     }
                 }
-                if let Err(ended) = self.from_client(msg, &mut to_server, &mut to_client).await {
+                if let Err(ended) = self
+                    .client_message(msg, &mut to_server, &mut to_client)
+                    .await
+                {
                     return ended;
                 }
             }
@@ -246,7 +267,7 @@ impl Session {
                 Event::Client(Ok(_)) => {}
                 Event::Server(Ok(0) | Err(_)) => return self.server_lost(&mut to_client).await,
                 Event::Server(Ok(_)) => {
-                    if let Err(ended) = self.from_server(&mut to_client) {
+                    if let Err(ended) = self.server_messages(&mut to_client) {
                         return ended;
                     }
                 }
@@ -282,9 +303,16 @@ impl Session {
                 let Ok(parse) = frame::read_parse(msg) else {
                     return false;
                 };
+                if let Some(deallocation) = self.door_deallocation(parse.query) {
+                    self.door_statements
+                        .insert(Bytes::copy_from_slice(parse.name), deallocation);
+                    to_client.extend_from_slice(frame::PARSE_COMPLETE);
+                    return true;
+                }
                 if parse.name.is_empty() || session_effect(parse.query) != Default::default() {
                     return false;
                 }
+                self.door_statements.remove(parse.name);
                 let statement = self.door.statements.statement(parse.query, parse.types);
                 self.names
                     .insert(Bytes::copy_from_slice(parse.name), statement);
@@ -381,6 +409,7 @@ impl Session {
             server.applied = self.wanted.clone();
         }
         self.skipping = false;
+        self.unsynced = false;
         self.server = Some(server);
         Ok(())
     }
@@ -389,6 +418,7 @@ impl Session {
     fn maybe_unlink(&mut self, to_server: &mut BytesMut) {
         if !(self.expect.is_empty()
             && self.status == b'I'
+            && !self.unsynced
             && !self.copy_in
             && self.pinned.is_none()
             && self.server.is_some())
@@ -424,13 +454,16 @@ impl Session {
         }
     }
 
-    async fn from_client(
+    async fn client_message(
         &mut self,
         msg: BytesMut,
         to_server: &mut BytesMut,
         to_client: &mut BytesMut,
     ) -> Result<(), Ended> {
         let tag = msg[0];
+        if matches!(tag, b'P' | b'B' | b'D' | b'C' | b'E' | b'H') {
+            self.unsynced = true;
+        }
         if self.skipping && tag != b'S' {
             // The server ignores it; so does the door.
             to_server.extend_from_slice(&msg);
@@ -461,11 +494,19 @@ impl Session {
                     Ok(parse) => parse,
                     Err(error) => return Err(self.violation(error).await),
                 };
+                self.door_statements.remove(parse.name);
+                if let Some(deallocation) = self.door_deallocation(parse.query) {
+                    self.door_statements
+                        .insert(Bytes::copy_from_slice(parse.name), deallocation);
+                    self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
+                    return Ok(());
+                }
                 let refusal = self.effect(parse.query);
                 if let Some(refusal) = refusal {
                     frame::write_parse(to_server, parse.name, refusal.as_bytes(), &[0, 0]);
                     self.expect_answer(End::ParseComplete);
                 } else if parse.name.is_empty() {
+                    self.unnamed_changes_settings = session_effect(parse.query).settings;
                     to_server.extend_from_slice(&msg);
                     self.expect_answer(End::ParseComplete);
                 } else {
@@ -485,7 +526,23 @@ impl Session {
                     Ok(parts) => parts,
                     Err(error) => return Err(self.violation(error).await),
                 };
-                match self.names.get(name).cloned() {
+                self.door_portals.remove(portal);
+                if let Some(deallocation) = self.door_statements.get(name).cloned() {
+                    self.door_portals
+                        .insert(Bytes::copy_from_slice(portal), deallocation);
+                    self.reply(to_client, Bytes::from_static(frame::BIND_COMPLETE));
+                    return Ok(());
+                }
+                let statement = self.current(name);
+                let changes_settings = match &statement {
+                    _ if name.is_empty() => self.unnamed_changes_settings,
+                    Some(statement) => statement.changes_settings,
+                    None => false,
+                };
+                if changes_settings {
+                    self.settings_changed = true;
+                }
+                match statement {
                     Some(statement) if !name.is_empty() => {
                         self.ensure(&statement, to_server);
                         frame::write_bind(to_server, portal, &statement.name, rest);
@@ -512,8 +569,28 @@ impl Session {
                 } else {
                     End::CloseComplete
                 };
+                let door_own = match kind {
+                    b'S' => self.door_statements.contains_key(name),
+                    _ => self.door_portals.contains_key(name),
+                };
+                if door_own {
+                    let reply: &'static [u8] = match (tag, kind) {
+                        (b'D', b'S') => frame::NO_PARAMETERS_NO_DATA,
+                        (b'D', _) => frame::NO_DATA,
+                        _ => {
+                            if kind == b'S' {
+                                self.door_statements.remove(name);
+                            } else {
+                                self.door_portals.remove(name);
+                            }
+                            frame::CLOSE_COMPLETE
+                        }
+                    };
+                    self.reply(to_client, Bytes::from_static(reply));
+                    return Ok(());
+                }
                 let mapped = (kind == b'S' && !name.is_empty())
-                    .then(|| self.names.get(name).cloned())
+                    .then(|| self.current(name))
                     .flatten();
                 match (tag, mapped) {
                     (b'D', Some(statement)) => {
@@ -534,12 +611,21 @@ impl Session {
                 }
             }
             b'E' => {
+                let mut body = frame::body(&msg);
+                let portal = frame::take_cstr(&mut body).unwrap_or_default();
+                if let Some(deallocation) = self.door_portals.get(portal).cloned() {
+                    let mut out = BytesMut::new();
+                    frame::write_command_complete(&mut out, self.deallocate_now(&deallocation));
+                    self.reply(to_client, out.freeze());
+                    return Ok(());
+                }
                 to_server.extend_from_slice(&msg);
                 self.expect_answer(End::Execution);
             }
             b'S' => {
                 to_server.extend_from_slice(&msg);
                 self.skipping = false;
+                self.unsynced = false;
                 self.expect_answer(End::Ready);
             }
             b'F' => {
@@ -629,37 +715,64 @@ impl Session {
     /// `DEALLOCATE name` / `DEALLOCATE ALL` of protocol-level statements is the door's to
     /// answer: the server never saw the client's names.
     fn deallocate(&mut self, sql: &[u8]) -> Option<Bytes> {
-        let text = std::str::from_utf8(sql)
-            .ok()?
-            .trim()
-            .trim_end_matches(';')
-            .trim();
-        let mut words = text.split_ascii_whitespace();
-        if !words.next()?.eq_ignore_ascii_case("deallocate") {
-            return None;
-        }
-        let mut name = words.next()?;
-        if name.eq_ignore_ascii_case("prepare") {
-            name = words.next()?;
-        }
-        if words.next().is_some() {
-            return None;
-        }
-        let mut out = BytesMut::new();
-        if name.eq_ignore_ascii_case("all") {
-            if self.pinned.is_some() {
+        let deallocation = match deallocation(sql)? {
+            Deallocation::All if self.pinned.is_some() => {
                 // SQL-level statements may exist on the server too.
                 self.names.clear();
                 return None;
             }
-            self.names.clear();
-            frame::write_command_complete(&mut out, "DEALLOCATE ALL");
-        } else {
-            let name = name.trim_matches('"');
-            self.names.remove(name.as_bytes())?;
-            frame::write_command_complete(&mut out, "DEALLOCATE");
+            other => other,
+        };
+        if !self.door_answers(&deallocation) {
+            return None;
         }
+        let mut out = BytesMut::new();
+        frame::write_command_complete(&mut out, self.deallocate_now(&deallocation));
         Some(out.freeze())
+    }
+
+    /// A DEALLOCATE by the extended protocol the door answers itself.
+    fn door_deallocation(&self, sql: &[u8]) -> Option<Deallocation> {
+        deallocation(sql).filter(|d| self.door_answers(d))
+    }
+
+    /// Whether only the door knows what `deallocation` names: all of the client's names (and
+    /// no SQL-level statements, which exist only for a pinned client), or one of its names.
+    fn door_answers(&self, deallocation: &Deallocation) -> bool {
+        match deallocation {
+            Deallocation::All => self.pinned.is_none(),
+            Deallocation::Name(name) => self.names.contains_key(name),
+        }
+    }
+
+    /// Forgets what `deallocation` names; the command tag to answer.
+    fn deallocate_now(&mut self, deallocation: &Deallocation) -> &'static str {
+        match deallocation {
+            Deallocation::All => {
+                self.names.clear();
+                "DEALLOCATE ALL"
+            }
+            Deallocation::Name(name) => {
+                self.names.remove(name);
+                "DEALLOCATE"
+            }
+        }
+    }
+
+    /// The statement a client's name maps to now: a statement whose plan went stale is
+    /// replaced by a fresh one of the same text.
+    fn current(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        let statement = self.names.get(name)?;
+        if !statement.is_retired() {
+            return Some(Arc::clone(statement));
+        }
+        let fresh = self
+            .door
+            .statements
+            .statement(&statement.query, &statement.types);
+        self.names
+            .insert(Bytes::copy_from_slice(name), Arc::clone(&fresh));
+        Some(fresh)
     }
 
     /// Reads a statement for its effect on the session: pins the client if it makes what
@@ -703,7 +816,7 @@ impl Session {
     }
 
     /// Relays what the server sent, as the queue says.
-    fn from_server(&mut self, to_client: &mut BytesMut) -> Result<(), Ended> {
+    fn server_messages(&mut self, to_client: &mut BytesMut) -> Result<(), Ended> {
         loop {
             let Some(server) = self.server.as_mut() else {
                 return Ok(());
@@ -781,9 +894,10 @@ impl Session {
                             && let Some(id) = bind
                         {
                             // "cached plan must not change result type": this name is stale
-                            // everywhere.
+                            // everywhere. It stays prepared here (Parsing it again would
+                            // fail: it exists) until the LRU closes it; clients move to a
+                            // fresh name.
                             self.door.statements.retire(id);
-                            server.prepared.pop(&id);
                         }
                         if fields.code == "26000"
                             && let Some(id) = bind
@@ -827,6 +941,10 @@ impl Session {
                                 let tag = frame::read_command_tag(&msg);
                                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                                     server.prepared.clear();
+                                    // The client's session lost its statements too.
+                                    self.names.clear();
+                                    self.door_statements.clear();
+                                    self.door_portals.clear();
                                 }
                             }
                             _ => {}
@@ -908,7 +1026,7 @@ impl Session {
             return;
         };
         self.door.clients.linked(-1);
-        let outstanding = !self.expect.is_empty() || self.copy_in;
+        let outstanding = !self.expect.is_empty() || self.copy_in || self.unsynced;
         let needs_reset = matches!(self.status, b'T' | b'E') || outstanding || was_pinned;
         if outstanding && !server.broken {
             let target = self.door.pools.target().clone();
@@ -973,6 +1091,41 @@ impl Session {
             _ => self.door.pools.close(server, CloseReason::ResetFailed),
         }
     }
+}
+
+/// What a `DEALLOCATE` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Deallocation {
+    All,
+    Name(Bytes),
+}
+
+/// Reads `DEALLOCATE [PREPARE] {name | ALL}`.
+fn deallocation(sql: &[u8]) -> Option<Deallocation> {
+    let text = std::str::from_utf8(sql)
+        .ok()?
+        .trim()
+        .trim_end_matches(';')
+        .trim();
+    let mut words = text.split_ascii_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("deallocate") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("prepare") {
+        name = words.next()?;
+    }
+    if words.next().is_some() {
+        return None;
+    }
+    if name.eq_ignore_ascii_case("all") {
+        return Some(Deallocation::All);
+    }
+    let name = match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => name.to_ascii_lowercase(),
+    };
+    Some(Deallocation::Name(Bytes::from(name)))
 }
 
 /// The statement that brings a connection's settings to `wanted`.

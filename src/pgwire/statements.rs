@@ -7,6 +7,7 @@
 //! global ones.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -18,6 +19,18 @@ pub struct Statement {
     pub name: Bytes,
     pub query: Bytes,
     pub types: Bytes,
+    /// Running it may change session settings (read once, for every Bind).
+    pub changes_settings: bool,
+    /// Its plan went stale: clients that still name it are moved to a fresh statement of the
+    /// same text, never prepared anywhere (this name may still be prepared on some servers,
+    /// with the stale plan, until their LRU closes it).
+    retired: AtomicBool,
+}
+
+impl Statement {
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
 }
 
 /// The gateway-wide registry of global statements. Cheap to clone.
@@ -53,7 +66,12 @@ impl Registry {
     /// text gets a fresh global name, prepared anew everywhere.
     pub fn retire(&self, id: u64) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.by_text.retain(|_, s| s.id != id);
+            inner.by_text.retain(|_, s| {
+                if s.id == id {
+                    s.retired.store(true, Ordering::Relaxed);
+                }
+                s.id != id
+            });
         }
     }
 
@@ -73,6 +91,8 @@ fn make(id: u64, query: &[u8], types: &[u8]) -> Statement {
         name: Bytes::from(format!("pgway_{id}")),
         query: Bytes::copy_from_slice(query),
         types: Bytes::copy_from_slice(types),
+        changes_settings: crate::core::sql::session_effect(query).settings,
+        retired: AtomicBool::new(false),
     }
 }
 
@@ -89,6 +109,7 @@ mod tests {
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
         registry.retire(a.id);
+        assert!(a.is_retired() && !c.is_retired());
         assert_ne!(
             registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23]).id,
             a.id

@@ -1,0 +1,1275 @@
+//! The PostgreSQL door with real clients: psql, pgbench, tokio-postgres, and Python drivers
+//! (psycopg 3, psycopg2, asyncpg, SQLAlchemy) run as scripts from tests/python/pg_*.py, against
+//! a PostgreSQL of this binary's own that asks for SCRAM-SHA-256 over TCP, through a door with a
+//! small pool shared by more clients than it has server connections.
+//!
+//! The gauges of /metrics are process-wide, and every door in this binary writes them: the
+//! tests that read a gauge take [`EXCLUSIVE`] for writing, all others for reading. So does the
+//! test that restarts the shared PostgreSQL.
+
+mod support;
+
+use std::io::ErrorKind;
+use std::path::Path;
+use std::process::Output;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use pgway::devdb::{ClusterSetup, TempPostgres};
+use support::{Gateway, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio::sync::{OnceCell, RwLock};
+use tokio_postgres::NoTls;
+
+const POSTGRES_PASSWORD: &str = "pw-postgres-1";
+const APP_PASSWORD: &str = "pw-app-2";
+/// The longest one client program may take.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+
+static CLUSTER: OnceCell<TempPostgres> = OnceCell::const_new();
+static NEXT_DATABASE: AtomicU32 = AtomicU32::new(1);
+static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
+
+/// The binary's PostgreSQL: SCRAM for every TCP login, trust on its Unix socket (where the
+/// tests' own superuser connections go).
+async fn cluster() -> &'static TempPostgres {
+    CLUSTER
+        .get_or_init(|| async {
+            let pg = tokio::task::spawn_blocking(|| {
+                TempPostgres::start_with(
+                    None,
+                    &ClusterSetup {
+                        files: vec![],
+                        conf: vec!["password_encryption = 'scram-sha-256'".into()],
+                        hba: vec![
+                            "host all all 127.0.0.1/32 scram-sha-256".into(),
+                            "host all all ::1/128 scram-sha-256".into(),
+                        ],
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .await
+            .expect("starting PostgreSQL panicked");
+            let admin = superuser_at(&pg, "postgres").await;
+            admin
+                .batch_execute(&format!(
+                    "ALTER ROLE postgres PASSWORD '{POSTGRES_PASSWORD}';
+                     CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}';"
+                ))
+                .await
+                .expect("roles");
+            // In template1, so every test's database has it: the auth query's function,
+            // schema-qualified and SECURITY DEFINER, as PgBouncer's docs advise.
+            superuser_at(&pg, "template1")
+                .await
+                .batch_execute(
+                    "CREATE SCHEMA pgway_auth;
+                     CREATE FUNCTION pgway_auth.lookup(name text, OUT usename name, OUT passwd text)
+                       RETURNS SETOF record LANGUAGE sql SECURITY DEFINER
+                       SET search_path = pg_catalog AS
+                       'SELECT rolname, rolpassword FROM pg_catalog.pg_authid WHERE rolname = name';",
+                )
+                .await
+                .expect("auth function");
+            pg
+        })
+        .await
+}
+
+/// A superuser connection over the cluster's Unix socket (trust), bypassing the door.
+async fn superuser_at(pg: &TempPostgres, database: &str) -> tokio_postgres::Client {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(pg.dir())
+        .port(pg.port())
+        .user("postgres")
+        .dbname(database);
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("superuser connection to {database}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A gateway whose PostgreSQL door serves a fresh database, with `--pool-max 3` unless
+/// `settings` say otherwise.
+struct Door {
+    gw: Gateway,
+    addr: std::net::SocketAddr,
+    database: String,
+}
+
+impl Door {
+    async fn start(settings: &[&str]) -> Door {
+        let pg = cluster().await;
+        let database = format!(
+            "door_{}_{}",
+            std::process::id(),
+            NEXT_DATABASE.fetch_add(1, Ordering::Relaxed)
+        );
+        superuser_at(pg, "postgres")
+            .await
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await
+            .expect("CREATE DATABASE");
+        let url = format!(
+            "postgres://postgres:{POSTGRES_PASSWORD}@127.0.0.1:{}/{database}",
+            pg.port()
+        );
+        let mut argv = vec!["--pg-addr", "127.0.0.1:0", "--pool-min", "0"];
+        if !settings.contains(&"--pool-max") {
+            argv.extend_from_slice(&["--pool-max", "3"]);
+        }
+        argv.extend_from_slice(settings);
+        let gw = Gateway::serving(&url, database.clone(), &argv).await;
+        let addr = gw.pg_addr.expect("the door is on");
+        Door { gw, addr, database }
+    }
+
+    /// A libpq connection URL to the door.
+    fn dsn_as(&self, user: &str, password: &str) -> String {
+        format!(
+            "postgresql://{user}:{password}@127.0.0.1:{}/{}?sslmode=disable",
+            self.addr.port(),
+            self.database
+        )
+    }
+
+    fn dsn(&self) -> String {
+        self.dsn_as("postgres", POSTGRES_PASSWORD)
+    }
+
+    /// A tokio-postgres client through the door, with its connection task.
+    async fn connect(
+        &self,
+    ) -> (
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ) {
+        let (client, connection) = tokio_postgres::connect(&self.dsn(), NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connecting through the door: {e}"));
+        (client, tokio::spawn(connection))
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        self.connect().await.0
+    }
+
+    /// A superuser connection to the door's database, bypassing the door.
+    async fn direct(&self) -> tokio_postgres::Client {
+        superuser_at(cluster().await, &self.database).await
+    }
+}
+
+/// Runs a program to completion, failing the test if it is missing or hangs.
+async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(TOOL_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("`{program} {args:?}` did not finish within {TOOL_TIMEOUT:?}"));
+    match output {
+        Ok(output) => output,
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+            "`{program}` is not installed (psql and pgbench come with postgresql-client; the \
+             Python drivers with `pip install -r tests/python/requirements.txt`)"
+        ),
+        Err(e) => panic!("cannot run `{program}`: {e}"),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// psql with `args` against `dsn`: (success, stdout, stderr). Unaligned, tuples only.
+async fn psql(dsn: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut all = vec!["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", dsn];
+    all.extend_from_slice(args);
+    let out = run("psql", &all, env).await;
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Runs tests/python/`script` with the door's DSN and `args`; asserts it exits 0.
+async fn python(script: &str, dsn: &str, args: &[&str]) -> String {
+    let path = Path::new("tests/python").join(script);
+    let mut all = vec![path.to_str().expect("utf-8 path"), dsn];
+    all.extend_from_slice(args);
+    let out = run("python3", &all, &[]).await;
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The error a login through the door is refused with.
+async fn refused(dsn: &str, what: &str) -> tokio_postgres::Error {
+    match tokio_postgres::connect(dsn, NoTls).await {
+        Ok(_) => panic!("let in: {what}"),
+        Err(error) => error,
+    }
+}
+
+fn sqlstate(error: &tokio_postgres::Error) -> Option<String> {
+    // (Display of a tokio-postgres error is only "db error": tests print it with {:?}.)
+    error.as_db_error().map(|e| e.code().code().to_owned())
+}
+
+// --- Login ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn logins_are_checked_like_postgresql_does() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&[]).await;
+    let (ok, out, err) = psql(&door.dsn(), &["-c", "select current_user"], &[]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "postgres");
+
+    let before = door.gw.metric("pgway_pg_auth_failures_total").await;
+    let wrong = door.dsn_as("postgres", "not-the-password");
+    let (ok, _, err) = psql(&wrong, &["-c", "select 1"], &[]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("password authentication failed for user \"postgres\""),
+        "{err}"
+    );
+    let unknown = door.dsn_as("nobody", "whatever");
+    let (ok, _, err) = psql(&unknown, &["-c", "select 1"], &[]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("password authentication failed for user \"nobody\""),
+        "{err}"
+    );
+    // The SQLSTATEs, as a driver sees them.
+    let error = refused(&wrong, "a wrong password").await;
+    assert_eq!(sqlstate(&error).as_deref(), Some("28P01"), "{error:?}");
+    let other_db = format!(
+        "postgresql://postgres:{POSTGRES_PASSWORD}@127.0.0.1:{}/x?sslmode=disable",
+        door.addr.port()
+    );
+    let error = refused(&other_db, "another database").await;
+    assert_eq!(sqlstate(&error).as_deref(), Some("3D000"), "{error:?}");
+    assert_eq!(
+        error.as_db_error().map(|e| e.message()),
+        Some("database \"x\" does not exist"),
+        "{error:?}"
+    );
+    let after = door.gw.metric("pgway_pg_auth_failures_total").await;
+    assert!(
+        after >= before + 3.0,
+        "failures counted: {before} → {after}"
+    );
+}
+
+/// The app role's verifier as PostgreSQL stores it.
+async fn app_verifier(door: &Door) -> String {
+    door.direct()
+        .await
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
+            &[],
+        )
+        .await
+        .expect("pg_authid")
+        .get(0)
+}
+
+/// `app` is itself upstream: its name, and its (lack of) privileges.
+async fn assert_logs_in_as_app(door: &Door) {
+    door.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE secret (a int); CREATE TABLE open (a int); GRANT SELECT ON open TO app",
+        )
+        .await
+        .expect("tables");
+    let dsn = door.dsn_as("app", APP_PASSWORD);
+    let (ok, out, err) = psql(
+        &dsn,
+        &[
+            "-c",
+            "select current_user",
+            "-c",
+            "select count(*) from open",
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["app", "0"]);
+    let (client, connection) = tokio_postgres::connect(&dsn, NoTls)
+        .await
+        .expect("app logs in");
+    tokio::spawn(connection);
+    let error = client
+        .simple_query("select * from secret")
+        .await
+        .expect_err("denied");
+    assert_eq!(sqlstate(&error).as_deref(), Some("42501"), "{error:?}");
+    let wrong = door.dsn_as("app", "nope");
+    let error = refused(&wrong, "a wrong password").await;
+    assert_eq!(sqlstate(&error).as_deref(), Some("28P01"), "{error:?}");
+}
+
+#[tokio::test]
+async fn an_auth_file_user_logs_in_as_itself() {
+    let _shared = EXCLUSIVE.read().await;
+    // The file must exist when the gateway starts: write the real verifier once known.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("userlist.txt");
+    std::fs::write(&file, "").expect("write");
+    let door = Door::start(&["--pg-auth-file", file.to_str().expect("utf-8")]).await;
+    std::fs::write(
+        &file,
+        format!("\"app\" \"{}\"\n", app_verifier(&door).await),
+    )
+    .expect("write");
+    assert_logs_in_as_app(&door).await;
+}
+
+#[tokio::test]
+async fn an_auth_query_user_logs_in_as_itself() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&[
+        "--pg-auth-query",
+        "SELECT usename, passwd FROM pgway_auth.lookup($1)",
+    ])
+    .await;
+    assert_logs_in_as_app(&door).await;
+}
+
+#[tokio::test]
+async fn ssl_prefer_falls_back_and_startup_settings_last() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "2"]).await;
+    door.direct()
+        .await
+        .batch_execute("CREATE SCHEMA foo")
+        .await
+        .expect("schema");
+    let dsn = door.dsn().replace("sslmode=disable", "sslmode=prefer");
+    // Another client keeps the pool busy with default settings in between.
+    let other = door.client().await;
+    let mut args = Vec::new();
+    for _ in 0..3 {
+        args.extend_from_slice(&[
+            "-c",
+            "SHOW search_path",
+            "-c",
+            "select current_setting('application_name')",
+        ]);
+    }
+    let env = [
+        ("PGOPTIONS", "-c search_path=foo"),
+        ("PGAPPNAME", "door-test"),
+    ];
+    let run_psql = psql(&dsn, &args, &env);
+    let busy = async {
+        for _ in 0..20 {
+            other.simple_query("SELECT 1").await.expect("other client");
+        }
+    };
+    let ((ok, out, err), ()) = tokio::join!(run_psql, busy);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["foo", "door-test", "foo", "door-test", "foo", "door-test"]
+    );
+    let row = other
+        .query_one("SHOW search_path", &[])
+        .await
+        .expect("show");
+    assert_eq!(row.get::<_, String>(0), "\"$user\", public");
+}
+
+// --- pgbench ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn pgbench_runs_in_every_protocol_mode_and_the_books_balance() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&[]).await;
+    let dsn = door.dsn();
+    let env = [("PGPASSWORD", POSTGRES_PASSWORD)];
+    let conn = format!(
+        "host=127.0.0.1 port={} dbname={} user=postgres sslmode=disable",
+        door.addr.port(),
+        door.database
+    );
+    let _ = dsn;
+    let out = run("pgbench", &["-i", "-s", "1", "-q", &conn], &env).await;
+    assert!(out.status.success(), "pgbench -i: {}", text(&out.stderr));
+    let direct = door.direct().await;
+    let count: i64 = direct
+        .query_one("SELECT count(*) FROM pgbench_accounts", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 100_000, "pgbench -i loaded the accounts by COPY");
+    for mode in ["simple", "extended", "prepared"] {
+        for script in [&["-S"][..], &[][..]] {
+            let mut args = vec!["-M", mode, "-c", "8", "-j", "2", "-t", "40", "-n"];
+            args.extend_from_slice(script);
+            args.push(&conn);
+            let out = run("pgbench", &args, &env).await;
+            let stdout = text(&out.stdout);
+            assert!(
+                out.status.success(),
+                "pgbench {args:?}:\n{stdout}\n{}",
+                text(&out.stderr)
+            );
+            assert!(
+                stdout.contains("number of failed transactions: 0"),
+                "pgbench {args:?}:\n{stdout}"
+            );
+            assert!(
+                stdout.contains("number of transactions actually processed: 320/320"),
+                "pgbench {args:?}:\n{stdout}"
+            );
+        }
+    }
+    // Every TPC-B transaction added its delta to one branch, teller and account and wrote one
+    // history row: the totals agree.
+    let row = direct
+        .query_one(
+            "SELECT (SELECT count(*) FROM pgbench_history),
+                    (SELECT coalesce(sum(delta), 0) FROM pgbench_history),
+                    (SELECT sum(bbalance) FROM pgbench_branches),
+                    (SELECT sum(tbalance) FROM pgbench_tellers),
+                    (SELECT sum(abalance) FROM pgbench_accounts)",
+            &[],
+        )
+        .await
+        .expect("sums");
+    let (n, delta): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(n, 3 * 320, "one history row per TPC-B transaction");
+    assert_eq!(row.get::<_, i64>(2), delta);
+    assert_eq!(row.get::<_, i64>(3), delta);
+    assert_eq!(row.get::<_, i64>(4), delta);
+}
+
+// --- Session state ----------------------------------------------------------------------------
+
+async fn show(client: &tokio_postgres::Client, name: &str) -> String {
+    client
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("SHOW {name}: {e:?}"))
+        .get(0)
+}
+
+/// The settings a client sees, read in one transaction of its own.
+async fn settings(client: &tokio_postgres::Client) -> [String; 3] {
+    client.batch_execute("BEGIN").await.expect("BEGIN");
+    let seen = [
+        show(client, "search_path").await,
+        show(client, "TimeZone").await,
+        show(client, "statement_timeout").await,
+    ];
+    client.batch_execute("COMMIT").await.expect("COMMIT");
+    seen
+}
+
+#[tokio::test]
+async fn clients_keep_their_own_settings_over_one_server_connection() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "1"]).await;
+    let (a, b) = (door.client().await, door.client().await);
+    a.batch_execute("SET search_path = a_schema; SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .expect("SET a");
+    b.batch_execute(
+        "SET search_path = b_schema; SET TimeZone = 'America/Lima'; SET statement_timeout = '22s'",
+    )
+    .await
+    .expect("SET b");
+    a.execute("SET statement_timeout = '11s'", &[])
+        .await
+        .expect("SET a, extended protocol");
+    let fresh = door.client().await;
+    let zone = show(&door.direct().await, "TimeZone").await;
+    for _ in 0..4 {
+        assert_eq!(settings(&a).await, ["a_schema", "Asia/Tokyo", "11s"]);
+        assert_eq!(settings(&b).await, ["b_schema", "America/Lima", "22s"]);
+        assert_eq!(
+            settings(&fresh).await,
+            ["\"$user\", public", zone.as_str(), "0"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn set_lasts_as_long_as_postgresql_says() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "2"]).await;
+    let client = door.client().await;
+    let other = door.client().await;
+    let default_zone = show(&other, "TimeZone").await;
+    // A committed SET stays; SET LOCAL ends with its transaction; a rolled back SET never was.
+    client
+        .batch_execute("BEGIN; SET search_path = kept; SET LOCAL statement_timeout = '7s'; COMMIT")
+        .await
+        .expect("committed");
+    client
+        .batch_execute("BEGIN; SET TimeZone = 'Asia/Tokyo'; ROLLBACK")
+        .await
+        .expect("rolled back");
+    for _ in 0..3 {
+        other
+            .batch_execute("BEGIN; SELECT 1")
+            .await
+            .expect("hold a connection");
+        assert_eq!(show(&client, "search_path").await, "kept");
+        assert_eq!(show(&client, "statement_timeout").await, "0");
+        assert_eq!(show(&client, "TimeZone").await, default_zone);
+        other.batch_execute("COMMIT").await.expect("commit");
+        assert_eq!(show(&other, "search_path").await, "\"$user\", public");
+    }
+    // RESET takes a setting back.
+    client
+        .batch_execute("RESET search_path")
+        .await
+        .expect("RESET");
+    other.batch_execute("BEGIN; SELECT 1").await.expect("hold");
+    assert_eq!(show(&client, "search_path").await, "\"$user\", public");
+    other.batch_execute("COMMIT").await.expect("commit");
+}
+
+/// A notification through tokio-postgres: the connection is polled for messages.
+async fn listener(
+    door: &Door,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    use futures::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(&door.dsn(), NoTls)
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n);
+            }
+        }
+    });
+    (client, rx)
+}
+
+async fn pinned(door: &Door) -> f64 {
+    door.gw.metric("pgway_pg_clients{state=\"pinned\"}").await
+}
+
+#[tokio::test]
+async fn session_state_pins_the_client_and_is_reset_after() {
+    let _exclusive = EXCLUSIVE.write().await;
+    let door = Door::start(&["--pool-max", "2", "--pg-max-pinned", "1"]).await;
+    let other = door.client().await;
+
+    // A temp table: the pinned client keeps it across transactions; nobody else sees it.
+    let (client, connection) = door.connect().await;
+    client
+        .batch_execute("CREATE TEMP TABLE mine (a int); INSERT INTO mine VALUES (1)")
+        .await
+        .expect("temp table");
+    eventually(Duration::from_secs(10), "pinned = 1", || async {
+        pinned(&door).await == 1.0
+    })
+    .await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    for _ in 0..3 {
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM mine", &[])
+            .await
+            .expect("own temp table")
+            .get(0);
+        assert_eq!(n, 1);
+        let error = other
+            .query("SELECT * FROM mine", &[])
+            .await
+            .expect_err("not visible");
+        assert_eq!(sqlstate(&error).as_deref(), Some("42P01"), "{error:?}");
+    }
+    drop(client);
+    let _ = connection.await;
+    eventually(Duration::from_secs(10), "pinned = 0", || async {
+        pinned(&door).await == 0.0
+    })
+    .await;
+    // The pinned connection was reset before anyone else got it: two clients in
+    // transactions hold both server connections, one of them the pinned client's.
+    let (first, second) = (door.client().await, door.client().await);
+    let mut pids = Vec::new();
+    for next in [&first, &second] {
+        next.batch_execute("BEGIN").await.expect("BEGIN");
+        let row = next
+            .query_one(
+                "SELECT pg_backend_pid(), to_regclass('mine') IS NULL, \
+                 (SELECT count(*) FROM pg_class WHERE relname = 'mine')",
+                &[],
+            )
+            .await
+            .expect("look");
+        assert!(row.get::<_, bool>(1), "the temp table outlived its client");
+        assert_eq!(
+            row.get::<_, i64>(2),
+            0,
+            "the temp table outlived its client"
+        );
+        pids.push(row.get::<_, i32>(0));
+    }
+    assert!(
+        pids.contains(&pid),
+        "the pinned client's server connection ({pid}) was not reused: {pids:?}"
+    );
+    for next in [first, second] {
+        next.batch_execute("COMMIT").await.expect("COMMIT");
+    }
+
+    // LISTEN: the listener gets what another client NOTIFYs.
+    let (listening, mut notes) = listener(&door).await;
+    listening
+        .batch_execute("LISTEN door_channel")
+        .await
+        .expect("LISTEN");
+    other
+        .batch_execute("NOTIFY door_channel, 'hello'")
+        .await
+        .expect("NOTIFY");
+    let note = tokio::time::timeout(Duration::from_secs(10), notes.recv())
+        .await
+        .expect("a notification within 10 s")
+        .expect("a notification");
+    assert_eq!((note.channel(), note.payload()), ("door_channel", "hello"));
+    // Within the pin cap (1): another pinning statement is refused, with a hint.
+    let error = other
+        .batch_execute("SELECT pg_advisory_lock(42)")
+        .await
+        .expect_err("refused past the cap");
+    let db = error.as_db_error().expect("db error");
+    assert_eq!(db.code().code(), "0A000", "{error:?}");
+    assert!(db.hint().is_some(), "{error:?}");
+    drop(listening);
+
+    // A session advisory lock: its holder can unlock it in a later transaction; others
+    // can't take it meanwhile.
+    eventually(Duration::from_secs(10), "pinned = 0", || async {
+        pinned(&door).await == 0.0
+    })
+    .await;
+    let holder = door.client().await;
+    holder
+        .batch_execute("SELECT pg_advisory_lock(42)")
+        .await
+        .expect("lock");
+    let taken: bool = other
+        .query_one("SELECT pg_try_advisory_xact_lock(42)", &[])
+        .await
+        .expect("try")
+        .get(0);
+    assert!(!taken, "another client took a lock held by a pinned client");
+    let released: bool = holder
+        .query_one("SELECT pg_advisory_unlock(42)", &[])
+        .await
+        .expect("unlock")
+        .get(0);
+    assert!(
+        released,
+        "the lock holder lost its lock between transactions"
+    );
+}
+
+#[tokio::test]
+async fn session_state_can_be_refused() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pg-session-state", "error"]).await;
+    let client = door.client().await;
+    for attempt in ["simple", "extended"] {
+        client.batch_execute("BEGIN").await.expect("BEGIN");
+        let refused = if attempt == "simple" {
+            client.batch_execute("CREATE TEMP TABLE t (a int)").await
+        } else {
+            client
+                .execute("CREATE TEMP TABLE t (a int)", &[])
+                .await
+                .map(|_| ())
+        };
+        let error = refused.expect_err("refused");
+        let db = error.as_db_error().expect("db error");
+        assert_eq!(db.code().code(), "0A000", "{attempt}: {error:?}");
+        assert!(db.hint().is_some(), "{attempt}: {error:?}");
+        // The transaction failed, as PostgreSQL fails it.
+        let error = client
+            .simple_query("SELECT 1")
+            .await
+            .expect_err("failed tx");
+        assert_eq!(sqlstate(&error).as_deref(), Some("25P02"), "{error:?}");
+        client.batch_execute("ROLLBACK").await.expect("ROLLBACK");
+    }
+    let row = client.query_one("SELECT 1", &[]).await.expect("usable");
+    assert_eq!(row.get::<_, i32>(0), 1);
+}
+
+// --- Cancel -----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_cancel_stops_the_clients_statement_and_no_other() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "1"]).await;
+    let direct = door.direct().await;
+    let client = door.client().await;
+    let token = client.cancel_token();
+    let running = tokio::spawn(async move {
+        let result = client.simple_query("SELECT pg_sleep(30)").await;
+        (client, result)
+    });
+    support::eventually(Duration::from_secs(10), "pg_sleep running", || async {
+        support::active_statements(&direct, "SELECT pg_sleep(30)%").await == 1
+    })
+    .await;
+    token.cancel_query(NoTls).await.expect("cancel sent");
+    let (client, result) = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("cancelled well before 30 s")
+        .expect("task");
+    let error = result.expect_err("cancelled");
+    assert_eq!(sqlstate(&error).as_deref(), Some("57014"), "{error:?}");
+    let row = client
+        .query_one("SELECT 2", &[])
+        .await
+        .expect("usable after");
+    assert_eq!(row.get::<_, i32>(0), 2);
+
+    // A late cancel: the client's statement is over and its server connection serves
+    // another client now, at a gate.
+    let second = std::sync::Arc::new(door.client().await);
+    for _ in 0..3 {
+        support::close_gate(&direct).await;
+        let waiting = tokio::spawn({
+            let second_query = format!("SELECT {}", support::WAIT_AT_GATE);
+            let second = std::sync::Arc::clone(&second);
+            async move { second.simple_query(&second_query).await.map(|_| ()) }
+        });
+        support::eventually(Duration::from_secs(10), "second at the gate", || async {
+            support::active_statements(&direct, "SELECT pg_advisory_xact_lock_shared%").await == 1
+        })
+        .await;
+        token.cancel_query(NoTls).await.expect("late cancel sent");
+        support::open_gate(&direct).await;
+        let result = waiting.await.expect("task");
+        assert!(
+            result.is_ok(),
+            "a late cancel hit another client: {result:?}"
+        );
+    }
+    // And racing: cancels for one client while its statements and another's share the
+    // connection; only the first may ever be cancelled.
+    let racer = std::sync::Arc::new(client);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let canceller = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            while !stop.is_cancelled() {
+                let _ = token.cancel_query(NoTls).await;
+            }
+        }
+    });
+    let first = tokio::spawn({
+        let racer = std::sync::Arc::clone(&racer);
+        async move {
+            for _ in 0..30 {
+                match racer.simple_query("SELECT pg_sleep(0.01)").await {
+                    Ok(_) => {}
+                    Err(e) => assert_eq!(sqlstate(&e).as_deref(), Some("57014"), "{e:?}"),
+                }
+            }
+        }
+    });
+    for _ in 0..30 {
+        second
+            .simple_query("SELECT pg_sleep(0.01)")
+            .await
+            .expect("a cancel for another client hit this one");
+    }
+    first.await.expect("first client");
+    stop.cancel();
+    canceller.await.expect("canceller");
+}
+
+// --- Failures ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn idle_clients_survive_a_database_restart() {
+    let _exclusive = EXCLUSIVE.write().await;
+    let door = Door::start(&["--pool-max", "2", "--acquire-timeout", "30s"]).await;
+    let clients = [door.client().await, door.client().await];
+    for client in &clients {
+        client
+            .batch_execute("BEGIN; SELECT 1; COMMIT")
+            .await
+            .expect("before");
+    }
+    let pg = cluster().await;
+    tokio::task::spawn_blocking(|| pg.restart("fast"))
+        .await
+        .expect("restart task")
+        .expect("restart");
+    for client in &clients {
+        let row = client
+            .query_one("SELECT 41 + 1", &[])
+            .await
+            .expect("the next transaction after a restart works");
+        assert_eq!(row.get::<_, i32>(0), 42);
+    }
+}
+
+#[tokio::test]
+async fn a_server_connection_killed_mid_transaction_ends_only_its_client() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "2"]).await;
+    let direct = door.direct().await;
+    direct
+        .batch_execute("CREATE TABLE t (a int)")
+        .await
+        .expect("table");
+    let (victim, connection) = door.connect().await;
+    let bystander = door.client().await;
+    victim
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .expect("begin");
+    // By simple query: a prepared statement's Close, sent when it is dropped, would still
+    // await its answer and take the error for itself.
+    let pid = victim
+        .simple_query("SELECT pg_backend_pid()")
+        .await
+        .expect("pid")
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row");
+    direct
+        .execute("SELECT pg_terminate_backend($1::text::int)", &[&pid])
+        .await
+        .expect("terminate");
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the client's connection closes")
+        .expect("task");
+    let error = ended.expect_err("ended by an error");
+    let code = sqlstate(&error);
+    assert!(
+        matches!(code.as_deref(), Some("57P01" | "08006")),
+        "{error:?}"
+    );
+    assert!(victim.simple_query("SELECT 1").await.is_err());
+    let n: i64 = bystander
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .expect("others unharmed")
+        .get(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_transaction_leaves_nothing_behind() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "1"]).await;
+    door.direct()
+        .await
+        .batch_execute("CREATE TABLE t (a int)")
+        .await
+        .expect("table");
+    for goodbye in ["socket dropped", "Terminate sent"] {
+        let (client, connection) = door.connect().await;
+        client
+            .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+            .await
+            .expect("begin");
+        if goodbye == "socket dropped" {
+            connection.abort();
+            let _ = connection.await;
+        } else {
+            drop(client);
+            let _ = connection.await;
+        }
+        // The one server connection is handed on rolled back and out of any transaction.
+        let next = door.client().await;
+        let n: i64 = next
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{goodbye}: the next client: {e:?}"))
+            .get(0);
+        assert_eq!(n, 0, "{goodbye}: the uncommitted row appeared");
+        let error = next
+            .batch_execute("SAVEPOINT s")
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{goodbye}: the next client started inside a transaction"));
+        assert_eq!(sqlstate(&error).as_deref(), Some("25P01"), "{error:?}");
+    }
+}
+
+#[tokio::test]
+async fn idle_in_transaction_past_the_timeout_is_ended() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "1", "--tx-idle-timeout", "1s"]).await;
+    let (idle, connection) = door.connect().await;
+    idle.batch_execute("BEGIN").await.expect("BEGIN");
+    // Another client waits for the one server connection meanwhile, and gets it.
+    let other = door.client().await;
+    let waited = tokio::spawn(async move { other.query_one("SELECT 1", &[]).await.map(|_| ()) });
+    let ended = tokio::time::timeout(Duration::from_secs(15), connection)
+        .await
+        .expect("ended")
+        .expect("task");
+    let error = ended.expect_err("ended by an error");
+    assert_eq!(sqlstate(&error).as_deref(), Some("25P03"), "{error:?}");
+    waited
+        .await
+        .expect("task")
+        .expect("the freed connection serves the waiting client");
+}
+
+#[tokio::test]
+async fn shutdown_ends_idle_clients_and_lets_transactions_commit() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "2", "--shutdown-grace", "30s"]).await;
+    let direct = door.direct().await;
+    direct
+        .batch_execute("CREATE TABLE t (a int)")
+        .await
+        .expect("table");
+    let (_idle, idle_connection) = door.connect().await;
+    let (busy, _busy_connection) = door.connect().await;
+    busy.batch_execute("BEGIN; INSERT INTO t VALUES (7)")
+        .await
+        .expect("begin");
+    let Door { gw, .. } = door;
+    let stopping = tokio::spawn(gw.shutdown());
+    let ended = tokio::time::timeout(Duration::from_secs(15), idle_connection)
+        .await
+        .expect("the idle client is told")
+        .expect("task");
+    let error = ended.expect_err("ended by an error");
+    assert_eq!(sqlstate(&error).as_deref(), Some("57P01"), "{error:?}");
+    busy.batch_execute("COMMIT")
+        .await
+        .expect("a transaction may finish within the grace");
+    tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .expect("shutdown finishes")
+        .expect("task")
+        .expect("clean shutdown");
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM t WHERE a = 7", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1, "the committed row is there");
+}
+
+#[tokio::test]
+async fn clients_past_the_limit_are_refused() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pg-max-clients", "2"]).await;
+    let _one = door.client().await;
+    let _two = door.client().await;
+    let error = refused(&door.dsn(), "a third client").await;
+    assert_eq!(sqlstate(&error).as_deref(), Some("53300"), "{error:?}");
+    assert_eq!(
+        error.as_db_error().map(|e| e.message()),
+        Some("sorry, too many clients already")
+    );
+}
+
+/// Reads everything until the door closes the connection (bounded).
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut all))
+        .await
+        .expect("the door closes the connection")
+        .ok();
+    all
+}
+
+fn has_error(bytes: &[u8], code: &str) -> bool {
+    let field = format!("C{code}\0");
+    bytes.first() == Some(&b'E') && bytes.windows(field.len()).any(|w| w == field.as_bytes())
+}
+
+/// A raw connection through the door, logged in with SCRAM as the URL's user.
+async fn raw_login(door: &Door) -> TcpStream {
+    use bytes::{Buf, BytesMut};
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::frontend;
+    let mut stream = TcpStream::connect(door.addr).await.expect("connect");
+    let mut out = BytesMut::new();
+    frontend::startup_message(
+        [("user", "postgres"), ("database", door.database.as_str())],
+        &mut out,
+    )
+    .expect("startup");
+    stream.write_all(&out).await.expect("write");
+    let mut scram = None;
+    loop {
+        let tag = stream.read_u8().await.expect("tag");
+        let len = stream.read_i32().await.expect("len") as usize;
+        let mut body = vec![0; len - 4];
+        stream.read_exact(&mut body).await.expect("body");
+        out.clear();
+        match tag {
+            b'R' => {
+                let mut b = &body[..];
+                match b.get_i32() {
+                    10 => {
+                        let client = ScramSha256::new(
+                            POSTGRES_PASSWORD.as_bytes(),
+                            ChannelBinding::unsupported(),
+                        );
+                        frontend::sasl_initial_response(
+                            "SCRAM-SHA-256",
+                            client.message(),
+                            &mut out,
+                        )
+                        .expect("sasl");
+                        scram = Some(client);
+                    }
+                    11 => {
+                        let client = scram.as_mut().expect("scram");
+                        client.update(b).expect("server-first");
+                        frontend::sasl_response(client.message(), &mut out).expect("sasl");
+                    }
+                    12 => scram
+                        .as_mut()
+                        .expect("scram")
+                        .finish(b)
+                        .expect("server-final"),
+                    _ => {}
+                }
+                if !out.is_empty() {
+                    stream.write_all(&out).await.expect("write");
+                }
+            }
+            b'E' => panic!("login refused: {}", String::from_utf8_lossy(&body)),
+            b'Z' => return stream,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_input_is_refused_and_others_are_served() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--max-request-bytes", "64KiB"]).await;
+    // Garbage before the startup packet.
+    let mut garbage = TcpStream::connect(door.addr).await.expect("connect");
+    garbage
+        .write_all(b"GARBAGE GARBAGE GARBAGE\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut garbage).await;
+    assert!(
+        has_error(&answer, "08P01"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A message with a length shorter than its own header, after login.
+    let mut bad = raw_login(&door).await;
+    bad.write_all(b"Q\0\0\0\x02").await.expect("write");
+    let answer = read_to_close(&mut bad).await;
+    assert!(
+        has_error(&answer, "08P01"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A message over --max-request-bytes.
+    let mut big = raw_login(&door).await;
+    let mut message = vec![b'Q'];
+    message.extend_from_slice(&(200_000i32).to_be_bytes());
+    message.extend_from_slice(&vec![b' '; 1000]);
+    big.write_all(&message).await.expect("write");
+    let answer = read_to_close(&mut big).await;
+    assert!(
+        has_error(&answer, "08P01"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The door serves others all along.
+    let client = door.client().await;
+    let row = client
+        .query_one("SELECT 3", &[])
+        .await
+        .expect("still serving");
+    assert_eq!(row.get::<_, i32>(0), 3);
+}
+
+// --- COPY -------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn copy_goes_both_ways_and_a_bad_row_leaves_the_connection_usable() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "2"]).await;
+    door.direct()
+        .await
+        .batch_execute("CREATE TABLE t (a int, b text)")
+        .await
+        .expect("table");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.tsv");
+    let rows: String = (1..=500).map(|i| format!("{i}\trow {i}\n")).collect();
+    std::fs::write(&input, &rows).expect("write");
+    let output = dir.path().join("out.tsv");
+    let bad = dir.path().join("bad.tsv");
+    std::fs::write(&bad, "1\tfine\nnot-a-number\tbad\n").expect("write");
+    let copy_in = format!("\\copy t FROM '{}'", input.display());
+    let copy_out = format!(
+        "\\copy (SELECT * FROM t ORDER BY a) TO '{}'",
+        output.display()
+    );
+    let (ok, out, err) = psql(&door.dsn(), &["-c", &copy_in, "-c", &copy_out], &[]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(std::fs::read_to_string(&output).expect("read"), rows);
+    // The bad row fails the COPY; the same session goes on.
+    let copy_bad = format!("\\copy t FROM '{}'", bad.display());
+    let (ok, out, err) = psql(
+        &door.dsn(),
+        &[
+            "-v",
+            "ON_ERROR_STOP=0",
+            "-c",
+            &copy_bad,
+            "-c",
+            "SELECT count(*) FROM t",
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("invalid input syntax for type integer"),
+        "{err}"
+    );
+    assert_eq!(out.trim(), "500");
+}
+
+// --- Python drivers ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn psycopg_with_every_statement_prepared() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pg-prepared-statements", "2"]).await;
+    python("pg_psycopg.py", &door.dsn(), &[]).await;
+}
+
+#[tokio::test]
+async fn asyncpg_with_its_statement_cache_and_many_connections() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&[]).await;
+    python("pg_asyncpg.py", &door.dsn(), &[]).await;
+}
+
+#[tokio::test]
+async fn psycopg2_transactions_cursors_and_copy() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&[]).await;
+    python("pg_psycopg2.py", &door.dsn(), &[]).await;
+}
+
+#[tokio::test]
+async fn sqlalchemy_orm_over_the_door() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&[]).await;
+    python("pg_sqlalchemy.py", &door.dsn(), &[]).await;
+}
+
+/// Reads messages from a raw connection until one with `tag`; all of them, in order.
+async fn read_until(stream: &mut TcpStream, tag: u8) -> Vec<(u8, Vec<u8>)> {
+    let mut seen = Vec::new();
+    loop {
+        let read = async {
+            let t = stream.read_u8().await?;
+            let len = stream.read_i32().await? as usize;
+            let mut body = vec![0; len - 4];
+            stream.read_exact(&mut body).await?;
+            Ok::<_, std::io::Error>((t, body))
+        };
+        let (t, body) = tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .unwrap_or_else(|_| panic!("no message {:?} within 20 s: {seen:?}", tag as char))
+            .expect("read");
+        seen.push((t, body));
+        if t == tag {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pipeline_keeps_its_server_connection_until_its_sync() {
+    use postgres_protocol::message::frontend;
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "1", "--acquire-timeout", "30s"]).await;
+    let mut raw = raw_login(&door).await;
+    let other = std::sync::Arc::new(door.client().await);
+    for failing in [true, false] {
+        // Statements answered up to a Flush, no Sync yet: the server is mid-pipeline (and,
+        // after an error, skipping everything up to the Sync).
+        let mut out = bytes::BytesMut::new();
+        let sql = if failing { "SELEC 1" } else { "SELECT 1" };
+        frontend::parse("", sql, None, &mut out).expect("parse");
+        frontend::bind(
+            "",
+            "",
+            None,
+            std::iter::empty::<Option<i32>>(),
+            |_: Option<i32>, _| Ok(postgres_protocol::IsNull::Yes),
+            Some(1),
+            &mut out,
+        )
+        .map_err(|_| ())
+        .expect("bind");
+        frontend::execute("", 0, &mut out).expect("execute");
+        frontend::flush(&mut out);
+        raw.write_all(&out).await.expect("write");
+        read_until(&mut raw, if failing { b'E' } else { b'C' }).await;
+        // Another client needs the one server connection: it gets it once the Sync is in.
+        let waiting = tokio::spawn({
+            let other = std::sync::Arc::clone(&other);
+            async move { other.simple_query("SELECT 2").await.map(|_| ()) }
+        });
+        let mut out = bytes::BytesMut::new();
+        frontend::sync(&mut out);
+        raw.write_all(&out).await.expect("write");
+        let answers = read_until(&mut raw, b'Z').await;
+        assert_eq!(
+            answers.last().map(|(_, body)| body.as_slice()),
+            Some(&b"I"[..])
+        );
+        tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("the other client was served (the server connection was left mid-pipeline)")
+            .expect("task")
+            .expect("the other client's query");
+    }
+}
