@@ -961,18 +961,27 @@ async fn shutdown_ends_idle_clients_and_lets_transactions_commit() {
         .await
         .expect("table");
     let (_idle, idle_connection) = door.connect().await;
+    // Pinned, and idle between its transactions: told like an unlinked idle client.
+    let (pinned, pinned_connection) = door.connect().await;
+    pinned.batch_execute("LISTEN chan").await.expect("listen");
     let (busy, _busy_connection) = door.connect().await;
     busy.batch_execute("BEGIN; INSERT INTO t VALUES (7)")
         .await
         .expect("begin");
     let Door { gw, .. } = door;
     let stopping = tokio::spawn(gw.shutdown());
-    let ended = tokio::time::timeout(Duration::from_secs(15), idle_connection)
-        .await
-        .expect("the idle client is told")
-        .expect("task");
-    let error = ended.expect_err("ended by an error");
-    assert_eq!(sqlstate(&error).as_deref(), Some("57P01"), "{error:?}");
+    for (what, connection) in [("idle", idle_connection), ("pinned", pinned_connection)] {
+        let ended = tokio::time::timeout(Duration::from_secs(15), connection)
+            .await
+            .unwrap_or_else(|_| panic!("the {what} client is told"))
+            .expect("task");
+        let error = ended.expect_err("ended by an error");
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some("57P01"),
+            "{what}: {error:?}"
+        );
+    }
     busy.batch_execute("COMMIT")
         .await
         .expect("a transaction may finish within the grace");

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use metrics::{Gauge, gauge};
+use metrics::{Counter, Gauge, counter, gauge};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -159,8 +159,28 @@ pub struct Door {
     pub stopping: CancellationToken,
     /// The grace period is over: everyone still here is told 57P01.
     pub grace_over: CancellationToken,
+    /// `pgway_pg_prepared_statements_total`, looked up once: counted on every Bind.
+    pub prepared: PreparedCounters,
     /// Makes the mock verifiers of unknown users (stable per name, unknown to anyone).
     mock_secret: [u8; 32],
+}
+
+/// `pgway_pg_prepared_statements_total{outcome}`'s three series.
+#[derive(Debug)]
+pub struct PreparedCounters {
+    pub hit: Counter,
+    pub prepared: Counter,
+    pub evicted: Counter,
+}
+
+impl PreparedCounters {
+    fn new() -> PreparedCounters {
+        PreparedCounters {
+            hit: counter!(names::PG_PREPARED, "outcome" => "hit"),
+            prepared: counter!(names::PG_PREPARED, "outcome" => "prepared"),
+            evicted: counter!(names::PG_PREPARED, "outcome" => "evicted"),
+        }
+    }
 }
 
 impl Door {
@@ -175,6 +195,7 @@ impl Door {
             tls,
             stopping: CancellationToken::new(),
             grace_over: CancellationToken::new(),
+            prepared: PreparedCounters::new(),
             mock_secret: rand::random(),
         }
     }

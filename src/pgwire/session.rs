@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use metrics::counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
@@ -29,7 +28,6 @@ use super::statements::Statement;
 use super::{Door, SessionStateMode};
 use crate::core::pool::CloseReason;
 use crate::core::sql::{PinReason, session_effect};
-use crate::core::telemetry as names;
 
 /// What the answer to one message sent to the server looks like.
 #[derive(Debug)]
@@ -249,6 +247,12 @@ impl Session {
             let idle_in_tx = self.server.is_some()
                 && self.expect.is_empty()
                 && matches!(self.status, b'T' | b'E');
+            // A pinned client holds its connection between transactions: at shutdown it is
+            // idle, and told so, like an unlinked one.
+            let idle_and_pinned = self.server.is_some()
+                && self.expect.is_empty()
+                && self.status == b'I'
+                && !self.copy_in;
             let tx_idle = self.door.settings.tx_idle_timeout;
             let event = match self.server.as_mut() {
                 None => tokio::select! {
@@ -260,6 +264,7 @@ impl Session {
                     read = server.stream.read_buf(&mut server.buf) => Event::Server(read),
                     _ = tokio::time::sleep(tx_idle), if idle_in_tx => Event::IdleInTransaction,
                     _ = self.door.grace_over.cancelled() => Event::Stop,
+                    _ = self.door.stopping.cancelled(), if idle_and_pinned => Event::Stop,
                 },
             };
             match event {
@@ -514,7 +519,7 @@ impl Session {
                     self.names
                         .insert(Bytes::copy_from_slice(parse.name), Arc::clone(&statement));
                     if self.has(&statement) {
-                        counter!(names::PG_PREPARED, "outcome" => "hit").increment(1);
+                        self.door.prepared.hit.increment(1);
                         self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
                     } else {
                         self.prepare(&statement, to_server, false);
@@ -673,7 +678,7 @@ impl Session {
     /// Makes sure the linked server has `statement`, injecting its Parse if not.
     fn ensure(&mut self, statement: &Statement, to_server: &mut BytesMut) {
         if self.has(statement) {
-            counter!(names::PG_PREPARED, "outcome" => "hit").increment(1);
+            self.door.prepared.hit.increment(1);
         } else {
             self.prepare(statement, to_server, true);
         }
@@ -695,9 +700,9 @@ impl Session {
                 parse: None,
                 bind: None,
             });
-            counter!(names::PG_PREPARED, "outcome" => "evicted").increment(1);
+            self.door.prepared.evicted.increment(1);
         }
-        counter!(names::PG_PREPARED, "outcome" => "prepared").increment(1);
+        self.door.prepared.prepared.increment(1);
         frame::write_parse(
             to_server,
             &statement.name,
