@@ -949,12 +949,26 @@ mod tests {
 
     #[test]
     fn the_pool_keeps_five_ready_unless_its_maximum_is_lower() {
-        let config = args(&[]).validate().unwrap();
+        // With the gRPC door alone.
+        let config = args(&["--pg-addr", ""]).validate().unwrap();
         assert_eq!(config.pool.min, 5);
-        let config = args(&["--pool-max", "3"]).validate().unwrap();
+        let config = args(&["--pg-addr", "", "--pool-max", "3"])
+            .validate()
+            .unwrap();
         assert_eq!((config.pool.min, config.pool.max), (3, 3));
-        let config = args(&["--pool-min", "1"]).validate().unwrap();
+        let config = args(&["--pg-addr", "", "--pool-min", "1"])
+            .validate()
+            .unwrap();
         assert_eq!(config.pool.min, 1);
+    }
+
+    #[test]
+    fn with_the_postgres_door_the_grpc_door_keeps_none_idle_unless_told() {
+        let config = args(&[]).validate().unwrap();
+        assert_eq!(config.pool.min, 0);
+        assert!(config.pg.is_some());
+        let config = args(&["--pool-min", "2"]).validate().unwrap();
+        assert_eq!(config.pool.min, 2);
     }
 
     #[test]

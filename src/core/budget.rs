@@ -93,7 +93,8 @@ mod tests {
                 drop(held);
             })
         };
-        assert!(budget.take(Duration::from_secs(5)).await.is_some());
+        let got = budget.take(Duration::from_secs(5)).await;
+        assert!(got.is_some());
         holder.await.unwrap();
         assert!(budget.take(Duration::from_millis(10)).await.is_none());
     }

@@ -236,11 +236,12 @@ pub fn session_effect(sql: &[u8]) -> SessionEffect {
                 effect.pins = effect.pins.or(Some(PinReason::HoldCursor));
             }
         } else if is(first, "create") {
-            // CREATE [GLOBAL | LOCAL] {TEMP | TEMPORARY} ...
-            for w in words.by_ref().take(2) {
-                if is(w, "temp") || is(w, "temporary") {
-                    effect.pins = effect.pins.or(Some(PinReason::TempTable));
-                }
+            // CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} ...: the word that
+            // follows those (never a table's name, which comes after TABLE).
+            let kind = words
+                .find(|w| !(is(w, "or") || is(w, "replace") || is(w, "global") || is(w, "local")));
+            if kind.is_some_and(|w| is(w, "temp") || is(w, "temporary")) {
+                effect.pins = effect.pins.or(Some(PinReason::TempTable));
             }
         } else if is(first, "select") && contains_ignore_case(statement, b"into temp") {
             effect.pins = effect.pins.or(Some(PinReason::TempTable));
@@ -369,6 +370,10 @@ mod tests {
             Some(PinReason::TempTable)
         );
         assert_eq!(pin("CREATE TABLE temp (a int)"), None);
+        assert_eq!(
+            pin("CREATE OR REPLACE TEMP VIEW v AS SELECT 1"),
+            Some(PinReason::TempTable)
+        );
         assert_eq!(
             pin("SELECT pg_advisory_lock(1)"),
             Some(PinReason::AdvisoryLock)
