@@ -2,13 +2,15 @@
 # One command for the whole comparison: pgway vs PostgreSQL directly vs PgBouncer, on this
 # machine, in one run, written to BENCHMARKS.md.
 #
-#   bench/compare.sh            # the full run (about 8 minutes on 2 cores)
+#   bench/compare.sh            # the full run (about 15 minutes on 2 cores)
 #   bench/compare.sh --smoke    # a tiny run for CI (SMOKE=1 works too); writes target/bench/
 #
 # It starts a throwaway PostgreSQL (as the `postgres` OS user when run as root), loads the
 # pgbench schema, starts PgBouncer (transaction pooling, pool of 20; installed with apt-get when
 # missing) and the gateway (target/release/pgway serve, pool of 20), all on loopback, then runs
-# target/release/pgway-bench against each of them. Everything it started is stopped and every
+# target/release/pgway-bench against each of them over gRPC / tokio-postgres; then pgbench against
+# pgway's PostgreSQL door, PgBouncer and PostgreSQL itself (each measured by `pgway-bench
+# pgbench`), and the door's memory with many idle clients (`pgway-bench idle`). Everything it started is stopped and every
 # temporary file removed when it exits, however it exits.
 #
 # Settings (environment):
@@ -21,6 +23,12 @@
 #   SOAK_SECONDS=60               the soak (100 callers, point select) after its warm-up
 #   STREAMS=2000                  concurrent calls for the gateway memory test
 #   SCALE=10                      pgbench scale factor
+#   PG_SWEEP="1 10 50 100 200"    pgbench -S client counts for the PostgreSQL door
+#   PG_WARMUP=2s PG_DURATION=10s  per pgbench run (whole seconds: the window is cut from
+#                                 pgbench's once-a-second progress lines, logins excluded)
+#   PG_TPCB_CLIENTS=100           clients of the TPC-B-like pgbench run
+#   IDLE_CLIENTS=1000             idle client connections held open through the door
+#   DOOR=1                        0 skips the PostgreSQL door's runs
 #   OUT=BENCHMARKS.md             where the report goes
 #   SKIP_BUILD=1                  use the binaries already in target/release
 #   PG_BIN=/usr/lib/postgresql/15/bin   where initdb and pg_ctl are
@@ -60,6 +68,12 @@ if [ "$SMOKE" = 1 ]; then
     SOAK_SAMPLE=${SOAK_SAMPLE:-1s}
     STREAMS=${STREAMS:-200}
     SCALE=${SCALE:-1}
+    PG_SWEEP=${PG_SWEEP:-10}
+    PG_WARMUP=${PG_WARMUP:-1s}
+    PG_DURATION=${PG_DURATION:-2s}
+    PG_TPCB_CLIENTS=${PG_TPCB_CLIENTS:-10}
+    IDLE_CLIENTS=${IDLE_CLIENTS:-100}
+    IDLE_HOLD=${IDLE_HOLD:-1s}
     OUT=${OUT:-$ROOT/target/bench/BENCHMARKS.smoke.md}
     MODE=smoke
 else
@@ -73,10 +87,25 @@ else
     SOAK_SAMPLE=${SOAK_SAMPLE:-5s}
     STREAMS=${STREAMS:-2000}
     SCALE=${SCALE:-10}
+    PG_SWEEP=${PG_SWEEP:-1 10 50 100 200}
+    PG_WARMUP=${PG_WARMUP:-2s}
+    PG_DURATION=${PG_DURATION:-10s}
+    PG_TPCB_CLIENTS=${PG_TPCB_CLIENTS:-100}
+    IDLE_CLIENTS=${IDLE_CLIENTS:-1000}
+    IDLE_HOLD=${IDLE_HOLD:-5s}
     OUT=${OUT:-$ROOT/BENCHMARKS.md}
     MODE=full
 fi
 POOL_SIZE=20
+DOOR=${DOOR:-1}
+# The password of the postgres role: the gateway's URL carries it (its PostgreSQL door checks its
+# clients' SCRAM proofs against it), PgBouncer holds its SCRAM verifier, pgbench sends it.
+PG_PASSWORD=${PG_PASSWORD:-pgway-bench-secret}
+export PGPASSWORD=$PG_PASSWORD
+# 1,000 idle clients hold a socket each in the load generator and in the gateway.
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CLIENTS * 2 + 1000)) ]; then
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fi
 REPEAT=${REPEAT:-1}
 case $REPEAT in
     '' | *[!0-9]* | 0) echo "compare.sh: REPEAT must be a positive number" >&2 && exit 2 ;;
@@ -219,8 +248,19 @@ for _ in 1 2 3 4 5; do
 done
 [ -n "$PG_PORT" ] || { tail -n 20 "$WORK/pg/postgres.log" >&2; die "PostgreSQL did not start"; }
 PG_PID=$(head -n 1 "$DATA/postmaster.pid")
-PG_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+PG_URL=postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres
 log "PostgreSQL on 127.0.0.1:$PG_PORT (pid $PG_PID)"
+PSQL=$PG_BIN/psql
+[ -x "$PSQL" ] || PSQL=$(command -v psql || true)
+[ -n "$PSQL" ] || die "no psql found"
+# The role gets a SCRAM password (loopback stays `trust` on the server: the proxies check their
+# clients' passwords themselves, and direct connections log in without one).
+"$PSQL" -q -X -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+    -c "SET password_encryption = 'scram-sha-256'" -c "ALTER ROLE postgres PASSWORD '$PG_PASSWORD'" ||
+    die "could not set the postgres role's password"
+PG_VERIFIER=$("$PSQL" -X -At -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+    -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
+case $PG_VERIFIER in SCRAM-SHA-256\$*) ;; *) die "no SCRAM verifier for postgres" ;; esac
 
 log "pgbench -i -s $SCALE"
 "$PGBENCH" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >"$WORK/pgbench-init.log" 2>&1 ||
@@ -229,9 +269,19 @@ log "pgbench -i -s $SCALE"
 # --- PgBouncer ---------------------------------------------------------------------------------
 
 BOUNCER_PORT=$(free_port)
+# Its clients log in with SCRAM-SHA-256 against the role's verifier, as pgway's door's do.
 cat >"$WORK/bouncer/userlist.txt" <<EOF
-"postgres" ""
+"postgres" "$PG_VERIFIER"
 EOF
+# Named prepared statements in transaction mode need 1.21 (max_prepared_statements).
+BOUNCER_VERSION=$("$PGBOUNCER" --version 2>&1 | head -n 1 | grep -oE '[0-9]+\.[0-9]+' | head -n 1)
+BOUNCER_PREPARED=0
+case $BOUNCER_VERSION in
+    1.1[0-9] | 1.[0-9] | 1.20) ;;
+    *) BOUNCER_PREPARED=1 ;;
+esac
+BOUNCER_EXTRA=
+[ "$BOUNCER_PREPARED" = 0 ] || BOUNCER_EXTRA="max_prepared_statements = 200"
 cat >"$WORK/bouncer/pgbouncer.ini" <<EOF
 [databases]
 postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres
@@ -240,8 +290,9 @@ postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
 unix_socket_dir =
-auth_type = trust
+auth_type = scram-sha-256
 auth_file = $WORK/bouncer/userlist.txt
+$BOUNCER_EXTRA
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
 max_db_connections = $POOL_SIZE
@@ -255,7 +306,10 @@ log_connections = 0
 log_disconnections = 0
 EOF
 [ "$IS_ROOT" = 1 ] && chown -R postgres "$WORK/bouncer"
-as_pg "$PGBOUNCER" -d "$WORK/bouncer/pgbouncer.ini" >/dev/null 2>&1 ||
+# runuser's PAM session brings the default limit of open files (1024) back: raise it for the
+# 1,000 idle clients.
+as_pg sh -c 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$1" -d "$2"' sh \
+    "$PGBOUNCER" "$WORK/bouncer/pgbouncer.ini" >/dev/null 2>&1 ||
     { cat "$WORK/bouncer/pgbouncer.log" >&2 2>/dev/null; die "PgBouncer did not start"; }
 for _ in $(seq 50); do
     [ -s "$BOUNCER_PIDFILE" ] && break
@@ -263,14 +317,17 @@ for _ in $(seq 50); do
 done
 [ -s "$BOUNCER_PIDFILE" ] || die "PgBouncer wrote no pid file"
 BOUNCER_PID=$(cat "$BOUNCER_PIDFILE")
-BOUNCER_URL=postgres://postgres@127.0.0.1:$BOUNCER_PORT/postgres
+BOUNCER_URL=postgres://postgres:$PG_PASSWORD@127.0.0.1:$BOUNCER_PORT/postgres
 log "PgBouncer on 127.0.0.1:$BOUNCER_PORT (pid $BOUNCER_PID)"
 
 # --- The gateway -------------------------------------------------------------------------------
 
 GW_PORT=$(free_port)
 METRICS_PORT=$(free_port)
+DOOR_PORT=$(free_port)
 PGWAY_DATABASE_URL=$PG_URL \
+    PGWAY_PG_ADDR=127.0.0.1:$DOOR_PORT \
+    PGWAY_PG_MAX_CLIENTS=$((IDLE_CLIENTS + 1000)) \
     PGWAY_AUTH=none \
     PGWAY_GRPC_ADDR=127.0.0.1:$GW_PORT \
     PGWAY_METRICS_ADDR=127.0.0.1:$METRICS_PORT \
@@ -290,7 +347,7 @@ for _ in $(seq 100); do
     sleep 0.2
 done
 [ "$ready" = 1 ] || { cat "$WORK/gateway.log" >&2; die "the gateway did not become ready"; }
-log "gateway on 127.0.0.1:$GW_PORT (pid $GW_PID), metrics on 127.0.0.1:$METRICS_PORT"
+log "gateway on 127.0.0.1:$GW_PORT (pid $GW_PID), PostgreSQL door on 127.0.0.1:$DOOR_PORT, metrics on 127.0.0.1:$METRICS_PORT"
 
 # --- The machine -------------------------------------------------------------------------------
 
@@ -353,6 +410,65 @@ for w in write read1000; do
     done
 done
 
+# --- The PostgreSQL door: pgbench ---------------------------------------------------------------
+
+if [ "$DOOR" = 1 ]; then
+    door_port() {
+        case $1 in
+            gateway) echo "$DOOR_PORT" ;;
+            pgbouncer) echo "$BOUNCER_PORT" ;;
+            direct) echo "$PG_PORT" ;;
+        esac
+    }
+    door_pid() {
+        case $1 in
+            gateway) echo "--pid $GW_PID" ;;
+            pgbouncer) echo "--pid $BOUNCER_PID" ;;
+        esac
+    }
+    pgbench_run() {
+        local target=$1
+        shift
+        # shellcheck disable=SC2046
+        if ! "$BENCH" pgbench --target "$target" --pgbench "$PGBENCH" --port "$(door_port "$target")" \
+            $(door_pid "$target") --pg-pid "$PG_PID" --warmup "$PG_WARMUP" --duration "$PG_DURATION" \
+            --label door --json-out "$RESULTS" "$@" >/dev/null; then
+            log "run failed: pgbench $target $*"
+            FAILED=$((FAILED + 1))
+        fi
+    }
+    # The same rotation as above: the targets take turns at each point.
+    each_door_target() {
+        local -n order=$1
+        shift
+        local i n=${#order[@]}
+        for i in $(seq 0 $((n - 1))); do
+            pgbench_run "${order[$(((i + rotation) % n))]}" "$@"
+        done
+        rotation=$((rotation + 1))
+    }
+    ALL3=(gateway pgbouncer direct)
+    PREPARED_TARGETS=(gateway direct)
+    [ "$BOUNCER_PREPARED" = 0 ] || PREPARED_TARGETS=(gateway pgbouncer direct)
+    for round in $(seq "$REPEAT"); do
+        log "PostgreSQL door ($round of $REPEAT): pgbench -S -M extended / prepared, clients $PG_SWEEP, $PG_WARMUP + $PG_DURATION each"
+        for c in $PG_SWEEP; do
+            each_door_target ALL3 --script select --protocol extended -c "$c"
+            each_door_target PREPARED_TARGETS --script select --protocol prepared -c "$c"
+        done
+        log "PostgreSQL door ($round of $REPEAT): pgbench TPC-B-like -M extended, $PG_TPCB_CLIENTS clients"
+        each_door_target ALL3 --script tpcb --protocol extended -c "$PG_TPCB_CLIENTS"
+    done
+    log "PostgreSQL door: $IDLE_CLIENTS idle clients (gateway, then PgBouncer)"
+    for target in gateway pgbouncer; do
+        # shellcheck disable=SC2046
+        "$BENCH" idle --target "$target" \
+            --url "postgres://postgres:$PG_PASSWORD@127.0.0.1:$(door_port "$target")/postgres" \
+            -c "$IDLE_CLIENTS" --hold "$IDLE_HOLD" $(door_pid "$target") --label door \
+            --json-out "$RESULTS" >/dev/null || { log "run failed: idle $target"; FAILED=$((FAILED + 1)); }
+    done
+fi
+
 log "soak: gateway, 100 callers, point select, ${SOAK_SECONDS}s after a $SOAK_WARMUP warm-up"
 bench gateway --label soak --workload select -c 100 --warmup "$SOAK_WARMUP" --duration "${SOAK_SECONDS}s" \
     --soak --sample-every "$SOAK_SAMPLE"
@@ -393,6 +509,15 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "warmup=$WARMUP"
     echo "repeat=$REPEAT"
     echo "duration=$DURATION"
+    if [ "$DOOR" = 1 ]; then
+        echo "pg_warmup=$PG_WARMUP"
+        echo "pg_duration=$PG_DURATION"
+        echo "pg_sweep=$PG_SWEEP"
+        echo "pgbouncer_auth=auth_type = scram-sha-256 (userlist.txt holds the role's verifier from pg_authid)$(
+            [ "$BOUNCER_PREPARED" = 0 ] || echo ", max_prepared_statements = 200")"
+        echo "pgway_door=PGWAY_PG_ADDR on loopback, SCRAM-SHA-256 against the password of PGWAY_DATABASE_URL, PGWAY_PG_MAX_CLIENTS=$((IDLE_CLIENTS + 1000)), the pool of $POOL_SIZE shared with the gRPC door"
+        echo "idle_clients=$IDLE_CLIENTS"
+    fi
     echo "results_file=target/bench/$(basename "$RESULTS")"
     [ -z "${NOTES:-}" ] || echo "notes=$NOTES"
 } >"${RESULTS%.jsonl}.machine.txt"

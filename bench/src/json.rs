@@ -65,6 +65,9 @@ pub struct RunLine<'a> {
     pub rss_peak_bytes: Option<u64>,
     pub rss_hwm_bytes: Option<u64>,
     pub rss_hwm_reset: bool,
+    /// `idle` only: the proxy's RSS before its clients connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_start_bytes: Option<u64>,
     pub rss_end_bytes: Option<u64>,
     pub rss_slope_bytes_per_min: Option<Num>,
     /// The whole PostgreSQL cluster (`--pg-pid` and its children).
@@ -124,12 +127,18 @@ pub struct Record {
     pub p90_us: Option<f64>,
     pub p99_us: Option<f64>,
     pub max_us: Option<f64>,
+    pub cpu_s: Option<f64>,
     pub cpu_s_per_1k: Option<f64>,
+    pub pg_cpu_s: Option<f64>,
+    pub bench_cpu_s: Option<f64>,
+    pub statements: String,
     pub rss_peak_bytes: Option<f64>,
+    pub rss_start_bytes: Option<f64>,
     pub rss_end_bytes: Option<f64>,
     pub rss_slope_bytes_per_min: Option<f64>,
     pub pg_cpu_s_per_1k: Option<f64>,
     pub bench_cpu_s_per_1k: Option<f64>,
+    pub mean_us: Option<f64>,
     pub machine_busy_pct: Option<f64>,
     pub other_cpu_s: Option<f64>,
     pub acquire_timeouts: Option<f64>,
@@ -139,6 +148,15 @@ pub struct Record {
 /// Reads one line.
 pub fn parse(line: &str) -> serde_json::Result<Record> {
     serde_json::from_str(line)
+}
+
+/// Prints a run's line on stdout and appends it to `--json-out` when given.
+pub fn emit(line: String, json_out: Option<&Path>) -> std::io::Result<()> {
+    println!("{line}");
+    match json_out {
+        Some(path) => append_lines(path, &[line]),
+        None => Ok(()),
+    }
 }
 
 /// Appends JSON lines to a results file (`--json-out`), creating it when missing.

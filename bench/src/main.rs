@@ -23,6 +23,9 @@
 //! `pgway-bench report` turns the JSON lines of a `bench/compare.sh` run into BENCHMARKS.md.
 //! `pgway-bench hop` times a bare loopback TCP round trip between two threads (on two cores and
 //! on one): what the machine charges for a hop between processes before any protocol.
+//! `pgway-bench pgbench` runs PostgreSQL's own `pgbench` against one target (pgway's PostgreSQL
+//! door, PgBouncer, PostgreSQL) and measures its window the way `run` does; `pgway-bench idle`
+//! holds N idle client connections open and reports the proxy's memory.
 //! `pgway-bench free-port` prints a free loopback TCP port (for the script).
 //!
 //! It is a benchmark, not a test: nothing here asserts a timing.
@@ -41,6 +44,7 @@ mod h2;
 mod histogram;
 mod hop;
 mod json;
+mod pgbench;
 mod procfs;
 mod report;
 mod run;
@@ -74,6 +78,10 @@ enum Cmd {
     /// no protocol: the floor under every hop between two processes on this machine. Once with
     /// the threads on two different cores, once with both on one core.
     Hop(HopArgs),
+    /// Run one pgbench against one target and measure it like `run` (the PostgreSQL door).
+    Pgbench(pgbench::PgbenchArgs),
+    /// Open N client connections, hold them idle, and report the proxy's memory.
+    Idle(pgbench::IdleArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -275,20 +283,10 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Cmd::Hop(args) => match hop::run(&args) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("pgway-bench hop: {error}");
-                std::process::ExitCode::FAILURE
-            }
-        },
-        Cmd::Report(args) => match report::run(&args) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("pgway-bench report: {error}");
-                std::process::ExitCode::FAILURE
-            }
-        },
+        Cmd::Hop(args) => exit_code("hop", hop::run(&args)),
+        Cmd::Pgbench(args) => exit_code("pgbench", pgbench::run_pgbench(&args)),
+        Cmd::Idle(args) => exit_code("idle", pgbench::run_idle(&args)),
+        Cmd::Report(args) => exit_code("report", report::run(&args)),
         Cmd::Run(args) => {
             let threads = match args.threads {
                 0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -327,6 +325,17 @@ fn main() -> std::process::ExitCode {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The exit status of a subcommand, its error said on stderr.
+fn exit_code(command: &str, outcome: Result<(), BoxError>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("pgway-bench {command}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// Parses durations such as `250ms`, `5s`, `2m`, `1h30m`.
 fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -20,6 +20,11 @@ pub fn clock_ticks() -> f64 {
 
 /// (ppid, utime + stime in ticks) of a process.
 fn stat(pid: u32) -> Option<(u32, u64)> {
+    stat_with_children(pid).map(|(ppid, own, _)| (ppid, own))
+}
+
+/// (ppid, utime + stime, cutime + cstime: the children it has waited for) in ticks.
+fn stat_with_children(pid: u32) -> Option<(u32, u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces: fields start after it.
     let rest = &text[text.rfind(')')? + 1..];
@@ -28,7 +33,9 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
+    Some((ppid, utime + stime, cutime + cstime))
 }
 
 /// CPU seconds (user + system, all threads) a process has used.
@@ -36,10 +43,13 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     stat(pid).map(|(_, ticks)| ticks as f64 / clock_ticks())
 }
 
-/// CPU seconds of a process and its children now alive (a postmaster and its backends).
+/// CPU seconds of a process and its children (a postmaster and its backends): those alive now,
+/// and those that ended and were waited for (a backend that exits during a measurement, such
+/// as a pool's connection being closed, takes its CPU time out of the live sum, and into its
+/// parent's cutime/cstime).
 pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
-    let (_, own) = stat(root)?;
-    let mut ticks = own;
+    let (_, own, reaped) = stat_with_children(root)?;
+    let mut ticks = own + reaped;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -84,6 +94,16 @@ pub fn hwm(pid: u32) -> Option<u64> {
 /// Resets the process's peak RSS (VmHWM) to its current RSS; false when not allowed.
 pub fn reset_hwm(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// The peak RSS of a measured window: VmHWM when it could be reset at the window's start
+/// (with the highest sample, in case), else the highest of the 100 ms samples.
+pub fn peak_rss(hwm_reset: bool, hwm: Option<u64>, sampled_peak: u64) -> Option<u64> {
+    match (hwm_reset, hwm) {
+        (true, Some(hwm)) => Some(hwm.max(sampled_peak)),
+        _ if sampled_peak > 0 => Some(sampled_peak),
+        _ => None,
+    }
 }
 
 /// (busy, total) CPU seconds of the whole machine, all cores, from /proc/stat.

@@ -39,51 +39,60 @@ fn errors_text(run: &Record) -> String {
     text
 }
 
+/// Of runs of one point, the one with the median throughput (of an even number, the lower of
+/// the two middle ones).
+fn median(mut runs: Vec<&Record>) -> Option<&Record> {
+    runs.sort_by(|a, b| {
+        let q = |r: &Record| r.throughput_qps.unwrap_or(0.0);
+        q(a).total_cmp(&q(b))
+    });
+    runs.get(runs.len().saturating_sub(1) / 2).copied()
+}
+
 struct Runs {
     runs: Vec<Record>,
 }
 
 impl Runs {
+    /// The runs that `keep` keeps, in the order they were made.
+    fn select(&self, keep: impl Fn(&Record) -> bool) -> Vec<&Record> {
+        self.runs.iter().filter(|r| keep(r)).collect()
+    }
+
     /// Every run of one point, in the order they were made.
     fn all(&self, label: &str, target: &str, workload: &str, concurrency: u64) -> Vec<&Record> {
-        self.runs
-            .iter()
-            .filter(|r| {
-                r.label == label
-                    && r.target == target
-                    && r.workload == workload
-                    && r.concurrency == Some(concurrency as f64)
-            })
-            .collect()
+        self.select(|r| {
+            r.label == label
+                && r.target == target
+                && r.workload == workload
+                && r.concurrency == Some(concurrency as f64)
+        })
     }
 
     /// The run that stands for a point: when it was repeated (`REPEAT` in compare.sh), the
-    /// one with the median throughput (of an even number, the lower of the two middle
-    /// ones), so that one disturbed run moves no ratio.
+    /// one with the median throughput, so that one disturbed run moves no ratio.
     fn find(&self, label: &str, target: &str, workload: &str, concurrency: u64) -> Option<&Record> {
-        let mut runs = self.all(label, target, workload, concurrency);
-        runs.sort_by(|a, b| {
-            let q = |r: &Record| r.throughput_qps.unwrap_or(0.0);
-            q(a).total_cmp(&q(b))
-        });
-        runs.get(runs.len().saturating_sub(1) / 2).copied()
+        median(self.all(label, target, workload, concurrency))
     }
 
     fn concurrencies(&self, label: &str, workload: &str) -> Vec<u64> {
-        let mut cs: Vec<u64> = self
-            .runs
-            .iter()
-            .filter(|r| r.label == label && r.workload == workload)
-            .filter_map(|r| r.concurrency.map(|c| c as u64))
-            .collect();
-        cs.sort_unstable();
-        cs.dedup();
-        cs
+        distinct_concurrencies(self.select(|r| r.label == label && r.workload == workload))
     }
 
     fn label_runs(&self, label: &str) -> Vec<&Record> {
-        self.runs.iter().filter(|r| r.label == label).collect()
+        self.select(|r| r.label == label)
     }
+}
+
+/// The concurrency points of some runs, ascending.
+fn distinct_concurrencies(runs: Vec<&Record>) -> Vec<u64> {
+    let mut cs: Vec<u64> = runs
+        .iter()
+        .filter_map(|r| r.concurrency.map(|c| c as u64))
+        .collect();
+    cs.sort_unstable();
+    cs.dedup();
+    cs
 }
 
 const TARGETS: [&str; 3] = ["direct", "pgbouncer", "gateway"];
@@ -165,6 +174,19 @@ struct Verdict {
     target: &'static str,
     measured: String,
     met: Option<bool>,
+}
+
+fn verdict_table(out: &mut String, verdicts: Vec<Verdict>) {
+    let _ = writeln!(out, "| target | measured | met? |\n|---|---|---|");
+    for v in verdicts {
+        let met = match v.met {
+            Some(true) => "**met**",
+            Some(false) => "**not met**",
+            None => "not measured",
+        };
+        let _ = writeln!(out, "| {} | {} | {met} |", v.target, v.measured);
+    }
+    let _ = writeln!(out);
 }
 
 fn verdicts(runs: &Runs) -> Vec<Verdict> {
@@ -387,6 +409,493 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
     out
 }
 
+// ---------------------------------------------------------------------------------------------
+// The PostgreSQL door (pgbench runs, label `door`)
+// ---------------------------------------------------------------------------------------------
+
+/// The names the door's tables give the targets, in their column order.
+const DOOR_TARGETS: [(&str, &str); 3] = [
+    ("gateway", "pgway"),
+    ("pgbouncer", "PgBouncer"),
+    ("direct", "direct"),
+];
+
+/// CPU milliseconds per 1,000 transactions from a run's CPU seconds and its count (the
+/// `*_per_1k` fields are rounded to a millisecond, too coarse for a table in tenths).
+fn per_1k_ms(cpu_s: Option<f64>, rounded: Option<f64>, ok: Option<f64>) -> Option<f64> {
+    match (cpu_s, ok) {
+        (Some(cpu), Some(ok)) if ok > 0.0 => Some(cpu / ok * 1e6),
+        _ => rounded.map(|v| v * 1000.0),
+    }
+}
+
+fn proxy_ms(r: &Record) -> Option<f64> {
+    per_1k_ms(r.cpu_s, r.cpu_s_per_1k, r.ok)
+}
+
+fn pg_ms(r: &Record) -> Option<f64> {
+    per_1k_ms(r.pg_cpu_s, r.pg_cpu_s_per_1k, r.ok)
+}
+
+fn pgbench_ms(r: &Record) -> Option<f64> {
+    per_1k_ms(r.bench_cpu_s, r.bench_cpu_s_per_1k, r.ok)
+}
+
+impl Runs {
+    /// Every door run of one point, in the order they were made.
+    fn door_all(&self, target: &str, workload: &str, mode: &str, clients: u64) -> Vec<&Record> {
+        let mut runs = self.all("door", target, workload, clients);
+        runs.retain(|r| r.statements == mode);
+        runs
+    }
+
+    /// The median run of a door point (as [`Runs::find`]).
+    fn door(&self, target: &str, workload: &str, mode: &str, clients: u64) -> Option<&Record> {
+        median(self.door_all(target, workload, mode, clients))
+    }
+
+    fn door_clients(&self, workload: &str, mode: &str) -> Vec<u64> {
+        distinct_concurrencies(
+            self.select(|r| r.label == "door" && r.workload == workload && r.statements == mode),
+        )
+    }
+
+    /// pgway's best median throughput over a mode's -S sweep: (tps, clients).
+    fn door_best(&self, mode: &str) -> Option<(f64, u64)> {
+        self.door_clients("select", mode)
+            .into_iter()
+            .filter_map(|c| Some((self.door("gateway", "select", mode, c)?.throughput_qps?, c)))
+            .fold(None, |acc: Option<(f64, u64)>, x| match acc {
+                Some(a) if a.0 >= x.0 => Some(a),
+                _ => Some(x),
+            })
+    }
+}
+
+fn door_verdicts(runs: &Runs) -> Vec<Verdict> {
+    let tps = |t: &str, mode: &str, c: u64| {
+        runs.door(t, "select", mode, c)
+            .and_then(|r| r.throughput_qps)
+    };
+    let mut out = Vec::new();
+
+    // 1. Versus PgBouncer at 100, extended (PgBouncer's prepared statements need 1.21).
+    let name = "At 100 clients (`-S -M extended`): pgway's throughput ≥ 1.0× PgBouncer's, and its CPU per transaction ≤ PgBouncer's";
+    out.push(
+        match (
+            runs.door("gateway", "select", "extended", 100),
+            runs.door("pgbouncer", "select", "extended", 100),
+        ) {
+            (Some(g), Some(b)) => {
+                let (gq, bq) = (g.throughput_qps.unwrap_or(0.0), b.throughput_qps.unwrap_or(0.0));
+                let (gc, bc) = (proxy_ms(g), proxy_ms(b));
+                Verdict {
+                    target: name,
+                    measured: format!(
+                        "{gq:.0} vs {bq:.0} tps (ratio {}); CPU {} vs {} ms per 1,000 transactions (ratio {})",
+                        fmt_num(ratio(Some(gq), Some(bq)), 2),
+                        fmt_num(gc, 1),
+                        fmt_num(bc, 1),
+                        fmt_num(ratio(gc, bc), 2),
+                    ),
+                    met: Some(gq >= bq && matches!((gc, bc), (Some(g), Some(b)) if g <= b)),
+                }
+            }
+            _ => Verdict { target: name, measured: "not measured".into(), met: None },
+        },
+    );
+
+    // 2. Versus direct at 200, each mode.
+    for (mode, name) in [
+        (
+            "extended",
+            "At 200 clients (`-S -M extended`) pgway beats direct connections",
+        ),
+        (
+            "prepared",
+            "At 200 clients (`-S -M prepared`) pgway beats direct connections",
+        ),
+    ] {
+        out.push(
+            match (tps("gateway", mode, 200), tps("direct", mode, 200)) {
+                (Some(g), Some(d)) => Verdict {
+                    target: name,
+                    measured: format!(
+                        "{g:.0} vs {d:.0} tps (ratio {})",
+                        fmt_num(ratio(Some(g), Some(d)), 2)
+                    ),
+                    met: Some(g > d),
+                },
+                _ => Verdict {
+                    target: name,
+                    measured: "not measured".into(),
+                    met: None,
+                },
+            },
+        );
+    }
+
+    // 3. No collapse at 100, each mode.
+    for (mode, name) in [
+        (
+            "extended",
+            "At 100 clients (`-S -M extended`) pgway keeps ≥ 95% of its best throughput over the sweep",
+        ),
+        (
+            "prepared",
+            "At 100 clients (`-S -M prepared`) pgway keeps ≥ 95% of its best throughput over the sweep",
+        ),
+    ] {
+        out.push(match (runs.door_best(mode), tps("gateway", mode, 100)) {
+            (Some((best, at)), Some(q)) => Verdict {
+                target: name,
+                measured: format!(
+                    "{q:.0} tps at 100 = {:.1}% of its best ({best:.0} tps at {at})",
+                    q / best * 100.0
+                ),
+                met: Some(q / best >= 0.95),
+            },
+            _ => Verdict {
+                target: name,
+                measured: "not measured".into(),
+                met: None,
+            },
+        });
+    }
+
+    // 4. No failures.
+    let name = "0 failed transactions (and no aborted clients) in any pgbench run through pgway";
+    let pgbench_runs: Vec<&Record> = runs
+        .label_runs("door")
+        .into_iter()
+        .filter(|r| r.workload != "idle")
+        .collect();
+    out.push(if pgbench_runs.is_empty() {
+        Verdict {
+            target: name,
+            measured: "not measured".into(),
+            met: None,
+        }
+    } else {
+        let with_errors = |t: &str| -> Vec<String> {
+            pgbench_runs
+                .iter()
+                .filter(|r| r.target == t && r.errors.unwrap_or(0.0) > 0.0)
+                .map(|r| {
+                    format!(
+                        "{} -M {} at {}: {}",
+                        r.workload,
+                        r.statements,
+                        fmt_num(r.concurrency, 0),
+                        errors_text(r)
+                    )
+                })
+                .collect()
+        };
+        let own = with_errors("gateway");
+        let others: usize = ["pgbouncer", "direct"]
+            .iter()
+            .map(|t| with_errors(t).len())
+            .sum();
+        let n = pgbench_runs
+            .iter()
+            .filter(|r| r.target == "gateway")
+            .count();
+        Verdict {
+            target: name,
+            measured: format!(
+                "{n} runs through pgway, {}; {}",
+                if own.is_empty() {
+                    "none failed".to_owned()
+                } else {
+                    own.join("; ")
+                },
+                if others == 0 {
+                    "PgBouncer's and direct runs: none failed".to_owned()
+                } else {
+                    format!("{others} PgBouncer or direct run(s) with failures")
+                }
+            ),
+            met: Some(own.is_empty()),
+        }
+    });
+
+    // 5. Memory.
+    let name = "pgway's RSS < 50 MB at 1,000 idle clients and at 100 busy ones";
+    let idle = runs
+        .label_runs("door")
+        .into_iter()
+        .filter(|r| r.target == "gateway" && r.workload == "idle")
+        .max_by(|a, b| {
+            a.concurrency
+                .unwrap_or(0.0)
+                .total_cmp(&b.concurrency.unwrap_or(0.0))
+        });
+    let busy: Vec<&Record> = runs
+        .label_runs("door")
+        .into_iter()
+        .filter(|r| r.target == "gateway" && r.workload != "idle" && r.concurrency == Some(100.0))
+        .collect();
+    let busy_peak = busy
+        .iter()
+        .filter_map(|r| r.rss_peak_bytes)
+        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
+    out.push(match (idle, busy_peak) {
+        (None, None) => Verdict {
+            target: name,
+            measured: "not measured".into(),
+            met: None,
+        },
+        (idle, busy_peak) => {
+            let mut parts = Vec::new();
+            if let Some(r) = idle {
+                parts.push(format!(
+                    "{} idle clients ({} connected): peak {} MB, {} MB at the end of the hold",
+                    fmt_num(r.concurrency, 0),
+                    fmt_num(r.ok, 0),
+                    fmt_num(r.rss_peak_bytes.map(|b| b / 1e6), 1),
+                    fmt_num(r.rss_end_bytes.map(|b| b / 1e6), 1),
+                ));
+            }
+            if let Some(b) = busy_peak {
+                parts.push(format!("100 busy clients: peak {:.1} MB", b / 1e6));
+            }
+            let idle_ok = idle.and_then(|r| r.rss_peak_bytes).map(|b| b < 50e6);
+            let idle_full = idle.is_some_and(|r| {
+                r.concurrency.unwrap_or(0.0) >= 1000.0 && r.errors.unwrap_or(0.0) == 0.0
+            });
+            let busy_ok = busy_peak.map(|b| b < 50e6);
+            Verdict {
+                target: name,
+                measured: parts.join("; ")
+                    + if idle_full || idle.is_none() {
+                        ""
+                    } else {
+                        " (fewer than 1,000 idle clients connected: not the target's test)"
+                    },
+                met: match (idle_ok, busy_ok) {
+                    (Some(i), Some(b)) if idle_full => Some(i && b),
+                    (Some(false), _) | (_, Some(false)) => Some(false),
+                    _ => None,
+                },
+            }
+        }
+    });
+    out
+}
+
+fn door_table(out: &mut String, runs: &Runs, workload: &str, mode: &str, title: &str) {
+    let cs = runs.door_clients(workload, mode);
+    if cs.is_empty() {
+        return;
+    }
+    let present: Vec<(&str, &str)> = DOOR_TARGETS
+        .into_iter()
+        .filter(|(t, _)| {
+            cs.iter()
+                .any(|&c| !runs.door_all(t, workload, mode, c).is_empty())
+        })
+        .collect();
+    let names = |f: &dyn Fn(&str) -> String| -> String {
+        present
+            .iter()
+            .map(|(_, n)| f(n))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let _ = writeln!(out, "### {title}\n");
+    let mut head = String::from("| clients |");
+    for (_, n) in &present {
+        let _ = write!(head, " {n} tps |");
+    }
+    let others: Vec<&(&str, &str)> = present.iter().filter(|(t, _)| *t != "gateway").collect();
+    for (_, n) in &others {
+        let _ = write!(head, " pgway / {n} |");
+    }
+    let proxies: Vec<&(&str, &str)> = present.iter().filter(|(t, _)| *t != "direct").collect();
+    let _ = write!(
+        head,
+        " proxy CPU ms / 1k tx ({}) | PostgreSQL CPU ms / 1k tx ({}) | pgbench CPU ms / 1k tx ({}) | failed ({}) |",
+        proxies
+            .iter()
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+            .join(" / "),
+        names(&|n| n.to_owned()),
+        names(&|n| n.to_owned()),
+        names(&|n| n.to_owned()),
+    );
+    let columns = 1 + present.len() + others.len() + 4;
+    let _ = writeln!(out, "{head}");
+    let _ = writeln!(out, "|{}", "---:|".repeat(columns));
+    for &c in &cs {
+        let get = |t: &str| runs.door(t, workload, mode, c);
+        let q = |t: &str| get(t).and_then(|r| r.throughput_qps);
+        let ms = |t: &str, f: fn(&Record) -> Option<f64>| fmt_num(get(t).and_then(f), 1);
+        let mut row = format!("| {c} |");
+        for (t, _) in &present {
+            let _ = write!(row, " {} |", fmt_num(q(t), 0));
+        }
+        for (t, _) in &others {
+            let _ = write!(row, " {} |", fmt_num(ratio(q("gateway"), q(t)), 2));
+        }
+        let join = |list: &[&(&str, &str)], f: &dyn Fn(&str) -> String| {
+            list.iter()
+                .map(|(t, _)| f(t))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let all: Vec<&(&str, &str)> = present.iter().collect();
+        let _ = writeln!(
+            out,
+            "{row} {} | {} | {} | {} |",
+            join(&proxies, &|t| ms(t, proxy_ms)),
+            join(&all, &|t| ms(t, pg_ms)),
+            join(&all, &|t| ms(t, pgbench_ms)),
+            join(&all, &|t| get(t)
+                .map_or("–".into(), |r| fmt_num(r.errors, 0))),
+        );
+    }
+    let _ = writeln!(out);
+}
+
+fn door_section(out: &mut String, runs: &Runs, info: &dyn Fn(&str) -> String) {
+    let door = runs.label_runs("door");
+    if door.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "## The PostgreSQL door (pgbench)\n");
+    let _ = writeln!(
+        out,
+        "PostgreSQL's own `pgbench` against pgway's PostgreSQL door (**pgway**: the same `pgway serve` process \
+         as above, its gRPC door idle meanwhile, transaction pooling over the same pool of 20), PgBouncer \
+         (transaction mode, pool of 20) and PostgreSQL itself (**direct**: one backend per client), on the same \
+         PostgreSQL and data. Each run: `pgbench -n -S -M <mode> -c <clients> -j 2 -T <…> -P 1` (or the built-in \
+         TPC-B-like script instead of `-S`); the first {} after the clients have logged in are a warm-up, then \
+         {} are measured, cut from pgbench's once-a-second progress lines, so logins (SCRAM-SHA-256 for pgway \
+         and PgBouncer) are not in the figures. Over that window the CPU of the proxy (pgway or PgBouncer), of \
+         the whole PostgreSQL cluster and of pgbench is read from `/proc`: CPU per transaction = CPU seconds / \
+         transactions in the window. The targets take turns at each point. `-M prepared` runs against \
+         PgBouncer only where PgBouncer is 1.21 or newer (`max_prepared_statements`); this run's: {}. \
+         PgBouncer: {}. pgway: {}.\n",
+        info("pg_warmup"),
+        info("pg_duration"),
+        info("pgbouncer"),
+        info("pgbouncer_auth"),
+        info("pgway_door"),
+    );
+    let _ = writeln!(out, "### Targets of the PostgreSQL door\n");
+    verdict_table(out, door_verdicts(runs));
+    door_table(
+        out,
+        runs,
+        "select",
+        "extended",
+        "`pgbench -S -M extended` (unnamed statements)",
+    );
+    door_table(
+        out,
+        runs,
+        "select",
+        "prepared",
+        "`pgbench -S -M prepared` (named prepared statements)",
+    );
+    door_table(out, runs, "select", "simple", "`pgbench -S -M simple`");
+    door_table(
+        out,
+        runs,
+        "tpcb",
+        "extended",
+        "TPC-B-like script, `-M extended`",
+    );
+    door_table(
+        out,
+        runs,
+        "tpcb",
+        "prepared",
+        "TPC-B-like script, `-M prepared`",
+    );
+
+    let _ = writeln!(out, "### Memory of the proxies\n");
+    let _ = writeln!(
+        out,
+        "Idle: `pgway-bench idle` opens the clients (tokio-postgres, SCRAM-SHA-256 login), runs one `SELECT 1` on \
+         each, then holds them all open and idle; the peak is VmHWM (reset before the logins) or the highest \
+         100 ms sample. Busy: the peak during the measured window of the pgbench runs at 100 clients.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| proxy | clients | what | connected | RSS before | peak RSS | RSS at the end |\n|---|---:|---|---:|---:|---:|---:|"
+    );
+    for (t, n) in DOOR_TARGETS.iter().filter(|(t, _)| *t != "direct") {
+        for r in door
+            .iter()
+            .filter(|r| r.target == *t && r.workload == "idle")
+        {
+            let _ = writeln!(
+                out,
+                "| {n} | {} | idle | {} | {} | {} | {} |",
+                fmt_num(r.concurrency, 0),
+                fmt_num(r.ok, 0),
+                mib(r.rss_start_bytes),
+                mib(r.rss_peak_bytes),
+                mib(r.rss_end_bytes),
+            );
+        }
+        for r in door
+            .iter()
+            .filter(|r| r.target == *t && r.workload != "idle" && r.concurrency == Some(100.0))
+        {
+            let _ = writeln!(
+                out,
+                "| {n} | 100 | busy: {} -M {} | 100 | – | {} | {} |",
+                r.workload,
+                r.statements,
+                mib(r.rss_peak_bytes),
+                mib(r.rss_end_bytes),
+            );
+        }
+    }
+    let _ = writeln!(out);
+
+    let _ = writeln!(
+        out,
+        "<details><summary>Every pgbench run (CPU, memory, machine)</summary>\n"
+    );
+    let _ = writeln!(
+        out,
+        "| target | script | -M | clients | tps | latency avg µs | failed | proxy CPU ms / 1k tx | PostgreSQL CPU ms / 1k tx | pgbench CPU ms / 1k tx | proxy peak RSS | machine busy | CPU of other processes (s) |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for (t, n) in DOOR_TARGETS {
+        for r in door
+            .iter()
+            .filter(|r| r.target == t && r.workload != "idle")
+        {
+            let _ = writeln!(
+                out,
+                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}% | {} |",
+                r.workload,
+                r.statements,
+                fmt_num(r.concurrency, 0),
+                fmt_num(r.throughput_qps, 0),
+                fmt_num(r.mean_us, 0),
+                errors_text(r),
+                fmt_num(proxy_ms(r), 1),
+                fmt_num(pg_ms(r), 1),
+                fmt_num(pgbench_ms(r), 1),
+                mib(r.rss_peak_bytes),
+                fmt_num(r.machine_busy_pct, 0),
+                fmt_num(r.other_cpu_s, 1),
+            );
+        }
+    }
+    let _ = writeln!(out, "\n</details>\n");
+}
+
 pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
     let text = std::fs::read_to_string(&args.results)?;
     let mut parsed = Vec::new();
@@ -421,7 +930,7 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
         "Generated by `bench/compare.sh`{} on {}. Every number below comes from that one run, on one machine: the gateway (`pgway`), \
          PostgreSQL, PgBouncer and the load generator (`pgway-bench`) all ran on it at the same time, over loopback. \
          Compare ratios from the same run, not absolute numbers across runs or machines. \
-         Regenerate with `bench/compare.sh` (about 8 minutes on 2 cores; `SOAK_SECONDS=1800` for the long soak).\n",
+         Regenerate with `bench/compare.sh` (about 15 minutes on 2 cores; `SOAK_SECONDS=1800` for the long soak).\n",
         if info("mode") == "smoke" {
             " --smoke (a tiny run for CI: not for conclusions)"
         } else {
@@ -489,16 +998,7 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
     );
 
     let _ = writeln!(out, "## Targets\n");
-    let _ = writeln!(out, "| target | measured | met? |\n|---|---|---|");
-    for v in verdicts(&runs) {
-        let met = match v.met {
-            Some(true) => "**met**",
-            Some(false) => "**not met**",
-            None => "not measured",
-        };
-        let _ = writeln!(out, "| {} | {} | {met} |", v.target, v.measured);
-    }
-    let _ = writeln!(out);
+    verdict_table(&mut out, verdicts(&runs));
 
     let _ = writeln!(out, "## Results\n");
     sweep_section(
@@ -615,6 +1115,8 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
             let _ = writeln!(out);
         }
     }
+
+    door_section(&mut out, &runs, &|k| info(k).to_owned());
 
     let notes = info("notes");
     if !notes.is_empty() {

@@ -211,11 +211,7 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
         (Some(a), Some(b)) => Some(b[i] - a[i]),
         _ => None,
     };
-    let rss_peak = match (hwm_reset, hwm) {
-        (true, Some(hwm)) => Some(hwm.max(sampled_peak)),
-        _ if sampled_peak > 0 => Some(sampled_peak),
-        _ => None,
-    };
+    let rss_peak = procfs::peak_rss(hwm_reset, hwm, sampled_peak);
     let slope = slope_per_minute(&samples);
     let h = &shared.histogram;
     let us = |ns: u64| ns as f64 / 1000.0;
@@ -265,6 +261,7 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
         rss_peak_bytes: rss_peak,
         rss_hwm_bytes: hwm,
         rss_hwm_reset: hwm_reset,
+        rss_start_bytes: None,
         rss_end_bytes: rss_end,
         rss_slope_bytes_per_min: slope.map(Num),
         pg_cpu_s: pg_cpu.map(Num),
@@ -323,10 +320,7 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
         }
     }
     eprintln!("{human}");
-    println!("{line}");
-    if let Some(path) = &args.json_out {
-        json::append_lines(path, &[line])?;
-    }
+    json::emit(line, args.json_out.as_deref())?;
     Ok(())
 }
 

@@ -1,0 +1,609 @@
+//! `pgbench` and `idle`: the PostgreSQL door measured with PostgreSQL's own load tool.
+//!
+//! `pgway-bench pgbench` runs one `pgbench` against one target (pgway's PostgreSQL door,
+//! PgBouncer or PostgreSQL itself) and measures it the way `run` measures its own callers:
+//! the measured window starts after `--warmup` and lasts `--duration`, timed by pgbench's own
+//! progress lines (`-P 1`), so neither the clients' logins (SCRAM for pgway and PgBouncer) nor
+//! their disconnections are counted. Over the window it reads the CPU of the proxy (`--pid`),
+//! of the whole PostgreSQL cluster (`--pg-pid`) and of pgbench itself, and the proxy's peak
+//! RSS; after pgbench exits it reads its failed transactions and aborted clients. One JSON
+//! line per run, as `run` prints (`tool` is `pgbench`, `statements` the `-M` mode).
+//!
+//! `pgway-bench idle` opens N client connections (tokio-postgres, so SCRAM when the target
+//! asks for it), runs one `SELECT 1` on each, holds them all open for `--hold`, and reports
+//! the proxy's RSS before, at its peak and at the end of the hold.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, ValueEnum};
+use futures::StreamExt as _;
+
+use crate::json::{self, Num, RunLine};
+use crate::procfs;
+use crate::{BoxError, Target, parse_duration};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Script {
+    /// `-S`: the built-in select-only script (one point select per transaction).
+    Select,
+    /// The built-in TPC-B-like script (five statements in BEGIN … END).
+    Tpcb,
+}
+
+impl Script {
+    fn name(self) -> &'static str {
+        match self {
+            Script::Select => "select",
+            Script::Tpcb => "tpcb",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// `-M simple`.
+    Simple,
+    /// `-M extended`: unnamed statements, Parse/Bind/Execute each time.
+    Extended,
+    /// `-M prepared`: named statements, prepared once per client connection.
+    Prepared,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Simple => "simple",
+            Protocol::Extended => "extended",
+            Protocol::Prepared => "prepared",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PgbenchArgs {
+    /// What is measured (the name kept in the JSON line).
+    #[arg(long, value_enum)]
+    target: Target,
+
+    /// The pgbench binary.
+    #[arg(long, default_value = "pgbench")]
+    pgbench: String,
+
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+
+    #[arg(long)]
+    port: u16,
+
+    #[arg(long, default_value = "postgres")]
+    user: String,
+
+    #[arg(long, default_value = "postgres")]
+    dbname: String,
+
+    /// The script.
+    #[arg(long, value_enum, default_value = "select")]
+    script: Script,
+
+    /// pgbench's `-M`.
+    #[arg(long, value_enum, default_value = "extended")]
+    protocol: Protocol,
+
+    /// Clients (`-c`).
+    #[arg(long, short = 'c', default_value_t = 10)]
+    clients: usize,
+
+    /// pgbench threads (`-j`).
+    #[arg(long, short = 'j', default_value_t = 2)]
+    jobs: usize,
+
+    /// Time run before the window (whole seconds: pgbench reports once a second).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+
+    /// The measured window (whole seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+
+    /// PID of the proxy whose CPU and memory are measured (pgway or PgBouncer).
+    #[arg(long)]
+    pid: Option<u32>,
+
+    /// PID of the postmaster: the CPU of the whole PostgreSQL cluster is measured too.
+    #[arg(long)]
+    pg_pid: Option<u32>,
+
+    /// A label kept in the JSON line.
+    #[arg(long, default_value = "door")]
+    label: String,
+
+    /// Append the JSON line to this file too.
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// What is measured (the name kept in the JSON line).
+    #[arg(long, value_enum)]
+    target: Target,
+
+    /// A postgres:// URL (with the password when the target asks for one).
+    #[arg(long)]
+    url: String,
+
+    /// Client connections to open and hold.
+    #[arg(long, short = 'c', default_value_t = 1000)]
+    clients: usize,
+
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 32)]
+    parallel: usize,
+
+    /// How long all of them are held open, idle, after the last one logged in.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    hold: Duration,
+
+    /// PID of the proxy whose memory is measured.
+    #[arg(long)]
+    pid: Option<u32>,
+
+    #[arg(long, default_value = "door")]
+    label: String,
+
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
+}
+
+/// One `progress:` line of pgbench: seconds since its start, tps over the last interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Progress {
+    at_s: f64,
+    tps: f64,
+}
+
+/// `progress: 5.0 s, 8345.2 tps, lat 1.198 ms stddev 0.500, 0 failed`
+fn parse_progress(line: &str) -> Option<Progress> {
+    let rest = line.strip_prefix("progress: ")?;
+    let mut fields = rest.split(", ");
+    let at_s = fields.next()?.strip_suffix(" s")?.parse().ok()?;
+    let tps = fields.next()?.strip_suffix(" tps")?.parse().ok()?;
+    Some(Progress { at_s, tps })
+}
+
+/// What pgbench's summary (stdout) says.
+#[derive(Debug, Default, PartialEq)]
+struct Summary {
+    processed: Option<u64>,
+    failed: Option<u64>,
+    latency_ms: Option<f64>,
+    tps: Option<f64>,
+}
+
+fn parse_summary(text: &str) -> Summary {
+    let mut summary = Summary::default();
+    let first_number = |s: &str| {
+        s.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<f64>().ok())
+    };
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("number of transactions actually processed: ") {
+            summary.processed = v.split('/').next().and_then(|n| n.trim().parse().ok());
+        } else if let Some(v) = line.strip_prefix("number of failed transactions: ") {
+            summary.failed = first_number(v).map(|n| n as u64);
+        } else if let Some(v) = line.strip_prefix("latency average = ") {
+            summary.latency_ms = first_number(v);
+        } else if let Some(v) = line.strip_prefix("tps = ") {
+            summary.tps = first_number(v);
+        }
+    }
+    summary
+}
+
+/// Sums the transactions of the progress lines inside (start, end] seconds: (transactions,
+/// seconds covered).
+fn window(progress: &[Progress], start_s: f64, end_s: f64) -> (f64, f64) {
+    let mut tx = 0.0;
+    let mut covered = 0.0;
+    let mut last = None::<f64>;
+    for p in progress {
+        if p.at_s > start_s + 0.01 && p.at_s <= end_s + 0.01 {
+            let since = last.unwrap_or(p.at_s - 1.0);
+            tx += p.tps * (p.at_s - since);
+            covered += p.at_s - since;
+        }
+        last = Some(p.at_s);
+    }
+    (tx, covered)
+}
+
+struct Snapshot {
+    at: Instant,
+    pid_cpu: Option<f64>,
+    pg_cpu: Option<f64>,
+    pgbench_cpu: Option<f64>,
+    machine: Option<(f64, f64)>,
+}
+
+fn snapshot(args: &PgbenchArgs, child: u32) -> Snapshot {
+    Snapshot {
+        at: Instant::now(),
+        pid_cpu: args.pid.and_then(procfs::cpu_seconds),
+        pg_cpu: args.pg_pid.and_then(procfs::tree_cpu_seconds),
+        pgbench_cpu: procfs::cpu_seconds(child),
+        machine: procfs::machine_cpu(),
+    }
+}
+
+pub fn run_pgbench(args: &PgbenchArgs) -> Result<(), BoxError> {
+    let warmup_s = args.warmup.as_secs().max(1);
+    let duration_s = args.duration.as_secs().max(1);
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut command = Command::new(&args.pgbench);
+    command.args(["-n", "-P", "1"]);
+    if args.script == Script::Select {
+        command.arg("-S");
+    }
+    command
+        .args(["-M", args.protocol.name()])
+        .args(["-c", &args.clients.to_string()])
+        .args(["-j", &args.jobs.min(args.clients).max(1).to_string()])
+        // One more second, so that the progress line closing the window is printed.
+        .args(["-T", &(warmup_s + duration_s + 1).to_string()])
+        .args(["-h", &args.host, "-p", &args.port.to_string()])
+        .args(["-U", &args.user, &args.dbname])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", args.pgbench))?;
+    let child_pid = child.id();
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let stdout_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    // Progress lines as they come (stderr), and everything else pgbench said there.
+    let (tx, rx) = mpsc::channel::<Result<Progress, String>>();
+    let stderr_reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let item = parse_progress(&line).ok_or(line);
+            if tx.send(item).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut progress: Vec<Progress> = Vec::new();
+    let mut other_lines: Vec<String> = Vec::new();
+    let mut before: Option<Snapshot> = None;
+    let mut after: Option<Snapshot> = None;
+    let mut hwm_reset = false;
+    let mut sampled_peak = 0u64;
+    let mut hwm = None;
+    let mut rss_end = None;
+    let start_s = warmup_s as f64;
+    let end_s = (warmup_s + duration_s) as f64;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(p)) => {
+                progress.push(p);
+                if before.is_none() && p.at_s >= start_s - 0.01 {
+                    hwm_reset = args.pid.is_some_and(procfs::reset_hwm);
+                    before = Some(snapshot(args, child_pid));
+                } else if before.is_some() && after.is_none() && p.at_s >= end_s - 0.01 {
+                    after = Some(snapshot(args, child_pid));
+                    hwm = args.pid.and_then(procfs::hwm);
+                    rss_end = args.pid.and_then(procfs::rss);
+                }
+            }
+            Ok(Err(line)) => other_lines.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if before.is_some() && after.is_none() {
+            if let Some(rss) = args.pid.and_then(procfs::rss) {
+                sampled_peak = sampled_peak.max(rss);
+            }
+        }
+    }
+    let status = child.wait()?;
+    let _ = stderr_reader.join();
+    let summary = parse_summary(&stdout_reader.join().unwrap_or_default());
+
+    // Clients that gave up: pgbench says so on stderr, one line each.
+    let aborted = other_lines
+        .iter()
+        .filter(|l| l.contains("aborted in command") || l.contains("aborted while"))
+        .count() as u64;
+    let failed = summary.failed.unwrap_or(0);
+    let mut errors_by_code = BTreeMap::new();
+    if failed > 0 {
+        errors_by_code.insert("failed transactions".to_owned(), failed);
+    }
+    if aborted > 0 {
+        errors_by_code.insert("aborted clients".to_owned(), aborted);
+    }
+    if !status.success() && aborted == 0 {
+        errors_by_code.insert(format!("pgbench exit {}", status.code().unwrap_or(-1)), 1);
+    }
+    let error_total: u64 = errors_by_code.values().sum();
+
+    let (tx_window, covered) = window(&progress, start_s, end_s);
+    let (ok, qps, elapsed, snapshots) = match (&before, &after) {
+        (Some(b), Some(a)) if covered > 0.0 => (
+            tx_window,
+            tx_window / covered,
+            (a.at - b.at).as_secs_f64(),
+            Some((b, a)),
+        ),
+        // No window (pgbench stopped early): its own totals, and no CPU.
+        _ => (
+            summary.processed.unwrap_or(0) as f64,
+            summary.tps.unwrap_or(0.0),
+            0.0,
+            None,
+        ),
+    };
+    let delta = |f: fn(&Snapshot) -> Option<f64>| {
+        snapshots.and_then(|(b, a)| f(a).zip(f(b)).map(|(a, b)| a - b))
+    };
+    let per_1k = |cpu: Option<f64>| cpu.filter(|_| ok > 0.0).map(|c| c / ok * 1000.0);
+    let pid_cpu = delta(|s| s.pid_cpu);
+    let pg_cpu = delta(|s| s.pg_cpu);
+    let pgbench_cpu = delta(|s| s.pgbench_cpu);
+    let (machine_busy, machine_busy_pct) = match snapshots.map(|(b, a)| (b.machine, a.machine)) {
+        Some((Some((b0, t0)), Some((b1, t1)))) if t1 > t0 => {
+            (Some(b1 - b0), Some((b1 - b0) / (t1 - t0) * 100.0))
+        }
+        _ => (None, None),
+    };
+    let other_cpu = machine_busy.map(|busy| {
+        busy - pid_cpu.unwrap_or(0.0) - pg_cpu.unwrap_or(0.0) - pgbench_cpu.unwrap_or(0.0)
+    });
+    let rss_peak = procfs::peak_rss(hwm_reset, hwm, sampled_peak);
+    let nan = Num(f64::NAN);
+    let line = serde_json::to_string(&RunLine {
+        tool: "pgbench",
+        label: &args.label,
+        target: args.target.name(),
+        workload: args.script.name(),
+        concurrency: args.clients,
+        connections: args.clients,
+        statements: args.protocol.name(),
+        warmup_s: Num(warmup_s as f64),
+        duration_s: Num(elapsed),
+        started_unix,
+        ok: ok.round() as u64,
+        rows: 0,
+        errors: error_total,
+        errors_by_code: errors_by_code.clone(),
+        errors_outside_window: 0,
+        throughput_qps: Num(qps),
+        p50_us: nan,
+        p90_us: nan,
+        p99_us: nan,
+        p999_us: nan,
+        max_us: nan,
+        mean_us: Num(summary.latency_ms.map_or(f64::NAN, |ms| ms * 1000.0)),
+        pid: args.pid,
+        cpu_s: pid_cpu.map(Num),
+        cpu_s_per_1k: per_1k(pid_cpu).map(Num),
+        rss_peak_bytes: rss_peak,
+        rss_hwm_bytes: hwm,
+        rss_hwm_reset: hwm_reset,
+        rss_end_bytes: rss_end,
+        rss_slope_bytes_per_min: None,
+        pg_cpu_s: pg_cpu.map(Num),
+        pg_cpu_s_per_1k: per_1k(pg_cpu).map(Num),
+        bench_cpu_s: pgbench_cpu.map(Num),
+        bench_cpu_s_per_1k: per_1k(pgbench_cpu).map(Num),
+        machine_busy_pct: machine_busy_pct.map(Num),
+        other_cpu_s: other_cpu.map(Num),
+        loadavg_end: procfs::loadavg(),
+        ..RunLine::default()
+    })?;
+    let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}", v * 1000.0));
+    eprintln!(
+        "pgbench {:<9} {:<6} -M {:<8} c={:<4} {:>9.0} tps  failed {failed}  aborted {aborted}  proxy cpu {} ms/1k  pg cpu {} ms/1k  pgbench cpu {} ms/1k  rss peak {}  other cpu {}",
+        args.target.name(),
+        args.script.name(),
+        args.protocol.name(),
+        args.clients,
+        qps,
+        ms(per_1k(pid_cpu)),
+        ms(per_1k(pg_cpu)),
+        ms(per_1k(pgbench_cpu)),
+        rss_peak.map_or("–".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+        other_cpu.map_or("–".into(), |s| format!("{s:.1}s")),
+    );
+    if error_total > 0 || snapshots.is_none() {
+        for l in other_lines.iter().take(5) {
+            eprintln!("pgbench: {l}");
+        }
+    }
+    json::emit(line, args.json_out.as_deref())?;
+    if snapshots.is_none() {
+        return Err("pgbench gave no measured window (see its messages above)".into());
+    }
+    Ok(())
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn run_idle(args: &IdleArgs) -> Result<(), BoxError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(idle(args))
+}
+
+async fn idle(args: &IdleArgs) -> Result<(), BoxError> {
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let rss_start = args.pid.and_then(procfs::rss);
+    let hwm_reset = args.pid.is_some_and(procfs::reset_hwm);
+    let opened = Instant::now();
+    let url = args.url.clone();
+    let results: Vec<Result<tokio_postgres::Client, String>> =
+        futures::stream::iter(0..args.clients)
+            .map(|_| {
+                let url = url.clone();
+                async move {
+                    // A proxy that stops accepting (out of file descriptors) must not hang the run.
+                    let connecting = tokio_postgres::connect(&url, tokio_postgres::NoTls);
+                    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                        .await
+                        .map_err(|_| "connect timed out".to_owned())?
+                        .map_err(|e| e.to_string())?;
+                    tokio::spawn(connection);
+                    client
+                        .simple_query("SELECT 1")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(client)
+                }
+            })
+            .buffer_unordered(args.parallel.max(1))
+            .collect()
+            .await;
+    let login_s = opened.elapsed().as_secs_f64();
+    let mut clients = Vec::new();
+    let mut errors_by_code: BTreeMap<String, u64> = BTreeMap::new();
+    for result in results {
+        match result {
+            Ok(client) => clients.push(client),
+            Err(error) => *errors_by_code.entry(error).or_default() += 1,
+        }
+    }
+    // Held open and idle; the RSS sampled meanwhile.
+    let mut sampled_peak = 0u64;
+    let until = Instant::now() + args.hold;
+    while Instant::now() < until {
+        if let Some(rss) = args.pid.and_then(procfs::rss) {
+            sampled_peak = sampled_peak.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss_end = args.pid.and_then(procfs::rss);
+    let hwm = args.pid.and_then(procfs::hwm);
+    // Still all alive at the end of the hold?
+    let mut alive = 0u64;
+    for client in &clients {
+        let query = tokio::time::timeout(CONNECT_TIMEOUT, client.simple_query("SELECT 1"));
+        if matches!(query.await, Ok(Ok(_))) {
+            alive += 1;
+        }
+    }
+    let lost = clients.len() as u64 - alive;
+    if lost > 0 {
+        errors_by_code.insert("lost while idle".into(), lost);
+    }
+    drop(clients);
+    let error_total: u64 = errors_by_code.values().sum();
+    let rss_peak = procfs::peak_rss(hwm_reset, hwm, sampled_peak);
+    let nan = Num(f64::NAN);
+    let line = serde_json::to_string(&RunLine {
+        tool: "pgway-bench idle",
+        label: &args.label,
+        target: args.target.name(),
+        workload: "idle",
+        concurrency: args.clients,
+        connections: alive as usize,
+        statements: "simple",
+        warmup_s: Num(login_s),
+        duration_s: Num(args.hold.as_secs_f64()),
+        started_unix,
+        ok: alive,
+        errors: error_total,
+        errors_by_code: errors_by_code.clone(),
+        throughput_qps: nan,
+        p50_us: nan,
+        p90_us: nan,
+        p99_us: nan,
+        p999_us: nan,
+        max_us: nan,
+        mean_us: nan,
+        pid: args.pid,
+        rss_start_bytes: rss_start,
+        rss_peak_bytes: rss_peak,
+        rss_hwm_bytes: hwm,
+        rss_hwm_reset: hwm_reset,
+        rss_end_bytes: rss_end,
+        loadavg_end: procfs::loadavg(),
+        ..RunLine::default()
+    })?;
+    let mib =
+        |b: Option<u64>| b.map_or("–".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+    eprintln!(
+        "idle {} × {}: logged in in {login_s:.1} s, {alive} alive after {:?}; rss before {}, peak {}, end {}; errors {errors_by_code:?}",
+        args.clients,
+        args.target.name(),
+        args.hold,
+        mib(rss_start),
+        mib(rss_peak),
+        mib(rss_end),
+    );
+    json::emit(line, args.json_out.as_deref())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_and_summary_lines_parse() {
+        assert_eq!(
+            parse_progress("progress: 5.0 s, 8345.2 tps, lat 1.198 ms stddev 0.500, 0 failed"),
+            Some(Progress {
+                at_s: 5.0,
+                tps: 8345.2
+            })
+        );
+        assert_eq!(parse_progress("pgbench (15.10)"), None);
+        let summary = parse_summary(
+            "transaction type: <builtin: select only>\n\
+             number of transactions actually processed: 123456\n\
+             number of failed transactions: 0 (0.000%)\n\
+             latency average = 1.234 ms\n\
+             tps = 9876.543210 (without initial connection time)\n",
+        );
+        assert_eq!(
+            summary,
+            Summary {
+                processed: Some(123456),
+                failed: Some(0),
+                latency_ms: Some(1.234),
+                tps: Some(9876.54321),
+            }
+        );
+    }
+
+    #[test]
+    fn the_window_sums_the_intervals_inside_it() {
+        let p = |at_s, tps| Progress { at_s, tps };
+        let lines = [
+            p(1.0, 10.0),
+            p(2.0, 100.0),
+            p(3.0, 200.0),
+            p(4.0, 300.0),
+            p(5.0, 7.0),
+        ];
+        assert_eq!(window(&lines, 2.0, 4.0), (500.0, 2.0));
+    }
+}
