@@ -470,15 +470,16 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     // The PostgreSQL door logs clients in with SCRAM against the URL's password, so the
     // throwaway server's superuser gets one (the server itself still trusts loopback).
-    let postgres = tokio::task::spawn_blocking(move || {
-        postgres
-            .psql(
-                "postgres",
-                &format!("ALTER ROLE postgres PASSWORD '{DEV_PASSWORD}'"),
-            )
-            .map(|()| postgres)
-    })
-    .await??;
+    {
+        let (client, connection) =
+            tokio_postgres::connect(&postgres.url("postgres"), tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("ALTER ROLE postgres PASSWORD '{DEV_PASSWORD}'"))
+            .await?;
+        drop(client);
+        let _ = connection.await;
+    }
     let mut postgres = postgres;
     let addr = args.grpc_addr.to_string();
     let url = format!(
