@@ -15,6 +15,8 @@
 #
 # Settings (environment):
 #   SWEEP="1 10 20 50 100 200"   concurrency points of the point-select sweep
+#   FLOOR_CONCURRENCY="1 10 100"  concurrency points of the gateway's no-op call (health Check),
+#                                 for the ratio of its CPU per select to its CPU per no-op call
 #   WORKLOAD_CONCURRENCY="10 100" concurrency points of the write and 1,000-row read workloads
 #   WARMUP=3s DURATION=8s         per point
 #   HOP_DURATION=3s               each bare loopback round-trip measurement (pgway-bench hop)
@@ -59,6 +61,7 @@ done
 
 if [ "$SMOKE" = 1 ]; then
     SWEEP=${SWEEP:-10}
+    FLOOR_CONCURRENCY=${FLOOR_CONCURRENCY:-10}
     WORKLOAD_CONCURRENCY=${WORKLOAD_CONCURRENCY:-10}
     WARMUP=${WARMUP:-1s}
     DURATION=${DURATION:-2s}
@@ -78,6 +81,7 @@ if [ "$SMOKE" = 1 ]; then
     MODE=smoke
 else
     SWEEP=${SWEEP:-1 10 20 50 100 200}
+    FLOOR_CONCURRENCY=${FLOOR_CONCURRENCY:-1 10 100}
     WORKLOAD_CONCURRENCY=${WORKLOAD_CONCURRENCY:-10 100}
     WARMUP=${WARMUP:-3s}
     DURATION=${DURATION:-8s}
@@ -397,6 +401,12 @@ for round in $(seq "$REPEAT"); do
     done
     log "one caller, no SQL: the round-trip floor of each stack ($round of $REPEAT)"
     each_target --label floor --workload ping -c 1 --warmup "$WARMUP" --duration "$DURATION"
+    # The gRPC stack's floor under load too, beside the sweep's point selects: the report's
+    # ratio of gateway CPU per select to gateway CPU per no-op call.
+    for c in $FLOOR_CONCURRENCY; do
+        [ "$c" = 1 ] && continue
+        bench gateway --label floor --workload ping -c "$c" --warmup "$WARMUP" --duration "$DURATION"
+    done
     # And under every stack: a bare loopback round trip between two threads, on two cores and
     # on one, which is what a hop between two processes costs this machine before any protocol.
     "$BENCH" hop --label floor --duration "$HOP_DURATION" --json-out "$RESULTS" >/dev/null ||

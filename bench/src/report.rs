@@ -170,6 +170,65 @@ fn sweep_section(out: &mut String, runs: &Runs, label: &str, workload: &str, tit
     let _ = writeln!(out, "\n</details>\n");
 }
 
+/// The gRPC door's own work per call: gateway CPU per point select against gateway CPU per
+/// call that does nothing (the health `Check`), at each concurrency both were measured at.
+fn floor_ratio_section(out: &mut String, runs: &Runs) {
+    let points: Vec<(u64, f64, f64)> = runs
+        .concurrencies("floor", "ping")
+        .into_iter()
+        .filter_map(|c| {
+            let ping = runs.find("floor", "gateway", "ping", c)?.cpu_s_per_1k?;
+            let select = runs.find("sweep", "gateway", "select", c)?.cpu_s_per_1k?;
+            (ping > 0.0).then_some((c, ping, select))
+        })
+        .collect();
+    if points.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "### The gRPC door's own work per call
+"
+    );
+    let _ = writeln!(
+        out,
+        "Gateway CPU per point select (`select`, from the sweep) against gateway CPU per health \
+         `Check` (`ping`, a call that does nothing), same run. The difference is pgway's own work \
+         per call and the libraries under it (auth, admission, deadline, pool checkout, \
+         tokio-postgres, values, the observer layer); the `ping` figure is the gRPC stack's floor.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| callers | gateway CPU ms / 1k, ping | gateway CPU ms / 1k, select | select / ping |\n|---:|---:|---:|---:|"
+    );
+    for (c, ping, select) in &points {
+        let _ = writeln!(
+            out,
+            "| {c} | {:.1} | {:.1} | {:.2} |",
+            ping * 1000.0,
+            select * 1000.0,
+            select / ping
+        );
+    }
+    let _ = writeln!(out);
+    let verdict = |c: u64, limit: f64| {
+        let found = points.iter().find(|(pc, _, _)| *pc == c);
+        Verdict {
+            target: if c == 1 {
+                "At 1 caller: gateway CPU per point select ≤ 1.5× its CPU per no-op call"
+            } else {
+                "At 100 callers: gateway CPU per point select ≤ 1.3× its CPU per no-op call"
+            },
+            measured: found.map_or_else(
+                || "not measured".to_owned(),
+                |(_, ping, select)| format!("ratio {:.2}", select / ping),
+            ),
+            met: found.map(|(_, ping, select)| select / ping <= limit),
+        }
+    };
+    verdict_table(out, vec![verdict(1, 1.5), verdict(100, 1.3)]);
+}
+
 struct Verdict {
     target: &'static str,
     measured: String,
@@ -1064,6 +1123,8 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
         let _ = writeln!(out);
     }
 
+    floor_ratio_section(&mut out, &runs);
+
     let streams = runs.label_runs("streams");
     if !streams.is_empty() {
         let _ = writeln!(out, "### Many concurrent calls (gateway memory)\n");
@@ -1226,6 +1287,36 @@ mod tests {
         assert!(
             text.contains("| loopback | tcp-1-core | 1000 | 16 |"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_report_sets_the_grpc_door_against_its_own_floor() {
+        let record = |label: &str, workload: &str, c: u64, cpu: f64| -> Record {
+            json::parse(&format!(
+                r#"{{"label":"{label}","target":"gateway","workload":"{workload}","concurrency":{c},"throughput_qps":1000.0,"cpu_s_per_1k":{cpu}}}"#
+            ))
+            .expect("valid JSON")
+        };
+        let runs = Runs {
+            runs: vec![
+                record("floor", "ping", 1, 0.040),
+                record("sweep", "select", 1, 0.056),
+                record("floor", "ping", 100, 0.030),
+                record("sweep", "select", 100, 0.060),
+            ],
+        };
+        let mut out = String::new();
+        floor_ratio_section(&mut out, &runs);
+        assert!(out.contains("| 1 | 40.0 | 56.0 | 1.40 |"), "{out}");
+        assert!(out.contains("| 100 | 30.0 | 60.0 | 2.00 |"), "{out}");
+        assert!(
+            out.contains("≤ 1.5× its CPU per no-op call | ratio 1.40 | **met** |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("≤ 1.3× its CPU per no-op call | ratio 2.00 | **not met** |"),
+            "{out}"
         );
     }
 }
