@@ -151,7 +151,7 @@ impl Pools {
             }
             let place = match inner.budget.try_take() {
                 Some(place) => Some(place),
-                None if self.close_idle_other_than(key) => inner.budget.try_take(),
+                None if self.close_longest_idle(Some(key)) => inner.budget.try_take(),
                 None => None,
             };
             let place = match place {
@@ -293,30 +293,13 @@ impl Pools {
         }
     }
 
-    /// Closes the longest-idle connection of another key, to give its place to `key`.
-    fn close_idle_other_than(&self, key: &Arc<PoolKey>) -> bool {
+    /// Closes the longest-idle connection of any key but `except` (to give its place to
+    /// that key); false if there is none.
+    fn close_longest_idle(&self, except: Option<&Arc<PoolKey>>) -> bool {
         let victim = self.inner.idle.lock().ok().and_then(|mut idle| {
             let (_, list) = idle
                 .iter_mut()
-                .filter(|(k, list)| *k != key && !list.is_empty())
-                .min_by_key(|(_, list)| list.first().map(|c| c.idle_since))?;
-            Some(list.remove(0))
-        });
-        match victim {
-            Some(conn) => {
-                self.close(conn, CloseReason::Reclaimed);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Closes the longest-idle connection of any key; false if none is idle.
-    fn close_longest_idle(&self) -> bool {
-        let victim = self.inner.idle.lock().ok().and_then(|mut idle| {
-            let (_, list) = idle
-                .iter_mut()
-                .filter(|(_, list)| !list.is_empty())
+                .filter(|(k, list)| Some(*k) != except && !list.is_empty())
                 .min_by_key(|(_, list)| list.first().map(|c| c.idle_since))?;
             Some(list.remove(0))
         });
@@ -339,7 +322,7 @@ impl Pools {
                 _ = self.inner.budget.reclaim_requested() => {
                     // Not while this door's own clients wait: it is short itself.
                     if self.waiting() == 0 {
-                        self.close_longest_idle();
+                        self.close_longest_idle(None);
                     }
                 }
                 _ = tick.tick() => self.close_expired(),

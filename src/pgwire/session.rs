@@ -1133,8 +1133,9 @@ fn deallocation(sql: &[u8]) -> Option<Deallocation> {
     Some(Deallocation::Name(Bytes::from(name)))
 }
 
-/// The statement that brings a connection's settings to `wanted`.
-fn replay(wanted: &BTreeMap<String, String>) -> String {
+/// The statement that brings a connection's settings to `wanted` (at link, and at login
+/// for the client's startup parameters).
+pub fn replay(wanted: &BTreeMap<String, String>) -> String {
     let mut sql = String::from("RESET ALL");
     if !wanted.is_empty() {
         sql.push_str("; SELECT ");

@@ -17,7 +17,7 @@ use super::frame::{self, Startup};
 use super::pool::PoolKey;
 use super::scram::ServerExchange;
 use super::server::Stream;
-use super::session::{Ended, Session, literal};
+use super::session::{Ended, Session, replay};
 use crate::core::telemetry as names;
 
 /// How long a client has to finish logging in (PostgreSQL's `authentication_timeout`).
@@ -362,21 +362,7 @@ async fn start(door: &Arc<Door>, tcp: TcpStream) -> Option<Login> {
     };
     let mut reported: Vec<(String, String)> = server.params.clone();
     let applied = if server.applied != wanted {
-        let mut sql = String::from("RESET ALL");
-        if !wanted.is_empty() {
-            sql.push_str("; SELECT ");
-            let sets: Vec<String> = wanted
-                .iter()
-                .map(|(n, v)| {
-                    format!(
-                        "pg_catalog.set_config({}, {}, false)",
-                        literal(n),
-                        literal(v)
-                    )
-                })
-                .collect();
-            sql.push_str(&sets.join(", "));
-        }
+        let sql = replay(&wanted);
         let mut q = BytesMut::new();
         frame::write_query(&mut q, &sql);
         let sent = server.stream.write_all(&q).await;
