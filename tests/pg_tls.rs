@@ -72,6 +72,17 @@ async fn door(settings: &[&str]) -> Gateway {
     Gateway::serving(&url, database, &all).await
 }
 
+/// A door serving TLS with `files`' certificate.
+async fn tls_door(files: &Certificates) -> Gateway {
+    door(&[
+        "--tls-cert",
+        files.cert.to_str().unwrap(),
+        "--tls-key",
+        files.key.to_str().unwrap(),
+    ])
+    .await
+}
+
 /// psql from the binaries the tests use, or PostgreSQL 15's.
 fn psql() -> PathBuf {
     let psql = pgway::devdb::find_binaries(None).unwrap().join("psql");
@@ -113,13 +124,7 @@ fn conninfo(gw: &Gateway, host: &str, ssl: &str) -> String {
 #[tokio::test]
 async fn psql_verifies_the_doors_certificate_and_talks_tls() {
     let files = certificates("pgway door test CA");
-    let gw = door(&[
-        "--tls-cert",
-        files.cert.to_str().unwrap(),
-        "--tls-key",
-        files.key.to_str().unwrap(),
-    ])
-    .await;
+    let gw = tls_door(&files).await;
     let ssl = format!("sslmode=verify-full sslrootcert={}", files.ca.display());
     let (ok, out, err) = run_psql(
         &conninfo(&gw, "localhost", &ssl),
@@ -164,13 +169,7 @@ async fn without_tls_prefer_goes_plain_and_require_is_refused() {
 #[tokio::test]
 async fn bytes_after_ssl_request_are_refused() {
     let files = certificates("pgway door test CA");
-    let gw = door(&[
-        "--tls-cert",
-        files.cert.to_str().unwrap(),
-        "--tls-key",
-        files.key.to_str().unwrap(),
-    ])
-    .await;
+    let gw = tls_door(&files).await;
     let mut stream = tokio::net::TcpStream::connect(gw.pg_addr.unwrap())
         .await
         .unwrap();

@@ -101,6 +101,17 @@ impl Params {
         (start, start + self.rows - 1)
     }
 
+    /// One call's random values: an account, a delta, a range of accounts. Drawn in one go,
+    /// before a call's first await: ThreadRng is not Send.
+    fn draw(&self) -> (i32, i32, (i32, i32)) {
+        let mut rng = rand::rng();
+        (
+            self.aid(&mut rng),
+            Params::delta(&mut rng),
+            self.range(&mut rng),
+        )
+    }
+
     fn delta(rng: &mut impl Rng) -> i32 {
         rng.random_range(-5000..=5000)
     }
@@ -111,15 +122,7 @@ async fn gateway_call(
     client: &mut DatabaseClient<Transport>,
     params: &Params,
 ) -> Result<u64, String> {
-    // ThreadRng is not Send: draw everything before the first await.
-    let (aid, delta, (start, end)) = {
-        let mut rng = rand::rng();
-        (
-            params.aid(&mut rng),
-            Params::delta(&mut rng),
-            params.range(&mut rng),
-        )
-    };
+    let (aid, delta, (start, end)) = params.draw();
     match params.workload {
         Workload::Select => {
             let reply = client
@@ -229,14 +232,7 @@ fn touch_range_row(row: &tokio_postgres::Row) -> Result<i64, tokio_postgres::Err
 
 async fn pg_call(caller: &PgCaller, params: &Params) -> Result<u64, tokio_postgres::Error> {
     let client = &caller.client;
-    let (aid, delta, (start, end)) = {
-        let mut rng = rand::rng();
-        (
-            params.aid(&mut rng),
-            Params::delta(&mut rng),
-            params.range(&mut rng),
-        )
-    };
+    let (aid, delta, (start, end)) = params.draw();
     match params.workload {
         Workload::Select => {
             let rows = match &caller.prepared {
