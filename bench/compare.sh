@@ -10,8 +10,9 @@
 # missing) and the gateway (target/release/pgway serve, pool of 20), all on loopback, then runs
 # target/release/pgway-bench against each of them over gRPC / tokio-postgres; then pgbench against
 # pgway's PostgreSQL door, PgBouncer and PostgreSQL itself (each measured by `pgway-bench
-# pgbench`), and the door's memory with many idle clients (`pgway-bench idle`). Everything it started is stopped and every
-# temporary file removed when it exits, however it exits.
+# pgbench`), and the door's memory with many idle clients (`pgway-bench idle`); then the gateway's
+# instructions per call under callgrind (bench/callgrind.sh). Everything it started is stopped
+# and every temporary file removed when it exits, however it exits.
 #
 # Settings (environment):
 #   SWEEP="1 10 20 50 100 200"   concurrency points of the point-select sweep
@@ -31,6 +32,11 @@
 #   PG_TPCB_CLIENTS=100           clients of the TPC-B-like pgbench run
 #   IDLE_CLIENTS=1000             idle client connections held open through the door
 #   DOOR=1                        0 skips the PostgreSQL door's runs
+#   CALLGRIND=1                   0 skips the instruction counts (a second gateway under
+#                                 valgrind --tool=callgrind, bench/callgrind.sh; valgrind is
+#                                 installed with apt-get when missing and root); 0 with --smoke
+#   CALLGRIND_CONCURRENCY="1 100" callers of its counted runs of ping and select
+#   CALLGRIND_DURATION=15s        each counted run (valgrind runs the gateway ~50x slower)
 #   OUT=BENCHMARKS.md             where the report goes
 #   SKIP_BUILD=1                  use the binaries already in target/release
 #   PG_BIN=/usr/lib/postgresql/15/bin   where initdb and pg_ctl are
@@ -78,6 +84,7 @@ if [ "$SMOKE" = 1 ]; then
     IDLE_CLIENTS=${IDLE_CLIENTS:-100}
     IDLE_HOLD=${IDLE_HOLD:-1s}
     OUT=${OUT:-$ROOT/target/bench/BENCHMARKS.smoke.md}
+    CALLGRIND=${CALLGRIND:-0}
     MODE=smoke
 else
     SWEEP=${SWEEP:-1 10 20 50 100 200}
@@ -98,10 +105,13 @@ else
     IDLE_CLIENTS=${IDLE_CLIENTS:-1000}
     IDLE_HOLD=${IDLE_HOLD:-5s}
     OUT=${OUT:-$ROOT/BENCHMARKS.md}
+    CALLGRIND=${CALLGRIND:-1}
     MODE=full
 fi
 POOL_SIZE=20
 DOOR=${DOOR:-1}
+CALLGRIND_CONCURRENCY=${CALLGRIND_CONCURRENCY:-1 100}
+CALLGRIND_DURATION=${CALLGRIND_DURATION:-15s}
 # The password of the postgres role: the gateway's URL carries it (its PostgreSQL door checks its
 # clients' SCRAM proofs against it), PgBouncer holds its SCRAM verifier, pgbench sends it.
 PG_PASSWORD=${PG_PASSWORD:-pgway-bench-secret}
@@ -489,6 +499,35 @@ CPC=$STREAM_CALLERS_PER_CHANNEL bench gateway --label streams --workload stream 
 CPC=$STREAM_CALLERS_PER_CHANNEL bench gateway --label streams --workload select -c "$STREAMS" \
     --warmup "$WARMUP" --duration "$DURATION"
 
+# --- Instructions per call: callgrind -----------------------------------------------------------
+
+# A second gateway, under valgrind, against the same PostgreSQL (the first one is idle by now):
+# instructions don't depend on the machine's load, so they compare across runs where CPU
+# seconds don't.
+CALLGRIND_RAN=0
+if [ "$CALLGRIND" = 1 ]; then
+    has_callgrind() { command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; }
+    if ! has_callgrind; then
+        if [ "$IS_ROOT" = 1 ]; then
+            # In a subshell: a failed install skips the counts instead of ending the run.
+            (apt_install valgrind) || log "valgrind could not be installed: no instruction counts"
+        else
+            log "valgrind is not installed and we are not root to install it: no instruction counts"
+        fi
+    fi
+    if has_callgrind; then
+        log "instructions per call under callgrind: ping and select at $CALLGRIND_CONCURRENCY callers, $CALLGRIND_DURATION each"
+        if JSON_OUT=$RESULTS PGWAY=$PGWAY BENCH=$BENCH SCALE=$SCALE \
+            CALLGRIND_CONCURRENCY=$CALLGRIND_CONCURRENCY CALLGRIND_DURATION=$CALLGRIND_DURATION \
+            bash "$ROOT/bench/callgrind.sh" "$PG_URL" >/dev/null; then
+            CALLGRIND_RAN=1
+        else
+            log "run failed: callgrind"
+            FAILED=$((FAILED + 1))
+        fi
+    fi
+fi
+
 # --- Report ------------------------------------------------------------------------------------
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -528,6 +567,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
         echo "pgway_door=PGWAY_PG_ADDR on loopback, SCRAM-SHA-256 against the password of PGWAY_DATABASE_URL, PGWAY_PG_MAX_CLIENTS=$((IDLE_CLIENTS + 1000)), the pool of $POOL_SIZE shared with the gRPC door"
         echo "idle_clients=$IDLE_CLIENTS"
     fi
+    [ "$CALLGRIND_RAN" = 0 ] || echo "callgrind=$(valgrind --version), $CALLGRIND_DURATION per count"
     echo "results_file=target/bench/$(basename "$RESULTS")"
     [ -z "${NOTES:-}" ] || echo "notes=$NOTES"
 } >"${RESULTS%.jsonl}.machine.txt"

@@ -61,6 +61,10 @@ pub struct RunLine<'a> {
     /// `--pid`: the proxy whose CPU and memory the `cpu_*` and `rss_*` fields are.
     pub pid: Option<u32>,
     pub cpu_s: Option<Num>,
+    /// `cpu_s` split: the proxy's user-space seconds (utime) and the kernel's on its behalf
+    /// (stime), over the same window.
+    pub cpu_user_s: Option<Num>,
+    pub cpu_sys_s: Option<Num>,
     pub cpu_s_per_1k: Option<Num>,
     pub rss_peak_bytes: Option<u64>,
     pub rss_hwm_bytes: Option<u64>,
@@ -112,6 +116,8 @@ pub struct HopLine<'a> {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Record {
+    /// `pgway-bench`, `pgbench`, `callgrind` (bench/callgrind.sh), ...
+    pub tool: String,
     pub label: String,
     pub target: String,
     pub workload: String,
@@ -128,6 +134,9 @@ pub struct Record {
     pub p99_us: Option<f64>,
     pub max_us: Option<f64>,
     pub cpu_s: Option<f64>,
+    /// Absent from the lines of older runs.
+    pub cpu_user_s: Option<f64>,
+    pub cpu_sys_s: Option<f64>,
     pub cpu_s_per_1k: Option<f64>,
     pub pg_cpu_s: Option<f64>,
     pub bench_cpu_s: Option<f64>,
@@ -143,6 +152,10 @@ pub struct Record {
     pub other_cpu_s: Option<f64>,
     pub acquire_timeouts: Option<f64>,
     pub rss_samples: Option<Vec<(f64, f64)>>,
+    /// bench/callgrind.sh's lines (label `instructions`): the gateway's instructions over the
+    /// counted window, and per call.
+    pub instructions: Option<f64>,
+    pub instructions_per_call: Option<f64>,
 }
 
 /// Reads one line.
@@ -190,6 +203,8 @@ mod tests {
             throughput_qps: Num(1234.56789),
             p50_us: Num(1.5),
             cpu_s: Some(Num(f64::NAN)),
+            cpu_user_s: Some(Num(1.23)),
+            cpu_sys_s: Some(Num(0.4567)),
             rss_peak_bytes: Some(17_000_000),
             rss_samples: Some(vec![(Num(0.1004), 1), (Num(5.0), 2)]),
             ..RunLine::default()
@@ -199,6 +214,10 @@ mod tests {
         assert!(text.contains(r#""throughput_qps":1234.568,"#), "{text}");
         assert!(text.contains(r#""cpu_s":null,"#), "{text}");
         assert!(text.contains(r#""pid":null,"#), "{text}");
+        assert!(
+            text.contains(r#""cpu_user_s":1.23,"cpu_sys_s":0.457,"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#""errors_by_code":{"UNAVAILABLE/POOL_TIMEOUT":3}"#),
             "{text}"
@@ -211,6 +230,8 @@ mod tests {
         assert_eq!(record.errors_by_code["UNAVAILABLE/POOL_TIMEOUT"], 3.0);
         assert_eq!(record.rss_samples, Some(vec![(0.1, 1.0), (5.0, 2.0)]));
         assert_eq!(record.acquire_timeouts, None);
+        assert_eq!(record.cpu_user_s, Some(1.23));
+        assert_eq!(record.cpu_sys_s, Some(0.457));
 
         // Without --soak there are no samples at all.
         let text = serde_json::to_string(&RunLine::default()).unwrap();
@@ -228,6 +249,8 @@ mod tests {
         .unwrap();
         assert_eq!(record.throughput_qps, Some(9830.0));
         assert_eq!(record.cpu_s_per_1k, None);
+        // Lines from before the user/system split.
+        assert_eq!((record.cpu_user_s, record.cpu_sys_s), (None, None));
         assert_eq!(record.rss_samples.map(|s| s.len()), Some(2));
     }
 }

@@ -224,16 +224,23 @@ fn window(progress: &[Progress], start_s: f64, end_s: f64) -> (f64, f64) {
 
 struct Snapshot {
     at: Instant,
+    /// The `--pid` process's CPU seconds: user + system, user, system (one read of its stat).
     pid_cpu: Option<f64>,
+    pid_user: Option<f64>,
+    pid_sys: Option<f64>,
     pg_cpu: Option<f64>,
     pgbench_cpu: Option<f64>,
     machine: Option<(f64, f64)>,
 }
 
 fn snapshot(args: &PgbenchArgs, child: u32) -> Snapshot {
+    let at = Instant::now();
+    let pid_cpu = args.pid.and_then(procfs::cpu_ticks);
     Snapshot {
-        at: Instant::now(),
-        pid_cpu: args.pid.and_then(procfs::cpu_seconds),
+        at,
+        pid_cpu: pid_cpu.map(procfs::CpuTicks::total_s),
+        pid_user: pid_cpu.map(procfs::CpuTicks::user_s),
+        pid_sys: pid_cpu.map(procfs::CpuTicks::sys_s),
         pg_cpu: args.pg_pid.and_then(procfs::tree_cpu_seconds),
         pgbench_cpu: procfs::cpu_seconds(child),
         machine: procfs::machine_cpu(),
@@ -400,6 +407,8 @@ pub fn run_pgbench(args: &PgbenchArgs) -> Result<(), BoxError> {
         mean_us: Num(summary.latency_ms.map_or(f64::NAN, |ms| ms * 1000.0)),
         pid: args.pid,
         cpu_s: pid_cpu.map(Num),
+        cpu_user_s: delta(|s| s.pid_user).map(Num),
+        cpu_sys_s: delta(|s| s.pid_sys).map(Num),
         cpu_s_per_1k: per_1k(pid_cpu).map(Num),
         rss_peak_bytes: rss_peak,
         rss_hwm_bytes: hwm,

@@ -18,29 +18,69 @@ pub fn clock_ticks() -> f64 {
     })
 }
 
-/// (ppid, utime + stime in ticks) of a process.
-fn stat(pid: u32) -> Option<(u32, u64)> {
-    stat_with_children(pid).map(|(ppid, own, _)| (ppid, own))
+/// The fields of `/proc/<pid>/stat` read here, times in ticks.
+struct Stat {
+    ppid: u32,
+    /// utime (field 14) and stime (field 15).
+    own: CpuTicks,
+    /// cutime + cstime: the children it has waited for.
+    reaped: u64,
 }
 
-/// (ppid, utime + stime, cutime + cstime: the children it has waited for) in ticks.
-fn stat_with_children(pid: u32) -> Option<(u32, u64, u64)> {
+fn read_stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces: fields start after it.
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // fields[0] is field 3 (state): field n is fields[n - 3].
     let ppid = fields.get(1)?.parse().ok()?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let sys: u64 = fields.get(12)?.parse().ok()?;
     let cutime: u64 = fields.get(13)?.parse().ok()?;
     let cstime: u64 = fields.get(14)?.parse().ok()?;
-    Some((ppid, utime + stime, cutime + cstime))
+    Some(Stat {
+        ppid,
+        own: CpuTicks { user, sys },
+        reaped: cutime + cstime,
+    })
+}
+
+/// (ppid, utime + stime in ticks) of a process.
+fn stat(pid: u32) -> Option<(u32, u64)> {
+    read_stat(pid).map(|s| (s.ppid, s.own.user + s.own.sys))
+}
+
+/// The CPU time a process has used, all threads, in ticks: in user space (utime) and in the
+/// kernel on its behalf (stime: system calls, and the loopback TCP work they do).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuTicks {
+    pub user: u64,
+    pub sys: u64,
+}
+
+impl CpuTicks {
+    /// User + system seconds, as [`cpu_seconds`] gives them.
+    pub fn total_s(self) -> f64 {
+        (self.user + self.sys) as f64 / clock_ticks()
+    }
+
+    pub fn user_s(self) -> f64 {
+        self.user as f64 / clock_ticks()
+    }
+
+    pub fn sys_s(self) -> f64 {
+        self.sys as f64 / clock_ticks()
+    }
+}
+
+/// A process's user and system CPU time, read together (one read of its stat).
+pub fn cpu_ticks(pid: u32) -> Option<CpuTicks> {
+    read_stat(pid).map(|s| s.own)
 }
 
 /// CPU seconds (user + system, all threads) a process has used.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    stat(pid).map(|(_, ticks)| ticks as f64 / clock_ticks())
+    cpu_ticks(pid).map(CpuTicks::total_s)
 }
 
 /// CPU seconds of a process and its children (a postmaster and its backends): those alive now,
@@ -48,8 +88,8 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 /// as a pool's connection being closed, takes its CPU time out of the live sum, and into its
 /// parent's cutime/cstime).
 pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
-    let (_, own, reaped) = stat_with_children(root)?;
-    let mut ticks = own + reaped;
+    let root_stat = read_stat(root)?;
+    let mut ticks = root_stat.own.user + root_stat.own.sys + root_stat.reaped;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
             .file_name()

@@ -171,18 +171,64 @@ fn sweep_section(out: &mut String, runs: &Runs, label: &str, workload: &str, tit
 }
 
 /// The gRPC door's own work per call: gateway CPU per point select against gateway CPU per
-/// call that does nothing (the health `Check`), at each concurrency both were measured at.
+/// call that does nothing (the health `Check`), at each concurrency both were measured at;
+/// that CPU split into user space and kernel when the runs have the split; and the gateway's
+/// instructions per call counted by callgrind (bench/callgrind.sh) when there are such lines.
 fn floor_ratio_section(out: &mut String, runs: &Runs) {
-    let points: Vec<(u64, f64, f64)> = runs
+    let pairs: Vec<(u64, &Record, &Record)> = runs
         .concurrencies("floor", "ping")
         .into_iter()
         .filter_map(|c| {
-            let ping = runs.find("floor", "gateway", "ping", c)?.cpu_s_per_1k?;
-            let select = runs.find("sweep", "gateway", "select", c)?.cpu_s_per_1k?;
+            let ping = runs.find("floor", "gateway", "ping", c)?;
+            let select = runs.find("sweep", "gateway", "select", c)?;
+            Some((c, ping, select))
+        })
+        .collect();
+    let points: Vec<(u64, f64, f64)> = pairs
+        .iter()
+        .filter_map(|&(c, ping, select)| {
+            let (ping, select) = (ping.cpu_s_per_1k?, select.cpu_s_per_1k?);
             (ping > 0.0).then_some((c, ping, select))
         })
         .collect();
-    if points.is_empty() {
+    // µs per call of a CPU field of a run.
+    let per_call = |r: &Record, seconds: fn(&Record) -> Option<f64>| match (seconds(r), r.ok) {
+        (Some(s), Some(ok)) if ok > 0.0 => Some(s / ok * 1e6),
+        _ => None,
+    };
+    // (callers, [user ping, user select, kernel ping, kernel select]) in µs per call.
+    let split: Vec<(u64, [f64; 4])> = pairs
+        .iter()
+        .filter_map(|&(c, ping, select)| {
+            Some((
+                c,
+                [
+                    per_call(ping, |r| r.cpu_user_s)?,
+                    per_call(select, |r| r.cpu_user_s)?,
+                    per_call(ping, |r| r.cpu_sys_s)?,
+                    per_call(select, |r| r.cpu_sys_s)?,
+                ],
+            ))
+        })
+        .collect();
+    let counted = runs
+        .select(|r| r.tool == "callgrind" && r.label == "instructions" && r.target == "gateway");
+    let instructions_per_call = |workload: &str, c: u64| {
+        let r = counted
+            .iter()
+            .rfind(|r| r.workload == workload && r.concurrency == Some(c as f64))?;
+        r.instructions_per_call
+            .or_else(|| ratio(r.instructions, r.ok))
+            .filter(|n| *n > 0.0)
+    };
+    let counted_cs = distinct_concurrencies(
+        counted
+            .iter()
+            .copied()
+            .filter(|r| r.workload == "ping" || r.workload == "select")
+            .collect(),
+    );
+    if points.is_empty() && split.is_empty() && counted_cs.is_empty() {
         return;
     }
     let _ = writeln!(
@@ -190,43 +236,103 @@ fn floor_ratio_section(out: &mut String, runs: &Runs) {
         "### The gRPC door's own work per call
 "
     );
-    let _ = writeln!(
-        out,
-        "Gateway CPU per point select (`select`, from the sweep) against gateway CPU per health \
-         `Check` (`ping`, a call that does nothing), same run. The difference is pgway's own work \
-         per call and the libraries under it (auth, admission, deadline, pool checkout, \
-         tokio-postgres, values, the observer layer); the `ping` figure is the gRPC stack's floor.\n"
-    );
-    let _ = writeln!(
-        out,
-        "| callers | gateway CPU ms / 1k, ping | gateway CPU ms / 1k, select | select / ping |\n|---:|---:|---:|---:|"
-    );
-    for (c, ping, select) in &points {
+    if !points.is_empty() {
         let _ = writeln!(
             out,
-            "| {c} | {:.1} | {:.1} | {:.2} |",
-            ping * 1000.0,
-            select * 1000.0,
-            select / ping
+            "Gateway CPU per point select (`select`, from the sweep) against gateway CPU per health \
+             `Check` (`ping`, a call that does nothing), same run. The difference is pgway's own work \
+             per call and the libraries under it (auth, admission, deadline, pool checkout, \
+             tokio-postgres, values, the observer layer); the `ping` figure is the gRPC stack's floor.\n"
         );
-    }
-    let _ = writeln!(out);
-    let verdict = |c: u64, limit: f64| {
-        let found = points.iter().find(|(pc, _, _)| *pc == c);
-        Verdict {
-            target: if c == 1 {
-                "At 1 caller: gateway CPU per point select ≤ 1.5× its CPU per no-op call"
-            } else {
-                "At 100 callers: gateway CPU per point select ≤ 1.3× its CPU per no-op call"
-            },
-            measured: found.map_or_else(
-                || "not measured".to_owned(),
-                |(_, ping, select)| format!("ratio {:.2}", select / ping),
-            ),
-            met: found.map(|(_, ping, select)| select / ping <= limit),
+        let _ = writeln!(
+            out,
+            "| callers | gateway CPU ms / 1k, ping | gateway CPU ms / 1k, select | select / ping |\n|---:|---:|---:|---:|"
+        );
+        for (c, ping, select) in &points {
+            let _ = writeln!(
+                out,
+                "| {c} | {:.1} | {:.1} | {:.2} |",
+                ping * 1000.0,
+                select * 1000.0,
+                select / ping
+            );
         }
-    };
-    verdict_table(out, vec![verdict(1, 1.5), verdict(100, 1.3)]);
+        let _ = writeln!(out);
+        let verdict = |c: u64, limit: f64| {
+            let found = points.iter().find(|(pc, _, _)| *pc == c);
+            Verdict {
+                target: if c == 1 {
+                    "At 1 caller: gateway CPU per point select ≤ 1.5× its CPU per no-op call"
+                } else {
+                    "At 100 callers: gateway CPU per point select ≤ 1.3× its CPU per no-op call"
+                },
+                measured: found.map_or_else(
+                    || "not measured".to_owned(),
+                    |(_, ping, select)| format!("ratio {:.2}", select / ping),
+                ),
+                met: found.map(|(_, ping, select)| select / ping <= limit),
+            }
+        };
+        verdict_table(out, vec![verdict(1, 1.5), verdict(100, 1.3)]);
+    }
+    if !split.is_empty() {
+        let _ = writeln!(out, "#### The same CPU, user space and kernel\n");
+        let _ = writeln!(
+            out,
+            "The gateway's CPU per call split into its own user-space time (utime) and the kernel's \
+             time on its behalf (stime: system calls, and the loopback TCP work under them), in µs \
+             per call, same runs as above.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| callers | user µs / call, ping | user µs / call, select | user select / ping | kernel µs / call, ping | kernel µs / call, select | kernel select / ping |\n|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for (c, [user_ping, user_select, sys_ping, sys_select]) in &split {
+            let _ = writeln!(
+                out,
+                "| {c} | {user_ping:.1} | {user_select:.1} | {} | {sys_ping:.1} | {sys_select:.1} | {} |",
+                fmt_num(ratio(Some(*user_select), Some(*user_ping)), 2),
+                fmt_num(ratio(Some(*sys_select), Some(*sys_ping)), 2),
+            );
+        }
+        let _ = writeln!(out);
+    }
+    if !counted_cs.is_empty() {
+        let _ = writeln!(
+            out,
+            "#### Instructions per call (callgrind, the gateway process's user space only)\n"
+        );
+        let _ = writeln!(
+            out,
+            "Counted by `bench/callgrind.sh`: the gateway run under `valgrind --tool=callgrind`, \
+             instructions over one measured window divided by the calls it answered. Instruction \
+             counts don't move with the machine's load, unlike CPU time, so they compare across \
+             runs; they cover the gateway's user space only, not the kernel's loopback TCP work{}.\n",
+            if split.is_empty() {
+                ""
+            } else {
+                " (the kernel columns above)"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "| callers | instructions / call, ping | instructions / call, select | select / ping |\n|---:|---:|---:|---:|"
+        );
+        for &c in &counted_cs {
+            let (ping, select) = (
+                instructions_per_call("ping", c),
+                instructions_per_call("select", c),
+            );
+            let _ = writeln!(
+                out,
+                "| {c} | {} | {} | {} |",
+                fmt_num(ping, 0),
+                fmt_num(select, 0),
+                fmt_num(ratio(select, ping), 2),
+            );
+        }
+        let _ = writeln!(out);
+    }
 }
 
 struct Verdict {
@@ -1318,5 +1424,85 @@ mod tests {
             out.contains("≤ 1.3× its CPU per no-op call | ratio 2.00 | **not met** |"),
             "{out}"
         );
+        // Lines without the user/kernel split and no callgrind lines: no more than that.
+        assert!(!out.contains("####"), "{out}");
+    }
+
+    #[test]
+    fn the_report_splits_the_grpc_doors_floor_into_user_and_kernel_and_counts_instructions() {
+        let record = |label: &str, workload: &str, c: u64, user: f64, sys: f64| -> Record {
+            json::parse(&format!(
+                r#"{{"tool":"pgway-bench","label":"{label}","target":"gateway","workload":"{workload}","concurrency":{c},"ok":100000,"throughput_qps":1000.0,"cpu_s":{},"cpu_user_s":{user},"cpu_sys_s":{sys},"cpu_s_per_1k":{}}}"#,
+                user + sys,
+                (user + sys) / 100.0,
+            ))
+            .expect("valid JSON")
+        };
+        let counted = |workload: &str, c: u64, per_call: u64| -> Record {
+            json::parse(&format!(
+                r#"{{"tool":"callgrind","label":"instructions","target":"gateway","workload":"{workload}","concurrency":{c},"ok":1000,"instructions":{},"instructions_per_call":{per_call}}}"#,
+                per_call * 1000
+            ))
+            .expect("valid JSON")
+        };
+        let runs = Runs {
+            runs: vec![
+                // 100,000 calls each: 2 s of user time = 20 µs per call.
+                record("floor", "ping", 1, 2.0, 2.0),
+                record("sweep", "select", 1, 3.0, 2.5),
+                record("floor", "ping", 100, 1.0, 0.5),
+                record("sweep", "select", 100, 1.6, 0.6),
+                counted("ping", 1, 64000),
+                counted("select", 1, 80000),
+                counted("ping", 100, 50000),
+                counted("select", 100, 55000),
+            ],
+        };
+        let mut out = String::new();
+        floor_ratio_section(&mut out, &runs);
+        // The CPU ratio is still there: (3 + 2.5) / (2 + 2) = 1.375.
+        assert!(out.contains("| 1 | 40.0 | 55.0 | 1.38 |"), "{out}");
+        assert!(
+            out.contains("| callers | user µs / call, ping | user µs / call, select | user select / ping | kernel µs / call, ping | kernel µs / call, select | kernel select / ping |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| 1 | 20.0 | 30.0 | 1.50 | 20.0 | 25.0 | 1.25 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| 100 | 10.0 | 16.0 | 1.60 | 5.0 | 6.0 | 1.20 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "#### Instructions per call (callgrind, the gateway process's user space only)"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("| 1 | 64000 | 80000 | 1.25 |"), "{out}");
+        assert!(out.contains("| 100 | 50000 | 55000 | 1.10 |"), "{out}");
+        assert!(
+            out.contains("Instruction counts don't move with the machine's load, unlike CPU time"),
+            "{out}"
+        );
+        assert!(
+            out.contains("not the kernel's loopback TCP work (the kernel columns above)."),
+            "{out}"
+        );
+
+        // Only callgrind's lines: the section is the instructions table alone.
+        let runs = Runs {
+            runs: vec![counted("ping", 1, 64000), counted("select", 1, 80000)],
+        };
+        let mut out = String::new();
+        floor_ratio_section(&mut out, &runs);
+        assert!(
+            out.starts_with("### The gRPC door's own work per call\n\n#### Instructions per call"),
+            "{out}"
+        );
+        assert!(out.contains("| 1 | 64000 | 80000 | 1.25 |"), "{out}");
+        assert!(out.contains("loopback TCP work.\n"), "{out}");
+        assert!(!out.contains("| target | measured |"), "{out}");
     }
 }

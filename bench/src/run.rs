@@ -18,7 +18,10 @@ use crate::{BoxError, RunArgs, StatementMode, Target};
 /// What is read before and after the measured window.
 struct Snapshot {
     at: Instant,
+    /// The `--pid` process's CPU seconds: user + system, user, system (one read of its stat).
     pid_cpu: Option<f64>,
+    pid_user: Option<f64>,
+    pid_sys: Option<f64>,
     pg_cpu: Option<f64>,
     self_cpu: Option<f64>,
     machine: Option<(f64, f64)>,
@@ -36,9 +39,13 @@ async fn snapshot(args: &RunArgs) -> Snapshot {
         Some(addr) => scrape(addr, &METRIC_NAMES).await,
         None => None,
     };
+    let at = Instant::now();
+    let pid_cpu = args.pid.and_then(procfs::cpu_ticks);
     Snapshot {
-        at: Instant::now(),
-        pid_cpu: args.pid.and_then(procfs::cpu_seconds),
+        at,
+        pid_cpu: pid_cpu.map(procfs::CpuTicks::total_s),
+        pid_user: pid_cpu.map(procfs::CpuTicks::user_s),
+        pid_sys: pid_cpu.map(procfs::CpuTicks::sys_s),
         pg_cpu: args.pg_pid.and_then(procfs::tree_cpu_seconds),
         self_cpu: procfs::cpu_seconds(std::process::id()),
         machine: procfs::machine_cpu(),
@@ -257,6 +264,8 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
         mean_us: Num(us(mean)),
         pid: args.pid,
         cpu_s: pid_cpu.map(Num),
+        cpu_user_s: delta(before.pid_user, after.pid_user).map(Num),
+        cpu_sys_s: delta(before.pid_sys, after.pid_sys).map(Num),
         cpu_s_per_1k: per_1k(before.pid_cpu, after.pid_cpu).map(Num),
         rss_peak_bytes: rss_peak,
         rss_hwm_bytes: hwm,
