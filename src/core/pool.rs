@@ -698,15 +698,19 @@ impl Pool {
         let waiting = self.shared.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&self.shared.waiting);
         // Callers that will get an idle connection, or one the pool may still open, don't
-        // wait: only the ones beyond that count against PGWAY_MAX_WAITING.
-        let state = self.inner.state();
-        let available = state.idle_connections + self.max.saturating_sub(state.connections);
-        if waiting >= self.max_waiting + available as usize {
-            counter!(metrics::SHED).increment(1);
-            return Err(GatewayError::Overloaded {
-                waiting,
-                retry_after: Duration::from_millis(50),
-            });
+        // wait: only the ones beyond that count against PGWAY_MAX_WAITING. Fewer waiting than
+        // that can't be too many, whatever is available, so bb8's state (a lock) is only read
+        // when the line is long.
+        if waiting >= self.max_waiting {
+            let state = self.inner.state();
+            let available = state.idle_connections + self.max.saturating_sub(state.connections);
+            if waiting >= self.max_waiting + available as usize {
+                counter!(metrics::SHED).increment(1);
+                return Err(GatewayError::Overloaded {
+                    waiting,
+                    retry_after: Duration::from_millis(50),
+                });
+            }
         }
         let started = tokio::time::Instant::now();
         let result = self.checkout(started + self.acquire_timeout).await;
@@ -733,8 +737,12 @@ impl Pool {
         // the caller never loses its place; a permanent connect error still ends the wait.
         let acquire = Arc::clone(&self.admission).acquire_owned();
         tokio::pin!(acquire);
+        // Both selects are biased: the checkout itself is polled first, so when it is ready at
+        // once (a place and an idle connection, the common case) the outcome watch is never
+        // polled and registers no waiter, and no random branch order is drawn.
         let permit = loop {
             tokio::select! {
+                biased;
                 permit = tokio::time::timeout_at(deadline, &mut acquire) => match permit {
                     Ok(Ok(permit)) => break permit,
                     // Ok(Err(_)): closed, which this pool never does; treat it as the timeout.
@@ -748,6 +756,7 @@ impl Pool {
         // Then a connection: with a permit in hand, one is idle, returning, or may be opened.
         loop {
             tokio::select! {
+                biased;
                 got = tokio::time::timeout_at(deadline, self.inner.get_owned()) => {
                     match got {
                         Ok(Ok(mut conn)) => {
