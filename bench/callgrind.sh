@@ -2,7 +2,9 @@
 # Instructions the gateway executes per gRPC call, counted by callgrind: a no-op health `Check`
 # (the gRPC stack's floor) and a point select through `pgway.v1.Database/Query`, at each
 # concurrency of CALLGRIND_CONCURRENCY. Instruction counts don't depend on what else the machine
-# is doing, so unlike CPU seconds they compare across runs on a noisy machine.
+# is doing, so unlike CPU seconds they compare across runs on a noisy machine. (They do depend on
+# timing a little: under valgrind the gateway runs its threads one at a time and ~50x slower, so
+# at 100 callers its HTTP/2 reads batch differently from a native run.)
 #
 #   bench/callgrind.sh postgres://postgres@127.0.0.1:5432/postgres   # a database with pgbench's tables
 #
@@ -22,7 +24,14 @@
 #
 # A benchmark, not a test: it asserts nothing about the counts.
 set -euo pipefail
+shopt -s nullglob
 
+# Paths given relative to where the script was started from, before it moves to the repository.
+absolute() { case $1 in '' | /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+KEEP=$(absolute "${KEEP:-}")
+JSON_OUT=$(absolute "${JSON_OUT:-}")
+[ -z "${PGWAY:-}" ] || PGWAY=$(absolute "$PGWAY")
+[ -z "${BENCH:-}" ] || BENCH=$(absolute "$BENCH")
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PG_URL=${1:?usage: bench/callgrind.sh POSTGRES_URL}
@@ -31,7 +40,6 @@ DURATION=${CALLGRIND_DURATION:-15s}
 SCALE=${SCALE:-1}
 PGWAY=${PGWAY:-$ROOT/target/release/pgway}
 BENCH=${BENCH:-$ROOT/target/release/pgway-bench}
-JSON_OUT=${JSON_OUT:-}
 
 log() { printf '[callgrind %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -55,17 +63,16 @@ cleanup() {
         done
         kill -KILL "$VG_PID" 2>/dev/null
     fi
-    if [ -n "${KEEP:-}" ]; then
-        mkdir -p "$KEEP" && cp "$WORK"/callgrind.out.* "$KEEP"/ 2>/dev/null
-    fi
     rm -rf "$WORK"
     exit "$status"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 GW_PORT=$("$BENCH" free-port)
 METRICS_PORT=$("$BENCH" free-port)
-# One pool connection per caller at most: the count is of the gateway's work, not its waiting.
+# The pool of compare.sh's gateway (20): at 100 callers most wait for a connection, as there.
 PGWAY_DATABASE_URL=$PG_URL \
     PGWAY_PG_ADDR='' \
     PGWAY_AUTH=none \
@@ -99,7 +106,7 @@ served() {
         printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
         cat <&3
         exec 3<&-
-    } | awk -v m="method=\"$method\"" '/^pgway_requests_total\{/ && index($0, m) && index($0, "code=\"OK\"") { n += $NF } END { printf "%d\n", n }'
+    } | awk -v m="method=\"$method\"" '/^pgway_requests_total\{/ && index($0, m) && index($0, "code=\"OK\"") { n += $NF } END { printf "%.0f\n", n }'
 }
 
 run() {
@@ -107,11 +114,21 @@ run() {
         --scale "$SCALE" "$@" >/dev/null
 }
 
-# The total of the last dump's instructions.
+# Sends one command to the callgrind in the gateway; callgrind_control exits 0 even when it
+# found no such process, so its answer is checked.
+control() {
+    local answer
+    answer=$(callgrind_control "$@" "$VG_PID" 2>&1) || die "callgrind_control $*: $answer"
+    case $answer in *OK*) ;; *) die "callgrind_control $*: $answer" ;; esac
+}
+
+# The instructions of the one dump in $WORK, as the decimal string callgrind wrote (awk's
+# numbers lose digits past 2^53 and some awks print large ones in exponent form).
 dumped_instructions() {
-    local file
-    file=$(ls -t "$WORK"/callgrind.out.* | head -n 1)
-    awk '/^totals:/ { t = $2 } END { print t + 0 }' "$file"
+    local dumps=("$WORK"/callgrind.out.*.*)
+    [ "${#dumps[@]}" = 1 ] || die "expected one callgrind dump, found ${#dumps[@]}"
+    awk '/^totals:/ { t = $2 } END { if (t == "") exit 1; print t }' "${dumps[0]}" ||
+        die "no totals line in ${dumps[0]}"
 }
 
 for workload in ping select; do
@@ -123,19 +140,23 @@ for workload in ping select; do
         # Warm: connections in the pool, statements prepared, allocator arenas grown.
         run --label warmup --workload "$workload" -c "$c" --warmup 0s --duration 3s
         before=$(served "$method")
-        rm -f "$WORK"/callgrind.out.*
-        callgrind_control --zero "$VG_PID" >/dev/null 2>&1
-        callgrind_control --instr=on "$VG_PID" >/dev/null 2>&1
+        rm -f "$WORK"/callgrind.out.*.*
+        control --zero
+        control --instr=on
         run --label counted --workload "$workload" -c "$c" --warmup 0s --duration "$DURATION"
-        callgrind_control --instr=off "$VG_PID" >/dev/null 2>&1
-        callgrind_control --dump="$workload-$c" "$VG_PID" >/dev/null 2>&1
+        control --instr=off
+        control --dump="$workload-$c"
         after=$(served "$method")
         calls=$((after - before))
         instructions=$(dumped_instructions)
         [ "$calls" -gt 0 ] || die "no $method calls were counted at $c callers"
+        [ "$instructions" -gt 0 ] || die "callgrind counted no instructions at $c callers"
         per_call=$((instructions / calls))
         log "$workload at $c callers: $calls calls, $per_call instructions per call"
-        [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP" && cp "$(ls -t "$WORK"/callgrind.out.* | head -n 1)" "$KEEP/callgrind.$workload-$c"; }
+        if [ -n "$KEEP" ]; then
+            dumps=("$WORK"/callgrind.out.*.*)
+            mkdir -p "$KEEP" && cp "${dumps[0]}" "$KEEP/callgrind.$workload-$c"
+        fi
         line=$(printf '{"tool":"callgrind","label":"instructions","target":"gateway","workload":"%s","concurrency":%s,"ok":%s,"instructions":%s,"instructions_per_call":%s}' \
             "$workload" "$c" "$calls" "$instructions" "$per_call")
         echo "$line"
