@@ -224,10 +224,8 @@ fn window(progress: &[Progress], start_s: f64, end_s: f64) -> (f64, f64) {
 
 struct Snapshot {
     at: Instant,
-    /// The `--pid` process's CPU seconds: user + system, user, system (one read of its stat).
-    pid_cpu: Option<f64>,
-    pid_user: Option<f64>,
-    pid_sys: Option<f64>,
+    /// The `--pid` process's CPU time, user and system (one read of its stat).
+    pid_cpu: Option<procfs::CpuTicks>,
     pg_cpu: Option<f64>,
     pgbench_cpu: Option<f64>,
     machine: Option<(f64, f64)>,
@@ -235,12 +233,9 @@ struct Snapshot {
 
 fn snapshot(args: &PgbenchArgs, child: u32) -> Snapshot {
     let at = Instant::now();
-    let pid_cpu = args.pid.and_then(procfs::cpu_ticks);
     Snapshot {
         at,
-        pid_cpu: pid_cpu.map(procfs::CpuTicks::total_s),
-        pid_user: pid_cpu.map(procfs::CpuTicks::user_s),
-        pid_sys: pid_cpu.map(procfs::CpuTicks::sys_s),
+        pid_cpu: args.pid.and_then(procfs::cpu_ticks),
         pg_cpu: args.pg_pid.and_then(procfs::tree_cpu_seconds),
         pgbench_cpu: procfs::cpu_seconds(child),
         machine: procfs::machine_cpu(),
@@ -368,7 +363,8 @@ pub fn run_pgbench(args: &PgbenchArgs) -> Result<(), BoxError> {
         snapshots.and_then(|(b, a)| f(a).zip(f(b)).map(|(a, b)| a - b))
     };
     let per_1k = |cpu: Option<f64>| cpu.filter(|_| ok > 0.0).map(|c| c / ok * 1000.0);
-    let pid_cpu = delta(|s| s.pid_cpu);
+    let pid_ticks = snapshots.and_then(|(b, a)| a.pid_cpu.zip(b.pid_cpu).map(|(a, b)| a.since(b)));
+    let pid_cpu = pid_ticks.map(procfs::CpuTicks::total_s);
     let pg_cpu = delta(|s| s.pg_cpu);
     let pgbench_cpu = delta(|s| s.pgbench_cpu);
     let (machine_busy, machine_busy_pct) = match snapshots.map(|(b, a)| (b.machine, a.machine)) {
@@ -407,8 +403,8 @@ pub fn run_pgbench(args: &PgbenchArgs) -> Result<(), BoxError> {
         mean_us: Num(summary.latency_ms.map_or(f64::NAN, |ms| ms * 1000.0)),
         pid: args.pid,
         cpu_s: pid_cpu.map(Num),
-        cpu_user_s: delta(|s| s.pid_user).map(Num),
-        cpu_sys_s: delta(|s| s.pid_sys).map(Num),
+        cpu_user_s: pid_ticks.map(|t| Num(t.user_s())),
+        cpu_sys_s: pid_ticks.map(|t| Num(t.sys_s())),
         cpu_s_per_1k: per_1k(pid_cpu).map(Num),
         rss_peak_bytes: rss_peak,
         rss_hwm_bytes: hwm,

@@ -71,6 +71,14 @@ impl CpuTicks {
     pub fn sys_s(self) -> f64 {
         self.sys as f64 / clock_ticks()
     }
+
+    /// The time used since `before`, an earlier reading of the same process.
+    pub fn since(self, before: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            user: self.user.saturating_sub(before.user),
+            sys: self.sys.saturating_sub(before.sys),
+        }
+    }
 }
 
 /// A process's user and system CPU time, read together (one read of its stat).

@@ -18,10 +18,8 @@ use crate::{BoxError, RunArgs, StatementMode, Target};
 /// What is read before and after the measured window.
 struct Snapshot {
     at: Instant,
-    /// The `--pid` process's CPU seconds: user + system, user, system (one read of its stat).
-    pid_cpu: Option<f64>,
-    pid_user: Option<f64>,
-    pid_sys: Option<f64>,
+    /// The `--pid` process's CPU time, user and system (one read of its stat).
+    pid_cpu: Option<procfs::CpuTicks>,
     pg_cpu: Option<f64>,
     self_cpu: Option<f64>,
     machine: Option<(f64, f64)>,
@@ -40,12 +38,9 @@ async fn snapshot(args: &RunArgs) -> Snapshot {
         None => None,
     };
     let at = Instant::now();
-    let pid_cpu = args.pid.and_then(procfs::cpu_ticks);
     Snapshot {
         at,
-        pid_cpu: pid_cpu.map(procfs::CpuTicks::total_s),
-        pid_user: pid_cpu.map(procfs::CpuTicks::user_s),
-        pid_sys: pid_cpu.map(procfs::CpuTicks::sys_s),
+        pid_cpu: args.pid.and_then(procfs::cpu_ticks),
         pg_cpu: args.pg_pid.and_then(procfs::tree_cpu_seconds),
         self_cpu: procfs::cpu_seconds(std::process::id()),
         machine: procfs::machine_cpu(),
@@ -196,12 +191,11 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
         .clone();
     let error_total: u64 = errors.values().sum();
     let qps = ok as f64 / elapsed;
-    let per_1k = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if ok > 0 => Some((b - a) / ok as f64 * 1000.0),
-        _ => None,
-    };
+    // Seconds of CPU in the window per 1,000 successful calls.
+    let per_1k = |cpu: Option<f64>| cpu.filter(|_| ok > 0).map(|c| c / ok as f64 * 1000.0);
     let delta = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| b - a);
-    let pid_cpu = delta(before.pid_cpu, after.pid_cpu);
+    let pid_ticks = before.pid_cpu.zip(after.pid_cpu).map(|(b, a)| a.since(b));
+    let pid_cpu = pid_ticks.map(procfs::CpuTicks::total_s);
     let pg_cpu = delta(before.pg_cpu, after.pg_cpu);
     let self_cpu = delta(before.self_cpu, after.self_cpu);
     let (machine_busy, machine_busy_pct) = match (before.machine, after.machine) {
@@ -264,9 +258,9 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
         mean_us: Num(us(mean)),
         pid: args.pid,
         cpu_s: pid_cpu.map(Num),
-        cpu_user_s: delta(before.pid_user, after.pid_user).map(Num),
-        cpu_sys_s: delta(before.pid_sys, after.pid_sys).map(Num),
-        cpu_s_per_1k: per_1k(before.pid_cpu, after.pid_cpu).map(Num),
+        cpu_user_s: pid_ticks.map(|t| Num(t.user_s())),
+        cpu_sys_s: pid_ticks.map(|t| Num(t.sys_s())),
+        cpu_s_per_1k: per_1k(pid_cpu).map(Num),
         rss_peak_bytes: rss_peak,
         rss_hwm_bytes: hwm,
         rss_hwm_reset: hwm_reset,
@@ -274,9 +268,9 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
         rss_end_bytes: rss_end,
         rss_slope_bytes_per_min: slope.map(Num),
         pg_cpu_s: pg_cpu.map(Num),
-        pg_cpu_s_per_1k: per_1k(before.pg_cpu, after.pg_cpu).map(Num),
+        pg_cpu_s_per_1k: per_1k(pg_cpu).map(Num),
         bench_cpu_s: self_cpu.map(Num),
-        bench_cpu_s_per_1k: per_1k(before.self_cpu, after.self_cpu).map(Num),
+        bench_cpu_s_per_1k: per_1k(self_cpu).map(Num),
         machine_busy_pct: machine_busy_pct.map(Num),
         other_cpu_s: other_cpu.map(Num),
         loadavg_end: procfs::loadavg(),
@@ -303,16 +297,16 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
     if !errors.is_empty() {
         let _ = write!(human, " {errors:?}");
     }
-    if let Some(cpu) = per_1k(before.pid_cpu, after.pid_cpu) {
+    if let Some(cpu) = per_1k(pid_cpu) {
         let _ = write!(human, "  cpu {:.1} ms/1k", cpu * 1000.0);
     }
     if let Some(rss) = rss_peak {
         let _ = write!(human, "  rss peak {:.1} MiB", rss as f64 / 1048576.0);
     }
-    if let Some(cpu) = per_1k(before.pg_cpu, after.pg_cpu) {
+    if let Some(cpu) = per_1k(pg_cpu) {
         let _ = write!(human, "  pg cpu {:.1} ms/1k", cpu * 1000.0);
     }
-    if let Some(cpu) = per_1k(before.self_cpu, after.self_cpu) {
+    if let Some(cpu) = per_1k(self_cpu) {
         let _ = write!(human, "  bench cpu {:.1} ms/1k", cpu * 1000.0);
     }
     if let Some(other) = other_cpu {
