@@ -42,6 +42,8 @@ PGWAY=${PGWAY:-$ROOT/target/release/pgway}
 BENCH=${BENCH:-$ROOT/target/release/pgway-bench}
 
 log() { printf '[callgrind %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=bench/gateway.sh
+. "$ROOT/bench/gateway.sh"
 die() {
     log "error: $*"
     exit 1
@@ -85,16 +87,9 @@ PGWAY_DATABASE_URL=$PG_URL \
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out.%p" \
     "$PGWAY" serve >"$WORK/gateway.log" 2>&1 &
 VG_PID=$!
-ready=0
-for _ in $(seq 300); do
-    if "$PGWAY" probe -addr="127.0.0.1:$GW_PORT" -service=pgway.v1.Database >/dev/null 2>&1; then
-        ready=1
-        break
-    fi
-    kill -0 "$VG_PID" 2>/dev/null || break
-    sleep 0.2
-done
-[ "$ready" = 1 ] || { cat "$WORK/gateway.log" >&2; die "the gateway did not become ready under valgrind"; }
+# Under valgrind the gateway starts ~50x slower: up to a minute.
+wait_for_gateway "$PGWAY" "127.0.0.1:$GW_PORT" "$VG_PID" 300 ||
+    { cat "$WORK/gateway.log" >&2; die "the gateway did not become ready under valgrind"; }
 log "gateway under callgrind on 127.0.0.1:$GW_PORT (pid $VG_PID)"
 
 # The gateway's count of finished calls of one method with status OK, from its /metrics (over

@@ -132,6 +132,8 @@ STREAM_CALLERS_PER_CHANNEL=${STREAM_CALLERS_PER_CHANNEL:-32}
 MAX_CONNECTIONS=${MAX_CONNECTIONS:-400}
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=bench/gateway.sh
+. "$ROOT/bench/gateway.sh"
 die() {
     log "error: $*"
     exit 1
@@ -351,16 +353,8 @@ PGWAY_DATABASE_URL=$PG_URL \
     PGWAY_LOG_FORMAT=text \
     "$PGWAY" serve >"$WORK/gateway.log" 2>&1 &
 GW_PID=$!
-ready=0
-for _ in $(seq 100); do
-    if "$PGWAY" probe -addr="127.0.0.1:$GW_PORT" -service=pgway.v1.Database >/dev/null 2>&1; then
-        ready=1
-        break
-    fi
-    kill -0 "$GW_PID" 2>/dev/null || break
-    sleep 0.2
-done
-[ "$ready" = 1 ] || { cat "$WORK/gateway.log" >&2; die "the gateway did not become ready"; }
+wait_for_gateway "$PGWAY" "127.0.0.1:$GW_PORT" "$GW_PID" 100 ||
+    { cat "$WORK/gateway.log" >&2; die "the gateway did not become ready"; }
 log "gateway on 127.0.0.1:$GW_PORT (pid $GW_PID), PostgreSQL door on 127.0.0.1:$DOOR_PORT, metrics on 127.0.0.1:$METRICS_PORT"
 
 # --- The machine -------------------------------------------------------------------------------
