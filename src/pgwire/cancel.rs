@@ -24,7 +24,7 @@ pub type CancelKey = (i32, i32);
 /// One client's cancel slot.
 #[derive(Debug, Default)]
 pub struct Slot {
-    linked: tokio::sync::Mutex<Option<(i32, i32)>>,
+    linked: tokio::sync::Mutex<Option<CancelKey>>,
     /// A cancel for this client is on its way: more are dropped, not queued behind it. Each
     /// queued cancel would hold the lock for a round trip to PostgreSQL while the client's
     /// server connection waits for it to be given back (a client repeating its cancel could
@@ -71,7 +71,7 @@ pub struct Cancels {
 
 impl Cancels {
     /// A fresh key and slot for a client.
-    pub fn register(&self) -> ((i32, i32), Arc<Slot>) {
+    pub fn register(&self) -> (CancelKey, Arc<Slot>) {
         let slot = Arc::new(Slot::default());
         let mut rng = rand::rng();
         loop {
@@ -86,7 +86,7 @@ impl Cancels {
         }
     }
 
-    pub fn forget(&self, key: (i32, i32)) {
+    pub fn forget(&self, key: CancelKey) {
         if let Ok(mut slots) = self.slots.lock() {
             slots.remove(&key);
         }
@@ -94,7 +94,7 @@ impl Cancels {
 
     /// Forwards a cancel for the client with `key`, if it is linked now. Unknown keys are
     /// ignored silently, as PostgreSQL does.
-    pub async fn cancel(&self, target: &Target, key: (i32, i32)) {
+    pub async fn cancel(&self, target: &Target, key: CancelKey) {
         let slot = self.slots.lock().ok().and_then(|s| s.get(&key).cloned());
         let Some(slot) = slot else {
             debug!("cancel request for an unknown key");

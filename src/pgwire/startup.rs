@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use super::Door;
+use super::cancel::CancelKey;
 use super::frame::{self, Startup};
 use super::pool::PoolKey;
 use super::scram::ServerExchange;
@@ -67,7 +68,7 @@ struct Login {
     key: Arc<PoolKey>,
     credential: super::scram::Credential,
     wanted: BTreeMap<String, String>,
-    cancel_key: (i32, i32),
+    cancel_key: CancelKey,
     slot: Arc<super::cancel::Slot>,
 }
 
