@@ -99,8 +99,21 @@ struct Door {
     database: String,
 }
 
+/// How the gateway reaches the cluster.
+#[derive(Clone, Copy)]
+enum Reach {
+    /// TCP on loopback, logging in with SCRAM.
+    Tcp,
+    /// The cluster's Unix socket (`host=<directory>`), where it trusts.
+    UnixSocket,
+}
+
 impl Door {
     async fn start(settings: &[&str]) -> Door {
+        Door::start_reaching(Reach::Tcp, settings).await
+    }
+
+    async fn start_reaching(reach: Reach, settings: &[&str]) -> Door {
         let pg = cluster().await;
         let database = format!(
             "door_{}_{}",
@@ -112,10 +125,17 @@ impl Door {
             .batch_execute(&format!("CREATE DATABASE {database}"))
             .await
             .expect("CREATE DATABASE");
-        let url = format!(
-            "postgres://postgres:{POSTGRES_PASSWORD}@127.0.0.1:{}/{database}",
-            pg.port()
-        );
+        let url = match reach {
+            Reach::Tcp => format!(
+                "postgres://postgres:{POSTGRES_PASSWORD}@127.0.0.1:{}/{database}",
+                pg.port()
+            ),
+            Reach::UnixSocket => format!(
+                "host={} port={} user=postgres password={POSTGRES_PASSWORD} dbname={database}",
+                pg.dir().display(),
+                pg.port()
+            ),
+        };
         let mut argv = vec!["--pg-addr", "127.0.0.1:0", "--pool-min", "0"];
         if !settings.contains(&"--pool-max") {
             argv.extend_from_slice(&["--pool-max", "3"]);
@@ -713,6 +733,54 @@ async fn session_state_can_be_refused() {
     }
     let row = client.query_one("SELECT 1", &[]).await.expect("usable");
     assert_eq!(row.get::<_, i32>(0), 1);
+}
+
+// --- Reaching the database over a Unix socket --------------------------------------------------
+
+/// `PGWAY_DATABASE_URL=host=/run/postgresql ...`: both doors' server connections, and the
+/// door's cancels, go over the socket; clients still log in to the door with SCRAM.
+#[tokio::test]
+async fn a_unix_socket_database_url_serves_both_doors_and_their_cancels() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start_reaching(Reach::UnixSocket, &["--pool-max", "1"]).await;
+    // inet_server_addr() is NULL on a Unix-socket connection only.
+    let over_socket = "SELECT inet_server_addr() IS NULL, current_user";
+    let (ok, out, err) = psql(&door.dsn(), &["-c", over_socket], &[]).await;
+    assert!(ok, "psql through the door: {err}");
+    assert_eq!(out.trim(), "t|postgres");
+    let (ok, _, err) = psql(
+        &door.dsn_as("postgres", "not-the-password"),
+        &["-c", "SELECT 1"],
+        &[],
+    )
+    .await;
+    assert!(!ok, "a wrong password got in");
+    assert!(err.contains("password authentication failed"), "{err}");
+
+    let mut grpc = door.gw.client().await;
+    let reply = grpc
+        .query(support::query(over_socket, vec![]))
+        .await
+        .expect("the gRPC door over the socket")
+        .into_inner();
+    assert_eq!(reply.rows.len(), 1);
+    assert_eq!(reply.rows[0].values[0], support::boolean(true));
+
+    let direct = door.direct().await;
+    let client = door.client().await;
+    let token = client.cancel_token();
+    let running = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(31)").await });
+    support::eventually(Duration::from_secs(10), "pg_sleep running", || async {
+        support::active_statements(&direct, "SELECT pg_sleep(31)%").await == 1
+    })
+    .await;
+    token.cancel_query(NoTls).await.expect("cancel sent");
+    let result = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("cancelled well before 31 s")
+        .expect("task");
+    let error = result.expect_err("cancelled");
+    assert_eq!(sqlstate(&error).as_deref(), Some("57014"), "{error:?}");
 }
 
 // --- Cancel -----------------------------------------------------------------------------------

@@ -30,9 +30,8 @@ fn start_pg_door(
     budget: Budget,
     tasks: &TaskTracker,
     stopping: &CancellationToken,
-) -> Result<(Arc<pgwire::Door>, TaskTracker), ServeError> {
-    let target = pgwire::server::Target::of(&config.database, config.database_tls.clone())
-        .map_err(ServeError::Pg)?;
+) -> (Arc<pgwire::Door>, TaskTracker) {
+    let target = pgwire::server::Target::of(&config.database, config.database_tls.clone());
     tasks.spawn(
         pool.clone()
             .give_back_idle(budget.clone(), stopping.clone()),
@@ -81,7 +80,7 @@ fn start_pg_door(
     let clients = TaskTracker::new();
     tasks.spawn(pgwire::serve(Arc::clone(&door), listener, clients.clone()));
     tasks.spawn(door.pools.clone().maintain(stopping.clone()));
-    Ok((door, clients))
+    (door, clients)
 }
 
 /// Why the gateway could not run.
@@ -94,8 +93,6 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Grpc(#[from] grpc::server::ServeError),
-    #[error("the PostgreSQL door: {0}")]
-    Pg(String),
 }
 
 /// Binds `config.grpc_addr` and serves until SIGTERM / SIGINT.
@@ -191,7 +188,7 @@ pub async fn serve(
     let door = match (pg_listener, &config.pg) {
         (Some(listener), Some(pg)) => Some(start_pg_door(
             &config, pg, listener, &pool, budget, &tasks, &stopping,
-        )?),
+        )),
         _ => None,
     };
     if let Some(listener) = metrics_listener {

@@ -7,6 +7,7 @@
 //! to the relay.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use lru::LruCache;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
 use super::frame;
@@ -32,32 +33,49 @@ pub type Stream = Box<dyn Io>;
 /// Where server connections go, and how.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub host: String,
-    pub port: u16,
+    pub address: Address,
     pub tls: DatabaseTls,
     pub connect_timeout: Duration,
 }
 
+/// Where the database listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// The socket `.s.PGSQL.<port>` in a directory, as libpq and tokio-postgres name it
+    /// (`host=/run/postgresql`): no TCP stack on either side, so each statement's send and
+    /// receive costs the kernel less than over loopback TCP.
+    Unix(PathBuf),
+}
+
 impl Target {
     /// The host, port and TLS of the gateway's database URL.
-    pub fn of(database: &tokio_postgres::Config, tls: DatabaseTls) -> Result<Target, String> {
-        let host = match database.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-            Some(_) => {
-                return Err("the PostgreSQL door needs a TCP host in PGWAY_DATABASE_URL".into());
-            }
-            None => "localhost".into(),
-        };
+    pub fn of(database: &tokio_postgres::Config, tls: DatabaseTls) -> Target {
         let port = database.get_ports().first().copied().unwrap_or(5432);
-        Ok(Target {
-            host,
-            port,
+        let address = match database.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => Address::Tcp {
+                host: host.clone(),
+                port,
+            },
+            Some(tokio_postgres::config::Host::Unix(dir)) => {
+                Address::Unix(dir.join(format!(".s.PGSQL.{port}")))
+            }
+            None => Address::Tcp {
+                host: "localhost".into(),
+                port,
+            },
+        };
+        Target {
+            address,
             tls,
             connect_timeout: database
                 .get_connect_timeout()
                 .copied()
                 .unwrap_or(Duration::from_secs(5)),
-        })
+        }
     }
 }
 
@@ -181,12 +199,24 @@ pub async fn connect(
     })
 }
 
-/// TCP, then TLS as `sslmode` says.
+/// TCP, then TLS as `sslmode` says; or a Unix socket, never with TLS (libpq, too, ignores
+/// `sslmode` there: the kernel is the only one between the two ends).
 pub async fn open(target: &Target) -> Result<Stream, LoginError> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(LoginError::io)?;
-    let _ = tcp.set_nodelay(true);
+    let (host, tcp) = match &target.address {
+        Address::Unix(path) => {
+            let unix = UnixStream::connect(path)
+                .await
+                .map_err(|e| LoginError::io(format!("{}: {e}", path.display())))?;
+            return Ok(Box::new(unix));
+        }
+        Address::Tcp { host, port } => {
+            let tcp = TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(LoginError::io)?;
+            let _ = tcp.set_nodelay(true);
+            (host, tcp)
+        }
+    };
     let mode = target.tls.mode();
     if mode == SslMode::Disable {
         return Ok(Box::new(tcp));
@@ -199,12 +229,13 @@ pub async fn open(target: &Target) -> Result<Stream, LoginError> {
     match answer {
         b'S' => {
             let mut connector = target.tls.clone();
-            let tls = MakeTlsConnect::<TcpStream>::make_tls_connect(&mut connector, &target.host)
-                .map_err(|e| LoginError {
-                response: None,
-                code: "08006".into(),
-                message: format!("TLS to the database: {e}"),
-            })?;
+            let tls = MakeTlsConnect::<TcpStream>::make_tls_connect(&mut connector, host).map_err(
+                |e| LoginError {
+                    response: None,
+                    code: "08006".into(),
+                    message: format!("TLS to the database: {e}"),
+                },
+            )?;
             let stream = tls.connect(tcp).await.map_err(|e| LoginError {
                 response: None,
                 code: "08006".into(),
