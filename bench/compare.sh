@@ -32,6 +32,9 @@
 #   PG_TPCB_CLIENTS=100           clients of the TPC-B-like pgbench run
 #   IDLE_CLIENTS=1000             idle client connections held open through the door
 #   DOOR=1                        0 skips the PostgreSQL door's runs
+#   PG_SOCKET=0                   1: the gateway (both doors, and under callgrind) and PgBouncer
+#                                 reach PostgreSQL over its Unix socket instead of loopback TCP
+#                                 (the direct runs stay on TCP: they stand for remote clients)
 #   CALLGRIND=1                   0 skips the instruction counts (a second gateway under
 #                                 valgrind --tool=callgrind, bench/callgrind.sh; valgrind is
 #                                 installed with apt-get when missing and root); 0 with --smoke
@@ -265,7 +268,15 @@ done
 [ -n "$PG_PORT" ] || { tail -n 20 "$WORK/pg/postgres.log" >&2; die "PostgreSQL did not start"; }
 PG_PID=$(head -n 1 "$DATA/postmaster.pid")
 PG_URL=postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres
-log "PostgreSQL on 127.0.0.1:$PG_PORT (pid $PG_PID)"
+# What the proxies use to reach it.
+PG_SOCKET=${PG_SOCKET:-0}
+PROXY_PG_URL=$PG_URL
+PROXY_PG_HOST=127.0.0.1
+if [ "$PG_SOCKET" = 1 ]; then
+    PROXY_PG_URL="host=$WORK/pg port=$PG_PORT user=postgres password=$PG_PASSWORD dbname=postgres"
+    PROXY_PG_HOST=$WORK/pg
+fi
+log "PostgreSQL on 127.0.0.1:$PG_PORT and $WORK/pg/.s.PGSQL.$PG_PORT (pid $PG_PID)"
 PSQL=$PG_BIN/psql
 [ -x "$PSQL" ] || PSQL=$(command -v psql || true)
 [ -n "$PSQL" ] || die "no psql found"
@@ -300,7 +311,7 @@ BOUNCER_EXTRA=
 [ "$BOUNCER_PREPARED" = 0 ] || BOUNCER_EXTRA="max_prepared_statements = 200"
 cat >"$WORK/bouncer/pgbouncer.ini" <<EOF
 [databases]
-postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres
+postgres = host=$PROXY_PG_HOST port=$PG_PORT dbname=postgres user=postgres
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -341,7 +352,7 @@ log "PgBouncer on 127.0.0.1:$BOUNCER_PORT (pid $BOUNCER_PID)"
 GW_PORT=$(free_port)
 METRICS_PORT=$(free_port)
 DOOR_PORT=$(free_port)
-PGWAY_DATABASE_URL=$PG_URL \
+PGWAY_DATABASE_URL=$PROXY_PG_URL \
     PGWAY_PG_ADDR=127.0.0.1:$DOOR_PORT \
     PGWAY_PG_MAX_CLIENTS=$((IDLE_CLIENTS + 1000)) \
     PGWAY_AUTH=none \
@@ -513,7 +524,7 @@ if [ "$CALLGRIND" = 1 ]; then
         log "instructions per call under callgrind: ping and select at $CALLGRIND_CONCURRENCY callers, $CALLGRIND_DURATION each"
         if JSON_OUT=$RESULTS PGWAY=$PGWAY BENCH=$BENCH SCALE=$SCALE \
             CALLGRIND_CONCURRENCY=$CALLGRIND_CONCURRENCY CALLGRIND_DURATION=$CALLGRIND_DURATION \
-            bash "$ROOT/bench/callgrind.sh" "$PG_URL" >/dev/null; then
+            bash "$ROOT/bench/callgrind.sh" "$PROXY_PG_URL" >/dev/null; then
             CALLGRIND_RAN=1
         else
             log "run failed: callgrind"
@@ -546,6 +557,11 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "wall time=$(($(date +%s) - STARTED)) s"
     echo "scale=$SCALE"
     echo "max_connections=$MAX_CONNECTIONS"
+    if [ "$PG_SOCKET" = 1 ]; then
+        echo "proxies_reach_postgres=its Unix socket (\`PG_SOCKET=1\`); the direct runs use loopback TCP"
+    else
+        echo "proxies_reach_postgres=loopback TCP"
+    fi
     echo "max_waiting=$MAX_WAITING"
     echo "callers_per_channel=$CALLERS_PER_CHANNEL"
     echo "stream_callers_per_channel=$STREAM_CALLERS_PER_CHANNEL"

@@ -1162,6 +1162,15 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
         RANGE_SQL,
     );
 
+    // Results files from before PG_SOCKET existed don't say: they used loopback TCP.
+    if !info("proxies_reach_postgres").is_empty() {
+        let _ = writeln!(
+            out,
+            "PgBouncer and the gateway reach PostgreSQL over {}.\n",
+            info("proxies_reach_postgres")
+        );
+    }
+
     let _ = writeln!(out, "## Targets\n");
     verdict_table(&mut out, verdicts(&runs));
 
