@@ -178,6 +178,65 @@ async fn isolation_levels_are_exactly_what_was_asked() {
     assert_eq!(scalar(&response), Some(Kind::StringValue("off".into())));
 }
 
+/// A read-only Query runs in a READ ONLY transaction of its own, sent together with its
+/// COMMIT. Whether the statement succeeds, fails as it runs or is refused at Bind, that
+/// transaction is over when the answer comes: the next call on the same (only) connection is
+/// in autocommit, and may write.
+#[tokio::test]
+async fn a_read_only_query_leaves_no_transaction_behind() {
+    let gw = Gateway::with_settings(&["--pool-max", "1"]).await;
+    let mut client = gw.client().await;
+    run(&mut client, "CREATE TABLE after_read_only (a int)", vec![]).await;
+    let state = "SELECT current_setting('transaction_read_only'), pg_backend_pid()";
+    let first = run(&mut client, state, vec![]).await.rows[0].values[1].clone();
+    // (statement, parameters, the answer's first value or the reason it failed)
+    let calls = [
+        (
+            "SELECT current_setting('transaction_read_only')",
+            vec![],
+            Ok("on"),
+        ),
+        ("SELECT 1 / $1::int", vec![int(0)], Err("DIVISION_BY_ZERO")),
+        (
+            "SELECT $1::int",
+            vec![text("abc")],
+            Err("INVALID_TEXT_REPRESENTATION"),
+        ),
+    ];
+    for (done, (sql, params, expected)) in calls.into_iter().enumerate() {
+        let mut request = query(sql, params);
+        request.read_only = true;
+        match (client.query(request).await, expected) {
+            (Ok(response), Ok(value)) => {
+                assert_eq!(scalar(&response.into_inner()), text(value).kind, "{sql}")
+            }
+            (Err(status), Err(reason)) => {
+                assert_eq!(error_info(&status).reason, reason, "{sql}: {status:?}")
+            }
+            (outcome, expected) => panic!("{sql}: {outcome:?}, expected {expected:?}"),
+        }
+        let response = run(&mut client, state, vec![]).await;
+        assert_eq!(response.rows[0].values[0], text("off"), "after {sql}");
+        assert_eq!(
+            response.rows[0].values[1], first,
+            "the connection was replaced after {sql}"
+        );
+        let response = run(
+            &mut client,
+            "INSERT INTO after_read_only VALUES (1)",
+            vec![],
+        )
+        .await;
+        assert_eq!(response.rows_affected, 1);
+        let count = run(&mut client, "SELECT count(*) FROM after_read_only", vec![]).await;
+        assert_eq!(
+            scalar(&count),
+            Some(Kind::IntValue(done as i64 + 1)),
+            "after {sql}"
+        );
+    }
+}
+
 /// Many concurrent SERIALIZABLE read-modify-write transactions on the same rows conflict; each
 /// one is re-run until it commits, and the totals come out exactly right.
 #[tokio::test]

@@ -222,6 +222,11 @@ struct RunArgs {
     #[arg(long, value_enum)]
     statements: Option<StatementMode>,
 
+    /// Gateway only: the point select's Query asks for `read_only` (a READ ONLY transaction of
+    /// its own, which makes it safe to retry).
+    #[arg(long)]
+    read_only: bool,
+
     /// A label kept in the JSON line (compare.sh uses it to group runs).
     #[arg(long, default_value = "")]
     label: String,

@@ -86,6 +86,9 @@ fn slope_per_minute(samples: &[(f64, u64)]) -> Option<f64> {
 }
 
 pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
+    if args.read_only && !matches!(args.target, Target::Gateway) {
+        return Err("--read-only is for the gateway target".into());
+    }
     let mode = args.statements.unwrap_or(match args.target {
         Target::Pgbouncer => StatementMode::Unnamed,
         _ => StatementMode::Prepared,
@@ -94,6 +97,7 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
         workload: args.workload,
         accounts: i32::try_from(u64::from(args.scale) * 100_000).unwrap_or(i32::MAX),
         rows: i32::try_from(args.rows.max(1)).unwrap_or(i32::MAX),
+        read_only: args.read_only,
         authorization: match &args.bearer_file {
             None => None,
             Some(path) => {

@@ -76,6 +76,8 @@ pub struct Params {
     pub workload: Workload,
     pub accounts: i32,
     pub rows: i32,
+    /// The point select's `QueryRequest.read_only`.
+    pub read_only: bool,
     /// `Bearer <token>` for the gateway's authorization header.
     pub authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
@@ -129,6 +131,7 @@ async fn gateway_call(
                 .query(params.request(QueryRequest {
                     sql: SELECT_SQL.into(),
                     params: vec![int(aid.into())],
+                    read_only: params.read_only,
                     ..Default::default()
                 }))
                 .await

@@ -364,6 +364,13 @@ async fn query_as(
     }
 }
 
+/// A statement in a READ ONLY transaction, in one round trip: `BEGIN READ ONLY`, the
+/// statement and `COMMIT` go out in one write. Before, each waited for the answer to the one
+/// before it: three sends and three receives per call.
+///
+/// Sending `COMMIT` before the statement's outcome is known is safe here and only here: a
+/// read-only transaction has nothing to apply, and when the statement fails PostgreSQL answers
+/// the `COMMIT` of the aborted transaction by rolling it back (tag `ROLLBACK`, no error).
 async fn read_only_query(
     conn: &PgConn,
     statement: &Statement,
@@ -371,26 +378,31 @@ async fn read_only_query(
     caps: ResultBounds,
 ) -> Result<proto::QueryResponse, GatewayError> {
     let client = conn.client();
-    client
-        .batch_execute("BEGIN READ ONLY")
-        .await
-        .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
-    match fetch(conn, statement, params, caps).await {
-        Ok(response) => {
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
-            Ok(response)
-        }
+    let simple = |sql: &'static str| async move {
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| GatewayError::from_postgres(e, Sent::No))
+    };
+    // `try_join3` polls the three in order, and each sends its request on its first poll
+    // (nothing in front of the send waits), so they reach the connection task in this order;
+    // it writes all it has queued before it flushes. The first error ends the wait.
+    let outcome = futures::future::try_join3(
+        simple("BEGIN READ ONLY"),
+        fetch(conn, statement, params, caps),
+        simple("COMMIT"),
+    )
+    .await;
+    match outcome {
+        Ok(((), response, ())) => Ok(response),
         Err(error) => {
-            // The same decision as `rollback`, but a read-only transaction's connection is not
-            // marked busy: a failed ROLLBACK must fail the call, so the caller discards it.
+            // The wait may have ended before the COMMIT went out (a statement that failed
+            // before it was sent). ROLLBACK ends the transaction then, and is a no-op (a
+            // warning) after the COMMIT; either way the connection is idle and outside any
+            // transaction once it is answered. A ROLLBACK that fails fails the call with its
+            // own error, which `settle` sees, so the connection is not reused.
             if !error.breaks_connection() && !matches!(error, GatewayError::ResultTooLarge(_)) {
-                client
-                    .batch_execute("ROLLBACK")
-                    .await
-                    .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
+                simple("ROLLBACK").await?;
             }
             Err(error)
         }
