@@ -237,6 +237,83 @@ async fn a_read_only_query_leaves_no_transaction_behind() {
     }
 }
 
+/// A Transaction's BEGIN goes out together with its first statement. Whichever way that
+/// statement fails (refused as it is prepared, failing as it runs, or a result over the caps,
+/// which ends the call before the statement is over), nothing of it is applied, the error
+/// names statement 0, and the next call is in no transaction.
+#[tokio::test]
+async fn a_transactions_first_statement_fails_with_nothing_applied() {
+    let gw = Gateway::with_settings(&["--pool-max", "1", "--max-rows", "10"]).await;
+    let mut client = gw.client().await;
+    run(
+        &mut client,
+        "CREATE TABLE first_fails (a int UNIQUE)",
+        vec![],
+    )
+    .await;
+    run(&mut client, "INSERT INTO first_fails VALUES (0)", vec![]).await;
+    let failures = [
+        ("INSERT INTO first_fails VALUES (1) x", "SYNTAX_ERROR"),
+        (
+            "INSERT INTO first_fails VALUES (1), (0)",
+            "UNIQUE_VIOLATION",
+        ),
+        (
+            "INSERT INTO first_fails SELECT g FROM generate_series(1, 20) g RETURNING a",
+            "RESULT_TOO_LARGE",
+        ),
+    ];
+    for (sql, reason) in failures {
+        let status = client
+            .transaction(tx(
+                vec![
+                    statement(sql, vec![]),
+                    statement("INSERT INTO first_fails VALUES (100)", vec![]),
+                ],
+                IsolationLevel::RepeatableRead,
+            ))
+            .await
+            .expect_err(sql);
+        let info = error_info(&status);
+        assert_eq!(info.reason, reason, "{sql}: {status:?}");
+        assert_eq!(
+            info.metadata.get("statement_index").map(String::as_str),
+            Some("0"),
+            "{sql}"
+        );
+        let response = run(&mut client, "SELECT count(*) FROM first_fails", vec![]).await;
+        assert_eq!(scalar(&response), Some(Kind::IntValue(1)), "after {sql}");
+        // Outside the failed REPEATABLE READ transaction, the default level again.
+        let response = run(
+            &mut client,
+            "SELECT current_setting('transaction_isolation')",
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            scalar(&response),
+            Some(Kind::StringValue("read committed".into())),
+            "a transaction was left open after {sql}"
+        );
+    }
+    // And the first statement runs inside the transaction BEGIN opened.
+    let response = client
+        .transaction(tx(
+            vec![statement(
+                "SELECT current_setting('transaction_isolation')",
+                vec![],
+            )],
+            IsolationLevel::RepeatableRead,
+        ))
+        .await
+        .expect("a one-statement transaction")
+        .into_inner();
+    assert_eq!(
+        scalar(&response.results[0]),
+        Some(Kind::StringValue("repeatable read".into()))
+    );
+}
+
 /// Many concurrent SERIALIZABLE read-modify-write transactions on the same rows conflict; each
 /// one is re-run until it commits, and the totals come out exactly right.
 #[tokio::test]

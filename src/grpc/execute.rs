@@ -447,31 +447,96 @@ pub async fn transaction_once(
         begin_sql(isolation, request.read_only, request.deferrable),
         identity,
     );
-    conn.mark_busy();
-    conn.client()
-        .batch_execute(&begin)
-        .await
-        .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
+    let statement_request = |statement: &proto::Statement| proto::QueryRequest {
+        sql: statement.sql.clone(),
+        params: statement.params.clone(),
+        ..Default::default()
+    };
     let mut results = Vec::with_capacity(request.statements.len());
-    for (index, statement) in request.statements.iter().enumerate() {
-        let request = proto::QueryRequest {
-            sql: statement.sql.clone(),
-            params: statement.params.clone(),
-            ..Default::default()
-        };
-        match statement_in_transaction(conn, &request, caps, identity).await {
-            Ok(result) => results.push(result),
-            Err(error) => {
-                rollback(conn, &error).await;
-                return Err(GatewayError::InStatement {
-                    index,
-                    error: Box::new(error),
-                });
+    let mut statements = request.statements.iter().enumerate();
+    match (identity, statements.next()) {
+        // A plain BEGIN goes out with the first statement, in one round trip.
+        (None, Some((index, first))) => {
+            let first = statement_request(first);
+            match begin_with_first(conn, &begin, &first, caps).await {
+                Ok(result) => results.push(result),
+                Err(error) => return Err(in_statement(conn, index, error).await),
             }
+        }
+        // A JWT caller's BEGIN also sets its role and claims: it must have succeeded before
+        // anything runs, or the statement would run in autocommit as pgway's own role.
+        (_, first) => {
+            conn.mark_busy();
+            conn.client()
+                .batch_execute(&begin)
+                .await
+                .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
+            if let Some((index, first)) = first {
+                match statement_in_transaction(conn, &statement_request(first), caps, identity)
+                    .await
+                {
+                    Ok(result) => results.push(result),
+                    Err(error) => return Err(in_statement(conn, index, error).await),
+                }
+            }
+        }
+    }
+    for (index, statement) in statements {
+        match statement_in_transaction(conn, &statement_request(statement), caps, identity).await {
+            Ok(result) => results.push(result),
+            Err(error) => return Err(in_statement(conn, index, error).await),
         }
     }
     commit(conn).await?;
     Ok(results)
+}
+
+/// Rolls the transaction back after statement `index` failed, and names it in the error.
+async fn in_statement(conn: &mut PgConn, index: usize, error: GatewayError) -> GatewayError {
+    rollback(conn, &error).await;
+    GatewayError::InStatement {
+        index,
+        error: Box::new(error),
+    }
+}
+
+/// `BEGIN` (without an identity) and the transaction's first statement, sent together: a
+/// write transaction of one statement costs two round trips (this one and COMMIT) instead of
+/// three. The statement is prepared first, outside the transaction, which changes nothing:
+/// preparing runs nothing, and the statement cache usually answers without the server.
+///
+/// Sending the statement before BEGIN is answered is safe because a plain BEGIN on an idle
+/// connection has no way to fail but the connection's loss, after which nothing it carried
+/// ran. Should the server refuse it all the same, the statement ran on its own, in autocommit:
+/// that is said as it is, OUTCOME_UNKNOWN, and never retried.
+async fn begin_with_first(
+    conn: &mut PgConn,
+    begin: &str,
+    first: &proto::QueryRequest,
+    caps: ResultBounds,
+) -> Result<proto::QueryResponse, GatewayError> {
+    let (prepared, params) = prepare(conn, &first.sql, &first.params, None)
+        .await
+        .map_err(|error| in_transaction_error(conn, &first.sql, error))?;
+    conn.mark_busy();
+    let client = conn.client();
+    // `join!` polls BEGIN first, so it is sent first (see `read_only_query`); its answer comes
+    // before the statement's, so waiting for both never waits longer than for the statement.
+    let (began, fetched) = futures::join!(
+        client.batch_execute(begin),
+        fetch(conn, &prepared, &params, caps)
+    );
+    match began {
+        Ok(()) => {}
+        Err(error) if error.as_db_error().is_some() => {
+            return Err(GatewayError::OutcomeUnknown(format!(
+                "the server refused BEGIN ({error}) after the first statement was sent with \
+                 it: that statement may have run outside a transaction"
+            )));
+        }
+        Err(error) => return Err(GatewayError::from_postgres(error, Sent::No)),
+    }
+    fetched.map_err(|error| in_transaction_error(conn, &first.sql, error))
 }
 
 /// Runs one statement inside an open transaction. A connection lost here means the
@@ -489,15 +554,20 @@ pub async fn statement_in_transaction(
         },
         Err(error) => Err(error),
     };
-    outcome.map_err(|error| {
-        if is_stale_plan(&error) {
-            conn.forget_statement(&request.sql);
-        }
-        match error {
-            GatewayError::OutcomeUnknown(message) => GatewayError::ConnectionLost(message),
-            other => other,
-        }
-    })
+    outcome.map_err(|error| in_transaction_error(conn, &request.sql, error))
+}
+
+/// What a statement's failure inside a transaction means: a stale plan is forgotten, so the
+/// transaction's next attempt prepares afresh; a lost connection took the open transaction
+/// with it, so nothing was applied.
+fn in_transaction_error(conn: &mut PgConn, sql: &str, error: GatewayError) -> GatewayError {
+    if is_stale_plan(&error) {
+        conn.forget_statement(sql);
+    }
+    match error {
+        GatewayError::OutcomeUnknown(message) => GatewayError::ConnectionLost(message),
+        other => other,
+    }
 }
 
 /// Commits the open transaction. If the connection breaks after COMMIT was sent, nobody
