@@ -23,6 +23,22 @@ fn statement(sql: &str, params: Vec<proto::Value>) -> Statement {
     }
 }
 
+/// The isolation level a plain Query runs at.
+async fn isolation_now(
+    client: &mut pgway::proto::database_client::DatabaseClient<tonic::transport::Channel>,
+) -> String {
+    let response = run(
+        client,
+        "SELECT current_setting('transaction_isolation')",
+        vec![],
+    )
+    .await;
+    match scalar(&response) {
+        Some(Kind::StringValue(level)) => level,
+        other => panic!("transaction_isolation: {other:?}"),
+    }
+}
+
 fn tx(statements: Vec<Statement>, level: IsolationLevel) -> TransactionRequest {
     TransactionRequest {
         statements,
@@ -135,15 +151,10 @@ async fn isolation_levels_are_exactly_what_was_asked() {
             "{level:?}"
         );
         // And a plain query afterwards runs at the server's default.
-        let response = run(
-            &mut client,
-            "SELECT current_setting('transaction_isolation')",
-            vec![],
-        )
-        .await;
         assert_eq!(
-            scalar(&response),
-            Some(Kind::StringValue("read committed".into()))
+            isolation_now(&mut client).await,
+            "read committed",
+            "after {level:?}"
         );
     }
 
@@ -284,15 +295,9 @@ async fn a_transactions_first_statement_fails_with_nothing_applied() {
         let response = run(&mut client, "SELECT count(*) FROM first_fails", vec![]).await;
         assert_eq!(scalar(&response), Some(Kind::IntValue(1)), "after {sql}");
         // Outside the failed REPEATABLE READ transaction, the default level again.
-        let response = run(
-            &mut client,
-            "SELECT current_setting('transaction_isolation')",
-            vec![],
-        )
-        .await;
         assert_eq!(
-            scalar(&response),
-            Some(Kind::StringValue("read committed".into())),
+            isolation_now(&mut client).await,
+            "read committed",
             "a transaction was left open after {sql}"
         );
     }
