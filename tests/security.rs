@@ -512,6 +512,10 @@ async fn row_level_security_keeps_callers_apart() {
                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
                  CREATE ROLE authenticated NOLOGIN;
                END IF;
+               -- Allowed by the gateway, but not granted to authenticator.
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ungranted') THEN
+                 CREATE ROLE ungranted NOLOGIN;
+               END IF;
              END $$;
              GRANT anon, authenticated TO authenticator;",
         )
@@ -547,7 +551,7 @@ async fn row_level_security_keeps_callers_apart() {
             "--jwt-secret-file",
             secret.to_str().unwrap(),
             "--jwt-allowed-roles",
-            "anon,authenticated",
+            "anon,authenticated,ungranted",
             "--auth-tokens-file",
             tokens.to_str().unwrap(),
             "--pool-min",
@@ -682,6 +686,29 @@ async fn row_level_security_keeps_callers_apart() {
         let status = query_as(&mut client, &bob, sql).await.unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{sql}: {status:?}");
     }
+    assert_eq!(
+        texts(&query_as(&mut client, &bob, notes).await.unwrap()),
+        ["b1"]
+    );
+
+    // A role the database won't let pgway become: its BEGIN batch fails, and the statement
+    // sent behind it (cached by now, so sent in the same write) never runs, read or write.
+    let ungranted = hs256(SECRET, user("ungranted", "mallory"));
+    for sql in [notes, "SELECT 1"] {
+        let status = query_as(&mut client, &ungranted, sql).await.unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{sql}: {status:?}");
+    }
+    let status = client
+        .transaction(bearer(
+            TransactionRequest {
+                statements: vec![insert("mallory", "m1")],
+                ..Default::default()
+            },
+            &ungranted,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert_eq!(
         texts(&query_as(&mut client, &bob, notes).await.unwrap()),
         ["b1"]

@@ -136,11 +136,22 @@ async fn fetch_checked(
         .prepare_cached(IDENTITY_CHECK)
         .await
         .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
-    let conn = &*conn;
+    fetch_then_check(conn, statement, params, caps, &check, identity).await
+}
+
+/// [`fetch_checked`] with the check prepared already.
+async fn fetch_then_check(
+    conn: &PgConn,
+    statement: &Statement,
+    params: &[Param],
+    caps: ResultBounds,
+    check: &Statement,
+    identity: &Verified,
+) -> Result<proto::QueryResponse, GatewayError> {
     // Polled after the statement's future has sent the statement: the check goes second.
     let checked = async {
         conn.client()
-            .query_one(&check, &[])
+            .query_one(check, &[])
             .await
             .map_err(|e| GatewayError::from_postgres(e, Sent::No))
     };
@@ -347,12 +358,7 @@ async fn query_as(
         begin_sql(IsolationLevel::Unspecified, request.read_only, false),
         Some(identity),
     );
-    conn.mark_busy();
-    conn.client()
-        .batch_execute(&begin)
-        .await
-        .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
-    match statement_in_transaction(conn, request, caps, Some(identity)).await {
+    match begin_with_first(conn, &begin, request, caps, Some(identity)).await {
         Ok(response) => {
             commit(conn).await?;
             Ok(response)
@@ -454,31 +460,19 @@ pub async fn transaction_once(
     };
     let mut results = Vec::with_capacity(request.statements.len());
     let mut statements = request.statements.iter().enumerate();
-    match (identity, statements.next()) {
-        // A plain BEGIN goes out with the first statement, in one round trip.
-        (None, Some((index, first))) => {
-            let first = statement_request(first);
-            match begin_with_first(conn, &begin, &first, caps).await {
+    match statements.next() {
+        Some((index, first)) => {
+            match begin_with_first(conn, &begin, &statement_request(first), caps, identity).await {
                 Ok(result) => results.push(result),
                 Err(error) => return Err(in_statement(conn, index, error).await),
             }
         }
-        // A JWT caller's BEGIN also sets its role and claims: it must have succeeded before
-        // anything runs, or the statement would run in autocommit as pgway's own role.
-        (_, first) => {
+        None => {
             conn.mark_busy();
             conn.client()
                 .batch_execute(&begin)
                 .await
                 .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
-            if let Some((index, first)) = first {
-                match statement_in_transaction(conn, &statement_request(first), caps, identity)
-                    .await
-                {
-                    Ok(result) => results.push(result),
-                    Err(error) => return Err(in_statement(conn, index, error).await),
-                }
-            }
         }
     }
     for (index, statement) in statements {
@@ -500,35 +494,68 @@ async fn in_statement(conn: &mut PgConn, index: usize, error: GatewayError) -> G
     }
 }
 
-/// `BEGIN` (without an identity) and the transaction's first statement, sent together: a
-/// write transaction of one statement costs two round trips (this one and COMMIT) instead of
-/// three. The statement is prepared first, outside the transaction, which changes nothing:
-/// preparing runs nothing, and the statement cache usually answers without the server.
+/// `BEGIN` and the transaction's first statement, sent together: a transaction of one
+/// statement costs two round trips (this one and COMMIT) instead of three.
 ///
-/// Sending the statement before BEGIN is answered is safe because a plain BEGIN on an idle
-/// connection has no way to fail but the connection's loss, after which nothing it carried
-/// ran. Should the server refuse it all the same, the statement ran on its own, in autocommit:
-/// that is said as it is, OUTCOME_UNKNOWN, and never retried.
+/// The statement is prepared first, outside the transaction. For a plain BEGIN that changes
+/// nothing (preparing runs nothing, and the statement cache usually answers without the
+/// server). A JWT caller's BEGIN also sets its role, and its statement is parsed only as that
+/// role: the two go together only when the statement and the identity check are both cached,
+/// so nothing at all is sent before the BEGIN; otherwise BEGIN is answered first, as before.
+///
+/// Sending the statement before BEGIN is answered is safe:
+/// - a failure of a JWT caller's batch (a role that doesn't exist) comes after its BEGIN,
+///   which leaves the transaction block aborted: the statement behind it is refused unrun;
+/// - a plain BEGIN on an idle connection has no way to fail but the connection's loss, after
+///   which nothing it carried ran. Should the server refuse it all the same, the statement
+///   ran on its own, in autocommit: that is said as it is, OUTCOME_UNKNOWN, never retried.
 async fn begin_with_first(
     conn: &mut PgConn,
     begin: &str,
     first: &proto::QueryRequest,
     caps: ResultBounds,
+    identity: Option<&Verified>,
 ) -> Result<proto::QueryResponse, GatewayError> {
-    let (prepared, params) = prepare(conn, &first.sql, &first.params, None)
+    if identity.is_some() && !(conn.has_statement(&first.sql) && conn.has_statement(IDENTITY_CHECK))
+    {
+        conn.mark_busy();
+        conn.client()
+            .batch_execute(begin)
+            .await
+            .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
+        return statement_in_transaction(conn, first, caps, identity).await;
+    }
+    let (prepared, params) = prepare(conn, &first.sql, &first.params, identity)
         .await
         .map_err(|error| in_transaction_error(conn, &first.sql, error))?;
+    let check = match identity {
+        Some(identity) => Some((
+            conn.prepare_cached(IDENTITY_CHECK)
+                .await
+                .map_err(|e| GatewayError::from_postgres(e, Sent::No))?,
+            identity,
+        )),
+        None => None,
+    };
     conn.mark_busy();
-    let client = conn.client();
-    // `join!` polls BEGIN first, so it is sent first (see `read_only_query`); its answer comes
-    // before the statement's, so waiting for both never waits longer than for the statement.
-    let (began, fetched) = futures::join!(
-        client.batch_execute(begin),
-        fetch(conn, &prepared, &params, caps)
-    );
+    let (began, fetched) = {
+        let conn = &*conn;
+        let statement = async {
+            match &check {
+                Some((check, identity)) => {
+                    fetch_then_check(conn, &prepared, &params, caps, check, identity).await
+                }
+                None => fetch(conn, &prepared, &params, caps).await,
+            }
+        };
+        // `join!` polls BEGIN first, so it is sent first (see `read_only_query`); its answer
+        // comes before the statement's, so waiting for both never waits longer than for the
+        // statement.
+        futures::join!(conn.client().batch_execute(begin), statement)
+    };
     match began {
         Ok(()) => {}
-        Err(error) if error.as_db_error().is_some() => {
+        Err(error) if identity.is_none() && error.as_db_error().is_some() => {
             return Err(GatewayError::OutcomeUnknown(format!(
                 "the server refused BEGIN ({error}) after the first statement was sent with \
                  it: that statement may have run outside a transaction"
