@@ -363,7 +363,7 @@ async fn query_as(
             commit(conn).await?;
             Ok(response)
         }
-        Err(error) => {
+        Err(FirstFailed::Begin(error) | FirstFailed::Statement(error)) => {
             rollback(conn, &error).await;
             Err(error)
         }
@@ -464,7 +464,13 @@ pub async fn transaction_once(
         Some((index, first)) => {
             match begin_with_first(conn, &begin, &statement_request(first), caps, identity).await {
                 Ok(result) => results.push(result),
-                Err(error) => return Err(in_statement(conn, index, error).await),
+                Err(FirstFailed::Begin(error)) => {
+                    rollback(conn, &error).await;
+                    return Err(error);
+                }
+                Err(FirstFailed::Statement(error)) => {
+                    return Err(in_statement(conn, index, error).await);
+                }
             }
         }
         None => {
@@ -515,24 +521,26 @@ async fn begin_with_first(
     first: &proto::QueryRequest,
     caps: ResultBounds,
     identity: Option<&Verified>,
-) -> Result<proto::QueryResponse, GatewayError> {
+) -> Result<proto::QueryResponse, FirstFailed> {
     if identity.is_some() && !(conn.has_statement(&first.sql) && conn.has_statement(IDENTITY_CHECK))
     {
         conn.mark_busy();
         conn.client()
             .batch_execute(begin)
             .await
-            .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
-        return statement_in_transaction(conn, first, caps, identity).await;
+            .map_err(|e| FirstFailed::Begin(GatewayError::from_postgres(e, Sent::No)))?;
+        return statement_in_transaction(conn, first, caps, identity)
+            .await
+            .map_err(FirstFailed::Statement);
     }
     let (prepared, params) = prepare(conn, &first.sql, &first.params, identity)
         .await
-        .map_err(|error| in_transaction_error(conn, &first.sql, error))?;
+        .map_err(|error| FirstFailed::Statement(in_transaction_error(conn, &first.sql, error)))?;
     let check = match identity {
         Some(identity) => Some((
             conn.prepare_cached(IDENTITY_CHECK)
                 .await
-                .map_err(|e| GatewayError::from_postgres(e, Sent::No))?,
+                .map_err(|e| FirstFailed::Begin(GatewayError::from_postgres(e, Sent::No)))?,
             identity,
         )),
         None => None,
@@ -556,14 +564,25 @@ async fn begin_with_first(
     match began {
         Ok(()) => {}
         Err(error) if identity.is_none() && error.as_db_error().is_some() => {
-            return Err(GatewayError::OutcomeUnknown(format!(
+            return Err(FirstFailed::Begin(GatewayError::OutcomeUnknown(format!(
                 "the server refused BEGIN ({error}) after the first statement was sent with \
                  it: that statement may have run outside a transaction"
+            ))));
+        }
+        Err(error) => {
+            return Err(FirstFailed::Begin(GatewayError::from_postgres(
+                error,
+                Sent::No,
             )));
         }
-        Err(error) => return Err(GatewayError::from_postgres(error, Sent::No)),
     }
-    fetched.map_err(|error| in_transaction_error(conn, &first.sql, error))
+    fetched.map_err(|error| FirstFailed::Statement(in_transaction_error(conn, &first.sql, error)))
+}
+
+/// Which of [`begin_with_first`]'s two failed: a failed BEGIN names no statement.
+enum FirstFailed {
+    Begin(GatewayError),
+    Statement(GatewayError),
 }
 
 /// Runs one statement inside an open transaction. A connection lost here means the
