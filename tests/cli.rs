@@ -82,6 +82,11 @@ fn bad_settings_name_the_variable_and_the_flag() {
             "0",
             "PGWAY_MAX_ROWS (--max-rows): must be at least 1",
         ),
+        (
+            "PGWAY_DATABASE_URL",
+            "host=/run/postgresql user=u dbname=db sslmode=require",
+            "PGWAY_DATABASE_URL (--database-url): sslmode=require with a Unix-socket host",
+        ),
     ] {
         refused_start_names(var, value, named);
     }

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::core::auth::jwt::JwtRules;
 use crate::core::auth::limits::CallerQuota;
 use crate::core::auth::{AuthConfig, Authenticator};
-use crate::core::dbtls::{self, DatabaseTls};
+use crate::core::dbtls::{self, DatabaseTls, SslMode};
 use crate::core::pool::PoolConfig;
 use crate::grpc::{CallBounds, CallSettings, TxConfig};
 
@@ -630,6 +630,22 @@ impl ServeArgs {
             dbtls::parse(&url).map_err(|e| invalid("PGWAY_DATABASE_URL", e.to_string()))?;
         if database.get_hosts().is_empty() {
             return Err(invalid("PGWAY_DATABASE_URL", "names no host"));
+        }
+        // PostgreSQL offers no TLS on its Unix socket: a mode that demands it could never
+        // connect (the PostgreSQL door would skip it, as libpq does, and the gRPC door fail).
+        let unix = database
+            .get_hosts()
+            .iter()
+            .any(|host| matches!(host, tokio_postgres::config::Host::Unix(_)));
+        if unix && !matches!(database_tls.mode(), SslMode::Disable | SslMode::Prefer) {
+            return Err(invalid(
+                "PGWAY_DATABASE_URL",
+                format!(
+                    "sslmode={} with a Unix-socket host: PostgreSQL has no TLS there; use \
+                     sslmode=disable or prefer",
+                    database_tls.mode().as_str()
+                ),
+            ));
         }
         if database.get_application_name().is_none() {
             database.application_name("pgway");
