@@ -91,6 +91,21 @@ async fn cached_statements_survive_schema_changes() {
         response.rows[0].values[1].kind,
         Some(Kind::StringValue("new".into()))
     );
+    // A read-only Query of the same text, after one more change: the same.
+    gw.direct()
+        .await
+        .batch_execute("ALTER TABLE s ADD COLUMN c int DEFAULT 3")
+        .await
+        .unwrap();
+    let mut request = query("SELECT * FROM s", vec![]);
+    request.read_only = true;
+    let response = client
+        .query(request)
+        .await
+        .expect("a read-only query after a schema change")
+        .into_inner();
+    assert_eq!(response.columns.len(), 3);
+    assert_eq!(response.rows[0].values[2].kind, Some(Kind::IntValue(3)));
 }
 
 #[tokio::test]

@@ -691,8 +691,8 @@ async fn row_level_security_keeps_callers_apart() {
         ["b1"]
     );
 
-    // A role the database won't let pgway become: its BEGIN batch fails, and the statement
-    // sent behind it (cached by now, so sent in the same write) never runs, read or write.
+    // A role the database won't let pgway become: its BEGIN batch fails, the statement never
+    // runs, read or write, and the connection is fit for the next caller.
     let ungranted = hs256(SECRET, user("ungranted", "mallory"));
     for sql in [notes, "SELECT 1"] {
         let status = query_as(&mut client, &ungranted, sql).await.unwrap_err();

@@ -208,12 +208,6 @@ impl PgConn {
         }
     }
 
-    /// Whether `sql` is prepared on this connection already, so that preparing it again sends
-    /// nothing.
-    pub fn has_statement(&self, sql: &str) -> bool {
-        self.statements.contains(sql)
-    }
-
     /// A prepared statement for `sql`, from this connection's cache or prepared now (a round
     /// trip only on the first use of a text on this connection).
     pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {

@@ -136,22 +136,11 @@ async fn fetch_checked(
         .prepare_cached(IDENTITY_CHECK)
         .await
         .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
-    fetch_then_check(conn, statement, params, caps, &check, identity).await
-}
-
-/// [`fetch_checked`] with the check prepared already.
-async fn fetch_then_check(
-    conn: &PgConn,
-    statement: &Statement,
-    params: &[Param],
-    caps: ResultBounds,
-    check: &Statement,
-    identity: &Verified,
-) -> Result<proto::QueryResponse, GatewayError> {
+    let conn = &*conn;
     // Polled after the statement's future has sent the statement: the check goes second.
     let checked = async {
         conn.client()
-            .query_one(check, &[])
+            .query_one(&check, &[])
             .await
             .map_err(|e| GatewayError::from_postgres(e, Sent::No))
     };
@@ -330,20 +319,32 @@ pub async fn query(
     }
     let (mut statement, mut params) = prepare(conn, &request.sql, &request.params, None).await?;
     conn.mark_busy();
-    if request.read_only {
-        let result = read_only_query(conn, &statement, &params, caps).await;
-        settle(conn, &result);
-        return result;
-    }
-    let mut result = fetch(conn, &statement, &params, caps).await;
+    let read_only = request.read_only;
+    let mut result = autocommit(conn, &statement, &params, caps, read_only).await;
     if result.as_ref().err().is_some_and(is_stale_plan) {
-        // The failed Bind ran nothing; prepare afresh and run once more.
+        // The failed Bind ran nothing (and a read-only transaction around it is over);
+        // prepare afresh and run once more.
         conn.forget_statement(&request.sql);
         (statement, params) = prepare(conn, &request.sql, &request.params, None).await?;
-        result = fetch(conn, &statement, &params, caps).await;
+        result = autocommit(conn, &statement, &params, caps, read_only).await;
     }
     settle(conn, &result);
     result
+}
+
+/// One statement on its own: in autocommit, or in a READ ONLY transaction of its own.
+async fn autocommit(
+    conn: &PgConn,
+    statement: &Statement,
+    params: &[Param],
+    caps: ResultBounds,
+    read_only: bool,
+) -> Result<proto::QueryResponse, GatewayError> {
+    if read_only {
+        read_only_query(conn, statement, params, caps).await
+    } else {
+        fetch(conn, statement, params, caps).await
+    }
 }
 
 /// One statement of a JWT caller: `BEGIN` as its identity, the statement, the identity
@@ -358,7 +359,15 @@ async fn query_as(
         begin_sql(IsolationLevel::Unspecified, request.read_only, false),
         Some(identity),
     );
-    match begin_with_first(conn, &begin, request, caps, Some(identity)).await {
+    let first = begin_with_first(
+        conn,
+        &begin,
+        request,
+        caps,
+        Some(identity),
+        IsolationLevel::Unspecified,
+    );
+    match first.await {
         Ok(response) => {
             commit(conn).await?;
             Ok(response)
@@ -393,8 +402,22 @@ async fn read_only_query(
     // `try_join3` polls the three in order, and each sends its request on its first poll
     // (nothing in front of the send waits), so they reach the connection task in this order;
     // it writes all it has queued before it flushes. The first error ends the wait.
+    // A refused BEGIN (none is expected but a stray cancel's) would leave no transaction
+    // block: the statement behind it ran on its own, read-write, so nobody knows what it did.
+    let begin = async {
+        client.batch_execute("BEGIN READ ONLY").await.map_err(|e| {
+            if e.as_db_error().is_some() {
+                GatewayError::OutcomeUnknown(format!(
+                    "the server refused BEGIN READ ONLY ({e}) after the statement was sent \
+                     with it: the statement may have run outside a read-only transaction"
+                ))
+            } else {
+                GatewayError::from_postgres(e, Sent::No)
+            }
+        })
+    };
     let outcome = futures::future::try_join3(
-        simple("BEGIN READ ONLY"),
+        begin,
         fetch(conn, statement, params, caps),
         simple("COMMIT"),
     )
@@ -462,7 +485,8 @@ pub async fn transaction_once(
     let mut statements = request.statements.iter().enumerate();
     match statements.next() {
         Some((index, first)) => {
-            match begin_with_first(conn, &begin, &statement_request(first), caps, identity).await {
+            let first = statement_request(first);
+            match begin_with_first(conn, &begin, &first, caps, identity, isolation).await {
                 Ok(result) => results.push(result),
                 Err(FirstFailed::Begin(error)) => {
                     rollback(conn, &error).await;
@@ -500,30 +524,31 @@ async fn in_statement(conn: &mut PgConn, index: usize, error: GatewayError) -> G
     }
 }
 
-/// `BEGIN` and the transaction's first statement, sent together: a transaction of one
-/// statement costs two round trips (this one and COMMIT) instead of three.
+/// `BEGIN` and the transaction's first statement; sent together, in one write, where that is
+/// safe: a transaction of one statement then costs two round trips (this one and COMMIT)
+/// instead of three.
 ///
-/// The statement is prepared first, outside the transaction. For a plain BEGIN that changes
-/// nothing (preparing runs nothing, and the statement cache usually answers without the
-/// server). A JWT caller's BEGIN also sets its role, and its statement is parsed only as that
-/// role: the two go together only when the statement and the identity check are both cached,
-/// so nothing at all is sent before the BEGIN; otherwise BEGIN is answered first, as before.
+/// It is safe only where BEGIN can't be refused while the connection stays up: a refused
+/// BEGIN leaves no transaction block, so a statement sent behind it would run on its own, in
+/// autocommit. So these wait for BEGIN's answer first, as before:
+/// - SERIALIZABLE, which a hot standby refuses (0A000);
+/// - a JWT caller's batch: were its BEGIN ever refused, the statement would run as pgway's own
+///   role, without the caller's role and claims.
 ///
-/// Sending the statement before BEGIN is answered is safe:
-/// - a failure of a JWT caller's batch (a role that doesn't exist) comes after its BEGIN,
-///   which leaves the transaction block aborted: the statement behind it is refused unrun;
-/// - a plain BEGIN on an idle connection has no way to fail but the connection's loss, after
-///   which nothing it carried ran. Should the server refuse it all the same, the statement
-///   ran on its own, in autocommit: that is said as it is, OUTCOME_UNKNOWN, never retried.
+/// For a plain BEGIN of another level no refusal is expected (a stray cancel would be the one
+/// way). Should one come all the same, the statement ran alone, and the call says so:
+/// OUTCOME_UNKNOWN, never retried. The statement is prepared first, outside the transaction,
+/// which changes nothing for these: preparing runs nothing, and the statement cache usually
+/// answers without the server.
 async fn begin_with_first(
     conn: &mut PgConn,
     begin: &str,
     first: &proto::QueryRequest,
     caps: ResultBounds,
     identity: Option<&Verified>,
+    isolation: IsolationLevel,
 ) -> Result<proto::QueryResponse, FirstFailed> {
-    if identity.is_some() && !(conn.has_statement(&first.sql) && conn.has_statement(IDENTITY_CHECK))
-    {
+    if identity.is_some() || isolation == IsolationLevel::Serializable {
         conn.mark_busy();
         conn.client()
             .batch_execute(begin)
@@ -533,37 +558,23 @@ async fn begin_with_first(
             .await
             .map_err(FirstFailed::Statement);
     }
-    let (prepared, params) = prepare(conn, &first.sql, &first.params, identity)
+    let (prepared, params) = prepare(conn, &first.sql, &first.params, None)
         .await
         .map_err(|error| FirstFailed::Statement(in_transaction_error(conn, &first.sql, error)))?;
-    let check = match identity {
-        Some(identity) => Some((
-            conn.prepare_cached(IDENTITY_CHECK)
-                .await
-                .map_err(|e| FirstFailed::Begin(GatewayError::from_postgres(e, Sent::No)))?,
-            identity,
-        )),
-        None => None,
-    };
     conn.mark_busy();
     let (began, fetched) = {
         let conn = &*conn;
-        let statement = async {
-            match &check {
-                Some((check, identity)) => {
-                    fetch_then_check(conn, &prepared, &params, caps, check, identity).await
-                }
-                None => fetch(conn, &prepared, &params, caps).await,
-            }
-        };
         // `join!` polls BEGIN first, so it is sent first (see `read_only_query`); its answer
         // comes before the statement's, so waiting for both never waits longer than for the
         // statement.
-        futures::join!(conn.client().batch_execute(begin), statement)
+        futures::join!(
+            conn.client().batch_execute(begin),
+            fetch(conn, &prepared, &params, caps)
+        )
     };
     match began {
         Ok(()) => {}
-        Err(error) if identity.is_none() && error.as_db_error().is_some() => {
+        Err(error) if error.as_db_error().is_some() => {
             return Err(FirstFailed::Begin(GatewayError::OutcomeUnknown(format!(
                 "the server refused BEGIN ({error}) after the first statement was sent with \
                  it: that statement may have run outside a transaction"
