@@ -515,7 +515,7 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
             vec![],
         )
     };
-    let write_running = || async { active_statements(&direct, "INSERT INTO t SELECT 2%").await };
+    let write_running = || async { waiting_at_gate(&direct, "INSERT INTO t SELECT 2%").await };
     close_gate(&direct).await;
     let call = tokio::spawn({
         let mut client = client.clone();

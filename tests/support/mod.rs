@@ -275,6 +275,23 @@ pub async fn active_statements(direct: &tokio_postgres::Client, pattern: &str) -
         .get(0)
 }
 
+/// How many statements whose text is LIKE `pattern` wait at the gate of [`WAIT_AT_GATE`] now.
+/// Stricter than [`active_statements`]: a statement being parsed (the extended protocol's
+/// Parse, before it runs) shows as active too, and a connection cut then loses a statement
+/// that was never sent to run.
+pub async fn waiting_at_gate(direct: &tokio_postgres::Client, pattern: &str) -> i64 {
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE query LIKE $1 AND state = 'active' AND wait_event_type = 'Lock' \
+               AND wait_event = 'advisory' AND pid <> pg_backend_pid()",
+            &[&pattern],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
 /// SQL that waits, as a running statement, while a gate is closed in the same database: a test
 /// holds a call in flight for exactly as long as it needs, with no sleep to outlast.
 pub const WAIT_AT_GATE: &str = "pg_advisory_xact_lock_shared(7)";
