@@ -402,22 +402,11 @@ async fn read_only_query(
     // `try_join3` polls the three in order, and each sends its request on its first poll
     // (nothing in front of the send waits), so they reach the connection task in this order;
     // it writes all it has queued before it flushes. The first error ends the wait.
-    // A refused BEGIN (none is expected but a stray cancel's) would leave no transaction
-    // block: the statement behind it ran on its own, read-write, so nobody knows what it did.
-    let begin = async {
-        client.batch_execute("BEGIN READ ONLY").await.map_err(|e| {
-            if e.as_db_error().is_some() {
-                GatewayError::OutcomeUnknown(format!(
-                    "the server refused BEGIN READ ONLY ({e}) after the statement was sent \
-                     with it: the statement may have run outside a read-only transaction"
-                ))
-            } else {
-                GatewayError::from_postgres(e, Sent::No)
-            }
-        })
-    };
+    // A refused BEGIN (none is expected but a stray cancel's) would leave the statement
+    // behind it run on its own, read-write: see `began_ahead`.
+    let begin = "BEGIN READ ONLY";
     let outcome = futures::future::try_join3(
-        begin,
+        async { began_ahead(client.batch_execute(begin).await, begin) },
         fetch(conn, statement, params, caps),
         simple("COMMIT"),
     )
@@ -497,13 +486,7 @@ pub async fn transaction_once(
                 }
             }
         }
-        None => {
-            conn.mark_busy();
-            conn.client()
-                .batch_execute(&begin)
-                .await
-                .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
-        }
+        None => open_transaction(conn, &begin).await?,
     }
     for (index, statement) in statements {
         match statement_in_transaction(conn, &statement_request(statement), caps, identity).await {
@@ -549,11 +532,9 @@ async fn begin_with_first(
     isolation: IsolationLevel,
 ) -> Result<proto::QueryResponse, FirstFailed> {
     if identity.is_some() || isolation == IsolationLevel::Serializable {
-        conn.mark_busy();
-        conn.client()
-            .batch_execute(begin)
+        open_transaction(conn, begin)
             .await
-            .map_err(|e| FirstFailed::Begin(GatewayError::from_postgres(e, Sent::No)))?;
+            .map_err(FirstFailed::Begin)?;
         return statement_in_transaction(conn, first, caps, identity)
             .await
             .map_err(FirstFailed::Statement);
@@ -572,21 +553,7 @@ async fn begin_with_first(
             fetch(conn, &prepared, &params, caps)
         )
     };
-    match began {
-        Ok(()) => {}
-        Err(error) if error.as_db_error().is_some() => {
-            return Err(FirstFailed::Begin(GatewayError::OutcomeUnknown(format!(
-                "the server refused BEGIN ({error}) after the first statement was sent with \
-                 it: that statement may have run outside a transaction"
-            ))));
-        }
-        Err(error) => {
-            return Err(FirstFailed::Begin(GatewayError::from_postgres(
-                error,
-                Sent::No,
-            )));
-        }
-    }
+    began_ahead(began, begin).map_err(FirstFailed::Begin)?;
     fetched.map_err(|error| FirstFailed::Statement(in_transaction_error(conn, &first.sql, error)))
 }
 
@@ -653,14 +620,32 @@ pub async fn begin(
     deferrable: bool,
     identity: Option<&Verified>,
 ) -> Result<(), GatewayError> {
+    let sql = begin_as_sql(begin_sql(isolation, read_only, deferrable), identity);
+    open_transaction(conn, &sql).await
+}
+
+/// Sends `begin` and waits for its answer before anything else goes out.
+async fn open_transaction(conn: &mut PgConn, begin: &str) -> Result<(), GatewayError> {
     conn.mark_busy();
     conn.client()
-        .batch_execute(&begin_as_sql(
-            begin_sql(isolation, read_only, deferrable),
-            identity,
-        ))
+        .batch_execute(begin)
         .await
         .map_err(|e| GatewayError::from_postgres(e, Sent::No))
+}
+
+/// The answer to `begin` sent in the same write as the statement behind it. A refusal opened
+/// no transaction block, so that statement ran on its own: nobody knows what it did.
+fn began_ahead(answer: Result<(), tokio_postgres::Error>, begin: &str) -> Result<(), GatewayError> {
+    answer.map_err(|error| {
+        if error.as_db_error().is_some() {
+            GatewayError::OutcomeUnknown(format!(
+                "the server refused {begin} ({error}) after the statement behind it was sent: \
+                 that statement may have run outside the transaction"
+            ))
+        } else {
+            GatewayError::from_postgres(error, Sent::No)
+        }
+    })
 }
 
 /// Ends a failed transaction so the connection can be reused; leaves it busy (discarded) when
