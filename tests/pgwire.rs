@@ -766,38 +766,25 @@ async fn a_unix_socket_database_url_serves_both_doors_and_their_cancels() {
     assert_eq!(reply.rows.len(), 1);
     assert_eq!(reply.rows[0].values[0], support::boolean(true));
 
-    let direct = door.direct().await;
-    let client = door.client().await;
-    let token = client.cancel_token();
-    let running = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(31)").await });
-    support::eventually(Duration::from_secs(10), "pg_sleep running", || async {
-        support::active_statements(&direct, "SELECT pg_sleep(31)%").await == 1
-    })
-    .await;
-    token.cancel_query(NoTls).await.expect("cancel sent");
-    let result = tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .expect("cancelled well before 31 s")
-        .expect("task");
-    let error = result.expect_err("cancelled");
-    assert_eq!(sqlstate(&error).as_deref(), Some("57014"), "{error:?}");
+    cancel_a_sleep(&door.direct().await, door.client().await).await;
 }
 
 // --- Cancel -----------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_cancel_stops_the_clients_statement_and_no_other() {
-    let _shared = EXCLUSIVE.read().await;
-    let door = Door::start(&["--pool-max", "1"]).await;
-    let direct = door.direct().await;
-    let client = door.client().await;
+/// Runs `pg_sleep(30)` through `client`, cancels it with the client's own key once `direct`
+/// sees it running, asserts that it ends well before its 30 s with 57014, and gives the client
+/// back.
+async fn cancel_a_sleep(
+    direct: &tokio_postgres::Client,
+    client: tokio_postgres::Client,
+) -> tokio_postgres::Client {
     let token = client.cancel_token();
     let running = tokio::spawn(async move {
         let result = client.simple_query("SELECT pg_sleep(30)").await;
         (client, result)
     });
     support::eventually(Duration::from_secs(10), "pg_sleep running", || async {
-        support::active_statements(&direct, "SELECT pg_sleep(30)%").await == 1
+        support::active_statements(direct, "SELECT pg_sleep(30)%").await == 1
     })
     .await;
     token.cancel_query(NoTls).await.expect("cancel sent");
@@ -807,6 +794,16 @@ async fn a_cancel_stops_the_clients_statement_and_no_other() {
         .expect("task");
     let error = result.expect_err("cancelled");
     assert_eq!(sqlstate(&error).as_deref(), Some("57014"), "{error:?}");
+    client
+}
+
+#[tokio::test]
+async fn a_cancel_stops_the_clients_statement_and_no_other() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "1"]).await;
+    let direct = door.direct().await;
+    let client = cancel_a_sleep(&direct, door.client().await).await;
+    let token = client.cancel_token();
     let row = client
         .query_one("SELECT 2", &[])
         .await
