@@ -18,6 +18,8 @@
 #   SWEEP="1 10 20 50 100 200"   concurrency points of the point-select sweep
 #   FLOOR_CONCURRENCY="1 10 100"  concurrency points of the gateway's no-op call (health Check),
 #                                 for the ratio of its CPU per select to its CPU per no-op call
+#                                 (above 1 also with one HTTP/2 connection per caller), and
+#                                 of the no-op call paced at the select's rate (--rate)
 #   WORKLOAD_CONCURRENCY="10 100" concurrency points of the write and 1,000-row read workloads
 #   WARMUP=3s DURATION=8s         per point
 #   HOP_DURATION=3s               each bare loopback round-trip measurement (pgway-bench hop)
@@ -396,6 +398,11 @@ bench() {
         FAILED=$((FAILED + 1))
     fi
 }
+# The gateway's point-select throughput at $1 callers in the sweep so far (its last run).
+select_rate() {
+    grep "\"label\":\"sweep\",\"target\":\"gateway\",\"workload\":\"select\",\"concurrency\":$1," "$RESULTS" |
+        tail -1 | sed -n 's/.*"throughput_qps":\([0-9.]*\).*/\1/p'
+}
 # The three targets take turns at each point, in a rotating order, so that a disturbance (a
 # compiler starting on the same machine) does not land on one target's whole sweep.
 TARGETS=(direct pgbouncer gateway)
@@ -421,6 +428,24 @@ for round in $(seq "$REPEAT"); do
     for c in $FLOOR_CONCURRENCY; do
         [ "$c" = 1 ] && continue
         bench gateway --label floor --workload ping -c "$c" --warmup "$WARMUP" --duration "$DURATION"
+        # The same pair with every caller on an HTTP/2 connection of its own (h2load's
+        # arrangement, one stream per connection): concurrent Checks can't share reads and
+        # writes there, so the floor is not as cheap as on shared connections.
+        for w in ping select; do
+            CPC=1 bench gateway --label floor-conn --workload "$w" -c "$c" --warmup "$WARMUP" \
+                --duration "$DURATION"
+        done
+    done
+    # And the no-op call paced at the rate the sweep's point select reached at as many callers
+    # (--rate): a select's gateway sleeps and wakes between calls while PostgreSQL answers, and
+    # a gRPC call costs more per call when fewer calls share each wake-up, so this is the floor
+    # at the select's own pace.
+    for c in $FLOOR_CONCURRENCY; do
+        rate=$(select_rate "$c")
+        if [ -n "$rate" ]; then
+            bench gateway --label floor-rate --workload ping -c "$c" --rate "$rate" \
+                --warmup "$WARMUP" --duration "$DURATION"
+        fi
     done
     # And under every stack: a bare loopback round trip between two threads, on two cores and
     # on one, which is what a hop between two processes costs this machine before any protocol.

@@ -36,6 +36,9 @@ pub struct RunLine<'a> {
     pub target: &'static str,
     pub workload: &'static str,
     pub concurrency: usize,
+    /// `--rate`: the calls per second asked for, when the callers were paced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_qps: Option<Num>,
     /// HTTP/2 connections for the gateway, PostgreSQL connections otherwise.
     pub connections: usize,
     /// `gateway`, `prepared` or `unnamed`.
@@ -122,6 +125,8 @@ pub struct Record {
     pub target: String,
     pub workload: String,
     pub concurrency: Option<f64>,
+    /// Absent when the callers were not paced (`--rate`).
+    pub rate_qps: Option<f64>,
     pub connections: Option<f64>,
     pub warmup_s: Option<f64>,
     pub duration_s: Option<f64>,

@@ -165,6 +165,13 @@ struct RunArgs {
     #[arg(long, short = 'c', default_value_t = 10)]
     concurrency: usize,
 
+    /// Calls per second for all callers together (0: each caller asks again as soon as it has
+    /// its answer). Each caller takes its share, its first call staggered; one that falls
+    /// far behind carries on from where it is instead of catching up in a burst. It measures a
+    /// target at a given rate, such as the no-op call at the point select's rate.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+
     /// Time to run before measuring.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     warmup: Duration,

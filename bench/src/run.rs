@@ -89,6 +89,13 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
     if args.read_only && !matches!(args.target, Target::Gateway) {
         return Err("--read-only is for the gateway target".into());
     }
+    if !(args.rate.is_finite() && args.rate >= 0.0) {
+        return Err(format!(
+            "--rate {} is not a rate: give calls per second, or 0",
+            args.rate
+        )
+        .into());
+    }
     let mode = args.statements.unwrap_or(match args.target {
         Target::Pgbouncer => StatementMode::Unnamed,
         _ => StatementMode::Prepared,
@@ -123,9 +130,11 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
     let (callers, connections) = targets::connect_callers(&args, mode, shards).await?;
 
     let mut tasks = Vec::with_capacity(callers.len());
-    for (shard, caller) in callers {
+    let count = callers.len();
+    for (index, (shard, caller)) in callers.into_iter().enumerate() {
         tasks.push(shards.handle(shard).spawn(targets::caller_loop(
             caller,
+            targets::Pace::of(args.rate, count, index),
             Arc::clone(&shared),
             Arc::clone(&params),
             Arc::clone(&args),
@@ -239,6 +248,7 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
         target: args.target.name(),
         workload: args.workload.name(),
         concurrency: args.concurrency,
+        rate_qps: (args.rate > 0.0).then_some(Num(args.rate)),
         connections,
         statements: match (args.target, mode) {
             (Target::Gateway, _) => "gateway",

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use pgway::proto::database_client::DatabaseClient;
@@ -338,14 +338,56 @@ async fn health_call(client: &mut HealthClient<Transport>) -> Result<u64, String
     Ok(0)
 }
 
+/// How many periods a paced caller may fall behind and still catch up.
+const CATCH_UP_PERIODS: u32 = 20;
+
+/// A paced caller's share of `--rate`: one call per `period`, the first after `offset`, so that
+/// the callers' calls spread over the period instead of arriving together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    period: Duration,
+    offset: Duration,
+}
+
+impl Pace {
+    /// Caller `index` of `callers` at `rate` calls per second in all; `None` unpaced (rate 0).
+    pub fn of(rate: f64, callers: usize, index: usize) -> Option<Pace> {
+        if !(rate > 0.0 && rate.is_finite()) || callers == 0 {
+            return None;
+        }
+        let period = Duration::try_from_secs_f64(callers as f64 / rate).ok()?;
+        Some(Pace {
+            period,
+            offset: period.mul_f64(index as f64 / callers as f64),
+        })
+    }
+}
+
 pub async fn caller_loop(
     mut caller: Caller,
+    pace: Option<Pace>,
     shared: Arc<Shared>,
     params: Arc<Params>,
     args: Arc<RunArgs>,
     mode: StatementMode,
 ) {
+    let mut next = pace.map(|p| tokio::time::Instant::now() + p.offset);
     while !shared.stop.load(Ordering::Relaxed) {
+        if let (Some(pace), Some(at)) = (pace, next.as_mut()) {
+            tokio::time::sleep_until(*at).await;
+            // tokio's timers fire on whole milliseconds, often later under load: a caller a few
+            // periods behind catches up, which keeps the rate when the period is near a
+            // millisecond. One far behind (a slow answer) carries on from now instead of
+            // making up for it in a burst.
+            *at += pace.period;
+            let now = tokio::time::Instant::now();
+            if now.saturating_duration_since(*at) > pace.period * CATCH_UP_PERIODS {
+                *at = now;
+            }
+            if shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
         let started = Instant::now();
         let result = match &mut caller {
             Caller::Gateway(client) => gateway_call(client, &params).await,
@@ -459,5 +501,19 @@ mod tests {
             pgway::grpc::observe::code_label(tonic::Code::DeadlineExceeded),
             "DEADLINE_EXCEEDED"
         );
+    }
+
+    #[test]
+    fn paced_callers_share_the_rate_and_spread_over_its_period() {
+        assert_eq!(Pace::of(0.0, 10, 0), None);
+        assert_eq!(Pace::of(f64::NAN, 10, 0), None);
+        // 100 callers at 8,000 calls per second: each calls every 12.5 ms, caller 50 of them
+        // first after half of that.
+        let first = Pace::of(8000.0, 100, 0).expect("paced");
+        let middle = Pace::of(8000.0, 100, 50).expect("paced");
+        assert_eq!(first.period, Duration::from_micros(12_500));
+        assert_eq!(first.offset, Duration::ZERO);
+        assert_eq!(middle.period, first.period);
+        assert_eq!(middle.offset, Duration::from_micros(6_250));
     }
 }
