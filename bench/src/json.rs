@@ -125,8 +125,6 @@ pub struct Record {
     pub target: String,
     pub workload: String,
     pub concurrency: Option<f64>,
-    /// Absent when the callers were not paced (`--rate`).
-    pub rate_qps: Option<f64>,
     pub connections: Option<f64>,
     pub warmup_s: Option<f64>,
     pub duration_s: Option<f64>,
