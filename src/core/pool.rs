@@ -511,10 +511,13 @@ impl ConnectionManager {
 }
 
 impl ManageConnection for ConnectionManager {
-    type Connection = PgConn;
+    // Boxed: bb8 moves a connection by value about ten times on every checkout and return, and
+    // a `PgConn` is nearly 500 bytes where a box is one word. Counted under callgrind, that took
+    // 2.6–2.8 k instructions (3%) off each point select.
+    type Connection = Box<PgConn>;
     type Error = ConnectError;
 
-    async fn connect(&self) -> Result<PgConn, ConnectError> {
+    async fn connect(&self) -> Result<Box<PgConn>, ConnectError> {
         // The semaphore lives as long as the manager and is never closed.
         let _permit = self.connects.acquire().await.map_err(|_| ConnectError {
             message: "the pool is shutting down".into(),
@@ -536,7 +539,7 @@ impl ManageConnection for ConnectionManager {
                 counter!(metrics::CONNECTIONS_OPENED).increment(1);
                 info!(conn_id = id, backend_pid = conn.backend_pid, "connected");
                 self.publish(None);
-                Ok(conn)
+                Ok(Box::new(conn))
             }
             Err(error) => {
                 self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
@@ -548,7 +551,7 @@ impl ManageConnection for ConnectionManager {
         }
     }
 
-    async fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
+    async fn is_valid(&self, conn: &mut Box<PgConn>) -> Result<(), ConnectError> {
         // Only used if test_on_check_out is turned on, which pgway doesn't do.
         conn.client
             .simple_query("")
@@ -557,7 +560,7 @@ impl ManageConnection for ConnectionManager {
             .map_err(ConnectError::from)
     }
 
-    fn has_broken(&self, conn: &mut PgConn) -> bool {
+    fn has_broken(&self, conn: &mut Box<PgConn>) -> bool {
         // A dirty connection here was not reset (the guard's Drop resets before returning).
         conn.busy
             || conn.dirty
