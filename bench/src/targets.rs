@@ -371,9 +371,10 @@ pub async fn caller_loop(
     args: Arc<RunArgs>,
     mode: StatementMode,
 ) {
-    let mut next = pace.map(|p| tokio::time::Instant::now() + p.offset);
+    // A paced caller's pace and when its next call is due.
+    let mut paced = pace.map(|pace| (pace, tokio::time::Instant::now() + pace.offset));
     while !shared.stop.load(Ordering::Relaxed) {
-        if let (Some(pace), Some(at)) = (pace, next.as_mut()) {
+        if let Some((pace, at)) = paced.as_mut() {
             tokio::time::sleep_until(*at).await;
             // tokio's timers fire on whole milliseconds, often later under load: a caller a few
             // periods behind catches up, which keeps the rate when the period is near a
