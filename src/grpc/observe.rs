@@ -16,8 +16,8 @@ use crate::core::telemetry::{REQUEST_DURATION, REQUESTS, REQUESTS_IN_FLIGHT};
 
 /// The request id header: a caller's is used in the logs and returned in the response.
 // Header names as `HeaderName`s rather than `&str`: a lookup by `&str` parses and checks the
-// name on every call. Counted under callgrind, the two here cost 370–590 instructions per call
-// that way (about 1% of a health `Check`).
+// name on every call. Counted under callgrind at 100 callers, the two here cost 370–1,080
+// instructions per health `Check` and 440–590 per point select that way (about 1% of a call).
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
