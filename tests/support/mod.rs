@@ -264,15 +264,7 @@ pub fn signal(child: &std::process::Child, name: &str) {
 /// How many statements whose text is LIKE `pattern` are running on the server now (the
 /// asking connection excluded).
 pub async fn active_statements(direct: &tokio_postgres::Client, pattern: &str) -> i64 {
-    direct
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE query LIKE $1 AND state = 'active' AND pid <> pg_backend_pid()",
-            &[&pattern],
-        )
-        .await
-        .expect("pg_stat_activity")
-        .get(0)
+    count_activity(direct, pattern, "").await
 }
 
 /// How many statements whose text is LIKE `pattern` wait at the gate of [`WAIT_AT_GATE`] now.
@@ -280,11 +272,23 @@ pub async fn active_statements(direct: &tokio_postgres::Client, pattern: &str) -
 /// Parse, before it runs) shows as active too, and a connection cut then loses a statement
 /// that was never sent to run.
 pub async fn waiting_at_gate(direct: &tokio_postgres::Client, pattern: &str) -> i64 {
+    count_activity(
+        direct,
+        pattern,
+        "AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+    )
+    .await
+}
+
+/// Active statements LIKE `pattern` (the asking connection excluded) that also meet `also`,
+/// SQL conditions starting with AND, or nothing.
+async fn count_activity(direct: &tokio_postgres::Client, pattern: &str, also: &str) -> i64 {
     direct
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE query LIKE $1 AND state = 'active' AND wait_event_type = 'Lock' \
-               AND wait_event = 'advisory' AND pid <> pg_backend_pid()",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE query LIKE $1 AND state = 'active' {also} AND pid <> pg_backend_pid()"
+            ),
             &[&pattern],
         )
         .await
