@@ -1,0 +1,253 @@
+//! What the door does with each message a client sends: relayed, answered itself, or turned
+//! into what the server must see instead.
+
+use super::*;
+
+impl Session {
+    /// Answers what needs no server between transactions: a named Parse (remembered, and
+    /// prepared on whichever server connection first binds it), a Sync or a Flush with
+    /// nothing before them. Drivers that prepare synchronously before they execute (pgbench
+    /// `-M prepared`, one thread for many clients) would otherwise hold the thread waiting
+    /// for a server connection that its other clients hold. The cost: a Parse's error (a
+    /// syntax error) is reported at its first Bind or Describe, not at the Parse.
+    pub(super) fn answer_unlinked(&mut self, msg: &[u8], to_client: &mut BytesMut) -> bool {
+        match msg[0] {
+            b'P' => {
+                let Ok(parse) = frame::read_parse(msg) else {
+                    return false;
+                };
+                if let Some(deallocation) = self.door_deallocation(parse.query) {
+                    self.door_statements
+                        .insert(Bytes::copy_from_slice(parse.name), deallocation);
+                    to_client.extend_from_slice(frame::PARSE_COMPLETE);
+                    return true;
+                }
+                if parse.name.is_empty() || session_effect(parse.query) != Default::default() {
+                    return false;
+                }
+                self.door_statements.remove(parse.name);
+                let statement = self.door.statements.statement(parse.query, parse.types);
+                self.names
+                    .insert(Bytes::copy_from_slice(parse.name), statement);
+                to_client.extend_from_slice(frame::PARSE_COMPLETE);
+                true
+            }
+            b'S' => {
+                frame::write_ready(to_client, self.status);
+                true
+            }
+            b'H' => true,
+            _ => false,
+        }
+    }
+
+    pub(super) async fn client_message(
+        &mut self,
+        msg: BytesMut,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), Ended> {
+        let tag = msg[0];
+        if matches!(tag, b'P' | b'B' | b'D' | b'C' | b'E' | b'H') {
+            self.unsynced = true;
+        }
+        if self.skipping && tag != b'S' {
+            // The server ignores it; so does the door.
+            to_server.extend_from_slice(&msg);
+            return Ok(());
+        }
+        match tag {
+            b'Q' => {
+                let sql = match frame::read_query(&msg) {
+                    Ok(sql) => sql,
+                    Err(error) => return Err(self.violation(error).await),
+                };
+                if let Some(reply) = self.deallocate(sql) {
+                    self.reply(to_client, reply);
+                    let mut ready = BytesMut::new();
+                    frame::write_ready(&mut ready, self.status);
+                    self.reply(to_client, ready.freeze());
+                    return Ok(());
+                }
+                if let Some(refusal) = self.effect(sql) {
+                    frame::write_query(to_server, &refusal);
+                } else {
+                    to_server.extend_from_slice(&msg);
+                }
+                self.expect_answer(End::Ready);
+            }
+            b'P' => {
+                let parse = match frame::read_parse(&msg) {
+                    Ok(parse) => parse,
+                    Err(error) => return Err(self.violation(error).await),
+                };
+                self.door_statements.remove(parse.name);
+                if let Some(deallocation) = self.door_deallocation(parse.query) {
+                    self.door_statements
+                        .insert(Bytes::copy_from_slice(parse.name), deallocation);
+                    self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
+                    return Ok(());
+                }
+                let refusal = self.effect(parse.query);
+                if let Some(refusal) = refusal {
+                    frame::write_parse(to_server, parse.name, refusal.as_bytes(), &[0, 0]);
+                    self.expect_answer(End::ParseComplete);
+                } else if parse.name.is_empty() {
+                    self.unnamed_changes_settings = session_effect(parse.query).settings;
+                    to_server.extend_from_slice(&msg);
+                    self.expect_answer(End::ParseComplete);
+                } else {
+                    let statement = self.door.statements.statement(parse.query, parse.types);
+                    self.names
+                        .insert(Bytes::copy_from_slice(parse.name), Arc::clone(&statement));
+                    if self.has(&statement) {
+                        self.door.prepared.hit.increment(1);
+                        self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
+                    } else {
+                        self.prepare(&statement, to_server, false);
+                    }
+                }
+            }
+            b'B' => {
+                let (portal, name, rest) = match frame::read_bind(&msg) {
+                    Ok(parts) => parts,
+                    Err(error) => return Err(self.violation(error).await),
+                };
+                self.door_portals.remove(portal);
+                if let Some(deallocation) = self.door_statements.get(name).cloned() {
+                    self.door_portals
+                        .insert(Bytes::copy_from_slice(portal), deallocation);
+                    self.reply(to_client, Bytes::from_static(frame::BIND_COMPLETE));
+                    return Ok(());
+                }
+                let statement = self.current(name);
+                let changes_settings = match &statement {
+                    _ if name.is_empty() => self.unnamed_changes_settings,
+                    Some(statement) => statement.changes_settings,
+                    None => false,
+                };
+                if changes_settings {
+                    self.settings_changed = true;
+                }
+                match statement {
+                    Some(statement) if !name.is_empty() => {
+                        self.ensure(&statement, to_server);
+                        frame::write_bind(to_server, portal, &statement.name, rest);
+                        self.expect.push_back(Expect::Answer {
+                            end: End::BindComplete,
+                            swallow: false,
+                            parse: None,
+                            bind: Some(statement.id),
+                        });
+                    }
+                    _ => {
+                        to_server.extend_from_slice(&msg);
+                        self.expect_answer(End::BindComplete);
+                    }
+                }
+            }
+            b'D' | b'C' => {
+                let (kind, name) = match frame::read_target(&msg) {
+                    Ok(target) => target,
+                    Err(error) => return Err(self.violation(error).await),
+                };
+                let end = if tag == b'D' {
+                    End::Description
+                } else {
+                    End::CloseComplete
+                };
+                let door_own = match kind {
+                    b'S' => self.door_statements.contains_key(name),
+                    _ => self.door_portals.contains_key(name),
+                };
+                if door_own {
+                    let reply: &'static [u8] = match (tag, kind) {
+                        (b'D', b'S') => frame::NO_PARAMETERS_NO_DATA,
+                        (b'D', _) => frame::NO_DATA,
+                        _ => {
+                            if kind == b'S' {
+                                self.door_statements.remove(name);
+                            } else {
+                                self.door_portals.remove(name);
+                            }
+                            frame::CLOSE_COMPLETE
+                        }
+                    };
+                    self.reply(to_client, Bytes::from_static(reply));
+                    return Ok(());
+                }
+                let mapped = (kind == b'S' && !name.is_empty())
+                    .then(|| self.current(name))
+                    .flatten();
+                match (tag, mapped) {
+                    (b'D', Some(statement)) => {
+                        self.ensure(&statement, to_server);
+                        frame::write_target(to_server, b'D', b'S', &statement.name);
+                        self.expect_answer(end);
+                    }
+                    (_, Some(_)) => {
+                        // Close of a client's name: the global statement stays prepared for
+                        // others; only the client's name goes.
+                        self.names.remove(name);
+                        self.reply(to_client, Bytes::from_static(frame::CLOSE_COMPLETE));
+                    }
+                    _ => {
+                        to_server.extend_from_slice(&msg);
+                        self.expect_answer(end);
+                    }
+                }
+            }
+            b'E' => {
+                let mut body = frame::body(&msg);
+                let portal = frame::take_cstr(&mut body).unwrap_or_default();
+                if let Some(deallocation) = self.door_portals.get(portal).cloned() {
+                    let mut out = BytesMut::new();
+                    frame::write_command_complete(&mut out, self.deallocate_now(&deallocation));
+                    self.reply(to_client, out.freeze());
+                    return Ok(());
+                }
+                to_server.extend_from_slice(&msg);
+                self.expect_answer(End::Execution);
+            }
+            b'S' => {
+                to_server.extend_from_slice(&msg);
+                self.skipping = false;
+                self.unsynced = false;
+                self.expect_answer(End::Ready);
+            }
+            b'F' => {
+                to_server.extend_from_slice(&msg);
+                self.expect_answer(End::Ready);
+            }
+            b'H' | b'd' => to_server.extend_from_slice(&msg),
+            b'c' | b'f' => {
+                to_server.extend_from_slice(&msg);
+                self.copy_in = false;
+            }
+            _ => {
+                return Err(self
+                    .violation(FrameError::Malformed("unexpected message type"))
+                    .await);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn expect_answer(&mut self, end: End) {
+        self.expect.push_back(Expect::Answer {
+            end,
+            swallow: false,
+            parse: None,
+            bind: None,
+        });
+    }
+
+    /// A reply of the door's own: at once if nothing is outstanding, else in its place.
+    pub(super) fn reply(&mut self, to_client: &mut BytesMut, bytes: Bytes) {
+        if self.expect.is_empty() {
+            to_client.extend_from_slice(&bytes);
+        } else {
+            self.expect.push_back(Expect::Reply(bytes));
+        }
+    }
+}

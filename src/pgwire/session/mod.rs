@@ -1,0 +1,560 @@
+//! One client's session after login: the relay in transaction mode.
+//!
+//! The client is linked to a server connection at the first message of a transaction and
+//! unlinked when ReadyForQuery says idle, everything sent has been answered, no COPY is open
+//! and nothing pins it. Bytes are relayed as they arrive; only what pooling needs is decoded
+//! (see [`super::frame`]).
+//!
+//! Every message sent to the server pushes what its answer looks like onto `expect`, in order.
+//! That queue is what lets the door answer some messages itself (a Parse the server already
+//! has, a Close of a client's name) in exactly the place the server would have, swallow the
+//! answers to messages it injected (a Parse before a Bind on a connection that lacks the
+//! statement, the settings replayed at link), and know when the transaction is over.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use super::cancel::Slot;
+use super::frame::{self, FrameError};
+use super::pool::{AcquireError, PoolKey};
+use super::scram::Credential;
+use super::server::{ServerConn, Stream};
+use super::statements::Statement;
+use super::{Door, SessionStateMode};
+use crate::core::pool::CloseReason;
+use crate::core::sql::{PinReason, session_effect};
+
+mod client;
+mod prepared;
+mod replies;
+mod state;
+
+use prepared::Deallocation;
+use state::two_texts;
+pub use state::{literal, replay};
+
+/// What the answer to one message sent to the server looks like.
+#[derive(Debug)]
+enum Expect {
+    /// Relayed (or, for what the door injected, swallowed) until the message that ends it.
+    Answer {
+        end: End,
+        swallow: bool,
+        /// The global statement a Parse prepares: forgotten on that server if it fails.
+        parse: Option<u64>,
+        /// The global statement a Bind uses: retired if its plan went stale.
+        bind: Option<u64>,
+    },
+    /// A reply of the door's own, sent once everything before it has been answered.
+    Reply(Bytes),
+    /// A query of the door's own, swallowed up to its ReadyForQuery; `read` collects the
+    /// session's settings from its rows.
+    Own { read: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    ParseComplete,
+    BindComplete,
+    CloseComplete,
+    Description,
+    Execution,
+    Ready,
+}
+
+impl End {
+    fn by(self, tag: u8) -> bool {
+        match self {
+            End::ParseComplete => tag == b'1',
+            End::BindComplete => tag == b'2',
+            End::CloseComplete => tag == b'3',
+            End::Description => tag == b'T' || tag == b'n',
+            End::Execution => matches!(tag, b'C' | b'I' | b's'),
+            End::Ready => tag == b'Z',
+        }
+    }
+}
+
+enum Event {
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+    IdleInTransaction,
+    Stop,
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The client said goodbye or went away.
+    Client,
+    /// The door ended it, having told the client why.
+    Door(&'static str),
+}
+
+/// One logged-in client.
+pub struct Session {
+    door: Arc<Door>,
+    client: Stream,
+    cbuf: BytesMut,
+    key: Arc<PoolKey>,
+    credential: Credential,
+    /// The settings this client's session has beyond the server's defaults: its startup
+    /// values, then whatever it SET, as read back from the server.
+    wanted: BTreeMap<String, String>,
+    /// The client's statement names → the global statements.
+    names: HashMap<Bytes, Arc<Statement>>,
+    /// The client's statements (by name, `""` for the unnamed one) and portals that are a
+    /// `DEALLOCATE` of its own names, sent by the extended protocol: answered by the door
+    /// like [`Session::deallocate`] answers a simple Query (psycopg sends its cache's
+    /// DEALLOCATEs this way in pipeline mode).
+    door_statements: HashMap<Bytes, Deallocation>,
+    door_portals: HashMap<Bytes, Deallocation>,
+    server: Option<ServerConn>,
+    expect: VecDeque<Expect>,
+    /// The server is skipping messages up to the next Sync after an error.
+    skipping: bool,
+    /// The last ReadyForQuery status (`I`, `T`, `E`).
+    status: u8,
+    /// Extended-protocol messages went to the server since the last Sync: the server is in
+    /// the middle of a pipeline (perhaps skipping to the Sync after an error), whatever the
+    /// last ReadyForQuery said, so the connection can't be given to anyone else yet.
+    unsynced: bool,
+    copy_in: bool,
+    /// A statement that may change settings ran since link: read them back before unlinking.
+    settings_changed: bool,
+    /// The unnamed statement may change settings: its Binds set `settings_changed` (a Parse
+    /// only prepares; the change happens when the statement runs, possibly after the
+    /// Parse's own Sync).
+    unnamed_changes_settings: bool,
+    pinned: Option<PinReason>,
+    /// The link failed: the client's messages are dropped up to its next Sync.
+    refusing: bool,
+    cancel: Arc<Slot>,
+    /// Rows of the door's own settings query.
+    captured: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.key.user)
+            .field("linked", &self.server.as_ref().map(|s| s.id))
+            .field("status", &char::from(self.status))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        door: Arc<Door>,
+        client: Stream,
+        cbuf: BytesMut,
+        key: Arc<PoolKey>,
+        credential: Credential,
+        wanted: BTreeMap<String, String>,
+        cancel: Arc<Slot>,
+    ) -> Session {
+        Session {
+            door,
+            client,
+            cbuf,
+            key,
+            credential,
+            wanted,
+            names: HashMap::new(),
+            door_statements: HashMap::new(),
+            door_portals: HashMap::new(),
+            server: None,
+            expect: VecDeque::new(),
+            skipping: false,
+            status: b'I',
+            unsynced: false,
+            copy_in: false,
+            settings_changed: false,
+            unnamed_changes_settings: false,
+            pinned: None,
+            refusing: false,
+            cancel,
+            captured: BTreeMap::new(),
+        }
+    }
+
+    /// Relays until the client leaves or the door ends the session.
+    pub async fn run(mut self) -> Ended {
+        let ended = self.relay().await;
+        self.finish().await;
+        ended
+    }
+
+    async fn relay(&mut self) -> Ended {
+        let mut to_server = BytesMut::with_capacity(8192);
+        let mut to_client = BytesMut::with_capacity(8192);
+        loop {
+            // Whole client messages first: they may need a server.
+            loop {
+                let msg = match frame::split_message(&mut self.cbuf, self.door.settings.max_message)
+                {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(error) => return self.violation(error).await,
+                };
+                if msg[0] == b'X' {
+                    return Ended::Client;
+                }
+                if self.refusing {
+                    if matches!(msg[0], b'S' | b'Q') {
+                        self.refusing = false;
+                        frame::write_ready(&mut to_client, b'I');
+                    }
+                    continue;
+                }
+                if self.server.is_none() && self.answer_unlinked(&msg, &mut to_client) {
+                    continue;
+                }
+                if self.server.is_none() {
+                    if let Err(ended) = self.link(&mut to_server, &mut to_client, msg[0]).await {
+                        return ended;
+                    }
+                    if self.server.is_none() {
+                        continue;
+                    }
+                }
+                if let Err(ended) = self
+                    .client_message(msg, &mut to_server, &mut to_client)
+                    .await
+                {
+                    return ended;
+                }
+            }
+            if !to_server.is_empty() {
+                let sent = match self.server.as_mut() {
+                    Some(server) => server.stream.write_all(&to_server).await,
+                    None => Ok(()),
+                };
+                to_server.clear();
+                if sent.is_err() {
+                    return self.server_lost(&mut to_client).await;
+                }
+            }
+            if !to_client.is_empty() {
+                if self.client.write_all(&to_client).await.is_err() {
+                    return Ended::Client;
+                }
+                to_client.clear();
+            }
+            self.maybe_unlink(&mut to_server);
+            if !to_server.is_empty() {
+                continue;
+            }
+            // Then wait for the next bytes from either side.
+            let idle_in_tx = self.server.is_some()
+                && self.expect.is_empty()
+                && matches!(self.status, b'T' | b'E');
+            // A pinned client holds its connection between transactions: at shutdown it is
+            // idle, and told so, like an unlinked one.
+            let idle_and_pinned = self.server.is_some()
+                && self.expect.is_empty()
+                && self.status == b'I'
+                && !self.copy_in;
+            let tx_idle = self.door.settings.tx_idle_timeout;
+            let event = match self.server.as_mut() {
+                None => tokio::select! {
+                    read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
+                    _ = self.door.stopping.cancelled() => Event::Stop,
+                },
+                Some(server) => tokio::select! {
+                    read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
+                    read = server.stream.read_buf(&mut server.buf) => Event::Server(read),
+                    _ = tokio::time::sleep(tx_idle), if idle_in_tx => Event::IdleInTransaction,
+                    _ = self.door.grace_over.cancelled() => Event::Stop,
+                    _ = self.door.stopping.cancelled(), if idle_and_pinned => Event::Stop,
+                },
+            };
+            match event {
+                Event::Client(Ok(0) | Err(_)) => return Ended::Client,
+                Event::Client(Ok(_)) => {}
+                Event::Server(Ok(0) | Err(_)) => return self.server_lost(&mut to_client).await,
+                Event::Server(Ok(_)) => {
+                    if let Err(ended) = self.server_messages(&mut to_client) {
+                        return ended;
+                    }
+                }
+                Event::IdleInTransaction => {
+                    return self
+                        .terminate(
+                            "25P03",
+                            "terminating connection due to idle-in-transaction timeout",
+                        )
+                        .await;
+                }
+                Event::Stop => {
+                    return self
+                        .terminate(
+                            "57P01",
+                            "terminating connection due to administrator command",
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Gets a server connection for the transaction the client is starting, and brings its
+    /// settings to what the client's session has.
+    async fn link(
+        &mut self,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+        first: u8,
+    ) -> Result<(), Ended> {
+        if self.door.stopping.is_cancelled() {
+            return Err(self
+                .terminate(
+                    "57P01",
+                    "terminating connection due to administrator command",
+                )
+                .await);
+        }
+        self.door.clients.waiting(1);
+        let got = self.door.pools.acquire(&self.key, &self.credential).await;
+        self.door.clients.waiting(-1);
+        let mut server = match got {
+            Ok(server) => server,
+            Err(error) => {
+                let (code, message) = match &error {
+                    AcquireError::Overloaded { waiting } => (
+                        "53300",
+                        format!(
+                            "too many clients waiting for a server connection ({waiting} already waiting, PGWAY_MAX_WAITING)"
+                        ),
+                    ),
+                    AcquireError::Timeout { last } => (
+                        "53300",
+                        match last {
+                            Some(error) => format!(
+                                "no server connection within PGWAY_ACQUIRE_TIMEOUT: {}",
+                                error.message
+                            ),
+                            None => "no server connection became free within PGWAY_ACQUIRE_TIMEOUT"
+                                .to_owned(),
+                        },
+                    ),
+                    AcquireError::Login(error) => {
+                        if let Some(response) = &error.response {
+                            to_client.extend_from_slice(response);
+                            return Err(self
+                                .flush_and_end(to_client, "server refused login")
+                                .await);
+                        }
+                        ("08006", error.message.clone())
+                    }
+                    AcquireError::Closing => {
+                        return Err(self
+                            .terminate(
+                                "57P01",
+                                "terminating connection due to administrator command",
+                            )
+                            .await);
+                    }
+                };
+                debug!(code, %message, "no server connection");
+                frame::write_error(to_client, "ERROR", code, &message, None);
+                // Whatever the client sent up to its Sync is dropped; the Sync (or a simple
+                // Query) gets the ReadyForQuery.
+                if first == b'Q' {
+                    frame::write_ready(to_client, b'I');
+                } else if first != b'S' {
+                    self.refusing = true;
+                } else {
+                    frame::write_ready(to_client, b'I');
+                }
+                return Ok(());
+            }
+        };
+        self.door.clients.linked(1);
+        self.cancel.link(server.pid, server.secret).await;
+        if server.applied != self.wanted {
+            let sql = replay(&self.wanted);
+            frame::write_query(to_server, &sql);
+            self.expect.push_back(Expect::Own { read: false });
+            server.applied = self.wanted.clone();
+        }
+        self.skipping = false;
+        self.unsynced = false;
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Gives the server connection back once the transaction is over.
+    fn maybe_unlink(&mut self, to_server: &mut BytesMut) {
+        if !(self.expect.is_empty()
+            && self.status == b'I'
+            && !self.unsynced
+            && !self.copy_in
+            && self.pinned.is_none()
+            && self.server.is_some())
+        {
+            return;
+        }
+        if self.settings_changed {
+            // Read back what the session has now, so the next link carries it.
+            self.settings_changed = false;
+            self.captured.clear();
+            frame::write_query(
+                to_server,
+                "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'",
+            );
+            self.expect.push_back(Expect::Own { read: true });
+            return;
+        }
+        if let Some(server) = self.server.take() {
+            let cancel = Arc::clone(&self.cancel);
+            let pools = self.door.pools.clone();
+            let key = Arc::clone(&self.key);
+            self.door.clients.linked(-1);
+            // The cancel slot is cleared before the connection goes to anyone else; a cancel
+            // being sent right now is waited for (see cancel.rs).
+            if cancel.try_unlink() {
+                pools.release(&key, server);
+            } else {
+                tokio::spawn(async move {
+                    cancel.unlink().await;
+                    pools.release(&key, server);
+                });
+            }
+        }
+    }
+
+    /// The server connection failed under the client: it can't know what was applied.
+    async fn server_lost(&mut self, to_client: &mut BytesMut) -> Ended {
+        if let Some(mut server) = self.server.take() {
+            server.broken = true;
+            self.door.clients.linked(-1);
+            self.cancel.unlink().await;
+            self.door.pools.close(server, CloseReason::Broken);
+        }
+        frame::write_error(
+            to_client,
+            "FATAL",
+            "08006",
+            "the server connection was lost; whether the transaction in progress was applied is unknown",
+            None,
+        );
+        self.flush_and_end(to_client, "server connection lost")
+            .await
+    }
+
+    async fn violation(&mut self, error: FrameError) -> Ended {
+        let mut out = BytesMut::new();
+        frame::write_error(
+            &mut out,
+            "FATAL",
+            "08P01",
+            &format!("invalid frontend message: {error}"),
+            None,
+        );
+        self.flush_and_end(&mut out, "protocol violation").await
+    }
+
+    async fn terminate(&mut self, code: &str, message: &str) -> Ended {
+        let mut out = BytesMut::new();
+        frame::write_error(&mut out, "FATAL", code, message, None);
+        let _ = self.client.write_all(&out).await;
+        let _ = self.client.shutdown().await;
+        Ended::Door(if code == "25P03" {
+            "idle in transaction"
+        } else {
+            "shutdown"
+        })
+    }
+
+    async fn flush_and_end(&mut self, out: &mut BytesMut, why: &'static str) -> Ended {
+        let _ = self.client.write_all(out).await;
+        let _ = self.client.shutdown().await;
+        Ended::Door(why)
+    }
+
+    /// After the client is gone or was ended: what it left on its server connection is
+    /// cancelled, drained and rolled back; the connection is pooled again only if it is then
+    /// confirmed idle, and a pinned one only after DISCARD ALL.
+    async fn finish(&mut self) {
+        let was_pinned = self.pinned.take().is_some();
+        if was_pinned {
+            self.door.clients.unpin();
+        }
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        self.door.clients.linked(-1);
+        let outstanding = !self.expect.is_empty() || self.copy_in || self.unsynced;
+        let needs_reset = matches!(self.status, b'T' | b'E') || outstanding || was_pinned;
+        if outstanding && !server.broken {
+            let target = self.door.pools.target().clone();
+            let _ = super::server::cancel(&target, server.pid, server.secret).await;
+        }
+        self.cancel.unlink().await;
+        if server.broken {
+            self.door.pools.close(server, CloseReason::Broken);
+            return;
+        }
+        if !needs_reset {
+            self.door.pools.release(&self.key, server);
+            return;
+        }
+        // Every ReadyForQuery still owed, then those of the reset's Sync and two queries.
+        let owed = self
+            .expect
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Expect::Answer {
+                        end: End::Ready,
+                        ..
+                    } | Expect::Own { .. }
+                )
+            })
+            .count()
+            + 3;
+        let copy_in = self.copy_in;
+        let reset = async {
+            let mut out = BytesMut::new();
+            if copy_in {
+                let reason = b"client disconnected\0";
+                out.put_u8(b'f');
+                out.put_i32((4 + reason.len()) as i32);
+                out.put_slice(reason);
+            }
+            out.extend_from_slice(b"S\0\0\0\x04");
+            frame::write_query(&mut out, "ROLLBACK");
+            frame::write_query(&mut out, "DISCARD ALL");
+            server.stream.write_all(&out).await.ok()?;
+            let mut seen = 0;
+            loop {
+                let msg = super::server::read_message(&mut server.stream, &mut server.buf)
+                    .await
+                    .ok()?;
+                if msg[0] == b'Z' {
+                    seen += 1;
+                    if seen == owed {
+                        return (msg.get(5) == Some(&b'I')).then_some(());
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), reset).await {
+            Ok(Some(())) => {
+                server.applied.clear();
+                server.prepared.clear();
+                self.door.pools.release(&self.key, server);
+            }
+            _ => self.door.pools.close(server, CloseReason::ResetFailed),
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! What the server sends, relayed or swallowed as the queue of expected answers says.
+
+use super::*;
+
+impl Session {
+    /// Relays what the server sent, as the queue says.
+    pub(super) fn server_messages(&mut self, to_client: &mut BytesMut) -> Result<(), Ended> {
+        loop {
+            let Some(server) = self.server.as_mut() else {
+                return Ok(());
+            };
+            let msg = match frame::split_message(&mut server.buf, 1 << 30) {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Ok(()),
+                Err(_) => {
+                    server.broken = true;
+                    return Ok(());
+                }
+            };
+            let tag = msg[0];
+            let own = matches!(self.expect.front(), Some(Expect::Own { .. }));
+            match tag {
+                b'N' | b'A' | b'S' => {
+                    if !own {
+                        to_client.extend_from_slice(&msg);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            match self.expect.front_mut() {
+                None => {
+                    // Unasked for: a FATAL as the server ends the connection.
+                    if tag == b'E' {
+                        server.broken = true;
+                    }
+                    to_client.extend_from_slice(&msg);
+                }
+                Some(Expect::Own { read }) => {
+                    let read = *read;
+                    match tag {
+                        b'D' if read => {
+                            if let Some((name, value)) = two_texts(&msg) {
+                                self.captured.insert(name, value);
+                            }
+                        }
+                        b'E' => {
+                            let fields = frame::read_error(&msg);
+                            warn!(code = %fields.code, message = %fields.message, "the door's own statement failed");
+                            if fields.severity == "FATAL" {
+                                server.broken = true;
+                            }
+                        }
+                        b'Z' => {
+                            self.expect.pop_front();
+                            if read {
+                                let now = std::mem::take(&mut self.captured);
+                                server.applied = now.clone();
+                                self.wanted = now;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Expect::Answer {
+                    end,
+                    swallow,
+                    parse,
+                    bind,
+                }) => {
+                    let (end, swallow, parse, bind) = (*end, *swallow, *parse, *bind);
+                    if tag == b'E' {
+                        let fields = frame::read_error(&msg);
+                        to_client.extend_from_slice(&msg);
+                        if fields.severity == "FATAL" || fields.severity == "PANIC" {
+                            server.broken = true;
+                        }
+                        if let Some(id) = parse {
+                            server.prepared.pop(&id);
+                        }
+                        if fields.code == "0A000"
+                            && let Some(id) = bind
+                        {
+                            // "cached plan must not change result type": this name is stale
+                            // everywhere. It stays prepared here (Parsing it again would
+                            // fail: it exists) until the LRU closes it; clients move to a
+                            // fresh name.
+                            self.door.statements.retire(id);
+                        }
+                        if fields.code == "26000"
+                            && let Some(id) = bind
+                        {
+                            // The server lacks a statement the door thought it had.
+                            server.prepared.pop(&id);
+                        }
+                        if end != End::Ready {
+                            // The server skips everything up to the next Sync: the Parses
+                            // among those never happened.
+                            self.expect.pop_front();
+                            while let Some(next) = self.expect.front() {
+                                if matches!(
+                                    next,
+                                    Expect::Answer {
+                                        end: End::Ready,
+                                        ..
+                                    }
+                                ) {
+                                    break;
+                                }
+                                if let Some(Expect::Answer {
+                                    parse: Some(id), ..
+                                }) = self.expect.pop_front()
+                                {
+                                    server.prepared.pop(&id);
+                                }
+                            }
+                            if self.expect.is_empty() {
+                                self.skipping = true;
+                            }
+                        }
+                    } else {
+                        if !swallow {
+                            to_client.extend_from_slice(&msg);
+                        }
+                        match tag {
+                            b'Z' => self.status = msg.get(5).copied().unwrap_or(b'I'),
+                            b'G' => self.copy_in = true,
+                            b'C' => {
+                                let tag = frame::read_command_tag(&msg);
+                                if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+                                    server.prepared.clear();
+                                    // The client's session lost its statements too.
+                                    self.names.clear();
+                                    self.door_statements.clear();
+                                    self.door_portals.clear();
+                                }
+                            }
+                            _ => {}
+                        }
+                        if end.by(tag) {
+                            self.expect.pop_front();
+                        }
+                    }
+                }
+                Some(Expect::Reply(_)) => {}
+            }
+            // Replies of the door's own now at the head go out in their place.
+            while let Some(Expect::Reply(_)) = self.expect.front() {
+                if let Some(Expect::Reply(bytes)) = self.expect.pop_front() {
+                    to_client.extend_from_slice(&bytes);
+                }
+            }
+        }
+    }
+}
