@@ -91,7 +91,7 @@ fn make(id: u64, query: &[u8], types: &[u8]) -> Statement {
         name: Bytes::from(format!("pgway_{id}")),
         query: Bytes::copy_from_slice(query),
         types: Bytes::copy_from_slice(types),
-        changes_settings: crate::core::sql::session_effect(query).settings,
+        changes_settings: crate::core::sql::session_effect(query, true).settings,
         retired: AtomicBool::new(false),
     }
 }

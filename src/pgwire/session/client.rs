@@ -22,7 +22,7 @@ impl Session {
                     to_client.extend_from_slice(frame::PARSE_COMPLETE);
                     return true;
                 }
-                if parse.name.is_empty() || session_effect(parse.query) != Default::default() {
+                if parse.name.is_empty() || !session_effect(parse.query, true).is_plain() {
                     return false;
                 }
                 self.door_statements.remove(parse.name);
@@ -93,7 +93,7 @@ impl Session {
                     frame::write_parse(to_server, parse.name, refusal.as_bytes(), &[0, 0]);
                     self.expect_answer(End::ParseComplete);
                 } else if parse.name.is_empty() {
-                    self.unnamed_changes_settings = session_effect(parse.query).settings;
+                    self.unnamed_changes_settings = session_effect(parse.query, true).settings;
                     to_server.extend_from_slice(&msg);
                     self.expect_answer(End::ParseComplete);
                 } else {

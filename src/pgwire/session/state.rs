@@ -9,7 +9,7 @@ impl Session {
     /// statements are refused (`PGWAY_PG_SESSION_STATE=error`, or too many pinned clients).
     /// The refusal runs on the server, so the transaction fails there as the client sees it.
     pub(super) fn effect(&mut self, sql: &[u8]) -> Option<String> {
-        let effect = session_effect(sql);
+        let effect = session_effect(sql, true);
         if effect.settings {
             self.settings_changed = true;
         }

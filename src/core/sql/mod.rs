@@ -6,6 +6,11 @@
 //! The reading is deliberately generous: a false "may change the session" costs one reset round
 //! trip, a miss would leak one caller's session into another's.
 
+mod effect;
+pub mod lexer;
+
+pub use effect::{PinReason, Resets, SessionEffect, session_effect};
+
 /// A statement a single pooled statement must not run. Each door says what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -140,123 +145,6 @@ pub fn changes_identity(sql: &str) -> bool {
         .any(|pair| pair[0] == "request" && pair[1] == "jwt")
 }
 
-/// Why a client's session can't be carried from one server connection to the next: what it
-/// made lives in the server's backend itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PinReason {
-    TempTable,
-    AdvisoryLock,
-    Listen,
-    HoldCursor,
-    SqlPrepare,
-    SetRole,
-    Load,
-}
-
-impl PinReason {
-    /// The label in logs and metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            PinReason::TempTable => "temp_table",
-            PinReason::AdvisoryLock => "advisory_lock",
-            PinReason::Listen => "listen",
-            PinReason::HoldCursor => "cursor_with_hold",
-            PinReason::SqlPrepare => "sql_prepare",
-            PinReason::SetRole => "set_role",
-            PinReason::Load => "load",
-        }
-    }
-
-    /// The statement, as a refusal names it.
-    pub fn statement(self) -> &'static str {
-        match self {
-            PinReason::TempTable => "CREATE TEMPORARY TABLE",
-            PinReason::AdvisoryLock => "session-level advisory locks",
-            PinReason::Listen => "LISTEN",
-            PinReason::HoldCursor => "DECLARE ... WITH HOLD",
-            PinReason::SqlPrepare => "PREPARE",
-            PinReason::SetRole => "SET ROLE / SET SESSION AUTHORIZATION",
-            PinReason::Load => "LOAD",
-        }
-    }
-}
-
-/// What a statement may do to the session it runs in, beyond its transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SessionEffect {
-    /// It may change settings (`SET`, `RESET`, `set_config`, `DISCARD`): read them afterwards.
-    pub settings: bool,
-    /// It creates state only its own backend can hold.
-    pub pins: Option<PinReason>,
-}
-
-/// Reads a statement (or several, `;`-separated) for its effect on the session. Run on every
-/// statement of the PostgreSQL door, so it allocates nothing and most statements are read up
-/// to their first word only; it errs on the side of `settings` (one extra round trip), and of
-/// not pinning where a word could be an identifier.
-pub fn session_effect(sql: &[u8]) -> SessionEffect {
-    let mut effect = SessionEffect::default();
-    // Functions can appear anywhere, as a whole word or not.
-    if contains_ignore_case(sql, b"set_config") {
-        effect.settings = true;
-    }
-    if contains_ignore_case(sql, b"pg_advisory_lock")
-        || contains_ignore_case(sql, b"pg_try_advisory_lock")
-    {
-        effect.pins = Some(PinReason::AdvisoryLock);
-    }
-    for statement in sql.split(|&b| b == b';') {
-        let mut words = statement
-            .split(|b: &u8| !(b.is_ascii_alphanumeric() || *b == b'_'))
-            .filter(|w| !w.is_empty());
-        let Some(first) = words.next() else { continue };
-        let is = |w: &[u8], k: &str| w.eq_ignore_ascii_case(k.as_bytes());
-        if is(first, "set") || is(first, "reset") {
-            match words.next() {
-                Some(w) if is(w, "local") || is(w, "transaction") => {}
-                Some(w) if is(w, "role") => effect.pins = effect.pins.or(Some(PinReason::SetRole)),
-                Some(w) if is(w, "session") => match words.next() {
-                    Some(w) if is(w, "authorization") || is(w, "role") => {
-                        effect.pins = effect.pins.or(Some(PinReason::SetRole))
-                    }
-                    _ => effect.settings = true,
-                },
-                _ => effect.settings = true,
-            }
-        } else if is(first, "discard") {
-            effect.settings = true;
-        } else if is(first, "listen") {
-            effect.pins = effect.pins.or(Some(PinReason::Listen));
-        } else if is(first, "prepare") {
-            effect.pins = effect.pins.or(Some(PinReason::SqlPrepare));
-        } else if is(first, "load") {
-            effect.pins = effect.pins.or(Some(PinReason::Load));
-        } else if is(first, "declare") {
-            if contains_ignore_case(statement, b"with hold") {
-                effect.pins = effect.pins.or(Some(PinReason::HoldCursor));
-            }
-        } else if is(first, "create") {
-            // CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} ...: the word that
-            // follows those (never a table's name, which comes after TABLE).
-            let kind = words
-                .find(|w| !(is(w, "or") || is(w, "replace") || is(w, "global") || is(w, "local")));
-            if kind.is_some_and(|w| is(w, "temp") || is(w, "temporary")) {
-                effect.pins = effect.pins.or(Some(PinReason::TempTable));
-            }
-        } else if is(first, "select") && contains_ignore_case(statement, b"into temp") {
-            effect.pins = effect.pins.or(Some(PinReason::TempTable));
-        }
-    }
-    effect
-}
-
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.len() >= needle.len()
-        && haystack
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,51 +234,5 @@ mod tests {
             Err(Refusal::CopyOverProtocol)
         ));
         assert!(classify("SELECT 'begin'").is_ok());
-    }
-
-    #[test]
-    fn session_effects_are_read() {
-        let effect = |sql: &str| session_effect(sql.as_bytes());
-        assert_eq!(
-            effect("SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
-            SessionEffect::default()
-        );
-        assert!(effect("SET search_path TO app").settings);
-        assert!(effect("begin; set TIME ZONE 'UTC'; commit").settings);
-        assert!(effect("select set_config('a.b', '1', false)").settings);
-        assert!(!effect("SET LOCAL statement_timeout = 5").settings);
-        assert!(effect("DISCARD ALL").settings);
-        let pin = |sql: &str| effect(sql).pins;
-        assert_eq!(
-            pin("CREATE TEMP TABLE t (a int)"),
-            Some(PinReason::TempTable)
-        );
-        assert_eq!(
-            pin("create global temporary table t (a int)"),
-            Some(PinReason::TempTable)
-        );
-        assert_eq!(pin("CREATE TABLE temp (a int)"), None);
-        assert_eq!(
-            pin("CREATE OR REPLACE TEMP VIEW v AS SELECT 1"),
-            Some(PinReason::TempTable)
-        );
-        assert_eq!(
-            pin("SELECT pg_advisory_lock(1)"),
-            Some(PinReason::AdvisoryLock)
-        );
-        assert_eq!(pin("SELECT pg_advisory_xact_lock(1)"), None);
-        assert_eq!(pin("LISTEN chan"), Some(PinReason::Listen));
-        assert_eq!(pin("PREPARE q AS SELECT 1"), Some(PinReason::SqlPrepare));
-        assert_eq!(pin("SET ROLE app"), Some(PinReason::SetRole));
-        assert_eq!(
-            pin("SET SESSION AUTHORIZATION app"),
-            Some(PinReason::SetRole)
-        );
-        assert_eq!(
-            pin("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
-            Some(PinReason::HoldCursor)
-        );
-        assert_eq!(pin("DECLARE c CURSOR FOR SELECT 1"), None);
-        assert_eq!(pin("SELECT 1 AS listen"), None);
     }
 }
