@@ -75,7 +75,9 @@ impl Cancels {
         let slot = Arc::new(Slot::default());
         let mut rng = rand::rng();
         loop {
-            let key = (rng.random_range(1..i32::MAX), rng.random::<i32>());
+            // Above any pid Linux hands out (2^22): a client calling pg_terminate_backend or
+            // pg_cancel_backend on the pid the door gave it can't hit a real backend.
+            let key = (rng.random_range(1 << 22..i32::MAX), rng.random::<i32>());
             let Ok(mut slots) = self.slots.lock() else {
                 return (key, slot);
             };

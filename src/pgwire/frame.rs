@@ -188,6 +188,36 @@ pub fn read_bind(msg: &[u8]) -> Result<BindParts<'_>, FrameError> {
     Ok((portal, statement, b))
 }
 
+/// The value of parameter `n` (1-based) in what follows a Bind's names ([`read_bind`]'s
+/// `rest`); `None` if it is NULL or the message is short.
+pub fn bind_param(rest: &[u8], n: u32) -> Option<&[u8]> {
+    let mut b = rest;
+    if b.len() < 2 {
+        return None;
+    }
+    let formats = usize::try_from(b.get_i16()).ok()?;
+    b = b.get(formats * 2..)?;
+    if b.len() < 2 {
+        return None;
+    }
+    let count = u32::try_from(b.get_i16()).ok()?;
+    if n == 0 || n > count {
+        return None;
+    }
+    for i in 1..=n {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = b.get_i32();
+        let len = usize::try_from(len).ok();
+        if i == n {
+            return b.get(..len?);
+        }
+        b = b.get(len.unwrap_or(0)..)?;
+    }
+    None
+}
+
 /// Writes a Bind naming `statement` with the rest of the client's Bind unchanged.
 pub fn write_bind(out: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
     let len = 4 + portal.len() + 1 + statement.len() + 1 + rest.len();
@@ -352,6 +382,10 @@ pub fn write_command_complete(out: &mut BytesMut, tag: &str) {
 
 /// ParseComplete.
 pub const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+/// Bind of the unnamed statement to the unnamed portal, no parameters, then Execute of it.
+pub const BIND_EXECUTE_UNNAMED: &[u8] = &[
+    b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0,
+];
 /// BindComplete.
 pub const BIND_COMPLETE: &[u8] = &[b'2', 0, 0, 0, 4];
 /// NoData.

@@ -128,10 +128,14 @@ pub struct ServerConn {
     pub buf: BytesMut,
     pub pid: i32,
     pub secret: i32,
-    /// The ParameterStatus values of the login.
+    /// The ParameterStatus values it reported last (at login, then as they changed).
     pub params: Vec<(String, String)>,
     /// The session settings applied on it now beyond its defaults (`source = 'session'`).
     pub applied: BTreeMap<String, String>,
+    /// Something ran on it that may have changed settings the door can't list (custom ones,
+    /// in a `DO` block or a function): the next link starts from `RESET ALL` whatever
+    /// `applied` says.
+    pub reset_needed: bool,
     /// The door's global statements prepared on it, least recently used first out.
     pub prepared: LruCache<u64, ()>,
     pub opened: Instant,
@@ -152,16 +156,44 @@ impl std::fmt::Debug for ServerConn {
 
 impl ServerConn {
     /// Whether an idle connection has been closed under it (the database restarted, or ended
-    /// it): anything readable on an idle connection is a goodbye (FATAL or EOF). Polled once,
-    /// without waiting, so checking costs no round trip.
+    /// it). Polled without waiting, so checking costs no round trip. What an idle backend may
+    /// send unasked is read here, not left for the next client: a ParameterStatus (a reload
+    /// changed a reported setting) updates [`ServerConn::params`] and a notice is dropped; a
+    /// FATAL, the end of the stream, or a notification (a LISTEN no client owns any more) mean
+    /// the connection can't be pooled.
     pub fn closed_while_idle(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        let mut scratch = [0u8; 256];
-        let mut read = ReadBuf::new(&mut scratch);
-        !matches!(
-            Pin::new(&mut self.stream).poll_read(&mut cx, &mut read),
-            Poll::Pending
-        )
+        let mut scratch = [0u8; 1024];
+        loop {
+            let mut read = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.stream).poll_read(&mut cx, &mut read) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return true,
+                Poll::Ready(Ok(())) => self.buf.extend_from_slice(read.filled()),
+                Poll::Ready(Err(_)) => return true,
+            }
+        }
+        loop {
+            match super::frame::split_message(&mut self.buf, 1 << 20) {
+                Ok(None) => return false,
+                Ok(Some(msg)) => match msg[0] {
+                    b'S' => self.note_parameter(&msg),
+                    b'N' => {}
+                    _ => return true,
+                },
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Keeps what a ParameterStatus reports as the connection's current value.
+    pub fn note_parameter(&mut self, msg: &[u8]) {
+        if let Some((name, value)) = super::frame::read_parameter_status(msg) {
+            match self.params.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = value,
+                None => self.params.push((name, value)),
+            }
+        }
     }
 }
 
@@ -191,6 +223,7 @@ pub async fn connect(
         secret,
         params,
         applied: BTreeMap::new(),
+        reset_needed: false,
         prepared: LruCache::new(prepared_cap),
         opened: now,
         idle_since: now,

@@ -361,8 +361,7 @@ async fn start(door: &Arc<Door>, tcp: TcpStream) -> Option<Login> {
             return None;
         }
     };
-    let mut reported: Vec<(String, String)> = server.params.clone();
-    let applied = if server.applied != wanted {
+    let applied = if server.applied != wanted || server.reset_needed {
         let sql = replay(&wanted);
         let mut q = BytesMut::new();
         frame::write_query(&mut q, &sql);
@@ -372,14 +371,7 @@ async fn start(door: &Arc<Door>, tcp: TcpStream) -> Option<Login> {
         while ok {
             match super::server::read_message(&mut server.stream, &mut server.buf).await {
                 Ok(msg) => match msg[0] {
-                    b'S' => {
-                        if let Some((name, value)) = frame::read_parameter_status(&msg) {
-                            match reported.iter_mut().find(|(n, _)| *n == name) {
-                                Some(slot) => slot.1 = value,
-                                None => reported.push((name, value)),
-                            }
-                        }
-                    }
+                    b'S' => server.note_parameter(&msg),
                     b'E' => error = Some(msg),
                     b'Z' => break,
                     _ => {}
@@ -404,9 +396,11 @@ async fn start(door: &Arc<Door>, tcp: TcpStream) -> Option<Login> {
     };
     if applied {
         server.applied = wanted.clone();
+        server.reset_needed = false;
     }
-    // Once more with what the server now reports for this session.
-    for (name, value) in &reported {
+    // What the connection reports now, with the client's settings applied (kept up to date
+    // from every ParameterStatus it sent, since PostgreSQL reports only what changes).
+    for (name, value) in &server.params {
         frame::write_parameter_status(&mut out, name, value);
     }
     door.pools.release(&key, server);

@@ -1,7 +1,9 @@
 //! Named prepared statements in transaction mode.
 //!
 //! A client's named statement may be bound on any server connection, so the door gives each
-//! distinct (query text, parameter types) one global name (`pgway_<n>`) and prepares it on a
+//! distinct (query text, parameter types) one global name (`pgway_<random>_<n>`, the random
+//! part new each time the gateway starts, so no client can guess a name another client's Binds
+//! will use) and prepares it on a
 //! server connection the first time that connection needs it. Each connection tracks what it
 //! has, with a bound (least recently used closed first); each client maps its own names to the
 //! global ones.
@@ -12,6 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::core::sql::{SessionEffect, session_effect};
+
 /// One global statement: what to send in its Parse.
 #[derive(Debug)]
 pub struct Statement {
@@ -19,8 +23,10 @@ pub struct Statement {
     pub name: Bytes,
     pub query: Bytes,
     pub types: Bytes,
-    /// Running it may change session settings (read once, for every Bind).
-    pub changes_settings: bool,
+    /// What running it does to the session (read once, for every Bind).
+    pub effect: SessionEffect,
+    /// The catalog epoch it was made in (see [`Registry::catalog_changed`]).
+    epoch: u64,
     /// Its plan went stale: clients that still name it are moved to a fresh statement of the
     /// same text, never prepared anywhere (this name may still be prepared on some servers,
     /// with the stale plan, until their LRU closes it).
@@ -34,15 +40,28 @@ impl Statement {
 }
 
 /// The gateway-wide registry of global statements. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
+    /// `pgway_<random>_`: what every global name starts with.
+    prefix: Arc<str>,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            inner: Arc::default(),
+            prefix: format!("pgway_{:016x}_", rand::random::<u64>()).into(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     by_text: HashMap<(Bytes, Bytes), Arc<Statement>>,
     next: u64,
+    /// Bumped by every CREATE, ALTER or DROP the door sees complete.
+    epoch: u64,
 }
 
 impl Registry {
@@ -50,14 +69,23 @@ impl Registry {
     pub fn statement(&self, query: &[u8], types: &[u8]) -> Arc<Statement> {
         let Ok(mut inner) = self.inner.lock() else {
             // Poisoned only by a panic elsewhere; a private statement still works.
-            return Arc::new(make(u64::MAX, query, types));
+            return Arc::new(self.make(u64::MAX, query, types));
         };
         let key = (Bytes::copy_from_slice(query), Bytes::copy_from_slice(types));
         if let Some(found) = inner.by_text.get(&key) {
-            return Arc::clone(found);
+            if found.epoch == inner.epoch {
+                return Arc::clone(found);
+            }
+            // DDL ran since it was made. Directly, a Parse now is analysed against the catalog
+            // as it is now (a parameter's type is fixed at Parse and may name a type that is
+            // gone: "cache lookup failed for type" at Bind), so the text gets a new global
+            // name, Parsed anew on each server connection. Clients that already name the old
+            // one keep it, as their statement would stay prepared directly.
         }
         inner.next += 1;
-        let statement = Arc::new(make(inner.next, query, types));
+        let mut made = self.make(inner.next, query, types);
+        made.epoch = inner.epoch;
+        let statement = Arc::new(made);
         inner.by_text.insert(key, Arc::clone(&statement));
         statement
     }
@@ -75,6 +103,31 @@ impl Registry {
         }
     }
 
+    /// A statement that changes the catalog (CREATE, ALTER, DROP) completed: statements made
+    /// before it are not reused for a new Parse of their text.
+    pub fn catalog_changed(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.epoch += 1;
+        }
+    }
+
+    /// The global name of statement `id`.
+    pub fn name(&self, id: u64) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    fn make(&self, id: u64, query: &[u8], types: &[u8]) -> Statement {
+        Statement {
+            id,
+            name: Bytes::from(self.name(id)),
+            query: Bytes::copy_from_slice(query),
+            types: Bytes::copy_from_slice(types),
+            effect: session_effect(query, true),
+            epoch: 0,
+            retired: AtomicBool::new(false),
+        }
+    }
+
     /// How many distinct statements are known.
     pub fn len(&self) -> usize {
         self.inner.lock().map(|i| i.by_text.len()).unwrap_or(0)
@@ -82,17 +135,6 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-fn make(id: u64, query: &[u8], types: &[u8]) -> Statement {
-    Statement {
-        id,
-        name: Bytes::from(format!("pgway_{id}")),
-        query: Bytes::copy_from_slice(query),
-        types: Bytes::copy_from_slice(types),
-        changes_settings: crate::core::sql::session_effect(query, true).settings,
-        retired: AtomicBool::new(false),
     }
 }
 
@@ -113,6 +155,24 @@ mod tests {
         assert_ne!(
             registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23]).id,
             a.id
+        );
+        let before = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        registry.catalog_changed();
+        let after = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        // After DDL a Parse of the same text gets a new name; clients naming the old one
+        // keep it.
+        assert_ne!(after.id, before.id);
+        assert!(!before.is_retired());
+        assert_eq!(
+            registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23]).id,
+            after.id
+        );
+        // Another gateway (or the same one restarted) names its statements otherwise.
+        assert_ne!(
+            a.name,
+            Registry::default()
+                .statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23])
+                .name
         );
     }
 }

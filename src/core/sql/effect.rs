@@ -75,6 +75,17 @@ impl Resets {
         }
     }
 
+    /// Adds what a later statement reset.
+    pub fn merge(&mut self, later: &Resets) {
+        if later.all {
+            *self = later.clone();
+            return;
+        }
+        for name in &later.names {
+            self.reset(name.clone());
+        }
+    }
+
     fn reset(&mut self, name: String) {
         self.kept.retain(|k| *k != name);
         if !self.names.contains(&name) {

@@ -22,14 +22,29 @@ impl Session {
                     to_client.extend_from_slice(frame::PARSE_COMPLETE);
                     return true;
                 }
-                if parse.name.is_empty() || !session_effect(parse.query, true).is_plain() {
+                if parse.name.is_empty() {
+                    return false;
+                }
+                let statement = self.door.statements.statement(parse.query, parse.types);
+                if !self.statement_effect(&statement).is_plain() {
                     return false;
                 }
                 self.door_statements.remove(parse.name);
-                let statement = self.door.statements.statement(parse.query, parse.types);
                 self.names
                     .insert(Bytes::copy_from_slice(parse.name), statement);
                 to_client.extend_from_slice(frame::PARSE_COMPLETE);
+                true
+            }
+            b'Q' => {
+                // A DEALLOCATE of the client's own names needs no server connection.
+                let Ok(sql) = frame::read_query(msg) else {
+                    return false;
+                };
+                let Some(reply) = self.deallocate(sql) else {
+                    return false;
+                };
+                to_client.extend_from_slice(&reply);
+                frame::write_ready(to_client, self.status);
                 true
             }
             b'S' => {
@@ -69,12 +84,17 @@ impl Session {
                     self.reply(to_client, ready.freeze());
                     return Ok(());
                 }
-                if let Some(refusal) = self.effect(sql) {
+                let effect = self.read(sql);
+                if let Some(refusal) = self.admit(&effect) {
                     frame::write_query(to_server, &refusal);
                 } else {
+                    self.note(&effect, None);
                     to_server.extend_from_slice(&msg);
                 }
+                // The Query's ReadyForQuery also ends any extended messages before it.
+                self.unsynced = false;
                 self.expect_answer(End::Ready);
+                self.restore_startup(to_server);
             }
             b'P' => {
                 let parse = match frame::read_parse(&msg) {
@@ -88,16 +108,27 @@ impl Session {
                     self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
                     return Ok(());
                 }
-                let refusal = self.effect(parse.query);
-                if let Some(refusal) = refusal {
-                    frame::write_parse(to_server, parse.name, refusal.as_bytes(), &[0, 0]);
-                    self.expect_answer(End::ParseComplete);
-                } else if parse.name.is_empty() {
-                    self.unnamed_changes_settings = session_effect(parse.query, true).settings;
+                if parse.name.is_empty() {
+                    let effect = self.read(parse.query);
+                    if let Some(refusal) = self.admit(&effect) {
+                        self.refuse_parse(&refusal, to_server);
+                        return Ok(());
+                    }
+                    self.unnamed = Some(Unnamed {
+                        query: Bytes::copy_from_slice(parse.query),
+                        types: Bytes::copy_from_slice(parse.types),
+                        effect: Arc::new(effect),
+                    });
+                    self.unnamed_here = true;
                     to_server.extend_from_slice(&msg);
                     self.expect_answer(End::ParseComplete);
                 } else {
                     let statement = self.door.statements.statement(parse.query, parse.types);
+                    let effect = self.statement_effect(&statement);
+                    if let Some(refusal) = self.admit(&effect) {
+                        self.refuse_parse(&refusal, to_server);
+                        return Ok(());
+                    }
                     self.names
                         .insert(Bytes::copy_from_slice(parse.name), Arc::clone(&statement));
                     if self.has(&statement) {
@@ -120,17 +151,18 @@ impl Session {
                     self.reply(to_client, Bytes::from_static(frame::BIND_COMPLETE));
                     return Ok(());
                 }
-                let statement = self.current(name);
-                let changes_settings = match &statement {
-                    _ if name.is_empty() => self.unnamed_changes_settings,
-                    Some(statement) => statement.changes_settings,
-                    None => false,
-                };
-                if changes_settings {
-                    self.settings_changed = true;
+                if name.is_empty() {
+                    self.ensure_unnamed(to_server);
+                    if let Some(unnamed) = &self.unnamed {
+                        let effect = Arc::clone(&unnamed.effect);
+                        self.note(&effect, Some(rest));
+                    }
                 }
+                let statement = (!name.is_empty()).then(|| self.current(name)).flatten();
                 match statement {
-                    Some(statement) if !name.is_empty() => {
+                    Some(statement) => {
+                        let effect = self.statement_effect(&statement);
+                        self.note(&effect, Some(rest));
                         self.ensure(&statement, to_server);
                         frame::write_bind(to_server, portal, &statement.name, rest);
                         self.expect.push_back(Expect::Answer {
@@ -138,6 +170,7 @@ impl Session {
                             swallow: false,
                             parse: None,
                             bind: Some(statement.id),
+                            copy_ends: self.copy_ends,
                         });
                     }
                     _ => {
@@ -192,6 +225,9 @@ impl Session {
                         self.reply(to_client, Bytes::from_static(frame::CLOSE_COMPLETE));
                     }
                     _ => {
+                        if kind == b'S' && name.is_empty() {
+                            self.ensure_unnamed(to_server);
+                        }
                         to_server.extend_from_slice(&msg);
                         self.expect_answer(end);
                     }
@@ -214,14 +250,19 @@ impl Session {
                 self.skipping = false;
                 self.unsynced = false;
                 self.expect_answer(End::Ready);
+                self.restore_startup(to_server);
             }
             b'F' => {
+                // A function call: what it does can't be read from the message.
+                self.noted.check = true;
+                self.noted.unknown_settings = true;
                 to_server.extend_from_slice(&msg);
                 self.expect_answer(End::Ready);
             }
             b'H' | b'd' => to_server.extend_from_slice(&msg),
             b'c' | b'f' => {
                 to_server.extend_from_slice(&msg);
+                self.copy_ends = self.copy_ends.wrapping_add(1);
                 self.copy_in = false;
             }
             _ => {
@@ -239,7 +280,54 @@ impl Session {
             swallow: false,
             parse: None,
             bind: None,
+            copy_ends: self.copy_ends,
         });
+    }
+
+    /// An injected message's answer, swallowed.
+    pub(super) fn expect_swallowed(&mut self, end: End) {
+        self.expect.push_back(Expect::Answer {
+            end,
+            swallow: true,
+            parse: None,
+            bind: None,
+            copy_ends: self.copy_ends,
+        });
+    }
+
+    /// What running `statement` does to this session (read again if this session reads
+    /// strings otherwise than the registry did).
+    pub(super) fn statement_effect(&self, statement: &Statement) -> SessionEffect {
+        if self.standard_strings() {
+            statement.effect.clone()
+        } else {
+            self.read(&statement.query)
+        }
+    }
+
+    /// Makes sure the linked server has the client's unnamed statement, parsing it there if
+    /// it was parsed on another connection.
+    fn ensure_unnamed(&mut self, to_server: &mut BytesMut) {
+        if self.unnamed_here {
+            return;
+        }
+        if let Some(unnamed) = &self.unnamed {
+            frame::write_parse(to_server, b"", &unnamed.query, &unnamed.types);
+            self.unnamed_here = true;
+            self.expect_swallowed(End::ParseComplete);
+        }
+    }
+
+    /// Answers a Parse with the refusal the server raises: the refusal is parsed, bound and
+    /// run as the unnamed statement (never under the client's name, which other clients of
+    /// the server connection could then run), and its error stands in for the Parse's answer.
+    fn refuse_parse(&mut self, refusal: &str, to_server: &mut BytesMut) {
+        frame::write_parse(to_server, b"", refusal.as_bytes(), &[0, 0]);
+        to_server.extend_from_slice(frame::BIND_EXECUTE_UNNAMED);
+        self.expect_swallowed(End::ParseComplete);
+        self.expect_swallowed(End::BindComplete);
+        self.expect_answer(End::Execution);
+        self.unnamed_here = false;
     }
 
     /// A reply of the door's own: at once if nothing is outstanding, else in its place.

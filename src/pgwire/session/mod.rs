@@ -27,16 +27,21 @@ use super::server::{ServerConn, Stream};
 use super::statements::Statement;
 use super::{Door, SessionStateMode};
 use crate::core::pool::CloseReason;
-use crate::core::sql::{PinReason, session_effect};
+use crate::core::sql::{PinReason, SessionEffect, session_effect};
 
 mod client;
+mod own;
 mod prepared;
 mod replies;
 mod state;
 
+use own::Own;
 use prepared::Deallocation;
-use state::two_texts;
+use state::{Noted, Unnamed};
 pub use state::{literal, replay};
+
+/// How long the statements a client sent before its Terminate may take to finish.
+const GOODBYE_BOUND: Duration = Duration::from_secs(60);
 
 /// What the answer to one message sent to the server looks like.
 #[derive(Debug)]
@@ -49,12 +54,15 @@ enum Expect {
         parse: Option<u64>,
         /// The global statement a Bind uses: retired if its plan went stale.
         bind: Option<u64>,
+        /// How many COPYs the client had ended when it was sent: a CopyInResponse to it
+        /// opens a COPY only if the client hasn't ended it since (asyncpg sends the data and
+        /// CopyDone right behind the Query, before the server's answer).
+        copy_ends: u32,
     },
     /// A reply of the door's own, sent once everything before it has been answered.
     Reply(Bytes),
-    /// A query of the door's own, swallowed up to its ReadyForQuery; `read` collects the
-    /// session's settings from its rows.
-    Own { read: bool },
+    /// A query of the door's own, swallowed up to its ReadyForQuery (see [`own`]).
+    Own(Own),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +114,16 @@ pub struct Session {
     /// The settings this client's session has beyond the server's defaults: its startup
     /// values, then whatever it SET, as read back from the server.
     wanted: BTreeMap<String, String>,
+    /// Its startup values: what `RESET` returns to.
+    startup: BTreeMap<String, String>,
+    /// The custom settings (`app.tenant_id`) it has named: read back by name, since the
+    /// server can't list them.
+    custom: std::collections::BTreeSet<String>,
+    /// What the transaction in progress did to the session.
+    noted: Noted,
+    /// The client's unnamed statement, and whether the linked server has it.
+    unnamed: Option<Unnamed>,
+    unnamed_here: bool,
     /// The client's statement names → the global statements.
     names: HashMap<Bytes, Arc<Statement>>,
     /// The client's statements (by name, `""` for the unnamed one) and portals that are a
@@ -125,18 +143,28 @@ pub struct Session {
     /// last ReadyForQuery said, so the connection can't be given to anyone else yet.
     unsynced: bool,
     copy_in: bool,
-    /// A statement that may change settings ran since link: read them back before unlinking.
-    settings_changed: bool,
-    /// The unnamed statement may change settings: its Binds set `settings_changed` (a Parse
-    /// only prepares; the change happens when the statement runs, possibly after the
-    /// Parse's own Sync).
-    unnamed_changes_settings: bool,
+    /// CopyDone and CopyFail messages the client has sent.
+    copy_ends: u32,
     pinned: Option<PinReason>,
     /// The link failed: the client's messages are dropped up to its next Sync.
     refusing: bool,
     cancel: Arc<Slot>,
     /// Rows of the door's own settings query.
     captured: BTreeMap<String, String>,
+    /// The row of the door's own check.
+    checked: Option<Vec<Option<String>>>,
+    /// How many of the door's statements the linked server had when the check was sent.
+    prepared_at_check: usize,
+    /// The error of the door's own query being answered.
+    own_error: Option<String>,
+    /// The door's own statements to send once the server has answered (queued while reading).
+    pending: BytesMut,
+    /// The session can't go on (its settings could not be restored, or it holds what can't
+    /// be pinned): the client is told why and the session is discarded.
+    ending: Option<String>,
+    /// The client said goodbye: what it sent before runs to the end, as on a connection of
+    /// its own.
+    terminated: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -166,7 +194,12 @@ impl Session {
             cbuf,
             key,
             credential,
+            custom: state::custom_names(&wanted),
+            startup: wanted.clone(),
             wanted,
+            noted: Noted::default(),
+            unnamed: None,
+            unnamed_here: false,
             names: HashMap::new(),
             door_statements: HashMap::new(),
             door_portals: HashMap::new(),
@@ -176,12 +209,17 @@ impl Session {
             status: b'I',
             unsynced: false,
             copy_in: false,
-            settings_changed: false,
-            unnamed_changes_settings: false,
+            copy_ends: 0,
             pinned: None,
             refusing: false,
             cancel,
             captured: BTreeMap::new(),
+            checked: None,
+            own_error: None,
+            prepared_at_check: 0,
+            pending: BytesMut::new(),
+            ending: None,
+            terminated: false,
         }
     }
 
@@ -205,7 +243,7 @@ impl Session {
                     Err(error) => return self.violation(error).await,
                 };
                 if msg[0] == b'X' {
-                    return Ended::Client;
+                    return self.goodbye(&mut to_server).await;
                 }
                 if self.refusing {
                     if matches!(msg[0], b'S' | b'Q') {
@@ -231,6 +269,9 @@ impl Session {
                 {
                     return ended;
                 }
+            }
+            if !self.pending.is_empty() {
+                to_server.extend_from_slice(&self.pending.split());
             }
             if !to_server.is_empty() {
                 let sent = match self.server.as_mut() {
@@ -283,6 +324,10 @@ impl Session {
                 Event::Server(Ok(_)) => {
                     if let Err(ended) = self.server_messages(&mut to_client) {
                         return ended;
+                    }
+                    if let Some(why) = self.ending.clone() {
+                        let _ = self.client.write_all(&to_client).await;
+                        return self.terminate("0A000", &why).await;
                     }
                 }
                 Event::IdleInTransaction => {
@@ -379,14 +424,10 @@ impl Session {
         };
         self.door.clients.linked(1);
         self.cancel.link(server.pid, server.secret).await;
-        if server.applied != self.wanted {
-            let sql = replay(&self.wanted);
-            frame::write_query(to_server, &sql);
-            self.expect.push_back(Expect::Own { read: false });
-            server.applied = self.wanted.clone();
-        }
+        self.replay_settings(&mut server, to_server);
         self.skipping = false;
         self.unsynced = false;
+        self.unnamed_here = false;
         self.server = Some(server);
         Ok(())
     }
@@ -397,20 +438,13 @@ impl Session {
             && self.status == b'I'
             && !self.unsynced
             && !self.copy_in
-            && self.pinned.is_none()
             && self.server.is_some())
         {
             return;
         }
-        if self.settings_changed {
-            // Read back what the session has now, so the next link carries it.
-            self.settings_changed = false;
-            self.captured.clear();
-            frame::write_query(
-                to_server,
-                "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'",
-            );
-            self.expect.push_back(Expect::Own { read: true });
+        // Read back what the session has now, so the next link carries it, and check what
+        // the reading couldn't vouch for; the connection goes back once that is answered.
+        if self.settle(to_server) || self.pinned.is_some() {
             return;
         }
         if let Some(server) = self.server.take() {
@@ -480,6 +514,56 @@ impl Session {
         Ended::Door(why)
     }
 
+    /// The client's Terminate: what it sent before runs to its end and is answered, as on a
+    /// connection of its own (PostgreSQL reads the Terminate only after it), within a bound.
+    async fn goodbye(&mut self, to_server: &mut BytesMut) -> Ended {
+        self.terminated = true;
+        let Some(server) = self.server.as_mut() else {
+            return Ended::Client;
+        };
+        if server.stream.write_all(to_server).await.is_err() {
+            server.broken = true;
+            return Ended::Client;
+        }
+        to_server.clear();
+        let grace_over = self.door.grace_over.clone();
+        let drain = async {
+            let mut sink = BytesMut::new();
+            while !self.expect.is_empty() {
+                let Some(server) = self.server.as_mut() else {
+                    return;
+                };
+                if !self.pending.is_empty() {
+                    let pending = self.pending.split();
+                    if server.stream.write_all(&pending).await.is_err() {
+                        server.broken = true;
+                        return;
+                    }
+                }
+                match server.stream.read_buf(&mut server.buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => {
+                        server.broken = true;
+                        return;
+                    }
+                }
+                if self.server_messages(&mut sink).is_err() {
+                    return;
+                }
+                // The client may still read its answers; it is gone if it doesn't.
+                if !sink.is_empty() {
+                    let _ = self.client.write_all(&sink).await;
+                    sink.clear();
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(GOODBYE_BOUND, drain) => {}
+            _ = grace_over.cancelled() => {}
+        }
+        Ended::Client
+    }
+
     /// After the client is gone or was ended: what it left on its server connection is
     /// cancelled, drained and rolled back; the connection is pooled again only if it is then
     /// confirmed idle, and a pinned one only after DISCARD ALL.
@@ -493,7 +577,14 @@ impl Session {
         };
         self.door.clients.linked(-1);
         let outstanding = !self.expect.is_empty() || self.copy_in || self.unsynced;
-        let needs_reset = matches!(self.status, b'T' | b'E') || outstanding || was_pinned;
+        if self.noted.settings {
+            // Changed, never read back: the next link starts from RESET ALL.
+            server.reset_needed = true;
+        }
+        // What the session may hold that was never checked goes with DISCARD ALL.
+        let unchecked = self.noted.check || self.noted.unknown_settings || self.ending.is_some();
+        let needs_reset =
+            matches!(self.status, b'T' | b'E') || outstanding || was_pinned || unchecked;
         if outstanding && !server.broken {
             let target = self.door.pools.target().clone();
             let _ = super::server::cancel(&target, server.pid, server.secret).await;
@@ -517,7 +608,7 @@ impl Session {
                     Expect::Answer {
                         end: End::Ready,
                         ..
-                    } | Expect::Own { .. }
+                    } | Expect::Own(_)
                 )
             })
             .count()
@@ -540,6 +631,9 @@ impl Session {
                 let msg = super::server::read_message(&mut server.stream, &mut server.buf)
                     .await
                     .ok()?;
+                if msg[0] == b'S' {
+                    server.note_parameter(&msg);
+                }
                 if msg[0] == b'Z' {
                     seen += 1;
                     if seen == owed {
@@ -551,6 +645,7 @@ impl Session {
         match tokio::time::timeout(Duration::from_secs(5), reset).await {
             Ok(Some(())) => {
                 server.applied.clear();
+                server.reset_needed = false;
                 server.prepared.clear();
                 self.door.pools.release(&self.key, server);
             }

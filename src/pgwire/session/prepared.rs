@@ -33,12 +33,14 @@ impl Session {
         if let Some((evicted, ())) = server.prepared.push(statement.id, ())
             && evicted != statement.id
         {
-            frame::write_target(to_server, b'C', b'S', format!("pgway_{evicted}").as_bytes());
+            let name = self.door.statements.name(evicted);
+            frame::write_target(to_server, b'C', b'S', name.as_bytes());
             self.expect.push_back(Expect::Answer {
                 end: End::CloseComplete,
                 swallow: true,
                 parse: None,
                 bind: None,
+                copy_ends: self.copy_ends,
             });
             self.door.prepared.evicted.increment(1);
         }
@@ -54,6 +56,7 @@ impl Session {
             swallow,
             parse: Some(statement.id),
             bind: None,
+            copy_ends: self.copy_ends,
         });
     }
 
@@ -61,9 +64,12 @@ impl Session {
     /// answer: the server never saw the client's names.
     pub(super) fn deallocate(&mut self, sql: &[u8]) -> Option<Bytes> {
         let deallocation = match deallocation(sql)? {
-            Deallocation::All if self.pinned.is_some() => {
-                // SQL-level statements may exist on the server too.
+            Deallocation::All if self.server.is_some() || self.pinned.is_some() => {
+                // Linked: the server connection drops what it has too, as it would directly
+                // (a pinned client's SQL-level statements, what pg_prepared_statements shows);
+                // its CommandComplete clears the door's tracking of that connection.
                 self.names.clear();
+                self.door_statements.clear();
                 return None;
             }
             other => other,

@@ -18,9 +18,12 @@ impl Session {
                 }
             };
             let tag = msg[0];
-            let own = matches!(self.expect.front(), Some(Expect::Own { .. }));
+            let own = matches!(self.expect.front(), Some(Expect::Own(_)));
             match tag {
                 b'N' | b'A' | b'S' => {
+                    if tag == b'S' {
+                        server.note_parameter(&msg);
+                    }
                     if !own {
                         to_client.extend_from_slice(&msg);
                     }
@@ -36,28 +39,26 @@ impl Session {
                     }
                     to_client.extend_from_slice(&msg);
                 }
-                Some(Expect::Own { read }) => {
-                    let read = *read;
+                Some(Expect::Own(kind)) => {
+                    let kind = *kind;
                     match tag {
-                        b'D' if read => {
-                            if let Some((name, value)) = two_texts(&msg) {
-                                self.captured.insert(name, value);
+                        b'D' if kind == Own::Read => {
+                            if let [Some(name), Some(value)] = &own::texts(&msg)[..] {
+                                self.captured.insert(name.clone(), value.clone());
                             }
                         }
+                        b'D' if kind == Own::Check => self.checked = Some(own::texts(&msg)),
                         b'E' => {
                             let fields = frame::read_error(&msg);
-                            warn!(code = %fields.code, message = %fields.message, "the door's own statement failed");
                             if fields.severity == "FATAL" {
                                 server.broken = true;
                             }
+                            self.own_error = Some(format!("{}: {}", fields.code, fields.message));
                         }
                         b'Z' => {
                             self.expect.pop_front();
-                            if read {
-                                let now = std::mem::take(&mut self.captured);
-                                server.applied = now.clone();
-                                self.wanted = now;
-                            }
+                            let failed = self.own_error.take();
+                            self.own_answered(kind, failed);
                         }
                         _ => {}
                     }
@@ -67,8 +68,10 @@ impl Session {
                     swallow,
                     parse,
                     bind,
+                    copy_ends,
                 }) => {
                     let (end, swallow, parse, bind) = (*end, *swallow, *parse, *bind);
+                    let copy_ended = *copy_ends != self.copy_ends;
                     if tag == b'E' {
                         let fields = frame::read_error(&msg);
                         to_client.extend_from_slice(&msg);
@@ -124,12 +127,24 @@ impl Session {
                         }
                         match tag {
                             b'Z' => self.status = msg.get(5).copied().unwrap_or(b'I'),
-                            b'G' => self.copy_in = true,
+                            b'G' => self.copy_in = !copy_ended,
                             b'C' => {
                                 let tag = frame::read_command_tag(&msg);
+                                // The catalog changed: a new Parse of a known text must not
+                                // reuse a statement prepared before (see Registry::statement).
+                                if tag.starts_with(b"CREATE ")
+                                    || tag.starts_with(b"ALTER ")
+                                    || tag.starts_with(b"DROP ")
+                                {
+                                    self.door.statements.catalog_changed();
+                                }
                                 if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                                     server.prepared.clear();
-                                    // The client's session lost its statements too.
+                                }
+                                if tag == b"DISCARD ALL" {
+                                    // The client's session lost its statements too (a
+                                    // DEALLOCATE ALL's were forgotten when it was sent, so
+                                    // that names Parsed after it stay).
                                     self.names.clear();
                                     self.door_statements.clear();
                                     self.door_portals.clear();

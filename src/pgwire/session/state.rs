@@ -1,23 +1,113 @@
-//! The client's session state: what a statement does to it, and the statements that carry its
-//! settings from one server connection to the next.
+//! The client's session state: what each statement does to it, as read before it runs.
+//!
+//! Settings are carried: each statement that changes them is noted, and before the server
+//! connection goes back to the pool the door reads what the session now holds (see
+//! [`super::own`]). What only the backend can hold pins the client. What the reading can't
+//! vouch for is checked on the server before anyone else gets the connection.
+
+use std::collections::BTreeSet;
+
+use crate::core::sql::{Resets, SessionEffect};
 
 use super::*;
 
+/// Settings PostgreSQL hides from `pg_settings`, carried as the client gave them at startup.
+pub(super) const HIDDEN: &[&str] = &["role", "session_authorization"];
+
+/// What the transaction in progress did to the session, beyond its own end.
+#[derive(Debug, Default)]
+pub(super) struct Noted {
+    /// Settings changed: read them back before unlinking.
+    pub settings: bool,
+    /// Something ran that the reading can't vouch for, or that creates or releases what pins:
+    /// ask the server what the session holds before unlinking.
+    pub check: bool,
+    /// Something ran that may have changed settings the door can't name: the connection's
+    /// next link starts from `RESET ALL`.
+    pub unknown_settings: bool,
+    /// Settings returned to their defaults, whose startup values must be put back (PostgreSQL
+    /// resets to the startup values; the server connection's are pgway's).
+    pub resets: Resets,
+}
+
+/// The client's unnamed statement: prepared again on whichever server connection runs it
+/// (a driver may Parse it, Sync, and Bind it in a later transaction).
+#[derive(Debug, Clone)]
+pub(super) struct Unnamed {
+    pub query: Bytes,
+    pub types: Bytes,
+    pub effect: Arc<SessionEffect>,
+}
+
 impl Session {
-    /// Reads a statement for its effect on the session: pins the client if it makes what
-    /// only its backend can hold, or returns the statement to run instead when such
-    /// statements are refused (`PGWAY_PG_SESSION_STATE=error`, or too many pinned clients).
-    /// The refusal runs on the server, so the transaction fails there as the client sees it.
-    pub(super) fn effect(&mut self, sql: &[u8]) -> Option<String> {
-        let effect = session_effect(sql, true);
-        if effect.settings {
-            self.settings_changed = true;
+    /// Whether the session reads strings as the standard says (`standard_conforming_strings`).
+    pub(super) fn standard_strings(&self) -> bool {
+        self.wanted
+            .get("standard_conforming_strings")
+            .is_none_or(|v| !v.eq_ignore_ascii_case("off"))
+    }
+
+    /// What `sql` does to the session, read as this session's server reads it.
+    pub(super) fn read(&self, sql: &[u8]) -> SessionEffect {
+        session_effect(sql, self.standard_strings())
+    }
+
+    /// Notes what a statement about to run does. `params` is a Bind's parameters, for the
+    /// settings a `set_config($n, …)` names.
+    pub(super) fn note(&mut self, effect: &SessionEffect, params: Option<&[u8]>) {
+        let noted = &mut self.noted;
+        noted.settings |= effect.settings;
+        if effect.unverified {
+            noted.check = true;
+            noted.unknown_settings = true;
         }
+        if effect.pins.is_some() || effect.releases {
+            noted.check = true;
+        }
+        if effect.resets.any() {
+            noted.resets.merge(&effect.resets);
+        }
+        for name in &effect.names {
+            if name.contains('.') {
+                self.custom.insert(name.clone());
+            }
+        }
+        for &n in &effect.name_params {
+            // The change is checked on the server too (the name could be the role).
+            noted.check = true;
+            match params.and_then(|p| frame::bind_param(p, n)) {
+                Some(name) => {
+                    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+                    if name.contains('.') {
+                        self.custom.insert(name);
+                    }
+                }
+                None => noted.unknown_settings = true,
+            }
+        }
+    }
+
+    /// Decides, before it runs, about a statement that makes what only its backend can hold:
+    /// pins the client, or returns the statement to run instead when such statements are
+    /// refused (`PGWAY_PG_SESSION_STATE=error`, or too many pinned clients). The refusal runs
+    /// on the server, so the transaction fails there as the client sees it.
+    pub(super) fn admit(&mut self, effect: &SessionEffect) -> Option<String> {
         let reason = effect.pins?;
         if self.pinned.is_some() {
             return None;
         }
-        let refusal = match self.door.settings.session_state {
+        if let Some(message) = self.refusal(reason) {
+            return Some(refusal_sql(&message));
+        }
+        self.pinned = Some(reason);
+        info!(user = %self.key.user, reason = reason.label(), "client pinned to its server connection");
+        None
+    }
+
+    /// Why `reason` can't pin this client, if it can't; a place among the pinned taken if it
+    /// can.
+    pub(super) fn refusal(&self, reason: PinReason) -> Option<String> {
+        match self.door.settings.session_state {
             SessionStateMode::Error => Some(format!(
                 "{} keeps state in the server session, which transaction pooling can't carry \
                  between transactions",
@@ -29,40 +119,57 @@ impl Session {
                 reason.statement()
             )),
             SessionStateMode::Pin => None,
-        };
-        if let Some(message) = refusal {
-            let hint = "connect to the database directly (or to a session pool) for this \
-                        statement, or use its transaction-scoped form";
-            return Some(format!(
-                "DO $pgway$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}, HINT = {}; END$pgway$",
-                literal(&message),
-                literal(hint)
-            ));
         }
-        self.pinned = Some(reason);
-        info!(user = %self.key.user, reason = reason.label(), "client pinned to its server connection");
-        None
+    }
+
+    /// The client is no longer pinned: what pinned it is gone.
+    pub(super) fn unpin(&mut self) {
+        if let Some(reason) = self.pinned.take() {
+            self.door.clients.unpin();
+            info!(user = %self.key.user, reason = reason.label(), "client unpinned: its session holds nothing of its own on the server connection any more");
+        }
     }
 }
 
-/// The statement that brings a connection's settings to `wanted` (at link, and at login
-/// for the client's startup parameters).
+/// A statement that fails on the server with 0A000 and `message`.
+pub(super) fn refusal_sql(message: &str) -> String {
+    let hint = "connect to the database directly (or to a session pool) for this statement, \
+                or use its transaction-scoped form";
+    format!(
+        "DO $pgway$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}, HINT = {}; END$pgway$",
+        literal(message),
+        literal(hint)
+    )
+}
+
+/// The statement that brings a connection's settings to `wanted` at login (one Query: if a
+/// startup value is refused, nothing of it stays, and the login fails as PostgreSQL's would).
 pub fn replay(wanted: &BTreeMap<String, String>) -> String {
     let mut sql = String::from("RESET ALL");
-    if !wanted.is_empty() {
-        sql.push_str("; SELECT ");
-        for (i, (name, value)) in wanted.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str("pg_catalog.set_config(");
-            sql.push_str(&literal(name));
-            sql.push_str(", ");
-            sql.push_str(&literal(value));
-            sql.push_str(", false)");
-        }
+    if let Some(values) = set_values(wanted) {
+        sql.push_str("; ");
+        sql.push_str(&values);
     }
     sql
+}
+
+/// `SELECT pg_catalog.set_config(…), …` for every setting of `wanted`.
+pub(super) fn set_values(wanted: &BTreeMap<String, String>) -> Option<String> {
+    if wanted.is_empty() {
+        return None;
+    }
+    let mut sql = String::from("SELECT ");
+    for (i, (name, value)) in wanted.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("pg_catalog.set_config(");
+        sql.push_str(&literal(name));
+        sql.push_str(", ");
+        sql.push_str(&literal(value));
+        sql.push_str(", false)");
+    }
+    Some(sql)
 }
 
 /// A string literal that reads the same whatever `standard_conforming_strings` is.
@@ -80,24 +187,9 @@ pub fn literal(value: &str) -> String {
     out
 }
 
-/// The two text columns of a DataRow.
-pub(super) fn two_texts(msg: &[u8]) -> Option<(String, String)> {
-    let mut b = frame::body(msg);
-    if b.len() < 2 || b.get_i16() != 2 {
-        return None;
-    }
-    let mut column = || -> Option<String> {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = b.get_i32();
-        let len = usize::try_from(len).ok()?;
-        let value = b.get(..len)?;
-        let value = String::from_utf8_lossy(value).into_owned();
-        b.advance(len);
-        Some(value)
-    };
-    Some((column()?, column()?))
+/// The custom settings (`a.b`) among `names`.
+pub(super) fn custom_names(names: &BTreeMap<String, String>) -> BTreeSet<String> {
+    names.keys().filter(|n| n.contains('.')).cloned().collect()
 }
 
 #[cfg(test)]
@@ -105,7 +197,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn replayed_settings_are_quoted() {
+    fn replayed_settings_are_quoted() {
         let mut wanted = BTreeMap::new();
         wanted.insert("search_path".to_owned(), "a', b\\".to_owned());
         assert_eq!(
