@@ -218,6 +218,35 @@ pub fn bind_param(rest: &[u8], n: u32) -> Option<&[u8]> {
     None
 }
 
+/// Every parameter value of a Bind (`rest` as in [`bind_param`]); NULLs left out.
+pub fn bind_params(rest: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut b = rest;
+    let Some(formats) = (b.len() >= 2).then(|| b.get_i16()) else {
+        return out;
+    };
+    let Some(after) = usize::try_from(formats).ok().and_then(|f| b.get(f * 2..)) else {
+        return out;
+    };
+    b = after;
+    if b.len() < 2 {
+        return out;
+    }
+    let count = b.get_i16();
+    for _ in 0..count {
+        if b.len() < 4 {
+            break;
+        }
+        let Ok(len) = usize::try_from(b.get_i32()) else {
+            continue;
+        };
+        let Some(value) = b.get(..len) else { break };
+        out.push(value);
+        b = &b[len..];
+    }
+    out
+}
+
 /// Writes a Bind naming `statement` with the rest of the client's Bind unchanged.
 pub fn write_bind(out: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
     let len = 4 + portal.len() + 1 + statement.len() + 1 + rest.len();

@@ -130,6 +130,9 @@ pub struct ServerConn {
     pub secret: i32,
     /// The ParameterStatus values it reported last (at login, then as they changed).
     pub params: Vec<(String, String)>,
+    /// Counts the ParameterStatus messages read from it, so a client compares its view of the
+    /// parameters only when something was reported.
+    pub params_seen: u64,
     /// The session settings applied on it now beyond its defaults (`source = 'session'`).
     pub applied: BTreeMap<String, String>,
     /// Something ran on it that may have changed settings the door can't list (custom ones,
@@ -188,6 +191,7 @@ impl ServerConn {
 
     /// Keeps what a ParameterStatus reports as the connection's current value.
     pub fn note_parameter(&mut self, msg: &[u8]) {
+        self.params_seen += 1;
         if let Some((name, value)) = super::frame::read_parameter_status(msg) {
             match self.params.iter_mut().find(|(n, _)| *n == name) {
                 Some(slot) => slot.1 = value,
@@ -224,6 +228,7 @@ pub async fn connect(
         params,
         applied: BTreeMap::new(),
         reset_needed: false,
+        params_seen: 0,
         prepared: LruCache::new(prepared_cap),
         opened: now,
         idle_since: now,

@@ -18,7 +18,7 @@ use super::frame::{self, Startup};
 use super::pool::PoolKey;
 use super::scram::ServerExchange;
 use super::server::Stream;
-use super::session::{Ended, Session, replay};
+use super::session::{Ended, LoggedIn, Session, replay};
 use crate::core::telemetry as names;
 
 /// How long a client has to finish logging in (PostgreSQL's `authentication_timeout`).
@@ -39,7 +39,7 @@ pub async fn serve_client(door: Arc<Door>, tcp: TcpStream, peer: std::net::Socke
         buf,
         key,
         credential,
-        wanted,
+        startup,
         cancel_key,
         slot,
     } = login;
@@ -50,7 +50,7 @@ pub async fn serve_client(door: Arc<Door>, tcp: TcpStream, peer: std::net::Socke
         buf,
         Arc::clone(&key),
         credential,
-        wanted,
+        startup,
         slot,
     );
     let ended = session.run().await;
@@ -67,7 +67,7 @@ struct Login {
     buf: BytesMut,
     key: Arc<PoolKey>,
     credential: super::scram::Credential,
-    wanted: BTreeMap<String, String>,
+    startup: LoggedIn,
     cancel_key: CancelKey,
     slot: Arc<super::cancel::Slot>,
 }
@@ -403,6 +403,7 @@ async fn start(door: &Arc<Door>, tcp: TcpStream) -> Option<Login> {
     for (name, value) in &server.params {
         frame::write_parameter_status(&mut out, name, value);
     }
+    let reported = server.params.clone();
     door.pools.release(&key, server);
     let (cancel_key, slot) = door.cancels.register();
     frame::write_backend_key_data(&mut out, cancel_key.0, cancel_key.1);
@@ -413,7 +414,10 @@ async fn start(door: &Arc<Door>, tcp: TcpStream) -> Option<Login> {
         buf,
         key,
         credential,
-        wanted,
+        startup: LoggedIn {
+            settings: wanted,
+            reported,
+        },
         cancel_key,
         slot,
     })

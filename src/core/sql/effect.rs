@@ -200,8 +200,17 @@ fn read_statement(t: &[Token<'_>], effect: &mut SessionEffect) {
     if t.is_empty() {
         return;
     }
+    let unverified = effect.unverified;
+    effect.unverified = false;
     read_kind(t, effect);
     read_calls(t, effect);
+    // What runs out of sight may set settings named in the text it was given (a DO block's
+    // body, a string handed to a function that runs it) or that a function being created
+    // will set when called: those names are read back too.
+    if effect.unverified || is(t.first(), "create") {
+        names_in_bodies(t, effect);
+    }
+    effect.unverified |= unverified;
 }
 
 /// Statement kinds that keep nothing in the session beyond their transaction (what they call
@@ -318,10 +327,7 @@ fn read_kind(t: &[Token<'_>], effect: &mut SessionEffect) {
             }
             read_kind(&t[i.min(t.len())..], effect);
         }
-        "do" => {
-            effect.unverified = true;
-            names_in_bodies(t, effect);
-        }
+        "do" => effect.unverified = true,
         "call" | "execute" => effect.unverified = true,
         kind if PLAIN.contains(&kind) => {}
         _ => effect.unverified = true,
@@ -421,13 +427,28 @@ fn read_reset(t: &[Token<'_>], effect: &mut SessionEffect) {
     }
 }
 
-/// The setting names a `DO` block's body names in `SET`, `RESET` or `set_config('…', …)`, so
-/// that what it sets can be read back (what it runs is checked on the server all the same).
+/// The setting names the strings of a statement (a `DO` block's body, a function's) name in
+/// `SET`, `RESET` or `set_config('…', …)`, so that what they set can be read back (what they
+/// run is checked on the server all the same).
 fn names_in_bodies(t: &[Token<'_>], effect: &mut SessionEffect) {
+    names_in_strings(t, effect, 3);
+}
+
+/// [`names_in_bodies`], into strings within strings (`EXECUTE 'SET …'` in a body) up to
+/// `depth` deep.
+fn names_in_strings(t: &[Token<'_>], effect: &mut SessionEffect, depth: usize) {
+    if depth == 0 {
+        return;
+    }
     for token in t {
         let Token::Str { text, .. } = token else {
             continue;
         };
+        if looks_like_custom_name(text) {
+            // `CALL set_tenant('app.tenant_id', …)`: a name handed to what sets it.
+            effect.named(String::from_utf8_lossy(text).to_ascii_lowercase());
+            continue;
+        }
         let body = tokens(text, true);
         let mut inner = SessionEffect::default();
         read_calls(&body, &mut inner);
@@ -438,10 +459,30 @@ fn names_in_bodies(t: &[Token<'_>], effect: &mut SessionEffect) {
                 }
             }
         }
+        names_in_strings(&body, &mut inner, depth - 1);
         for name in inner.names {
             effect.named(name);
         }
     }
+}
+
+/// `word.word[.word…]`: the shape of a custom setting's name.
+pub fn looks_like_custom_name(text: &[u8]) -> bool {
+    let mut parts = 0;
+    for part in text.split(|&b| b == b'.') {
+        let Some((&first, rest)) = part.split_first() else {
+            return false;
+        };
+        if !(first.is_ascii_alphabetic() || first == b'_')
+            || !rest
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+        {
+            return false;
+        }
+        parts += 1;
+    }
+    parts >= 2
 }
 
 /// Words that may stand before `(` without calling a function: keywords, type names with a

@@ -9,7 +9,7 @@
 mod effect;
 pub mod lexer;
 
-pub use effect::{PinReason, Resets, SessionEffect, session_effect};
+pub use effect::{PinReason, Resets, SessionEffect, looks_like_custom_name, session_effect};
 
 /// A statement a single pooled statement must not run. Each door says what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

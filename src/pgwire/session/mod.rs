@@ -104,6 +104,13 @@ pub enum Ended {
     Door(&'static str),
 }
 
+/// What a client's login left: its startup settings, and the parameters it was told.
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub settings: BTreeMap<String, String>,
+    pub reported: Vec<(String, String)>,
+}
+
 /// One logged-in client.
 pub struct Session {
     door: Arc<Door>,
@@ -116,6 +123,14 @@ pub struct Session {
     wanted: BTreeMap<String, String>,
     /// Its startup values: what `RESET` returns to.
     startup: BTreeMap<String, String>,
+    /// The parameters it has been told (ParameterStatus), as PostgreSQL tells them: just
+    /// before ReadyForQuery, those that changed.
+    told: Vec<(String, String)>,
+    /// Startup values being put back: until that is answered, the client's view of them is
+    /// the startup value, whatever the server reported in between.
+    restoring: Vec<String>,
+    /// The server connection and its count of ParameterStatus when the client was last told.
+    reported: (u64, u64),
     /// The custom settings (`app.tenant_id`) it has named: read back by name, since the
     /// server can't list them.
     custom: std::collections::BTreeSet<String>,
@@ -185,9 +200,10 @@ impl Session {
         cbuf: BytesMut,
         key: Arc<PoolKey>,
         credential: Credential,
-        wanted: BTreeMap<String, String>,
+        startup: LoggedIn,
         cancel: Arc<Slot>,
     ) -> Session {
+        let wanted = startup.settings;
         Session {
             door,
             client,
@@ -196,6 +212,9 @@ impl Session {
             credential,
             custom: state::custom_names(&wanted),
             startup: wanted.clone(),
+            told: startup.reported,
+            restoring: Vec::new(),
+            reported: (u64::MAX, 0),
             wanted,
             noted: Noted::default(),
             unnamed: None,

@@ -121,6 +121,12 @@ impl Session {
         let resets = std::mem::take(&mut self.noted.resets);
         if let Some(sql) = restore_sql(&self.startup, &resets) {
             self.own(to_server, &sql, Own::Restore);
+            self.restoring = self
+                .startup
+                .keys()
+                .filter(|name| resets.covers(name))
+                .cloned()
+                .collect();
         }
     }
 
@@ -184,7 +190,8 @@ impl Session {
                 self.wanted = now;
             }
             Own::Check => self.judge(failed.is_some()),
-            Own::Replay | Own::Restore | Own::Deallocate => {}
+            Own::Restore => self.restoring.clear(),
+            Own::Replay | Own::Deallocate => {}
         }
     }
 
@@ -250,6 +257,37 @@ impl Session {
                 Some(message) => self.ending = Some(message),
             },
             (None, Some(_)) => self.unpin(),
+        }
+    }
+}
+
+/// Before a ReadyForQuery to the client: a ParameterStatus for each parameter the server
+/// connection reports (`params`) whose value differs from what the client was told (`told`),
+/// as PostgreSQL (14 and later) sends them. The server's own reports are never relayed as
+/// they come: the door's own statements (a replay, startup values put back) change them too;
+/// the startup values being put back (`restoring`) count as put back already.
+pub(super) fn report_changes(
+    params: &[(String, String)],
+    startup: &BTreeMap<String, String>,
+    restoring: &[String],
+    told: &mut Vec<(String, String)>,
+    to_client: &mut BytesMut,
+) {
+    for (name, value) in params {
+        let value = match startup.get(name) {
+            Some(startup) if restoring.iter().any(|r| r == name) => startup,
+            _ => value,
+        };
+        match told.iter_mut().find(|(n, _)| n == name) {
+            Some((_, told)) if told == value => {}
+            Some((_, told)) => {
+                frame::write_parameter_status(to_client, name, value);
+                told.clone_from(value);
+            }
+            None => {
+                frame::write_parameter_status(to_client, name, value);
+                told.push((name.clone(), value.clone()));
+            }
         }
     }
 }

@@ -20,10 +20,12 @@ impl Session {
             let tag = msg[0];
             let own = matches!(self.expect.front(), Some(Expect::Own(_)));
             match tag {
-                b'N' | b'A' | b'S' => {
-                    if tag == b'S' {
-                        server.note_parameter(&msg);
-                    }
+                b'S' => {
+                    // Told the client before its ReadyForQuery (see `report_changes`).
+                    server.note_parameter(&msg);
+                    continue;
+                }
+                b'N' | b'A' => {
                     if !own {
                         to_client.extend_from_slice(&msg);
                     }
@@ -123,6 +125,19 @@ impl Session {
                         }
                     } else {
                         if !swallow {
+                            let reported = (server.id, server.params_seen);
+                            if tag == b'Z'
+                                && (reported != self.reported || !self.restoring.is_empty())
+                            {
+                                self.reported = reported;
+                                own::report_changes(
+                                    &server.params,
+                                    &self.startup,
+                                    &self.restoring,
+                                    &mut self.told,
+                                    to_client,
+                                );
+                            }
                             to_client.extend_from_slice(&msg);
                         }
                         match tag {

@@ -72,6 +72,17 @@ impl Session {
                 self.custom.insert(name.clone());
             }
         }
+        if effect.unverified {
+            // A name handed to what runs out of sight as a parameter (`SELECT
+            // set_tenant($1, $2)`) is read back too.
+            for value in params.map(frame::bind_params).unwrap_or_default() {
+                if crate::core::sql::looks_like_custom_name(value) {
+                    self.custom
+                        .insert(String::from_utf8_lossy(value).to_ascii_lowercase());
+                }
+            }
+        }
+        let noted = &mut self.noted;
         for &n in &effect.name_params {
             // The change is checked on the server too (the name could be the role).
             noted.check = true;
