@@ -1257,6 +1257,16 @@ async fn psycopg2_transactions_cursors_and_copy() {
     python("pg_psycopg2.py", &door.dsn(), &[]).await;
 }
 
+/// Statements right before a Terminate, the unnamed statement across transactions, asyncpg's
+/// COPY, the startup encoding reported: one server connection, so a client that keeps it
+/// when it shouldn't makes the next one fail.
+#[tokio::test]
+async fn protocol_edges_behave_as_on_a_direct_connection() {
+    let _shared = EXCLUSIVE.read().await;
+    let door = Door::start(&["--pool-max", "1", "--acquire-timeout", "5s"]).await;
+    python("pg_edges.py", &door.dsn(), &[]).await;
+}
+
 #[tokio::test]
 async fn sqlalchemy_orm_over_the_door() {
     let _shared = EXCLUSIVE.read().await;

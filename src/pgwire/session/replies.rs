@@ -26,7 +26,10 @@ impl Session {
                     continue;
                 }
                 b'N' | b'A' => {
-                    if !own {
+                    // A notification is the session's, whichever query it arrives behind
+                    // (PostgreSQL sends it as a transaction ends, the door's own too); a
+                    // notice belongs to the statement that raised it.
+                    if !own || tag == b'A' {
                         to_client.extend_from_slice(&msg);
                     }
                     continue;

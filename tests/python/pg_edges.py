@@ -1,0 +1,98 @@
+"""Protocol edges through the PostgreSQL door where a pooler easily differs from PostgreSQL.
+The door runs with one server connection (--pool-max 1) and a short acquire timeout, so a
+client that keeps the connection when it shouldn't makes the next client fail.
+
+- statements sent right before a Terminate (libpq's PQsendQuery then PQfinish) all run;
+- the unnamed statement, prepared in one transaction and executed in the next, is the
+  client's own even when another client prepared its own unnamed statement in between;
+- asyncpg's copy_records_to_table (data and CopyDone sent before the server's answer) gives
+  the server connection back;
+- the client_encoding a client asks for at startup is the one reported to it, every time.
+
+usage: pg_edges.py DSN
+"""
+
+import asyncio
+import faulthandler
+import sys
+import time
+
+import asyncpg
+import psycopg
+from psycopg import pq
+
+DSN = sys.argv[1]
+faulthandler.dump_traceback_later(90, exit=True)
+
+
+def conn(**kwargs):
+    return psycopg.connect(DSN, autocommit=True, **kwargs)
+
+
+def terminate_right_after_queries():
+    with conn() as c:
+        c.execute("DROP TABLE IF EXISTS edge_terminate; CREATE TABLE edge_terminate (i int)")
+    for i in range(10):
+        pgconn = pq.PGconn.connect(DSN.encode())
+        assert pgconn.status == pq.ConnStatus.OK, pgconn.error_message
+        pgconn.send_query(f"INSERT INTO edge_terminate VALUES ({i})".encode())
+        pgconn.finish()
+    # The door finishes each one after its client has gone: poll, bounded.
+    deadline = time.monotonic() + 20
+    while True:
+        with conn() as c:
+            n = c.execute("SELECT count(*) FROM edge_terminate").fetchone()[0]
+        if n == 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert n == 10, f"{n} of 10 rows sent before a Terminate were applied"
+
+
+def unnamed_statement_across_transactions():
+    a = pq.PGconn.connect(DSN.encode())
+    b = pq.PGconn.connect(DSN.encode())
+    try:
+        for pgconn, text in ((a, b"SELECT 'a'"), (b, b"SELECT 'b'")):
+            res = pgconn.prepare(b"", text)
+            assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+        for pgconn, want in ((a, b"a"), (b, b"b")):
+            res = pgconn.exec_prepared(b"", [])
+            assert res.status == pq.ExecStatus.TUPLES_OK, res.error_message
+            assert res.get_value(0, 0) == want, (res.get_value(0, 0), want)
+    finally:
+        a.finish()
+        b.finish()
+
+
+async def asyncpg_copy_records_gives_the_connection_back():
+    first = await asyncpg.connect(DSN)
+    second = await asyncpg.connect(DSN)
+    try:
+        await first.execute("DROP TABLE IF EXISTS edge_copy; CREATE TABLE edge_copy (a int, b text)")
+        copied = await first.copy_records_to_table(
+            "edge_copy", records=[(1, "x"), (2, "y")], columns=["a", "b"]
+        )
+        assert copied == "COPY 2", copied
+        # One server connection: this waits for it, and fails if `first` still holds it.
+        assert await second.fetchval("SELECT count(*) FROM edge_copy") == 2
+        assert await first.fetchval("SELECT sum(a) FROM edge_copy") == 3
+    finally:
+        await first.close()
+        await second.close()
+
+
+def startup_encoding_is_reported_every_time():
+    for _ in range(3):
+        with conn(client_encoding="LATIN1") as c:
+            reported = c.pgconn.parameter_status(b"client_encoding")
+            assert reported == b"LATIN1", reported
+            assert c.execute("SHOW client_encoding").fetchone()[0] == "LATIN1"
+        with conn() as c:
+            assert c.pgconn.parameter_status(b"client_encoding") == b"UTF8"
+
+
+terminate_right_after_queries()
+unnamed_statement_across_transactions()
+asyncio.run(asyncpg_copy_records_gives_the_connection_back())
+startup_encoding_is_reported_every_time()
+print("ok")
