@@ -2,6 +2,7 @@
 //! database per test, and a gateway in-process on a free port with a ready client.
 #![allow(dead_code)]
 
+pub mod door;
 pub mod proxy;
 
 use std::sync::OnceLock;

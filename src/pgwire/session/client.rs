@@ -73,177 +73,29 @@ impl Session {
         }
         match tag {
             b'Q' => {
-                let sql = match frame::read_query(&msg) {
-                    Ok(sql) => sql,
-                    Err(error) => return Err(self.violation(error).await),
-                };
-                if let Some(reply) = self.deallocate(sql) {
-                    self.reply(to_client, reply);
-                    let mut ready = BytesMut::new();
-                    frame::write_ready(&mut ready, self.status);
-                    self.reply(to_client, ready.freeze());
-                    return Ok(());
+                if let Err(error) = self.on_query(&msg, to_server, to_client) {
+                    return Err(self.violation(error).await);
                 }
-                let effect = self.read(sql);
-                if let Some(refusal) = self.admit(&effect) {
-                    frame::write_query(to_server, &refusal);
-                } else {
-                    self.note(&effect, None);
-                    to_server.extend_from_slice(&msg);
-                }
-                // The Query's ReadyForQuery also ends any extended messages before it.
-                self.unsynced = false;
-                self.expect_answer(End::Ready);
-                self.restore_startup(to_server);
             }
             b'P' => {
-                let parse = match frame::read_parse(&msg) {
-                    Ok(parse) => parse,
-                    Err(error) => return Err(self.violation(error).await),
-                };
-                self.door_statements.remove(parse.name);
-                if let Some(deallocation) = self.door_deallocation(parse.query) {
-                    self.door_statements
-                        .insert(Bytes::copy_from_slice(parse.name), deallocation);
-                    self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
-                    return Ok(());
-                }
-                if parse.name.is_empty() {
-                    let effect = self.read(parse.query);
-                    if let Some(refusal) = self.admit(&effect) {
-                        self.refuse_parse(&refusal, to_server);
-                        return Ok(());
-                    }
-                    self.unnamed = Some(Unnamed {
-                        query: Bytes::copy_from_slice(parse.query),
-                        types: Bytes::copy_from_slice(parse.types),
-                        effect: Arc::new(effect),
-                    });
-                    self.unnamed_here = true;
-                    to_server.extend_from_slice(&msg);
-                    self.expect_answer(End::ParseComplete);
-                } else {
-                    let statement = self.door.statements.statement(parse.query, parse.types);
-                    let effect = self.statement_effect(&statement);
-                    if let Some(refusal) = self.admit(&effect) {
-                        self.refuse_parse(&refusal, to_server);
-                        return Ok(());
-                    }
-                    self.names
-                        .insert(Bytes::copy_from_slice(parse.name), Arc::clone(&statement));
-                    if self.has(&statement) {
-                        self.door.prepared.hit.increment(1);
-                        self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
-                    } else {
-                        self.prepare(&statement, to_server, false);
-                    }
+                if let Err(error) = self.on_parse(&msg, to_server, to_client) {
+                    return Err(self.violation(error).await);
                 }
             }
             b'B' => {
-                let (portal, name, rest) = match frame::read_bind(&msg) {
-                    Ok(parts) => parts,
-                    Err(error) => return Err(self.violation(error).await),
-                };
-                self.door_portals.remove(portal);
-                if let Some(deallocation) = self.door_statements.get(name).cloned() {
-                    self.door_portals
-                        .insert(Bytes::copy_from_slice(portal), deallocation);
-                    self.reply(to_client, Bytes::from_static(frame::BIND_COMPLETE));
-                    return Ok(());
-                }
-                if name.is_empty() {
-                    self.ensure_unnamed(to_server);
-                    if let Some(unnamed) = &self.unnamed {
-                        let effect = Arc::clone(&unnamed.effect);
-                        self.note(&effect, Some(rest));
-                    }
-                }
-                let statement = (!name.is_empty()).then(|| self.current(name)).flatten();
-                match statement {
-                    Some(statement) => {
-                        let effect = self.statement_effect(&statement);
-                        self.note(&effect, Some(rest));
-                        self.ensure(&statement, to_server);
-                        frame::write_bind(to_server, portal, &statement.name, rest);
-                        self.expect.push_back(Expect::Answer {
-                            end: End::BindComplete,
-                            swallow: false,
-                            parse: None,
-                            bind: Some(statement.id),
-                            copy_ends: self.copy_ends,
-                        });
-                    }
-                    _ => {
-                        to_server.extend_from_slice(&msg);
-                        self.expect_answer(End::BindComplete);
-                    }
+                if let Err(error) = self.on_bind(&msg, to_server, to_client) {
+                    return Err(self.violation(error).await);
                 }
             }
             b'D' | b'C' => {
-                let (kind, name) = match frame::read_target(&msg) {
-                    Ok(target) => target,
-                    Err(error) => return Err(self.violation(error).await),
-                };
-                let end = if tag == b'D' {
-                    End::Description
-                } else {
-                    End::CloseComplete
-                };
-                let door_own = match kind {
-                    b'S' => self.door_statements.contains_key(name),
-                    _ => self.door_portals.contains_key(name),
-                };
-                if door_own {
-                    let reply: &'static [u8] = match (tag, kind) {
-                        (b'D', b'S') => frame::NO_PARAMETERS_NO_DATA,
-                        (b'D', _) => frame::NO_DATA,
-                        _ => {
-                            if kind == b'S' {
-                                self.door_statements.remove(name);
-                            } else {
-                                self.door_portals.remove(name);
-                            }
-                            frame::CLOSE_COMPLETE
-                        }
-                    };
-                    self.reply(to_client, Bytes::from_static(reply));
-                    return Ok(());
-                }
-                let mapped = (kind == b'S' && !name.is_empty())
-                    .then(|| self.current(name))
-                    .flatten();
-                match (tag, mapped) {
-                    (b'D', Some(statement)) => {
-                        self.ensure(&statement, to_server);
-                        frame::write_target(to_server, b'D', b'S', &statement.name);
-                        self.expect_answer(end);
-                    }
-                    (_, Some(_)) => {
-                        // Close of a client's name: the global statement stays prepared for
-                        // others; only the client's name goes.
-                        self.names.remove(name);
-                        self.reply(to_client, Bytes::from_static(frame::CLOSE_COMPLETE));
-                    }
-                    _ => {
-                        if kind == b'S' && name.is_empty() {
-                            self.ensure_unnamed(to_server);
-                        }
-                        to_server.extend_from_slice(&msg);
-                        self.expect_answer(end);
-                    }
+                if let Err(error) = self.on_target(tag, &msg, to_server, to_client) {
+                    return Err(self.violation(error).await);
                 }
             }
             b'E' => {
-                let mut body = frame::body(&msg);
-                let portal = frame::take_cstr(&mut body).unwrap_or_default();
-                if let Some(deallocation) = self.door_portals.get(portal).cloned() {
-                    let mut out = BytesMut::new();
-                    frame::write_command_complete(&mut out, self.deallocate_now(&deallocation));
-                    self.reply(to_client, out.freeze());
-                    return Ok(());
+                if let Err(error) = self.on_execute(&msg, to_server, to_client) {
+                    return Err(self.violation(error).await);
                 }
-                to_server.extend_from_slice(&msg);
-                self.expect_answer(End::Execution);
             }
             b'S' => {
                 to_server.extend_from_slice(&msg);
@@ -271,6 +123,203 @@ impl Session {
                     .await);
             }
         }
+        Ok(())
+    }
+
+    fn on_query(
+        &mut self,
+        msg: &[u8],
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        let sql = frame::read_query(msg)?;
+        if let Some(reply) = self.deallocate(sql) {
+            self.reply(to_client, reply);
+            let mut ready = BytesMut::new();
+            frame::write_ready(&mut ready, self.status);
+            self.reply(to_client, ready.freeze());
+            return Ok(());
+        }
+        let effect = self.read(sql);
+        if let Some(refusal) = self.admit(&effect) {
+            frame::write_query(to_server, &refusal);
+        } else {
+            self.note(&effect, None);
+            to_server.extend_from_slice(msg);
+        }
+        // The Query's ReadyForQuery also ends any extended messages before it.
+        self.unsynced = false;
+        self.expect_answer(End::Ready);
+        self.restore_startup(to_server);
+        Ok(())
+    }
+
+    fn on_parse(
+        &mut self,
+        msg: &[u8],
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        let parse = frame::read_parse(msg)?;
+        self.door_statements.remove(parse.name);
+        if let Some(deallocation) = self.door_deallocation(parse.query) {
+            self.door_statements
+                .insert(Bytes::copy_from_slice(parse.name), deallocation);
+            self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
+            return Ok(());
+        }
+        if parse.name.is_empty() {
+            let effect = self.read(parse.query);
+            if let Some(refusal) = self.admit(&effect) {
+                self.refuse_parse(&refusal, to_server);
+                return Ok(());
+            }
+            self.unnamed = Some(Unnamed {
+                query: Bytes::copy_from_slice(parse.query),
+                types: Bytes::copy_from_slice(parse.types),
+                effect: Arc::new(effect),
+            });
+            self.unnamed_here = true;
+            to_server.extend_from_slice(msg);
+            self.expect_answer(End::ParseComplete);
+        } else {
+            let statement = self.door.statements.statement(parse.query, parse.types);
+            let effect = self.statement_effect(&statement);
+            if let Some(refusal) = self.admit(&effect) {
+                self.refuse_parse(&refusal, to_server);
+                return Ok(());
+            }
+            self.names
+                .insert(Bytes::copy_from_slice(parse.name), Arc::clone(&statement));
+            if self.has(&statement) {
+                self.door.prepared.hit.increment(1);
+                self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
+            } else {
+                self.prepare(&statement, to_server, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_bind(
+        &mut self,
+        msg: &[u8],
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        let (portal, name, rest) = frame::read_bind(msg)?;
+        self.door_portals.remove(portal);
+        if let Some(deallocation) = self.door_statements.get(name).cloned() {
+            self.door_portals
+                .insert(Bytes::copy_from_slice(portal), deallocation);
+            self.reply(to_client, Bytes::from_static(frame::BIND_COMPLETE));
+            return Ok(());
+        }
+        if name.is_empty() {
+            self.ensure_unnamed(to_server);
+            if let Some(unnamed) = &self.unnamed {
+                let effect = Arc::clone(&unnamed.effect);
+                self.note(&effect, Some(rest));
+            }
+        }
+        let statement = (!name.is_empty()).then(|| self.current(name)).flatten();
+        match statement {
+            Some(statement) => {
+                let effect = self.statement_effect(&statement);
+                self.note(&effect, Some(rest));
+                self.ensure(&statement, to_server);
+                frame::write_bind(to_server, portal, &statement.name, rest);
+                self.expect.push_back(Expect::Answer {
+                    end: End::BindComplete,
+                    swallow: false,
+                    parse: None,
+                    bind: Some(statement.id),
+                    copy_ends: self.copy_ends,
+                });
+            }
+            _ => {
+                to_server.extend_from_slice(msg);
+                self.expect_answer(End::BindComplete);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_target(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        let (kind, name) = frame::read_target(msg)?;
+        let end = if tag == b'D' {
+            End::Description
+        } else {
+            End::CloseComplete
+        };
+        let door_own = match kind {
+            b'S' => self.door_statements.contains_key(name),
+            _ => self.door_portals.contains_key(name),
+        };
+        if door_own {
+            let reply: &'static [u8] = match (tag, kind) {
+                (b'D', b'S') => frame::NO_PARAMETERS_NO_DATA,
+                (b'D', _) => frame::NO_DATA,
+                _ => {
+                    if kind == b'S' {
+                        self.door_statements.remove(name);
+                    } else {
+                        self.door_portals.remove(name);
+                    }
+                    frame::CLOSE_COMPLETE
+                }
+            };
+            self.reply(to_client, Bytes::from_static(reply));
+            return Ok(());
+        }
+        let mapped = (kind == b'S' && !name.is_empty())
+            .then(|| self.current(name))
+            .flatten();
+        match (tag, mapped) {
+            (b'D', Some(statement)) => {
+                self.ensure(&statement, to_server);
+                frame::write_target(to_server, b'D', b'S', &statement.name);
+                self.expect_answer(end);
+            }
+            (_, Some(_)) => {
+                // Close of a client's name: the global statement stays prepared for
+                // others; only the client's name goes.
+                self.names.remove(name);
+                self.reply(to_client, Bytes::from_static(frame::CLOSE_COMPLETE));
+            }
+            _ => {
+                if kind == b'S' && name.is_empty() {
+                    self.ensure_unnamed(to_server);
+                }
+                to_server.extend_from_slice(msg);
+                self.expect_answer(end);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_execute(
+        &mut self,
+        msg: &[u8],
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        let mut body = frame::body(msg);
+        let portal = frame::take_cstr(&mut body).unwrap_or_default();
+        if let Some(deallocation) = self.door_portals.get(portal).cloned() {
+            let mut out = BytesMut::new();
+            frame::write_command_complete(&mut out, self.deallocate_now(&deallocation));
+            self.reply(to_client, out.freeze());
+            return Ok(());
+        }
+        to_server.extend_from_slice(msg);
+        self.expect_answer(End::Execution);
         Ok(())
     }
 

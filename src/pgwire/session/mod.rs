@@ -254,40 +254,8 @@ impl Session {
         let mut to_client = BytesMut::with_capacity(8192);
         loop {
             // Whole client messages first: they may need a server.
-            loop {
-                let msg = match frame::split_message(&mut self.cbuf, self.door.settings.max_message)
-                {
-                    Ok(Some(msg)) => msg,
-                    Ok(None) => break,
-                    Err(error) => return self.violation(error).await,
-                };
-                if msg[0] == b'X' {
-                    return self.goodbye(&mut to_server).await;
-                }
-                if self.refusing {
-                    if matches!(msg[0], b'S' | b'Q') {
-                        self.refusing = false;
-                        frame::write_ready(&mut to_client, b'I');
-                    }
-                    continue;
-                }
-                if self.server.is_none() && self.answer_unlinked(&msg, &mut to_client) {
-                    continue;
-                }
-                if self.server.is_none() {
-                    if let Err(ended) = self.link(&mut to_server, &mut to_client, msg[0]).await {
-                        return ended;
-                    }
-                    if self.server.is_none() {
-                        continue;
-                    }
-                }
-                if let Err(ended) = self
-                    .client_message(msg, &mut to_server, &mut to_client)
-                    .await
-                {
-                    return ended;
-                }
+            if let Err(ended) = self.client_messages(&mut to_server, &mut to_client).await {
+                return ended;
             }
             if !self.pending.is_empty() {
                 to_server.extend_from_slice(&self.pending.split());
@@ -366,6 +334,41 @@ impl Session {
                         .await;
                 }
             }
+        }
+    }
+
+    /// Handles every whole message the client has sent so far.
+    async fn client_messages(
+        &mut self,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), Ended> {
+        loop {
+            let msg = match frame::split_message(&mut self.cbuf, self.door.settings.max_message) {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Ok(()),
+                Err(error) => return Err(self.violation(error).await),
+            };
+            if msg[0] == b'X' {
+                return Err(self.goodbye(to_server).await);
+            }
+            if self.refusing {
+                if matches!(msg[0], b'S' | b'Q') {
+                    self.refusing = false;
+                    frame::write_ready(to_client, b'I');
+                }
+                continue;
+            }
+            if self.server.is_none() && self.answer_unlinked(&msg, to_client) {
+                continue;
+            }
+            if self.server.is_none() {
+                self.link(to_server, to_client, msg[0]).await?;
+                if self.server.is_none() {
+                    continue;
+                }
+            }
+            self.client_message(msg, to_server, to_client).await?;
         }
     }
 

@@ -46,27 +46,7 @@ impl Session {
                 }
                 Some(Expect::Own(kind)) => {
                     let kind = *kind;
-                    match tag {
-                        b'D' if kind == Own::Read => {
-                            if let [Some(name), Some(value)] = &own::texts(&msg)[..] {
-                                self.captured.insert(name.clone(), value.clone());
-                            }
-                        }
-                        b'D' if kind == Own::Check => self.checked = Some(own::texts(&msg)),
-                        b'E' => {
-                            let fields = frame::read_error(&msg);
-                            if fields.severity == "FATAL" {
-                                server.broken = true;
-                            }
-                            self.own_error = Some(format!("{}: {}", fields.code, fields.message));
-                        }
-                        b'Z' => {
-                            self.expect.pop_front();
-                            let failed = self.own_error.take();
-                            self.own_answered(kind, failed);
-                        }
-                        _ => {}
-                    }
+                    self.own_message(kind, &msg);
                 }
                 Some(Expect::Answer {
                     end,
@@ -78,54 +58,7 @@ impl Session {
                     let (end, swallow, parse, bind) = (*end, *swallow, *parse, *bind);
                     let copy_ended = *copy_ends != self.copy_ends;
                     if tag == b'E' {
-                        let fields = frame::read_error(&msg);
-                        to_client.extend_from_slice(&msg);
-                        if fields.severity == "FATAL" || fields.severity == "PANIC" {
-                            server.broken = true;
-                        }
-                        if let Some(id) = parse {
-                            server.prepared.pop(&id);
-                        }
-                        if fields.code == "0A000"
-                            && let Some(id) = bind
-                        {
-                            // "cached plan must not change result type": this name is stale
-                            // everywhere. It stays prepared here (Parsing it again would
-                            // fail: it exists) until the LRU closes it; clients move to a
-                            // fresh name.
-                            self.door.statements.retire(id);
-                        }
-                        if fields.code == "26000"
-                            && let Some(id) = bind
-                        {
-                            // The server lacks a statement the door thought it had.
-                            server.prepared.pop(&id);
-                        }
-                        if end != End::Ready {
-                            // The server skips everything up to the next Sync: the Parses
-                            // among those never happened.
-                            self.expect.pop_front();
-                            while let Some(next) = self.expect.front() {
-                                if matches!(
-                                    next,
-                                    Expect::Answer {
-                                        end: End::Ready,
-                                        ..
-                                    }
-                                ) {
-                                    break;
-                                }
-                                if let Some(Expect::Answer {
-                                    parse: Some(id), ..
-                                }) = self.expect.pop_front()
-                                {
-                                    server.prepared.pop(&id);
-                                }
-                            }
-                            if self.expect.is_empty() {
-                                self.skipping = true;
-                            }
-                        }
+                        self.answer_error(&msg, end, parse, bind, to_client);
                     } else {
                         if !swallow {
                             let reported = (server.id, server.params_seen);
@@ -146,28 +79,7 @@ impl Session {
                         match tag {
                             b'Z' => self.status = msg.get(5).copied().unwrap_or(b'I'),
                             b'G' => self.copy_in = !copy_ended,
-                            b'C' => {
-                                let tag = frame::read_command_tag(&msg);
-                                // The catalog changed: a new Parse of a known text must not
-                                // reuse a statement prepared before (see Registry::statement).
-                                if tag.starts_with(b"CREATE ")
-                                    || tag.starts_with(b"ALTER ")
-                                    || tag.starts_with(b"DROP ")
-                                {
-                                    self.door.statements.catalog_changed();
-                                }
-                                if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
-                                    server.prepared.clear();
-                                }
-                                if tag == b"DISCARD ALL" {
-                                    // The client's session lost its statements too (a
-                                    // DEALLOCATE ALL's were forgotten when it was sent, so
-                                    // that names Parsed after it stay).
-                                    self.names.clear();
-                                    self.door_statements.clear();
-                                    self.door_portals.clear();
-                                }
-                            }
+                            b'C' => self.completed(&msg),
                             _ => {}
                         }
                         if end.by(tag) {
@@ -183,6 +95,121 @@ impl Session {
                     to_client.extend_from_slice(&bytes);
                 }
             }
+        }
+    }
+
+    /// A message answering one of the door's own queries: swallowed, what it says kept.
+    fn own_message(&mut self, kind: Own, msg: &[u8]) {
+        let tag = msg[0];
+        match tag {
+            b'D' if kind == Own::Read => {
+                if let [Some(name), Some(value)] = &own::texts(msg)[..] {
+                    self.captured.insert(name.clone(), value.clone());
+                }
+            }
+            b'D' if kind == Own::Check => self.checked = Some(own::texts(msg)),
+            b'E' => {
+                let fields = frame::read_error(msg);
+                if fields.severity == "FATAL"
+                    && let Some(server) = self.server.as_mut()
+                {
+                    server.broken = true;
+                }
+                self.own_error = Some(format!("{}: {}", fields.code, fields.message));
+            }
+            b'Z' => {
+                self.expect.pop_front();
+                let failed = self.own_error.take();
+                self.own_answered(kind, failed);
+            }
+            _ => {}
+        }
+    }
+
+    /// An error answering the client's message: relayed; the server now skips to the next
+    /// Sync, so what the door expected up to it is dropped.
+    fn answer_error(
+        &mut self,
+        msg: &[u8],
+        end: End,
+        parse: Option<u64>,
+        bind: Option<u64>,
+        to_client: &mut BytesMut,
+    ) {
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        let fields = frame::read_error(msg);
+        to_client.extend_from_slice(msg);
+        if fields.severity == "FATAL" || fields.severity == "PANIC" {
+            server.broken = true;
+        }
+        if let Some(id) = parse {
+            server.prepared.pop(&id);
+        }
+        if fields.code == "0A000"
+            && let Some(id) = bind
+        {
+            // "cached plan must not change result type": this name is stale
+            // everywhere. It stays prepared here (Parsing it again would
+            // fail: it exists) until the LRU closes it; clients move to a
+            // fresh name.
+            self.door.statements.retire(id);
+        }
+        if fields.code == "26000"
+            && let Some(id) = bind
+        {
+            // The server lacks a statement the door thought it had.
+            server.prepared.pop(&id);
+        }
+        if end != End::Ready {
+            // The server skips everything up to the next Sync: the Parses
+            // among those never happened.
+            self.expect.pop_front();
+            while let Some(next) = self.expect.front() {
+                if matches!(
+                    next,
+                    Expect::Answer {
+                        end: End::Ready,
+                        ..
+                    }
+                ) {
+                    break;
+                }
+                if let Some(Expect::Answer {
+                    parse: Some(id), ..
+                }) = self.expect.pop_front()
+                {
+                    server.prepared.pop(&id);
+                }
+            }
+            if self.expect.is_empty() {
+                self.skipping = true;
+            }
+        }
+    }
+
+    /// A CommandComplete: what its tag says about the catalog and the statements prepared.
+    fn completed(&mut self, msg: &[u8]) {
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        let tag = frame::read_command_tag(msg);
+        // The catalog changed: a new Parse of a known text must not
+        // reuse a statement prepared before (see Registry::statement).
+        if tag.starts_with(b"CREATE ") || tag.starts_with(b"ALTER ") || tag.starts_with(b"DROP ") {
+            self.door.statements.catalog_changed();
+        }
+        if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+            server.prepared.clear();
+        }
+        if tag == b"DISCARD ALL" {
+            // The client's session lost its statements too (a
+            // DEALLOCATE ALL's were forgotten when it was sent, so
+            // that names Parsed after it stay).
+            self.names.clear();
+            self.door_statements.clear();
+            self.door_portals.clear();
         }
     }
 }
