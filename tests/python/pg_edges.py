@@ -7,7 +7,9 @@ client that keeps the connection when it shouldn't makes the next client fail.
   client's own even when another client prepared its own unnamed statement in between;
 - asyncpg's copy_records_to_table (data and CopyDone sent before the server's answer) gives
   the server connection back;
-- the client_encoding a client asks for at startup is the one reported to it, every time.
+- the client_encoding a client asks for at startup is the one reported to it, every time;
+- a role given at startup (`options=-c role=app`) is the session's, on every server
+  connection, never another client's, and RESET ROLE returns to it, without pinning.
 
 usage: pg_edges.py DSN
 """
@@ -91,8 +93,20 @@ def startup_encoding_is_reported_every_time():
             assert c.pgconn.parameter_status(b"client_encoding") == b"UTF8"
 
 
+def startup_role_is_the_sessions_own():
+    with conn(options="-c role=app") as a, conn() as b:
+        assert a.execute("SELECT current_user").fetchone()[0] == "app"
+        # One server connection: b runs on it between a's transactions.
+        assert b.execute("SELECT current_user").fetchone()[0] == "postgres"
+        assert a.execute("SELECT current_user").fetchone()[0] == "app"
+        a.execute("RESET ROLE")
+        assert a.execute("SELECT current_user").fetchone()[0] == "app"
+        assert b.execute("SELECT current_user").fetchone()[0] == "postgres"
+
+
 terminate_right_after_queries()
 unnamed_statement_across_transactions()
 asyncio.run(asyncpg_copy_records_gives_the_connection_back())
 startup_encoding_is_reported_every_time()
+startup_role_is_the_sessions_own()
 print("ok")

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use crate::core::sql::Resets;
 
-use super::state::{HIDDEN, custom_names, set_values};
+use super::state::{HIDDEN, RESET, custom_names, set_values};
 use super::*;
 
 /// Which of the door's queries an answer belongs to.
@@ -105,7 +105,7 @@ impl Session {
             return;
         }
         // Two queries, so that a value the server refuses can't take the reset with it.
-        self.own(to_server, "RESET ALL", Own::Replay);
+        self.own(to_server, RESET, Own::Replay);
         if let Some(sql) = set_values(&self.wanted) {
             self.own(to_server, &sql, Own::Replay);
         }

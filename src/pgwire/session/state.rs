@@ -156,13 +156,17 @@ pub(super) fn refusal_sql(message: &str) -> String {
 /// The statement that brings a connection's settings to `wanted` at login (one Query: if a
 /// startup value is refused, nothing of it stays, and the login fails as PostgreSQL's would).
 pub fn replay(wanted: &BTreeMap<String, String>) -> String {
-    let mut sql = String::from("RESET ALL");
+    let mut sql = String::from(RESET);
     if let Some(values) = set_values(wanted) {
         sql.push_str("; ");
         sql.push_str(&values);
     }
     sql
 }
+
+/// Back to the server's defaults. `RESET ALL` leaves the role alone (PostgreSQL marks it
+/// `GUC_NO_RESET_ALL`): a role given at startup is undone by `RESET ROLE`.
+pub(super) const RESET: &str = "RESET ALL; RESET ROLE";
 
 /// `SELECT pg_catalog.set_config(…), …` for every setting of `wanted`.
 pub(super) fn set_values(wanted: &BTreeMap<String, String>) -> Option<String> {
@@ -213,7 +217,7 @@ mod tests {
         wanted.insert("search_path".to_owned(), "a', b\\".to_owned());
         assert_eq!(
             replay(&wanted),
-            "RESET ALL; SELECT pg_catalog.set_config(E'search_path', E'a'', b\\\\', false)"
+            "RESET ALL; RESET ROLE; SELECT pg_catalog.set_config(E'search_path', E'a'', b\\\\', false)"
         );
     }
 }
