@@ -130,9 +130,8 @@ pub struct ServerConn {
     pub secret: i32,
     /// The ParameterStatus values it reported last (at login, then as they changed).
     pub params: Vec<(String, String)>,
-    /// Counts the ParameterStatus messages read from it, so a client compares its view of the
-    /// parameters only when something was reported.
-    pub params_seen: u64,
+    /// [`digest`] of `params`, so a client compares its view of them only when they differ.
+    pub params_digest: u64,
     /// The session settings applied on it now beyond its defaults (`source = 'session'`).
     pub applied: BTreeMap<String, String>,
     /// Something ran on it that may have changed settings the door can't list (custom ones,
@@ -191,14 +190,25 @@ impl ServerConn {
 
     /// Keeps what a ParameterStatus reports as the connection's current value.
     pub fn note_parameter(&mut self, msg: &[u8]) {
-        self.params_seen += 1;
         if let Some((name, value)) = super::frame::read_parameter_status(msg) {
             match self.params.iter_mut().find(|(n, _)| *n == name) {
                 Some(slot) => slot.1 = value,
                 None => self.params.push((name, value)),
             }
+            self.params_digest = digest(&self.params);
         }
     }
+}
+
+/// A digest of a set of parameters, whatever their order: equal sets, equal digests (a
+/// collision would only skip a ParameterStatus the client already has the like of, with
+/// odds of 2^-64).
+pub fn digest(params: &[(String, String)]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hasher = BuildHasherDefault::<DefaultHasher>::default();
+    params
+        .iter()
+        .fold(0, |acc, pair| acc ^ hasher.hash_one(pair))
 }
 
 /// Opens a connection to `target` and logs in as `user` to `database`.
@@ -218,6 +228,7 @@ pub async fn connect(
     let (stream, buf, pid, secret, params) = tokio::time::timeout(target.connect_timeout, work)
         .await
         .map_err(|_| LoginError::io("timed out"))??;
+    let params_digest = digest(&params);
     let now = Instant::now();
     Ok(ServerConn {
         id,
@@ -228,7 +239,7 @@ pub async fn connect(
         params,
         applied: BTreeMap::new(),
         reset_needed: false,
-        params_seen: 0,
+        params_digest,
         prepared: LruCache::new(prepared_cap),
         opened: now,
         idle_since: now,

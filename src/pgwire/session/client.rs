@@ -169,16 +169,26 @@ impl Session {
             return Ok(());
         }
         if parse.name.is_empty() {
-            let effect = self.read(parse.query);
-            if let Some(refusal) = self.admit(&effect) {
+            // Drivers send the same text as the unnamed statement again and again (pgbench
+            // `-M extended`, most ORMs): read only what is new.
+            let same = self
+                .unnamed
+                .as_ref()
+                .is_some_and(|u| u.query == parse.query && u.types == parse.types);
+            if !same {
+                let effect = self.read(parse.query);
+                self.unnamed = Some(Unnamed {
+                    query: Bytes::copy_from_slice(parse.query),
+                    types: Bytes::copy_from_slice(parse.types),
+                    effect: Arc::new(effect),
+                });
+            }
+            let effect = self.unnamed.as_ref().map(|u| Arc::clone(&u.effect));
+            if let Some(refusal) = effect.and_then(|e| self.admit(&e)) {
+                self.unnamed = None;
                 self.refuse_parse(&refusal, to_server);
                 return Ok(());
             }
-            self.unnamed = Some(Unnamed {
-                query: Bytes::copy_from_slice(parse.query),
-                types: Bytes::copy_from_slice(parse.types),
-                effect: Arc::new(effect),
-            });
             self.unnamed_here = true;
             to_server.extend_from_slice(msg);
             self.expect_answer(End::ParseComplete);
@@ -346,11 +356,14 @@ impl Session {
 
     /// What running `statement` does to this session (read again if this session reads
     /// strings otherwise than the registry did).
-    pub(super) fn statement_effect(&self, statement: &Statement) -> SessionEffect {
-        if self.standard_strings() {
-            statement.effect.clone()
+    pub(super) fn statement_effect<'a>(
+        &self,
+        statement: &'a Statement,
+    ) -> std::borrow::Cow<'a, SessionEffect> {
+        if self.standard_strings {
+            std::borrow::Cow::Borrowed(&statement.effect)
         } else {
-            self.read(&statement.query)
+            std::borrow::Cow::Owned(self.read(&statement.query))
         }
     }
 

@@ -130,12 +130,14 @@ pub struct Session {
     /// the startup value, whatever the server reported in between.
     restoring: Vec<String>,
     /// The server connection and its count of ParameterStatus when the client was last told.
-    reported: (u64, u64),
+    told_digest: u64,
     /// The custom settings (`app.tenant_id`) it has named: read back by name, since the
     /// server can't list them.
     custom: std::collections::BTreeSet<String>,
     /// What the transaction in progress did to the session.
     noted: Noted,
+    /// Its `standard_conforming_strings` (where its strings end), kept with `wanted`.
+    standard_strings: bool,
     /// The client's unnamed statement, and whether the linked server has it.
     unnamed: Option<Unnamed>,
     unnamed_here: bool,
@@ -204,6 +206,8 @@ impl Session {
         cancel: Arc<Slot>,
     ) -> Session {
         let wanted = startup.settings;
+        let standard_strings = state::standard_strings(&wanted);
+        let told_digest = super::server::digest(&startup.reported);
         Session {
             door,
             client,
@@ -214,9 +218,10 @@ impl Session {
             startup: wanted.clone(),
             told: startup.reported,
             restoring: Vec::new(),
-            reported: (u64::MAX, 0),
+            told_digest,
             wanted,
             noted: Noted::default(),
+            standard_strings,
             unnamed: None,
             unnamed_here: false,
             names: HashMap::new(),

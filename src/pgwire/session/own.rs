@@ -187,6 +187,7 @@ impl Session {
                 }
                 self.custom.extend(custom_names(&now));
                 server.applied = now.clone();
+                self.standard_strings = super::state::standard_strings(&now);
                 self.wanted = now;
             }
             Own::Check => self.judge(failed.is_some()),

@@ -61,11 +61,10 @@ impl Session {
                         self.answer_error(&msg, end, parse, bind, to_client);
                     } else {
                         if !swallow {
-                            let reported = (server.id, server.params_seen);
                             if tag == b'Z'
-                                && (reported != self.reported || !self.restoring.is_empty())
+                                && (server.params_digest != self.told_digest
+                                    || !self.restoring.is_empty())
                             {
-                                self.reported = reported;
                                 own::report_changes(
                                     &server.params,
                                     &self.startup,
@@ -73,6 +72,7 @@ impl Session {
                                     &mut self.told,
                                     to_client,
                                 );
+                                self.told_digest = super::super::server::digest(&self.told);
                             }
                             to_client.extend_from_slice(&msg);
                         }

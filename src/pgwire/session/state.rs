@@ -40,21 +40,17 @@ pub(super) struct Unnamed {
 }
 
 impl Session {
-    /// Whether the session reads strings as the standard says (`standard_conforming_strings`).
-    pub(super) fn standard_strings(&self) -> bool {
-        self.wanted
-            .get("standard_conforming_strings")
-            .is_none_or(|v| !v.eq_ignore_ascii_case("off"))
-    }
-
     /// What `sql` does to the session, read as this session's server reads it.
     pub(super) fn read(&self, sql: &[u8]) -> SessionEffect {
-        session_effect(sql, self.standard_strings())
+        session_effect(sql, self.standard_strings)
     }
 
     /// Notes what a statement about to run does. `params` is a Bind's parameters, for the
     /// settings a `set_config($n, …)` names.
     pub(super) fn note(&mut self, effect: &SessionEffect, params: Option<&[u8]>) {
+        if effect.is_plain() {
+            return;
+        }
         let noted = &mut self.noted;
         noted.settings |= effect.settings;
         if effect.unverified {
@@ -140,6 +136,14 @@ impl Session {
             info!(user = %self.key.user, reason = reason.label(), "client unpinned: its session holds nothing of its own on the server connection any more");
         }
     }
+}
+
+/// Whether a session with `settings` reads strings as the standard says
+/// (`standard_conforming_strings`, on unless the client turned it off).
+pub(super) fn standard_strings(settings: &BTreeMap<String, String>) -> bool {
+    settings
+        .get("standard_conforming_strings")
+        .is_none_or(|v| !v.eq_ignore_ascii_case("off"))
 }
 
 /// A statement that fails on the server with 0A000 and `message`.
