@@ -7,7 +7,7 @@
 //! where words, strings and statements begin and end, not the whole grammar. A tokenizer is one
 //! linear pass that borrows the text (about 10–30 ns per token here, measured by
 //! `lexing_is_cheap` below in release builds), where a full parse costs tens of microseconds a
-//! statement and a C build; what the tokens mean is read in [`super::effect`].
+//! statement and a C build; what the tokens mean is read in [`super::session_effect`].
 
 /// One token. Words and strings borrow the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
