@@ -225,14 +225,6 @@ const PLAIN: &[&str] = &[
     "table",
     "with",
     "show",
-    "begin",
-    "start",
-    "commit",
-    "end",
-    "rollback",
-    "abort",
-    "savepoint",
-    "release",
     "copy",
     "alter",
     "drop",
@@ -329,7 +321,7 @@ fn read_kind(t: &[Token<'_>], effect: &mut SessionEffect) {
         }
         "do" => effect.unverified = true,
         "call" | "execute" => effect.unverified = true,
-        kind if PLAIN.contains(&kind) => {}
+        kind if PLAIN.contains(&kind) || super::TRANSACTION_COMMANDS.contains(&kind) => {}
         _ => effect.unverified = true,
     }
 }
