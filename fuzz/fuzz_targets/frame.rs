@@ -24,5 +24,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = frame::read_command_tag(&msg);
         let _ = frame::read_parameter_status(&msg);
     }
-    let _ = session_effect(data);
+    let _ = session_effect(data, true);
+    let _ = session_effect(data, false);
 });
