@@ -22,6 +22,9 @@ struct Certificates {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    /// A client certificate the CA signed, and its key.
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 fn certificates(ca_name: &str) -> Certificates {
@@ -36,16 +39,30 @@ fn certificates(ca_name: &str) -> Certificates {
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "postgres");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = params.signed_by(&client_key, &ca).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let files = Certificates {
         ca: dir.path().join("ca.crt"),
         cert: dir.path().join("tls.crt"),
         key: dir.path().join("tls.key"),
+        client_cert: dir.path().join("client.crt"),
+        client_key: dir.path().join("client.key"),
         dir,
     };
     std::fs::write(&files.ca, ca.pem()).unwrap();
     std::fs::write(&files.cert, cert.pem()).unwrap();
     std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    std::fs::write(&files.client_cert, client_cert.pem()).unwrap();
+    std::fs::write(&files.client_key, client_key.serialize_pem()).unwrap();
+    // libpq refuses a private key others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&files.client_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     files
 }
 
@@ -81,6 +98,18 @@ async fn tls_door(files: &Certificates) -> Gateway {
         files.key.to_str().unwrap(),
     ])
     .await
+}
+
+/// A door serving TLS with `files`' certificate, with `settings`.
+async fn tls_door_with(files: &Certificates, settings: &[&str]) -> Gateway {
+    let mut all = vec![
+        "--tls-cert",
+        files.cert.to_str().unwrap(),
+        "--tls-key",
+        files.key.to_str().unwrap(),
+    ];
+    all.extend_from_slice(settings);
+    door(&all).await
 }
 
 /// psql from the binaries the tests use, or PostgreSQL 15's.
@@ -197,4 +226,77 @@ async fn bytes_after_ssl_request_are_refused() {
     let ssl = format!("sslmode=verify-full sslrootcert={}", files.ca.display());
     let (ok, _, err) = run_psql(&conninfo(&gw, "localhost", &ssl), &["SELECT 1"]).await;
     assert!(ok, "{err}");
+}
+
+/// `PGWAY_PG_REQUIRE_TLS`: a plaintext login is refused as PostgreSQL refuses one that only
+/// a `hostssl` line would allow (28000), before any password is asked for; TLS gets in.
+#[tokio::test]
+async fn plaintext_is_refused_when_tls_is_required() {
+    let files = certificates("pgway door test CA");
+    let gw = tls_door_with(&files, &["--pg-require-tls", "true"]).await;
+    let (ok, _, err) = run_psql(
+        &conninfo(&gw, "127.0.0.1", "sslmode=disable"),
+        &["SELECT 1"],
+    )
+    .await;
+    assert!(!ok, "a plaintext login got in");
+    assert!(err.contains("no encryption"), "{err}");
+    assert!(err.contains("PGWAY_PG_REQUIRE_TLS"), "{err}");
+    let refused = gw
+        .metric("pgway_pg_auth_failures_total{reason=\"tls_required\"}")
+        .await;
+    // At least: another test of this binary is refused for the same cause.
+    assert!(refused >= 1.0, "the refusal is not counted");
+    let ssl = format!("sslmode=verify-full sslrootcert={}", files.ca.display());
+    let (ok, out, err) = run_psql(&conninfo(&gw, "localhost", &ssl), &["SELECT 7"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "7\n");
+}
+
+/// With `PGWAY_TLS_CLIENT_CA` the PostgreSQL port asks for a certificate exactly as the gRPC
+/// port does: no plaintext, no TLS without a certificate, and a certificate the CA signed plus
+/// the password gets in.
+#[tokio::test]
+async fn a_client_ca_requires_a_certificate_on_the_postgres_port_too() {
+    let files = certificates("pgway door test CA");
+    let gw = tls_door_with(&files, &["--tls-client-ca", files.ca.to_str().unwrap()]).await;
+    let (ok, _, err) = run_psql(
+        &conninfo(&gw, "127.0.0.1", "sslmode=disable"),
+        &["SELECT 1"],
+    )
+    .await;
+    assert!(!ok, "a plaintext login got in");
+    assert!(err.contains("PGWAY_TLS_CLIENT_CA"), "{err}");
+    let ssl = format!("sslmode=verify-full sslrootcert={}", files.ca.display());
+    let (ok, _, err) = run_psql(&conninfo(&gw, "localhost", &ssl), &["SELECT 1"]).await;
+    assert!(!ok, "a login without a certificate got in");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // A certificate another CA signed.
+    let other = certificates("unrelated test CA");
+    let with_other = format!(
+        "{ssl} sslcert={} sslkey={}",
+        other.client_cert.display(),
+        other.client_key.display()
+    );
+    let (ok, _, err) = run_psql(&conninfo(&gw, "localhost", &with_other), &["SELECT 1"]).await;
+    assert!(!ok, "a certificate from another CA got in");
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("alert"),
+        "{err}"
+    );
+    let with_cert = format!(
+        "{ssl} sslcert={} sslkey={}",
+        files.client_cert.display(),
+        files.client_key.display()
+    );
+    let (ok, out, err) = run_psql(
+        &conninfo(&gw, "localhost", &with_cert),
+        &["SELECT 40 + 2", "\\conninfo"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("42\n") && out.contains("SSL connection"),
+        "{out}"
+    );
 }

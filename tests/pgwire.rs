@@ -85,7 +85,7 @@ async fn logins_are_checked_like_postgresql_does() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "postgres");
 
-    let before = door.gw.metric("pgway_pg_auth_failures_total").await;
+    let before = door.gw.metric_total("pgway_pg_auth_failures_total").await;
     let wrong = door.dsn_as("postgres", "not-the-password");
     let (ok, _, err) = psql(&wrong, &["-c", "select 1"], &[]).await;
     assert!(!ok);
@@ -114,7 +114,7 @@ async fn logins_are_checked_like_postgresql_does() {
         Some("database \"x\" does not exist"),
         "{error:?}"
     );
-    let after = door.gw.metric("pgway_pg_auth_failures_total").await;
+    let after = door.gw.metric_total("pgway_pg_auth_failures_total").await;
     assert!(
         after >= before + 3.0,
         "failures counted: {before} → {after}"

@@ -74,7 +74,10 @@ fn start_pg_door(
         session_state: pg.session_state,
         max_pinned: pg.max_pinned,
         max_clients: pg.max_clients,
-        require_tls: false,
+        require_tls: pg.require_tls,
+        client_certificates: pg.client_certificates,
+        login_timeout: pg.login_timeout,
+        gate: pg.gate,
     };
     let door = Arc::new(pgwire::Door::new(settings, pools, users, client_tls));
     let clients = TaskTracker::new();
@@ -145,6 +148,12 @@ pub async fn serve(
         verification = ?config.database_tls.verification(),
         "database TLS"
     );
+    // Each client is a socket: a soft limit of 1,024 open files (many systems' default) would
+    // refuse clients long before PGWAY_PG_MAX_CLIENTS. The hard limit is the system's word.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(limit, "open files"),
+        Err(error) => warn!(%error, "cannot raise the open-files limit"),
+    }
     if metrics_listener.is_some() {
         // Installed before anything records: the pool and the call layer keep handles from it.
         telemetry::recorder();

@@ -93,6 +93,24 @@ const RETRY_REASONS: [&str; 3] = ["connection_lost", "server_restart", "transact
 /// `pgway_transactions_total{outcome}`'s values.
 const TRANSACTION_OUTCOMES: [&str; 4] = ["committed", "rolled_back", "aborted", "outcome_unknown"];
 /// `pgway_auth_failures_total{reason}`'s values.
+/// `pgway_pg_auth_failures_total`'s causes (see `pgwire::startup`).
+pub const PG_LOGIN_REFUSALS: [&str; 14] = [
+    "unknown_user",
+    "wrong_password",
+    "bad_exchange",
+    "unknown_database",
+    "tls_required",
+    "protocol",
+    "replication",
+    "too_many_logins",
+    "too_many_clients",
+    "timeout",
+    "evicted",
+    "server",
+    "acquire_timeout",
+    "bad_setting",
+];
+
 const AUTH_FAILURE_REASONS: [&str; 12] = [
     "missing",
     "malformed",
@@ -194,7 +212,10 @@ fn register_known_series() {
         PG_CANCELS,
         "Cancel requests forwarded to a server connection."
     );
-    describe_counter!(PG_AUTH_FAILURES, "Failed logins at the PostgreSQL door.");
+    describe_counter!(
+        PG_AUTH_FAILURES,
+        "Refused logins at the PostgreSQL door, by cause."
+    );
 
     // Not ready until the monitor has seen the database.
     gauge!(DATABASE_UP).set(0.0);
@@ -210,11 +231,11 @@ fn register_known_series() {
         POOL_ACQUIRE_TIMEOUTS,
         SHED,
         PG_CANCELS,
-        PG_AUTH_FAILURES,
     ] {
         counter!(name).increment(0);
     }
-    let labelled: [(&'static str, &'static str, &[&'static str]); 8] = [
+    let labelled: [(&'static str, &'static str, &[&'static str]); 9] = [
+        (PG_AUTH_FAILURES, "reason", &PG_LOGIN_REFUSALS),
         (CONNECTIONS_CLOSED, "reason", &CLOSE_REASONS),
         (CONNECTION_ERRORS, "kind", &CONNECT_ERROR_KINDS),
         (RETRIES, "reason", &RETRY_REASONS),

@@ -12,6 +12,7 @@
 
 pub mod cancel;
 pub mod frame;
+pub mod gate;
 pub mod pool;
 pub mod scram;
 pub mod server;
@@ -34,7 +35,6 @@ use tracing::{info, warn};
 use crate::core::telemetry as names;
 use crate::core::tls::Current;
 use pool::Pools;
-use scram::Verifier;
 use statements::Registry;
 use users::Users;
 
@@ -57,7 +57,14 @@ pub struct Settings {
     pub session_state: SessionStateMode,
     pub max_pinned: usize,
     pub max_clients: usize,
+    /// Plaintext clients are refused (`PGWAY_PG_REQUIRE_TLS`, or a client CA set).
     pub require_tls: bool,
+    /// TLS clients must show a certificate `PGWAY_TLS_CLIENT_CA` signed (the TLS
+    /// configuration enforces it; this names it in refusals).
+    pub client_certificates: bool,
+    /// How long a client has to log in (PostgreSQL's `authentication_timeout`).
+    pub login_timeout: Duration,
+    pub gate: gate::GateLimits,
 }
 
 /// Counts of clients by state, kept as `pgway_pg_clients{state}`.
@@ -161,6 +168,8 @@ pub struct Door {
     pub grace_over: CancellationToken,
     /// `pgway_pg_prepared_statements_total`, looked up once: counted on every Bind.
     pub prepared: PreparedCounters,
+    /// Logins in progress, and failures by address.
+    pub gate: gate::Gate,
     /// Makes the mock verifiers of unknown users (stable per name, unknown to anyone).
     mock_secret: [u8; 32],
 }
@@ -187,6 +196,7 @@ impl Door {
     pub fn new(settings: Settings, pools: Pools, users: Users, tls: Option<Current>) -> Door {
         Door {
             clients: Clients::new(settings.max_pinned),
+            gate: gate::Gate::new(settings.gate),
             settings,
             pools,
             statements: Registry::default(),
@@ -199,27 +209,6 @@ impl Door {
             mock_secret: rand::random(),
         }
     }
-
-    /// A verifier no password matches, the same for a name every time, so an unknown user
-    /// can't be told from a known one by its salt.
-    pub fn mock_verifier(&self, user: &str) -> Verifier {
-        use hmac::{Hmac, KeyInit, Mac};
-        let mut mac = match Hmac::<sha2::Sha256>::new_from_slice(&self.mock_secret) {
-            Ok(mac) => mac,
-            Err(_) => {
-                return Verifier::from_password(&rand::random::<u64>().to_string(), b"pgway", 4096);
-            }
-        };
-        mac.update(user.as_bytes());
-        let salt = mac.finalize().into_bytes();
-        let mut verifier = Verifier::from_password(&hex(&self.mock_secret), &salt[..16], 4096);
-        verifier.stored_key = rand::random();
-        verifier
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Accepts clients on `listener` until the door is told to stop; each client runs on a task

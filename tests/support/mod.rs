@@ -200,6 +200,18 @@ impl Gateway {
             .unwrap_or(0.0)
     }
 
+    /// The sum of every series of `name` in `/metrics`, whatever their labels.
+    pub async fn metric_total(&self, name: &str) -> f64 {
+        let text = self.scrape().await;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix(name))
+            .filter(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            .filter_map(|rest| rest.rsplit(' ').next())
+            .map(|v| v.trim().parse::<f64>().expect("a number"))
+            .sum()
+    }
+
     /// Stops the gateway as SIGTERM would and waits for it to finish.
     pub async fn shutdown(mut self) -> Result<(), pgway::app::ServeError> {
         if let Some(stop) = self.stop.take() {

@@ -136,9 +136,29 @@ pub struct ServeArgs {
     #[arg(long, env = "PGWAY_PG_SESSION_STATE", default_value = "pin", value_parser = ["pin", "error"])]
     pub pg_session_state: String,
 
-    /// Most client connections of the PostgreSQL door.
+    /// Most logged-in clients of the PostgreSQL door (clients still logging in don't count:
+    /// see PGWAY_PG_MAX_LOGINS).
     #[arg(long, env = "PGWAY_PG_MAX_CLIENTS", default_value_t = 4000)]
     pub pg_max_clients: usize,
+
+    /// Refuse PostgreSQL-door clients that don't use TLS (like pg_hba.conf's `hostssl`).
+    /// Always on when PGWAY_TLS_CLIENT_CA is set, so no client gets in without a certificate.
+    #[arg(long, env = "PGWAY_PG_REQUIRE_TLS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub pg_require_tls: bool,
+
+    /// How long a client of the PostgreSQL door has to log in (PostgreSQL's
+    /// `authentication_timeout`).
+    #[arg(long, env = "PGWAY_PG_LOGIN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub pg_login_timeout: Duration,
+
+    /// Most clients of the PostgreSQL door logging in at once; when reached, the one that has
+    /// been at it longest is dropped to make room.
+    #[arg(long, env = "PGWAY_PG_MAX_LOGINS", default_value_t = 1000)]
+    pub pg_max_logins: usize,
+
+    /// Most clients from one address logging in at once; more are refused (53300).
+    #[arg(long, env = "PGWAY_PG_MAX_LOGINS_PER_ADDRESS", default_value_t = 100)]
+    pub pg_max_logins_per_address: usize,
 
     /// How long opening one database connection may take.
     #[arg(long, env = "PGWAY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]

@@ -69,6 +69,10 @@ pub struct PgConfig {
     pub session_state: crate::pgwire::SessionStateMode,
     pub max_clients: usize,
     pub max_request_bytes: usize,
+    pub require_tls: bool,
+    pub client_certificates: bool,
+    pub login_timeout: std::time::Duration,
+    pub gate: crate::pgwire::gate::GateLimits,
 }
 
 impl Config {

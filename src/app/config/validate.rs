@@ -113,8 +113,26 @@ impl ServeArgs {
                 "must take the user name as $1",
             ));
         }
-        if self.pg_max_clients == 0 {
-            return Err(invalid("PGWAY_PG_MAX_CLIENTS", "must be at least 1"));
+        for (setting, value) in [
+            ("PGWAY_PG_MAX_CLIENTS", self.pg_max_clients),
+            ("PGWAY_PG_MAX_LOGINS", self.pg_max_logins),
+            (
+                "PGWAY_PG_MAX_LOGINS_PER_ADDRESS",
+                self.pg_max_logins_per_address,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(setting, "must be at least 1"));
+            }
+        }
+        if self.pg_login_timeout.is_zero() {
+            return Err(invalid("PGWAY_PG_LOGIN_TIMEOUT", "must be more than 0"));
+        }
+        if self.pg_require_tls && self.tls_cert.is_none() {
+            return Err(invalid(
+                "PGWAY_PG_REQUIRE_TLS",
+                "needs PGWAY_TLS_CERT and PGWAY_TLS_KEY: the door has no TLS to require",
+            ));
         }
         Ok(Some(PgConfig {
             addr,
@@ -129,6 +147,13 @@ impl ServeArgs {
             },
             max_clients: self.pg_max_clients,
             max_request_bytes: self.max_request_bytes,
+            require_tls: self.pg_require_tls || self.tls_client_ca.is_some(),
+            client_certificates: self.tls_client_ca.is_some(),
+            login_timeout: self.pg_login_timeout,
+            gate: crate::pgwire::gate::GateLimits {
+                max_logins: self.pg_max_logins,
+                max_per_address: self.pg_max_logins_per_address,
+            },
         }))
     }
 
