@@ -4,95 +4,12 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use postgres_protocol::message::frontend;
 use support::door::{Door, POSTGRES_PASSWORD};
+use support::raw::{connect_from, scram_login};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-/// A TCP connection to `addr` from `from`.
-async fn connect_from(from: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(from.parse::<IpAddr>().unwrap(), 0))?;
-    socket.connect(addr).await
-}
-
-/// Reads one backend message: its type and body.
-async fn read_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<(u8, BytesMut)> {
-    loop {
-        if buf.len() >= 5 {
-            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() > len {
-                let kind = buf[0];
-                let mut msg = buf.split_to(len + 1);
-                msg.advance(5);
-                return Some((kind, msg));
-            }
-        }
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// The SQLSTATE of an ErrorResponse body.
-fn sqlstate(body: &[u8]) -> String {
-    body.split(|&b| b == 0)
-        .find_map(|field| field.strip_prefix(b"C"))
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .unwrap_or_default()
-}
-
-/// A whole SCRAM login as `user` with `password` from `from`: the SQLSTATE it ended with
-/// ("" when it got in) and how long the answer took.
-async fn scram_login(
-    from: &str,
-    addr: SocketAddr,
-    database: &str,
-    user: &str,
-    password: &str,
-) -> (String, Duration) {
-    let started = Instant::now();
-    let Ok(mut stream) = connect_from(from, addr).await else {
-        return ("connect".into(), started.elapsed());
-    };
-    let mut out = BytesMut::new();
-    frontend::startup_message([("user", user), ("database", database)], &mut out).unwrap();
-    let mut buf = BytesMut::new();
-    let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-    if stream.write_all(&out).await.is_err() {
-        return ("gone".into(), started.elapsed());
-    }
-    while let Some((kind, body)) = read_message(&mut stream, &mut buf).await {
-        out.clear();
-        match kind {
-            b'R' => match i32::from_be_bytes([body[0], body[1], body[2], body[3]]) {
-                10 => frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out)
-                    .unwrap(),
-                11 => {
-                    if scram.update(&body[4..]).is_err() {
-                        return ("scram".into(), started.elapsed());
-                    }
-                    frontend::sasl_response(scram.message(), &mut out).unwrap();
-                }
-                _ => {}
-            },
-            b'E' => return (sqlstate(&body), started.elapsed()),
-            b'Z' => return (String::new(), started.elapsed()),
-            _ => {}
-        }
-        if !out.is_empty() && stream.write_all(&out).await.is_err() {
-            return ("gone".into(), started.elapsed());
-        }
-    }
-    ("closed".into(), started.elapsed())
-}
 
 /// Thousands of sockets that connect and send nothing, from one address and from many,
 /// don't keep a real client out: they take no place among the logged-in clients, one

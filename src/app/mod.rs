@@ -78,6 +78,10 @@ fn start_pg_door(
         client_certificates: pg.client_certificates,
         login_timeout: pg.login_timeout,
         gate: pg.gate,
+        statement_cache: pg.statement_cache,
+        client_statements: pg.client_statements,
+        client_idle_timeout: pg.client_idle_timeout,
+        transaction_timeout: pg.transaction_timeout,
     };
     let door = Arc::new(pgwire::Door::new(settings, pools, users, client_tls));
     let clients = TaskTracker::new();

@@ -35,6 +35,8 @@ pub const PG_CLIENTS: &str = "pgway_pg_clients";
 pub const PG_PREPARED: &str = "pgway_pg_prepared_statements_total";
 pub const PG_CANCELS: &str = "pgway_pg_cancels_total";
 pub const PG_AUTH_FAILURES: &str = "pgway_pg_auth_failures_total";
+pub const PG_TIMEOUTS: &str = "pgway_pg_timeouts_total";
+pub const PG_STATEMENTS_DROPPED: &str = "pgway_pg_statements_dropped_total";
 
 /// Installs the process-wide recorder once and returns its handle. Several gateways in one
 /// process (the tests) share it.
@@ -110,6 +112,18 @@ pub const PG_LOGIN_REFUSALS: [&str; 14] = [
     "acquire_timeout",
     "bad_setting",
 ];
+
+/// `pgway_pg_timeouts_total`'s kinds: the bounds on what a client may hold (see
+/// `pgwire::session`).
+pub const PG_TIMEOUT_KINDS: [&str; 4] = [
+    "idle_transaction",
+    "client_idle",
+    "transaction",
+    "client_not_reading",
+];
+/// `pgway_pg_statements_dropped_total`'s places: the door-wide registry of statement texts,
+/// or one client's map of names.
+const PG_STATEMENT_DROP_PLACES: [&str; 2] = ["registry", "client"];
 
 const AUTH_FAILURE_REASONS: [&str; 12] = [
     "missing",
@@ -216,6 +230,14 @@ fn register_known_series() {
         PG_AUTH_FAILURES,
         "Refused logins at the PostgreSQL door, by cause."
     );
+    describe_counter!(
+        PG_TIMEOUTS,
+        "PostgreSQL-door clients ended for holding a server connection too long, by bound."
+    );
+    describe_counter!(
+        PG_STATEMENTS_DROPPED,
+        "Prepared statements the PostgreSQL door forgot, least recently used first, to stay within its bounds."
+    );
 
     // Not ready until the monitor has seen the database.
     gauge!(DATABASE_UP).set(0.0);
@@ -226,16 +248,13 @@ fn register_known_series() {
     for outcome in ["hit", "prepared", "evicted"] {
         counter!(PG_PREPARED, "outcome" => outcome).increment(0);
     }
-    for name in [
-        CONNECTIONS_OPENED,
-        POOL_ACQUIRE_TIMEOUTS,
-        SHED,
-        PG_CANCELS,
-    ] {
+    for name in [CONNECTIONS_OPENED, POOL_ACQUIRE_TIMEOUTS, SHED, PG_CANCELS] {
         counter!(name).increment(0);
     }
-    let labelled: [(&'static str, &'static str, &[&'static str]); 9] = [
+    let labelled: [(&'static str, &'static str, &[&'static str]); 11] = [
         (PG_AUTH_FAILURES, "reason", &PG_LOGIN_REFUSALS),
+        (PG_TIMEOUTS, "kind", &PG_TIMEOUT_KINDS),
+        (PG_STATEMENTS_DROPPED, "place", &PG_STATEMENT_DROP_PLACES),
         (CONNECTIONS_CLOSED, "reason", &CLOSE_REASONS),
         (CONNECTION_ERRORS, "kind", &CONNECT_ERROR_KINDS),
         (RETRIES, "reason", &RETRY_REASONS),

@@ -65,6 +65,14 @@ pub struct Settings {
     /// How long a client has to log in (PostgreSQL's `authentication_timeout`).
     pub login_timeout: Duration,
     pub gate: gate::GateLimits,
+    /// The registry of statement texts shared by all clients.
+    pub statement_cache: statements::Bound,
+    /// Each client's named statements.
+    pub client_statements: statements::Bound,
+    /// How long a client may sit idle, even holding no server connection (0: no bound).
+    pub client_idle_timeout: Duration,
+    /// How long a client may keep a server connection for one transaction (0: no bound).
+    pub transaction_timeout: Duration,
 }
 
 /// Counts of clients by state, kept as `pgway_pg_clients{state}`.
@@ -170,6 +178,8 @@ pub struct Door {
     pub prepared: PreparedCounters,
     /// Logins in progress, and failures by address.
     pub gate: gate::Gate,
+    /// `pgway_pg_timeouts_total{kind}`.
+    pub timeouts: Timeouts,
     /// Makes the mock verifiers of unknown users (stable per name, unknown to anyone).
     mock_secret: [u8; 32],
 }
@@ -192,14 +202,27 @@ impl PreparedCounters {
     }
 }
 
+/// `pgway_pg_timeouts_total{kind}`: clients ended for holding a server connection too long.
+#[derive(Debug)]
+pub struct Timeouts;
+
+impl Timeouts {
+    /// Counts one client ended by the bound `kind` (one of `PG_TIMEOUT_KINDS`).
+    pub fn count(&self, kind: &'static str) {
+        counter!(names::PG_TIMEOUTS, "kind" => kind).increment(1);
+    }
+}
+
 impl Door {
     pub fn new(settings: Settings, pools: Pools, users: Users, tls: Option<Current>) -> Door {
         Door {
             clients: Clients::new(settings.max_pinned),
             gate: gate::Gate::new(settings.gate),
+            statements: Registry::new(settings.statement_cache),
+            timeouts: Timeouts,
             settings,
             pools,
-            statements: Registry::default(),
+
             cancels: cancel::Cancels::default(),
             users,
             tls,

@@ -7,14 +7,30 @@
 //! server connection the first time that connection needs it. Each connection tracks what it
 //! has, with a bound (least recently used closed first); each client maps its own names to the
 //! global ones.
+//!
+//! Both the registry and each client's map are bounded, by count and by bytes of text, least
+//! recently used dropped first: applications that write literals into their SQL send a new
+//! text every time, and a hostile client can send megabytes per statement. A text dropped
+//! from the registry stays usable by the clients that name it (they hold it); the next Parse
+//! of it only gets a new global name.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use lru::LruCache;
+use metrics::counter;
 
 use crate::core::sql::{SessionEffect, session_effect};
+use crate::core::telemetry as names;
+
+/// How many statements, and how many bytes of their texts, a map may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub count: NonZeroUsize,
+    pub bytes: usize,
+}
 
 /// One global statement: what to send in its Parse.
 #[derive(Debug)]
@@ -37,6 +53,113 @@ impl Statement {
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
     }
+
+    /// The bytes it holds, as its bounds count them.
+    pub fn size(&self) -> usize {
+        self.query.len() + self.types.len() + self.name.len()
+    }
+}
+
+/// Statements by key, least recently used dropped first beyond a [`Bound`].
+#[derive(Debug)]
+pub struct Bounded<K: std::hash::Hash + Eq> {
+    map: LruCache<K, Arc<Statement>>,
+    bytes: usize,
+    bound: Bound,
+    /// `pgway_pg_statements_dropped_total{place}`'s label.
+    place: &'static str,
+}
+
+impl<K: std::hash::Hash + Eq> Bounded<K> {
+    pub fn new(bound: Bound, place: &'static str) -> Bounded<K> {
+        Bounded {
+            map: LruCache::unbounded(),
+            bytes: 0,
+            bound,
+            place,
+        }
+    }
+
+    /// Adds (or replaces) `key`, then drops the least recently used beyond the bound (never
+    /// the one just added).
+    pub fn insert(&mut self, key: K, statement: Arc<Statement>) {
+        self.bytes += statement.size();
+        if let Some(old) = self.map.put(key, statement) {
+            self.bytes -= old.size();
+        }
+        let mut dropped = 0;
+        while self.map.len() > 1
+            && (self.map.len() > self.bound.count.get() || self.bytes > self.bound.bytes)
+        {
+            let Some((_, old)) = self.map.pop_lru() else {
+                break;
+            };
+            self.bytes -= old.size();
+            dropped += 1;
+        }
+        if dropped > 0 {
+            counter!(names::PG_STATEMENTS_DROPPED, "place" => self.place).increment(dropped);
+        }
+    }
+
+    /// The statement of `key`, now the most recently used.
+    pub fn get<Q>(&mut self, key: &Q) -> Option<&Arc<Statement>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.map.get(key)
+    }
+
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.map.contains(key)
+    }
+
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<Arc<Statement>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let removed = self.map.pop(key)?;
+        self.bytes -= removed.size();
+        Some(removed)
+    }
+
+    /// Drops every statement with `id`.
+    fn remove_id(&mut self, id: u64)
+    where
+        K: Clone,
+    {
+        let keys: Vec<K> = (self.map.iter())
+            .filter(|(_, s)| s.id == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.remove(&key);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The bytes of text held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 /// The gateway-wide registry of global statements. Cheap to clone.
@@ -49,22 +172,34 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Registry {
-        Registry {
-            inner: Arc::default(),
-            prefix: format!("pgway_{:016x}_", rand::random::<u64>()).into(),
-        }
+        Registry::new(Bound {
+            count: NonZeroUsize::MIN.saturating_add(9_999),
+            bytes: 64 << 20,
+        })
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
-    by_text: HashMap<(Bytes, Bytes), Arc<Statement>>,
+    by_text: Bounded<(Bytes, Bytes)>,
     next: u64,
     /// Bumped by every CREATE, ALTER or DROP the door sees complete.
     epoch: u64,
 }
 
 impl Registry {
+    /// A registry of at most `bound`'s statements.
+    pub fn new(bound: Bound) -> Registry {
+        Registry {
+            inner: Arc::new(Mutex::new(Inner {
+                by_text: Bounded::new(bound, "registry"),
+                next: 0,
+                epoch: 0,
+            })),
+            prefix: format!("pgway_{:016x}_", rand::random::<u64>()).into(),
+        }
+    }
+
     /// The global statement for this text and these types, made on first use.
     pub fn statement(&self, query: &[u8], types: &[u8]) -> Arc<Statement> {
         let Ok(mut inner) = self.inner.lock() else {
@@ -72,8 +207,9 @@ impl Registry {
             return Arc::new(self.make(u64::MAX, query, types));
         };
         let key = (Bytes::copy_from_slice(query), Bytes::copy_from_slice(types));
+        let epoch = inner.epoch;
         if let Some(found) = inner.by_text.get(&key) {
-            if found.epoch == inner.epoch {
+            if found.epoch == epoch {
                 return Arc::clone(found);
             }
             // DDL ran since it was made. Directly, a Parse now is analysed against the catalog
@@ -94,12 +230,10 @@ impl Registry {
     /// text gets a fresh global name, prepared anew everywhere.
     pub fn retire(&self, id: u64) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.by_text.retain(|_, s| {
-                if s.id == id {
-                    s.retired.store(true, Ordering::Relaxed);
-                }
-                s.id != id
-            });
+            if let Some((_, s)) = inner.by_text.map.iter().find(|(_, s)| s.id == id) {
+                s.retired.store(true, Ordering::Relaxed);
+            }
+            inner.by_text.remove_id(id);
         }
     }
 
@@ -126,6 +260,11 @@ impl Registry {
             epoch: 0,
             retired: AtomicBool::new(false),
         }
+    }
+
+    /// The bytes of text the registry holds.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().map(|i| i.by_text.bytes()).unwrap_or(0)
     }
 
     /// How many distinct statements are known.
@@ -174,5 +313,37 @@ mod tests {
                 .statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23])
                 .name
         );
+    }
+
+    #[test]
+    fn the_least_recently_used_are_dropped_beyond_the_bound() {
+        let registry = Registry::new(Bound {
+            count: NonZeroUsize::new(3).unwrap(),
+            bytes: 1 << 20,
+        });
+        let first = registry.statement(b"SELECT 1", &[0, 0]);
+        for n in 2..=3 {
+            registry.statement(format!("SELECT {n}").as_bytes(), &[0, 0]);
+        }
+        // Used again: now the most recent.
+        assert_eq!(registry.statement(b"SELECT 1", &[0, 0]).id, first.id);
+        registry.statement(b"SELECT 4", &[0, 0]);
+        assert_eq!(registry.len(), 3);
+        assert_eq!(registry.statement(b"SELECT 1", &[0, 0]).id, first.id);
+        // SELECT 2 was the least recently used: dropped, so it gets a new name.
+        let second = registry.statement(b"SELECT 2", &[0, 0]);
+        assert!(second.id > 4);
+
+        // By bytes: one statement larger than the bound is kept alone.
+        let small = Registry::new(Bound {
+            count: NonZeroUsize::new(100).unwrap(),
+            bytes: 1000,
+        });
+        for n in 0..50 {
+            small.statement(format!("SELECT {n:0>100}").as_bytes(), &[0, 0]);
+        }
+        assert!(small.bytes() <= 1000, "{}", small.bytes());
+        small.statement(&[b'x'; 5000], &[0, 0]);
+        assert_eq!(small.len(), 1);
     }
 }

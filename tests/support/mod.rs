@@ -4,6 +4,7 @@
 
 pub mod door;
 pub mod proxy;
+pub mod raw;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -160,6 +160,35 @@ pub struct ServeArgs {
     #[arg(long, env = "PGWAY_PG_MAX_LOGINS_PER_ADDRESS", default_value_t = 100)]
     pub pg_max_logins_per_address: usize,
 
+    /// Most distinct statement texts the PostgreSQL door remembers for all clients (least
+    /// recently used forgotten first; a forgotten text is only prepared again).
+    #[arg(long, env = "PGWAY_PG_STATEMENT_CACHE", default_value_t = 10_000)]
+    pub pg_statement_cache: usize,
+
+    /// Most bytes of statement text the PostgreSQL door remembers for all clients.
+    #[arg(long, env = "PGWAY_PG_STATEMENT_CACHE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub pg_statement_cache_bytes: usize,
+
+    /// Most named prepared statements one client of the PostgreSQL door keeps; beyond it
+    /// the least recently used is forgotten (a later Bind of it gets 26000).
+    #[arg(long, env = "PGWAY_PG_MAX_CLIENT_STATEMENTS", default_value_t = 10_000)]
+    pub pg_max_client_statements: usize,
+
+    /// Most bytes of statement text one client of the PostgreSQL door keeps prepared.
+    #[arg(long, env = "PGWAY_PG_MAX_CLIENT_STATEMENT_BYTES", default_value = "16MiB", value_parser = parse_bytes)]
+    pub pg_max_client_statement_bytes: usize,
+
+    /// How long a client of the PostgreSQL door may send nothing between transactions
+    /// before it is ended with 57P05, like PostgreSQL's `idle_session_timeout` (0: never).
+    #[arg(long, env = "PGWAY_PG_CLIENT_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub pg_client_idle_timeout: Duration,
+
+    /// How long a client of the PostgreSQL door may keep a server connection for one
+    /// transaction before it is ended with 25P04, like PostgreSQL 17's
+    /// `transaction_timeout` (0: never).
+    #[arg(long, env = "PGWAY_PG_TRANSACTION_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub pg_transaction_timeout: Duration,
+
     /// How long opening one database connection may take.
     #[arg(long, env = "PGWAY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

@@ -73,6 +73,10 @@ pub struct PgConfig {
     pub client_certificates: bool,
     pub login_timeout: std::time::Duration,
     pub gate: crate::pgwire::gate::GateLimits,
+    pub statement_cache: crate::pgwire::statements::Bound,
+    pub client_statements: crate::pgwire::statements::Bound,
+    pub client_idle_timeout: std::time::Duration,
+    pub transaction_timeout: std::time::Duration,
 }
 
 impl Config {

@@ -13,6 +13,7 @@ use crate::core::auth::{AuthConfig, Authenticator};
 use crate::core::dbtls::{self, DatabaseTls, SslMode};
 use crate::core::pool::PoolConfig;
 use crate::grpc::{CallBounds, TxConfig};
+use crate::pgwire::statements::Bound;
 
 use super::cli::{AuthMode, ServeArgs};
 use super::{Config, ConfigError, PgConfig, invalid};
@@ -154,6 +155,19 @@ impl ServeArgs {
                 max_logins: self.pg_max_logins,
                 max_per_address: self.pg_max_logins_per_address,
             },
+            statement_cache: Bound {
+                count: positive("PGWAY_PG_STATEMENT_CACHE", self.pg_statement_cache)?,
+                bytes: self.pg_statement_cache_bytes,
+            },
+            client_statements: Bound {
+                count: positive(
+                    "PGWAY_PG_MAX_CLIENT_STATEMENTS",
+                    self.pg_max_client_statements,
+                )?,
+                bytes: self.pg_max_client_statement_bytes,
+            },
+            client_idle_timeout: self.pg_client_idle_timeout,
+            transaction_timeout: self.pg_transaction_timeout,
         }))
     }
 
@@ -423,6 +437,11 @@ impl ServeArgs {
             Authenticator::load(&config).map_err(|(setting, reason)| invalid(setting, reason))?;
         Ok((config, Arc::new(authenticator)))
     }
+}
+
+/// `value` as a count that must be at least 1.
+fn positive(setting: &'static str, value: usize) -> Result<NonZeroUsize, ConfigError> {
+    NonZeroUsize::new(value).ok_or_else(|| invalid(setting, "must be at least 1"))
 }
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ impl Session {
         let tag = msg[0];
         if matches!(tag, b'P' | b'B' | b'D' | b'C' | b'E' | b'H') {
             self.unsynced = true;
+            self.flushed = tag == b'H';
         }
         if self.skipping && tag != b'S' {
             // The server ignores it; so does the door.

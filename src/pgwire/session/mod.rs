@@ -24,7 +24,7 @@ use super::frame::{self, FrameError};
 use super::pool::{AcquireError, PoolKey};
 use super::scram::Credential;
 use super::server::{ServerConn, Stream};
-use super::statements::Statement;
+use super::statements::{Bounded, Statement};
 use super::{Door, SessionStateMode};
 use crate::core::pool::CloseReason;
 use crate::core::sql::{PinReason, SessionEffect, session_effect};
@@ -91,8 +91,25 @@ impl End {
 enum Event {
     Client(std::io::Result<usize>),
     Server(std::io::Result<usize>),
+    /// The client was silent for PGWAY_TX_IDLE_TIMEOUT while its server connection waited
+    /// on it.
     IdleInTransaction,
+    /// The client was idle for PGWAY_PG_CLIENT_IDLE_TIMEOUT.
+    ClientIdle,
+    /// The client has been linked for PGWAY_PG_TRANSACTION_TIMEOUT.
+    TransactionTimeout,
     Stop,
+}
+
+/// The longest the cancel of what a departed client left running may take.
+const CANCEL_BOUND: Duration = Duration::from_secs(5);
+
+/// Sleeps until `deadline`, or forever without one (the caller's `if` keeps that unpolled).
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How a session ended.
@@ -142,7 +159,7 @@ pub struct Session {
     unnamed: Option<Unnamed>,
     unnamed_here: bool,
     /// The client's statement names → the global statements.
-    names: HashMap<Bytes, Arc<Statement>>,
+    names: Bounded<Bytes>,
     /// The client's statements (by name, `""` for the unnamed one) and portals that are a
     /// `DEALLOCATE` of its own names, sent by the extended protocol: answered by the door
     /// like [`Session::deallocate`] answers a simple Query (psycopg sends its cache's
@@ -159,6 +176,10 @@ pub struct Session {
     /// the middle of a pipeline (perhaps skipping to the Sync after an error), whatever the
     /// last ReadyForQuery said, so the connection can't be given to anyone else yet.
     unsynced: bool,
+    /// The client's last extended-protocol message was a Flush: it waits for answers.
+    flushed: bool,
+    /// When a linked client's transaction must be over (PGWAY_PG_TRANSACTION_TIMEOUT).
+    tx_deadline: Option<tokio::time::Instant>,
     copy_in: bool,
     /// CopyDone and CopyFail messages the client has sent.
     copy_ends: u32,
@@ -208,6 +229,7 @@ impl Session {
         let wanted = startup.settings;
         let standard_strings = state::standard_strings(&wanted);
         let told_digest = super::server::digest(&startup.reported);
+        let client_statements = door.settings.client_statements;
         Session {
             door,
             client,
@@ -224,7 +246,7 @@ impl Session {
             standard_strings,
             unnamed: None,
             unnamed_here: false,
-            names: HashMap::new(),
+            names: Bounded::new(client_statements, "client"),
             door_statements: HashMap::new(),
             door_portals: HashMap::new(),
             server: None,
@@ -232,6 +254,8 @@ impl Session {
             skipping: false,
             status: b'I',
             unsynced: false,
+            flushed: false,
+            tx_deadline: None,
             copy_in: false,
             copy_ends: 0,
             pinned: None,
@@ -276,8 +300,8 @@ impl Session {
                 }
             }
             if !to_client.is_empty() {
-                if self.client.write_all(&to_client).await.is_err() {
-                    return Ended::Client;
+                if let Err(ended) = self.write_client(&to_client).await {
+                    return ended;
                 }
                 to_client.clear();
             }
@@ -285,26 +309,31 @@ impl Session {
             if !to_server.is_empty() {
                 continue;
             }
-            // Then wait for the next bytes from either side.
-            let idle_in_tx = self.server.is_some()
-                && self.expect.is_empty()
-                && matches!(self.status, b'T' | b'E');
+            // Then wait for the next bytes from either side, within the bounds on what the
+            // client may hold (each `sleep` starts afresh: they measure silence).
+            let waits_on_client = self.server.is_some() && self.server_waits_on_client();
             // A pinned client holds its connection between transactions: at shutdown it is
             // idle, and told so, like an unlinked one.
             let idle_and_pinned = self.server.is_some()
                 && self.expect.is_empty()
                 && self.status == b'I'
                 && !self.copy_in;
-            let tx_idle = self.door.settings.tx_idle_timeout;
+            let settings = &self.door.settings;
+            let (tx_idle, client_idle) = (settings.tx_idle_timeout, settings.client_idle_timeout);
+            let client_idle_on = !client_idle.is_zero();
+            let tx_deadline = self.tx_deadline.filter(|_| self.pinned.is_none());
             let event = match self.server.as_mut() {
                 None => tokio::select! {
                     read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
+                    _ = tokio::time::sleep(client_idle), if client_idle_on => Event::ClientIdle,
                     _ = self.door.stopping.cancelled() => Event::Stop,
                 },
                 Some(server) => tokio::select! {
                     read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
                     read = server.stream.read_buf(&mut server.buf) => Event::Server(read),
-                    _ = tokio::time::sleep(tx_idle), if idle_in_tx => Event::IdleInTransaction,
+                    _ = tokio::time::sleep(tx_idle), if waits_on_client => Event::IdleInTransaction,
+                    _ = tokio::time::sleep(client_idle), if idle_and_pinned && client_idle_on => Event::ClientIdle,
+                    _ = sleep_until(tx_deadline), if tx_deadline.is_some() => Event::TransactionTimeout,
                     _ = self.door.grace_over.cancelled() => Event::Stop,
                     _ = self.door.stopping.cancelled(), if idle_and_pinned => Event::Stop,
                 },
@@ -323,11 +352,27 @@ impl Session {
                     }
                 }
                 Event::IdleInTransaction => {
+                    self.door.timeouts.count("idle_transaction");
                     return self
                         .terminate(
                             "25P03",
                             "terminating connection due to idle-in-transaction timeout",
                         )
+                        .await;
+                }
+                Event::ClientIdle => {
+                    self.door.timeouts.count("client_idle");
+                    return self
+                        .terminate(
+                            "57P05",
+                            "terminating connection due to idle-session timeout",
+                        )
+                        .await;
+                }
+                Event::TransactionTimeout => {
+                    self.door.timeouts.count("transaction");
+                    return self
+                        .terminate("25P04", "terminating connection due to transaction timeout")
                         .await;
                 }
                 Event::Stop => {
@@ -338,6 +383,36 @@ impl Session {
                         )
                         .await;
                 }
+            }
+        }
+    }
+
+    /// Whether the server connection waits on the client, not the other way round: idle in
+    /// a transaction, in COPY FROM STDIN, or sent extended-protocol messages with neither
+    /// Sync nor Flush behind them (PostgreSQL answers nothing until one comes).
+    fn server_waits_on_client(&self) -> bool {
+        let idle_in_tx = self.expect.is_empty() && matches!(self.status, b'T' | b'E');
+        idle_in_tx || self.copy_in || (self.unsynced && !self.flushed)
+    }
+
+    /// Writes to the client. A client linked to a server connection that stops reading for
+    /// PGWAY_TX_IDLE_TIMEOUT is ended: it would hold the connection (and the backend's locks)
+    /// with no end. It can't be told: it isn't reading.
+    async fn write_client(&mut self, out: &[u8]) -> Result<(), Ended> {
+        if self.server.is_none() {
+            return self.client.write_all(out).await.map_err(|_| Ended::Client);
+        }
+        match tokio::time::timeout(
+            self.door.settings.tx_idle_timeout,
+            self.client.write_all(out),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ended::Client),
+            Err(_) => {
+                self.door.timeouts.count("client_not_reading");
+                Err(Ended::Door("client not reading"))
             }
         }
     }
@@ -450,6 +525,8 @@ impl Session {
             }
         };
         self.door.clients.linked(1);
+        let limit = self.door.settings.transaction_timeout;
+        self.tx_deadline = (!limit.is_zero()).then(|| tokio::time::Instant::now() + limit);
         self.cancel.link(server.pid, server.secret).await;
         self.replay_settings(&mut server, to_server);
         self.skipping = false;
@@ -479,6 +556,7 @@ impl Session {
             let pools = self.door.pools.clone();
             let key = Arc::clone(&self.key);
             self.door.clients.linked(-1);
+            self.tx_deadline = None;
             // The cancel slot is cleared before the connection goes to anyone else; a cancel
             // being sent right now is waited for (see cancel.rs).
             if cancel.try_unlink() {
@@ -528,10 +606,11 @@ impl Session {
         frame::write_error(&mut out, "FATAL", code, message, None);
         let _ = self.client.write_all(&out).await;
         let _ = self.client.shutdown().await;
-        Ended::Door(if code == "25P03" {
-            "idle in transaction"
-        } else {
-            "shutdown"
+        Ended::Door(match code {
+            "25P03" => "idle in transaction",
+            "25P04" => "transaction timeout",
+            "57P05" => "client idle",
+            _ => "shutdown",
         })
     }
 
@@ -613,8 +692,11 @@ impl Session {
         let needs_reset =
             matches!(self.status, b'T' | b'E') || outstanding || was_pinned || unchecked;
         if outstanding && !server.broken {
+            // Bounded: during an outage the cancel's own connection may hang, and this task
+            // still holds the server connection's place.
             let target = self.door.pools.target().clone();
-            let _ = super::server::cancel(&target, server.pid, server.secret).await;
+            let cancel = super::server::cancel(&target, server.pid, server.secret);
+            let _ = tokio::time::timeout(CANCEL_BOUND, cancel).await;
         }
         self.cancel.unlink().await;
         if server.broken {
@@ -640,7 +722,7 @@ impl Session {
             })
             .count()
             + 3;
-        let copy_in = self.copy_in;
+        let (copy_in, unsynced) = (self.copy_in, self.unsynced);
         let reset = async {
             let mut out = BytesMut::new();
             if copy_in {
@@ -648,6 +730,15 @@ impl Session {
                 out.put_u8(b'f');
                 out.put_i32((4 + reason.len()) as i32);
                 out.put_slice(reason);
+            }
+            if unsynced {
+                // A Sync commits the implicit transaction of a pipeline the client never
+                // finished; PostgreSQL rolls it back when its client goes. A statement that
+                // can't parse fails that transaction first, whatever names the client used.
+                let abort = b"\0pgway: the client left before its Sync\0\0\0";
+                out.put_u8(b'P');
+                out.put_i32((4 + abort.len()) as i32);
+                out.put_slice(abort);
             }
             out.extend_from_slice(b"S\0\0\0\x04");
             frame::write_query(&mut out, "ROLLBACK");
