@@ -10,6 +10,7 @@ use support::door::{Door, POSTGRES_PASSWORD};
 use support::raw::{connect_from, scram_login};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::NoTls;
 
 /// Thousands of sockets that connect and send nothing, from one address and from many,
 /// don't keep a real client out: they take no place among the logged-in clients, one
@@ -239,4 +240,55 @@ async fn a_login_that_never_finishes_is_dropped_at_the_timeout() {
         }
     })
     .await;
+}
+
+/// The database asks the door's server connection for the password in cleartext, or for its
+/// MD5 hash: refused before anything is sent (28000, naming the setting), unless
+/// PGWAY_DATABASE_REQUIRE_AUTH allows it, as libpq's require_auth would.
+#[tokio::test]
+async fn upstream_cleartext_and_md5_are_refused_unless_allowed() {
+    let pg = support::door::cluster().await;
+    let roles = [
+        ("pgway_cleartext", support::door::CLEARTEXT_PASSWORD),
+        ("pgway_md5", support::door::MD5_PASSWORD),
+    ];
+    for (role, password) in roles {
+        for allow in [None, Some("scram-sha-256,md5,password")] {
+            let database = support::door::fresh_database(pg, "upstream").await;
+            let url = format!(
+                "postgres://{role}:{password}@127.0.0.1:{}/{database}",
+                pg.port()
+            );
+            let mut argv = vec!["--pg-addr", "127.0.0.1:0", "--pool-min", "0"];
+            if let Some(allow) = allow {
+                argv.extend_from_slice(&["--database-require-auth", allow]);
+            }
+            let gw = Gateway::serving(&url, database.clone(), &argv).await;
+            let dsn = format!(
+                "postgresql://{role}:{password}@{}/{database}?sslmode=disable",
+                gw.pg_addr.unwrap()
+            );
+            let outcome = async {
+                let (client, connection) = tokio_postgres::connect(&dsn, NoTls).await?;
+                tokio::spawn(connection);
+                let row = client.query_one("SELECT current_user::text", &[]).await?;
+                Ok::<String, tokio_postgres::Error>(row.get(0))
+            }
+            .await;
+            match (allow, outcome) {
+                (None, Err(error)) => {
+                    let db = error.as_db_error().expect("an error from the door");
+                    println!(
+                        "{role}, by default: {} ({})",
+                        db.message(),
+                        db.code().code()
+                    );
+                    assert_eq!(db.code().code(), "28000", "{role}");
+                    assert!(db.message().contains("PGWAY_DATABASE_REQUIRE_AUTH"));
+                }
+                (Some(_), Ok(user)) => assert_eq!(user, role),
+                (allow, outcome) => panic!("{role} with {allow:?}: {outcome:?}"),
+            }
+        }
+    }
 }

@@ -31,7 +31,8 @@ fn start_pg_door(
     tasks: &TaskTracker,
     stopping: &CancellationToken,
 ) -> (Arc<pgwire::Door>, TaskTracker) {
-    let target = pgwire::server::Target::of(&config.database, config.database_tls.clone());
+    let mut target = pgwire::server::Target::of(&config.database, config.database_tls.clone());
+    target.require_auth = pg.require_auth;
     tasks.spawn(
         pool.clone()
             .give_back_idle(budget.clone(), stopping.clone()),

@@ -21,6 +21,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
 use super::frame;
+use super::require_auth::{Method, RequireAuth};
 use super::scram::{Credential, KeyClient};
 use crate::core::budget::Permit;
 use crate::core::dbtls::{DatabaseTls, SslMode};
@@ -36,6 +37,8 @@ pub struct Target {
     pub address: Address,
     pub tls: DatabaseTls,
     pub connect_timeout: Duration,
+    /// The ways of logging in the database may ask for (PGWAY_DATABASE_REQUIRE_AUTH).
+    pub require_auth: RequireAuth,
 }
 
 /// Where the database listens.
@@ -75,6 +78,7 @@ impl Target {
                 .get_connect_timeout()
                 .copied()
                 .unwrap_or(Duration::from_secs(5)),
+            require_auth: RequireAuth::default(),
         }
     }
 }
@@ -223,7 +227,7 @@ pub async fn connect(
 ) -> Result<ServerConn, LoginError> {
     let work = async {
         let stream = open(target).await?;
-        login(stream, user, database, credential).await
+        login(stream, user, database, credential, target.require_auth).await
     };
     let (stream, buf, pid, secret, params) = tokio::time::timeout(target.connect_timeout, work)
         .await
@@ -311,6 +315,7 @@ async fn login(
     user: &str,
     database: &str,
     credential: &Credential,
+    require: RequireAuth,
 ) -> Result<Login, LoginError> {
     let mut out = BytesMut::new();
     frontend::startup_message([("user", user), ("database", database)], &mut out)
@@ -318,6 +323,8 @@ async fn login(
     stream.write_all(&out).await.map_err(LoginError::io)?;
     let mut buf = BytesMut::with_capacity(8192);
     let mut scram: Option<Scram> = None;
+    // A password was sent (cleartext or MD5): AuthenticationOk then isn't `trust`.
+    let mut answered = false;
     let (mut pid, mut secret, mut params) = (0, 0, Vec::new());
     loop {
         let msg = read_message(&mut stream, &mut buf).await?;
@@ -330,6 +337,25 @@ async fn login(
                     return Err(LoginError::protocol("short authentication message"));
                 }
                 let code = b.get_i32();
+                let method = match code {
+                    0 if scram.is_none() && !answered => Some(Method::None),
+                    3 => Some(Method::Password),
+                    5 => Some(Method::Md5),
+                    10 => Some(Method::Scram),
+                    _ => None,
+                };
+                if let Some(method) = method.filter(|m| !require.allows(*m)) {
+                    return Err(LoginError {
+                        response: None,
+                        code: "28000".into(),
+                        message: format!(
+                            "the database asked for {}, which PGWAY_DATABASE_REQUIRE_AUTH \
+                             ({require}) does not allow",
+                            method.asked()
+                        ),
+                    });
+                }
+                answered |= matches!(code, 3 | 5);
                 match code {
                     0 => {}
                     10 => {

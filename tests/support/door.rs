@@ -11,6 +11,10 @@ use super::Gateway;
 
 pub const POSTGRES_PASSWORD: &str = "pw-postgres-1";
 pub const APP_PASSWORD: &str = "pw-app-2";
+/// The password of `pgway_cleartext`, whose logins the server asks for in cleartext.
+pub const CLEARTEXT_PASSWORD: &str = "pw-clear-3";
+/// The password of `pgway_md5`, stored as MD5, whose logins the server asks for hashed.
+pub const MD5_PASSWORD: &str = "pw-md5-4";
 
 static CLUSTER: OnceCell<TempPostgres> = OnceCell::const_new();
 static NEXT_DATABASE: AtomicU32 = AtomicU32::new(1);
@@ -31,6 +35,9 @@ pub async fn cluster() -> &'static TempPostgres {
                             "max_prepared_transactions = 4".into(),
                         ],
                         hba: vec![
+                            // Servers that ask for the password itself, or its MD5 hash.
+                            "host all pgway_cleartext 127.0.0.1/32 password".into(),
+                            "host all pgway_md5 127.0.0.1/32 md5".into(),
                             "host all all 127.0.0.1/32 scram-sha-256".into(),
                             "host all all ::1/128 scram-sha-256".into(),
                         ],
@@ -44,7 +51,11 @@ pub async fn cluster() -> &'static TempPostgres {
             admin
                 .batch_execute(&format!(
                     "ALTER ROLE postgres PASSWORD '{POSTGRES_PASSWORD}';
-                     CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}';"
+                     CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}';
+                     CREATE ROLE pgway_cleartext LOGIN PASSWORD '{CLEARTEXT_PASSWORD}';
+                     SET password_encryption = 'md5';
+                     CREATE ROLE pgway_md5 LOGIN PASSWORD '{MD5_PASSWORD}';
+                     RESET password_encryption;"
                 ))
                 .await
                 .expect("roles");

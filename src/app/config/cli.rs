@@ -76,6 +76,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PGWAY_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// The ways the database may ask the PostgreSQL door's server connections to log in, in
+    /// libpq's `require_auth` words (scram-sha-256, md5, password, none; or !method for all
+    /// but it). A server asking for anything else is refused before any password is sent.
+    #[arg(long, env = "PGWAY_DATABASE_REQUIRE_AUTH", default_value = crate::pgwire::require_auth::RequireAuth::DEFAULT)]
+    pub database_require_auth: String,
+
     /// Address the gRPC server listens on.
     #[arg(long, env = "PGWAY_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,

@@ -13,6 +13,7 @@ use crate::core::auth::{AuthConfig, Authenticator};
 use crate::core::dbtls::{self, DatabaseTls, SslMode};
 use crate::core::pool::PoolConfig;
 use crate::grpc::{CallBounds, TxConfig};
+use crate::pgwire::require_auth::RequireAuth;
 use crate::pgwire::statements::Bound;
 
 use super::cli::{AuthMode, ServeArgs};
@@ -166,6 +167,8 @@ impl ServeArgs {
                 )?,
                 bytes: self.pg_max_client_statement_bytes,
             },
+            require_auth: RequireAuth::parse(&self.database_require_auth)
+                .map_err(|e| invalid("PGWAY_DATABASE_REQUIRE_AUTH", e))?,
             client_idle_timeout: self.pg_client_idle_timeout,
             transaction_timeout: self.pg_transaction_timeout,
         }))

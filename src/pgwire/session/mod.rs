@@ -104,6 +104,30 @@ enum Event {
 /// The longest the cancel of what a departed client left running may take.
 const CANCEL_BOUND: Duration = Duration::from_secs(5);
 
+/// Messages at least this large (rows, CopyData) are relayed in pieces as they arrive.
+const LARGE_MESSAGE: usize = 256 * 1024;
+/// How much a buffer reads at a time while passing a large message.
+const PASS_CHUNK: usize = 64 * 1024;
+/// A buffer idle with more capacity than this is given back (replaced by a small one).
+const KEEP_CAPACITY: usize = 1 << 20;
+
+/// The whole length of the message at the head of `buf` when it is of type `tag` and at
+/// least [`LARGE_MESSAGE`] long.
+fn large_message(buf: &[u8], tag: u8) -> Option<usize> {
+    let header = buf.get(..5)?;
+    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let total = usize::try_from(len).ok()? + 1;
+    (header[0] == tag && total >= LARGE_MESSAGE).then_some(total)
+}
+
+/// Gives back a buffer's memory after a large message: the capacity is kept otherwise for
+/// the life of the session (or of the server connection).
+fn trim(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+        *buf = BytesMut::with_capacity(8192);
+    }
+}
+
 /// Sleeps until `deadline`, or forever without one (the caller's `if` keeps that unpolled).
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -203,6 +227,11 @@ pub struct Session {
     /// The client said goodbye: what it sent before runs to the end, as on a connection of
     /// its own.
     terminated: bool,
+    /// Bytes of a large server message (a row, CopyData) still to pass to the client as they
+    /// arrive: relayed in pieces, never held whole.
+    to_client_passing: usize,
+    /// Bytes of a large CopyData still to pass from the client to the server.
+    to_server_passing: usize,
 }
 
 impl std::fmt::Debug for Session {
@@ -268,6 +297,8 @@ impl Session {
             pending: BytesMut::new(),
             ending: None,
             terminated: false,
+            to_client_passing: 0,
+            to_server_passing: 0,
         }
     }
 
@@ -308,6 +339,12 @@ impl Session {
             self.maybe_unlink(&mut to_server);
             if !to_server.is_empty() {
                 continue;
+            }
+            for buf in [&mut to_server, &mut to_client, &mut self.cbuf] {
+                trim(buf);
+            }
+            if let Some(server) = self.server.as_mut() {
+                trim(&mut server.buf);
             }
             // Then wait for the next bytes from either side, within the bounds on what the
             // client may hold (each `sleep` starts afresh: they measure silence).
@@ -424,6 +461,9 @@ impl Session {
         to_client: &mut BytesMut,
     ) -> Result<(), Ended> {
         loop {
+            if self.pass_to_server(to_server) {
+                return Ok(());
+            }
             let msg = match frame::split_message(&mut self.cbuf, self.door.settings.max_message) {
                 Ok(Some(msg)) => msg,
                 Ok(None) => return Ok(()),
@@ -450,6 +490,25 @@ impl Session {
             }
             self.client_message(msg, to_server, to_client).await?;
         }
+    }
+
+    /// Passes a large CopyData from the client to the server in pieces as it arrives (a
+    /// bulk load's rows can be hundreds of megabytes). Whether the client's buffer is spent.
+    fn pass_to_server(&mut self, to_server: &mut BytesMut) -> bool {
+        if self.to_server_passing == 0 {
+            let max = self.door.settings.max_message;
+            match large_message(&self.cbuf, b'd') {
+                Some(total) if self.server.is_some() && total <= max => {
+                    self.to_server_passing = total;
+                    self.cbuf.reserve(PASS_CHUNK);
+                }
+                _ => return false,
+            }
+        }
+        let n = self.to_server_passing.min(self.cbuf.len());
+        to_server.extend_from_slice(&self.cbuf.split_to(n));
+        self.to_server_passing -= n;
+        self.cbuf.is_empty()
     }
 
     /// Gets a server connection for the transaction the client is starting, and brings its
@@ -578,6 +637,10 @@ impl Session {
             self.cancel.unlink().await;
             self.door.pools.close(server, CloseReason::Broken);
         }
+        if self.to_client_passing > 0 {
+            // In the middle of a message to the client: it can only be cut off.
+            return Ended::Door("server connection lost");
+        }
         frame::write_error(
             to_client,
             "FATAL",
@@ -603,7 +666,10 @@ impl Session {
 
     async fn terminate(&mut self, code: &str, message: &str) -> Ended {
         let mut out = BytesMut::new();
-        frame::write_error(&mut out, "FATAL", code, message, None);
+        // In the middle of a message to the client, an error would read as its rest.
+        if self.to_client_passing == 0 {
+            frame::write_error(&mut out, "FATAL", code, message, None);
+        }
         let _ = self.client.write_all(&out).await;
         let _ = self.client.shutdown().await;
         Ended::Door(match code {
@@ -683,6 +749,11 @@ impl Session {
         };
         self.door.clients.linked(-1);
         let outstanding = !self.expect.is_empty() || self.copy_in || self.unsynced;
+        if self.to_client_passing > 0 || self.to_server_passing > 0 {
+            // Cut off in the middle of a message: the connection can't be read or written
+            // in step any more.
+            server.broken = true;
+        }
         if self.noted.settings {
             // Changed, never read back: the next link starts from RESET ALL.
             server.reset_needed = true;
