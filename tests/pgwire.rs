@@ -1104,7 +1104,7 @@ async fn psycopg2_transactions_cursors_and_copy() {
 async fn protocol_edges_behave_as_on_a_direct_connection() {
     let _shared = EXCLUSIVE.read().await;
     let door = Door::start(&["--pool-max", "1", "--acquire-timeout", "5s"]).await;
-    python("pg_edges.py", &door.dsn(), &[]).await;
+    print!("{}", python("pg_edges.py", &door.dsn(), &[]).await);
 }
 
 #[tokio::test]

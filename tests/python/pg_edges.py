@@ -9,7 +9,9 @@ client that keeps the connection when it shouldn't makes the next client fail.
   the server connection back;
 - the client_encoding a client asks for at startup is the one reported to it, every time;
 - a role given at startup (`options=-c role=app`) is the session's, on every server
-  connection, never another client's, and RESET ROLE returns to it, without pinning.
+  connection, never another client's, and RESET ROLE returns to it, without pinning;
+- a pipeline that writes far more than it reads (20,000 queries of 64 KiB results each,
+  1.3 GB of replies) completes: the relay never waits on one side while the other is full.
 
 usage: pg_edges.py DSN
 """
@@ -104,7 +106,20 @@ def startup_role_is_the_sessions_own():
         assert b.execute("SELECT current_user").fetchone()[0] == "postgres"
 
 
+def a_long_pipeline_of_large_results_completes():
+    n = 20_000
+    with conn() as c:
+        started = time.monotonic()
+        with c.pipeline():
+            cursors = [c.execute("SELECT repeat('x', 65536)") for _ in range(n)]
+        sizes = {len(cur.fetchone()[0]) for cur in cursors}
+        took = time.monotonic() - started
+    assert sizes == {65536}, sizes
+    print(f"pipeline of {n} x 64 KiB results: {took:.1f} s")
+
+
 terminate_right_after_queries()
+a_long_pipeline_of_large_results_completes()
 unnamed_statement_across_transactions()
 asyncio.run(asyncpg_copy_records_gives_the_connection_back())
 startup_encoding_is_reported_every_time()
