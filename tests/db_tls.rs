@@ -19,6 +19,13 @@ use tonic::Code;
 /// A role that pg_hba.conf lets in over TLS only.
 const TLS_ONLY_ROLE: &str = "tls_only";
 
+/// Roles that log in with SCRAM (over TLS or not): the URL's, and one the door logs in as
+/// with the ClientKey its client proved.
+const SCRAM_ROLE: &str = "tls_scram";
+const SCRAM_PASSWORD: &str = "pw-tls-scram";
+const KEY_ROLE: &str = "tls_key";
+const KEY_PASSWORD: &str = "pw-tls-key";
+
 /// The TLS-enabled server and the CA files a connection string can name.
 struct TlsServer {
     pg: TempPostgres,
@@ -67,7 +74,11 @@ fn start_server() -> TlsServer {
             "ssl_cert_file = 'server.crt'".into(),
             "ssl_key_file = 'server.key'".into(),
         ],
-        hba: vec![format!("hostnossl all {TLS_ONLY_ROLE} all reject")],
+        hba: vec![
+            format!("hostnossl all {TLS_ONLY_ROLE} all reject"),
+            format!("hostssl all {SCRAM_ROLE},{KEY_ROLE} all scram-sha-256"),
+            format!("hostnossl all {SCRAM_ROLE},{KEY_ROLE} all scram-sha-256"),
+        ],
     };
     let pg = TempPostgres::start_with(None, &setup).unwrap_or_else(|e| panic!("{e}"));
 
@@ -94,7 +105,12 @@ async fn server() -> &'static TlsServer {
                 .expect("starting PostgreSQL panicked");
             connect(&server.pg.url("postgres"))
                 .await
-                .batch_execute(&format!("CREATE ROLE {TLS_ONLY_ROLE} LOGIN"))
+                .batch_execute(&format!(
+                    "CREATE ROLE {TLS_ONLY_ROLE} LOGIN;
+                     SET password_encryption = 'scram-sha-256';
+                     CREATE ROLE {SCRAM_ROLE} LOGIN PASSWORD '{SCRAM_PASSWORD}';
+                     CREATE ROLE {KEY_ROLE} LOGIN PASSWORD '{KEY_PASSWORD}';"
+                ))
                 .await
                 .expect("CREATE ROLE");
             server
@@ -347,4 +363,76 @@ fn unusable_ca_files_stop_the_start() {
     let error = validate("postgres://u:not-a-secret-pw@h/db?sslmode=verify-full").unwrap_err();
     assert_eq!(error.setting, "PGWAY_DATABASE_URL");
     assert!(error.reason.contains("sslrootcert"), "{error}");
+}
+
+/// The PostgreSQL door logs in to a TLS server with SCRAM-SHA-256-PLUS, bound to the TLS
+/// connection: with the URL's password and with a client's recovered ClientKey alike. The
+/// URL's `channel_binding=require` makes that a requirement: a login the server accepts is
+/// then a bound one; without TLS it is refused before anything is sent.
+#[tokio::test]
+async fn the_postgres_door_binds_its_logins_to_tls() {
+    let server = server().await;
+    let database = fresh_database(server).await;
+    let verifier: String = connect(&server.pg.url("postgres"))
+        .await
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&KEY_ROLE],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("userlist.txt");
+    std::fs::write(&file, format!("\"{KEY_ROLE}\" \"{verifier}\"\n")).unwrap();
+    let file = file.to_str().unwrap();
+    for (tls, expect_ok) in [
+        (
+            format!("sslmode=verify-full&sslrootcert={}", server.ca.display()),
+            true,
+        ),
+        ("sslmode=disable".to_string(), false),
+    ] {
+        let url = format!(
+            "postgres://{SCRAM_ROLE}:{SCRAM_PASSWORD}@localhost:{}/{database}?{tls}&channel_binding=require",
+            server.pg.port()
+        );
+        let argv = [
+            "--pg-addr",
+            "127.0.0.1:0",
+            "--pool-min",
+            "0",
+            "--pg-auth-file",
+            file,
+        ];
+        let gw = Gateway::serving(&url, database.clone(), &argv).await;
+        let addr = gw.pg_addr.unwrap();
+        for (role, password) in [(SCRAM_ROLE, SCRAM_PASSWORD), (KEY_ROLE, KEY_PASSWORD)] {
+            let dsn = format!("postgresql://{role}:{password}@{addr}/{database}?sslmode=disable");
+            let outcome = async {
+                let (client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                let row = client
+                    .query_one(
+                        "SELECT current_user::text, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                        &[],
+                    )
+                    .await?;
+                Ok::<(String, bool), tokio_postgres::Error>((row.get(0), row.get(1)))
+            }
+            .await;
+            match outcome {
+                Ok((user, ssl)) if expect_ok => {
+                    assert_eq!(user, role);
+                    assert!(ssl, "{role}: the server connection uses TLS");
+                }
+                Err(error) if !expect_ok => {
+                    let db = error.as_db_error().expect("refused by the door");
+                    assert_eq!(db.code().code(), "28000", "{role}: {db:?}");
+                    assert!(db.message().contains("channel_binding"), "{}", db.message());
+                }
+                other => panic!("{role} with {tls}: {other:?}"),
+            }
+        }
+    }
 }

@@ -18,11 +18,11 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::config::ChannelBinding as ChannelBindingMode;
 
 use super::frame;
 use super::require_auth::{Method, RequireAuth};
-use super::scram::{Credential, KeyClient};
+use super::scram::{Binding, Credential, KeyClient, SCRAM_SHA_256, tls_server_end_point};
 use crate::core::budget::Permit;
 use crate::core::dbtls::{DatabaseTls, SslMode};
 
@@ -39,6 +39,8 @@ pub struct Target {
     pub connect_timeout: Duration,
     /// The ways of logging in the database may ask for (PGWAY_DATABASE_REQUIRE_AUTH).
     pub require_auth: RequireAuth,
+    /// The URL's `channel_binding` (prefer by default, as in libpq).
+    pub channel_binding: ChannelBindingMode,
 }
 
 /// Where the database listens.
@@ -79,6 +81,7 @@ impl Target {
                 .copied()
                 .unwrap_or(Duration::from_secs(5)),
             require_auth: RequireAuth::default(),
+            channel_binding: database.get_channel_binding(),
         }
     }
 }
@@ -226,8 +229,8 @@ pub async fn connect(
     place: Permit,
 ) -> Result<ServerConn, LoginError> {
     let work = async {
-        let stream = open(target).await?;
-        login(stream, user, database, credential, target.require_auth).await
+        let (stream, tls) = open_bound(target).await?;
+        login(stream, user, database, credential, target, tls).await
     };
     let (stream, buf, pid, secret, params) = tokio::time::timeout(target.connect_timeout, work)
         .await
@@ -255,12 +258,18 @@ pub async fn connect(
 /// TCP, then TLS as `sslmode` says; or a Unix socket, never with TLS (libpq, too, ignores
 /// `sslmode` there: the kernel is the only one between the two ends).
 pub async fn open(target: &Target) -> Result<Stream, LoginError> {
+    Ok(open_bound(target).await?.0)
+}
+
+/// [`open`], and whether the stream is TLS: then `Some`, with the `tls-server-end-point`
+/// data of the server's certificate if it has any.
+async fn open_bound(target: &Target) -> Result<(Stream, Tls), LoginError> {
     let (host, tcp) = match &target.address {
         Address::Unix(path) => {
             let unix = UnixStream::connect(path)
                 .await
                 .map_err(|e| LoginError::io(format!("{}: {e}", path.display())))?;
-            return Ok(Box::new(unix));
+            return Ok((Box::new(unix), None));
         }
         Address::Tcp { host, port } => {
             let tcp = TcpStream::connect((host.as_str(), *port))
@@ -272,7 +281,7 @@ pub async fn open(target: &Target) -> Result<Stream, LoginError> {
     };
     let mode = target.tls.mode();
     if mode == SslMode::Disable {
-        return Ok(Box::new(tcp));
+        return Ok((Box::new(tcp), None));
     }
     let mut tcp = tcp;
     let mut request = BytesMut::new();
@@ -281,22 +290,21 @@ pub async fn open(target: &Target) -> Result<Stream, LoginError> {
     let answer = tcp.read_u8().await.map_err(LoginError::io)?;
     match answer {
         b'S' => {
-            let mut connector = target.tls.clone();
-            let tls = MakeTlsConnect::<TcpStream>::make_tls_connect(&mut connector, host).map_err(
-                |e| LoginError {
-                    response: None,
-                    code: "08006".into(),
-                    message: format!("TLS to the database: {e}"),
-                },
-            )?;
-            let stream = tls.connect(tcp).await.map_err(|e| LoginError {
+            let tls_error = |e: &dyn std::fmt::Display| LoginError {
                 response: None,
                 code: "08006".into(),
                 message: format!("TLS to the database: {e}"),
-            })?;
-            Ok(Box::new(stream))
+            };
+            let name =
+                rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| tls_error(&e))?;
+            let stream =
+                (target.tls.rustls().connect(name, tcp).await).map_err(|e| tls_error(&e))?;
+            let end_point = (stream.get_ref().1.peer_certificates())
+                .and_then(|certs| certs.first())
+                .and_then(|cert| tls_server_end_point(cert));
+            Ok((Box::new(stream), Some(end_point)))
         }
-        b'N' if mode == SslMode::Prefer => Ok(Box::new(tcp)),
+        b'N' if mode == SslMode::Prefer => Ok((Box::new(tcp), None)),
         b'N' => Err(LoginError {
             response: None,
             code: "08006".into(),
@@ -309,22 +317,23 @@ pub async fn open(target: &Target) -> Result<Stream, LoginError> {
 }
 
 type Login = (Stream, BytesMut, i32, i32, Vec<(String, String)>);
+/// `None` without TLS; with it, the certificate's `tls-server-end-point` data if it has any.
+type Tls = Option<Option<Vec<u8>>>;
 
 async fn login(
     mut stream: Stream,
     user: &str,
     database: &str,
     credential: &Credential,
-    require: RequireAuth,
+    target: &Target,
+    tls: Tls,
 ) -> Result<Login, LoginError> {
     let mut out = BytesMut::new();
     frontend::startup_message([("user", user), ("database", database)], &mut out)
         .map_err(LoginError::io)?;
     stream.write_all(&out).await.map_err(LoginError::io)?;
     let mut buf = BytesMut::with_capacity(8192);
-    let mut scram: Option<Scram> = None;
-    // A password was sent (cleartext or MD5): AuthenticationOk then isn't `trust`.
-    let mut answered = false;
+    let mut auth = Auth::default();
     let (mut pid, mut secret, mut params) = (0, 0, Vec::new());
     loop {
         let msg = read_message(&mut stream, &mut buf).await?;
@@ -332,104 +341,7 @@ async fn login(
         out.clear();
         match msg[0] {
             b'R' => {
-                let mut b = body;
-                if b.len() < 4 {
-                    return Err(LoginError::protocol("short authentication message"));
-                }
-                let code = b.get_i32();
-                let method = match code {
-                    0 if scram.is_none() && !answered => Some(Method::None),
-                    3 => Some(Method::Password),
-                    5 => Some(Method::Md5),
-                    10 => Some(Method::Scram),
-                    _ => None,
-                };
-                if let Some(method) = method.filter(|m| !require.allows(*m)) {
-                    return Err(LoginError {
-                        response: None,
-                        code: "28000".into(),
-                        message: format!(
-                            "the database asked for {}, which PGWAY_DATABASE_REQUIRE_AUTH \
-                             ({require}) does not allow",
-                            method.asked()
-                        ),
-                    });
-                }
-                answered |= matches!(code, 3 | 5);
-                match code {
-                    0 => {}
-                    10 => {
-                        let offered = b.split(|&c| c == 0).any(|m| m == b"SCRAM-SHA-256");
-                        if !offered {
-                            return Err(LoginError::protocol(
-                                "the database offers no SCRAM-SHA-256",
-                            ));
-                        }
-                        let (first, client) = match credential {
-                            Credential::Password(password) => {
-                                let client = ScramSha256::new(
-                                    password.as_bytes(),
-                                    ChannelBinding::unsupported(),
-                                );
-                                (client.message().to_vec(), Scram::Password(client))
-                            }
-                            Credential::ClientKey {
-                                client_key,
-                                verifier,
-                            } => {
-                                let mut client = KeyClient::new(*client_key, verifier.clone());
-                                (client.client_first(), Scram::Key(client))
-                            }
-                        };
-                        frontend::sasl_initial_response("SCRAM-SHA-256", &first, &mut out)
-                            .map_err(LoginError::io)?;
-                        scram = Some(client);
-                    }
-                    11 => {
-                        let reply = match scram.as_mut() {
-                            Some(Scram::Password(client)) => {
-                                client.update(b).map_err(scram_failed)?;
-                                client.message().to_vec()
-                            }
-                            Some(Scram::Key(client)) => {
-                                client.server_first(b).map_err(scram_failed)?
-                            }
-                            None => return Err(LoginError::protocol("SASL continue out of order")),
-                        };
-                        frontend::sasl_response(&reply, &mut out).map_err(LoginError::io)?;
-                    }
-                    12 => match scram.as_mut() {
-                        Some(Scram::Password(client)) => client.finish(b).map_err(scram_failed)?,
-                        Some(Scram::Key(client)) => client.server_final(b).map_err(scram_failed)?,
-                        None => return Err(LoginError::protocol("SASL final out of order")),
-                    },
-                    3 | 5 => {
-                        let Credential::Password(password) = credential else {
-                            return Err(LoginError::protocol(
-                                "the database asks for a password, but pass-through \
-                                 authentication needs it to use SCRAM-SHA-256",
-                            ));
-                        };
-                        if code == 3 {
-                            frontend::password_message(password.as_bytes(), &mut out)
-                        } else {
-                            let salt = <[u8; 4]>::try_from(b)
-                                .map_err(|_| LoginError::protocol("bad md5 salt"))?;
-                            let hash = postgres_protocol::authentication::md5_hash(
-                                user.as_bytes(),
-                                password.as_bytes(),
-                                salt,
-                            );
-                            frontend::password_message(hash.as_bytes(), &mut out)
-                        }
-                        .map_err(LoginError::io)?;
-                    }
-                    other => {
-                        return Err(LoginError::protocol(format!(
-                            "unsupported authentication request {other}"
-                        )));
-                    }
-                }
+                auth.step(body, user, credential, target, &tls, &mut out)?;
                 if !out.is_empty() {
                     stream.write_all(&out).await.map_err(LoginError::io)?;
                 }
@@ -460,6 +372,169 @@ async fn login(
             _ => {}
         }
     }
+}
+
+/// The authentication exchange with the database, one AuthenticationRequest at a time.
+#[derive(Default)]
+struct Auth {
+    scram: Option<Scram>,
+    /// A password was sent (cleartext or MD5): AuthenticationOk then isn't `trust`.
+    answered: bool,
+    /// The SCRAM exchange is bound to the TLS connection.
+    bound: bool,
+}
+
+impl Auth {
+    /// Answers the AuthenticationRequest `body` into `out` (nothing to send for some), or
+    /// refuses what the door won't do.
+    fn step(
+        &mut self,
+        body: &[u8],
+        user: &str,
+        credential: &Credential,
+        target: &Target,
+        tls: &Tls,
+        out: &mut BytesMut,
+    ) -> Result<(), LoginError> {
+        let mut b = body;
+        if b.len() < 4 {
+            return Err(LoginError::protocol("short authentication message"));
+        }
+        let code = b.get_i32();
+        let method = match code {
+            0 if self.scram.is_none() && !self.answered => Some(Method::None),
+            3 => Some(Method::Password),
+            5 => Some(Method::Md5),
+            10 => Some(Method::Scram),
+            _ => None,
+        };
+        if let Some(method) = method.filter(|m| !target.require_auth.allows(*m)) {
+            return Err(refused(format!(
+                "the database asked for {}, which PGWAY_DATABASE_REQUIRE_AUTH \
+                     ({}) does not allow",
+                method.asked(),
+                target.require_auth
+            )));
+        }
+        if code == 0 && !self.bound && target.channel_binding == ChannelBindingMode::Require {
+            return Err(refused(
+                "the login was not bound to the TLS connection, and the URL's \
+                     channel_binding=require asks that it be",
+            ));
+        }
+        self.answered |= matches!(code, 3 | 5);
+        match code {
+            0 => {}
+            10 => {
+                let (mechanism, first, client) = start_scram(b, credential, target, tls)?;
+                frontend::sasl_initial_response(mechanism, &first, out).map_err(LoginError::io)?;
+                self.bound = mechanism != SCRAM_SHA_256;
+                self.scram = Some(client);
+            }
+            11 => {
+                let reply = match self.scram.as_mut() {
+                    Some(Scram::Password(client)) => {
+                        client.update(b).map_err(scram_failed)?;
+                        client.message().to_vec()
+                    }
+                    Some(Scram::Key(client)) => client.server_first(b).map_err(scram_failed)?,
+                    None => return Err(LoginError::protocol("SASL continue out of order")),
+                };
+                frontend::sasl_response(&reply, out).map_err(LoginError::io)?;
+            }
+            12 => match self.scram.as_mut() {
+                Some(Scram::Password(client)) => client.finish(b).map_err(scram_failed)?,
+                Some(Scram::Key(client)) => client.server_final(b).map_err(scram_failed)?,
+                None => return Err(LoginError::protocol("SASL final out of order")),
+            },
+            3 | 5 => {
+                let Credential::Password(password) = credential else {
+                    return Err(LoginError::protocol(
+                        "the database asks for a password, but pass-through \
+                             authentication needs it to use SCRAM-SHA-256",
+                    ));
+                };
+                if code == 3 {
+                    frontend::password_message(password.as_bytes(), out)
+                } else {
+                    let salt =
+                        <[u8; 4]>::try_from(b).map_err(|_| LoginError::protocol("bad md5 salt"))?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        user.as_bytes(),
+                        password.as_bytes(),
+                        salt,
+                    );
+                    frontend::password_message(hash.as_bytes(), out)
+                }
+                .map_err(LoginError::io)?;
+            }
+            other => {
+                return Err(LoginError::protocol(format!(
+                    "unsupported authentication request {other}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A login the door won't go on with (28000), before anything secret is sent.
+fn refused(message: impl Into<String>) -> LoginError {
+    LoginError {
+        response: None,
+        code: "28000".into(),
+        message: message.into(),
+    }
+}
+
+/// Starts SCRAM on the mechanisms the server offers (`mechanisms`): bound to the TLS
+/// connection (SCRAM-SHA-256-PLUS) when there is one and the server offers it, as libpq's
+/// `channel_binding=prefer` does. The mechanism, the client-first-message and the exchange.
+fn start_scram(
+    mechanisms: &[u8],
+    credential: &Credential,
+    target: &Target,
+    tls: &Tls,
+) -> Result<(&'static str, Vec<u8>, Scram), LoginError> {
+    let offered = |name: &[u8]| mechanisms.split(|&c| c == 0).any(|m| m == name);
+    if !offered(SCRAM_SHA_256.as_bytes()) {
+        return Err(LoginError::protocol("the database offers no SCRAM-SHA-256"));
+    }
+    let binding = match (target.channel_binding, tls) {
+        (ChannelBindingMode::Disable, _) | (_, None) => Binding::Unsupported,
+        (_, Some(Some(end_point))) if offered(b"SCRAM-SHA-256-PLUS") => {
+            Binding::EndPoint(end_point.clone())
+        }
+        _ => Binding::NotOffered,
+    };
+    if target.channel_binding == ChannelBindingMode::Require
+        && !matches!(binding, Binding::EndPoint(_))
+    {
+        return Err(refused(
+            "the URL's channel_binding=require needs TLS and SCRAM-SHA-256-PLUS, which this \
+             connection to the database doesn't have",
+        ));
+    }
+    let mechanism = binding.mechanism();
+    let (first, client) = match credential {
+        Credential::Password(password) => {
+            let cb = match &binding {
+                Binding::Unsupported => ChannelBinding::unsupported(),
+                Binding::NotOffered => ChannelBinding::unrequested(),
+                Binding::EndPoint(data) => ChannelBinding::tls_server_end_point(data.clone()),
+            };
+            let client = ScramSha256::new(password.as_bytes(), cb);
+            (client.message().to_vec(), Scram::Password(client))
+        }
+        Credential::ClientKey {
+            client_key,
+            verifier,
+        } => {
+            let mut client = KeyClient::new(*client_key, verifier.clone(), binding);
+            (client.client_first(), Scram::Key(client))
+        }
+    };
+    Ok((mechanism, first, client))
 }
 
 enum Scram {

@@ -25,6 +25,9 @@ pub struct DatabaseTls {
     roots: Option<Roots>,
     client_certificate: bool,
     connector: MakeRustlsConnect,
+    /// The same configuration, for connections made with tokio-rustls directly (the
+    /// PostgreSQL door's, which need the server's certificate for channel binding).
+    config: Arc<ClientConfig>,
 }
 
 impl fmt::Debug for DatabaseTls {
@@ -58,7 +61,13 @@ impl DatabaseTls {
             client_certificate: false,
             // Never used: tokio-postgres doesn't call the connector with sslmode=disable.
             connector: MakeRustlsConnect::new(unverified_config()),
+            config: Arc::new(unverified_config()),
         }
+    }
+
+    /// A tokio-rustls connector with the same configuration as the tokio-postgres one.
+    pub fn rustls(&self) -> tokio_rustls::TlsConnector {
+        tokio_rustls::TlsConnector::from(Arc::clone(&self.config))
     }
 }
 
@@ -167,7 +176,8 @@ pub(super) fn build(
         verification,
         roots,
         client_certificate: params.sslcert.is_some(),
-        connector: MakeRustlsConnect::new(config),
+        connector: MakeRustlsConnect::new(config.clone()),
+        config: Arc::new(config),
     })
 }
 

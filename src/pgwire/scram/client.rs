@@ -11,7 +11,7 @@ use super::crypto::{hmac, xor};
 use super::grammar::{
     attribute, check_extensions, decode_key, is_printable, parse_iterations, truncate,
 };
-use super::{RAW_NONCE_LEN, ScramError, Verifier};
+use super::{Binding, RAW_NONCE_LEN, ScramError, Verifier};
 
 /// Client side of SCRAM with a recovered ClientKey (no password): for logging in to the real
 /// server as the client's user.
@@ -22,6 +22,7 @@ use super::{RAW_NONCE_LEN, ScramError, Verifier};
 pub struct KeyClient {
     client_key: [u8; 32],
     verifier: Verifier,
+    binding: Binding,
     state: ClientState,
 }
 
@@ -53,22 +54,25 @@ impl fmt::Debug for KeyClient {
 }
 
 impl KeyClient {
-    /// A client that proves itself with `client_key`, expecting the server to hold `verifier`.
-    pub fn new(client_key: [u8; 32], verifier: Verifier) -> KeyClient {
+    /// A client that proves itself with `client_key`, expecting the server to hold `verifier`,
+    /// with `binding` to the TLS connection (see [`Binding::mechanism`] for what to name).
+    pub fn new(client_key: [u8; 32], verifier: Verifier, binding: Binding) -> KeyClient {
         KeyClient {
             client_key,
             verifier,
+            binding,
             state: ClientState::First,
         }
     }
 
-    /// The client-first-message bytes (`n,,n=,r=<nonce>`), to send in SASLInitialResponse with
-    /// mechanism [`SCRAM_SHA_256`](super::SCRAM_SHA_256). The user name is left empty, as libpq
+    /// The client-first-message bytes (`n,,n=,r=<nonce>`, or another gs2 header as the
+    /// binding says), to send in SASLInitialResponse with the binding's mechanism. The user name is left empty, as libpq
     /// does: the server takes the startup packet's. Calling it again starts over with a new
     /// nonce.
     pub fn client_first(&mut self) -> Vec<u8> {
         let client_nonce = STANDARD.encode(rand::random::<[u8; RAW_NONCE_LEN]>());
-        let message = format!("n,,n=,r={client_nonce}").into_bytes();
+        let header = self.binding.gs2_header();
+        let message = format!("{header}n=,r={client_nonce}").into_bytes();
         self.state = ClientState::ServerFirst { client_nonce };
         message
     }
@@ -120,8 +124,8 @@ impl KeyClient {
             return Err(ScramError::VerifierMismatch);
         }
 
-        // "biws" is base64 of the gs2 header "n,,".
-        let without_proof = format!("c=biws,r={nonce}");
+        // The gs2 header again, with the binding data (base64 of "n,," is "biws").
+        let without_proof = format!("c={},r={nonce}", self.binding.c_attribute());
         let auth_message = format!("n=,r={client_nonce},{message},{without_proof}");
         let client_signature = hmac(&self.verifier.stored_key, &[auth_message.as_bytes()]);
         let proof = xor(&self.client_key, &client_signature);

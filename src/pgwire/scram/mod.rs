@@ -18,12 +18,14 @@
 //! server with a recovered ClientKey ([`KeyClient`]); `grammar` and `crypto` hold what they
 //! share.
 
+mod binding;
 mod client;
 mod crypto;
 mod grammar;
 mod server;
 mod verifier;
 
+pub use binding::{Binding, tls_server_end_point};
 pub use client::KeyClient;
 pub use server::ServerExchange;
 pub use verifier::Verifier;

@@ -84,7 +84,7 @@ fn key_client_against_server(
     client_verifier: Verifier,
     server_verifier: &Verifier,
 ) -> Result<(), ScramError> {
-    let mut client = KeyClient::new(key, client_verifier);
+    let mut client = KeyClient::new(key, client_verifier, Binding::Unsupported);
     let mut server = ServerExchange::new(server_verifier.clone());
     let first = server.client_first(SCRAM_SHA_256, &client.client_first())?;
     let last = client.server_first(&first)?;
@@ -121,7 +121,7 @@ fn key_client_checks_the_server() {
     let verifier = Verifier::from_password("hunter2", &random_salt(), 4096);
     let key = independent_client_key("hunter2", &verifier.salt, 4096);
     let run = |reply: &dyn Fn(&[u8]) -> Vec<u8>| {
-        let mut client = KeyClient::new(key, verifier.clone());
+        let mut client = KeyClient::new(key, verifier.clone(), Binding::Unsupported);
         let mut server = ServerExchange::new(verifier.clone());
         let first = server
             .client_first(SCRAM_SHA_256, &client.client_first())
@@ -152,7 +152,7 @@ fn key_client_refuses_bad_server_first() {
     let verifier = Verifier::from_password("x", b"salt", 4096);
     let salt = STANDARD.encode(b"salt");
     let try_first = |make: &dyn Fn(&str) -> String| {
-        let mut client = KeyClient::new([0; 32], verifier.clone());
+        let mut client = KeyClient::new([0; 32], verifier.clone(), Binding::Unsupported);
         let first = String::from_utf8(client.client_first()).unwrap();
         let nonce = first.strip_prefix("n,,n=,r=").unwrap().to_owned();
         client.server_first(make(&nonce).as_bytes())
@@ -176,14 +176,14 @@ fn key_client_refuses_bad_server_first() {
     for case in &cases {
         assert!(try_first(case.as_ref()).is_err(), "{}", case("N"));
     }
-    let mut client = KeyClient::new([0; 32], verifier.clone());
+    let mut client = KeyClient::new([0; 32], verifier.clone(), Binding::Unsupported);
     client.client_first();
     assert!(matches!(
         client.server_first(b"r=\xff"),
         Err(ScramError::NotUtf8)
     ));
     // Out of order.
-    let mut client = KeyClient::new([0; 32], verifier);
+    let mut client = KeyClient::new([0; 32], verifier, Binding::Unsupported);
     assert!(matches!(
         client.server_first(b"r=a"),
         Err(ScramError::OutOfOrder)
