@@ -292,3 +292,63 @@ async fn upstream_cleartext_and_md5_are_refused_unless_allowed() {
         }
     }
 }
+
+/// With PGWAY_PG_AUTH_QUERY, a flood of logins with made-up names runs at most
+/// `CONCURRENT_LOOKUPS` auth queries at once on the database (the rest wait their turn within
+/// the login timeout), so the gRPC door's callers keep the pool.
+#[tokio::test]
+async fn a_flood_of_unknown_users_runs_a_bounded_number_of_auth_queries() {
+    // A pool larger than the bound, so the bound is what holds them back.
+    let door = Door::start(&[
+        "--pool-max",
+        "10",
+        "--pg-auth-query",
+        "SELECT usename, passwd FROM pgway_auth.slow_lookup($1)",
+    ])
+    .await;
+    let direct = door.direct().await;
+    direct
+        .batch_execute(
+            "CREATE FUNCTION pgway_auth.slow_lookup(name text, OUT usename name, OUT passwd text)
+               RETURNS SETOF record LANGUAGE plpgsql SECURITY DEFINER
+               SET search_path = pg_catalog AS $$
+               BEGIN
+                 PERFORM pg_sleep(0.3);
+                 RETURN QUERY SELECT rolname, rolpassword FROM pg_authid WHERE rolname = name;
+               END $$",
+        )
+        .await
+        .unwrap();
+    let mut flood = Vec::new();
+    for i in 0..24 {
+        let (addr, database) = (door.addr, door.database.clone());
+        flood.push(tokio::spawn(async move {
+            let from = format!("127.0.0.{}", 10 + i % 8);
+            scram_login(&from, addr, &database, &format!("ghost{i}"), "guess").await
+        }));
+    }
+    let mut most = 0;
+    while flood.iter().any(|task| !task.is_finished()) {
+        let running: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE query LIKE '%slow_lookup%' AND state = 'active' \
+                 AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        most = most.max(running);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for task in flood {
+        let (code, _) = task.await.unwrap();
+        assert_eq!(code, "28P01");
+    }
+    println!("auth queries running at once during a flood of 24 unknown users: at most {most}");
+    assert!(
+        (1..=pgway::pgwire::users::CONCURRENT_LOOKUPS as i64).contains(&most),
+        "{most} auth queries at once"
+    );
+}

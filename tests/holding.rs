@@ -9,10 +9,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use postgres_protocol::IsNull;
 use postgres_protocol::message::frontend;
 use support::door::{Door, POSTGRES_PASSWORD};
-use support::raw::{Raw, log_in};
+use support::raw::{Raw, bind_execute, log_in};
 use support::*;
 use tokio::time::timeout;
 use tokio_postgres::error::SqlState;
@@ -82,18 +81,7 @@ async fn a_pipeline_left_without_sync_is_ended_at_the_idle_transaction_timeout()
     let mut holder = holder(&door).await;
     let mut out = BytesMut::new();
     frontend::parse("", "INSERT INTO held VALUES (1)", [], &mut out).unwrap();
-    frontend::bind(
-        "",
-        "",
-        [],
-        Vec::<()>::new(),
-        |(), _| Ok(IsNull::No),
-        [],
-        &mut out,
-    )
-    .map_err(|_| "bind")
-    .unwrap();
-    frontend::execute("", 0, &mut out).unwrap();
+    bind_execute("", &mut out);
     holder.send(&out).await;
     linked(&door).await;
 

@@ -9,10 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use postgres_protocol::IsNull;
 use postgres_protocol::message::frontend;
 use support::door::{POSTGRES_PASSWORD, cluster, fresh_database};
-use support::raw::{Raw, log_in, sqlstate};
+use support::raw::{Raw, bind_execute, log_in, sqlstate};
 use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
@@ -225,18 +224,7 @@ async fn statements_without_end_keep_memory_flat() {
 
     for (name, expected) in [("s599", ""), ("s0", "26000")] {
         let mut out = BytesMut::new();
-        frontend::bind(
-            "",
-            name,
-            [],
-            Vec::<()>::new(),
-            |(), _| Ok(IsNull::No),
-            [],
-            &mut out,
-        )
-        .map_err(|_| "bind")
-        .unwrap();
-        frontend::execute("", 0, &mut out).unwrap();
+        bind_execute(name, &mut out);
         frontend::sync(&mut out);
         client.send(&out).await;
         let (_, code) = timeout(FENCE, drain(&mut client)).await.unwrap();

@@ -57,7 +57,13 @@ pub struct Users {
     query: Option<String>,
     /// The gRPC door's pool (the URL's user), for the auth query.
     pool: Pool,
+    /// Auth queries running at once: a flood of logins with made-up names waits here (within
+    /// its login timeout) instead of taking the pool from the gRPC door's callers.
+    lookups: tokio::sync::Semaphore,
 }
+
+/// Most auth queries running at once.
+pub const CONCURRENT_LOOKUPS: usize = 4;
 
 impl Users {
     pub fn new(
@@ -77,6 +83,7 @@ impl Users {
             file,
             query,
             pool,
+            lookups: tokio::sync::Semaphore::new(CONCURRENT_LOOKUPS),
         }
     }
 
@@ -117,6 +124,7 @@ impl Users {
     }
 
     async fn look_up(&self, query: &str, user: &str) -> Result<Option<Verifier>, String> {
+        let _turn = self.lookups.acquire().await.map_err(|e| e.to_string())?;
         let conn = self.pool.get().await.map_err(|e| e.to_string())?;
         let row = conn
             .client()

@@ -145,3 +145,19 @@ impl Raw {
         code
     }
 }
+
+/// Bind (no parameters, text results) of `statement` to the unnamed portal, and Execute of it.
+pub fn bind_execute(statement: &str, out: &mut BytesMut) {
+    frontend::bind(
+        "",
+        statement,
+        [],
+        Vec::<()>::new(),
+        |(), _| Ok(postgres_protocol::IsNull::No),
+        [],
+        out,
+    )
+    .map_err(|_| "bind")
+    .unwrap();
+    frontend::execute("", 0, out).unwrap();
+}
