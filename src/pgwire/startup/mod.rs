@@ -3,8 +3,8 @@
 //! queries. Refusals read as PostgreSQL's own, since drivers match on them; the log and
 //! `pgway_pg_auth_failures_total{reason}` say the real cause, with the client's address.
 //!
-//! - [`negotiate`]: TLS and the startup packet.
-//! - [`auth`]: the SCRAM exchange.
+//! - `negotiate`: TLS and the startup packet.
+//! - `auth`: the SCRAM exchange.
 //! - this module: the bounds on logins in progress ([`super::gate`]), the refusals, and the
 //!   settings the client asked for, applied on a server connection.
 
