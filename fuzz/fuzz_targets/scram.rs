@@ -3,7 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pgway::pgwire::scram::{KeyClient, SCRAM_SHA_256, ServerExchange, Verifier};
+use pgway::pgwire::scram::{
+    Binding, KeyClient, SCRAM_SHA_256, ServerExchange, Verifier, tls_server_end_point,
+};
 use pgway::pgwire::userlist::UserList;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,12 +24,22 @@ fuzz_target!(|data: &[u8]| {
     }
     // A well-formed client-first-message, so the arbitrary client-final-message is parsed too.
     let mut server = ServerExchange::new(verifier.clone());
-    if server.client_first(SCRAM_SHA_256, b"n,,n=,r=fuzznonce").is_ok() {
+    if server
+        .client_first(SCRAM_SHA_256, b"n,,n=,r=fuzznonce")
+        .is_ok()
+    {
         let _ = server.client_final(data);
     }
 
-    // The client side, with arbitrary server messages.
-    let mut client = KeyClient::new([7; 32], verifier);
+    // The channel-binding data of an arbitrary "certificate".
+    let _ = tls_server_end_point(data);
+
+    // The client side, with arbitrary server messages, bound to TLS or not.
+    let binding = match data.first() {
+        Some(b) if b % 2 == 0 => Binding::EndPoint(data.to_vec()),
+        _ => Binding::Unsupported,
+    };
+    let mut client = KeyClient::new([7; 32], verifier, binding);
     let _ = client.client_first();
     if client.server_first(first).is_ok() {
         let _ = client.server_final(last);
