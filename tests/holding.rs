@@ -93,6 +93,27 @@ async fn a_pipeline_left_without_sync_is_ended_at_the_idle_transaction_timeout()
     assert!(timeouts(&door, "idle_transaction").await > before);
 }
 
+/// Parse and Describe with a Flush, answered, then silence (the backend still holds the
+/// pipeline's implicit transaction): ended like an idle transaction, too.
+#[tokio::test]
+async fn a_flushed_pipeline_left_without_sync_is_ended_too() {
+    let door = door_of_one(&["--tx-idle-timeout", "1s"]).await;
+    let mut holder = holder(&door).await;
+    let mut out = BytesMut::new();
+    frontend::parse("", "SELECT count(*) FROM held", [], &mut out).unwrap();
+    frontend::describe(b'S', "", &mut out).unwrap();
+    frontend::flush(&mut out);
+    holder.send(&out).await;
+    timeout(FENCE, holder.until(b'T'))
+        .await
+        .unwrap()
+        .expect("the Describe is answered");
+
+    let (took, _) = served(&door).await;
+    println!("another client served {took:?} after a flushed pipeline went silent");
+    assert_eq!(timeout(FENCE, holder.last_error()).await.unwrap(), "25P03");
+}
+
 /// COPY FROM STDIN that never sends a byte of data: ended like an idle transaction.
 #[tokio::test]
 async fn a_copy_that_never_sends_data_is_ended_at_the_idle_transaction_timeout() {

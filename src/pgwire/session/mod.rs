@@ -425,11 +425,13 @@ impl Session {
     }
 
     /// Whether the server connection waits on the client, not the other way round: idle in
-    /// a transaction, in COPY FROM STDIN, or sent extended-protocol messages with neither
-    /// Sync nor Flush behind them (PostgreSQL answers nothing until one comes).
+    /// a transaction, in COPY FROM STDIN, or in the middle of a pipeline with no Sync: either
+    /// with no Flush behind it (PostgreSQL answers nothing until one comes) or with everything
+    /// it asked for answered (the backend still holds the pipeline's implicit transaction).
     fn server_waits_on_client(&self) -> bool {
         let idle_in_tx = self.expect.is_empty() && matches!(self.status, b'T' | b'E');
-        idle_in_tx || self.copy_in || (self.unsynced && !self.flushed)
+        let pipeline = self.unsynced && (!self.flushed || self.expect.is_empty());
+        idle_in_tx || self.copy_in || pipeline
     }
 
     /// Writes to the client. A client linked to a server connection that stops reading for
@@ -498,7 +500,7 @@ impl Session {
         if self.to_server_passing == 0 {
             let max = self.door.settings.max_message;
             match large_message(&self.cbuf, b'd') {
-                Some(total) if self.server.is_some() && total <= max => {
+                Some(total) if self.server.is_some() && !self.refusing && total <= max => {
                     self.to_server_passing = total;
                     self.cbuf.reserve(PASS_CHUNK);
                 }
