@@ -346,35 +346,7 @@ impl Session {
             if let Some(server) = self.server.as_mut() {
                 trim(&mut server.buf);
             }
-            // Then wait for the next bytes from either side, within the bounds on what the
-            // client may hold (each `sleep` starts afresh: they measure silence).
-            let waits_on_client = self.server.is_some() && self.server_waits_on_client();
-            // A pinned client holds its connection between transactions: at shutdown it is
-            // idle, and told so, like an unlinked one.
-            let idle_and_pinned = self.server.is_some()
-                && self.expect.is_empty()
-                && self.status == b'I'
-                && !self.copy_in;
-            let settings = &self.door.settings;
-            let (tx_idle, client_idle) = (settings.tx_idle_timeout, settings.client_idle_timeout);
-            let client_idle_on = !client_idle.is_zero();
-            let tx_deadline = self.tx_deadline.filter(|_| self.pinned.is_none());
-            let event = match self.server.as_mut() {
-                None => tokio::select! {
-                    read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
-                    _ = tokio::time::sleep(client_idle), if client_idle_on => Event::ClientIdle,
-                    _ = self.door.stopping.cancelled() => Event::Stop,
-                },
-                Some(server) => tokio::select! {
-                    read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
-                    read = server.stream.read_buf(&mut server.buf) => Event::Server(read),
-                    _ = tokio::time::sleep(tx_idle), if waits_on_client => Event::IdleInTransaction,
-                    _ = tokio::time::sleep(client_idle), if idle_and_pinned && client_idle_on => Event::ClientIdle,
-                    _ = sleep_until(tx_deadline), if tx_deadline.is_some() => Event::TransactionTimeout,
-                    _ = self.door.grace_over.cancelled() => Event::Stop,
-                    _ = self.door.stopping.cancelled(), if idle_and_pinned => Event::Stop,
-                },
-            };
+            let event = self.next_event().await;
             match event {
                 Event::Client(Ok(0) | Err(_)) => return Ended::Client,
                 Event::Client(Ok(_)) => {}
@@ -388,40 +360,71 @@ impl Session {
                         return self.terminate("0A000", &why).await;
                     }
                 }
-                Event::IdleInTransaction => {
-                    self.door.timeouts.count("idle_transaction");
-                    return self
-                        .terminate(
-                            "25P03",
-                            "terminating connection due to idle-in-transaction timeout",
-                        )
-                        .await;
-                }
-                Event::ClientIdle => {
-                    self.door.timeouts.count("client_idle");
-                    return self
-                        .terminate(
-                            "57P05",
-                            "terminating connection due to idle-session timeout",
-                        )
-                        .await;
-                }
-                Event::TransactionTimeout => {
-                    self.door.timeouts.count("transaction");
-                    return self
-                        .terminate("25P04", "terminating connection due to transaction timeout")
-                        .await;
-                }
-                Event::Stop => {
-                    return self
-                        .terminate(
-                            "57P01",
-                            "terminating connection due to administrator command",
-                        )
-                        .await;
-                }
+                bound => return self.bound_reached(bound).await,
             }
         }
+    }
+
+    /// Waits for the next bytes from either side, within the bounds on what the client may
+    /// hold (each `sleep` starts afresh: they measure silence).
+    async fn next_event(&mut self) -> Event {
+        let waits_on_client = self.server.is_some() && self.server_waits_on_client();
+        // A pinned client holds its connection between transactions: at shutdown it is
+        // idle, and told so, like an unlinked one.
+        let idle_and_pinned =
+            self.server.is_some() && self.expect.is_empty() && self.status == b'I' && !self.copy_in;
+        let settings = &self.door.settings;
+        let (tx_idle, client_idle) = (settings.tx_idle_timeout, settings.client_idle_timeout);
+        let client_idle_on = !client_idle.is_zero();
+        let tx_deadline = self.tx_deadline.filter(|_| self.pinned.is_none());
+        match self.server.as_mut() {
+            None => tokio::select! {
+                read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
+                _ = tokio::time::sleep(client_idle), if client_idle_on => Event::ClientIdle,
+                _ = self.door.stopping.cancelled() => Event::Stop,
+            },
+            Some(server) => tokio::select! {
+                read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
+                read = server.stream.read_buf(&mut server.buf) => Event::Server(read),
+                _ = tokio::time::sleep(tx_idle), if waits_on_client => Event::IdleInTransaction,
+                _ = tokio::time::sleep(client_idle), if idle_and_pinned && client_idle_on => Event::ClientIdle,
+                _ = sleep_until(tx_deadline), if tx_deadline.is_some() => Event::TransactionTimeout,
+                _ = self.door.grace_over.cancelled() => Event::Stop,
+                _ = self.door.stopping.cancelled(), if idle_and_pinned => Event::Stop,
+            },
+        }
+    }
+
+    /// Ends the session at a bound it reached (or at shutdown), telling the client why with
+    /// PostgreSQL's SQLSTATE, and counting it.
+    async fn bound_reached(&mut self, event: Event) -> Ended {
+        let (kind, code, message) = match event {
+            Event::IdleInTransaction => (
+                Some("idle_transaction"),
+                "25P03",
+                "terminating connection due to idle-in-transaction timeout",
+            ),
+            Event::ClientIdle => (
+                Some("client_idle"),
+                "57P05",
+                "terminating connection due to idle-session timeout",
+            ),
+            Event::TransactionTimeout => (
+                Some("transaction"),
+                "25P04",
+                "terminating connection due to transaction timeout",
+            ),
+            // Event::Stop (reads never come here).
+            _ => (
+                None,
+                "57P01",
+                "terminating connection due to administrator command",
+            ),
+        };
+        if let Some(kind) = kind {
+            self.door.timeouts.count(kind);
+        }
+        self.terminate(code, message).await
     }
 
     /// Whether the server connection waits on the client, not the other way round: idle in
@@ -795,45 +798,8 @@ impl Session {
             })
             .count()
             + 3;
-        let (copy_in, unsynced) = (self.copy_in, self.unsynced);
-        let reset = async {
-            let mut out = BytesMut::new();
-            if copy_in {
-                let reason = b"client disconnected\0";
-                out.put_u8(b'f');
-                out.put_i32((4 + reason.len()) as i32);
-                out.put_slice(reason);
-            }
-            if unsynced {
-                // A Sync commits the implicit transaction of a pipeline the client never
-                // finished; PostgreSQL rolls it back when its client goes. A statement that
-                // can't parse fails that transaction first, whatever names the client used.
-                let abort = b"\0pgway: the client left before its Sync\0\0\0";
-                out.put_u8(b'P');
-                out.put_i32((4 + abort.len()) as i32);
-                out.put_slice(abort);
-            }
-            out.extend_from_slice(b"S\0\0\0\x04");
-            frame::write_query(&mut out, "ROLLBACK");
-            frame::write_query(&mut out, "DISCARD ALL");
-            server.stream.write_all(&out).await.ok()?;
-            let mut seen = 0;
-            loop {
-                let msg = super::server::read_message(&mut server.stream, &mut server.buf)
-                    .await
-                    .ok()?;
-                if msg[0] == b'S' {
-                    server.note_parameter(&msg);
-                }
-                if msg[0] == b'Z' {
-                    seen += 1;
-                    if seen == owed {
-                        return (msg.get(5) == Some(&b'I')).then_some(());
-                    }
-                }
-            }
-        };
-        match tokio::time::timeout(Duration::from_secs(5), reset).await {
+        let resetting = reset(&mut server, owed, self.copy_in, self.unsynced);
+        match tokio::time::timeout(Duration::from_secs(5), resetting).await {
             Ok(Some(())) => {
                 server.applied.clear();
                 server.reset_needed = false;
@@ -841,6 +807,47 @@ impl Session {
                 self.door.pools.release(&self.key, server);
             }
             _ => self.door.pools.close(server, CloseReason::ResetFailed),
+        }
+    }
+}
+
+/// Puts a server connection its client left back to a fresh session: ends a COPY and an
+/// unfinished pipeline, reads every ReadyForQuery still owed (`owed`, with those of the reset
+/// itself), rolls back and discards everything. `Some` when it ended idle.
+async fn reset(server: &mut ServerConn, owed: usize, copy_in: bool, unsynced: bool) -> Option<()> {
+    let mut out = BytesMut::new();
+    if copy_in {
+        let reason = b"client disconnected\0";
+        out.put_u8(b'f');
+        out.put_i32((4 + reason.len()) as i32);
+        out.put_slice(reason);
+    }
+    if unsynced {
+        // A Sync commits the implicit transaction of a pipeline the client never
+        // finished; PostgreSQL rolls it back when its client goes. A statement that
+        // can't parse fails that transaction first, whatever names the client used.
+        let abort = b"\0pgway: the client left before its Sync\0\0\0";
+        out.put_u8(b'P');
+        out.put_i32((4 + abort.len()) as i32);
+        out.put_slice(abort);
+    }
+    out.extend_from_slice(b"S\0\0\0\x04");
+    frame::write_query(&mut out, "ROLLBACK");
+    frame::write_query(&mut out, "DISCARD ALL");
+    server.stream.write_all(&out).await.ok()?;
+    let mut seen = 0;
+    loop {
+        let msg = super::server::read_message(&mut server.stream, &mut server.buf)
+            .await
+            .ok()?;
+        if msg[0] == b'S' {
+            server.note_parameter(&msg);
+        }
+        if msg[0] == b'Z' {
+            seen += 1;
+            if seen == owed {
+                return (msg.get(5) == Some(&b'I')).then_some(());
+            }
         }
     }
 }

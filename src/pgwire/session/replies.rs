@@ -6,32 +6,14 @@ impl Session {
     /// Relays what the server sent, as the queue says.
     pub(super) fn server_messages(&mut self, to_client: &mut BytesMut) -> Result<(), Ended> {
         loop {
+            match self.pass_to_client(to_client) {
+                Some(true) => return Ok(()),
+                Some(false) => continue,
+                None => {}
+            }
             let Some(server) = self.server.as_mut() else {
                 return Ok(());
             };
-            if self.to_client_passing == 0
-                && let Some(total) = super::large_message(&server.buf, b'D')
-                    .or_else(|| super::large_message(&server.buf, b'd'))
-                && total <= 1 << 30
-                && matches!(
-                    self.expect.front(),
-                    Some(Expect::Answer { swallow: false, .. })
-                )
-            {
-                // A large row or CopyData the client asked for, relayed unchanged: passed on
-                // in pieces as it arrives (a value can be hundreds of megabytes).
-                self.to_client_passing = total;
-                server.buf.reserve(super::PASS_CHUNK);
-            }
-            if self.to_client_passing > 0 {
-                let n = self.to_client_passing.min(server.buf.len());
-                to_client.extend_from_slice(&server.buf.split_to(n));
-                self.to_client_passing -= n;
-                if server.buf.is_empty() {
-                    return Ok(());
-                }
-                continue;
-            }
             let msg = match frame::split_message(&mut server.buf, 1 << 30) {
                 Ok(Some(msg)) => msg,
                 Ok(None) => return Ok(()),
@@ -119,6 +101,31 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Passes a large row or CopyData the client asked for on in pieces as it arrives (a
+    /// value can be hundreds of megabytes), never holding it whole: `Some(true)` when the
+    /// server's buffer is spent, `Some(false)` when more follows the message; `None` when
+    /// there is no such message to pass.
+    fn pass_to_client(&mut self, to_client: &mut BytesMut) -> Option<bool> {
+        let server = self.server.as_mut()?;
+        if self.to_client_passing == 0 {
+            let total = super::large_message(&server.buf, b'D')
+                .or_else(|| super::large_message(&server.buf, b'd'))?;
+            let relayed = matches!(
+                self.expect.front(),
+                Some(Expect::Answer { swallow: false, .. })
+            );
+            if total > 1 << 30 || !relayed {
+                return None;
+            }
+            self.to_client_passing = total;
+            server.buf.reserve(super::PASS_CHUNK);
+        }
+        let n = self.to_client_passing.min(server.buf.len());
+        to_client.extend_from_slice(&server.buf.split_to(n));
+        self.to_client_passing -= n;
+        Some(server.buf.is_empty())
     }
 
     /// A message answering one of the door's own queries: swallowed, what it says kept.
