@@ -242,9 +242,10 @@ async fn a_login_that_never_finishes_is_dropped_at_the_timeout() {
     .await;
 }
 
-/// The database asks the door's server connection for the password in cleartext, or for its
-/// MD5 hash: refused before anything is sent (28000, naming the setting), unless
-/// PGWAY_DATABASE_REQUIRE_AUTH allows it, as libpq's require_auth would.
+/// The database asks the gateway's connections for the password in cleartext, or for its MD5
+/// hash: refused before anything is sent (28000 through the PostgreSQL door, UNAVAILABLE
+/// over gRPC, naming the setting), unless PGWAY_DATABASE_REQUIRE_AUTH allows it, as libpq's
+/// require_auth would.
 #[tokio::test]
 async fn upstream_cleartext_and_md5_are_refused_unless_allowed() {
     let pg = support::door::cluster().await;
@@ -275,6 +276,21 @@ async fn upstream_cleartext_and_md5_are_refused_unless_allowed() {
                 Ok::<String, tokio_postgres::Error>(row.get(0))
             }
             .await;
+            // The gRPC door's connections (tokio-postgres) obey the same rule.
+            let grpc = gw
+                .client()
+                .await
+                .query(query("SELECT current_user::text", vec![]))
+                .await;
+            match (allow, &grpc) {
+                (None, Err(status)) => {
+                    println!("{role}, by default, over gRPC: {}", status.message());
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                    assert!(status.message().contains("PGWAY_DATABASE_REQUIRE_AUTH"));
+                }
+                (Some(_), Ok(_)) => {}
+                _ => panic!("{role} with {allow:?} over gRPC: {grpc:?}"),
+            }
             match (allow, outcome) {
                 (None, Err(error)) => {
                     let db = error.as_db_error().expect("an error from the door");

@@ -31,8 +31,7 @@ fn start_pg_door(
     tasks: &TaskTracker,
     stopping: &CancellationToken,
 ) -> (Arc<pgwire::Door>, TaskTracker) {
-    let mut target = pgwire::server::Target::of(&config.database, config.database_tls.clone());
-    target.require_auth = pg.require_auth;
+    let target = pgwire::server::Target::of(&config.database, config.database_tls.clone());
     tasks.spawn(
         pool.clone()
             .give_back_idle(budget.clone(), stopping.clone()),

@@ -58,6 +58,15 @@ impl ConnectError {
 
 impl From<tokio_postgres::Error> for ConnectError {
     fn from(error: tokio_postgres::Error) -> Self {
+        // Refused before anything was sent: the server asked for a way of logging in that
+        // PGWAY_DATABASE_REQUIRE_AUTH doesn't allow. Permanent, like a wrong password.
+        if let Some(message) = crate::core::dbtls::guard::refused(&error) {
+            return ConnectError {
+                message,
+                sqlstate: Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+                tls_rejected: false,
+            };
+        }
         match error.as_db_error() {
             Some(db) => ConnectError {
                 message: db.message().to_owned(),

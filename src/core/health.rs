@@ -72,7 +72,7 @@ async fn check(
             // Named apart from the pool's connections, so they can be told apart on the server.
             let mut database = database.clone();
             database.application_name("pgway-health");
-            let (client, connection) = database.connect(tls.clone()).await.ok()?;
+            let (client, connection) = tls.connect(&database).await.ok()?;
             tokio::spawn(connection);
             *conn = Some(client);
         }

@@ -127,6 +127,8 @@ pub struct PgConn {
     backend_pid: i32,
     client: Client,
     cancel_token: CancelToken,
+    /// Where the cancel request goes.
+    database: Arc<tokio_postgres::Config>,
     /// The cancel request opens a connection of its own, with the same TLS as this one.
     tls: DatabaseTls,
     statements: LruCache<String, CachedStatement>,
@@ -279,10 +281,11 @@ impl Drop for PgConn {
             // stop it, so the backend doesn't keep working (and holding locks) for nobody.
             let token = self.cancel_token.clone();
             let tls = self.tls.clone();
+            let database = Arc::clone(&self.database);
             let (id, pid) = (self.id, self.backend_pid);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
-                    if let Err(error) = token.cancel_query(tls).await {
+                    if let Err(error) = tls.cancel(&token, &database).await {
                         debug!(conn_id = id, backend_pid = pid, %error, "cancel request failed");
                     }
                 });
@@ -406,7 +409,7 @@ async fn release(mut conn: PooledConn) {
 /// failures, publishing each outcome for the callers waiting in [`Pool::get`].
 #[derive(Debug)]
 pub struct ConnectionManager {
-    database: tokio_postgres::Config,
+    database: Arc<tokio_postgres::Config>,
     tls: DatabaseTls,
     statement_cache_size: NonZeroUsize,
     max_lifetime: Duration,
@@ -450,7 +453,7 @@ impl ConnectionManager {
         ConnectionManager {
             budget,
             budget_patience: config.acquire_timeout,
-            database,
+            database: Arc::new(database),
             tls,
             statement_cache_size: config.statement_cache_size,
             max_lifetime: config.max_lifetime,
@@ -479,7 +482,7 @@ impl ConnectionManager {
                 ),
                 ..ConnectError::default()
             })?;
-        let (client, connection) = self.database.connect(self.tls.clone()).await?;
+        let (client, connection) = self.tls.connect(&self.database).await?;
         // The connection task is where a broken connection's reason lives: log it with the id.
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -497,6 +500,7 @@ impl ConnectionManager {
             id,
             backend_pid,
             cancel_token: client.cancel_token(),
+            database: Arc::clone(&self.database),
             tls: self.tls.clone(),
             client,
             statements: LruCache::new(self.statement_cache_size),

@@ -14,7 +14,6 @@ pub mod cancel;
 pub mod frame;
 pub mod gate;
 pub mod pool;
-pub mod require_auth;
 pub mod scram;
 pub mod server;
 pub mod session;

@@ -21,9 +21,9 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::ChannelBinding as ChannelBindingMode;
 
 use super::frame;
-use super::require_auth::{Method, RequireAuth};
 use super::scram::{Binding, Credential, KeyClient, SCRAM_SHA_256, tls_server_end_point};
 use crate::core::budget::Permit;
+use crate::core::dbtls::require_auth::{Method, RequireAuth};
 use crate::core::dbtls::{DatabaseTls, SslMode};
 
 /// A byte stream, plain or TLS, either side of the door.
@@ -59,6 +59,7 @@ pub enum Address {
 impl Target {
     /// The host, port and TLS of the gateway's database URL.
     pub fn of(database: &tokio_postgres::Config, tls: DatabaseTls) -> Target {
+        let require_auth = tls.require_auth();
         let port = database.get_ports().first().copied().unwrap_or(5432);
         let address = match database.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => Address::Tcp {
@@ -80,7 +81,7 @@ impl Target {
                 .get_connect_timeout()
                 .copied()
                 .unwrap_or(Duration::from_secs(5)),
-            require_auth: RequireAuth::default(),
+            require_auth,
             channel_binding: database.get_channel_binding(),
         }
     }

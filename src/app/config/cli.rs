@@ -76,10 +76,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PGWAY_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// The ways the database may ask the PostgreSQL door's server connections to log in, in
+    /// The ways the database may ask the gateway's connections (both doors') to log in, in
     /// libpq's `require_auth` words (scram-sha-256, md5, password, none; or !method for all
     /// but it). A server asking for anything else is refused before any password is sent.
-    #[arg(long, env = "PGWAY_DATABASE_REQUIRE_AUTH", default_value = crate::pgwire::require_auth::RequireAuth::DEFAULT)]
+    #[arg(long, env = "PGWAY_DATABASE_REQUIRE_AUTH", default_value = crate::core::dbtls::require_auth::RequireAuth::DEFAULT)]
     pub database_require_auth: String,
 
     /// Address the gRPC server listens on.

@@ -75,7 +75,6 @@ pub struct PgConfig {
     pub gate: crate::pgwire::gate::GateLimits,
     pub statement_cache: crate::pgwire::statements::Bound,
     pub client_statements: crate::pgwire::statements::Bound,
-    pub require_auth: crate::pgwire::require_auth::RequireAuth,
     pub client_idle_timeout: std::time::Duration,
     pub transaction_timeout: std::time::Duration,
 }

@@ -10,10 +10,10 @@ use std::time::Duration;
 use crate::core::auth::jwt::JwtRules;
 use crate::core::auth::limits::CallerQuota;
 use crate::core::auth::{AuthConfig, Authenticator};
+use crate::core::dbtls::require_auth::RequireAuth;
 use crate::core::dbtls::{self, DatabaseTls, SslMode};
 use crate::core::pool::PoolConfig;
 use crate::grpc::{CallBounds, TxConfig};
-use crate::pgwire::require_auth::RequireAuth;
 use crate::pgwire::statements::Bound;
 
 use super::cli::{AuthMode, ServeArgs};
@@ -167,8 +167,6 @@ impl ServeArgs {
                 )?,
                 bytes: self.pg_max_client_statement_bytes,
             },
-            require_auth: RequireAuth::parse(&self.database_require_auth)
-                .map_err(|e| invalid("PGWAY_DATABASE_REQUIRE_AUTH", e))?,
             client_idle_timeout: self.pg_client_idle_timeout,
             transaction_timeout: self.pg_transaction_timeout,
         }))
@@ -220,7 +218,9 @@ impl ServeArgs {
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3)
             .tcp_user_timeout(Duration::from_secs(10));
-        Ok((database, database_tls))
+        let require_auth = RequireAuth::parse(&self.database_require_auth)
+            .map_err(|e| invalid("PGWAY_DATABASE_REQUIRE_AUTH", e))?;
+        Ok((database, database_tls.with_require_auth(require_auth)))
     }
 
     /// The pool's size and timings.

@@ -8,12 +8,25 @@ use std::sync::Arc;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+
 use tokio_postgres::config::SslNegotiation;
 use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{CancelToken, Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::guard::{Socket, Watched, WatchedTls};
+use super::require_auth::RequireAuth;
 use super::verifier::ChainVerifier;
+use crate::core::error::ConnectError;
+
+/// A future that owns what it uses, `Send` for any task.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// A connection's task, to be spawned.
+pub type Connection =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
 use super::{Roots, SslMode, TlsParams, TlsSettingError, Verification, setting};
 
 /// The connector every database connection of the gateway goes through (pool, cancel
@@ -28,6 +41,8 @@ pub struct DatabaseTls {
     /// The same configuration, for connections made with tokio-rustls directly (the
     /// PostgreSQL door's, which need the server's certificate for channel binding).
     config: Arc<ClientConfig>,
+    /// What the database may ask of a login (`PGWAY_DATABASE_REQUIRE_AUTH`).
+    require_auth: RequireAuth,
 }
 
 impl fmt::Debug for DatabaseTls {
@@ -62,7 +77,84 @@ impl DatabaseTls {
             // Never used: tokio-postgres doesn't call the connector with sslmode=disable.
             connector: MakeRustlsConnect::new(unverified_config()),
             config: Arc::new(unverified_config()),
+            require_auth: RequireAuth::default(),
         }
+    }
+
+    /// The same, with `require` as what the database may ask of a login.
+    pub fn with_require_auth(mut self, require: RequireAuth) -> DatabaseTls {
+        self.require_auth = require;
+        self
+    }
+
+    /// What the database may ask of a login.
+    pub fn require_auth(&self) -> RequireAuth {
+        self.require_auth
+    }
+
+    /// Opens a tokio-postgres connection to `database` through this connector, the server's
+    /// authentication requests watched (see [`super::guard`]) unless every way is allowed.
+    /// The connection's task is returned to be spawned. (A boxed future owning what it uses:
+    /// the compiler can't prove the generic connect futures `Send` for callers otherwise.)
+    pub fn connect(
+        &self,
+        database: &Config,
+    ) -> BoxFuture<Result<(Client, Connection), ConnectError>> {
+        let (mut connector, database) = (self.clone(), database.clone());
+        Box::pin(async move {
+            let require = connector.require_auth;
+            if require.allows_all() {
+                let (client, connection) = database.connect(connector).await?;
+                return Ok((client, Box::pin(connection) as Connection));
+            }
+            let bound = database
+                .get_connect_timeout()
+                .copied()
+                .unwrap_or(Duration::from_secs(5));
+            let work = async {
+                let (socket, host) = super::guard::open_socket(&database).await?;
+                let watched = Watched::socket(socket, require);
+                let inner =
+                    MakeTlsConnect::<Watched<Socket>>::make_tls_connect(&mut connector, &host)
+                        .map_err(|e| ConnectError {
+                            message: format!("TLS to the database: {e}"),
+                            ..ConnectError::default()
+                        })?;
+                let tls = WatchedTls { inner, require };
+                let (client, connection) = database.connect_raw(watched, tls).await?;
+                Ok::<_, ConnectError>((client, Box::pin(connection) as Connection))
+            };
+            tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
+                Err(ConnectError {
+                    message: "timeout opening a connection to the database".into(),
+                    ..ConnectError::default()
+                })
+            })
+        })
+    }
+
+    /// Sends a cancel request for `token`'s backend over a connection of its own to
+    /// `database` (a connection opened by [`DatabaseTls::connect`] may have no address of
+    /// its own for tokio-postgres to send it to).
+    pub fn cancel(&self, token: &CancelToken, database: &Config) -> BoxFuture<Result<(), String>> {
+        let (mut connector, token, database) = (self.clone(), token.clone(), database.clone());
+        Box::pin(async move {
+            if connector.require_auth.allows_all() {
+                return token
+                    .cancel_query(connector)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+            let (socket, host) = super::guard::open_socket(&database)
+                .await
+                .map_err(|e| e.message)?;
+            let tls = MakeTlsConnect::<Socket>::make_tls_connect(&mut connector, &host)
+                .map_err(|e| e.to_string())?;
+            token
+                .cancel_query_raw(socket, tls)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// A tokio-rustls connector with the same configuration as the tokio-postgres one.
@@ -178,6 +270,7 @@ pub(super) fn build(
         client_certificate: params.sslcert.is_some(),
         connector: MakeRustlsConnect::new(config.clone()),
         config: Arc::new(config),
+        require_auth: RequireAuth::default(),
     })
 }
 

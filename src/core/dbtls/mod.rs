@@ -28,11 +28,15 @@
 //! The parts:
 //! - `connection_string`: [`parse`], which takes the TLS keys out of the string.
 //! - `connector`: [`DatabaseTls`], the rustls configuration the keys ask for.
+//! - [`guard`]: what the database may ask of a login (`PGWAY_DATABASE_REQUIRE_AUTH`, in
+//!   [`require_auth`]), enforced on the connection's stream.
 //! - `verifier`: the certificate check of `verify-ca` and weaker modes, and [`failure`], what
 //!   a failed handshake tells the caller.
 
 mod connection_string;
 mod connector;
+pub mod guard;
+pub mod require_auth;
 mod verifier;
 
 pub use connection_string::parse;

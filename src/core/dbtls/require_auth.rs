@@ -73,6 +73,11 @@ impl RequireAuth {
         Ok(RequireAuth { allowed })
     }
 
+    /// Every way is allowed: nothing to watch.
+    pub fn allows_all(&self) -> bool {
+        self.allowed == [true; 4]
+    }
+
     pub fn allows(&self, method: Method) -> bool {
         Method::ALL
             .iter()
