@@ -23,7 +23,7 @@ use tokio_postgres::config::ChannelBinding as ChannelBindingMode;
 use super::frame;
 use super::scram::{Binding, Credential, KeyClient, SCRAM_SHA_256, tls_server_end_point};
 use crate::core::budget::Permit;
-use crate::core::dbtls::require_auth::{Method, RequireAuth};
+use crate::core::dbtls::require_auth::RequireAuth;
 use crate::core::dbtls::{DatabaseTls, SslMode};
 
 /// A byte stream, plain or TLS, either side of the door.
@@ -402,21 +402,8 @@ impl Auth {
             return Err(LoginError::protocol("short authentication message"));
         }
         let code = b.get_i32();
-        let method = match code {
-            0 if self.scram.is_none() && !self.answered => Some(Method::None),
-            3 => Some(Method::Password),
-            5 => Some(Method::Md5),
-            10 => Some(Method::Scram),
-            _ => None,
-        };
-        if let Some(method) = method.filter(|m| !target.require_auth.allows(*m)) {
-            return Err(refused(format!(
-                "the database asked for {}, which PGWAY_DATABASE_REQUIRE_AUTH \
-                     ({}) does not allow",
-                method.asked(),
-                target.require_auth
-            )));
-        }
+        let asked = self.scram.is_some() || self.answered;
+        target.require_auth.check(code, asked).map_err(refused)?;
         if code == 0 && !self.bound && target.channel_binding == ChannelBindingMode::Require {
             return Err(refused(
                 "the login was not bound to the TLS connection, and the URL's \

@@ -28,7 +28,7 @@ use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 use super::connector::BoxFuture;
 use crate::core::error::ConnectError;
 
-use super::require_auth::{Method, RequireAuth};
+use super::require_auth::RequireAuth;
 
 /// A socket to the database, TCP or Unix. (An enum, not a boxed trait object: with one,
 /// the compiler can't prove tokio-postgres' connect futures `Send`.)
@@ -304,21 +304,7 @@ impl<S> Watched<S> {
             return Ok(());
         }
         let code = i32::from_be_bytes([self.head[5], self.head[6], self.head[7], self.head[8]]);
-        let method = match code {
-            0 if !self.asked => Some(Method::None),
-            3 => Some(Method::Password),
-            5 => Some(Method::Md5),
-            10 => Some(Method::Scram),
-            _ => None,
-        };
-        if let Some(method) = method.filter(|m| !self.require.allows(*m)) {
-            return Err(Refused(format!(
-                "the database asked for {}, which PGWAY_DATABASE_REQUIRE_AUTH ({}) does not \
-                 allow",
-                method.asked(),
-                self.require
-            )));
-        }
+        self.require.check(code, self.asked).map_err(Refused)?;
         self.asked |= matches!(code, 3 | 5 | 10);
         if code == 0 {
             self.state = State::Done;

@@ -73,6 +73,25 @@ impl RequireAuth {
         Ok(RequireAuth { allowed })
     }
 
+    /// Checks the AuthenticationRequest `code` the server sent (`asked`: it asked for a
+    /// password or SASL before): the message to refuse it with, if it isn't allowed.
+    pub fn check(&self, code: i32, asked: bool) -> Result<(), String> {
+        let method = match code {
+            0 if !asked => Method::None,
+            3 => Method::Password,
+            5 => Method::Md5,
+            10 => Method::Scram,
+            _ => return Ok(()),
+        };
+        if self.allows(method) {
+            return Ok(());
+        }
+        Err(format!(
+            "the database asked for {}, which PGWAY_DATABASE_REQUIRE_AUTH ({self}) does not allow",
+            method.asked()
+        ))
+    }
+
     /// Every way is allowed: nothing to watch.
     pub fn allows_all(&self) -> bool {
         self.allowed == [true; 4]
