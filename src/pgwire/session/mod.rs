@@ -826,10 +826,8 @@ async fn reset(server: &mut ServerConn, owed: usize, copy_in: bool, unsynced: bo
         // A Sync commits the implicit transaction of a pipeline the client never
         // finished; PostgreSQL rolls it back when its client goes. A statement that
         // can't parse fails that transaction first, whatever names the client used.
-        let abort = b"\0pgway: the client left before its Sync\0\0\0";
-        out.put_u8(b'P');
-        out.put_i32((4 + abort.len()) as i32);
-        out.put_slice(abort);
+        let sql = b"pgway: the client left before its Sync";
+        frame::write_parse(&mut out, b"", sql, &0i16.to_be_bytes());
     }
     out.extend_from_slice(b"S\0\0\0\x04");
     frame::write_query(&mut out, "ROLLBACK");
