@@ -208,8 +208,10 @@ pub async fn serve(
         let others: Vec<admin::metrics::DoorReader> = door
             .iter()
             .map(|(door, _)| {
-                let pools = door.pools.clone();
+                let door = Arc::clone(door);
                 let read = move || {
+                    door.clients.publish();
+                    let pools = &door.pools;
                     let (open, idle) = pools.counts();
                     admin::metrics::DoorPools {
                         open,
@@ -231,13 +233,13 @@ pub async fn serve(
     let pg_drained = async {
         let Some((door, clients)) = &door else { return };
         stop.cancelled().await;
-        door.stopping.cancel();
+        door.stop();
         clients.close();
         if tokio::time::timeout(config.shutdown_grace, clients.wait())
             .await
             .is_err()
         {
-            door.grace_over.cancel();
+            door.end_grace();
             let _ = tokio::time::timeout(Duration::from_secs(2), clients.wait()).await;
         }
         door.pools.shut();

@@ -23,7 +23,7 @@ pub mod userlist;
 pub mod users;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, counter, gauge};
@@ -99,7 +99,11 @@ impl Clients {
         }
     }
 
-    fn publish(&self) {
+    /// Sets `pgway_pg_clients{state}` from the counts: done at each scrape, not at each
+    /// change (a link and an unlink each changed two counts per transaction, and the gauges
+    /// are shared by every worker: measured, four gauge writes per transaction were as much
+    /// CPU as the relay's message handling).
+    pub fn publish(&self) {
         let total = self.total.load(Ordering::Relaxed);
         let active = self.active.load(Ordering::Relaxed);
         let waiting = self.waiting.load(Ordering::Relaxed);
@@ -112,7 +116,6 @@ impl Clients {
     /// Counts a client for as long as the guard lives.
     pub fn connected(&self) -> Connected<'_> {
         self.total.fetch_add(1, Ordering::Relaxed);
-        self.publish();
         Connected(self)
     }
 
@@ -122,29 +125,23 @@ impl Clients {
 
     pub fn waiting(&self, delta: i64) {
         self.waiting.fetch_add(delta, Ordering::Relaxed);
-        self.publish();
     }
 
     pub fn linked(&self, delta: i64) {
         self.active.fetch_add(delta, Ordering::Relaxed);
-        self.publish();
     }
 
     /// A place among the pinned clients, if the cap allows.
     pub fn try_pin(&self) -> bool {
-        let got = self
-            .pinned
+        self.pinned
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < self.max_pinned).then_some(n + 1)
             })
-            .is_ok();
-        self.publish();
-        got
+            .is_ok()
     }
 
     pub fn unpin(&self) {
         self.pinned.fetch_sub(1, Ordering::Relaxed);
-        self.publish();
     }
 }
 
@@ -155,7 +152,6 @@ pub struct Connected<'a>(&'a Clients);
 impl Drop for Connected<'_> {
     fn drop(&mut self) {
         self.0.total.fetch_sub(1, Ordering::Relaxed);
-        self.0.publish();
     }
 }
 
@@ -180,6 +176,8 @@ pub struct Door {
     pub gate: gate::Gate,
     /// `pgway_pg_timeouts_total{kind}`.
     pub timeouts: Timeouts,
+    /// [`Phase`] as a number: read by every session at every wait, without a lock.
+    phase: AtomicU8,
     /// Makes the mock verifiers of unknown users (stable per name, unknown to anyone).
     mock_secret: [u8; 32],
 }
@@ -230,8 +228,43 @@ impl Door {
             grace_over: CancellationToken::new(),
             prepared: PreparedCounters::new(),
             mock_secret: rand::random(),
+            phase: AtomicU8::new(Phase::Running as u8),
         }
     }
+
+    /// Stops the door: no new clients; idle ones are told 57P01, transactions may finish.
+    pub fn stop(&self) {
+        self.enter(Phase::Stopping);
+        self.stopping.cancel();
+    }
+
+    /// Ends the grace period: everyone still here is told 57P01.
+    pub fn end_grace(&self) {
+        self.enter(Phase::GraceOver);
+        self.grace_over.cancel();
+    }
+
+    fn enter(&self, phase: Phase) {
+        self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        self.cancels.ring_all();
+    }
+
+    /// Where the door is in its shutdown.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Running,
+            1 => Phase::Stopping,
+            _ => Phase::GraceOver,
+        }
+    }
+}
+
+/// Where the door is in its shutdown; only ever moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running = 0,
+    Stopping = 1,
+    GraceOver = 2,
 }
 
 /// Accepts clients on `listener` until the door is told to stop; each client runs on a task

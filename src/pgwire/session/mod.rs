@@ -25,7 +25,7 @@ use super::pool::{AcquireError, PoolKey};
 use super::scram::Credential;
 use super::server::{ServerConn, Stream};
 use super::statements::{Bounded, Statement};
-use super::{Door, SessionStateMode};
+use super::{Door, Phase, SessionStateMode};
 use crate::core::pool::CloseReason;
 use crate::core::sql::{PinReason, SessionEffect, session_effect};
 
@@ -126,6 +126,11 @@ fn trim(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
         *buf = BytesMut::with_capacity(8192);
     }
+}
+
+/// Sleeps for `duration` from when it is first polled.
+async fn sleep_for(duration: Duration) {
+    tokio::time::sleep(duration).await
 }
 
 /// Sleeps until `deadline`, or forever without one (the caller's `if` keeps that unpolled).
@@ -368,31 +373,50 @@ impl Session {
     /// Waits for the next bytes from either side, within the bounds on what the client may
     /// hold (each `sleep` starts afresh: they measure silence).
     async fn next_event(&mut self) -> Event {
+        loop {
+            if let Some(event) = self.next_event_once().await {
+                return event;
+            }
+        }
+    }
+
+    /// One wait; `None` when the client's bell rang (the door's phase is read again).
+    async fn next_event_once(&mut self) -> Option<Event> {
         let waits_on_client = self.server.is_some() && self.server_waits_on_client();
         // A pinned client holds its connection between transactions: at shutdown it is
         // idle, and told so, like an unlinked one.
         let idle_and_pinned =
             self.server.is_some() && self.expect.is_empty() && self.status == b'I' && !self.copy_in;
+        let phase = self.door.phase();
+        let stop = match self.server {
+            None => phase >= Phase::Stopping,
+            Some(_) => phase == Phase::GraceOver || (idle_and_pinned && phase >= Phase::Stopping),
+        };
+        if stop {
+            return Some(Event::Stop);
+        }
         let settings = &self.door.settings;
         let (tx_idle, client_idle) = (settings.tx_idle_timeout, settings.client_idle_timeout);
         let client_idle_on = !client_idle.is_zero();
         let tx_deadline = self.tx_deadline.filter(|_| self.pinned.is_none());
-        match self.server.as_mut() {
+        let bell = &self.cancel.bell;
+        // The sleeps are made only when their branch is on (`sleep_for` reads the clock when
+        // first polled, and `select!` builds every branch's future, on or off).
+        Some(match self.server.as_mut() {
             None => tokio::select! {
                 read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
-                _ = tokio::time::sleep(client_idle), if client_idle_on => Event::ClientIdle,
-                _ = self.door.stopping.cancelled() => Event::Stop,
+                _ = sleep_for(client_idle), if client_idle_on => Event::ClientIdle,
+                _ = bell.notified() => return None,
             },
             Some(server) => tokio::select! {
                 read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
                 read = server.stream.read_buf(&mut server.buf) => Event::Server(read),
-                _ = tokio::time::sleep(tx_idle), if waits_on_client => Event::IdleInTransaction,
-                _ = tokio::time::sleep(client_idle), if idle_and_pinned && client_idle_on => Event::ClientIdle,
+                _ = sleep_for(tx_idle), if waits_on_client => Event::IdleInTransaction,
+                _ = sleep_for(client_idle), if idle_and_pinned && client_idle_on => Event::ClientIdle,
                 _ = sleep_until(tx_deadline), if tx_deadline.is_some() => Event::TransactionTimeout,
-                _ = self.door.grace_over.cancelled() => Event::Stop,
-                _ = self.door.stopping.cancelled(), if idle_and_pinned => Event::Stop,
+                _ = bell.notified() => return None,
             },
-        }
+        })
     }
 
     /// Ends the session at a bound it reached (or at shutdown), telling the client why with
@@ -444,12 +468,12 @@ impl Session {
         if self.server.is_none() {
             return self.client.write_all(out).await.map_err(|_| Ended::Client);
         }
-        match tokio::time::timeout(
-            self.door.settings.tx_idle_timeout,
-            self.client.write_all(out),
-        )
-        .await
-        {
+        let mut write = std::pin::pin!(self.client.write_all(out));
+        // Nearly every write is taken at once: then no clock is read and no timer made.
+        if let Some(written) = futures::FutureExt::now_or_never(&mut write) {
+            return written.map_err(|_| Ended::Client);
+        }
+        match tokio::time::timeout(self.door.settings.tx_idle_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Ended::Client),
             Err(_) => {
@@ -524,7 +548,7 @@ impl Session {
         to_client: &mut BytesMut,
         first: u8,
     ) -> Result<(), Ended> {
-        if self.door.stopping.is_cancelled() {
+        if self.door.phase() >= Phase::Stopping {
             return Err(self
                 .terminate(
                     "57P01",
@@ -591,7 +615,7 @@ impl Session {
         self.door.clients.linked(1);
         let limit = self.door.settings.transaction_timeout;
         self.tx_deadline = (!limit.is_zero()).then(|| tokio::time::Instant::now() + limit);
-        self.cancel.link(server.pid, server.secret).await;
+        self.cancel.link(server.pid, server.secret);
         self.replay_settings(&mut server, to_server);
         self.skipping = false;
         self.unsynced = false;

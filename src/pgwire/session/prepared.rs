@@ -136,6 +136,14 @@ pub(super) enum Deallocation {
 
 /// Reads `DEALLOCATE [PREPARE] {name | ALL}`.
 fn deallocation(sql: &[u8]) -> Option<Deallocation> {
+    // Every unnamed Parse comes here: most are turned away by their first byte, before the
+    // text is checked as UTF-8 and split.
+    let first = sql
+        .iter()
+        .find(|b| !(b.is_ascii_whitespace() || **b == 0x0b))?;
+    if !first.eq_ignore_ascii_case(&b'd') {
+        return None;
+    }
     let text = std::str::from_utf8(sql)
         .ok()?
         .trim()
