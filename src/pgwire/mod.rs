@@ -166,10 +166,12 @@ pub struct Door {
     pub users: Users,
     /// TLS for clients that ask; `None` answers `N`.
     pub tls: Option<Current>,
-    /// Stop: no new clients, idle ones are told 57P01; transactions may finish.
-    pub stopping: CancellationToken,
-    /// The grace period is over: everyone still here is told 57P01.
-    pub grace_over: CancellationToken,
+    /// Stop: no new clients, idle ones are told 57P01; transactions may finish. Private, like
+    /// `grace_over`: cancelled only by [`Door::stop`], which also rings the sessions' bells
+    /// (sessions wait on those, not on the tokens).
+    stopping: CancellationToken,
+    /// The grace period is over: everyone still here is told 57P01 ([`Door::end_grace`]).
+    grace_over: CancellationToken,
     /// `pgway_pg_prepared_statements_total`, looked up once: counted on every Bind.
     pub prepared: PreparedCounters,
     /// Logins in progress, and failures by address.
