@@ -6,14 +6,14 @@
 //! its directory when the process that started it exits, however it exits.
 
 use std::ffi::OsStr;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use clap::Parser;
 use tracing::info;
 
-use crate::app::config::{Cli, Command as CliCommand, DevArgs};
+use crate::app::config::{Cli, Command as CliCommand, Config, DevArgs};
 
 /// The OS user that runs PostgreSQL when we are root.
 const POSTGRES_OS_USER: &str = "postgres";
@@ -269,6 +269,10 @@ impl TempPostgres {
         self.root.path().join("data").display().to_string()
     }
 
+    fn log_file(&self) -> String {
+        self.root.path().join("postgres.log").display().to_string()
+    }
+
     fn socket_dir(&self) -> String {
         self.root.path().display().to_string()
     }
@@ -315,7 +319,7 @@ impl TempPostgres {
             self.port,
             self.socket_dir()
         );
-        let log = self.root.path().join("postgres.log").display().to_string();
+        let log = self.log_file();
         self.run(
             "starting PostgreSQL",
             "pg_ctl",
@@ -366,6 +370,24 @@ impl TempPostgres {
     /// The directory holding the cluster, its socket and its log; removed on drop.
     pub fn dir(&self) -> &Path {
         self.root.path()
+    }
+
+    /// A shell command that restarts the server (fast shutdown), ready to paste, for trying what
+    /// a database restart does to the gateway: as the `postgres` OS user when we are root, with
+    /// the same log, and the same port and options (pg_ctl takes them from `postmaster.opts`).
+    pub fn restart_command(&self) -> String {
+        let pg_ctl = format!(
+            "{} restart -D {} -l {} -m fast",
+            self.bin.join("pg_ctl").display(),
+            self.data_dir(),
+            self.log_file()
+        );
+        if self.as_postgres_user {
+            // A login shell starts in the user's home: in root's, the server warns it can't.
+            format!("su - {POSTGRES_OS_USER} -c '{pg_ctl}'")
+        } else {
+            pg_ctl
+        }
     }
 
     /// The loopback port the server listens on.
@@ -439,20 +461,12 @@ pub const DEV_PASSWORD: &str = "pgway";
 
 /// `pgway dev`: a private PostgreSQL and the gateway in front of it, until Ctrl-C.
 pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if !args.grpc_addr.ip().is_loopback() {
-        return Err(format!(
-            "pgway dev serves on loopback only, not {} (it has no authentication)",
-            args.grpc_addr
-        )
-        .into());
-    }
-    if let Ok(metrics) = args.metrics_addr.trim().parse::<std::net::SocketAddr>() {
-        if !metrics.ip().is_loopback() {
-            return Err(format!("pgway dev serves metrics on loopback only, not {metrics}").into());
-        }
-    }
+    // What can be refused is refused before initdb: nothing is created for a start that fails.
+    check_listen_addrs(&args)?;
+    // The server's port is not known yet: any does for checking the settings.
+    serve_config(&args, &dev_url(5432))?;
     let bin = args.pg_bin.clone();
-    let postgres =
+    let mut postgres =
         tokio::task::spawn_blocking(move || TempPostgres::start(bin.as_deref())).await??;
     info!(
         port = postgres.port(),
@@ -460,14 +474,10 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
         dir = %postgres.dir().display(),
         "throwaway PostgreSQL started"
     );
-    let pg_addr = args.pg_addr.trim().to_owned();
-    if let Ok(pg) = pg_addr.parse::<std::net::SocketAddr>() {
-        if !pg.ip().is_loopback() {
-            return Err(
-                format!("pgway dev serves the PostgreSQL door on loopback only, not {pg}").into(),
-            );
-        }
-    }
+    info!(
+        "to see what a database restart does to the gateway: {}",
+        postgres.restart_command()
+    );
     // The PostgreSQL door logs clients in with SCRAM against the URL's password, so the
     // throwaway server's superuser gets one (the server itself still trusts loopback).
     {
@@ -480,37 +490,83 @@ pub async fn run_dev(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
         drop(client);
         let _ = connection.await;
     }
-    let mut postgres = postgres;
-    let addr = args.grpc_addr.to_string();
-    let url = format!(
-        "postgres://postgres:{DEV_PASSWORD}@127.0.0.1:{}/postgres",
-        postgres.port()
-    );
+    let pg_addr = args.pg_addr.trim();
     if !pg_addr.is_empty() {
         info!("PostgreSQL door: psql \"postgres://postgres:{DEV_PASSWORD}@{pg_addr}/postgres\"");
     }
+    let config = serve_config(&args, &dev_url(postgres.port()))?;
+    let served = crate::app::run(config).await;
+    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    info!("throwaway PostgreSQL stopped and removed");
+    Ok(served?)
+}
+
+/// The URL the gateway of `pgway dev` reaches its server at, with the password the PostgreSQL
+/// door logs in with.
+fn dev_url(port: u16) -> String {
+    format!("postgres://postgres:{DEV_PASSWORD}@127.0.0.1:{port}/postgres")
+}
+
+/// The gateway's settings under `pgway dev`: its own database URL, listen addresses and no
+/// authentication; everything else from the `PGWAY_*` environment, as `pgway serve` reads it.
+fn serve_config(args: &DevArgs, url: &str) -> Result<Config, Box<dyn std::error::Error>> {
     let cli = Cli::try_parse_from([
         "pgway",
         "serve",
         "--database-url",
-        &url,
+        url,
         "--grpc-addr",
-        &addr,
+        &args.grpc_addr.to_string(),
         "--pg-addr",
-        &pg_addr,
+        args.pg_addr.trim(),
         // Empty turns metrics off; anything else that isn't host:port is refused by validate.
         "--metrics-addr",
         &args.metrics_addr,
-        // Loopback only (checked above), for trying things out: no credentials.
+        // Loopback only (checked by check_listen_addrs), for trying things out: no credentials.
         "--auth",
         "none",
     ])?;
     let Some(CliCommand::Serve(serve)) = cli.command else {
         return Err("internal: dev settings did not parse as serve".into());
     };
-    let config = serve.validate()?;
-    let served = crate::app::run(config).await;
-    tokio::task::spawn_blocking(move || postgres.stop()).await??;
-    info!("throwaway PostgreSQL stopped and removed");
-    Ok(served?)
+    Ok(serve.validate()?)
+}
+
+/// Refuses listen addresses beyond loopback (`pgway dev` has no authentication) and addresses
+/// in use (a second `pgway dev`), naming the setting, by binding each before initdb runs.
+fn check_listen_addrs(args: &DevArgs) -> Result<(), String> {
+    let settings = [
+        ("--grpc-addr", "PGWAY_GRPC_ADDR", args.grpc_addr.to_string()),
+        ("--pg-addr", "PGWAY_PG_ADDR", args.pg_addr.trim().to_owned()),
+        (
+            "--metrics-addr",
+            "PGWAY_METRICS_ADDR",
+            args.metrics_addr.trim().to_owned(),
+        ),
+    ];
+    // Held until all are checked, so that two settings naming one port are caught too.
+    let mut bound = Vec::new();
+    for (flag, var, addr) in settings {
+        // Empty turns a listener off; what isn't host:port is refused by serve_config.
+        let Ok(addr) = addr.parse::<SocketAddr>() else {
+            continue;
+        };
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{addr} ({flag} / {var}) is not on loopback: dev listens on loopback only, \
+                 having no authentication"
+            ));
+        }
+        match TcpListener::bind(addr) {
+            Ok(listener) => bound.push(listener),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(format!(
+                    "{addr} ({flag} / {var}) is already in use: is another pgway dev or \
+                     gateway running? Stop it, or give {flag} another address"
+                ));
+            }
+            Err(error) => return Err(format!("cannot listen on {addr} ({flag} / {var}): {error}")),
+        }
+    }
+    Ok(())
 }

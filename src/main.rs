@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             ExitCode::from(runtime.block_on(pgway::admin::stats::run(args.metrics_addr)))
         }
         Command::Dev(args) => {
-            pgway::logging::init(None);
+            pgway::logging::init(args.log_format);
             match runtime.block_on(pgway::devdb::run_dev(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

@@ -154,12 +154,12 @@ async fn a_flood_of_unknown_users_costs_the_flooder_not_others() {
     );
 }
 
-/// An unknown user, a wrong password and an unknown database are each told what PostgreSQL
-/// tells them, after the failed-login delay, and counted by their real cause; an unknown user
-/// is told exactly what a wrong password is.
+/// An unknown user, a wrong password and a database the door doesn't serve are each told
+/// what PostgreSQL tells them (3D000 for the database), after the failed-login delay, and
+/// counted by their real cause; an unknown user is told exactly what a wrong password is.
 #[tokio::test]
 async fn refused_logins_are_delayed_and_counted_by_cause() {
-    let door = Door::start(&[]).await;
+    let door = Door::start(&["--pg-databases", "postgres"]).await;
     let count = |reason: &str| {
         let sample = format!("pgway_pg_auth_failures_total{{reason=\"{reason}\"}}");
         let gw = &door.gw;

@@ -92,23 +92,146 @@ fn bad_settings_name_the_variable_and_the_flag() {
     }
 }
 
+/// Fails unless `pgway args` exits 0 with each of `named` in what it prints.
+fn help_names(args: &[&str], named: &[&str]) {
+    let output = pgway().args(args).output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{args:?}: {output:?}");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for named in named {
+        assert!(
+            help.contains(named),
+            "{args:?}: {named} missing from\n{help}"
+        );
+    }
+}
+
 #[test]
 fn help_lists_every_setting_with_its_variable() {
-    let output = pgway().args(["serve", "--help"]).output().unwrap();
-    let help = String::from_utf8_lossy(&output.stdout);
-    for var in [
-        "PGWAY_DATABASE_URL",
-        "PGWAY_GRPC_ADDR",
-        "PGWAY_POOL_MIN",
-        "PGWAY_POOL_MAX",
-        "PGWAY_ACQUIRE_TIMEOUT",
-        "PGWAY_MAX_ROWS",
-        "PGWAY_TX_MAX_ATTEMPTS",
-        "PGWAY_TLS_CERT",
-        "PGWAY_TLS_CLIENT_CA",
-    ] {
-        assert!(help.contains(var), "{var} missing from --help");
+    help_names(
+        &["serve", "--help"],
+        &[
+            "PGWAY_DATABASE_URL",
+            "PGWAY_GRPC_ADDR",
+            "PGWAY_POOL_MIN",
+            "PGWAY_POOL_MAX",
+            "PGWAY_ACQUIRE_TIMEOUT",
+            "PGWAY_MAX_ROWS",
+            "PGWAY_TX_MAX_ATTEMPTS",
+            "PGWAY_TLS_CERT",
+            "PGWAY_TLS_CLIENT_CA",
+        ],
+    );
+}
+
+/// `pgway probe -h` (in each spelling grpc_health_probe answers) prints the flags and exits 0.
+#[test]
+fn probe_help_lists_its_flags() {
+    let flags = [
+        "-addr",
+        "-service",
+        "-connect-timeout",
+        "-rpc-timeout",
+        "-tls-ca-cert",
+    ];
+    for spelling in ["-h", "-help", "--help"] {
+        help_names(&["probe", spelling], &flags);
     }
+}
+
+/// `pgway dev --help` says which settings it reads and how to restart its database.
+#[test]
+fn dev_help_names_its_settings_and_the_restart() {
+    let named = [
+        "PGWAY_*",
+        "<dir>/data",
+        "<dir>/postgres.log",
+        "pg_ctl restart",
+    ];
+    help_names(&["dev", "--help"], &named);
+}
+
+/// A probe that cannot connect says why, not only "transport error", with grpc_health_probe's
+/// exit code for it.
+#[test]
+fn probe_names_why_it_cannot_connect() {
+    // Nothing listens there once the probe socket is closed.
+    let addr = format!("-addr=127.0.0.1:{}", free_port());
+    let output = pgway().args(["probe", &addr]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+}
+
+/// A server directory whose `initdb` only leaves a mark: shows whether `pgway dev` got as far.
+fn marking_pg_bin() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Open to the postgres OS user, as whom dev runs initdb when the tests run as root.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    for (name, script) in [
+        (
+            "initdb",
+            "#!/bin/sh\ntouch \"$(dirname \"$0\")/initdb-ran\"\nexit 1\n",
+        ),
+        ("pg_ctl", "#!/bin/sh\nexit 1\n"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// A second `pgway dev` (any of its addresses taken) stops before initdb, naming the address,
+/// and leaves no directory behind.
+#[test]
+fn dev_refuses_addresses_in_use_before_initdb() {
+    let bin = marking_pg_bin();
+    let ran = bin.path().join("initdb-ran");
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = |grpc: &str, pg: &str, metrics: &str| {
+        pgway()
+            .args([
+                "dev",
+                "--grpc-addr",
+                grpc,
+                "--pg-addr",
+                pg,
+                "--metrics-addr",
+                metrics,
+            ])
+            .arg("--pg-bin")
+            .arg(bin.path())
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap()
+    };
+    // With free addresses dev goes on to initdb (which fails here): the mark works.
+    let free = format!("127.0.0.1:{}", free_port());
+    let output = dev(&free, "", "");
+    assert!(!output.status.success());
+    assert!(ran.exists(), "{output:?}");
+    std::fs::remove_file(&ran).unwrap();
+
+    // Held to the end: a port another process listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = listener.local_addr().unwrap().to_string();
+    for (grpc, pg, metrics) in [
+        (taken.as_str(), "", ""),
+        (free.as_str(), taken.as_str(), ""),
+        (free.as_str(), "", taken.as_str()),
+    ] {
+        let output = dev(grpc, pg, metrics);
+        assert!(!output.status.success(), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&taken) && stderr.contains("in use"),
+            "{stderr}"
+        );
+        assert!(!ran.exists(), "initdb ran: {stderr}");
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 async fn wait_ready(addr: &str) -> tonic::transport::Channel {

@@ -408,7 +408,7 @@ async fn overload_is_shed_fast_and_admitted_calls_succeed() {
         "30s",
     ])
     .await;
-    let shed_before = gw.metric("pgway_shed_total").await;
+    let shed_before = gw.metric("pgway_shed_total{door=\"grpc\"}").await;
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let client = gw.client().await;
@@ -448,7 +448,7 @@ async fn overload_is_shed_fast_and_admitted_calls_succeed() {
         "admitted {admitted}, shed {shed}"
     );
     assert_eq!(
-        gw.metric("pgway_shed_total").await - shed_before,
+        gw.metric("pgway_shed_total{door=\"grpc\"}").await - shed_before,
         f64::from(shed)
     );
 }

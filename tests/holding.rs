@@ -72,11 +72,12 @@ async fn timeouts(door: &Door, kind: &str) -> f64 {
 }
 
 /// Parse, Bind and Execute of an INSERT with no Sync behind them, then silence: the backend
-/// waits on the client inside a transaction. PGWAY_TX_IDLE_TIMEOUT ends it with 25P03, as
+/// waits on the client inside a transaction. PGWAY_PG_IDLE_IN_TRANSACTION_TIMEOUT ends it with
+/// 25P03, as
 /// PostgreSQL's idle_in_transaction_session_timeout would, and the INSERT is not applied.
 #[tokio::test]
 async fn a_pipeline_left_without_sync_is_ended_at_the_idle_transaction_timeout() {
-    let door = door_of_one(&["--tx-idle-timeout", "1s"]).await;
+    let door = door_of_one(&["--pg-idle-in-transaction-timeout", "1s"]).await;
     let before = timeouts(&door, "idle_transaction").await;
     let mut holder = holder(&door).await;
     let mut out = BytesMut::new();
@@ -97,7 +98,7 @@ async fn a_pipeline_left_without_sync_is_ended_at_the_idle_transaction_timeout()
 /// pipeline's implicit transaction): ended like an idle transaction, too.
 #[tokio::test]
 async fn a_flushed_pipeline_left_without_sync_is_ended_too() {
-    let door = door_of_one(&["--tx-idle-timeout", "1s"]).await;
+    let door = door_of_one(&["--pg-idle-in-transaction-timeout", "1s"]).await;
     let mut holder = holder(&door).await;
     let mut out = BytesMut::new();
     frontend::parse("", "SELECT count(*) FROM held", [], &mut out).unwrap();
@@ -117,7 +118,7 @@ async fn a_flushed_pipeline_left_without_sync_is_ended_too() {
 /// COPY FROM STDIN that never sends a byte of data: ended like an idle transaction.
 #[tokio::test]
 async fn a_copy_that_never_sends_data_is_ended_at_the_idle_transaction_timeout() {
-    let door = door_of_one(&["--tx-idle-timeout", "1s"]).await;
+    let door = door_of_one(&["--pg-idle-in-transaction-timeout", "1s"]).await;
     let mut holder = holder(&door).await;
     let mut out = BytesMut::new();
     frontend::query("COPY held FROM STDIN", &mut out).unwrap();
@@ -134,11 +135,11 @@ async fn a_copy_that_never_sends_data_is_ended_at_the_idle_transaction_timeout()
 }
 
 /// A client that asks for hundreds of megabytes and reads none of it: the door's write to it
-/// stalls; after PGWAY_TX_IDLE_TIMEOUT the client is dropped (it can't be told: it doesn't
+/// stalls; after PGWAY_PG_CLIENT_WRITE_TIMEOUT the client is dropped (it can't be told: it doesn't
 /// read) and the server connection is cancelled and given to the next client.
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_and_its_query_cancelled() {
-    let door = door_of_one(&["--tx-idle-timeout", "1s"]).await;
+    let door = door_of_one(&["--pg-client-write-timeout", "1s"]).await;
     let before = timeouts(&door, "client_not_reading").await;
     let mut holder = holder(&door).await;
     let mut out = BytesMut::new();

@@ -34,7 +34,9 @@ async fn metrics_follow_the_pool_and_the_calls() {
     let ok_before = gw
         .metric("pgway_requests_total{method=\"Query\",code=\"OK\"}")
         .await;
-    let timeouts_before = gw.metric("pgway_pool_acquire_timeouts_total").await;
+    let timeouts_before = gw
+        .metric("pgway_pool_acquire_timeouts_total{door=\"grpc\"}")
+        .await;
 
     // A checkout shows in in_use. The call waits at a gate closed here, so it keeps the only
     // connection for as long as the test needs it.
@@ -63,7 +65,8 @@ async fn metrics_follow_the_pool_and_the_calls() {
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(error_info(&status).reason, "POOL_TIMEOUT");
     assert_eq!(
-        gw.metric("pgway_pool_acquire_timeouts_total").await,
+        gw.metric("pgway_pool_acquire_timeouts_total{door=\"grpc\"}")
+            .await,
         timeouts_before + 1.0
     );
     assert!(
@@ -305,7 +308,10 @@ async fn every_series_exists_from_the_start() {
         );
     }
     for sample in [
-        "pgway_shed_total 0",
+        "pgway_shed_total{door=\"grpc\"} 0",
+        "pgway_shed_total{door=\"postgres\"} 0",
+        "pgway_pool_acquire_timeouts_total{door=\"postgres\"} 0",
+        "pgway_pg_refusals_total{reason=\"pin_cap\"} 0",
         "pgway_requests_total{method=\"Query\",code=\"UNAVAILABLE\"} 0",
         "pgway_transactions_total{outcome=\"outcome_unknown\"} 0",
         "pgway_retries_total{reason=\"server_restart\"} 0",

@@ -825,7 +825,7 @@ async fn a_client_gone_mid_transaction_leaves_nothing_behind() {
 #[tokio::test]
 async fn idle_in_transaction_past_the_timeout_is_ended() {
     let _shared = EXCLUSIVE.read().await;
-    let door = Door::start(&["--pool-max", "1", "--tx-idle-timeout", "1s"]).await;
+    let door = Door::start(&["--pool-max", "1", "--pg-idle-in-transaction-timeout", "1s"]).await;
     let (idle, connection) = door.connect().await;
     idle.batch_execute("BEGIN").await.expect("BEGIN");
     // Another client waits for the one server connection meanwhile, and gets it.

@@ -49,7 +49,7 @@ fn start_pg_door(
     );
     let url_user = config.database.get_user().unwrap_or("postgres").to_owned();
     let users = pgwire::users::Users::new(
-        url_user.clone(),
+        url_user,
         config
             .database
             .get_password()
@@ -68,9 +68,10 @@ fn start_pg_door(
         current
     });
     let settings = pgwire::Settings {
-        database: config.database.get_dbname().map_or(url_user, str::to_owned),
+        databases: pg.databases.clone(),
         max_message: pg.max_request_bytes,
-        tx_idle_timeout: config.tx.idle_timeout,
+        idle_in_transaction_timeout: pg.idle_in_transaction_timeout,
+        client_write_timeout: pg.client_write_timeout,
         session_state: pg.session_state,
         max_pinned: pg.max_pinned,
         max_clients: pg.max_clients,

@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_postgres::{CancelToken, Client, Statement};
 use tracing::{debug, info, warn};
 
-use crate::core::budget::{Budget, Permit};
+use crate::core::budget::Budget;
 use crate::core::dbtls::DatabaseTls;
 use crate::core::error::{ConnectError, GatewayError, Sent};
 use crate::core::sql::{StatementTraits, classify};
@@ -144,8 +144,6 @@ pub struct PgConn {
     /// A statement that may have left session state behind ran: reset before reuse.
     dirty: bool,
     pool: Arc<PoolShared>,
-    /// Its place in the connection budget, given back when the connection closes.
-    _place: Permit,
 }
 
 /// A statement prepared on a connection, with what [`classify`] said about its text (`None`
@@ -484,7 +482,12 @@ impl ConnectionManager {
             })?;
         let (client, connection) = self.tls.connect(&self.database).await?;
         // The connection task is where a broken connection's reason lives: log it with the id.
+        // It holds the connection's place in the budget, so the place is given back when the
+        // socket closes, not when the pool lets go of the client: a connection dropped with a
+        // query in flight keeps its backend until the answer (or the cancel) comes, and no
+        // other connection may take its place meanwhile.
         tokio::spawn(async move {
+            let _place = place;
             if let Err(error) = connection.await {
                 warn!(conn_id = id, %error, "connection ended with an error");
             }
@@ -509,7 +512,6 @@ impl ConnectionManager {
             discard: None,
             dirty: false,
             pool: Arc::clone(&self.pool),
-            _place: place,
         })
     }
 }
@@ -666,7 +668,7 @@ impl Pool {
             max_waiting: config.max_waiting,
             min: config.min,
             max: config.max,
-            wait_seconds: histogram!(metrics::POOL_WAIT_SECONDS),
+            wait_seconds: histogram!(metrics::POOL_WAIT_SECONDS, "door" => "grpc"),
         }
     }
 
@@ -712,7 +714,7 @@ impl Pool {
             let state = self.inner.state();
             let available = state.idle_connections + self.max.saturating_sub(state.connections);
             if waiting >= self.max_waiting + available as usize {
-                counter!(metrics::SHED).increment(1);
+                counter!(metrics::SHED, "door" => "grpc").increment(1);
                 return Err(GatewayError::Overloaded {
                     waiting,
                     retry_after: Duration::from_millis(50),
@@ -729,7 +731,7 @@ impl Pool {
                 "checked out"
             ),
             Err(GatewayError::PoolTimeout { .. }) => {
-                counter!(metrics::POOL_ACQUIRE_TIMEOUTS).increment(1);
+                counter!(metrics::POOL_ACQUIRE_TIMEOUTS, "door" => "grpc").increment(1);
             }
             Err(_) => {}
         }

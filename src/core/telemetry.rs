@@ -37,6 +37,7 @@ pub const PG_CANCELS: &str = "pgway_pg_cancels_total";
 pub const PG_AUTH_FAILURES: &str = "pgway_pg_auth_failures_total";
 pub const PG_TIMEOUTS: &str = "pgway_pg_timeouts_total";
 pub const PG_STATEMENTS_DROPPED: &str = "pgway_pg_statements_dropped_total";
+pub const PG_REFUSALS: &str = "pgway_pg_refusals_total";
 
 /// Installs the process-wide recorder once and returns its handle. Several gateways in one
 /// process (the tests) share it.
@@ -113,6 +114,13 @@ pub const PG_LOGIN_REFUSALS: [&str; 14] = [
     "bad_setting",
 ];
 
+/// The doors, as the `door` label names them.
+pub const DOORS: [&str; 2] = ["grpc", "postgres"];
+
+/// `pgway_pg_refusals_total`'s reasons: statements the door refused after login rather than
+/// pin another client (`PGWAY_PG_MAX_PINNED`) or because `PGWAY_PG_SESSION_STATE=error`.
+pub const PG_REFUSAL_REASONS: [&str; 2] = ["pin_cap", "session_state"];
+
 /// `pgway_pg_timeouts_total`'s kinds: the bounds on what a client may hold (see
 /// `pgwire::session`).
 pub const PG_TIMEOUT_KINDS: [&str; 4] = [
@@ -165,10 +173,17 @@ fn register_known_series() {
         "Connections kept open even when idle (PGWAY_POOL_MIN)."
     );
     describe_gauge!(POOL_WAITING, "Calls waiting for a free connection now.");
-    describe_histogram!(POOL_WAIT_SECONDS, "Time a call waited for a connection.");
+    describe_histogram!(
+        POOL_WAIT_SECONDS,
+        "Time a call (gRPC) or a transaction (PostgreSQL door) waited for a connection, by door."
+    );
     describe_counter!(
         POOL_ACQUIRE_TIMEOUTS,
-        "Calls that got no connection within PGWAY_ACQUIRE_TIMEOUT."
+        "Calls or transactions that got no connection within PGWAY_ACQUIRE_TIMEOUT (53300 at the PostgreSQL door), by door."
+    );
+    describe_counter!(
+        PG_REFUSALS,
+        "Statements the PostgreSQL door refused with 0A000 instead of pinning the client, by reason."
     );
     describe_counter!(CONNECTIONS_OPENED, "Database connections opened.");
     describe_counter!(
@@ -188,7 +203,7 @@ fn register_known_series() {
     );
     describe_counter!(
         SHED,
-        "Calls refused at once because too many already waited (OVERLOADED)."
+        "Calls (OVERLOADED) or transactions (53300) refused at once because PGWAY_MAX_WAITING already waited, by door."
     );
     describe_counter!(TRANSACTIONS, "Transactions ended, by outcome.");
     describe_histogram!(
@@ -248,10 +263,16 @@ fn register_known_series() {
     for outcome in ["hit", "prepared", "evicted"] {
         counter!(PG_PREPARED, "outcome" => outcome).increment(0);
     }
-    for name in [CONNECTIONS_OPENED, POOL_ACQUIRE_TIMEOUTS, SHED, PG_CANCELS] {
+    for name in [CONNECTIONS_OPENED, PG_CANCELS] {
         counter!(name).increment(0);
     }
-    let labelled: [(&'static str, &'static str, &[&'static str]); 11] = [
+    for door in DOORS {
+        counter!(POOL_ACQUIRE_TIMEOUTS, "door" => door).increment(0);
+        counter!(SHED, "door" => door).increment(0);
+        let _ = histogram!(POOL_WAIT_SECONDS, "door" => door);
+    }
+    let labelled: [(&'static str, &'static str, &[&'static str]); 12] = [
+        (PG_REFUSALS, "reason", &PG_REFUSAL_REASONS),
         (PG_AUTH_FAILURES, "reason", &PG_LOGIN_REFUSALS),
         (PG_TIMEOUTS, "kind", &PG_TIMEOUT_KINDS),
         (PG_STATEMENTS_DROPPED, "place", &PG_STATEMENT_DROP_PLACES),
@@ -269,6 +290,5 @@ fn register_known_series() {
             counter!(name, label => value).increment(0);
         }
     }
-    let _ = histogram!(POOL_WAIT_SECONDS);
     let _ = histogram!(TRANSACTION_ATTEMPTS);
 }

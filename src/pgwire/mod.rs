@@ -50,10 +50,14 @@ pub enum SessionStateMode {
 /// The door's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The one database clients may name (the URL's).
-    pub database: String,
+    /// The databases clients may name (`PGWAY_PG_DATABASES`); empty: any the server lets
+    /// the client's user connect to.
+    pub databases: Vec<String>,
     pub max_message: usize,
-    pub tx_idle_timeout: Duration,
+    /// How long a client may sit idle in a transaction (0: no bound).
+    pub idle_in_transaction_timeout: Duration,
+    /// How long a linked client may leave replies unread (0: no bound).
+    pub client_write_timeout: Duration,
     pub session_state: SessionStateMode,
     pub max_pinned: usize,
     pub max_clients: usize,

@@ -72,9 +72,30 @@ struct Inner {
     /// given back goes straight to the first, so no newcomer can take it ahead of them.
     waiters: Mutex<HashMap<Arc<PoolKey>, VecDeque<oneshot::Sender<ServerConn>>, Hasher>>,
     waiting: AtomicUsize,
-    open: AtomicUsize,
+    open: Arc<AtomicUsize>,
     next_id: AtomicU64,
     closed: AtomicBool,
+    /// `pgway_pool_wait_seconds{door="postgres"}`, looked up once.
+    wait_seconds: metrics::Histogram,
+}
+
+/// One open server connection of the door, counted while its [`ServerConn`] lives: the
+/// count falls when the connection is dropped, on every path (closed, lost in a hand-off,
+/// dropped with a login that timed out), so `pgway_pool_connections` can't drift.
+#[derive(Debug)]
+pub struct OpenCount(Arc<AtomicUsize>);
+
+impl OpenCount {
+    fn new(open: &Arc<AtomicUsize>) -> OpenCount {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenCount(Arc::clone(open))
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts a caller as waiting while it is in [`Pools::acquire`].
@@ -96,9 +117,10 @@ impl Pools {
                 idle: Mutex::new(HashMap::default()),
                 waiters: Mutex::new(HashMap::default()),
                 waiting: AtomicUsize::new(0),
-                open: AtomicUsize::new(0),
+                open: Arc::new(AtomicUsize::new(0)),
                 next_id: AtomicU64::new(1),
                 closed: AtomicBool::new(false),
+                wait_seconds: metrics::histogram!(names::POOL_WAIT_SECONDS, "door" => "postgres"),
             }),
         }
     }
@@ -124,7 +146,9 @@ impl Pools {
     }
 
     /// A server connection for `key`: an idle one, or a new one while the budget allows,
-    /// waiting up to the acquire timeout.
+    /// waiting up to the acquire timeout. The wait goes to `pgway_pool_wait_seconds`, and a
+    /// refusal to `pgway_pool_acquire_timeouts_total` or `pgway_shed_total`, as the gRPC
+    /// door's do (with `door="postgres"`).
     pub async fn acquire(
         &self,
         key: &Arc<PoolKey>,
@@ -135,12 +159,34 @@ impl Pools {
             return Err(AcquireError::Closing);
         }
         if let Some(conn) = self.take_idle(key) {
+            inner.wait_seconds.record(0.0);
             return Ok(conn);
         }
+        let started = tokio::time::Instant::now();
+        let got = self.wait_for(key, credential).await;
+        inner.wait_seconds.record(started.elapsed().as_secs_f64());
+        match &got {
+            Err(AcquireError::Timeout { .. }) => {
+                counter!(names::POOL_ACQUIRE_TIMEOUTS, "door" => "postgres").increment(1)
+            }
+            Err(AcquireError::Overloaded { .. }) => {
+                counter!(names::SHED, "door" => "postgres").increment(1)
+            }
+            _ => {}
+        }
+        got
+    }
+
+    /// [`Pools::acquire`] once no idle connection was at hand.
+    async fn wait_for(
+        &self,
+        key: &Arc<PoolKey>,
+        credential: &Credential,
+    ) -> Result<ServerConn, AcquireError> {
+        let inner = &self.inner;
         let waiting = inner.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&inner.waiting);
         if waiting >= inner.settings.max_waiting {
-            counter!(names::SHED).increment(1);
             return Err(AcquireError::Overloaded { waiting });
         }
         let deadline = tokio::time::Instant::now() + inner.settings.acquire_timeout;
@@ -175,16 +221,23 @@ impl Pools {
                         return Ok(conn);
                     }
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    tokio::select! {
-                        given = received => match given {
+                    let mut received = received;
+                    let place = tokio::select! {
+                        given = &mut received => match given {
                             Ok(conn) => return Ok(conn),
                             // The pool shut: its waiters' lines were dropped.
                             Err(_) => continue,
                         },
-                        place = inner.budget.take(remaining) => match place {
-                            Some(place) => place,
-                            None => return Err(AcquireError::Timeout { last }),
-                        },
+                        place = inner.budget.take(remaining) => place,
+                    };
+                    // A connection may have been handed over in the same instant: it is
+                    // taken rather than dropped with the line (a new login saved).
+                    if let Ok(conn) = received.try_recv() {
+                        return Ok(conn);
+                    }
+                    match place {
+                        Some(place) => place,
+                        None => return Err(AcquireError::Timeout { last }),
                     }
                 }
             };
@@ -201,8 +254,8 @@ impl Pools {
             )
             .await
             {
-                Ok(conn) => {
-                    inner.open.fetch_add(1, Ordering::Relaxed);
+                Ok(mut conn) => {
+                    conn._open = Some(OpenCount::new(&inner.open));
                     counter!(names::CONNECTIONS_OPENED).increment(1);
                     info!(
                         server_conn = id,
@@ -266,7 +319,6 @@ impl Pools {
 
     /// Closes a connection that can't go back (counted and logged).
     pub fn close(&self, conn: ServerConn, reason: CloseReason) {
-        self.inner.open.fetch_sub(1, Ordering::Relaxed);
         let reason = reason.label();
         counter!(names::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
         info!(
@@ -334,23 +386,26 @@ impl Pools {
         }
     }
 
+    /// Closes idle connections past the idle timeout, and those the server ended while they
+    /// sat idle (a restart): they would hold places in the budget and show as idle.
     fn close_expired(&self) {
         let timeout = self.inner.settings.idle_timeout;
-        let expired: Vec<ServerConn> = match self.inner.idle.lock() {
-            Ok(mut idle) => idle
-                .values_mut()
-                .flat_map(|list| {
-                    let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(list)
-                        .into_iter()
-                        .partition(|c| c.idle_since.elapsed() >= timeout);
-                    *list = keep;
-                    old
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        for conn in expired {
-            self.close(conn, CloseReason::Idle);
+        let mut ended = Vec::new();
+        if let Ok(mut idle) = self.inner.idle.lock() {
+            for list in idle.values_mut() {
+                for mut conn in std::mem::take(list) {
+                    if conn.idle_since.elapsed() >= timeout {
+                        ended.push((conn, CloseReason::Idle));
+                    } else if conn.closed_while_idle() {
+                        ended.push((conn, CloseReason::Broken));
+                    } else {
+                        list.push(conn);
+                    }
+                }
+            }
+        }
+        for (conn, reason) in ended {
+            self.close(conn, reason);
         }
     }
 

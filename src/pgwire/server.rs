@@ -153,6 +153,9 @@ pub struct ServerConn {
     /// Set when what is on it can't be vouched for: it is closed, not pooled.
     pub broken: bool,
     _place: Permit,
+    /// Counts it among its pool's open connections for as long as it lives, whichever way it
+    /// ends (a connection dropped on any path is one fewer, not a phantom "in use").
+    pub(super) _open: Option<super::pool::OpenCount>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -253,6 +256,7 @@ pub async fn connect(
         idle_since: now,
         broken: false,
         _place: place,
+        _open: None,
     })
 }
 

@@ -62,6 +62,29 @@ pub struct Users {
     lookups: tokio::sync::Semaphore,
 }
 
+/// A URL without a password (the server trusts pgway, or peer authentication over a Unix
+/// socket): the door has nothing to check the URL's user's clients against, so it says at
+/// start-up what will and won't log in, instead of every login failing as a wrong password.
+fn say_what_a_passwordless_url_allows(url_user: &str, file: bool, query: bool) {
+    let others = match (file, query) {
+        (false, false) => {
+            "no client can log in through the PostgreSQL door: set PGWAY_PG_AUTH_FILE or \
+             PGWAY_PG_AUTH_QUERY, or put the password in the URL"
+        }
+        _ => {
+            "only users of PGWAY_PG_AUTH_FILE / PGWAY_PG_AUTH_QUERY can log in through the \
+             PostgreSQL door"
+        }
+    };
+    warn!(
+        user = url_user,
+        door = "postgres",
+        "PGWAY_DATABASE_URL has no password, so the door has no password to check its \
+         user's clients against (refused with 28P01 unless PGWAY_PG_AUTH_FILE or \
+         PGWAY_PG_AUTH_QUERY has them); {others}"
+    );
+}
+
 /// Most auth queries running at once.
 pub const CONCURRENT_LOOKUPS: usize = 4;
 
@@ -73,6 +96,9 @@ impl Users {
         query: Option<String>,
         pool: Pool,
     ) -> Users {
+        if url_password.is_none() {
+            say_what_a_passwordless_url_allows(&url_user, file.is_some(), query.is_some());
+        }
         let url = url_password.map(|password| {
             let salt: [u8; 16] = rand::random();
             (Verifier::from_password(&password, &salt, 4096), password)

@@ -34,13 +34,27 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check a gateway's health the way grpc_health_probe does, with its flags and exit codes
     /// (0 serving, 1 bad arguments, 2 connection failure, 3 RPC failure, 4 not serving):
-    /// `pgway probe -addr=127.0.0.1:50051 -service=pgway.v1.Database`.
+    /// `pgway probe -addr=127.0.0.1:50051 -service=pgway.v1.Database`; `pgway probe -h` lists
+    /// the flags.
+    // Its own parser reads the flags the Go way and answers -h, -help and --help itself.
     #[command(disable_help_flag = true)]
     Probe(ProbeCommand),
     /// Print the pool's current state from a running gateway's metrics endpoint.
     Stats(StatsArgs),
     /// Start a private, throwaway PostgreSQL from the installed server binaries and serve the
     /// gateway against it on loopback. Ctrl-C stops both and removes the data directory.
+    ///
+    /// The gateway takes its other settings from the PGWAY_* environment variables, as `pgway
+    /// serve` does (PGWAY_POOL_MAX, PGWAY_LOG_FORMAT, ...), except PGWAY_DATABASE_URL and
+    /// PGWAY_AUTH: it serves its own database, without authentication. Its addresses must be on
+    /// loopback and free: they are checked before initdb runs.
+    ///
+    /// The cluster lives in a new directory under $TMPDIR (or /tmp), logged at start as `dir`:
+    /// data in `<dir>/data`, the server's log in `<dir>/postgres.log`, the server run as the
+    /// postgres OS user when pgway dev runs as root. To see what a database restart does to the
+    /// gateway, paste the pg_ctl command logged at start, such as `su - postgres -c
+    /// '/usr/lib/postgresql/15/bin/pg_ctl restart -D <dir>/data -l <dir>/postgres.log -m fast'`
+    /// (without `su` when not root).
     Dev(DevArgs),
 }
 
@@ -131,8 +145,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PGWAY_PG_PREPARED_STATEMENTS", default_value_t = 200)]
     pub pg_prepared_statements: usize,
 
-    /// Most clients of the PostgreSQL door pinned to a server connection at once
-    /// [default: half of PGWAY_POOL_MAX].
+    /// Most clients of the PostgreSQL door pinned to a server connection at once [default:
+    /// PGWAY_POOL_MAX less a quarter of it (at least 2), so unpinned clients keep a share].
     #[arg(long, env = "PGWAY_PG_MAX_PINNED")]
     pub pg_max_pinned: Option<usize>,
 
@@ -194,6 +208,24 @@ pub struct ServeArgs {
     /// `transaction_timeout` (0: never).
     #[arg(long, env = "PGWAY_PG_TRANSACTION_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
     pub pg_transaction_timeout: Duration,
+
+    /// How long a client of the PostgreSQL door may sit idle inside a transaction (or in
+    /// COPY FROM STDIN, or in a pipeline with no Sync) before it is ended with 25P03, like
+    /// PostgreSQL's `idle_in_transaction_session_timeout` (0: never, as PostgreSQL's and
+    /// PgBouncer's default).
+    #[arg(long, env = "PGWAY_PG_IDLE_IN_TRANSACTION_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub pg_idle_in_transaction_timeout: Duration,
+
+    /// How long a client of the PostgreSQL door holding a server connection may leave
+    /// replies unread before it is ended (0: never). A client that stops reading holds its
+    /// connection, and the backend's locks, for as long as it sleeps.
+    #[arg(long, env = "PGWAY_PG_CLIENT_WRITE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub pg_client_write_timeout: Duration,
+
+    /// The databases clients of the PostgreSQL door may name, comma-separated [default: any
+    /// the server lets the client's user connect to].
+    #[arg(long, env = "PGWAY_PG_DATABASES", value_delimiter = ',')]
+    pub pg_databases: Vec<String>,
 
     /// How long opening one database connection may take.
     #[arg(long, env = "PGWAY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -382,4 +414,8 @@ pub struct DevArgs {
     /// Directory with the PostgreSQL server binaries (initdb, postgres, pg_ctl).
     #[arg(long, env = "PGWAY_PG_BIN")]
     pub pg_bin: Option<PathBuf>,
+
+    /// Log format [default: json when stdout is not a terminal, text otherwise].
+    #[arg(long, env = "PGWAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
 }

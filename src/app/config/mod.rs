@@ -77,6 +77,10 @@ pub struct PgConfig {
     pub client_statements: crate::pgwire::statements::Bound,
     pub client_idle_timeout: std::time::Duration,
     pub transaction_timeout: std::time::Duration,
+    pub idle_in_transaction_timeout: std::time::Duration,
+    pub client_write_timeout: std::time::Duration,
+    /// The databases clients may name; empty: any the server allows.
+    pub databases: Vec<String>,
 }
 
 impl Config {

@@ -19,6 +19,27 @@ use crate::pgwire::statements::Bound;
 use super::cli::{AuthMode, ServeArgs};
 use super::{Config, ConfigError, PgConfig, invalid};
 
+/// `PGWAY_PG_MAX_PINNED` without a value: all of the pool but a quarter of it, and at least
+/// two connections, kept for unpinned clients (and the gRPC door), never less than one. A
+/// pinned client holds its connection until it disconnects, so the cap is what keeps the
+/// others served; half the pool (4 of 8 on two cores) was reached by an ordinary
+/// application's LISTEN connections and temp tables within a second.
+pub fn default_max_pinned(pool_max: u32) -> usize {
+    let pool_max = pool_max as usize;
+    pool_max.saturating_sub((pool_max / 4).max(2)).max(1)
+}
+
+/// `PGWAY_PG_DATABASES`, trimmed; empty names are refused (a stray comma is a mistake).
+fn databases(names: &[String]) -> Result<Vec<String>, ConfigError> {
+    names
+        .iter()
+        .map(|name| match name.trim() {
+            "" => Err(invalid("PGWAY_PG_DATABASES", "an empty database name")),
+            name => Ok(name.to_owned()),
+        })
+        .collect()
+}
+
 /// Connections kept ready without `PGWAY_POOL_MIN` (fewer only when `PGWAY_POOL_MAX` is
 /// lower): the smallest pool the default maximum allows.
 pub const DEFAULT_POOL_MIN: u32 = 5;
@@ -141,7 +162,9 @@ impl ServeArgs {
             auth_file: self.pg_auth_file.clone(),
             auth_query: self.pg_auth_query.clone(),
             prepared_statements,
-            max_pinned: self.pg_max_pinned.unwrap_or((pool.max as usize / 2).max(1)),
+            max_pinned: self
+                .pg_max_pinned
+                .unwrap_or_else(|| default_max_pinned(pool.max)),
             session_state: if self.pg_session_state == "error" {
                 crate::pgwire::SessionStateMode::Error
             } else {
@@ -169,6 +192,9 @@ impl ServeArgs {
             },
             client_idle_timeout: self.pg_client_idle_timeout,
             transaction_timeout: self.pg_transaction_timeout,
+            idle_in_transaction_timeout: self.pg_idle_in_transaction_timeout,
+            client_write_timeout: self.pg_client_write_timeout,
+            databases: databases(&self.pg_databases)?,
         }))
     }
 
@@ -511,6 +537,35 @@ mod tests {
         assert!(config.pg.is_some());
         let config = args(&["--pool-min", "2"]).validate().unwrap();
         assert_eq!(config.pool.min, 2);
+    }
+
+    #[test]
+    fn the_pin_cap_keeps_a_share_of_the_pool_for_unpinned_clients() {
+        let caps: Vec<usize> = [1, 2, 3, 4, 5, 8, 12, 20]
+            .into_iter()
+            .map(default_max_pinned)
+            .collect();
+        assert_eq!(caps, [1, 1, 1, 2, 3, 6, 9, 15]);
+        let pg = |argv: &[&str]| args(argv).validate().unwrap().pg.unwrap();
+        assert_eq!(pg(&["--pool-max", "8"]).max_pinned, 6);
+        assert_eq!(
+            pg(&["--pool-max", "8", "--pg-max-pinned", "2"]).max_pinned,
+            2
+        );
+    }
+
+    #[test]
+    fn the_doors_databases_are_any_unless_listed() {
+        let pg = |argv: &[&str]| args(argv).validate().unwrap().pg.unwrap();
+        assert!(pg(&[]).databases.is_empty());
+        assert_eq!(
+            pg(&["--pg-databases", "app, reports"]).databases,
+            ["app", "reports"]
+        );
+        let err = args(&["--pg-databases", "app,,reports"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.setting, "PGWAY_PG_DATABASES");
     }
 
     #[test]

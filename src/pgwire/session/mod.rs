@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::cancel::Slot;
 use super::frame::{self, FrameError};
@@ -30,11 +30,13 @@ use crate::core::pool::CloseReason;
 use crate::core::sql::{PinReason, SessionEffect, session_effect};
 
 mod client;
+mod handover;
 mod own;
 mod prepared;
 mod replies;
 mod state;
 
+pub use handover::{Connection, LoggedIn};
 use own::Own;
 use prepared::Deallocation;
 use state::{Noted, Unnamed};
@@ -150,18 +152,12 @@ pub enum Ended {
     Door(&'static str),
 }
 
-/// What a client's login left: its startup settings, and the parameters it was told.
-#[derive(Debug)]
-pub struct LoggedIn {
-    pub settings: BTreeMap<String, String>,
-    pub reported: Vec<(String, String)>,
-}
-
 /// One logged-in client.
 pub struct Session {
     door: Arc<Door>,
     client: Stream,
     cbuf: BytesMut,
+    peer: std::net::SocketAddr,
     key: Arc<PoolKey>,
     credential: Credential,
     /// The settings this client's session has beyond the server's defaults: its startup
@@ -253,8 +249,7 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         door: Arc<Door>,
-        client: Stream,
-        cbuf: BytesMut,
+        connection: Connection,
         key: Arc<PoolKey>,
         credential: Credential,
         startup: LoggedIn,
@@ -266,8 +261,9 @@ impl Session {
         let client_statements = door.settings.client_statements;
         Session {
             door,
-            client,
-            cbuf,
+            client: connection.stream,
+            cbuf: connection.buf,
+            peer: connection.peer,
             key,
             credential,
             custom: state::custom_names(&wanted),
@@ -396,8 +392,12 @@ impl Session {
             return Some(Event::Stop);
         }
         let settings = &self.door.settings;
-        let (tx_idle, client_idle) = (settings.tx_idle_timeout, settings.client_idle_timeout);
+        let (tx_idle, client_idle) = (
+            settings.idle_in_transaction_timeout,
+            settings.client_idle_timeout,
+        );
         let client_idle_on = !client_idle.is_zero();
+        let tx_idle_on = waits_on_client && !tx_idle.is_zero();
         let tx_deadline = self.tx_deadline.filter(|_| self.pinned.is_none());
         let bell = &self.cancel.bell;
         // The sleeps are made only when their branch is on (`sleep_for` reads the clock when
@@ -411,7 +411,7 @@ impl Session {
             Some(server) => tokio::select! {
                 read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
                 read = server.stream.read_buf(&mut server.buf) => Event::Server(read),
-                _ = sleep_for(tx_idle), if waits_on_client => Event::IdleInTransaction,
+                _ = sleep_for(tx_idle), if tx_idle_on => Event::IdleInTransaction,
                 _ = sleep_for(client_idle), if idle_and_pinned && client_idle_on => Event::ClientIdle,
                 _ = sleep_until(tx_deadline), if tx_deadline.is_some() => Event::TransactionTimeout,
                 _ = bell.notified() => return None,
@@ -462,8 +462,8 @@ impl Session {
     }
 
     /// Writes to the client. A client linked to a server connection that stops reading for
-    /// PGWAY_TX_IDLE_TIMEOUT is ended: it would hold the connection (and the backend's locks)
-    /// with no end. It can't be told: it isn't reading.
+    /// PGWAY_PG_CLIENT_WRITE_TIMEOUT is ended: it would hold the connection (and the
+    /// backend's locks) with no end. It can't be told: it isn't reading.
     async fn write_client(&mut self, out: &[u8]) -> Result<(), Ended> {
         if self.server.is_none() {
             return self.client.write_all(out).await.map_err(|_| Ended::Client);
@@ -473,7 +473,11 @@ impl Session {
         if let Some(written) = futures::FutureExt::now_or_never(&mut write) {
             return written.map_err(|_| Ended::Client);
         }
-        match tokio::time::timeout(self.door.settings.tx_idle_timeout, write).await {
+        let limit = self.door.settings.client_write_timeout;
+        if limit.is_zero() {
+            return write.await.map_err(|_| Ended::Client);
+        }
+        match tokio::time::timeout(limit, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Ended::Client),
             Err(_) => {
@@ -598,7 +602,15 @@ impl Session {
                             .await);
                     }
                 };
-                debug!(code, %message, "no server connection");
+                warn!(
+                    peer = %self.peer,
+                    user = %self.key.user,
+                    database = %self.key.database,
+                    code,
+                    %message,
+                    door = "postgres",
+                    "transaction refused: no server connection"
+                );
                 frame::write_error(to_client, "ERROR", code, &message, None);
                 // Whatever the client sent up to its Sync is dropped; the Sync (or a simple
                 // Query) gets the ReadyForQuery.

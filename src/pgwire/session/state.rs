@@ -7,7 +7,10 @@
 
 use std::collections::BTreeSet;
 
+use metrics::counter;
+
 use crate::core::sql::{Resets, SessionEffect};
+use crate::core::telemetry as names;
 
 use super::*;
 
@@ -114,19 +117,35 @@ impl Session {
     /// Why `reason` can't pin this client, if it can't; a place among the pinned taken if it
     /// can.
     pub(super) fn refusal(&self, reason: PinReason) -> Option<String> {
-        match self.door.settings.session_state {
-            SessionStateMode::Error => Some(format!(
-                "{} keeps state in the server session, which transaction pooling can't carry \
-                 between transactions",
-                reason.statement()
-            )),
-            SessionStateMode::Pin if !self.door.clients.try_pin() => Some(format!(
-                "{} needs a server connection of its own, and PGWAY_PG_MAX_PINNED clients \
-                 already have one",
-                reason.statement()
-            )),
-            SessionStateMode::Pin => None,
-        }
+        let (kind, message) = match self.door.settings.session_state {
+            SessionStateMode::Error => (
+                "session_state",
+                format!(
+                    "{} keeps state in the server session, which transaction pooling can't \
+                     carry between transactions",
+                    reason.statement()
+                ),
+            ),
+            SessionStateMode::Pin if !self.door.clients.try_pin() => (
+                "pin_cap",
+                format!(
+                    "{} needs a server connection of its own, and PGWAY_PG_MAX_PINNED clients \
+                     already have one",
+                    reason.statement()
+                ),
+            ),
+            SessionStateMode::Pin => return None,
+        };
+        counter!(names::PG_REFUSALS, "reason" => kind).increment(1);
+        warn!(
+            peer = %self.peer,
+            user = %self.key.user,
+            reason = kind,
+            %message,
+            door = "postgres",
+            "statement refused (0A000)"
+        );
+        Some(message)
     }
 
     /// The client is no longer pinned: what pinned it is gone.

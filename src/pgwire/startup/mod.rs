@@ -26,7 +26,7 @@ use super::frame;
 use super::gate::Full;
 use super::pool::PoolKey;
 use super::server::Stream;
-use super::session::{Ended, LoggedIn, Session, replay};
+use super::session::{Connection, Ended, LoggedIn, Session, replay};
 use super::users::Found;
 use crate::core::telemetry as names;
 use negotiate::Hello;
@@ -49,10 +49,10 @@ pub async fn serve_client(door: Arc<Door>, tcp: TcpStream, peer: SocketAddr) {
         _client,
     } = login;
     info!(%peer, user = %key.user, database = %key.database, door = "postgres", "client logged in");
+    let connection = Connection { stream, buf, peer };
     let session = Session::new(
         Arc::clone(&door),
-        stream,
-        buf,
+        connection,
         Arc::clone(&key),
         found.credential(client_key),
         startup,
@@ -197,9 +197,14 @@ async fn prove(
         };
     let mut out = BytesMut::new();
     frame::write_auth(&mut out, 0, &[]);
-    if hello.database != door.settings.database {
-        // PostgreSQL, too, says so only after the password was proven.
-        let message = format!("database \"{}\" does not exist", hello.database);
+    let databases = &door.settings.databases;
+    if !databases.is_empty() && !databases.contains(&hello.database) {
+        // PostgreSQL, too, says so only after the password was proven. (A database the
+        // server doesn't have is the server's to refuse, at the first server login.)
+        let message = format!(
+            "database \"{}\" is not served by this pgway (PGWAY_PG_DATABASES)",
+            hello.database
+        );
         return Err((
             user,
             Refusal::fatal("unknown_database", "3D000", message).after(out),

@@ -1,0 +1,30 @@
+//! What a login hands its session: the client's connection and what the login settled.
+
+use std::collections::BTreeMap;
+
+use bytes::BytesMut;
+
+use super::super::server::Stream;
+
+/// What a client's login left: its startup settings, and the parameters it was told.
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub settings: BTreeMap<String, String>,
+    pub reported: Vec<(String, String)>,
+}
+
+/// A logged-in client's connection: its stream, what it sent beyond its login, and where it
+/// comes from (named in the log of what the door refuses it).
+pub struct Connection {
+    pub stream: Stream,
+    pub buf: BytesMut,
+    pub peer: std::net::SocketAddr,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
