@@ -69,6 +69,8 @@ fn start_pg_door(
     });
     let settings = pgwire::Settings {
         databases: pg.databases.clone(),
+        admin_users: pg.admin_users.clone(),
+        stats_users: pg.stats_users.clone(),
         max_message: pg.max_request_bytes,
         idle_in_transaction_timeout: pg.idle_in_transaction_timeout,
         client_write_timeout: pg.client_write_timeout,

@@ -399,6 +399,31 @@ pub fn write_backend_key_data(out: &mut BytesMut, pid: i32, key: i32) {
     out.put_i32(key);
 }
 
+/// EmptyQueryResponse.
+pub fn write_empty_query(out: &mut BytesMut) {
+    out.put_u8(b'I');
+    out.put_i32(4);
+}
+
+/// A NoticeResponse of severity NOTICE, with a detail.
+pub fn write_notice(out: &mut BytesMut, message: &str, detail: &str) {
+    let start = out.len();
+    out.put_u8(b'N');
+    out.put_i32(0);
+    for (kind, value) in [
+        (b'S', "NOTICE"),
+        (b'V', "NOTICE"),
+        (b'C', "00000"),
+        (b'M', message),
+        (b'D', detail),
+    ] {
+        out.put_u8(kind);
+        put_cstr(out, value.as_bytes());
+    }
+    out.put_u8(0);
+    finish_len(out, start);
+}
+
 pub fn write_ready(out: &mut BytesMut, status: u8) {
     out.put_slice(&[b'Z', 0, 0, 0, 5, status]);
 }

@@ -11,9 +11,11 @@
 //! - [`scram`], [`userlist`], [`users`]: who may log in, and how pgway logs them in upstream.
 
 pub mod cancel;
+pub mod console;
 pub mod frame;
 pub mod gate;
 pub mod pool;
+pub mod roster;
 pub mod scram;
 pub mod server;
 pub mod session;
@@ -53,6 +55,9 @@ pub struct Settings {
     /// The databases clients may name (`PGWAY_PG_DATABASES`); empty: any the server lets
     /// the client's user connect to.
     pub databases: Vec<String>,
+    /// Who may use the admin console: every command, or only `SHOW`.
+    pub admin_users: Vec<String>,
+    pub stats_users: Vec<String>,
     pub max_message: usize,
     /// How long a client may sit idle in a transaction (0: no bound).
     pub idle_in_transaction_timeout: Duration,

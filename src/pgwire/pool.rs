@@ -15,6 +15,7 @@ use metrics::counter;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use super::roster::{NewServer, Roster, ServerGuard};
 use super::scram::Credential;
 use super::server::{self, LoginError, ServerConn, Target};
 use crate::core::budget::Budget;
@@ -52,6 +53,10 @@ pub enum AcquireError {
     Closing,
 }
 
+/// How often the console's averages (`SHOW STATS_AVERAGES`) are taken, as PgBouncer's
+/// default `stats_period`.
+const STATS_PERIOD_SECONDS: u64 = 60;
+
 /// Hashes pool keys (logged-in users' names, never a stranger's) on every acquire and
 /// release: SipHash was about 1% of the door's CPU (measured), foldhash a fraction of it.
 type Hasher = foldhash::fast::RandomState;
@@ -77,24 +82,32 @@ struct Inner {
     closed: AtomicBool,
     /// `pgway_pool_wait_seconds{door="postgres"}`, looked up once.
     wait_seconds: metrics::Histogram,
+    roster: Arc<Roster>,
 }
 
 /// One open server connection of the door, counted while its [`ServerConn`] lives: the
 /// count falls when the connection is dropped, on every path (closed, lost in a hand-off,
 /// dropped with a login that timed out), so `pgway_pool_connections` can't drift.
+/// It is listed in the door's [`Roster`] (`SHOW SERVERS`) for as long, too.
 #[derive(Debug)]
-pub struct OpenCount(Arc<AtomicUsize>);
+pub struct OpenCount {
+    open: Arc<AtomicUsize>,
+    pub listed: ServerGuard,
+}
 
 impl OpenCount {
-    fn new(open: &Arc<AtomicUsize>) -> OpenCount {
+    fn new(open: &Arc<AtomicUsize>, listed: ServerGuard) -> OpenCount {
         open.fetch_add(1, Ordering::Relaxed);
-        OpenCount(Arc::clone(open))
+        OpenCount {
+            open: Arc::clone(open),
+            listed,
+        }
     }
 }
 
 impl Drop for OpenCount {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -121,12 +134,54 @@ impl Pools {
                 next_id: AtomicU64::new(1),
                 closed: AtomicBool::new(false),
                 wait_seconds: metrics::histogram!(names::POOL_WAIT_SECONDS, "door" => "postgres"),
+                roster: Arc::default(),
             }),
         }
     }
 
     pub fn target(&self) -> &Target {
         &self.inner.target
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.inner.settings
+    }
+
+    /// The budget both doors share (`PGWAY_POOL_MAX`).
+    pub fn budget(&self) -> &Budget {
+        &self.inner.budget
+    }
+
+    /// The door's live lists and figures.
+    pub fn roster(&self) -> &Arc<Roster> {
+        &self.inner.roster
+    }
+
+    /// How `SHOW SERVERS` lists a new connection.
+    fn describe(&self, key: &PoolKey, conn: &ServerConn) -> NewServer {
+        let (addr, port) = match &self.inner.target.address {
+            server::Address::Tcp { host, port } => (host.clone(), *port),
+            server::Address::Unix(path) => (path.display().to_string(), 0),
+        };
+        NewServer {
+            id: conn.id,
+            user: key.user.clone(),
+            database: key.database.clone(),
+            addr,
+            port,
+            pid: conn.pid,
+        }
+    }
+
+    /// Idle server connections of each key, for `SHOW POOLS`.
+    pub fn idle_by_key(&self) -> Vec<(Arc<PoolKey>, usize)> {
+        match self.inner.idle.lock() {
+            Ok(idle) => idle
+                .iter()
+                .map(|(k, list)| (Arc::clone(k), list.len()))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Clients waiting for a server connection now.
@@ -255,7 +310,8 @@ impl Pools {
             .await
             {
                 Ok(mut conn) => {
-                    conn._open = Some(OpenCount::new(&inner.open));
+                    let listed = inner.roster.server(self.describe(key, &conn));
+                    conn._open = Some(OpenCount::new(&inner.open, listed));
                     counter!(names::CONNECTIONS_OPENED).increment(1);
                     info!(
                         server_conn = id,
@@ -372,6 +428,7 @@ impl Pools {
     /// door when it asks; runs until `stopping`.
     pub async fn maintain(self, stopping: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = stopping.cancelled() => break,
@@ -381,7 +438,14 @@ impl Pools {
                         self.close_longest_idle(None);
                     }
                 }
-                _ = tick.tick() => self.close_expired(),
+                _ = tick.tick() => {
+                    self.close_expired();
+                    ticks += 1;
+                    // PgBouncer's stats_period: the console's averages are of the last minute.
+                    if ticks % STATS_PERIOD_SECONDS == 0 {
+                        self.inner.roster.end_period(STATS_PERIOD_SECONDS as f64);
+                    }
+                }
             }
         }
     }

@@ -168,6 +168,11 @@ impl std::fmt::Debug for ServerConn {
 }
 
 impl ServerConn {
+    /// Its entry in the door's roster (`SHOW SERVERS`), once its pool has counted it.
+    pub fn listed(&self) -> Option<&std::sync::Arc<super::roster::ServerEntry>> {
+        self._open.as_ref().map(|open| &open.listed.entry)
+    }
+
     /// Whether an idle connection has been closed under it (the database restarted, or ended
     /// it). Polled without waiting, so checking costs no round trip. What an idle backend may
     /// send unasked is read here, not left for the next client: a ParameterStatus (a reload

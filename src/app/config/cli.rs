@@ -227,6 +227,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PGWAY_PG_DATABASES", value_delimiter = ',')]
     pub pg_databases: Vec<String>,
 
+    /// Users who may open the PostgreSQL door's admin console (database `pgway` or
+    /// `pgbouncer`) and run every command, comma-separated; they log in like any client.
+    #[arg(long, env = "PGWAY_PG_ADMIN_USERS", value_delimiter = ',')]
+    pub pg_admin_users: Vec<String>,
+
+    /// Users who may open the admin console for its read-only `SHOW` commands.
+    #[arg(long, env = "PGWAY_PG_STATS_USERS", value_delimiter = ',')]
+    pub pg_stats_users: Vec<String>,
+
     /// How long opening one database connection may take.
     #[arg(long, env = "PGWAY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

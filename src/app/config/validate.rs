@@ -29,12 +29,13 @@ pub fn default_max_pinned(pool_max: u32) -> usize {
     pool_max.saturating_sub((pool_max / 4).max(2)).max(1)
 }
 
-/// `PGWAY_PG_DATABASES`, trimmed; empty names are refused (a stray comma is a mistake).
-fn databases(names: &[String]) -> Result<Vec<String>, ConfigError> {
+/// A list of names (`PGWAY_PG_DATABASES`, `PGWAY_PG_ADMIN_USERS`, ...), trimmed; an empty
+/// name is refused (a stray comma is a mistake).
+fn names(setting: &'static str, names: &[String]) -> Result<Vec<String>, ConfigError> {
     names
         .iter()
         .map(|name| match name.trim() {
-            "" => Err(invalid("PGWAY_PG_DATABASES", "an empty database name")),
+            "" => Err(invalid(setting, "an empty name in the list")),
             name => Ok(name.to_owned()),
         })
         .collect()
@@ -194,7 +195,9 @@ impl ServeArgs {
             transaction_timeout: self.pg_transaction_timeout,
             idle_in_transaction_timeout: self.pg_idle_in_transaction_timeout,
             client_write_timeout: self.pg_client_write_timeout,
-            databases: databases(&self.pg_databases)?,
+            databases: names("PGWAY_PG_DATABASES", &self.pg_databases)?,
+            admin_users: names("PGWAY_PG_ADMIN_USERS", &self.pg_admin_users)?,
+            stats_users: names("PGWAY_PG_STATS_USERS", &self.pg_stats_users)?,
         }))
     }
 

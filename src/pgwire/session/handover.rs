@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::BytesMut;
 
+use super::super::roster::ClientGuard;
 use super::super::server::Stream;
 
 /// What a client's login left: its startup settings, and the parameters it was told.
@@ -19,6 +20,8 @@ pub struct Connection {
     pub stream: Stream,
     pub buf: BytesMut,
     pub peer: std::net::SocketAddr,
+    /// Its entry in the door's roster (`SHOW CLIENTS`), for as long as it is connected.
+    pub listed: ClientGuard,
 }
 
 impl std::fmt::Debug for Connection {

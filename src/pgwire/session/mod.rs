@@ -28,9 +28,12 @@ use super::statements::{Bounded, Statement};
 use super::{Door, Phase, SessionStateMode};
 use crate::core::pool::CloseReason;
 use crate::core::sql::{PinReason, SessionEffect, session_effect};
+use crate::pgwire::roster::DbStats;
 
+mod bounds;
 mod client;
 mod handover;
+mod listing;
 mod own;
 mod prepared;
 mod replies;
@@ -158,6 +161,9 @@ pub struct Session {
     client: Stream,
     cbuf: BytesMut,
     peer: std::net::SocketAddr,
+    /// Its entry in the door's roster, and its database's figures.
+    listed: crate::pgwire::roster::ClientGuard,
+    stats: Arc<crate::pgwire::roster::DbStats>,
     key: Arc<PoolKey>,
     credential: Credential,
     /// The settings this client's session has beyond the server's defaults: its startup
@@ -259,11 +265,14 @@ impl Session {
         let standard_strings = state::standard_strings(&wanted);
         let told_digest = super::server::digest(&startup.reported);
         let client_statements = door.settings.client_statements;
+        let stats = door.pools.roster().stats(&key.database);
         Session {
             door,
             client: connection.stream,
             cbuf: connection.buf,
             peer: connection.peer,
+            stats,
+            listed: connection.listed,
             key,
             credential,
             custom: state::custom_names(&wanted),
@@ -350,7 +359,7 @@ impl Session {
             let event = self.next_event().await;
             match event {
                 Event::Client(Ok(0) | Err(_)) => return Ended::Client,
-                Event::Client(Ok(_)) => {}
+                Event::Client(Ok(n)) => DbStats::add(&self.stats.received, n as u64),
                 Event::Server(Ok(0) | Err(_)) => return self.server_lost(&mut to_client).await,
                 Event::Server(Ok(_)) => {
                     if let Err(ended) = self.server_messages(&mut to_client) {
@@ -419,52 +428,11 @@ impl Session {
         })
     }
 
-    /// Ends the session at a bound it reached (or at shutdown), telling the client why with
-    /// PostgreSQL's SQLSTATE, and counting it.
-    async fn bound_reached(&mut self, event: Event) -> Ended {
-        let (kind, code, message) = match event {
-            Event::IdleInTransaction => (
-                Some("idle_transaction"),
-                "25P03",
-                "terminating connection due to idle-in-transaction timeout",
-            ),
-            Event::ClientIdle => (
-                Some("client_idle"),
-                "57P05",
-                "terminating connection due to idle-session timeout",
-            ),
-            Event::TransactionTimeout => (
-                Some("transaction"),
-                "25P04",
-                "terminating connection due to transaction timeout",
-            ),
-            // Event::Stop (reads never come here).
-            _ => (
-                None,
-                "57P01",
-                "terminating connection due to administrator command",
-            ),
-        };
-        if let Some(kind) = kind {
-            self.door.timeouts.count(kind);
-        }
-        self.terminate(code, message).await
-    }
-
-    /// Whether the server connection waits on the client, not the other way round: idle in
-    /// a transaction, in COPY FROM STDIN, or in the middle of a pipeline with no Sync: either
-    /// with no Flush behind it (PostgreSQL answers nothing until one comes) or with everything
-    /// it asked for answered (the backend still holds the pipeline's implicit transaction).
-    fn server_waits_on_client(&self) -> bool {
-        let idle_in_tx = self.expect.is_empty() && matches!(self.status, b'T' | b'E');
-        let pipeline = self.unsynced && (!self.flushed || self.expect.is_empty());
-        idle_in_tx || self.copy_in || pipeline
-    }
-
     /// Writes to the client. A client linked to a server connection that stops reading for
     /// PGWAY_PG_CLIENT_WRITE_TIMEOUT is ended: it would hold the connection (and the
     /// backend's locks) with no end. It can't be told: it isn't reading.
     async fn write_client(&mut self, out: &[u8]) -> Result<(), Ended> {
+        DbStats::add(&self.stats.sent, out.len() as u64);
         if self.server.is_none() {
             return self.client.write_all(out).await.map_err(|_| Ended::Client);
         }
@@ -502,6 +470,11 @@ impl Session {
                 Ok(None) => return Ok(()),
                 Err(error) => return Err(self.violation(error).await),
             };
+            match msg[0] {
+                b'P' => DbStats::add(&self.stats.client_parses, 1),
+                b'B' => DbStats::add(&self.stats.binds, 1),
+                _ => {}
+            }
             if msg[0] == b'X' {
                 return Err(self.goodbye(to_server).await);
             }
@@ -561,11 +534,13 @@ impl Session {
                 .await);
         }
         self.door.clients.waiting(1);
+        let began = self.listed_waiting();
         let got = self.door.pools.acquire(&self.key, &self.credential).await;
         self.door.clients.waiting(-1);
         let mut server = match got {
             Ok(server) => server,
             Err(error) => {
+                self.listed_unlinked(None);
                 let (code, message) = match &error {
                     AcquireError::Overloaded { waiting } => (
                         "53300",
@@ -625,6 +600,7 @@ impl Session {
             }
         };
         self.door.clients.linked(1);
+        self.listed_linked(&server, began);
         let limit = self.door.settings.transaction_timeout;
         self.tx_deadline = (!limit.is_zero()).then(|| tokio::time::Instant::now() + limit);
         self.cancel.link(server.pid, server.secret);
@@ -656,6 +632,7 @@ impl Session {
             let pools = self.door.pools.clone();
             let key = Arc::clone(&self.key);
             self.door.clients.linked(-1);
+            self.listed_unlinked(Some(&server));
             self.tx_deadline = None;
             // The cancel slot is cleared before the connection goes to anyone else; a cancel
             // being sent right now is waited for (see cancel.rs).
@@ -675,6 +652,7 @@ impl Session {
         if let Some(mut server) = self.server.take() {
             server.broken = true;
             self.door.clients.linked(-1);
+            self.listed_unlinked(Some(&server));
             self.cancel.unlink().await;
             self.door.pools.close(server, CloseReason::Broken);
         }
@@ -789,6 +767,7 @@ impl Session {
             return;
         };
         self.door.clients.linked(-1);
+        self.listed_unlinked(Some(&server));
         let outstanding = !self.expect.is_empty() || self.copy_in || self.unsynced;
         if self.to_client_passing > 0 || self.to_server_passing > 0 {
             // Cut off in the middle of a message: the connection can't be read or written

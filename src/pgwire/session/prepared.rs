@@ -45,6 +45,7 @@ impl Session {
             self.door.prepared.evicted.increment(1);
         }
         self.door.prepared.prepared.increment(1);
+        crate::pgwire::roster::DbStats::add(&self.stats.server_parses, 1);
         frame::write_parse(
             to_server,
             &statement.name,

@@ -82,7 +82,15 @@ impl Session {
                             to_client.extend_from_slice(&msg);
                         }
                         match tag {
-                            b'Z' => self.status = msg.get(5).copied().unwrap_or(b'I'),
+                            b'Z' => {
+                                self.status = msg.get(5).copied().unwrap_or(b'I');
+                                // PgBouncer's counting: each ReadyForQuery ends a query, an
+                                // idle one a transaction.
+                                DbStats::add(&self.stats.queries, 1);
+                                if self.status == b'I' {
+                                    DbStats::add(&self.stats.xacts, 1);
+                                }
+                            }
                             b'G' => self.copy_in = !copy_ended,
                             b'C' => self.completed(&msg),
                             _ => {}

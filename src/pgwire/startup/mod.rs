@@ -22,9 +22,11 @@ use tracing::{debug, info, warn};
 
 use super::Door;
 use super::cancel::CancelKey;
+use super::console;
 use super::frame;
 use super::gate::Full;
 use super::pool::PoolKey;
+use super::roster::{DbStats, NewClient};
 use super::server::Stream;
 use super::session::{Connection, Ended, LoggedIn, Session, replay};
 use super::users::Found;
@@ -34,9 +36,30 @@ use negotiate::Hello;
 /// Serves one client connection from accept to close.
 pub async fn serve_client(door: Arc<Door>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
     let mut stream: Stream = Box::new(tcp);
-    let Some(login) = log_in(&door, &mut stream, peer).await else {
-        return;
+    let login = match log_in(&door, &mut stream, peer).await {
+        Some(Entry::Session(login)) => login,
+        Some(Entry::Console(console)) => {
+            let listed = door.pools.roster().client(NewClient {
+                user: console.user.clone(),
+                database: console.database,
+                peer,
+                local,
+                application_name: console.application_name,
+                tls: console.encrypted,
+            });
+            let admin = console::Admin {
+                role: console.role,
+                user: console.user,
+                peer,
+                listed,
+            };
+            console::serve(Arc::clone(&door), stream, console.buf, console.out, admin).await;
+            drop(console._client);
+            return;
+        }
+        None => return,
     };
     let Login {
         buf,
@@ -46,10 +69,30 @@ pub async fn serve_client(door: Arc<Door>, tcp: TcpStream, peer: SocketAddr) {
         startup,
         cancel_key,
         slot,
+        encrypted,
         _client,
     } = login;
     info!(%peer, user = %key.user, database = %key.database, door = "postgres", "client logged in");
-    let connection = Connection { stream, buf, peer };
+    let roster = door.pools.roster();
+    DbStats::add(&roster.stats(&key.database).logins, 1);
+    let listed = roster.client(NewClient {
+        user: key.user.clone(),
+        database: key.database.clone(),
+        peer,
+        local,
+        application_name: startup
+            .settings
+            .get("application_name")
+            .cloned()
+            .unwrap_or_default(),
+        tls: encrypted,
+    });
+    let connection = Connection {
+        stream,
+        buf,
+        peer,
+        listed,
+    };
     let session = Session::new(
         Arc::clone(&door),
         connection,
@@ -76,7 +119,26 @@ struct Login<'a> {
     startup: LoggedIn,
     cancel_key: CancelKey,
     slot: Arc<super::cancel::Slot>,
+    encrypted: bool,
     /// Counts the client under `PGWAY_PG_MAX_CLIENTS` while it lives.
+    _client: super::Connected<'a>,
+}
+
+/// Where a login leads.
+enum Entry<'a> {
+    Session(Login<'a>),
+    Console(ConsoleLogin<'a>),
+}
+
+/// A login to the admin console: AuthenticationOk in `out`, the rest is the console's.
+struct ConsoleLogin<'a> {
+    buf: BytesMut,
+    out: BytesMut,
+    role: console::Role,
+    user: String,
+    database: String,
+    application_name: String,
+    encrypted: bool,
     _client: super::Connected<'a>,
 }
 
@@ -86,7 +148,7 @@ async fn log_in<'a>(
     door: &'a Arc<Door>,
     stream: &mut Stream,
     peer: SocketAddr,
-) -> Option<Login<'a>> {
+) -> Option<Entry<'a>> {
     // Until it has proved who it is, the client holds a place among the logins in progress,
     // not among the clients.
     let ticket = match door.gate.admit(peer.ip()) {
@@ -134,6 +196,22 @@ async fn log_in<'a>(
         .await;
         return None;
     }
+    if let Some(Some(role)) = console::role(&door.settings, &hello.database, &hello.user) {
+        return Some(Entry::Console(ConsoleLogin {
+            buf,
+            out,
+            role,
+            application_name: hello
+                .wanted
+                .get("application_name")
+                .cloned()
+                .unwrap_or_default(),
+            user: hello.user,
+            database: hello.database,
+            encrypted: hello.encrypted,
+            _client: client,
+        }));
+    }
     let key = Arc::new(PoolKey {
         user: hello.user.clone(),
         database: hello.database.clone(),
@@ -144,7 +222,7 @@ async fn log_in<'a>(
     )
     .await;
     match settled.unwrap_or_else(|_| Err(Refusal::silent("timeout"))) {
-        Ok((startup, cancel_key, slot)) => Some(Login {
+        Ok((startup, cancel_key, slot)) => Some(Entry::Session(Login {
             buf,
             key,
             found,
@@ -152,8 +230,9 @@ async fn log_in<'a>(
             startup,
             cancel_key,
             slot,
+            encrypted: hello.encrypted,
             _client: client,
-        }),
+        })),
         Err(refusal) => {
             refuse(door, stream, peer, Some(&hello.user), refusal).await;
             None
@@ -197,6 +276,18 @@ async fn prove(
         };
     let mut out = BytesMut::new();
     frame::write_auth(&mut out, 0, &[]);
+    match console::role(&door.settings, &hello.database, &hello.user) {
+        // The console, for its users; for anyone else, a database that isn't there.
+        Some(Some(_)) => return Ok(Some((hello, found, client_key, out))),
+        Some(None) => {
+            let message = format!("database \"{}\" does not exist", hello.database);
+            let mut refusal = Refusal::fatal("unknown_database", "3D000", message).after(out);
+            refusal.0.detail =
+                Some("not a console user (PGWAY_PG_ADMIN_USERS, PGWAY_PG_STATS_USERS)".into());
+            return Err((user, refusal));
+        }
+        None => {}
+    }
     let databases = &door.settings.databases;
     if !databases.is_empty() && !databases.contains(&hello.database) {
         // PostgreSQL, too, says so only after the password was proven. (A database the

@@ -1,0 +1,153 @@
+//! Both doors busy at once on one small budget: server connections are reused, not churned.
+//! A door gives an idle connection back to the other only when a client there really waits for
+//! a place, never to a spare connection the gRPC pool would like to keep ready, and never while
+//! its own clients wait.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use support::door::{Door, POSTGRES_PASSWORD, cluster, fresh_database};
+use support::*;
+use tokio::sync::Mutex;
+
+/// The metrics recorder is the process's: one gateway at a time in this binary, so that the
+/// counters read are the gateway's under test.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+const RECLAIMED: &str = "pgway_connections_closed_total{reason=\"reclaimed\"}";
+
+/// A door whose gateway runs with exactly `settings` (Door::start pins `--pool-min 0`, and
+/// these tests need the gRPC door's spare connections too).
+async fn door_with(settings: &[&str]) -> Door {
+    let pg = cluster().await;
+    let database = fresh_database(pg, "churn").await;
+    let url = format!(
+        "postgres://postgres:{POSTGRES_PASSWORD}@127.0.0.1:{}/{database}",
+        pg.port()
+    );
+    let mut argv = vec!["--pg-addr", "127.0.0.1:0"];
+    argv.extend_from_slice(settings);
+    let gw = Gateway::serving(&url, database.clone(), &argv).await;
+    let addr = gw.pg_addr.expect("the door is on");
+    Door { gw, addr, database }
+}
+
+/// What a run of [`mixed_load`] did.
+struct Load {
+    operations: u64,
+    failures: u64,
+    first_failure: Option<String>,
+    reclaimed: f64,
+    opened: f64,
+}
+
+/// `grpc_callers` gRPC callers and `door_clients` door clients, each running `SELECT 1`
+/// `each` times as fast as it can, all at once; what the budget's reclaims were meanwhile.
+async fn mixed_load(door: &Door, grpc_callers: usize, door_clients: usize, each: u64) -> Load {
+    let reclaimed = door.gw.metric(RECLAIMED).await;
+    let opened = door.gw.metric("pgway_connections_opened_total").await;
+    let failures = Arc::new(AtomicU64::new(0));
+    let first_failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let fail = {
+        let failures = Arc::clone(&failures);
+        let first_failure = Arc::clone(&first_failure);
+        move |what: String| {
+            failures.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut first) = first_failure.lock() {
+                first.get_or_insert(what);
+            }
+        }
+    };
+    let mut work = tokio::task::JoinSet::new();
+    for caller in 0..grpc_callers {
+        let mut client = door.gw.client().await;
+        let fail = fail.clone();
+        work.spawn(async move {
+            for _ in 0..each {
+                if let Err(status) = client.query(query("SELECT 1", vec![])).await {
+                    fail(format!("gRPC caller {caller}: {status:?}"));
+                }
+            }
+        });
+    }
+    for client_no in 0..door_clients {
+        let (client, _connection) = door.connect().await;
+        let fail = fail.clone();
+        work.spawn(async move {
+            for _ in 0..each {
+                if let Err(error) = client.simple_query("SELECT 1").await {
+                    fail(format!("door client {client_no}: {error}"));
+                }
+            }
+        });
+    }
+    let started = Instant::now();
+    while let Some(done) = work.join_next().await {
+        done.expect("a load task panicked");
+    }
+    let load = Load {
+        operations: each * (grpc_callers + door_clients) as u64,
+        failures: failures.load(Ordering::Relaxed),
+        first_failure: first_failure.lock().ok().and_then(|f| f.clone()),
+        reclaimed: door.gw.metric(RECLAIMED).await - reclaimed,
+        opened: door.gw.metric("pgway_connections_opened_total").await - opened,
+    };
+    eprintln!(
+        "{grpc_callers} gRPC callers + {door_clients} door clients, {} operations in {:?}: \
+         {} reclaimed, {} opened, {} failed",
+        load.operations,
+        started.elapsed(),
+        load.reclaimed,
+        load.opened,
+        load.failures
+    );
+    load
+}
+
+/// Two gRPC callers and two door clients on a budget of four, the gRPC door keeping no spare
+/// connections: the demand fits, so no connection is ever closed to make room for another.
+#[tokio::test]
+async fn no_reclaims_when_both_doors_fit_the_budget() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let door = door_with(&["--pool-max", "4", "--pool-min", "0"]).await;
+    let load = mixed_load(&door, 2, 2, 400).await;
+    assert_eq!(load.failures, 0, "first: {:?}", load.first_failure);
+    assert_eq!(load.reclaimed, 0.0, "reclaims though both doors fit the budget");
+    // Each caller holds one connection at a time: four in all, each opened once.
+    assert!(load.opened <= 4.0, "{} connections opened", load.opened);
+}
+
+/// Three gRPC callers and three door clients on a budget of four, the gRPC door wanting all
+/// four as spare connections (the default minimum, capped at the budget): more demand than
+/// places. The gRPC door fills the budget with spares before the door's first client comes,
+/// so each door client may have to win its place from them once: at most three reclaims,
+/// where the two doors used to hand places back and forth dozens of times a second. After
+/// that each door keeps what it holds and its callers take turns on it, since a wait for a
+/// connection of the caller's own door is a round trip, while a reclaim costs a login.
+#[tokio::test]
+async fn few_reclaims_when_both_doors_want_more_than_the_budget() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let door = door_with(&["--pool-max", "4", "--pool-min", "4"]).await;
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the gRPC door's spare connections",
+        || async {
+            door.gw
+                .metric("pgway_pool_connections{door=\"grpc\",state=\"idle\"}")
+                .await
+                == 4.0
+        },
+    )
+    .await;
+    let load = mixed_load(&door, 3, 3, 400).await;
+    assert_eq!(load.failures, 0, "first: {:?}", load.first_failure);
+    assert!(
+        load.reclaimed <= 3.0,
+        "{} connections reclaimed for {} operations",
+        load.reclaimed,
+        load.operations
+    );
+}

@@ -1,0 +1,392 @@
+//! The admin console, PgBouncer's, on the door's port: who may open it, and what its `SHOW`
+//! lists say, read as PgBouncer's exporters and psql read them, against a real PostgreSQL
+//! with real clients going through the door at the same time.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::door::{APP_PASSWORD, Door, POSTGRES_PASSWORD};
+use support::*;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+/// A door whose console lets `postgres` run everything and `app` (found by the auth query,
+/// as PgBouncer's users often are) read.
+async fn door() -> Door {
+    Door::start(&[
+        "--pg-admin-users",
+        "postgres",
+        "--pg-stats-users",
+        "app",
+        "--pg-auth-query",
+        "SELECT usename, passwd FROM pgway_auth.lookup($1)",
+    ])
+    .await
+}
+
+fn console_dsn(door: &Door, user: &str, password: &str, database: &str) -> String {
+    format!(
+        "postgresql://{user}:{password}@127.0.0.1:{}/{database}?sslmode=disable&application_name=ops",
+        door.addr.port()
+    )
+}
+
+async fn console(door: &Door, user: &str, password: &str) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(&console_dsn(door, user, password, "pgbouncer"), NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("console login as {user}: {e:?}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A `SHOW` list: its column names, and its rows by column name.
+async fn show(
+    client: &tokio_postgres::Client,
+    what: &str,
+) -> (Vec<String>, Vec<HashMap<String, Option<String>>>) {
+    let messages = client
+        .simple_query(&format!("SHOW {what};"))
+        .await
+        .unwrap_or_else(|e| panic!("SHOW {what}: {e:?}"));
+    let mut columns = Vec::new();
+    let mut rows = Vec::new();
+    for message in messages {
+        match message {
+            SimpleQueryMessage::RowDescription(described) => {
+                columns = described.iter().map(|c| c.name().to_owned()).collect();
+            }
+            SimpleQueryMessage::Row(row) => {
+                let mut by_name = HashMap::new();
+                for (i, column) in row.columns().iter().enumerate() {
+                    by_name.insert(column.name().to_owned(), row.get(i).map(str::to_owned));
+                }
+                rows.push(by_name);
+            }
+            _ => {}
+        }
+    }
+    (columns, rows)
+}
+
+fn int(row: &HashMap<String, Option<String>>, column: &str) -> i64 {
+    row.get(column)
+        .and_then(|v| v.as_deref())
+        .unwrap_or_else(|| panic!("no {column} in {row:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{column} in {row:?}: {e}"))
+}
+
+fn sqlstate(error: &tokio_postgres::Error) -> Option<String> {
+    error.as_db_error().map(|e| e.code().code().to_owned())
+}
+
+/// PgBouncer's own columns (its admin.c and stats.c, 1.25), in its order: what
+/// prometheus-community/pgbouncer_exporter and Datadog's check read by name.
+const POOLS: [&str; 17] = [
+    "database",
+    "user",
+    "cl_active",
+    "cl_waiting",
+    "cl_active_cancel_req",
+    "cl_waiting_cancel_req",
+    "sv_active",
+    "sv_active_cancel",
+    "sv_being_canceled",
+    "sv_idle",
+    "sv_used",
+    "sv_tested",
+    "sv_login",
+    "maxwait",
+    "maxwait_us",
+    "pool_mode",
+    "load_balance_hosts",
+];
+const SOCKETS: [&str; 21] = [
+    "type",
+    "user",
+    "database",
+    "replication",
+    "state",
+    "addr",
+    "port",
+    "local_addr",
+    "local_port",
+    "connect_time",
+    "request_time",
+    "wait",
+    "wait_us",
+    "close_needed",
+    "ptr",
+    "link",
+    "remote_pid",
+    "tls",
+    "application_name",
+    "prepared_statements",
+    "id",
+];
+const DATABASES: [&str; 17] = [
+    "name",
+    "host",
+    "port",
+    "database",
+    "force_user",
+    "pool_size",
+    "min_pool_size",
+    "reserve_pool_size",
+    "server_lifetime",
+    "pool_mode",
+    "load_balance_hosts",
+    "max_connections",
+    "current_connections",
+    "max_client_connections",
+    "current_client_connections",
+    "paused",
+    "disabled",
+];
+const STATS_TOTALS: [&str; 13] = [
+    "database",
+    "server_assignment_count",
+    "xact_count",
+    "query_count",
+    "bytes_received",
+    "bytes_sent",
+    "xact_time",
+    "query_time",
+    "wait_time",
+    "client_parse_count",
+    "server_parse_count",
+    "bind_count",
+    "client_login_count",
+];
+
+/// Admin and stats users get in; anyone else is told the database doesn't exist, as
+/// PostgreSQL tells them, after proving who they are.
+#[tokio::test]
+async fn only_console_users_get_in() {
+    let door = door().await;
+    for (user, password) in [("postgres", POSTGRES_PASSWORD), ("app", APP_PASSWORD)] {
+        for database in ["pgbouncer", "pgway"] {
+            let (client, connection) =
+                tokio_postgres::connect(&console_dsn(&door, user, password, database), NoTls)
+                    .await
+                    .unwrap_or_else(|e| panic!("{user} on {database}: {e:?}"));
+            tokio::spawn(connection);
+            let (columns, rows) = show(&client, "VERSION").await;
+            assert_eq!(columns, ["version"]);
+            assert!(rows[0]["version"].as_deref().unwrap().starts_with("pgway "));
+        }
+    }
+    let plain = Door::start(&[]).await;
+    let error = tokio_postgres::connect(
+        &console_dsn(&plain, "postgres", POSTGRES_PASSWORD, "pgbouncer"),
+        NoTls,
+    )
+    .await
+    .err()
+    .expect("not a console user");
+    assert_eq!(sqlstate(&error).as_deref(), Some("3D000"), "{error:?}");
+    let error =
+        tokio_postgres::connect(&console_dsn(&door, "postgres", "wrong", "pgbouncer"), NoTls)
+            .await
+            .err()
+            .expect("a wrong password");
+    assert_eq!(sqlstate(&error).as_deref(), Some("28P01"), "{error:?}");
+
+    // A stats user reads; commands beyond SHOW need an admin.
+    let stats = console(&door, "app", APP_PASSWORD).await;
+    let error = stats
+        .simple_query("RELOAD")
+        .await
+        .expect_err("not an admin");
+    assert_eq!(sqlstate(&error).as_deref(), Some("42501"), "{error:?}");
+    let admin = console(&door, "postgres", POSTGRES_PASSWORD).await;
+    let error = admin
+        .simple_query("SHOW NOTHING")
+        .await
+        .expect_err("no such list");
+    assert!(
+        error.as_db_error().unwrap().message().contains("SHOW HELP"),
+        "{error:?}"
+    );
+    // The session goes on after an error, as PgBouncer's does.
+    show(&admin, "STATE").await;
+    // The extended protocol isn't spoken (as PgBouncer's console): told so, not hung.
+    let error = admin
+        .query("SHOW POOLS", &[])
+        .await
+        .expect_err("extended protocol");
+    assert_eq!(sqlstate(&error).as_deref(), Some("08P01"), "{error:?}");
+}
+
+/// With one client in a transaction through the door and another idle, the lists say so:
+/// the pool's active client and server, the client's address and application name, the
+/// server's backend pid, and the transactions counted.
+#[tokio::test]
+async fn the_lists_show_what_the_door_is_doing() {
+    let door = door().await;
+    let admin = console(&door, "postgres", POSTGRES_PASSWORD).await;
+    for (what, expected) in [
+        ("POOLS", &POOLS[..]),
+        ("CLIENTS", &SOCKETS[..]),
+        ("SERVERS", &SOCKETS[..]),
+        ("DATABASES", &DATABASES[..]),
+        ("STATS_TOTALS", &STATS_TOTALS[..]),
+    ] {
+        let (columns, _) = show(&admin, what).await;
+        assert_eq!(
+            &columns[..expected.len()],
+            expected,
+            "SHOW {what}: PgBouncer's columns, in its order"
+        );
+    }
+
+    let (busy, busy_conn) = tokio_postgres::connect(
+        &format!("{}&application_name=busy-worker", door.dsn()),
+        NoTls,
+    )
+    .await
+    .expect("a client");
+    tokio::spawn(busy_conn);
+    let idle = door.client().await;
+    idle.simple_query("SELECT 1")
+        .await
+        .expect("idle client's query");
+    busy.batch_execute("BEGIN").await.expect("BEGIN");
+    let pid: i32 = busy
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+
+    let (_, pools) = show(&admin, "POOLS").await;
+    let pool = pools
+        .iter()
+        .find(|p| p["database"].as_deref() == Some(door.database.as_str()))
+        .unwrap_or_else(|| panic!("the door's pool in {pools:?}"));
+    assert_eq!(pool["user"].as_deref(), Some("postgres"));
+    assert_eq!(int(pool, "cl_active"), 1, "{pool:?}");
+    assert_eq!(int(pool, "sv_active"), 1, "{pool:?}");
+    assert_eq!(pool["pool_mode"].as_deref(), Some("transaction"));
+
+    let (_, clients) = show(&admin, "CLIENTS").await;
+    let mine: Vec<_> = clients
+        .iter()
+        .filter(|c| c["database"].as_deref() == Some(door.database.as_str()))
+        .collect();
+    assert_eq!(mine.len(), 2, "{clients:?}");
+    let worker = mine
+        .iter()
+        .find(|c| c["application_name"].as_deref() == Some("busy-worker"))
+        .unwrap_or_else(|| panic!("the busy client in {mine:?}"));
+    assert_eq!(worker["state"].as_deref(), Some("active"));
+    assert_eq!(worker["addr"].as_deref(), Some("127.0.0.1"));
+    let other = mine.iter().find(|c| c["state"].as_deref() == Some("idle"));
+    assert!(other.is_some(), "the idle client: {mine:?}");
+    assert!(
+        clients
+            .iter()
+            .any(|c| c["database"].as_deref() == Some("pgbouncer")
+                && c["application_name"].as_deref() == Some("ops")),
+        "the console's own client is listed: {clients:?}"
+    );
+
+    let (_, servers) = show(&admin, "SERVERS").await;
+    let linked = servers
+        .iter()
+        .find(|s| int(s, "remote_pid") == i64::from(pid))
+        .unwrap_or_else(|| panic!("backend {pid} in {servers:?}"));
+    assert_eq!(linked["state"].as_deref(), Some("active"));
+    assert_eq!(linked["link"], worker["ptr"], "linked to the busy client");
+
+    busy.batch_execute("COMMIT").await.expect("COMMIT");
+    let xacts = |rows: &[HashMap<String, Option<String>>]| {
+        rows.iter()
+            .find(|r| r["database"].as_deref() == Some(door.database.as_str()))
+            .map_or(0, |r| int(r, "xact_count"))
+    };
+    let before = xacts(&show(&admin, "STATS_TOTALS").await.1);
+    for _ in 0..5 {
+        idle.simple_query("SELECT 1").await.expect("query");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "five transactions counted",
+        || async { xacts(&show(&admin, "STATS_TOTALS").await.1) >= before + 5 },
+    )
+    .await;
+}
+
+/// psql, as an operator runs it: `SHOW HELP` prints the usage, a list prints as a table.
+#[tokio::test]
+async fn psql_reads_the_console() {
+    let door = door().await;
+    let dsn = console_dsn(&door, "postgres", POSTGRES_PASSWORD, "pgbouncer");
+    let out = run_program(
+        "psql",
+        &["-X", "-d", &dsn, "-c", "SHOW HELP", "-c", "SHOW POOLS"],
+        &[],
+        "psql comes with postgresql-client",
+    )
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("SHOW HELP|CONFIG|DATABASES"), "{stderr}");
+    assert!(stdout.contains("cl_active"), "{stdout}");
+}
+
+/// psycopg2, as Datadog's PgBouncer check connects (autocommit, the simple protocol):
+/// every list it and the Prometheus exporter read comes back with PgBouncer's columns.
+#[tokio::test]
+async fn psycopg2_reads_what_the_exporters_read() {
+    let door = door().await;
+    let dsn = console_dsn(&door, "postgres", POSTGRES_PASSWORD, "pgbouncer");
+    let script = r#"
+import sys, psycopg2
+conn = psycopg2.connect(sys.argv[1])
+conn.autocommit = True
+cur = conn.cursor()
+for what in ["VERSION", "CONFIG", "LISTS", "DATABASES", "USERS", "POOLS", "CLIENTS",
+             "SERVERS", "STATS", "STATS_TOTALS", "STATS_AVERAGES", "STATE"]:
+    cur.execute("SHOW " + what + ";")
+    names = [d[0] for d in cur.description]
+    rows = cur.fetchall()
+    print(what, ",".join(names), len(rows))
+"#;
+    let out = run_program(
+        "python3",
+        &["-c", script, &dsn],
+        &[],
+        "pip install -r tests/python/requirements.txt",
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let columns = |what: &str| -> Vec<String> {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{what} ")))
+            .unwrap_or_else(|| panic!("no {what} in {stdout}"));
+        line.split(' ')
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(&columns("POOLS")[..POOLS.len()], POOLS);
+    assert_eq!(&columns("STATS_TOTALS")[..STATS_TOTALS.len()], STATS_TOTALS);
+    assert_eq!(columns("STATS")[1], "total_server_assignment_count");
+    assert_eq!(columns("STATS")[13], "avg_server_assignment_count");
+    assert_eq!(columns("CONFIG"), ["key", "value", "default", "changeable"]);
+    assert_eq!(columns("LISTS"), ["list", "items"]);
+    assert_eq!(columns("STATE"), ["key", "value"]);
+}
