@@ -17,6 +17,9 @@ use tokio::sync::Mutex;
 /// counters read are the gateway's under test.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
+/// Statements per caller: a few seconds of load for six callers.
+const EACH: u64 = 3000;
+
 const RECLAIMED: &str = "pgway_connections_closed_total{reason=\"reclaimed\"}";
 
 /// A door whose gateway runs with exactly `settings` (Door::start pins `--pool-min 0`, and
@@ -33,6 +36,24 @@ async fn door_with(settings: &[&str]) -> Door {
     let gw = Gateway::serving(&url, database.clone(), &argv).await;
     let addr = gw.pg_addr.expect("the door is on");
     Door { gw, addr, database }
+}
+
+/// [`door_with`], once the gRPC door's spare connections (`--pool-min`, here the whole
+/// budget) are open.
+async fn spares_ready(settings: &[&str]) -> Door {
+    let door = door_with(settings).await;
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the gRPC door's spare connections",
+        || async {
+            door.gw
+                .metric("pgway_pool_connections{door=\"grpc\",state=\"idle\"}")
+                .await
+                == 4.0
+        },
+    )
+    .await;
+    door
 }
 
 /// What a run of [`mixed_load`] did.
@@ -113,11 +134,32 @@ async fn mixed_load(door: &Door, grpc_callers: usize, door_clients: usize, each:
 async fn no_reclaims_when_both_doors_fit_the_budget() {
     let _one = ONE_AT_A_TIME.lock().await;
     let door = door_with(&["--pool-max", "4", "--pool-min", "0"]).await;
-    let load = mixed_load(&door, 2, 2, 400).await;
+    let load = mixed_load(&door, 2, 2, EACH).await;
     assert_eq!(load.failures, 0, "first: {:?}", load.first_failure);
-    assert_eq!(load.reclaimed, 0.0, "reclaims though both doors fit the budget");
+    assert_eq!(
+        load.reclaimed, 0.0,
+        "reclaims though both doors fit the budget"
+    );
     // Each caller holds one connection at a time: four in all, each opened once.
     assert!(load.opened <= 4.0, "{} connections opened", load.opened);
+}
+
+/// The same demand, the gRPC door wanting four spare connections (the default minimum,
+/// capped at the budget) on top of its callers' two: spares fill the budget before the door's
+/// first client comes, so each of the two door clients may have to win its place from them
+/// once, and no more: a spare is only ever opened in a free place, never by reclaiming one.
+#[tokio::test]
+async fn spare_connections_take_only_free_places() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let door = spares_ready(&["--pool-max", "4", "--pool-min", "4"]).await;
+    let load = mixed_load(&door, 2, 2, EACH).await;
+    assert_eq!(load.failures, 0, "first: {:?}", load.first_failure);
+    assert!(
+        load.reclaimed <= 2.0,
+        "{} connections reclaimed for {} operations",
+        load.reclaimed,
+        load.operations
+    );
 }
 
 /// Three gRPC callers and three door clients on a budget of four, the gRPC door wanting all
@@ -130,19 +172,8 @@ async fn no_reclaims_when_both_doors_fit_the_budget() {
 #[tokio::test]
 async fn few_reclaims_when_both_doors_want_more_than_the_budget() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let door = door_with(&["--pool-max", "4", "--pool-min", "4"]).await;
-    eventually(
-        std::time::Duration::from_secs(10),
-        "the gRPC door's spare connections",
-        || async {
-            door.gw
-                .metric("pgway_pool_connections{door=\"grpc\",state=\"idle\"}")
-                .await
-                == 4.0
-        },
-    )
-    .await;
-    let load = mixed_load(&door, 3, 3, 400).await;
+    let door = spares_ready(&["--pool-max", "4", "--pool-min", "4"]).await;
+    let load = mixed_load(&door, 3, 3, EACH).await;
     assert_eq!(load.failures, 0, "first: {:?}", load.first_failure);
     assert!(
         load.reclaimed <= 3.0,

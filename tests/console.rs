@@ -390,3 +390,59 @@ for what in ["VERSION", "CONFIG", "LISTS", "DATABASES", "USERS", "POOLS", "CLIEN
     assert_eq!(columns("LISTS"), ["list", "items"]);
     assert_eq!(columns("STATE"), ["key", "value"]);
 }
+
+/// PAUSE of one database holds that database's new transactions only, RESUME lets them go,
+/// and RESUME of what isn't paused says so, in PgBouncer's words; SHOW DATABASES tells which
+/// database is paused.
+#[tokio::test]
+async fn pause_holds_one_database_and_resume_lets_it_go() {
+    let door = door().await;
+    let admin = console(&door, "postgres", POSTGRES_PASSWORD).await;
+    let error = admin.simple_query("RESUME").await.expect_err("not paused");
+    assert_eq!(
+        error.as_db_error().map(|e| e.message()),
+        Some("pooler is not paused/suspended")
+    );
+    let client = door.client().await;
+    admin
+        .simple_query(&format!("PAUSE {}", door.database))
+        .await
+        .expect("PAUSE");
+    let (_, databases) = show(&admin, "DATABASES").await;
+    let mine = databases
+        .iter()
+        .find(|d| d["name"].as_deref() == Some(door.database.as_str()))
+        .unwrap_or_else(|| panic!("the door's database in {databases:?}"));
+    assert_eq!(int(mine, "paused"), 1);
+    let held = tokio::spawn(async move { client.query_one("SELECT 41 + 1", &[]).await });
+    eventually(Duration::from_secs(10), "the client waits", || async {
+        let (_, pools) = show(&admin, "POOLS").await;
+        pools.iter().any(|p| {
+            p["database"].as_deref() == Some(door.database.as_str()) && int(p, "cl_waiting") == 1
+        })
+    })
+    .await;
+    assert!(!held.is_finished(), "held while paused");
+    let error = admin
+        .simple_query("RESUME other_db")
+        .await
+        .expect_err("not paused");
+    assert_eq!(
+        error.as_db_error().map(|e| e.message()),
+        Some("database other_db is not paused")
+    );
+    admin
+        .simple_query(&format!("RESUME {}", door.database))
+        .await
+        .expect("RESUME");
+    let row = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("served after RESUME")
+        .expect("task")
+        .expect("the query");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    // A stats user may not pause.
+    let stats = console(&door, "app", APP_PASSWORD).await;
+    let error = stats.simple_query("PAUSE").await.expect_err("not an admin");
+    assert_eq!(sqlstate(&error).as_deref(), Some("42501"), "{error:?}");
+}

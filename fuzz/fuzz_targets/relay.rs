@@ -114,9 +114,12 @@ async fn start(script: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
         bytes: 1 << 20,
     };
     let settings = Settings {
-        database: "fuzz".into(),
+        databases: vec!["fuzz".into()],
+        admin_users: vec![],
+        stats_users: vec![],
         max_message: 1 << 20,
-        tx_idle_timeout: Duration::from_millis(200),
+        idle_in_transaction_timeout: Duration::from_millis(200),
+        client_write_timeout: Duration::from_millis(200),
         session_state: SessionStateMode::Pin,
         max_pinned: 2,
         max_clients: 100,

@@ -83,6 +83,7 @@ const SHOWN: &[(&str, Option<&str>, &str)] = &[
     (metrics::CONNECTIONS_OPENED, None, "connections opened"),
     (metrics::REQUESTS_IN_FLIGHT, None, "calls in flight"),
     (metrics::DATABASE_UP, None, "database up"),
+    (metrics::PAUSED, None, "paused (console PAUSE)"),
 ];
 
 /// Fetches `/metrics` from `addr`.

@@ -1,11 +1,19 @@
 //! The one connection budget both doors draw from: `PGWAY_POOL_MAX` server connections in all.
 //!
 //! Every server connection, whichever door opens it, holds one [`Permit`] for as long as it is
-//! open. A door that finds the budget spent asks the others to give back an idle connection
-//! ([`Budget::reclaim_requested`]): the PostgreSQL door keeps idle connections per user and database, and
-//! one user's idle connections must not starve another user, or the gRPC door.
+//! open. A door whose client waits for a place it can't find asks the others to give back an
+//! idle connection ([`Budget::reclaim_requested`]): the PostgreSQL door keeps idle connections
+//! per user and database, and one user's idle connections must not starve another user, or the
+//! gRPC door.
+//!
+//! A reclaim costs the side that gives up the connection a new login when it needs one again,
+//! and when both doors are busy that is a place handed back and forth for nothing. So a place
+//! is asked for only by a taker someone waits on ([`Budget::take_while`]), only once it has
+//! waited [`ASK_AFTER`] (a busy side's own connections come back within a round trip), and a
+//! holder is woken only while someone still asks.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -13,13 +21,40 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 /// Held by an open server connection; dropping it frees its place.
 pub type Permit = OwnedSemaphorePermit;
 
+/// How long a taker waits for a place before asking the holders for one. A connection of its
+/// own side given back usually comes within a statement's round trip; one taken from the other
+/// side costs that side a login later, so it is asked for only by a wait longer than that.
+pub const ASK_AFTER: Duration = Duration::from_millis(100);
+
+/// How often a taker that still waits asks again: a holder with nothing idle, or with clients
+/// of its own waiting, when first asked may have an idle connection to spare now.
+pub const ASK_AGAIN: Duration = Duration::from_millis(250);
+
 /// The shared budget. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Budget {
     permits: Arc<Semaphore>,
-    /// Woken when someone waits for a permit: a holder of idle connections closes one.
+    /// Woken when someone asks for a place: a holder of idle connections closes one.
     reclaim: Arc<Notify>,
+    /// Takers asking for a place now; a holder woken after they all got one does nothing.
+    asking: Arc<AtomicUsize>,
     total: u32,
+}
+
+/// Counts a taker as asking for as long as it lives.
+struct Asking(Arc<AtomicUsize>);
+
+impl Asking {
+    fn new(asking: &Arc<AtomicUsize>) -> Asking {
+        asking.fetch_add(1, Ordering::Relaxed);
+        Asking(Arc::clone(asking))
+    }
+}
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Budget {
@@ -27,6 +62,7 @@ impl Budget {
         Budget {
             permits: Arc::new(Semaphore::new(total as usize)),
             reclaim: Arc::new(Notify::new()),
+            asking: Arc::new(AtomicUsize::new(0)),
             total,
         }
     }
@@ -47,31 +83,56 @@ impl Budget {
         self.permits.clone().try_acquire_owned().ok()
     }
 
-    /// A place, waiting up to `patience` while asking idle holders to give one back.
+    /// A place for a client that waits for it, waiting up to `patience`; see
+    /// [`Budget::take_while`].
     pub async fn take(&self, patience: Duration) -> Option<Permit> {
+        self.take_while(patience, || true).await
+    }
+
+    /// A place, waiting up to `patience` for as long as `needed` says someone waits for it.
+    /// Places are handed out in the order takers came. After [`ASK_AFTER`] without one, and
+    /// every [`ASK_AGAIN`] after that, the holders are asked to give back an idle connection;
+    /// a taker no longer `needed` stops (`None`) instead of asking.
+    pub async fn take_while(
+        &self,
+        patience: Duration,
+        needed: impl Fn() -> bool,
+    ) -> Option<Permit> {
         if let Some(permit) = self.try_take() {
             return Some(permit);
         }
         let deadline = tokio::time::Instant::now() + patience;
         let acquire = self.permits.clone().acquire_owned();
         tokio::pin!(acquire);
+        let mut ask_at = tokio::time::Instant::now() + ASK_AFTER;
+        let mut asking = None;
         loop {
-            // Asked again now and then: a holder busy when first asked may have one idle now.
-            self.reclaim.notify_waiters();
-            let slice = (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline);
+            let slice = ask_at.min(deadline);
             match tokio::time::timeout_at(slice, &mut acquire).await {
                 // The semaphore is never closed.
                 Ok(permit) => return permit.ok(),
                 Err(_) if slice >= deadline => return None,
                 Err(_) => {}
             }
+            if !needed() {
+                return None;
+            }
+            asking.get_or_insert_with(|| Asking::new(&self.asking));
+            self.reclaim.notify_waiters();
+            ask_at = tokio::time::Instant::now() + ASK_AGAIN;
         }
     }
 
-    /// Resolves when someone waits for a place; a holder should close an idle connection if
-    /// it has one.
+    /// Resolves when someone asks for a place; a holder should close an idle connection if
+    /// it has one, unless its own clients wait for one.
     pub async fn reclaim_requested(&self) {
-        self.reclaim.notified().await;
+        loop {
+            self.reclaim.notified().await;
+            // The taker that asked may have got a place before this holder woke.
+            if self.asking.load(Ordering::Relaxed) > 0 {
+                return;
+            }
+        }
     }
 }
 
@@ -86,16 +147,59 @@ mod tests {
         assert!(held.is_some());
         assert_eq!(budget.in_use(), 1);
         assert!(budget.try_take().is_none());
+        let started = tokio::time::Instant::now();
         let holder = {
             let budget = budget.clone();
             tokio::spawn(async move {
                 budget.reclaim_requested().await;
                 drop(held);
+                started.elapsed()
             })
         };
         let got = budget.take(Duration::from_secs(5)).await;
         assert!(got.is_some());
-        holder.await.unwrap();
+        // Asked only once the taker had waited for a place of its own side's to come back.
+        assert!(holder.await.unwrap() >= ASK_AFTER);
         assert!(budget.take(Duration::from_millis(10)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_taker_nobody_waits_for_never_asks() {
+        let budget = Budget::new(1);
+        let _held = budget.try_take();
+        let holder = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.reclaim_requested().await })
+        };
+        assert!(
+            budget
+                .take_while(Duration::from_secs(5), || false)
+                .await
+                .is_none()
+        );
+        tokio::time::sleep(ASK_AGAIN).await;
+        assert!(!holder.is_finished(), "a holder was asked for nobody");
+        holder.abort();
+    }
+
+    #[tokio::test]
+    async fn a_ring_nobody_asks_for_any_more_wakes_no_holder() {
+        let budget = Budget::new(1);
+        let holder = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.reclaim_requested().await })
+        };
+        tokio::task::yield_now().await;
+        // A ring whose taker got its place before the holder woke, as the holder sees it.
+        budget.reclaim.notify_waiters();
+        tokio::time::sleep(ASK_AGAIN).await;
+        assert!(!holder.is_finished(), "woken with nobody asking");
+        // While someone asks, the same ring wakes it.
+        let _asking = Asking::new(&budget.asking);
+        budget.reclaim.notify_waiters();
+        tokio::time::timeout(ASK_AGAIN, holder)
+            .await
+            .expect("woken while someone asks")
+            .unwrap();
     }
 }

@@ -7,6 +7,7 @@
 //! - [`dbtls`]: TLS to the database: `sslmode` / `sslrootcert`, the rustls configuration, the
 //!   connector every connection goes through.
 //! - [`health`]: readiness, as a watch channel a background monitor keeps.
+//! - [`pause`]: PAUSE / RESUME, which both doors' new work waits on.
 //! - [`sql`]: what a statement's text says (session changes, forbidden commands).
 //! - [`retry`]: which failures are retried, with backoff, inside a retry budget.
 //! - [`error`]: the protocol-neutral error type.
@@ -21,6 +22,7 @@ pub mod budget;
 pub mod dbtls;
 pub mod error;
 pub mod health;
+pub mod pause;
 pub mod pool;
 pub mod reload;
 pub mod retry;

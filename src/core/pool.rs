@@ -25,9 +25,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_postgres::{CancelToken, Client, Statement};
 use tracing::{debug, info, warn};
 
-use crate::core::budget::Budget;
+use crate::core::budget::{Budget, Permit};
 use crate::core::dbtls::DatabaseTls;
 use crate::core::error::{ConnectError, GatewayError, Sent};
+use crate::core::pause::Pause;
 use crate::core::sql::{StatementTraits, classify};
 use crate::core::telemetry as metrics;
 
@@ -468,18 +469,55 @@ impl ConnectionManager {
         self.outcomes.send_modify(|outcome| outcome.error = error);
     }
 
-    async fn open(&self, id: u64) -> Result<PgConn, ConnectError> {
-        let place = self
-            .budget
-            .take(self.budget_patience)
-            .await
-            .ok_or_else(|| ConnectError {
+    /// Counts and publishes a failed attempt, which the next one backs off from.
+    fn failed(&self, error: ConnectError) -> ConnectError {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        counter!(metrics::CONNECTION_ERRORS, "kind" => error.kind()).increment(1);
+        self.publish(Some(Arc::new(error.clone())));
+        error
+    }
+
+    /// A spare connection not opened for want of a free place: no failure (nothing to back
+    /// off from). bb8 reports it only to its error sink, and wakes nobody: a caller that came
+    /// in meanwhile may be waiting on this very attempt, so the waiters are woken to ask bb8
+    /// anew, which makes an attempt of their own.
+    fn no_spare_place(&self) -> ConnectError {
+        debug!("no free place for a spare connection");
+        self.publish(None);
+        ConnectError {
+            message: "no free place in PGWAY_POOL_MAX for a spare connection".into(),
+            ..ConnectError::default()
+        }
+    }
+
+    /// A place in the budget for a new connection. One that a caller waits for waits for a
+    /// place too, asking the other door for one; a spare one (bb8 keeping `PGWAY_POOL_MIN`
+    /// idle) takes only a free place, or none (`Ok(None)`): taking one from the other door
+    /// would close a connection its clients use, only for that door to ask for it back, and a
+    /// spare is tried again at the next checkout or reaper run anyway.
+    async fn place(&self) -> Result<Option<Permit>, ConnectError> {
+        if let Some(place) = self.budget.try_take() {
+            return Ok(Some(place));
+        }
+        let wanted = || self.pool.wanting.load(Ordering::Relaxed) > 0;
+        if !wanted() {
+            return Ok(None);
+        }
+        match self.budget.take_while(self.budget_patience, wanted).await {
+            Some(place) => Ok(Some(place)),
+            // The callers it was for got connections that came back.
+            None if !wanted() => Ok(None),
+            None => Err(ConnectError {
                 message: format!(
                     "all {} server connections of PGWAY_POOL_MAX are in use by the other door",
                     self.budget.total()
                 ),
                 ..ConnectError::default()
-            })?;
+            }),
+        }
+    }
+
+    async fn open(&self, id: u64, place: Permit) -> Result<PgConn, ConnectError> {
         let (client, connection) = self.tls.connect(&self.database).await?;
         // The connection task is where a broken connection's reason lives: log it with the id.
         // It holds the connection's place in the budget, so the place is given back when the
@@ -531,6 +569,12 @@ impl ManageConnection for ConnectionManager {
         })?;
         let failures = self.consecutive_failures.load(Ordering::Relaxed);
         let backoff = connect_backoff(failures);
+        tokio::time::sleep(backoff).await;
+        let place = match self.place().await {
+            Ok(Some(place)) => place,
+            Ok(None) => return Err(self.no_spare_place()),
+            Err(error) => return Err(self.failed(error)),
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         info!(
             conn_id = id,
@@ -538,8 +582,7 @@ impl ManageConnection for ConnectionManager {
             backoff_ms = backoff.as_millis() as u64,
             "connecting"
         );
-        tokio::time::sleep(backoff).await;
-        match self.open(id).await {
+        match self.open(id, place).await {
             Ok(conn) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 counter!(metrics::CONNECTIONS_OPENED).increment(1);
@@ -548,11 +591,8 @@ impl ManageConnection for ConnectionManager {
                 Ok(Box::new(conn))
             }
             Err(error) => {
-                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-                counter!(metrics::CONNECTION_ERRORS, "kind" => error.kind()).increment(1);
                 warn!(conn_id = id, error = %error, sqlstate = error.sqlstate.as_ref().map(|s| s.code()), "connect failed");
-                self.publish(Some(Arc::new(error.clone())));
-                Err(error)
+                Err(self.failed(error))
             }
         }
     }
@@ -593,6 +633,10 @@ pub struct Pool {
     max: u32,
     /// `pgway_pool_wait_seconds`, looked up once.
     wait_seconds: ::metrics::Histogram,
+    /// PAUSE / RESUME, shared with the other door; calls for `database` wait while it is
+    /// paused.
+    pause: Arc<Pause>,
+    database: Arc<str>,
 }
 
 /// State shared by the pool and its connections.
@@ -600,6 +644,10 @@ pub struct Pool {
 struct PoolShared {
     /// Callers inside [`Pool::get`] now.
     waiting: AtomicUsize,
+    /// Callers with a place in line that wait for bb8 to hand them a connection (idle,
+    /// coming back, or new). A connection opened while there are none is a spare one (bb8
+    /// keeping `PGWAY_POOL_MIN` idle), which must not take a place from the other door.
+    wanting: AtomicUsize,
     /// Set when the gateway shuts down, so connections closed from then on say why.
     closing: AtomicBool,
     /// The background resets of returned connections (see [`PooledConn`]'s Drop).
@@ -616,8 +664,16 @@ pub struct PoolState {
     pub waiting: usize,
 }
 
-/// Counts a caller as waiting for as long as it is in [`Pool::get`].
+/// Counts a caller for as long as it lives (in [`Pool::get`] as `waiting`, in its second
+/// step as `wanting`).
 struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
@@ -641,6 +697,11 @@ impl Pool {
         budget: Budget,
     ) -> Pool {
         let shared = Arc::new(PoolShared::default());
+        let name: Arc<str> = database
+            .get_dbname()
+            .or(database.get_user())
+            .unwrap_or("postgres")
+            .into();
         let manager = ConnectionManager::new(database, tls, config, Arc::clone(&shared), budget);
         let outcomes = manager.outcomes.subscribe();
         let inner = bb8::Pool::builder()
@@ -669,11 +730,26 @@ impl Pool {
             min: config.min,
             max: config.max,
             wait_seconds: histogram!(metrics::POOL_WAIT_SECONDS, "door" => "grpc"),
+            pause: Arc::default(),
+            database: name,
         }
     }
 
-    /// Closes an idle connection whenever someone waits for a place in the budget this pool
-    /// shares, until `stopping`. Used when another door draws on the same budget.
+    /// The pause state its calls obey, to be shared with the other door.
+    pub fn pause(&self) -> &Arc<Pause> {
+        &self.pause
+    }
+
+    /// The database its connections serve.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Closes an idle connection whenever a client of the other door asks for a place in the
+    /// budget this pool shares (see [`Budget::take_while`]), until `stopping`. Used when
+    /// another door draws on the same budget. Spare connections (`PGWAY_POOL_MIN`) are given
+    /// back too, or they would starve the other door; they are not opened again at its
+    /// expense (see [`ConnectionManager::place`]).
     pub async fn give_back_idle(
         self,
         budget: Budget,
@@ -684,7 +760,11 @@ impl Pool {
                 _ = stopping.cancelled() => return,
                 _ = budget.reclaim_requested() => {}
             }
-            if self.inner.state().idle_connections == 0 {
+            // Not while this pool's own callers wait for a connection: it is short itself, and
+            // the place would only be asked for back at once.
+            if self.shared.wanting.load(Ordering::Relaxed) > 0
+                || self.inner.state().idle_connections == 0
+            {
                 continue;
             }
             if let Ok(Ok(mut conn)) =
@@ -704,6 +784,24 @@ impl Pool {
     /// - An idle connection that died while pooled (the database restarted) is dropped
     ///   without a round trip and the next one taken.
     pub async fn get(&self) -> Result<PooledConn, GatewayError> {
+        loop {
+            if self.pause.any() {
+                // PAUSE: the call waits until RESUME (its deadline, outside, still ends it),
+                // and isn't counted against PGWAY_MAX_WAITING meanwhile.
+                self.pause.until_resumed(&self.database).await;
+            }
+            let conn = self.get_unpaused().await?;
+            if !self.pause.covers(&self.database) {
+                return Ok(conn);
+            }
+            // PAUSE came while this call waited in line: the connection goes back and the
+            // call waits with the others (PAUSE waits only for work holding a connection).
+            drop(conn);
+        }
+    }
+
+    /// [`Pool::get`] once no PAUSE holds the call.
+    async fn get_unpaused(&self) -> Result<PooledConn, GatewayError> {
         let waiting = self.shared.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&self.shared.waiting);
         // Callers that will get an idle connection, or one the pool may still open, don't
@@ -763,10 +861,22 @@ impl Pool {
             }
         };
         // Then a connection: with a permit in hand, one is idle, returning, or may be opened.
+        // The caller counts as wanting one (what lets a connect ask the other door for a
+        // place) only once bb8 had none idle for it, from the first poll that had to wait.
+        let mut wanting = None;
         loop {
+            let get = self.inner.get_owned();
+            tokio::pin!(get);
+            let get = std::future::poll_fn(|cx| {
+                let poll = get.as_mut().poll(cx);
+                if poll.is_pending() && wanting.is_none() {
+                    wanting = Some(Waiting::new(&self.shared.wanting));
+                }
+                poll
+            });
             tokio::select! {
                 biased;
-                got = tokio::time::timeout_at(deadline, self.inner.get_owned()) => {
+                got = tokio::time::timeout_at(deadline, get) => {
                     match got {
                         Ok(Ok(mut conn)) => {
                             if !conn.client.is_closed() {

@@ -38,6 +38,8 @@ pub const PG_AUTH_FAILURES: &str = "pgway_pg_auth_failures_total";
 pub const PG_TIMEOUTS: &str = "pgway_pg_timeouts_total";
 pub const PG_STATEMENTS_DROPPED: &str = "pgway_pg_statements_dropped_total";
 pub const PG_REFUSALS: &str = "pgway_pg_refusals_total";
+pub const PG_CONSOLE_COMMANDS: &str = "pgway_pg_console_commands_total";
+pub const PAUSED: &str = "pgway_paused";
 
 /// Installs the process-wide recorder once and returns its handle. Several gateways in one
 /// process (the tests) share it.
@@ -182,6 +184,14 @@ fn register_known_series() {
         "Calls or transactions that got no connection within PGWAY_ACQUIRE_TIMEOUT (53300 at the PostgreSQL door), by door."
     );
     describe_counter!(
+        PG_CONSOLE_COMMANDS,
+        "Commands run on the PostgreSQL door's admin console, by command."
+    );
+    describe_gauge!(
+        PAUSED,
+        "1 while anything is paused (the console's PAUSE), else 0."
+    );
+    describe_counter!(
         PG_REFUSALS,
         "Statements the PostgreSQL door refused with 0A000 instead of pinning the client, by reason."
     );
@@ -256,6 +266,7 @@ fn register_known_series() {
 
     // Not ready until the monitor has seen the database.
     gauge!(DATABASE_UP).set(0.0);
+    gauge!(PAUSED).set(0.0);
     gauge!(REQUESTS_IN_FLIGHT).increment(0.0);
     for state in ["active", "idle", "waiting", "pinned"] {
         gauge!(PG_CLIENTS, "state" => state).set(0.0);

@@ -183,6 +183,8 @@ pub struct Door {
     grace_over: CancellationToken,
     /// `pgway_pg_prepared_statements_total`, looked up once: counted on every Bind.
     pub prepared: PreparedCounters,
+    /// PAUSE / RESUME (the console's), shared with the gRPC door.
+    pub pause: Arc<crate::core::pause::Pause>,
     /// Logins in progress, and failures by address.
     pub gate: gate::Gate,
     /// `pgway_pg_timeouts_total{kind}`.
@@ -225,6 +227,8 @@ impl Timeouts {
 impl Door {
     pub fn new(settings: Settings, pools: Pools, users: Users, tls: Option<Current>) -> Door {
         Door {
+            // The gRPC door's pool carries the pause state: one PAUSE holds both doors.
+            pause: Arc::clone(users.pool().pause()),
             clients: Clients::new(settings.max_pinned),
             gate: gate::Gate::new(settings.gate),
             statements: Registry::new(settings.statement_cache),

@@ -113,6 +113,11 @@ impl Users {
         }
     }
 
+    /// The pool of the URL's user (the gRPC door's), which the auth query runs on.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// The verifier `user` logs in with, if any.
     pub async fn find(&self, user: &str) -> Option<Found> {
         if user == self.url_user

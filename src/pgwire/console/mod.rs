@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
 use super::frame;
-use super::roster::ClientGuard;
+use super::roster::{ClientGuard, ClientState};
 use super::server::Stream;
 use super::{Door, Settings};
 
@@ -100,7 +100,14 @@ pub async fn serve(
                     return;
                 };
                 let query = String::from_utf8_lossy(query);
-                run(&door, &who, &query, &mut out);
+                if let Then::Drain(database) = run(&door, &who, &query, &mut out) {
+                    // As PgBouncer's PAUSE: answered once everything in flight has ended.
+                    while in_flight(&door, database.as_deref()) > 0 {
+                        tokio::time::sleep(DRAIN_POLL).await;
+                    }
+                    info!(user = %who.user, database = database.as_deref(), door = "postgres", "pause complete: nothing in flight");
+                    complete(&mut out, "PAUSE");
+                }
             }
             b'X' => return,
             _ => {
@@ -119,30 +126,56 @@ pub async fn serve(
     }
 }
 
+/// What a command left to do once its answer is written (or before it is).
+enum Then {
+    Answered,
+    /// PAUSE: answered once nothing is in flight any more.
+    Drain(Option<String>),
+}
+
 /// Runs one command, its answer (or error) and ReadyForQuery into `out`.
-fn run(door: &Door, who: &Admin, query: &str, out: &mut BytesMut) {
+fn run(door: &Door, who: &Admin, query: &str, out: &mut BytesMut) -> Then {
     let command = query.trim().trim_end_matches(';').trim();
     let mut words = command.split_whitespace();
     let verb = words.next().unwrap_or("").to_ascii_lowercase();
     let arg = words.next();
     let extra = words.next();
-    let done = match (verb.as_str(), arg, extra) {
-        ("", None, _) => {
-            frame::write_empty_query(out);
-            frame::write_ready(out, b'I');
-            return;
-        }
+    if verb.is_empty() {
+        frame::write_empty_query(out);
+        frame::write_ready(out, b'I');
+        return Then::Answered;
+    }
+    let known = match (verb.as_str(), arg, extra) {
         ("show", Some(what), None) if what.eq_ignore_ascii_case("help") => {
             help(out);
             true
         }
         ("show", Some(what), None) => show::show(door, what, out),
         _ if who.role != Role::Admin => {
-            return error(out, "42501", "admin access needed");
+            warn!(user = %who.user, peer = %who.peer, command, door = "postgres", "console command refused: admin access needed");
+            error(out, "42501", "admin access needed");
+            return Then::Answered;
+        }
+        ("pause", arg, None) => {
+            door.pause.pause(arg);
+            info!(user = %who.user, peer = %who.peer, database = arg, door = "postgres", "paused");
+            count("pause");
+            return Then::Drain(arg.map(str::to_owned));
+        }
+        ("resume", arg, None) => {
+            match door.pause.resume(arg) {
+                Ok(()) => {
+                    info!(user = %who.user, peer = %who.peer, database = arg, door = "postgres", "resumed");
+                    count("resume");
+                    complete(out, "RESUME");
+                }
+                Err(refused) => error(out, "08P01", &refused.to_string()),
+            }
+            return Then::Answered;
         }
         _ => false,
     };
-    if !done {
+    if !known {
         warn!(user = %who.user, command, door = "postgres", "console command refused");
         error(
             out,
@@ -150,7 +183,44 @@ fn run(door: &Door, who: &Admin, query: &str, out: &mut BytesMut) {
             &format!("invalid command '{command}', use SHOW HELP;"),
         );
     }
+    Then::Answered
 }
+
+/// Counts a console command that changed something.
+fn count(command: &'static str) {
+    metrics::counter!(crate::core::telemetry::PG_CONSOLE_COMMANDS, "command" => command)
+        .increment(1);
+}
+
+fn complete(out: &mut BytesMut, tag: &str) {
+    frame::write_command_complete(out, tag);
+    frame::write_ready(out, b'I');
+}
+
+/// Work in flight that PAUSE waits for: the door's transactions (clients linked to a server
+/// connection, but not pinned ones sitting between transactions) and the gRPC door's calls
+/// holding a connection, of `database` or of all.
+fn in_flight(door: &Door, database: Option<&str>) -> usize {
+    let ours = |name: &str| database.is_none_or(|d| d == name);
+    let clients = door
+        .pools
+        .roster()
+        .clients()
+        .iter()
+        .filter(|c| ours(&c.database) && c.state() == ClientState::Active && !c.pinned())
+        .count();
+    let grpc = door.users.pool();
+    let calls = if ours(grpc.database()) {
+        let state = grpc.state();
+        state.open.saturating_sub(state.idle) as usize
+    } else {
+        0
+    };
+    clients + calls
+}
+
+/// How often PAUSE looks whether what was in flight has ended.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn error(out: &mut BytesMut, code: &str, message: &str) {
     frame::write_error(out, "ERROR", code, message, None);
@@ -164,7 +234,9 @@ fn help(out: &mut BytesMut) {
         "Console usage",
         "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\
          \tSHOW LISTS|STATE\n\
-         \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES",
+         \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\
+         \tPAUSE [<db>]\n\
+         \tRESUME [<db>]",
     );
     frame::write_command_complete(out, "SHOW");
     frame::write_ready(out, b'I');

@@ -17,7 +17,7 @@ use Kind::{Int4, Int8, Numeric, Text};
 pub fn show(door: &Door, what: &str, out: &mut BytesMut) -> bool {
     match what.to_ascii_lowercase().as_str() {
         "version" => version(out),
-        "state" => state(out),
+        "state" => state(door, out),
         "config" => config(door, out),
         "lists" => lists(door, out),
         "databases" => databases(door, out),
@@ -39,9 +39,15 @@ fn version(out: &mut BytesMut) {
     table.done();
 }
 
-fn state(out: &mut BytesMut) {
+fn state(door: &Door, out: &mut BytesMut) {
+    let paused = door.pause.paused().all;
+    let yes = |on: bool| if on { "yes" } else { "no" };
     let mut table = Table::new(out, &[("key", Text), ("value", Text)]);
-    for (key, value) in [("active", "yes"), ("paused", "no"), ("suspended", "no")] {
+    for (key, value) in [
+        ("active", yes(!paused)),
+        ("paused", yes(paused)),
+        ("suspended", "no"),
+    ] {
         table.row(vec![text(key), text(value)]);
     }
     table.done();
@@ -376,7 +382,7 @@ fn databases(door: &Door, out: &mut BytesMut) {
             text(servers),
             text(door.settings.max_clients),
             text(clients),
-            text(0),
+            text(u8::from(door.pause.covers(&name))),
             text(0),
         ]);
     }

@@ -45,4 +45,14 @@ impl Session {
         let pipeline = self.unsynced && (!self.flushed || self.expect.is_empty());
         idle_in_tx || self.copy_in || pipeline
     }
+
+    /// Ends the session as the door stops (or an administrator ends it): 57P01, PostgreSQL's
+    /// words for it.
+    pub(super) async fn shut_out(&mut self) -> Ended {
+        self.terminate(
+            "57P01",
+            "terminating connection due to administrator command",
+        )
+        .await
+    }
 }

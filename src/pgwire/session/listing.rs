@@ -1,5 +1,6 @@
 //! What a session tells the door's roster: its state at each link and unlink, and the
-//! figures of its database (`SHOW CLIENTS`, `SHOW SERVERS`, `SHOW STATS`).
+//! figures of its database (`SHOW CLIENTS`, `SHOW SERVERS`, `SHOW STATS`); and its wait
+//! while its database is paused (the console's PAUSE).
 
 use super::*;
 use crate::pgwire::roster::{DbStats, now_us};
@@ -34,5 +35,28 @@ impl Session {
             }
         }
         self.listed.entry.unlinked();
+    }
+
+    /// While its database is paused, a client starting a transaction waits (listed as
+    /// waiting) until RESUME; a stop of the door meanwhile ends it as at any other wait.
+    pub(super) async fn wait_while_paused(&mut self) -> Result<(), Ended> {
+        let database = Arc::clone(&self.key);
+        while self.door.pause.covers(&database.database) {
+            if self.door.phase() >= Phase::Stopping {
+                return Err(self.shut_out().await);
+            }
+            self.door.clients.waiting(1);
+            self.listed_waiting();
+            let resumed = tokio::select! {
+                () = self.door.pause.until_resumed(&database.database) => true,
+                () = self.cancel.bell.notified() => false,
+            };
+            self.door.clients.waiting(-1);
+            self.listed_unlinked(None);
+            if resumed {
+                break;
+            }
+        }
+        Ok(())
     }
 }

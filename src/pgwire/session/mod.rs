@@ -526,19 +526,27 @@ impl Session {
         first: u8,
     ) -> Result<(), Ended> {
         if self.door.phase() >= Phase::Stopping {
-            return Err(self
-                .terminate(
-                    "57P01",
-                    "terminating connection due to administrator command",
-                )
-                .await);
+            return Err(self.shut_out().await);
         }
-        self.door.clients.waiting(1);
-        let began = self.listed_waiting();
-        let got = self.door.pools.acquire(&self.key, &self.credential).await;
-        self.door.clients.waiting(-1);
-        let mut server = match got {
-            Ok(server) => server,
+        let got = loop {
+            if self.door.pause.any() {
+                self.wait_while_paused().await?;
+            }
+            self.door.clients.waiting(1);
+            let began = self.listed_waiting();
+            let got = self.door.pools.acquire(&self.key, &self.credential).await;
+            self.door.clients.waiting(-1);
+            match got {
+                // PAUSE came while this client waited in line: the connection goes back and
+                // the client waits with the others.
+                Ok(server) if self.door.pause.covers(&self.key.database) => {
+                    self.door.pools.release(&self.key, server);
+                }
+                got => break got.map(|server| (server, began)),
+            }
+        };
+        let (mut server, began) = match got {
+            Ok(linked) => linked,
             Err(error) => {
                 self.listed_unlinked(None);
                 let (code, message) = match &error {
@@ -569,12 +577,7 @@ impl Session {
                         ("08006", error.message.clone())
                     }
                     AcquireError::Closing => {
-                        return Err(self
-                            .terminate(
-                                "57P01",
-                                "terminating connection due to administrator command",
-                            )
-                            .await);
+                        return Err(self.shut_out().await);
                     }
                 };
                 warn!(
