@@ -446,3 +446,148 @@ async fn pause_holds_one_database_and_resume_lets_it_go() {
     let error = stats.simple_query("PAUSE").await.expect_err("not an admin");
     assert_eq!(sqlstate(&error).as_deref(), Some("42501"), "{error:?}");
 }
+
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0)
+}
+
+/// The id SHOW CLIENTS gives the door's client named `application_name`.
+async fn client_id(admin: &tokio_postgres::Client, application_name: &str) -> String {
+    let (_, clients) = show(admin, "CLIENTS").await;
+    clients
+        .iter()
+        .find(|c| c["application_name"].as_deref() == Some(application_name))
+        .and_then(|c| c["id"].clone())
+        .unwrap_or_else(|| panic!("{application_name} in {clients:?}"))
+}
+
+async fn named_client(door: &Door, application_name: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(
+        &format!("{}&application_name={application_name}", door.dsn()),
+        NoTls,
+    )
+    .await
+    .expect("a client");
+    tokio::spawn(connection);
+    client
+}
+
+/// KILL_CLIENT ends one client, rolling back its transaction; RECONNECT replaces the server
+/// connections once free and WAIT_CLOSE returns when the old ones are gone; SET is refused
+/// for what it is; RELOAD answers; SHUTDOWN stops the gateway as SIGTERM does.
+#[tokio::test]
+async fn admin_commands_do_what_pgbouncers_do() {
+    let door = door().await;
+    let admin = console(&door, "postgres", POSTGRES_PASSWORD).await;
+    let direct = door.direct().await;
+    direct
+        .batch_execute("CREATE TABLE t (a int)")
+        .await
+        .expect("table");
+
+    let victim = named_client(&door, "victim").await;
+    victim
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .expect("in a transaction");
+    let id = client_id(&admin, "victim").await;
+    admin
+        .simple_query(&format!("KILL_CLIENT {id}"))
+        .await
+        .expect("KILL_CLIENT");
+    let error = tokio::time::timeout(Duration::from_secs(10), victim.batch_execute("COMMIT"))
+        .await
+        .expect("answered")
+        .expect_err("the killed client can't commit");
+    assert!(victim.is_closed(), "{error:?}");
+    eventually(
+        Duration::from_secs(10),
+        "its transaction rolled back",
+        || async {
+            let n: i64 = direct
+                .query_one("SELECT count(*) FROM t", &[])
+                .await
+                .expect("count")
+                .get(0);
+            let locks: i64 = direct
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'",
+                    &[],
+                )
+                .await
+                .expect("activity")
+                .get(0);
+            n == 0 && locks == 0
+        },
+    )
+    .await;
+    let error = admin
+        .simple_query("KILL_CLIENT 999999")
+        .await
+        .expect_err("no such client");
+    assert!(
+        error
+            .as_db_error()
+            .unwrap()
+            .message()
+            .contains("no such client")
+    );
+
+    let client = named_client(&door, "steady").await;
+    let before = backend_pid(&client).await;
+    admin.simple_query("RECONNECT").await.expect("RECONNECT");
+    admin.simple_query("WAIT_CLOSE").await.expect("WAIT_CLOSE");
+    let after = backend_pid(&client).await;
+    assert_ne!(before, after, "a new server connection after RECONNECT");
+    eventually(Duration::from_secs(10), "the old backend gone", || async {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&before],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        n == 0
+    })
+    .await;
+
+    // KILL: every client of the database ended, its new work held until RESUME.
+    admin
+        .simple_query(&format!("KILL {}", door.database))
+        .await
+        .expect("KILL");
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.simple_query("SELECT 1")).await;
+    assert!(client.is_closed(), "killed");
+    let fresh = door.client().await;
+    let held = tokio::spawn(async move { fresh.simple_query("SELECT 1").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "held after KILL until RESUME");
+    admin
+        .simple_query(&format!("RESUME {}", door.database))
+        .await
+        .expect("RESUME");
+    tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("served after RESUME")
+        .expect("task")
+        .expect("query");
+
+    let error = admin
+        .simple_query("SET default_pool_size = 5")
+        .await
+        .expect_err("SET");
+    assert_eq!(sqlstate(&error).as_deref(), Some("0A000"), "{error:?}");
+    admin.simple_query("RELOAD").await.expect("RELOAD");
+    let _ = admin.simple_query("SHUTDOWN").await;
+    eventually(
+        Duration::from_secs(30),
+        "the door stops accepting",
+        || async { tokio::net::TcpStream::connect(door.addr).await.is_err() },
+    )
+    .await;
+}

@@ -207,6 +207,16 @@ pub async fn serve(
         )),
         _ => None,
     };
+    if let Some((door, _)) = &door {
+        // The console's SHUTDOWN stops the gateway as SIGTERM does.
+        let (asked, stop) = (door.shutdown.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = asked.cancelled() => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        });
+    }
     if let Some(listener) = metrics_listener {
         let others: Vec<admin::metrics::DoorReader> = door
             .iter()

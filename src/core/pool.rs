@@ -319,11 +319,13 @@ pub enum CloseReason {
     Shutdown,
     /// Idle, closed to give its place in the budget to another user or door.
     Reclaimed,
+    /// Closed once free after the console's RECONNECT or KILL (a failover, say).
+    Reconnect,
 }
 
 impl CloseReason {
     /// Every reason, in the order of [`crate::core::telemetry::CLOSE_REASONS`].
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Broken,
         CloseReason::Lifetime,
         CloseReason::Idle,
@@ -331,6 +333,7 @@ impl CloseReason {
         CloseReason::ResetFailed,
         CloseReason::Shutdown,
         CloseReason::Reclaimed,
+        CloseReason::Reconnect,
     ];
 
     /// The metric label and log value.
@@ -343,6 +346,7 @@ impl CloseReason {
             CloseReason::ResetFailed => "reset_failed",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Reclaimed => "reclaimed",
+            CloseReason::Reconnect => "reconnect",
         }
     }
 }

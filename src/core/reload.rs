@@ -1,17 +1,30 @@
 //! When to look at reloadable files again: on a timer, and at once on SIGHUP. One loop for
 //! every owner of such files (the credential files, the server's TLS files).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use tokio::signal::unix::Signal;
+use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-/// Wakes a file watcher: every `interval` (none when zero: SIGHUP only) and on SIGHUP.
+/// Reloads asked for from inside the process (the console's RELOAD), counted: each watcher
+/// sees a change as it sees SIGHUP.
+static REQUESTS: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
+
+/// Asks every file watcher to look again now, as SIGHUP does.
+pub fn request() {
+    REQUESTS.send_modify(|n| *n += 1);
+}
+
+/// Wakes a file watcher: every `interval` (none when zero: SIGHUP only), on SIGHUP, and on
+/// [`request`].
 #[derive(Debug)]
 pub struct Trigger {
     hangup: Option<Signal>,
     tick: Option<Interval>,
+    requests: watch::Receiver<u64>,
 }
 
 impl Trigger {
@@ -26,6 +39,7 @@ impl Trigger {
         Trigger {
             hangup: crate::core::shutdown::hangup(),
             tick,
+            requests: REQUESTS.subscribe(),
         }
     }
 
@@ -44,6 +58,7 @@ impl Trigger {
         tokio::select! {
             () = stopping.cancelled() => None,
             () = crate::core::shutdown::next(&mut self.hangup) => Some(true),
+            Ok(()) = self.requests.changed() => Some(true),
             () = tick => Some(false),
         }
     }

@@ -73,7 +73,7 @@ pub fn recorder() -> PrometheusHandle {
 }
 
 /// `pgway_connections_closed_total{reason}`'s values.
-pub const CLOSE_REASONS: [&str; 7] = [
+pub const CLOSE_REASONS: [&str; 8] = [
     "broken",
     "lifetime",
     "idle",
@@ -81,6 +81,7 @@ pub const CLOSE_REASONS: [&str; 7] = [
     "reset_failed",
     "shutdown",
     "reclaimed",
+    "reconnect",
 ];
 /// `pgway_connection_errors_total{kind}`'s values (`ConnectError::kind`).
 const CONNECT_ERROR_KINDS: [&str; 8] = [

@@ -185,6 +185,9 @@ pub struct Door {
     pub prepared: PreparedCounters,
     /// PAUSE / RESUME (the console's), shared with the gRPC door.
     pub pause: Arc<crate::core::pause::Pause>,
+    /// Cancelled by the console's SHUTDOWN: the composition root stops the gateway as on
+    /// SIGTERM.
+    pub shutdown: CancellationToken,
     /// Logins in progress, and failures by address.
     pub gate: gate::Gate,
     /// `pgway_pg_timeouts_total{kind}`.
@@ -241,10 +244,16 @@ impl Door {
             tls,
             stopping: CancellationToken::new(),
             grace_over: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
             prepared: PreparedCounters::new(),
             mock_secret: rand::random(),
             phase: AtomicU8::new(Phase::Running as u8),
         }
+    }
+
+    /// Resolves once the door is stopping.
+    pub async fn stopped(&self) {
+        self.stopping.cancelled().await
     }
 
     /// Stops the door: no new clients; idle ones are told 57P01, transactions may finish.

@@ -83,6 +83,10 @@ struct Inner {
     /// `pgway_pool_wait_seconds{door="postgres"}`, looked up once.
     wait_seconds: metrics::Histogram,
     roster: Arc<Roster>,
+    /// RECONNECTs: (database or all, ids below which connections close once free).
+    retire: Mutex<Vec<(Option<String>, u64)>>,
+    /// Whether there was any: the one load on every release's path.
+    retiring: AtomicBool,
 }
 
 /// One open server connection of the door, counted while its [`ServerConn`] lives: the
@@ -135,6 +139,8 @@ impl Pools {
                 closed: AtomicBool::new(false),
                 wait_seconds: metrics::histogram!(names::POOL_WAIT_SECONDS, "door" => "postgres"),
                 roster: Arc::default(),
+                retire: Mutex::new(Vec::new()),
+                retiring: AtomicBool::new(false),
             }),
         }
     }
@@ -171,6 +177,62 @@ impl Pools {
             port,
             pid: conn.pid,
         }
+    }
+
+    /// The console's RECONNECT (and KILL): every server connection of `database` (or of all)
+    /// open now is closed once it is free, the idle ones at once; new ones are made as
+    /// needed. Returns the first id not affected (for WAIT_CLOSE).
+    pub fn reconnect(&self, database: Option<&str>) -> u64 {
+        let inner = &self.inner;
+        let below = inner.next_id.load(Ordering::SeqCst);
+        if let Ok(mut retire) = inner.retire.lock() {
+            retire.push((database.map(str::to_owned), below));
+        }
+        inner.retiring.store(true, Ordering::SeqCst);
+        let ours = |key: &PoolKey| database.is_none_or(|d| d == key.database);
+        let idle: Vec<ServerConn> = match inner.idle.lock() {
+            Ok(mut idle) => idle
+                .iter_mut()
+                .filter(|(key, _)| ours(key))
+                .flat_map(|(_, list)| std::mem::take(list))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for conn in idle {
+            self.close(conn, CloseReason::Reconnect);
+        }
+        below
+    }
+
+    /// The id below which RECONNECTs and KILLs retired `database`'s connections (or all
+    /// databases'); 0 when none did.
+    pub fn retired_below(&self, database: Option<&str>) -> u64 {
+        let Ok(retire) = self.inner.retire.lock() else {
+            return 0;
+        };
+        retire
+            .iter()
+            .filter(|(retired, _)| match (retired, database) {
+                (None, _) => true,
+                (Some(retired), Some(database)) => retired == database,
+                (Some(_), None) => true,
+            })
+            .map(|(_, below)| *below)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether a RECONNECT retired connection `id` of `key`.
+    fn retired(&self, key: &PoolKey, id: u64) -> bool {
+        if !self.inner.retiring.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Ok(retire) = self.inner.retire.lock() else {
+            return false;
+        };
+        retire.iter().any(|(database, below)| {
+            id < *below && database.as_deref().is_none_or(|d| d == key.database)
+        })
     }
 
     /// Idle server connections of each key, for `SHOW POOLS`.
@@ -353,6 +415,10 @@ impl Pools {
                 CloseReason::Lifetime
             };
             self.close(conn, reason);
+            return;
+        }
+        if self.retired(key, conn.id) {
+            self.close(conn, CloseReason::Reconnect);
             return;
         }
         // Straight to the longest-waiting client of the same key, if any still waits.

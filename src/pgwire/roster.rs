@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::cancel::Slot;
+
 /// Microseconds since the Unix epoch, now.
 pub fn now_us() -> u64 {
     SystemTime::now()
@@ -47,8 +49,10 @@ pub struct ClientEntry {
     /// The server connection it is linked to (0: none).
     server: AtomicU64,
     pinned: AtomicBool,
-    /// Set by the console's `KILL_CLIENT`: the session ends at its next wait.
-    pub killed: AtomicBool,
+    /// Set by the console's `KILL_CLIENT` / `KILL`: the session ends at its next wait.
+    killed: AtomicBool,
+    /// Its session's bell, rung to wake it when it is killed (none for console clients).
+    slot: Option<Arc<Slot>>,
 }
 
 impl ClientEntry {
@@ -91,6 +95,18 @@ impl ClientEntry {
 
     pub fn since(&self) -> u64 {
         self.since.load(Ordering::Relaxed)
+    }
+
+    /// Ends its session at its next wait (at once when it is waiting).
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        if let Some(slot) = &self.slot {
+            slot.bell.notify_one();
+        }
+    }
+
+    pub fn killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
     }
 
     pub fn server(&self) -> u64 {
@@ -207,6 +223,7 @@ pub struct NewClient {
     pub local: Option<SocketAddr>,
     pub application_name: String,
     pub tls: bool,
+    pub slot: Option<Arc<Slot>>,
 }
 
 /// A new server connection's description.
@@ -255,6 +272,7 @@ impl Roster {
             server: AtomicU64::new(0),
             pinned: AtomicBool::new(false),
             killed: AtomicBool::new(false),
+            slot: new.slot,
         });
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients.insert(id, Arc::clone(&entry));

@@ -89,7 +89,23 @@ pub async fn serve(
                 Ok(None) => {}
                 Err(_) => return,
             }
-            match stream.read_buf(&mut buf).await {
+            // A console session ends when the door stops (a SHUTDOWN it ran, say): it holds
+            // nothing, and a stop must not wait for it.
+            let read = tokio::select! {
+                read = stream.read_buf(&mut buf) => read,
+                () = door.stopped() => {
+                    frame::write_error(
+                        &mut out,
+                        "FATAL",
+                        "57P01",
+                        "terminating connection due to administrator command",
+                        None,
+                    );
+                    let _ = stream.write_all(&out).await;
+                    return;
+                }
+            };
+            match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -100,13 +116,22 @@ pub async fn serve(
                     return;
                 };
                 let query = String::from_utf8_lossy(query);
-                if let Then::Drain(database) = run(&door, &who, &query, &mut out) {
-                    // As PgBouncer's PAUSE: answered once everything in flight has ended.
-                    while in_flight(&door, database.as_deref()) > 0 {
-                        tokio::time::sleep(DRAIN_POLL).await;
+                match run(&door, &who, &query, &mut out) {
+                    Then::Answered => {}
+                    Then::Drain(database) => {
+                        // As PgBouncer's PAUSE: answered once everything in flight has ended.
+                        while in_flight(&door, database.as_deref()) > 0 {
+                            tokio::time::sleep(DRAIN_POLL).await;
+                        }
+                        info!(user = %who.user, database = database.as_deref(), door = "postgres", "pause complete: nothing in flight");
+                        complete(&mut out, "PAUSE");
                     }
-                    info!(user = %who.user, database = database.as_deref(), door = "postgres", "pause complete: nothing in flight");
-                    complete(&mut out, "PAUSE");
+                    Then::WaitClose(database) => {
+                        while closing(&door, database.as_deref()) > 0 {
+                            tokio::time::sleep(DRAIN_POLL).await;
+                        }
+                        complete(&mut out, "WAIT_CLOSE");
+                    }
                 }
             }
             b'X' => return,
@@ -131,6 +156,8 @@ enum Then {
     Answered,
     /// PAUSE: answered once nothing is in flight any more.
     Drain(Option<String>),
+    /// WAIT_CLOSE: answered once the connections RECONNECT or KILL retired are closed.
+    WaitClose(Option<String>),
 }
 
 /// Runs one command, its answer (or error) and ReadyForQuery into `out`.
@@ -162,6 +189,10 @@ fn run(door: &Door, who: &Admin, query: &str, out: &mut BytesMut) -> Then {
             count("pause");
             return Then::Drain(arg.map(str::to_owned));
         }
+        (verb @ ("kill" | "kill_client" | "reconnect" | "reload" | "shutdown" | "set"), ..) => {
+            return admin(door, who, verb, arg, command, out);
+        }
+        ("wait_close", arg, None) => return Then::WaitClose(arg.map(str::to_owned)),
         ("resume", arg, None) => {
             match door.pause.resume(arg) {
                 Ok(()) => {
@@ -184,6 +215,94 @@ fn run(door: &Door, who: &Admin, query: &str, out: &mut BytesMut) -> Then {
         );
     }
     Then::Answered
+}
+
+/// The admin commands beyond PAUSE / RESUME, answered into `out`.
+fn admin(
+    door: &Door,
+    who: &Admin,
+    verb: &str,
+    arg: Option<&str>,
+    command: &str,
+    out: &mut BytesMut,
+) -> Then {
+    let roster = door.pools.roster();
+    let ours = |database: &str| arg.is_none_or(|d| d == database) && !NAMES.contains(&database);
+    let tag = match (verb, arg) {
+        ("kill_client", Some(id)) => {
+            let found = id.parse::<u64>().ok().and_then(|id| {
+                roster
+                    .clients()
+                    .into_iter()
+                    .find(|c| c.id == id && !NAMES.contains(&c.database.as_str()))
+            });
+            let Some(client) = found else {
+                error(out, "08P01", &format!("no such client: {id}"));
+                return Then::Answered;
+            };
+            client.kill();
+            "KILL_CLIENT"
+        }
+        ("kill", _) => {
+            // As PgBouncer's KILL: new work for the database waits until RESUME.
+            door.pause.pause(arg);
+            for client in roster.clients().iter().filter(|c| ours(&c.database)) {
+                client.kill();
+            }
+            door.pools.reconnect(arg);
+            "KILL"
+        }
+        ("reconnect", _) => {
+            door.pools.reconnect(arg);
+            "RECONNECT"
+        }
+        ("reload", None) => {
+            crate::core::reload::request();
+            "RELOAD"
+        }
+        ("shutdown", None) => {
+            door.shutdown.cancel();
+            "SHUTDOWN"
+        }
+        ("set", _) => {
+            error(
+                out,
+                "0A000",
+                "pgway's settings come from its PGWAY_* variables; SET is not supported",
+            );
+            return Then::Answered;
+        }
+        _ => {
+            error(
+                out,
+                "08P01",
+                &format!("invalid command '{command}', use SHOW HELP;"),
+            );
+            return Then::Answered;
+        }
+    };
+    info!(user = %who.user, peer = %who.peer, command, door = "postgres", "console command");
+    count(match tag {
+        "KILL_CLIENT" => "kill_client",
+        "KILL" => "kill",
+        "RECONNECT" => "reconnect",
+        "RELOAD" => "reload",
+        _ => "shutdown",
+    });
+    complete(out, tag);
+    Then::Answered
+}
+
+/// Server connections of `database` (or all) that a RECONNECT or KILL retired and that are
+/// still open: what WAIT_CLOSE waits for.
+fn closing(door: &Door, database: Option<&str>) -> usize {
+    let below = door.pools.retired_below(database);
+    door.pools
+        .roster()
+        .servers()
+        .iter()
+        .filter(|s| s.id < below && database.is_none_or(|d| d == s.database))
+        .count()
 }
 
 /// Counts a console command that changed something.
@@ -236,7 +355,13 @@ fn help(out: &mut BytesMut) {
          \tSHOW LISTS|STATE\n\
          \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\
          \tPAUSE [<db>]\n\
-         \tRESUME [<db>]",
+         \tRESUME [<db>]\n\
+         \tRECONNECT [<db>]\n\
+         \tKILL [<db>]\n\
+         \tKILL_CLIENT <client_id>\n\
+         \tWAIT_CLOSE [<db>]\n\
+         \tRELOAD\n\
+         \tSHUTDOWN",
     );
     frame::write_command_complete(out, "SHOW");
     frame::write_ready(out, b'I');

@@ -42,7 +42,7 @@ impl Session {
     pub(super) async fn wait_while_paused(&mut self) -> Result<(), Ended> {
         let database = Arc::clone(&self.key);
         while self.door.pause.covers(&database.database) {
-            if self.door.phase() >= Phase::Stopping {
+            if self.door.phase() >= Phase::Stopping || self.listed.entry.killed() {
                 return Err(self.shut_out().await);
             }
             self.door.clients.waiting(1);

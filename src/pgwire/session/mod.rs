@@ -382,6 +382,10 @@ impl Session {
             if let Some(event) = self.next_event_once().await {
                 return event;
             }
+            if self.listed.entry.killed() {
+                // The console's KILL_CLIENT / KILL: ended now, whatever it was doing.
+                return Event::Stop;
+            }
         }
     }
 

@@ -48,6 +48,7 @@ pub async fn serve_client(door: Arc<Door>, tcp: TcpStream, peer: SocketAddr) {
                 local,
                 application_name: console.application_name,
                 tls: console.encrypted,
+                slot: None,
             });
             let admin = console::Admin {
                 role: console.role,
@@ -86,6 +87,7 @@ pub async fn serve_client(door: Arc<Door>, tcp: TcpStream, peer: SocketAddr) {
             .cloned()
             .unwrap_or_default(),
         tls: encrypted,
+        slot: Some(Arc::clone(&slot)),
     });
     let connection = Connection {
         stream,
