@@ -300,6 +300,24 @@ async fn the_lists_show_what_the_door_is_doing() {
     assert_eq!(linked["state"].as_deref(), Some("active"));
     assert_eq!(linked["link"], worker["ptr"], "linked to the busy client");
 
+    // pgway's own column: why a client is pinned to its server connection.
+    let pinning = named_client(&door, "pinning").await;
+    pinning
+        .batch_execute("CREATE TEMP TABLE mine (a int)")
+        .await
+        .expect("temp table");
+    let (_, clients) = show(&admin, "CLIENTS").await;
+    let pinned = clients
+        .iter()
+        .find(|c| c["application_name"].as_deref() == Some("pinning"))
+        .unwrap_or_else(|| panic!("the pinned client in {clients:?}"));
+    assert_eq!(
+        pinned["pinned"].as_deref(),
+        Some("temp_table"),
+        "{pinned:?}"
+    );
+    assert_eq!(worker["pinned"], None);
+
     busy.batch_execute("COMMIT").await.expect("COMMIT");
     let xacts = |rows: &[HashMap<String, Option<String>>]| {
         rows.iter()

@@ -128,6 +128,10 @@ impl Tally {
     }
 }
 
+/// Statements each door runs between restarts (a couple of seconds' worth): long enough for
+/// the watcher to see the connections of each stretch for longer than [`EXIT_LAG`].
+const PHASE: u64 = 800;
+
 /// After a failure the load paces itself: during a restart every call fails at once.
 const AFTER_FAILURE: Duration = Duration::from_millis(20);
 
@@ -135,9 +139,7 @@ const AFTER_FAILURE: Duration = Duration::from_millis(20);
 async fn grpc_caller(door: &Door, tally: Arc<Tally>, stop: CancellationToken) {
     let mut client = door.gw.client().await;
     while !stop.is_cancelled() {
-        let result = client
-            .query(query("SELECT pg_sleep(0.002)", vec![]))
-            .await;
+        let result = client.query(query("SELECT pg_sleep(0.002)", vec![])).await;
         tally.count(&result);
         if result.is_err() {
             tokio::time::sleep(AFTER_FAILURE).await;
@@ -203,20 +205,31 @@ async fn restarts_under_load_keep_the_budget_and_honest_gauges() {
     let door = Arc::new(door);
     let mut load = tokio::task::JoinSet::new();
     for _ in 0..3 {
-        let (door, tally, stop) = (Arc::clone(&door), Arc::clone(&grpc), stop.clone());
-        load.spawn(async move { grpc_caller(&door, tally, stop).await });
+        let (caller_door, tally, caller_stop) =
+            (Arc::clone(&door), Arc::clone(&grpc), stop.clone());
+        load.spawn(async move { grpc_caller(&caller_door, tally, caller_stop).await });
         load.spawn(door_client(door.dsn(), Arc::clone(&pg), stop.clone()));
     }
-    both_doors_serve(&grpc, &pg, (0, 0), 100, "both doors serve before the restarts").await;
+    both_doors_serve(
+        &grpc,
+        &pg,
+        (0, 0),
+        PHASE,
+        "both doors serve before the restarts",
+    )
+    .await;
     let cluster = cluster().await;
     for mode in RESTARTS {
         tokio::task::spawn_blocking(move || cluster.restart(mode))
             .await
             .expect("restart task")
             .unwrap_or_else(|e| panic!("restart ({mode}): {e}"));
-        let from = (grpc.ok.load(Ordering::Relaxed), pg.ok.load(Ordering::Relaxed));
-        both_doors_serve(&grpc, &pg, from, 100, &format!("both doors serve after a {mode} restart"))
-            .await;
+        let from = (
+            grpc.ok.load(Ordering::Relaxed),
+            pg.ok.load(Ordering::Relaxed),
+        );
+        let what = format!("both doors serve after a {mode} restart");
+        both_doors_serve(&grpc, &pg, from, PHASE, &what).await;
     }
     stop.cancel();
     while let Some(done) = load.join_next().await {

@@ -48,7 +48,9 @@ pub struct ClientEntry {
     since: AtomicU64,
     /// The server connection it is linked to (0: none).
     server: AtomicU64,
-    pinned: AtomicBool,
+    /// Why it is pinned to its server connection, if it is (rarely written: at pin and
+    /// unpin).
+    pinned: Mutex<Option<&'static str>>,
     /// Set by the console's `KILL_CLIENT` / `KILL`: the session ends at its next wait.
     killed: AtomicBool,
     /// Its session's bell, rung to wake it when it is killed (none for console clients).
@@ -85,12 +87,13 @@ impl ClientEntry {
         self.state.store(ClientState::Idle as u8, Ordering::Relaxed);
     }
 
-    pub fn set_pinned(&self, pinned: bool) {
-        self.pinned.store(pinned, Ordering::Relaxed);
+    pub fn set_pinned(&self, reason: Option<&'static str>) {
+        *self.pinned.lock().unwrap_or_else(|e| e.into_inner()) = reason;
     }
 
-    pub fn pinned(&self) -> bool {
-        self.pinned.load(Ordering::Relaxed)
+    /// Why it is pinned, if it is.
+    pub fn pinned(&self) -> Option<&'static str> {
+        *self.pinned.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn since(&self) -> u64 {
@@ -270,7 +273,7 @@ impl Roster {
             state: AtomicU8::new(ClientState::Idle as u8),
             since: AtomicU64::new(now),
             server: AtomicU64::new(0),
-            pinned: AtomicBool::new(false),
+            pinned: Mutex::new(None),
             killed: AtomicBool::new(false),
             slot: new.slot,
         });

@@ -326,7 +326,7 @@ fn in_flight(door: &Door, database: Option<&str>) -> usize {
         .roster()
         .clients()
         .iter()
-        .filter(|c| ours(&c.database) && c.state() == ClientState::Active && !c.pinned())
+        .filter(|c| ours(&c.database) && c.state() == ClientState::Active && c.pinned().is_none())
         .count();
     let grpc = door.users.pool();
     let calls = if ours(grpc.database()) {

@@ -237,7 +237,7 @@ const SOCKET_COLUMNS: [(&str, Kind); 22] = [
     ("application_name", Text),
     ("prepared_statements", Int4),
     ("id", Int8),
-    ("pinned", Int4),
+    ("pinned", Text),
 ];
 
 /// A client's or server's `ptr`/`link`: its id, as PgBouncer shows an address.
@@ -283,7 +283,7 @@ fn clients(door: &Door, out: &mut BytesMut) {
             text(&c.application_name),
             text(0),
             text(c.id),
-            text(u8::from(c.pinned())),
+            c.pinned().map(str::to_owned),
         ]);
     }
     table.done();
@@ -297,7 +297,8 @@ fn servers(door: &Door, out: &mut BytesMut) {
         let pinned = now
             .clients
             .iter()
-            .any(|c| c.id == client && client != 0 && c.pinned());
+            .find(|c| c.id == client && client != 0)
+            .and_then(|c| c.pinned());
         table.row(vec![
             text("S"),
             text(&s.user),
@@ -320,7 +321,7 @@ fn servers(door: &Door, out: &mut BytesMut) {
             text(""),
             text(0),
             text(s.id),
-            text(u8::from(pinned)),
+            pinned.map(str::to_owned),
         ]);
     }
     table.done();

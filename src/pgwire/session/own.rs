@@ -253,6 +253,7 @@ impl Session {
             (Some(reason), None) => match self.refusal(reason) {
                 None => {
                     self.pinned = Some(reason);
+                    self.listed.entry.set_pinned(Some(reason.label()));
                     info!(user = %self.key.user, reason = reason.label(), "client pinned to its server connection (found on the server)");
                 }
                 Some(message) => self.ending = Some(message),

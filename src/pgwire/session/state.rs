@@ -110,6 +110,7 @@ impl Session {
             return Some(refusal_sql(&message));
         }
         self.pinned = Some(reason);
+        self.listed.entry.set_pinned(Some(reason.label()));
         info!(user = %self.key.user, reason = reason.label(), "client pinned to its server connection");
         None
     }
@@ -152,6 +153,7 @@ impl Session {
     pub(super) fn unpin(&mut self) {
         if let Some(reason) = self.pinned.take() {
             self.door.clients.unpin();
+            self.listed.entry.set_pinned(None);
             info!(user = %self.key.user, reason = reason.label(), "client unpinned: its session holds nothing of its own on the server connection any more");
         }
     }
