@@ -51,13 +51,20 @@ async fn backends(direct: &tokio_postgres::Client, database: &str) -> i64 {
         .get(0)
 }
 
-/// The gRPC door keeps its minimum of idle connections, which fill the whole budget: a client
-/// of the PostgreSQL door still gets a server connection, because an idle gRPC one is closed
-/// to make room, and the total never goes over the budget.
+/// The gRPC door's idle connections fill the whole budget: a client of the PostgreSQL door
+/// still gets a server connection, because an idle gRPC one is closed to make room, and the
+/// total never goes over the budget.
 #[tokio::test]
 async fn idle_grpc_connections_make_room_for_the_postgres_door() {
-    let (gw, door) = both_doors(&["--pool-max", "2", "--pool-min", "2"]).await;
+    let (gw, door) = both_doors(&["--pool-max", "2", "--pool-min", "0"]).await;
     let direct = gw.direct().await;
+    // Two calls at once leave two gRPC connections idle (the door keeps none warm here).
+    let mut first = gw.client().await;
+    let mut second = gw.client().await;
+    tokio::join!(
+        run(&mut first, "SELECT pg_sleep(0.3)", vec![]),
+        run(&mut second, "SELECT pg_sleep(0.3)", vec![])
+    );
     eventually(
         Duration::from_secs(10),
         "the gRPC door's minimum",

@@ -223,3 +223,51 @@ async fn a_url_without_a_password_is_explained_at_start_up() {
     assert!(said.contains("no client can log in"), "{said}");
     assert!(said.contains("PGWAY_PG_AUTH_FILE"), "{said}");
 }
+
+/// PGWAY_POOL_MIN connections of the URL's user and database are kept ready with the door
+/// on: an idle gateway's first client is served on one of them, not on a new login.
+#[tokio::test]
+async fn an_idle_gateway_keeps_the_minimum_ready_for_the_first_client() {
+    let door = Door::start(&["--pool-min", "2", "--pool-max", "4"]).await;
+    let direct = door.direct().await;
+    let warm = || async {
+        let rows = direct
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid() AND application_name <> 'pgway-health' \
+                 AND backend_type = 'client backend'",
+                &[],
+            )
+            .await
+            .expect("activity");
+        let mut pids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        pids.sort_unstable();
+        pids
+    };
+    eventually(
+        Duration::from_secs(15),
+        "two connections kept ready",
+        || async { warm().await.len() == 2 },
+    )
+    .await;
+    let ready = warm().await;
+    let client = door.client().await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    assert!(
+        ready.contains(&pid),
+        "served on a warm connection: {pid} in {ready:?}"
+    );
+    // Given back, it is one of the two again: no third was opened.
+    eventually(Duration::from_secs(10), "two ready again", || async {
+        let idle = door
+            .gw
+            .metric("pgway_pool_connections{door=\"postgres\",state=\"idle\"}")
+            .await;
+        idle == 2.0 && warm().await == ready
+    })
+    .await;
+}

@@ -17,6 +17,8 @@ pub struct DoorPools {
     pub open: usize,
     pub idle: usize,
     pub waiting: usize,
+    /// Connections it keeps ready (PGWAY_POOL_MIN, when it is the door that keeps them).
+    pub warm: usize,
 }
 
 /// Reads another door's pools at each scrape: (the `door` label, the reader).
@@ -30,7 +32,13 @@ pub fn record_pool_state(pool: &Pool, others: &[DoorReader]) {
     gauge!(POOL_CONNECTIONS, "door" => "grpc", "state" => "in_use")
         .set(f64::from(state.open - state.idle.min(state.open)));
     gauge!(POOL_MAX).set(f64::from(state.max));
-    gauge!(POOL_MIN).set(f64::from(state.min));
+    // The minimum kept ready, whichever door keeps it.
+    let warm = others
+        .iter()
+        .map(|(_, read)| read().warm)
+        .max()
+        .unwrap_or(0);
+    gauge!(POOL_MIN).set(f64::from(state.min).max(warm as f64));
     gauge!(POOL_WAITING, "door" => "grpc").set(state.waiting as f64);
     for (door, read) in others {
         let door = *door;

@@ -58,7 +58,7 @@ const SHOWN: &[(&str, Option<&str>, &str)] = &[
         "postgres: clients pinned",
     ),
     (metrics::POOL_MAX, None, "pool maximum (both)"),
-    (metrics::POOL_MIN, None, "pool minimum (grpc)"),
+    (metrics::POOL_MIN, None, "pool minimum (kept ready)"),
     (
         metrics::POOL_ACQUIRE_TIMEOUTS,
         Some("door=\"grpc\""),

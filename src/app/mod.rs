@@ -90,6 +90,20 @@ fn start_pg_door(
     let clients = TaskTracker::new();
     tasks.spawn(pgwire::serve(Arc::clone(&door), listener, clients.clone()));
     tasks.spawn(door.pools.clone().maintain(stopping.clone()));
+    if let Some((user, credential)) = door.users.url_login().filter(|_| pg.warm > 0) {
+        let key = Arc::new(pgwire::pool::PoolKey {
+            database: config.database.get_dbname().unwrap_or(&user).to_owned(),
+            user,
+        });
+        let grpc = pool.clone();
+        tasks.spawn(door.pools.clone().keep_warm(
+            key,
+            credential,
+            pg.warm as usize,
+            move || grpc.state().idle as usize,
+            stopping.clone(),
+        ));
+    }
     (door, clients)
 }
 
@@ -230,6 +244,7 @@ pub async fn serve(
                         open,
                         idle,
                         waiting: pools.waiting(),
+                        warm: pools.warm_min(),
                     }
                 };
                 let read: Arc<dyn Fn() -> admin::metrics::DoorPools + Send + Sync> = Arc::new(read);

@@ -14,23 +14,27 @@
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ::metrics::{counter, histogram};
-use bb8::{ManageConnection, RunError};
+use bb8::RunError;
+use futures::FutureExt;
 use lru::LruCache;
-use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_postgres::{CancelToken, Client, Statement};
 use tracing::{debug, info, warn};
 
-use crate::core::budget::{Budget, Permit};
+use crate::core::budget::Budget;
 use crate::core::dbtls::DatabaseTls;
 use crate::core::error::{ConnectError, GatewayError, Sent};
 use crate::core::pause::Pause;
 use crate::core::sql::{StatementTraits, classify};
 use crate::core::telemetry as metrics;
+
+mod manager;
+
+pub use manager::{ConnectOutcome, ConnectionManager};
 
 /// How the pool makes, keeps and hands out connections.
 #[derive(Debug, Clone)]
@@ -408,218 +412,6 @@ async fn release(mut conn: PooledConn) {
     }
 }
 
-/// Makes connections for bb8: one at a time per pool slot, with a jittered backoff after
-/// failures, publishing each outcome for the callers waiting in [`Pool::get`].
-#[derive(Debug)]
-pub struct ConnectionManager {
-    database: Arc<tokio_postgres::Config>,
-    tls: DatabaseTls,
-    statement_cache_size: NonZeroUsize,
-    max_lifetime: Duration,
-    next_id: AtomicU64,
-    consecutive_failures: AtomicU32,
-    /// At most this many connects at a time: a database that just came back is not met by a
-    /// storm of simultaneous handshakes.
-    connects: Semaphore,
-    outcomes: watch::Sender<ConnectOutcome>,
-    pool: Arc<PoolShared>,
-    /// The places shared with the other door; each connection holds one while open.
-    budget: Budget,
-    /// How long a connect waits for a place in the budget.
-    budget_patience: Duration,
-}
-
-/// The latest connect attempt's outcome, as seen by waiting callers.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectOutcome {
-    /// `None` when the attempt succeeded.
-    pub error: Option<Arc<ConnectError>>,
-}
-
-/// Backoff after `failures` failed connects in a row: exponential from 50 ms up to 1 s, with
-/// full jitter, so a restart of the database doesn't meet a synchronised storm of reconnects.
-fn connect_backoff(failures: u32) -> Duration {
-    if failures == 0 {
-        return Duration::ZERO;
-    }
-    crate::core::retry::Backoff::CONNECT.delay(failures)
-}
-
-impl ConnectionManager {
-    fn new(
-        database: tokio_postgres::Config,
-        tls: DatabaseTls,
-        config: &PoolConfig,
-        pool: Arc<PoolShared>,
-        budget: Budget,
-    ) -> Self {
-        ConnectionManager {
-            budget,
-            budget_patience: config.acquire_timeout,
-            database: Arc::new(database),
-            tls,
-            statement_cache_size: config.statement_cache_size,
-            max_lifetime: config.max_lifetime,
-            next_id: AtomicU64::new(1),
-            consecutive_failures: AtomicU32::new(0),
-            connects: Semaphore::new(config.max_concurrent_connects),
-            outcomes: watch::Sender::new(ConnectOutcome::default()),
-            pool,
-        }
-    }
-
-    fn publish(&self, error: Option<Arc<ConnectError>>) {
-        // Sent even when it equals the last outcome: every attempt wakes the waiters.
-        self.outcomes.send_modify(|outcome| outcome.error = error);
-    }
-
-    /// Counts and publishes a failed attempt, which the next one backs off from.
-    fn failed(&self, error: ConnectError) -> ConnectError {
-        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-        counter!(metrics::CONNECTION_ERRORS, "kind" => error.kind()).increment(1);
-        self.publish(Some(Arc::new(error.clone())));
-        error
-    }
-
-    /// A spare connection not opened for want of a free place: no failure (nothing to back
-    /// off from). bb8 reports it only to its error sink, and wakes nobody: a caller that came
-    /// in meanwhile may be waiting on this very attempt, so the waiters are woken to ask bb8
-    /// anew, which makes an attempt of their own.
-    fn no_spare_place(&self) -> ConnectError {
-        debug!("no free place for a spare connection");
-        self.publish(None);
-        ConnectError {
-            message: "no free place in PGWAY_POOL_MAX for a spare connection".into(),
-            ..ConnectError::default()
-        }
-    }
-
-    /// A place in the budget for a new connection. One that a caller waits for waits for a
-    /// place too, asking the other door for one; a spare one (bb8 keeping `PGWAY_POOL_MIN`
-    /// idle) takes only a free place, or none (`Ok(None)`): taking one from the other door
-    /// would close a connection its clients use, only for that door to ask for it back, and a
-    /// spare is tried again at the next checkout or reaper run anyway.
-    async fn place(&self) -> Result<Option<Permit>, ConnectError> {
-        if let Some(place) = self.budget.try_take() {
-            return Ok(Some(place));
-        }
-        let wanted = || self.pool.wanting.load(Ordering::Relaxed) > 0;
-        if !wanted() {
-            return Ok(None);
-        }
-        match self.budget.take_while(self.budget_patience, wanted).await {
-            Some(place) => Ok(Some(place)),
-            // The callers it was for got connections that came back.
-            None if !wanted() => Ok(None),
-            None => Err(ConnectError {
-                message: format!(
-                    "all {} server connections of PGWAY_POOL_MAX are in use by the other door",
-                    self.budget.total()
-                ),
-                ..ConnectError::default()
-            }),
-        }
-    }
-
-    async fn open(&self, id: u64, place: Permit) -> Result<PgConn, ConnectError> {
-        let (client, connection) = self.tls.connect(&self.database).await?;
-        // The connection task is where a broken connection's reason lives: log it with the id.
-        // It holds the connection's place in the budget, so the place is given back when the
-        // socket closes, not when the pool lets go of the client: a connection dropped with a
-        // query in flight keeps its backend until the answer (or the cancel) comes, and no
-        // other connection may take its place meanwhile.
-        tokio::spawn(async move {
-            let _place = place;
-            if let Err(error) = connection.await {
-                warn!(conn_id = id, %error, "connection ended with an error");
-            }
-        });
-        let backend_pid: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await?
-            .get(0);
-        let jitter = self
-            .max_lifetime
-            .mul_f64(rand::rng().random_range(0.0..0.1));
-        Ok(PgConn {
-            id,
-            backend_pid,
-            cancel_token: client.cancel_token(),
-            database: Arc::clone(&self.database),
-            tls: self.tls.clone(),
-            client,
-            statements: LruCache::new(self.statement_cache_size),
-            retire_at: Instant::now() + self.max_lifetime - jitter,
-            busy: false,
-            discard: None,
-            dirty: false,
-            pool: Arc::clone(&self.pool),
-        })
-    }
-}
-
-impl ManageConnection for ConnectionManager {
-    // Boxed: bb8 moves a connection by value about ten times on every checkout and return, and
-    // a `PgConn` is nearly 500 bytes where a box is one word. Counted under callgrind, that took
-    // 2.6–2.8 k instructions (3%) off each point select.
-    type Connection = Box<PgConn>;
-    type Error = ConnectError;
-
-    async fn connect(&self) -> Result<Box<PgConn>, ConnectError> {
-        // The semaphore lives as long as the manager and is never closed.
-        let _permit = self.connects.acquire().await.map_err(|_| ConnectError {
-            message: "the pool is shutting down".into(),
-            ..ConnectError::default()
-        })?;
-        let failures = self.consecutive_failures.load(Ordering::Relaxed);
-        let backoff = connect_backoff(failures);
-        tokio::time::sleep(backoff).await;
-        let place = match self.place().await {
-            Ok(Some(place)) => place,
-            Ok(None) => return Err(self.no_spare_place()),
-            Err(error) => return Err(self.failed(error)),
-        };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        info!(
-            conn_id = id,
-            attempt = failures + 1,
-            backoff_ms = backoff.as_millis() as u64,
-            "connecting"
-        );
-        match self.open(id, place).await {
-            Ok(conn) => {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
-                counter!(metrics::CONNECTIONS_OPENED).increment(1);
-                info!(conn_id = id, backend_pid = conn.backend_pid, "connected");
-                self.publish(None);
-                Ok(Box::new(conn))
-            }
-            Err(error) => {
-                warn!(conn_id = id, error = %error, sqlstate = error.sqlstate.as_ref().map(|s| s.code()), "connect failed");
-                Err(self.failed(error))
-            }
-        }
-    }
-
-    async fn is_valid(&self, conn: &mut Box<PgConn>) -> Result<(), ConnectError> {
-        // Only used if test_on_check_out is turned on, which pgway doesn't do.
-        conn.client
-            .simple_query("")
-            .await
-            .map(drop)
-            .map_err(ConnectError::from)
-    }
-
-    fn has_broken(&self, conn: &mut Box<PgConn>) -> bool {
-        // A dirty connection here was not reset (the guard's Drop resets before returning).
-        conn.busy
-            || conn.dirty
-            || conn.discard.is_some()
-            || conn.client.is_closed()
-            || Instant::now() >= conn.retire_at
-    }
-}
-
 /// The gateway's pool: a bb8 pool plus the checkout rules described in the module docs.
 #[derive(Debug, Clone)]
 pub struct Pool {
@@ -656,6 +448,9 @@ struct PoolShared {
     closing: AtomicBool,
     /// The background resets of returned connections (see [`PooledConn`]'s Drop).
     resets: tokio_util::task::TaskTracker,
+    /// A connection's socket closed since [`Pool::state`] last looked: one sitting idle may
+    /// be among them (see `drop_ended_idle`).
+    ended: AtomicBool,
 }
 
 /// A snapshot of the pool's connections.
@@ -753,7 +548,7 @@ impl Pool {
     /// budget this pool shares (see [`Budget::take_while`]), until `stopping`. Used when
     /// another door draws on the same budget. Spare connections (`PGWAY_POOL_MIN`) are given
     /// back too, or they would starve the other door; they are not opened again at its
-    /// expense (see [`ConnectionManager::place`]).
+    /// expense (see `ConnectionManager::place`).
     pub async fn give_back_idle(
         self,
         budget: Budget,
@@ -927,8 +722,10 @@ impl Pool {
         }
     }
 
-    /// How many connections are open, idle and waited for now.
+    /// How many connections are open, idle and waited for now. Idle connections the server
+    /// closed are dropped first, so they are not counted.
     pub fn state(&self) -> PoolState {
+        self.drop_ended_idle();
         let state = self.inner.state();
         PoolState {
             open: state.connections,
@@ -936,6 +733,34 @@ impl Pool {
             min: self.min,
             max: self.max,
             waiting: self.shared.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drops the idle connections whose socket has closed (the server restarted, or ended
+    /// them), when any connection ended since the last look. A checkout finds them out and
+    /// takes the next one, but with no calls, bb8 would count them idle, and not open the
+    /// spares it keeps, until its idle timeout.
+    fn drop_ended_idle(&self) {
+        // bb8's checkout needs the runtime's timer; every caller of `state` runs on it.
+        if tokio::runtime::Handle::try_current().is_err()
+            || !self.shared.ended.swap(false, Ordering::Relaxed)
+        {
+            return;
+        }
+        // Each idle connection comes out at the first poll of a checkout, without waiting; a
+        // checkout that would wait (a caller took the last one meanwhile) is dropped at once.
+        let mut taken = Vec::new();
+        for _ in 0..self.inner.state().idle_connections {
+            match self.inner.get().now_or_never() {
+                Some(Ok(conn)) => taken.push(conn),
+                _ => break,
+            }
+        }
+        // Given back in reverse, so the most recently used is first in the idle queue again.
+        while let Some(mut conn) = taken.pop() {
+            if conn.client.is_closed() {
+                conn.mark_discard(CloseReason::Broken);
+            }
         }
     }
 
@@ -972,16 +797,5 @@ mod tests {
     fn close_reasons_are_the_registered_labels() {
         let labels = CloseReason::ALL.map(CloseReason::label);
         assert_eq!(labels, crate::core::telemetry::CLOSE_REASONS);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(connect_backoff(0), Duration::ZERO);
-        for failures in 1..40 {
-            let cap = Duration::from_millis(50)
-                .saturating_mul(1 << failures.min(10))
-                .min(Duration::from_secs(1));
-            assert!(connect_backoff(failures) <= cap);
-        }
     }
 }

@@ -87,6 +87,8 @@ struct Inner {
     retire: Mutex<Vec<(Option<String>, u64)>>,
     /// Whether there was any: the one load on every release's path.
     retiring: AtomicBool,
+    /// The key kept warm, and how many of its connections (see [`Pools::keep_warm`]).
+    warm: Mutex<Option<(Arc<PoolKey>, usize)>>,
 }
 
 /// One open server connection of the door, counted while its [`ServerConn`] lives: the
@@ -141,6 +143,7 @@ impl Pools {
                 roster: Arc::default(),
                 retire: Mutex::new(Vec::new()),
                 retiring: AtomicBool::new(false),
+                warm: Mutex::new(None),
             }),
         }
     }
@@ -358,37 +361,10 @@ impl Pools {
                     }
                 }
             };
-            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-            info!(server_conn = id, user = %key.user, database = %key.database, door = "postgres", "connecting");
-            match server::connect(
-                &inner.target,
-                &key.user,
-                &key.database,
-                credential,
-                id,
-                inner.settings.prepared_statements,
-                place,
-            )
-            .await
-            {
-                Ok(mut conn) => {
-                    let listed = inner.roster.server(self.describe(key, &conn));
-                    conn._open = Some(OpenCount::new(&inner.open, listed));
-                    counter!(names::CONNECTIONS_OPENED).increment(1);
-                    info!(
-                        server_conn = id,
-                        backend_pid = conn.pid,
-                        door = "postgres",
-                        "connected"
-                    );
-                    return Ok(conn);
-                }
-                Err(error) if error.is_permanent() => {
-                    warn!(server_conn = id, %error, door = "postgres", "connect failed");
-                    return Err(AcquireError::Login(error));
-                }
+            match self.open(key, credential, place).await {
+                Ok(conn) => return Ok(conn),
+                Err(error) if error.is_permanent() => return Err(AcquireError::Login(error)),
                 Err(error) => {
-                    warn!(server_conn = id, %error, door = "postgres", "connect failed");
                     counter!(names::CONNECTION_ERRORS, "kind" => "network").increment(1);
                     last = Some(error);
                     failures += 1;
@@ -400,6 +376,100 @@ impl Pools {
                 }
             }
         }
+    }
+
+    /// Opens a server connection of `key` in `place`, counted and listed once logged in.
+    async fn open(
+        &self,
+        key: &PoolKey,
+        credential: &Credential,
+        place: crate::core::budget::Permit,
+    ) -> Result<ServerConn, LoginError> {
+        let inner = &self.inner;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        info!(server_conn = id, user = %key.user, database = %key.database, door = "postgres", "connecting");
+        let opened = server::connect(
+            &inner.target,
+            &key.user,
+            &key.database,
+            credential,
+            id,
+            inner.settings.prepared_statements,
+            place,
+        )
+        .await;
+        match opened {
+            Ok(mut conn) => {
+                let listed = inner.roster.server(self.describe(key, &conn));
+                conn._open = Some(OpenCount::new(&inner.open, listed));
+                counter!(names::CONNECTIONS_OPENED).increment(1);
+                info!(
+                    server_conn = id,
+                    backend_pid = conn.pid,
+                    door = "postgres",
+                    "connected"
+                );
+                Ok(conn)
+            }
+            Err(error) => {
+                warn!(server_conn = id, %error, door = "postgres", "connect failed");
+                Err(error)
+            }
+        }
+    }
+
+    /// Keeps `min` connections of `key` (the URL's user and database) ready, counting
+    /// `others_idle` (the gRPC door's idle ones) among them, so an idle gateway doesn't make
+    /// the first burst pay for connecting. Only a free place is used: warming never takes one
+    /// from a door that needs it, so it can't churn with the other door's connections. Runs
+    /// until `stopping`.
+    pub async fn keep_warm(
+        self,
+        key: Arc<PoolKey>,
+        credential: Credential,
+        min: usize,
+        others_idle: impl Fn() -> usize + Send,
+        stopping: tokio_util::sync::CancellationToken,
+    ) {
+        if let Ok(mut warm) = self.inner.warm.lock() {
+            *warm = Some((Arc::clone(&key), min));
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = stopping.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let idle = self.idle_of(&key);
+            if self.inner.closed.load(Ordering::Relaxed) || idle + others_idle() >= min {
+                continue;
+            }
+            let Some(place) = self.inner.budget.try_take() else {
+                continue;
+            };
+            if let Ok(conn) = self.open(&key, &credential, place).await {
+                debug!(server_conn = conn.id, "kept warm");
+                self.release(&key, conn);
+            }
+        }
+    }
+
+    /// How many connections [`Pools::keep_warm`] keeps ready (0 when it doesn't run).
+    pub fn warm_min(&self) -> usize {
+        self.inner
+            .warm
+            .lock()
+            .map(|warm| warm.as_ref().map_or(0, |(_, min)| *min))
+            .unwrap_or(0)
+    }
+
+    /// Idle connections of `key` now.
+    fn idle_of(&self, key: &PoolKey) -> usize {
+        self.inner
+            .idle
+            .lock()
+            .map(|idle| idle.get(key).map_or(0, Vec::len))
+            .unwrap_or(0)
     }
 
     /// Gives a connection back: pooled if it can be vouched for, closed otherwise.
@@ -520,11 +590,19 @@ impl Pools {
     /// sat idle (a restart): they would hold places in the budget and show as idle.
     fn close_expired(&self) {
         let timeout = self.inner.settings.idle_timeout;
+        let warm = self.inner.warm.lock().map(|w| w.clone()).unwrap_or(None);
         let mut ended = Vec::new();
         if let Ok(mut idle) = self.inner.idle.lock() {
-            for list in idle.values_mut() {
+            for (key, list) in idle.iter_mut() {
+                // The connections kept warm stay past the idle timeout (the oldest first
+                // in the list are the ones beyond them).
+                let mut may_expire = match &warm {
+                    Some((warm, min)) if warm == key => list.len().saturating_sub(*min),
+                    _ => usize::MAX,
+                };
                 for mut conn in std::mem::take(list) {
-                    if conn.idle_since.elapsed() >= timeout {
+                    if may_expire > 0 && conn.idle_since.elapsed() >= timeout {
+                        may_expire -= 1;
                         ended.push((conn, CloseReason::Idle));
                     } else if conn.closed_while_idle() {
                         ended.push((conn, CloseReason::Broken));

@@ -113,6 +113,15 @@ impl Users {
         }
     }
 
+    /// The URL's user and what it logs in upstream with, when the URL has a password.
+    pub fn url_login(&self) -> Option<(String, Credential)> {
+        let (_, password) = self.url.as_ref()?;
+        Some((
+            self.url_user.clone(),
+            Credential::Password(password.clone()),
+        ))
+    }
+
     /// The pool of the URL's user (the gRPC door's), which the auth query runs on.
     pub fn pool(&self) -> &Pool {
         &self.pool

@@ -138,7 +138,10 @@ impl Door {
                 pg.port()
             ),
         };
-        let mut argv = vec!["--pg-addr", "127.0.0.1:0", "--pool-min", "0"];
+        let mut argv = vec!["--pg-addr", "127.0.0.1:0"];
+        if !settings.contains(&"--pool-min") {
+            argv.extend_from_slice(&["--pool-min", "0"]);
+        }
         if !settings.contains(&"--pool-max") {
             argv.extend_from_slice(&["--pool-max", "3"]);
         }

@@ -81,6 +81,8 @@ pub struct PgConfig {
     pub client_write_timeout: std::time::Duration,
     /// The databases clients may name; empty: any the server allows.
     pub databases: Vec<String>,
+    /// Connections of the URL's user and database kept ready (`PGWAY_POOL_MIN`).
+    pub warm: u32,
     pub admin_users: Vec<String>,
     pub stats_users: Vec<String>,
 }

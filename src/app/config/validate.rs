@@ -195,6 +195,7 @@ impl ServeArgs {
             transaction_timeout: self.pg_transaction_timeout,
             idle_in_transaction_timeout: self.pg_idle_in_transaction_timeout,
             client_write_timeout: self.pg_client_write_timeout,
+            warm: self.pool_min.unwrap_or(DEFAULT_POOL_MIN).min(pool.max),
             databases: names("PGWAY_PG_DATABASES", &self.pg_databases)?,
             admin_users: names("PGWAY_PG_ADMIN_USERS", &self.pg_admin_users)?,
             stats_users: names("PGWAY_PG_STATS_USERS", &self.pg_stats_users)?,
@@ -265,10 +266,11 @@ impl ServeArgs {
                     format!("{min} is above PGWAY_POOL_MAX ({max})"),
                 ));
             }
+            // With the PostgreSQL door on, the door keeps PGWAY_POOL_MIN warm (see
+            // `PgConfig::warm`), counting the gRPC door's idle connections among them; bb8's
+            // own minimum would refill by taking places the door holds.
+            _ if !self.pg_addr.trim().is_empty() => 0,
             Some(min) => min,
-            // With the PostgreSQL door on, the gRPC door keeps no idle connections of its own
-            // unless told to: they would hold places in the budget both doors share.
-            None if !self.pg_addr.trim().is_empty() => 0,
             None => DEFAULT_POOL_MIN.min(max),
         };
         Ok(PoolConfig {
@@ -534,12 +536,15 @@ mod tests {
     }
 
     #[test]
-    fn with_the_postgres_door_the_grpc_door_keeps_none_idle_unless_told() {
+    fn with_the_postgres_door_the_door_keeps_the_minimum_warm() {
         let config = args(&[]).validate().unwrap();
         assert_eq!(config.pool.min, 0);
-        assert!(config.pg.is_some());
+        assert_eq!(config.pg.unwrap().warm, DEFAULT_POOL_MIN);
         let config = args(&["--pool-min", "2"]).validate().unwrap();
-        assert_eq!(config.pool.min, 2);
+        assert_eq!(config.pool.min, 0);
+        assert_eq!(config.pg.unwrap().warm, 2);
+        let config = args(&["--pool-min", "0"]).validate().unwrap();
+        assert_eq!(config.pg.unwrap().warm, 0);
     }
 
     #[test]
