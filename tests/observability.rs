@@ -243,6 +243,12 @@ async fn logs_show_connections_and_calls_and_stats_prints_the_pool() {
     assert_eq!(call["code"], "OK");
     assert_eq!(call["span"]["method"], "Query");
     assert_eq!(call["span"]["caller"], "open");
+    assert!(
+        call["span"]["peer"]
+            .as_str()
+            .is_some_and(|peer| peer.starts_with("127.0.0.1:")),
+        "the caller's address: {call:?}"
+    );
     assert!(call["duration_ms"].is_number());
     let closed = find("closed");
     assert!(

@@ -134,6 +134,21 @@ fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
         .map(|v| tonic::Code::from_bytes(v.as_bytes()))
 }
 
+/// The caller's address, as tonic's transport recorded it (plain TCP or TLS), for the logs of
+/// its calls: a refusal is logged with who was refused.
+fn peer<B>(request: &Request<B>) -> Option<std::net::SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = request.extensions();
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        })
+}
+
 /// A request id a caller may choose: short and printable, so it is safe in logs and headers.
 fn caller_request_id(headers: &http::HeaderMap) -> Option<HeaderValue> {
     let value = headers.get(REQUEST_ID_HEADER)?;
@@ -277,6 +292,7 @@ where
             "call",
             method = METHODS[method],
             request_id = log_id,
+            peer = peer(&request).map(tracing::field::display),
             // Filled in once the caller is known (never a secret: see auth::Caller::log_name).
             caller = tracing::field::Empty,
         );

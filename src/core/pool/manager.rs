@@ -190,7 +190,10 @@ impl ManageConnection for ConnectionManager {
         let place = match self.place().await {
             Ok(Some(place)) => place,
             Ok(None) => return Err(self.no_spare_place()),
-            Err(error) => return Err(self.failed(error)),
+            Err(error) => {
+                warn!(%error, "connect failed");
+                return Err(self.failed(error));
+            }
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         info!(
