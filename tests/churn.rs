@@ -1,7 +1,7 @@
 //! Both doors busy at once on one small budget: server connections are reused, not churned.
 //! A door gives an idle connection back to the other only when a client there really waits for
-//! a place, never to a spare connection the gRPC pool would like to keep ready, and never while
-//! its own clients wait.
+//! a place, never so that a spare connection (`--pool-min`) can be opened, and never while its
+//! own clients wait.
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use support::door::{Door, POSTGRES_PASSWORD, cluster, fresh_database};
+use support::door::Door;
 use support::*;
 use tokio::sync::Mutex;
 
@@ -22,34 +22,23 @@ const EACH: u64 = 3000;
 
 const RECLAIMED: &str = "pgway_connections_closed_total{reason=\"reclaimed\"}";
 
-/// A door whose gateway runs with exactly `settings` (Door::start pins `--pool-min 0`, and
-/// these tests need the gRPC door's spare connections too).
-async fn door_with(settings: &[&str]) -> Door {
-    let pg = cluster().await;
-    let database = fresh_database(pg, "churn").await;
-    let url = format!(
-        "postgres://postgres:{POSTGRES_PASSWORD}@127.0.0.1:{}/{database}",
-        pg.port()
-    );
-    let mut argv = vec!["--pg-addr", "127.0.0.1:0"];
-    argv.extend_from_slice(settings);
-    let gw = Gateway::serving(&url, database.clone(), &argv).await;
-    let addr = gw.pg_addr.expect("the door is on");
-    Door { gw, addr, database }
-}
-
-/// [`door_with`], once the gRPC door's spare connections (`--pool-min`, here the whole
-/// budget) are open.
+/// A door, once the spare connections both doors keep ready (`--pool-min`, here the
+/// whole budget of four) fill the budget.
 async fn spares_ready(settings: &[&str]) -> Door {
-    let door = door_with(settings).await;
+    let door = Door::start(settings).await;
     eventually(
         std::time::Duration::from_secs(10),
-        "the gRPC door's spare connections",
+        "spare connections filling the budget",
         || async {
-            door.gw
+            let grpc = door
+                .gw
                 .metric("pgway_pool_connections{door=\"grpc\",state=\"idle\"}")
-                .await
-                == 4.0
+                .await;
+            let pg = door
+                .gw
+                .metric("pgway_pool_connections{door=\"postgres\",state=\"idle\"}")
+                .await;
+            grpc + pg == 4.0
         },
     )
     .await;
@@ -128,12 +117,12 @@ async fn mixed_load(door: &Door, grpc_callers: usize, door_clients: usize, each:
     load
 }
 
-/// Two gRPC callers and two door clients on a budget of four, the gRPC door keeping no spare
-/// connections: the demand fits, so no connection is ever closed to make room for another.
+/// Two gRPC callers and two door clients on a budget of four, no spare connections kept
+/// ready: the demand fits, so no connection is ever closed to make room for another.
 #[tokio::test]
 async fn no_reclaims_when_both_doors_fit_the_budget() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let door = door_with(&["--pool-max", "4", "--pool-min", "0"]).await;
+    let door = Door::start(&["--pool-max", "4", "--pool-min", "0"]).await;
     let load = mixed_load(&door, 2, 2, EACH).await;
     assert_eq!(load.failures, 0, "first: {:?}", load.first_failure);
     assert_eq!(
@@ -144,10 +133,13 @@ async fn no_reclaims_when_both_doors_fit_the_budget() {
     assert!(load.opened <= 4.0, "{} connections opened", load.opened);
 }
 
-/// The same demand, the gRPC door wanting four spare connections (the default minimum,
-/// capped at the budget) on top of its callers' two: spares fill the budget before the door's
-/// first client comes, so each of the two door clients may have to win its place from them
-/// once, and no more: a spare is only ever opened in a free place, never by reclaiming one.
+/// The same demand, with four spare connections wanted (the default minimum, capped at the
+/// budget): the doors' spares fill the budget before the load comes, split between them in
+/// no set way, so a caller whose door got fewer spares than it has callers may have to win
+/// its first connection from the other door's: at most one reclaim per caller, four in all
+/// (the split between the doors can change while the load starts, so either may be short).
+/// No more after that: a spare is only ever opened in a free place, never by reclaiming one.
+/// (Before this rule, the same load saw over a hundred.)
 #[tokio::test]
 async fn spare_connections_take_only_free_places() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -155,20 +147,20 @@ async fn spare_connections_take_only_free_places() {
     let load = mixed_load(&door, 2, 2, EACH).await;
     assert_eq!(load.failures, 0, "first: {:?}", load.first_failure);
     assert!(
-        load.reclaimed <= 2.0,
+        load.reclaimed <= 4.0,
         "{} connections reclaimed for {} operations",
         load.reclaimed,
         load.operations
     );
 }
 
-/// Three gRPC callers and three door clients on a budget of four, the gRPC door wanting all
-/// four as spare connections (the default minimum, capped at the budget): more demand than
-/// places. The gRPC door fills the budget with spares before the door's first client comes,
-/// so each door client may have to win its place from them once: at most three reclaims,
-/// where the two doors used to hand places back and forth dozens of times a second. After
+/// Three gRPC callers and three door clients on a budget of four, with four spare connections
+/// wanted: more demand than places. As above, each caller may have to win its first
+/// connection from the other door's spares: at most six reclaims, where the two doors used to
+/// hand places back and forth dozens of times a second (over a hundred in this test). After
 /// that each door keeps what it holds and its callers take turns on it, since a wait for a
-/// connection of the caller's own door is a round trip, while a reclaim costs a login.
+/// connection of the caller's own door is a round trip (a place is asked of the other door
+/// only after `budget::ASK_AFTER`), while a reclaim costs a login.
 #[tokio::test]
 async fn few_reclaims_when_both_doors_want_more_than_the_budget() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -176,7 +168,7 @@ async fn few_reclaims_when_both_doors_want_more_than_the_budget() {
     let load = mixed_load(&door, 3, 3, EACH).await;
     assert_eq!(load.failures, 0, "first: {:?}", load.first_failure);
     assert!(
-        load.reclaimed <= 3.0,
+        load.reclaimed <= 6.0,
         "{} connections reclaimed for {} operations",
         load.reclaimed,
         load.operations
