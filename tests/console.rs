@@ -495,8 +495,7 @@ async fn named_client(door: &Door, application_name: &str) -> tokio_postgres::Cl
 }
 
 /// KILL_CLIENT ends one client, rolling back its transaction; RECONNECT replaces the server
-/// connections once free and WAIT_CLOSE returns when the old ones are gone; SET is refused
-/// for what it is; RELOAD answers; SHUTDOWN stops the gateway as SIGTERM does.
+/// connections once free and WAIT_CLOSE returns when the old ones are gone; RELOAD answers; SHUTDOWN stops the gateway as SIGTERM does.
 #[tokio::test]
 async fn admin_commands_do_what_pgbouncers_do() {
     let door = door().await;
@@ -595,11 +594,6 @@ async fn admin_commands_do_what_pgbouncers_do() {
         .expect("task")
         .expect("query");
 
-    let error = admin
-        .simple_query("SET default_pool_size = 5")
-        .await
-        .expect_err("SET");
-    assert_eq!(sqlstate(&error).as_deref(), Some("0A000"), "{error:?}");
     admin.simple_query("RELOAD").await.expect("RELOAD");
     let _ = admin.simple_query("SHUTDOWN").await;
     eventually(
@@ -608,4 +602,125 @@ async fn admin_commands_do_what_pgbouncers_do() {
         || async { tokio::net::TcpStream::connect(door.addr).await.is_err() },
     )
     .await;
+}
+
+/// A `SHOW CONFIG` row by key: (value, default, changeable).
+async fn config(admin: &tokio_postgres::Client, key: &str) -> (String, String, String) {
+    let (_, rows) = show(admin, "CONFIG").await;
+    let row = rows
+        .into_iter()
+        .find(|row| row["key"].as_deref() == Some(key))
+        .unwrap_or_else(|| panic!("{key} in SHOW CONFIG"));
+    let cell = |column: &str| row[column].clone().unwrap_or_default();
+    (cell("value"), cell("default"), cell("changeable"))
+}
+
+/// Backends of pgway's pools on the server now, as PostgreSQL counts them (the health check's
+/// own connection is outside the pool).
+async fn backends(direct: &tokio_postgres::Client, database: &str) -> i64 {
+    direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
+             AND application_name <> 'pgway-health'",
+            &[&database],
+        )
+        .await
+        .expect("activity")
+        .get(0)
+}
+
+/// SET changes what PgBouncer lets change while running (client limits, pool size, timeouts),
+/// with effect on the next client, and is refused, with PostgreSQL's SQLSTATEs, for what
+/// can't change, for an unknown name, a bad value, or a user who may only read.
+#[tokio::test]
+async fn set_changes_what_can_change_while_running() {
+    let door = door().await;
+    let admin = console(&door, "postgres", POSTGRES_PASSWORD).await;
+    let direct = door.direct().await;
+    assert_eq!(
+        config(&admin, "max_client_conn").await.2,
+        "yes",
+        "changeable"
+    );
+    assert_eq!(config(&admin, "pool_mode").await.2, "no");
+
+    // Client limits: the next client is refused as PostgreSQL refuses one too many.
+    let first = door.client().await;
+    admin
+        .simple_query("SET max_client_conn = 1")
+        .await
+        .expect("SET max_client_conn");
+    let (value, default, _) = config(&admin, "max_client_conn").await;
+    assert_eq!(value, "1");
+    assert_ne!(default, "1", "the start value is kept as the default");
+    let Err(refused) = tokio_postgres::connect(&door.dsn(), NoTls).await else {
+        panic!("one client too many was let in");
+    };
+    assert_eq!(sqlstate(&refused).as_deref(), Some("53300"), "{refused:?}");
+    admin
+        .simple_query(&format!("SET max_client_conn TO '{default}'"))
+        .await
+        .expect("SET back");
+    let second = door.client().await;
+
+    // The pool size (the budget both doors share) and the wait for a connection: with one
+    // server connection, held by a transaction, the next transaction waits and is refused
+    // after the new, shorter wait; the extra connections are closed as they free.
+    admin
+        .simple_query("SET default_pool_size = 1")
+        .await
+        .expect("SET default_pool_size");
+    admin
+        .simple_query("SET query_wait_timeout = '300ms'")
+        .await
+        .expect("SET query_wait_timeout");
+    assert_eq!(config(&admin, "query_wait_timeout").await.0, "0.3");
+    assert_eq!(config(&admin, "max_db_connections").await.0, "1");
+    eventually(
+        Duration::from_secs(10),
+        "one server connection left",
+        || async { backends(&direct, &door.database).await <= 1 },
+    )
+    .await;
+    first.batch_execute("BEGIN; SELECT 1").await.expect("BEGIN");
+    let waited = tokio::time::timeout(Duration::from_secs(10), second.simple_query("SELECT 1"))
+        .await
+        .expect("answered within the new wait")
+        .expect_err("no connection for the second transaction");
+    assert_eq!(sqlstate(&waited).as_deref(), Some("53300"), "{waited:?}");
+    assert!(backends(&direct, &door.database).await <= 1);
+    first.batch_execute("COMMIT").await.expect("COMMIT");
+    admin
+        .simple_query("SET default_pool_size = 3")
+        .await
+        .expect("grow back");
+    first.batch_execute("BEGIN; SELECT 1").await.expect("BEGIN");
+    second
+        .simple_query("SELECT 1")
+        .await
+        .expect("a second connection once the pool grew");
+    first.batch_execute("COMMIT").await.expect("COMMIT");
+
+    for (command, code) in [
+        ("SET pool_mode = session", "55P02"),
+        ("SET no_such_setting = 1", "42704"),
+        ("SET max_client_conn = -3", "22023"),
+        ("SET query_wait_timeout = 0", "22023"),
+        ("SET default_pool_size = 0", "22023"),
+        ("SET max_client_conn", "42601"),
+    ] {
+        let error = admin.simple_query(command).await.expect_err(command);
+        assert_eq!(
+            sqlstate(&error).as_deref(),
+            Some(code),
+            "{command}: {error:?}"
+        );
+    }
+    let reader = console(&door, "app", APP_PASSWORD).await;
+    let error = reader
+        .simple_query("SET max_client_conn = 5")
+        .await
+        .expect_err("read-only");
+    assert_eq!(sqlstate(&error).as_deref(), Some("42501"), "{error:?}");
+    assert_eq!(config(&admin, "max_client_conn").await.0, default);
 }

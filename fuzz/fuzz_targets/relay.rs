@@ -86,10 +86,10 @@ async fn start(script: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
         target,
         budget,
         PoolSettings {
-            acquire_timeout: Duration::from_millis(500),
-            idle_timeout: Duration::from_secs(60),
-            max_lifetime: Duration::from_secs(600),
-            max_waiting: 64,
+            acquire_timeout: Duration::from_millis(500).into(),
+            idle_timeout: Duration::from_secs(60).into(),
+            max_lifetime: Duration::from_secs(600).into(),
+            max_waiting: 64.into(),
             prepared_statements: NonZeroUsize::new(8).expect("8"),
         },
     );
@@ -118,22 +118,22 @@ async fn start(script: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
         admin_users: vec![],
         stats_users: vec![],
         max_message: 1 << 20,
-        idle_in_transaction_timeout: Duration::from_millis(200),
+        idle_in_transaction_timeout: Duration::from_millis(200).into(),
         client_write_timeout: Duration::from_millis(200),
         session_state: SessionStateMode::Pin,
-        max_pinned: 2,
-        max_clients: 100,
+        max_pinned: 2.into(),
+        max_clients: 100.into(),
         require_tls: false,
         client_certificates: false,
-        login_timeout: Duration::from_secs(2),
+        login_timeout: Duration::from_secs(2).into(),
         gate: GateLimits {
             max_logins: 100,
             max_per_address: 100,
         },
         statement_cache: bound(16),
         client_statements: bound(8),
-        client_idle_timeout: Duration::from_secs(2),
-        transaction_timeout: Duration::from_secs(2),
+        client_idle_timeout: Duration::from_secs(2).into(),
+        transaction_timeout: Duration::from_secs(2).into(),
     };
     let door = Arc::new(Door::new(settings, pools, users, None));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

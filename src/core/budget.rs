@@ -12,8 +12,8 @@
 //! waited [`ASK_AFTER`] (a busy side's own connections come back within a round trip), and a
 //! holder is woken only while someone still asks.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -30,6 +30,9 @@ pub const ASK_AFTER: Duration = Duration::from_millis(100);
 /// of its own waiting, when first asked may have an idle connection to spare now.
 pub const ASK_AGAIN: Duration = Duration::from_millis(250);
 
+/// How long a shrink's collector waits for a place before it looks again.
+const COLLECT_PATIENCE: Duration = Duration::from_secs(60);
+
 /// The shared budget. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Budget {
@@ -38,7 +41,20 @@ pub struct Budget {
     reclaim: Arc<Notify>,
     /// Takers asking for a place now; a holder woken after they all got one does nothing.
     asking: Arc<AtomicUsize>,
-    total: u32,
+    total: Arc<AtomicU32>,
+    /// The total it started with (`PGWAY_POOL_MAX`).
+    start: u32,
+    /// Places a shrink ([`Budget::resize`]) still has to take back as they free.
+    shrink: Arc<Shrink>,
+}
+
+/// What a shrink still owes: places to forget as connections give them back.
+#[derive(Debug, Default)]
+struct Shrink {
+    /// Read by the collector's taker without the lock.
+    owed: AtomicU32,
+    /// Whether a collector runs; changed with `owed` under this lock.
+    collecting: Mutex<bool>,
 }
 
 /// Counts a taker as asking for as long as it lives.
@@ -63,19 +79,78 @@ impl Budget {
             permits: Arc::new(Semaphore::new(total as usize)),
             reclaim: Arc::new(Notify::new()),
             asking: Arc::new(AtomicUsize::new(0)),
-            total,
+            total: Arc::new(AtomicU32::new(total)),
+            start: total,
+            shrink: Arc::default(),
         }
     }
 
     /// How many connections may be open at once.
     pub fn total(&self) -> u32 {
-        self.total
+        self.total.load(Ordering::Relaxed)
     }
 
-    /// How many are open now.
+    /// The total it started with (`PGWAY_POOL_MAX`).
+    pub fn start(&self) -> u32 {
+        self.start
+    }
+
+    /// How many are open now (more than [`Budget::total`] for a while after a shrink).
     pub fn in_use(&self) -> u32 {
-        self.total
-            .saturating_sub(self.permits.available_permits() as u32)
+        let capacity = self.total() + self.shrink.owed.load(Ordering::Relaxed);
+        capacity.saturating_sub(self.permits.available_permits() as u32)
+    }
+
+    /// Changes how many connections may be open at once (the console's `SET`). More places
+    /// are free at once; fewer are taken back as connections give theirs back, the holders
+    /// of idle ones asked to, so no connection in use is closed. Needs the runtime when it
+    /// shrinks below what is in use.
+    pub fn resize(&self, total: u32) {
+        // Poisoned only by a panic while holding it, which nothing here can do.
+        let Ok(mut collecting) = self.shrink.collecting.lock() else {
+            return;
+        };
+        let old = self.total.swap(total, Ordering::Relaxed);
+        let owed = self.shrink.owed.load(Ordering::Relaxed);
+        if total >= old {
+            // What a shrink still owes is cancelled first: those places are in use.
+            let grow = total - old;
+            let repaid = grow.min(owed);
+            self.shrink.owed.store(owed - repaid, Ordering::Relaxed);
+            self.permits.add_permits((grow - repaid) as usize);
+            return;
+        }
+        let cut = old - total;
+        let forgotten = self.permits.forget_permits(cut as usize) as u32;
+        let rest = cut - forgotten;
+        if rest == 0 {
+            return;
+        }
+        self.shrink.owed.store(owed + rest, Ordering::Relaxed);
+        if !*collecting {
+            *collecting = true;
+            tokio::spawn(self.clone().collect());
+        }
+    }
+
+    /// Takes back, one by one as they free, the places a shrink owes.
+    async fn collect(self) {
+        let owed = || self.shrink.owed.load(Ordering::Relaxed) > 0;
+        loop {
+            let place = self.take_while(COLLECT_PATIENCE, owed).await;
+            let Ok(mut collecting) = self.shrink.collecting.lock() else {
+                return;
+            };
+            let still = self.shrink.owed.load(Ordering::Relaxed);
+            if let Some(place) = place.filter(|_| still > 0) {
+                place.forget();
+                self.shrink.owed.store(still - 1, Ordering::Relaxed);
+            }
+            if self.shrink.owed.load(Ordering::Relaxed) == 0 {
+                *collecting = false;
+                return;
+            }
+        }
     }
 
     /// A place now, if one is free.
@@ -161,6 +236,49 @@ mod tests {
         // Asked only once the taker had waited for a place of its own side's to come back.
         assert!(holder.await.unwrap() >= ASK_AFTER);
         assert!(budget.take(Duration::from_millis(10)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_resize_frees_places_at_once_and_takes_them_back_as_they_free() {
+        let budget = Budget::new(2);
+        let (a, b) = (budget.try_take(), budget.try_take());
+        assert!(a.is_some() && b.is_some());
+        budget.resize(3);
+        let c = budget.try_take();
+        assert!(c.is_some(), "a grown budget has a free place at once");
+        budget.resize(1);
+        assert_eq!((budget.total(), budget.in_use()), (1, 3));
+        drop(a);
+        drop(c);
+        // The collector takes the two places back as they free: none is free to a taker.
+        let collected = async {
+            while budget.shrink.owed.load(Ordering::Relaxed) > 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), collected)
+            .await
+            .expect("the places given back were taken back");
+        assert!(budget.try_take().is_none());
+        drop(b);
+        assert!(budget.try_take().is_some(), "one place is left");
+        // Growing while a shrink still owes cancels the debt first.
+        let held = budget.try_take().or_else(|| budget.try_take());
+        budget.resize(0);
+        budget.resize(2);
+        drop(held);
+        let both = async {
+            loop {
+                if let (Some(_), Some(_)) = (budget.try_take(), budget.try_take()) {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), both)
+            .await
+            .expect("two places after growing back to 2");
+        assert_eq!(budget.in_use(), 0);
     }
 
     #[tokio::test]

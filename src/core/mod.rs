@@ -16,6 +16,7 @@
 //! - [`tls`]: the server side's TLS, with certificates reloaded without a restart.
 //! - [`shutdown`]: the process's signals (stop, reload).
 //! - [`reload`]: when reloadable files are looked at again (a timer and SIGHUP).
+//! - [`tunable`]: a setting the admin console's `SET` may change while running.
 
 pub mod auth;
 pub mod budget;
@@ -30,3 +31,4 @@ pub mod shutdown;
 pub mod sql;
 pub mod telemetry;
 pub mod tls;
+pub mod tunable;

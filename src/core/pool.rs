@@ -426,7 +426,9 @@ pub struct Pool {
     acquire_timeout: Duration,
     max_waiting: usize,
     min: u32,
-    max: u32,
+    /// The budget its connections draw on: its total is the most open (the console's `SET`
+    /// may change it; this pool's own bound stays at `PGWAY_POOL_MAX`'s start value).
+    budget: Budget,
     /// `pgway_pool_wait_seconds`, looked up once.
     wait_seconds: ::metrics::Histogram,
     /// PAUSE / RESUME, shared with the other door; calls for `database` wait while it is
@@ -501,7 +503,8 @@ impl Pool {
             .or(database.get_user())
             .unwrap_or("postgres")
             .into();
-        let manager = ConnectionManager::new(database, tls, config, Arc::clone(&shared), budget);
+        let manager =
+            ConnectionManager::new(database, tls, config, Arc::clone(&shared), budget.clone());
         let outcomes = manager.outcomes.subscribe();
         let inner = bb8::Pool::builder()
             .max_size(config.max)
@@ -527,7 +530,7 @@ impl Pool {
             acquire_timeout: config.acquire_timeout,
             max_waiting: config.max_waiting,
             min: config.min,
-            max: config.max,
+            budget,
             wait_seconds: histogram!(metrics::POOL_WAIT_SECONDS, "door" => "grpc"),
             pause: Arc::default(),
             database: name,
@@ -609,7 +612,8 @@ impl Pool {
         // when the line is long.
         if waiting >= self.max_waiting {
             let state = self.inner.state();
-            let available = state.idle_connections + self.max.saturating_sub(state.connections);
+            let available =
+                state.idle_connections + self.budget.total().saturating_sub(state.connections);
             if waiting >= self.max_waiting + available as usize {
                 counter!(metrics::SHED, "door" => "grpc").increment(1);
                 return Err(GatewayError::Overloaded {
@@ -731,7 +735,7 @@ impl Pool {
             open: state.connections,
             idle: state.idle_connections,
             min: self.min,
-            max: self.max,
+            max: self.budget.total(),
             waiting: self.shared.waiting.load(Ordering::Relaxed),
         }
     }

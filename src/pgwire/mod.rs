@@ -36,6 +36,7 @@ use tracing::{info, warn};
 
 use crate::core::telemetry as names;
 use crate::core::tls::Current;
+use crate::core::tunable::Tunable;
 use pool::Pools;
 use statements::Registry;
 use users::Users;
@@ -50,7 +51,7 @@ pub enum SessionStateMode {
 }
 
 /// The door's settings.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Settings {
     /// The databases clients may name (`PGWAY_PG_DATABASES`); empty: any the server lets
     /// the client's user connect to.
@@ -60,28 +61,28 @@ pub struct Settings {
     pub stats_users: Vec<String>,
     pub max_message: usize,
     /// How long a client may sit idle in a transaction (0: no bound).
-    pub idle_in_transaction_timeout: Duration,
+    pub idle_in_transaction_timeout: Tunable<Duration>,
     /// How long a linked client may leave replies unread (0: no bound).
     pub client_write_timeout: Duration,
     pub session_state: SessionStateMode,
-    pub max_pinned: usize,
-    pub max_clients: usize,
+    pub max_pinned: Tunable<usize>,
+    pub max_clients: Tunable<usize>,
     /// Plaintext clients are refused (`PGWAY_PG_REQUIRE_TLS`, or a client CA set).
     pub require_tls: bool,
     /// TLS clients must show a certificate `PGWAY_TLS_CLIENT_CA` signed (the TLS
     /// configuration enforces it; this names it in refusals).
     pub client_certificates: bool,
     /// How long a client has to log in (PostgreSQL's `authentication_timeout`).
-    pub login_timeout: Duration,
+    pub login_timeout: Tunable<Duration>,
     pub gate: gate::GateLimits,
     /// The registry of statement texts shared by all clients.
     pub statement_cache: statements::Bound,
     /// Each client's named statements.
     pub client_statements: statements::Bound,
     /// How long a client may sit idle, even holding no server connection (0: no bound).
-    pub client_idle_timeout: Duration,
+    pub client_idle_timeout: Tunable<Duration>,
     /// How long a client may keep a server connection for one transaction (0: no bound).
-    pub transaction_timeout: Duration,
+    pub transaction_timeout: Tunable<Duration>,
 }
 
 /// Counts of clients by state, kept as `pgway_pg_clients{state}`.
@@ -91,19 +92,17 @@ pub struct Clients {
     active: AtomicI64,
     waiting: AtomicI64,
     pinned: AtomicUsize,
-    max_pinned: usize,
     gauges: [Gauge; 4],
 }
 
 impl Clients {
-    fn new(max_pinned: usize) -> Clients {
+    fn new() -> Clients {
         let g = |state: &'static str| gauge!(names::PG_CLIENTS, "state" => state);
         Clients {
             total: AtomicI64::new(0),
             active: AtomicI64::new(0),
             waiting: AtomicI64::new(0),
             pinned: AtomicUsize::new(0),
-            max_pinned,
             gauges: [g("active"), g("idle"), g("waiting"), g("pinned")],
         }
     }
@@ -141,10 +140,11 @@ impl Clients {
     }
 
     /// A place among the pinned clients, if the cap allows.
-    pub fn try_pin(&self) -> bool {
+    /// Counts one more pinned client, unless `max` are pinned already.
+    pub fn try_pin(&self, max: usize) -> bool {
         self.pinned
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.max_pinned).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .is_ok()
     }
@@ -232,7 +232,7 @@ impl Door {
         Door {
             // The gRPC door's pool carries the pause state: one PAUSE holds both doors.
             pause: Arc::clone(users.pool().pause()),
-            clients: Clients::new(settings.max_pinned),
+            clients: Clients::new(),
             gate: gate::Gate::new(settings.gate),
             statements: Registry::new(settings.statement_cache),
             timeouts: Timeouts,

@@ -22,6 +22,7 @@ use crate::core::budget::Budget;
 use crate::core::pool::CloseReason;
 use crate::core::retry::Backoff;
 use crate::core::telemetry as names;
+use crate::core::tunable::Tunable;
 
 /// Who a server connection is logged in as.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -31,12 +32,12 @@ pub struct PoolKey {
 }
 
 /// How the door's pools behave.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PoolSettings {
-    pub acquire_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_lifetime: Duration,
-    pub max_waiting: usize,
+    pub acquire_timeout: Tunable<Duration>,
+    pub idle_timeout: Tunable<Duration>,
+    pub max_lifetime: Tunable<Duration>,
+    pub max_waiting: Tunable<usize>,
     pub prepared_statements: NonZeroUsize,
 }
 
@@ -89,6 +90,8 @@ struct Inner {
     retiring: AtomicBool,
     /// The key kept warm, and how many of its connections (see [`Pools::keep_warm`]).
     warm: Mutex<Option<(Arc<PoolKey>, usize)>>,
+    /// How many it started with (`PGWAY_POOL_MIN`; 0 when it doesn't run).
+    warm_start: AtomicUsize,
 }
 
 /// One open server connection of the door, counted while its [`ServerConn`] lives: the
@@ -144,6 +147,7 @@ impl Pools {
                 retire: Mutex::new(Vec::new()),
                 retiring: AtomicBool::new(false),
                 warm: Mutex::new(None),
+                warm_start: AtomicUsize::new(0),
             }),
         }
     }
@@ -306,10 +310,10 @@ impl Pools {
         let inner = &self.inner;
         let waiting = inner.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&inner.waiting);
-        if waiting >= inner.settings.max_waiting {
+        if waiting >= inner.settings.max_waiting.get() {
             return Err(AcquireError::Overloaded { waiting });
         }
-        let deadline = tokio::time::Instant::now() + inner.settings.acquire_timeout;
+        let deadline = tokio::time::Instant::now() + inner.settings.acquire_timeout.get();
         let mut last = None;
         let mut failures = 0u32;
         loop {
@@ -434,6 +438,7 @@ impl Pools {
         if let Ok(mut warm) = self.inner.warm.lock() {
             *warm = Some((Arc::clone(&key), min));
         }
+        self.inner.warm_start.store(min, Ordering::Relaxed);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -441,6 +446,7 @@ impl Pools {
                 _ = tick.tick() => {}
             }
             let idle = self.idle_of(&key);
+            let min = self.warm_min();
             if self.inner.closed.load(Ordering::Relaxed) || idle + others_idle() >= min {
                 continue;
             }
@@ -463,6 +469,23 @@ impl Pools {
             .unwrap_or(0)
     }
 
+    /// How many connections [`Pools::keep_warm`] started to keep ready (`PGWAY_POOL_MIN`).
+    pub fn warm_start(&self) -> usize {
+        self.inner.warm_start.load(Ordering::Relaxed)
+    }
+
+    /// Changes how many connections [`Pools::keep_warm`] keeps ready (the console's `SET`);
+    /// `false` when it doesn't run.
+    pub fn set_warm_min(&self, min: usize) -> bool {
+        match self.inner.warm.lock().as_deref_mut() {
+            Ok(Some((_, warm))) => {
+                *warm = min;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Idle connections of `key` now.
     fn idle_of(&self, key: &PoolKey) -> usize {
         self.inner
@@ -477,7 +500,7 @@ impl Pools {
         let inner = &self.inner;
         if conn.broken
             || inner.closed.load(Ordering::Relaxed)
-            || conn.opened.elapsed() >= inner.settings.max_lifetime
+            || conn.opened.elapsed() >= inner.settings.max_lifetime.get()
         {
             let reason = if conn.broken {
                 CloseReason::Broken
@@ -532,7 +555,7 @@ impl Pools {
                 self.close(conn, CloseReason::Broken);
                 continue;
             }
-            if conn.opened.elapsed() >= self.inner.settings.max_lifetime {
+            if conn.opened.elapsed() >= self.inner.settings.max_lifetime.get() {
                 self.close(conn, CloseReason::Lifetime);
                 continue;
             }
@@ -589,7 +612,7 @@ impl Pools {
     /// Closes idle connections past the idle timeout, and those the server ended while they
     /// sat idle (a restart): they would hold places in the budget and show as idle.
     fn close_expired(&self) {
-        let timeout = self.inner.settings.idle_timeout;
+        let timeout = self.inner.settings.idle_timeout.get();
         let warm = self.inner.warm.lock().map(|w| w.clone()).unwrap_or(None);
         let mut ended = Vec::new();
         if let Ok(mut idle) = self.inner.idle.lock() {

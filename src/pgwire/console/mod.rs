@@ -4,6 +4,7 @@
 //! pgway itself, over the simple query protocol, as PgBouncer's console does; anyone else is
 //! refused as PostgreSQL refuses a database it doesn't have.
 
+mod config;
 mod show;
 mod table;
 
@@ -265,11 +266,7 @@ fn admin(
             "SHUTDOWN"
         }
         ("set", _) => {
-            error(
-                out,
-                "0A000",
-                "pgway's settings come from its PGWAY_* variables; SET is not supported",
-            );
+            config::set(door, who, command, out);
             return Then::Answered;
         }
         _ => {
@@ -360,6 +357,7 @@ fn help(out: &mut BytesMut) {
          \tKILL [<db>]\n\
          \tKILL_CLIENT <client_id>\n\
          \tWAIT_CLOSE [<db>]\n\
+         \tSET <key> = <value>\n\
          \tRELOAD\n\
          \tSHUTDOWN",
     );

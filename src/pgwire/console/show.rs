@@ -18,7 +18,7 @@ pub fn show(door: &Door, what: &str, out: &mut BytesMut) -> bool {
     match what.to_ascii_lowercase().as_str() {
         "version" => version(out),
         "state" => state(door, out),
-        "config" => config(door, out),
+        "config" => super::config::show(door, out),
         "lists" => lists(door, out),
         "databases" => databases(door, out),
         "users" => users(door, out),
@@ -49,57 +49,6 @@ fn state(door: &Door, out: &mut BytesMut) {
         ("suspended", "no"),
     ] {
         table.row(vec![text(key), text(value)]);
-    }
-    table.done();
-}
-
-fn seconds(d: std::time::Duration) -> String {
-    d.as_secs().to_string()
-}
-
-/// PgBouncer's names for pgway's settings where they mean the same, then pgway's own.
-fn config(door: &Door, out: &mut BytesMut) {
-    let s = &door.settings;
-    let pool = door.pools.settings();
-    let max = door.pools.budget().total().to_string();
-    let rows: Vec<(&str, String)> = vec![
-        ("pool_mode", "transaction".into()),
-        ("max_client_conn", s.max_clients.to_string()),
-        ("default_pool_size", max.clone()),
-        ("max_db_connections", max.clone()),
-        ("max_user_connections", "0".into()),
-        ("min_pool_size", "0".into()),
-        ("reserve_pool_size", "0".into()),
-        (
-            "max_prepared_statements",
-            pool.prepared_statements.to_string(),
-        ),
-        ("query_wait_timeout", seconds(pool.acquire_timeout)),
-        ("server_lifetime", seconds(pool.max_lifetime)),
-        ("server_idle_timeout", seconds(pool.idle_timeout)),
-        ("client_login_timeout", seconds(s.login_timeout)),
-        ("client_idle_timeout", seconds(s.client_idle_timeout)),
-        (
-            "idle_transaction_timeout",
-            seconds(s.idle_in_transaction_timeout),
-        ),
-        ("transaction_timeout", seconds(s.transaction_timeout)),
-        ("admin_users", s.admin_users.join(",")),
-        ("stats_users", s.stats_users.join(",")),
-        ("max_pinned", s.max_pinned.to_string()),
-        ("max_waiting", pool.max_waiting.to_string()),
-    ];
-    let mut table = Table::new(
-        out,
-        &[
-            ("key", Text),
-            ("value", Text),
-            ("default", Text),
-            ("changeable", Text),
-        ],
-    );
-    for (key, value) in rows {
-        table.row(vec![text(key), text(&value), text(&value), text("no")]);
     }
     table.done();
 }
@@ -376,12 +325,12 @@ fn databases(door: &Door, out: &mut BytesMut) {
             text(budget),
             text(0),
             text(0),
-            text(door.pools.settings().max_lifetime.as_secs()),
+            text(door.pools.settings().max_lifetime.get().as_secs()),
             text("transaction"),
             None,
             text(budget),
             text(servers),
-            text(door.settings.max_clients),
+            text(door.settings.max_clients.get()),
             text(clients),
             text(u8::from(door.pause.covers(&name))),
             text(0),

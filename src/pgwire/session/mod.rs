@@ -406,8 +406,8 @@ impl Session {
         }
         let settings = &self.door.settings;
         let (tx_idle, client_idle) = (
-            settings.idle_in_transaction_timeout,
-            settings.client_idle_timeout,
+            settings.idle_in_transaction_timeout.get(),
+            settings.client_idle_timeout.get(),
         );
         let client_idle_on = !client_idle.is_zero();
         let tx_idle_on = waits_on_client && !tx_idle.is_zero();
@@ -608,7 +608,7 @@ impl Session {
         };
         self.door.clients.linked(1);
         self.listed_linked(&server, began);
-        let limit = self.door.settings.transaction_timeout;
+        let limit = self.door.settings.transaction_timeout.get();
         self.tx_deadline = (!limit.is_zero()).then(|| tokio::time::Instant::now() + limit);
         self.cancel.link(server.pid, server.secret);
         self.replay_settings(&mut server, to_server);

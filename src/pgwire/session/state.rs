@@ -127,14 +127,21 @@ impl Session {
                     reason.statement()
                 ),
             ),
-            SessionStateMode::Pin if !self.door.clients.try_pin() => (
-                "pin_cap",
-                format!(
-                    "{} needs a server connection of its own, and PGWAY_PG_MAX_PINNED clients \
+            SessionStateMode::Pin
+                if !self
+                    .door
+                    .clients
+                    .try_pin(self.door.settings.max_pinned.get()) =>
+            {
+                (
+                    "pin_cap",
+                    format!(
+                        "{} needs a server connection of its own, and PGWAY_PG_MAX_PINNED clients \
                      already have one",
-                    reason.statement()
-                ),
-            ),
+                        reason.statement()
+                    ),
+                )
+            }
             SessionStateMode::Pin => return None,
         };
         counter!(names::PG_REFUSALS, "reason" => kind).increment(1);

@@ -167,7 +167,7 @@ async fn log_in<'a>(
     };
     let mut buf = BytesMut::with_capacity(1024);
     let proven = tokio::select! {
-        proven = tokio::time::timeout(door.settings.login_timeout, prove(door, stream, &mut buf)) => {
+        proven = tokio::time::timeout(door.settings.login_timeout.get(), prove(door, stream, &mut buf)) => {
             proven.unwrap_or_else(|_| Err((None, Refusal::silent("timeout"))))
         }
         _ = ticket.dropped.cancelled() => Err((None, Refusal::silent("evicted"))),
@@ -182,7 +182,7 @@ async fn log_in<'a>(
     };
     drop(ticket);
     let client = door.clients.connected();
-    if door.clients.count() > door.settings.max_clients {
+    if door.clients.count() > door.settings.max_clients.get() {
         let refusal = Refusal::fatal(
             "too_many_clients",
             "53300",
@@ -219,7 +219,7 @@ async fn log_in<'a>(
         database: hello.database.clone(),
     });
     let settled = tokio::time::timeout(
-        door.settings.login_timeout,
+        door.settings.login_timeout.get(),
         settle(door, stream, &key, &hello, &found, client_key, out),
     )
     .await;
