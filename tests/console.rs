@@ -724,3 +724,48 @@ async fn set_changes_what_can_change_while_running() {
     assert_eq!(sqlstate(&error).as_deref(), Some("42501"), "{error:?}");
     assert_eq!(config(&admin, "max_client_conn").await.0, default);
 }
+
+/// `SHOW BUDGET` (pgway's own) shows what each door holds of the budget both share: a door
+/// client in a transaction and a gRPC call running a statement each hold one connection.
+#[tokio::test]
+async fn the_budget_shows_both_doors() {
+    let door = door().await;
+    let admin = console(&door, "postgres", POSTGRES_PASSWORD).await;
+    let row = |rows: &[HashMap<String, Option<String>>], which: &str| {
+        rows.iter()
+            .find(|row| row["door"].as_deref() == Some(which))
+            .cloned()
+            .unwrap_or_else(|| panic!("{which} in SHOW BUDGET"))
+    };
+    let client = door.client().await;
+    client.batch_execute("BEGIN").await.expect("BEGIN");
+    client.simple_query("SELECT 1").await.expect("linked");
+    let mut grpc = door.gw.client().await;
+    let call = tokio::spawn(async move {
+        run(&mut grpc, "SELECT pg_sleep(1.5)", vec![]).await;
+    });
+    eventually(
+        Duration::from_secs(10),
+        "both doors' connections in use",
+        || async {
+            let (_, rows) = show(&admin, "BUDGET").await;
+            let (postgres, grpc, total) = (
+                row(&rows, "postgres"),
+                row(&rows, "grpc"),
+                row(&rows, "total"),
+            );
+            int(&postgres, "sv_active") == 1
+                && int(&grpc, "sv_active") == 1
+                && int(&total, "sv_active") == 2
+                && int(&total, "max_connections") == 3
+        },
+    )
+    .await;
+    call.await.expect("the call");
+    client.batch_execute("COMMIT").await.expect("COMMIT");
+    eventually(Duration::from_secs(10), "nothing in use", || async {
+        let (_, rows) = show(&admin, "BUDGET").await;
+        int(&row(&rows, "total"), "sv_active") == 0
+    })
+    .await;
+}

@@ -351,6 +351,7 @@ fn help(out: &mut BytesMut) {
         "\n\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\
          \tSHOW LISTS|STATE\n\
          \tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\
+         \tSHOW BUDGET\n\
          \tPAUSE [<db>]\n\
          \tRESUME [<db>]\n\
          \tRECONNECT [<db>]\n\

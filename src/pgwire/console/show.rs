@@ -28,6 +28,7 @@ pub fn show(door: &Door, what: &str, out: &mut BytesMut) -> bool {
         "stats" => stats(door, out, true, true),
         "stats_totals" => stats(door, out, true, false),
         "stats_averages" => stats(door, out, false, true),
+        "budget" => budget(door, out),
         _ => return false,
     }
     true
@@ -393,6 +394,54 @@ fn lists(door: &Door, out: &mut BytesMut) {
     ] {
         table.row(vec![text(list), text(items)]);
     }
+    table.done();
+}
+
+/// `SHOW BUDGET`, pgway's own: the server connections of each door (the gRPC door's calls
+/// holding one are its `sv_active`, those waiting for one its `cl_waiting`), then the budget
+/// both share (`PGWAY_POOL_MAX`, or what `SET default_pool_size` made it).
+fn budget(door: &Door, out: &mut BytesMut) {
+    let budget = door.pools.budget();
+    let (open, idle) = door.pools.counts();
+    let grpc = door.users.pool();
+    let state = grpc.state();
+    let (grpc_open, grpc_idle) = (state.open as usize, state.idle as usize);
+    let mut table = Table::new(
+        out,
+        &[
+            ("door", Text),
+            ("database", Text),
+            ("sv_active", Int4),
+            ("sv_idle", Int4),
+            ("cl_waiting", Int4),
+            ("max_connections", Int4),
+        ],
+    );
+    let total = budget.total();
+    table.row(vec![
+        text("postgres"),
+        None,
+        text(open.saturating_sub(idle)),
+        text(idle),
+        text(door.pools.waiting()),
+        text(total),
+    ]);
+    table.row(vec![
+        text("grpc"),
+        text(grpc.database()),
+        text(grpc_open.saturating_sub(grpc_idle)),
+        text(grpc_idle),
+        text(state.waiting),
+        text(total),
+    ]);
+    table.row(vec![
+        text("total"),
+        None,
+        text((open + grpc_open).saturating_sub(idle + grpc_idle)),
+        text(idle + grpc_idle),
+        text(door.pools.waiting() + state.waiting),
+        text(total),
+    ]);
     table.done();
 }
 
