@@ -200,8 +200,8 @@ impl DbStats {
 /// The door's live lists and per-database figures.
 #[derive(Debug, Default)]
 pub struct Roster {
-    clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
-    servers: Mutex<HashMap<u64, Arc<ServerEntry>>>,
+    clients: List<ClientEntry>,
+    servers: List<ServerEntry>,
     databases: Mutex<HashMap<String, Arc<DbStats>>>,
     next_client: AtomicU64,
     /// The figures of the last full stats period, for `SHOW STATS_AVERAGES`: (seconds,
@@ -277,12 +277,7 @@ impl Roster {
             killed: AtomicBool::new(false),
             slot: new.slot,
         });
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.insert(id, Arc::clone(&entry));
-        ClientGuard {
-            roster: Arc::clone(self),
-            entry,
-        }
+        self.list(|roster| &roster.clients, id, entry)
     }
 
     /// Registers an open server connection; it is listed until the guard drops.
@@ -299,10 +294,23 @@ impl Roster {
             client: AtomicU64::new(0),
             since: AtomicU64::new(now),
         });
-        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
-        servers.insert(new.id, Arc::clone(&entry));
-        ServerGuard {
+        self.list(|roster| &roster.servers, new.id, entry)
+    }
+
+    fn list<E>(
+        self: &Arc<Self>,
+        list: fn(&Roster) -> &List<E>,
+        id: u64,
+        entry: Arc<E>,
+    ) -> Listed<E> {
+        list(self)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, Arc::clone(&entry));
+        Listed {
             roster: Arc::clone(self),
+            list,
+            id,
             entry,
         }
     }
@@ -336,38 +344,29 @@ impl Roster {
     }
 }
 
-/// Lists a client while it lives.
+/// One of the roster's lists (clients, server connections), by id.
+type List<E> = Mutex<HashMap<u64, Arc<E>>>;
+
+/// Lists an entry in the roster while it lives.
 #[derive(Debug)]
-pub struct ClientGuard {
+pub struct Listed<E> {
     roster: Arc<Roster>,
-    pub entry: Arc<ClientEntry>,
+    list: fn(&Roster) -> &List<E>,
+    id: u64,
+    pub entry: Arc<E>,
 }
 
-impl Drop for ClientGuard {
+impl<E> Drop for Listed<E> {
     fn drop(&mut self) {
-        let mut clients = self
-            .roster
-            .clients
+        (self.list)(&self.roster)
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        clients.remove(&self.entry.id);
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
+
+/// Lists a client while it lives.
+pub type ClientGuard = Listed<ClientEntry>;
 
 /// Lists a server connection while it lives.
-#[derive(Debug)]
-pub struct ServerGuard {
-    roster: Arc<Roster>,
-    pub entry: Arc<ServerEntry>,
-}
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        let mut servers = self
-            .roster
-            .servers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        servers.remove(&self.entry.id);
-    }
-}
+pub type ServerGuard = Listed<ServerEntry>;
