@@ -172,10 +172,7 @@ impl Pools {
 
     /// How `SHOW SERVERS` lists a new connection.
     fn describe(&self, key: &PoolKey, conn: &ServerConn) -> NewServer {
-        let (addr, port) = match &self.inner.target.address {
-            server::Address::Tcp { host, port } => (host.clone(), *port),
-            server::Address::Unix(path) => (path.display().to_string(), 0),
-        };
+        let (addr, port) = self.inner.target.address.host_port();
         NewServer {
             id: conn.id,
             user: key.user.clone(),

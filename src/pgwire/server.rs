@@ -56,6 +56,16 @@ pub enum Address {
     Unix(PathBuf),
 }
 
+impl Address {
+    /// As the console lists it: host and port, or the socket's directory and 0.
+    pub fn host_port(&self) -> (String, u16) {
+        match self {
+            Address::Tcp { host, port } => (host.clone(), *port),
+            Address::Unix(path) => (path.display().to_string(), 0),
+        }
+    }
+}
+
 impl Target {
     /// The host, port and TLS of the gateway's database URL.
     pub fn of(database: &tokio_postgres::Config, tls: DatabaseTls) -> Target {

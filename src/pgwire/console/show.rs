@@ -281,10 +281,7 @@ fn databases(door: &Door, out: &mut BytesMut) {
     let now = now(door);
     let budget = door.pools.budget().total();
     let target = door.pools.target();
-    let (host, port) = match &target.address {
-        crate::pgwire::server::Address::Tcp { host, port } => (host.clone(), *port),
-        crate::pgwire::server::Address::Unix(path) => (path.display().to_string(), 0),
-    };
+    let (host, port) = target.address.host_port();
     let mut names: BTreeSet<String> = door
         .pools
         .roster()
