@@ -70,6 +70,15 @@ async fn show(
     (columns, rows)
 }
 
+type Row = HashMap<String, Option<String>>;
+
+/// The row of a `SHOW` list whose `column` is `value`.
+fn row<'a>(rows: &'a [Row], column: &str, value: &str) -> &'a Row {
+    rows.iter()
+        .find(|row| row[column].as_deref() == Some(value))
+        .unwrap_or_else(|| panic!("{column} = {value} in {rows:?}"))
+}
+
 fn int(row: &HashMap<String, Option<String>>, column: &str) -> i64 {
     row.get(column)
         .and_then(|v| v.as_deref())
@@ -261,10 +270,7 @@ async fn the_lists_show_what_the_door_is_doing() {
         .get(0);
 
     let (_, pools) = show(&admin, "POOLS").await;
-    let pool = pools
-        .iter()
-        .find(|p| p["database"].as_deref() == Some(door.database.as_str()))
-        .unwrap_or_else(|| panic!("the door's pool in {pools:?}"));
+    let pool = row(&pools, "database", &door.database);
     assert_eq!(pool["user"].as_deref(), Some("postgres"));
     assert_eq!(int(pool, "cl_active"), 1, "{pool:?}");
     assert_eq!(int(pool, "sv_active"), 1, "{pool:?}");
@@ -307,10 +313,7 @@ async fn the_lists_show_what_the_door_is_doing() {
         .await
         .expect("temp table");
     let (_, clients) = show(&admin, "CLIENTS").await;
-    let pinned = clients
-        .iter()
-        .find(|c| c["application_name"].as_deref() == Some("pinning"))
-        .unwrap_or_else(|| panic!("the pinned client in {clients:?}"));
+    let pinned = row(&clients, "application_name", "pinning");
     assert_eq!(
         pinned["pinned"].as_deref(),
         Some("temp_table"),
@@ -427,10 +430,7 @@ async fn pause_holds_one_database_and_resume_lets_it_go() {
         .await
         .expect("PAUSE");
     let (_, databases) = show(&admin, "DATABASES").await;
-    let mine = databases
-        .iter()
-        .find(|d| d["name"].as_deref() == Some(door.database.as_str()))
-        .unwrap_or_else(|| panic!("the door's database in {databases:?}"));
+    let mine = row(&databases, "name", &door.database);
     assert_eq!(int(mine, "paused"), 1);
     let held = tokio::spawn(async move { client.query_one("SELECT 41 + 1", &[]).await });
     eventually(Duration::from_secs(10), "the client waits", || async {
@@ -476,11 +476,9 @@ async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
 /// The id SHOW CLIENTS gives the door's client named `application_name`.
 async fn client_id(admin: &tokio_postgres::Client, application_name: &str) -> String {
     let (_, clients) = show(admin, "CLIENTS").await;
-    clients
-        .iter()
-        .find(|c| c["application_name"].as_deref() == Some(application_name))
-        .and_then(|c| c["id"].clone())
-        .unwrap_or_else(|| panic!("{application_name} in {clients:?}"))
+    row(&clients, "application_name", application_name)["id"]
+        .clone()
+        .expect("an id")
 }
 
 async fn named_client(door: &Door, application_name: &str) -> tokio_postgres::Client {
@@ -607,11 +605,8 @@ async fn admin_commands_do_what_pgbouncers_do() {
 /// A `SHOW CONFIG` row by key: (value, default, changeable).
 async fn config(admin: &tokio_postgres::Client, key: &str) -> (String, String, String) {
     let (_, rows) = show(admin, "CONFIG").await;
-    let row = rows
-        .into_iter()
-        .find(|row| row["key"].as_deref() == Some(key))
-        .unwrap_or_else(|| panic!("{key} in SHOW CONFIG"));
-    let cell = |column: &str| row[column].clone().unwrap_or_default();
+    let found = row(&rows, "key", key);
+    let cell = |column: &str| found[column].clone().unwrap_or_default();
     (cell("value"), cell("default"), cell("changeable"))
 }
 
@@ -731,12 +726,6 @@ async fn set_changes_what_can_change_while_running() {
 async fn the_budget_shows_both_doors() {
     let door = door().await;
     let admin = console(&door, "postgres", POSTGRES_PASSWORD).await;
-    let row = |rows: &[HashMap<String, Option<String>>], which: &str| {
-        rows.iter()
-            .find(|row| row["door"].as_deref() == Some(which))
-            .cloned()
-            .unwrap_or_else(|| panic!("{which} in SHOW BUDGET"))
-    };
     let client = door.client().await;
     client.batch_execute("BEGIN").await.expect("BEGIN");
     client.simple_query("SELECT 1").await.expect("linked");
@@ -749,15 +738,11 @@ async fn the_budget_shows_both_doors() {
         "both doors' connections in use",
         || async {
             let (_, rows) = show(&admin, "BUDGET").await;
-            let (postgres, grpc, total) = (
-                row(&rows, "postgres"),
-                row(&rows, "grpc"),
-                row(&rows, "total"),
-            );
-            int(&postgres, "sv_active") == 1
-                && int(&grpc, "sv_active") == 1
-                && int(&total, "sv_active") == 2
-                && int(&total, "max_connections") == 3
+            let of = |which: &str| row(&rows, "door", which);
+            int(of("postgres"), "sv_active") == 1
+                && int(of("grpc"), "sv_active") == 1
+                && int(of("total"), "sv_active") == 2
+                && int(of("total"), "max_connections") == 3
         },
     )
     .await;
@@ -765,7 +750,7 @@ async fn the_budget_shows_both_doors() {
     client.batch_execute("COMMIT").await.expect("COMMIT");
     eventually(Duration::from_secs(10), "nothing in use", || async {
         let (_, rows) = show(&admin, "BUDGET").await;
-        int(&row(&rows, "total"), "sv_active") == 0
+        int(row(&rows, "door", "total"), "sv_active") == 0
     })
     .await;
 }
