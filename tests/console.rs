@@ -754,3 +754,50 @@ async fn the_budget_shows_both_doors() {
     })
     .await;
 }
+
+/// While PAUSE holds new work, gRPC health says so on `pgway.v1.Database.Admission`, and
+/// readiness stays SERVING, so the paused gateway keeps the traffic that waits on it.
+#[tokio::test]
+async fn health_says_when_paused() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let door = door().await;
+    let admin = console(&door, "postgres", POSTGRES_PASSWORD).await;
+    let health = HealthClient::new(door.gw.channel().await);
+    let status = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .expect("health")
+                .into_inner()
+                .status
+        }
+    };
+    const SERVING: i32 = 1;
+    const NOT_SERVING: i32 = 2;
+    let admission = "pgway.v1.Database.Admission";
+    eventually(
+        Duration::from_secs(10),
+        "ready, admission serving",
+        || async {
+            status("pgway.v1.Database").await == SERVING && status(admission).await == SERVING
+        },
+    )
+    .await;
+    admin.simple_query("PAUSE").await.expect("PAUSE");
+    eventually(Duration::from_secs(10), "admission held", || async {
+        status(admission).await == NOT_SERVING
+    })
+    .await;
+    assert_eq!(status("pgway.v1.Database").await, SERVING, "still ready");
+    admin.simple_query("RESUME").await.expect("RESUME");
+    eventually(
+        Duration::from_secs(10),
+        "admission serving again",
+        || async { status(admission).await == SERVING },
+    )
+    .await;
+}

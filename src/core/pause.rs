@@ -49,6 +49,11 @@ impl Default for Pause {
 }
 
 impl Pause {
+    /// Each change of what is paused, from now on.
+    pub fn subscribe(&self) -> watch::Receiver<Paused> {
+        self.state.subscribe()
+    }
+
     /// Pauses `database`, or everything.
     pub fn pause(&self, database: Option<&str>) {
         self.state.send_modify(|paused| match database {

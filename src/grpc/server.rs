@@ -223,6 +223,11 @@ pub async fn serve(
         reporter.clone(),
         stopping.clone(),
     ));
+    tasks.spawn(health::report_pause(
+        pool.pause().subscribe(),
+        reporter.clone(),
+        stopping.clone(),
+    ));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
