@@ -20,6 +20,11 @@ impl Paused {
     pub fn covers(&self, database: &str) -> bool {
         self.all || self.databases.contains(database)
     }
+
+    /// Whether anything is paused.
+    pub fn any(&self) -> bool {
+        self.all || !self.databases.is_empty()
+    }
 }
 
 /// Why a RESUME was refused (PgBouncer's words).
@@ -70,7 +75,7 @@ impl Pause {
     pub fn resume(&self, database: Option<&str>) -> Result<(), ResumeError> {
         let mut refused = None;
         self.state.send_if_modified(|paused| match database {
-            None if !paused.all && paused.databases.is_empty() => {
+            None if !paused.any() => {
                 refused = Some(ResumeError::NotPaused);
                 false
             }
@@ -84,8 +89,7 @@ impl Pause {
                 false
             }
         });
-        let state = self.state.borrow().clone();
-        let any = state.all || !state.databases.is_empty();
+        let any = self.state.borrow().any();
         self.any.store(any, Ordering::SeqCst);
         metrics::gauge!(telemetry::PAUSED).set(if any { 1.0 } else { 0.0 });
         refused.map_or(Ok(()), Err)

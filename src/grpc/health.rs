@@ -36,10 +36,7 @@ pub async fn report_pause(
     shutdown: CancellationToken,
 ) {
     loop {
-        let held = {
-            let now = paused.borrow_and_update();
-            now.all || !now.databases.is_empty()
-        };
+        let held = paused.borrow_and_update().any();
         if shutdown.is_cancelled() {
             return;
         }
