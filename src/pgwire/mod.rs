@@ -139,8 +139,8 @@ impl Clients {
         self.active.fetch_add(delta, Ordering::Relaxed);
     }
 
-    /// A place among the pinned clients, if the cap allows.
-    /// Counts one more pinned client, unless `max` are pinned already.
+    /// A place among the pinned clients, if the cap allows: counts one more pinned client,
+    /// unless `max` are pinned already.
     pub fn try_pin(&self, max: usize) -> bool {
         self.pinned
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
