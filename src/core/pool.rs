@@ -426,8 +426,10 @@ pub struct Pool {
     acquire_timeout: Duration,
     max_waiting: usize,
     min: u32,
-    /// The budget its connections draw on: its total is the most open (the console's `SET`
-    /// may change it; this pool's own bound stays at `PGWAY_POOL_MAX`'s start value).
+    /// bb8's own bound: `PGWAY_POOL_MAX` as it started.
+    max: u32,
+    /// The budget its connections draw on (the console's `SET` may make it larger or smaller
+    /// than `max`).
     budget: Budget,
     /// `pgway_pool_wait_seconds`, looked up once.
     wait_seconds: ::metrics::Histogram,
@@ -530,6 +532,7 @@ impl Pool {
             acquire_timeout: config.acquire_timeout,
             max_waiting: config.max_waiting,
             min: config.min,
+            max: config.max,
             budget,
             wait_seconds: histogram!(metrics::POOL_WAIT_SECONDS, "door" => "grpc"),
             pause: Arc::default(),
@@ -612,8 +615,8 @@ impl Pool {
         // when the line is long.
         if waiting >= self.max_waiting {
             let state = self.inner.state();
-            let available =
-                state.idle_connections + self.budget.total().saturating_sub(state.connections);
+            let most = self.max.min(self.budget.total());
+            let available = state.idle_connections + most.saturating_sub(state.connections);
             if waiting >= self.max_waiting + available as usize {
                 counter!(metrics::SHED, "door" => "grpc").increment(1);
                 return Err(GatewayError::Overloaded {
