@@ -400,6 +400,7 @@ fn lists(door: &Door, out: &mut BytesMut) {
 fn budget(door: &Door, out: &mut BytesMut) {
     let budget = door.pools.budget();
     let (open, idle) = door.pools.counts();
+    let waiting = door.pools.waiting();
     let grpc = door.users.pool();
     let state = grpc.state();
     let (grpc_open, grpc_idle) = (state.open as usize, state.idle as usize);
@@ -420,7 +421,7 @@ fn budget(door: &Door, out: &mut BytesMut) {
         None,
         text(open.saturating_sub(idle)),
         text(idle),
-        text(door.pools.waiting()),
+        text(waiting),
         text(total),
     ]);
     table.row(vec![
@@ -436,7 +437,7 @@ fn budget(door: &Door, out: &mut BytesMut) {
         None,
         text((open + grpc_open).saturating_sub(idle + grpc_idle)),
         text(idle + grpc_idle),
-        text(door.pools.waiting() + state.waiting),
+        text(waiting + state.waiting),
         text(total),
     ]);
     table.done();
