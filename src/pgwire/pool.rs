@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::roster::{NewServer, Roster, ServerGuard};
 use super::scram::Credential;
-use super::server::{self, LoginError, ServerConn, Target};
+use super::server::{self, LoginError, Pooled, ServerConn, Target};
 use crate::core::budget::Budget;
 use crate::core::pool::CloseReason;
 use crate::core::retry::Backoff;
@@ -62,6 +62,9 @@ const STATS_PERIOD_SECONDS: u64 = 60;
 /// release: SipHash was about 1% of the door's CPU (measured), foldhash a fraction of it.
 type Hasher = foldhash::fast::RandomState;
 
+/// The clients waiting for a connection of one key, each by the channel it is handed over on.
+type Line = VecDeque<oneshot::Sender<Pooled>>;
+
 /// The door's pools. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Pools {
@@ -73,10 +76,10 @@ struct Inner {
     target: Target,
     budget: Budget,
     settings: PoolSettings,
-    idle: Mutex<HashMap<Arc<PoolKey>, Vec<ServerConn>, Hasher>>,
+    idle: Mutex<HashMap<Arc<PoolKey>, Vec<Pooled>, Hasher>>,
     /// Clients waiting for a connection of that key, longest-waiting first: a connection
     /// given back goes straight to the first, so no newcomer can take it ahead of them.
-    waiters: Mutex<HashMap<Arc<PoolKey>, VecDeque<oneshot::Sender<ServerConn>>, Hasher>>,
+    waiters: Mutex<HashMap<Arc<PoolKey>, Line, Hasher>>,
     waiting: AtomicUsize,
     open: Arc<AtomicUsize>,
     next_id: AtomicU64,
@@ -194,7 +197,7 @@ impl Pools {
         }
         inner.retiring.store(true, Ordering::SeqCst);
         let ours = |key: &PoolKey| database.is_none_or(|d| d == key.database);
-        let idle: Vec<ServerConn> = match inner.idle.lock() {
+        let idle: Vec<Pooled> = match inner.idle.lock() {
             Ok(mut idle) => idle
                 .iter_mut()
                 .filter(|(key, _)| ours(key))
@@ -274,7 +277,7 @@ impl Pools {
         &self,
         key: &Arc<PoolKey>,
         credential: &Credential,
-    ) -> Result<ServerConn, AcquireError> {
+    ) -> Result<Pooled, AcquireError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Relaxed) {
             return Err(AcquireError::Closing);
@@ -303,7 +306,7 @@ impl Pools {
         &self,
         key: &Arc<PoolKey>,
         credential: &Credential,
-    ) -> Result<ServerConn, AcquireError> {
+    ) -> Result<Pooled, AcquireError> {
         let inner = &self.inner;
         let waiting = inner.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&inner.waiting);
@@ -385,7 +388,7 @@ impl Pools {
         key: &PoolKey,
         credential: &Credential,
         place: crate::core::budget::Permit,
-    ) -> Result<ServerConn, LoginError> {
+    ) -> Result<Pooled, LoginError> {
         let inner = &self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         info!(server_conn = id, user = %key.user, database = %key.database, door = "postgres", "connecting");
@@ -493,7 +496,7 @@ impl Pools {
     }
 
     /// Gives a connection back: pooled if it can be vouched for, closed otherwise.
-    pub fn release(&self, key: &Arc<PoolKey>, conn: ServerConn) {
+    pub fn release(&self, key: &Arc<PoolKey>, conn: Pooled) {
         let inner = &self.inner;
         if conn.broken
             || inner.closed.load(Ordering::Relaxed)
@@ -530,7 +533,7 @@ impl Pools {
     }
 
     /// Closes a connection that can't go back (counted and logged).
-    pub fn close(&self, conn: ServerConn, reason: CloseReason) {
+    pub fn close(&self, conn: Pooled, reason: CloseReason) {
         let reason = reason.label();
         counter!(names::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
         info!(
@@ -543,7 +546,7 @@ impl Pools {
         drop(conn);
     }
 
-    fn take_idle(&self, key: &Arc<PoolKey>) -> Option<ServerConn> {
+    fn take_idle(&self, key: &Arc<PoolKey>) -> Option<Pooled> {
         loop {
             // The most recently used first: a light load keeps reusing a few warm connections.
             let conn = self.inner.idle.lock().ok()?.get_mut(key)?.pop()?;
@@ -641,7 +644,7 @@ impl Pools {
     /// they come back.
     pub fn shut(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
-        let all: Vec<ServerConn> = match self.inner.idle.lock() {
+        let all: Vec<Pooled> = match self.inner.idle.lock() {
             Ok(mut idle) => idle.drain().flat_map(|(_, list)| list).collect(),
             Err(_) => Vec::new(),
         };

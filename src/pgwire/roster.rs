@@ -104,7 +104,7 @@ impl ClientEntry {
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
         if let Some(slot) = &self.slot {
-            slot.bell.notify_one();
+            slot.bell.ring();
         }
     }
 

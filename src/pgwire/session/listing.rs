@@ -49,7 +49,7 @@ impl Session {
             self.listed_waiting();
             let resumed = tokio::select! {
                 () = self.door.pause.until_resumed(&database.database) => true,
-                () = self.cancel.bell.notified() => false,
+                () = self.cancel.bell.rung() => false,
             };
             self.door.clients.waiting(-1);
             self.listed_unlinked(None);

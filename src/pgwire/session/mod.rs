@@ -23,7 +23,7 @@ use super::cancel::Slot;
 use super::frame::{self, FrameError};
 use super::pool::{AcquireError, PoolKey};
 use super::scram::Credential;
-use super::server::{ServerConn, Stream};
+use super::server::{Pooled, ServerConn, Stream};
 use super::statements::{Bounded, Statement};
 use super::{Door, Phase, SessionStateMode};
 use crate::core::pool::CloseReason;
@@ -195,9 +195,10 @@ pub struct Session {
     /// `DEALLOCATE` of its own names, sent by the extended protocol: answered by the door
     /// like [`Session::deallocate`] answers a simple Query (psycopg sends its cache's
     /// DEALLOCATEs this way in pipeline mode).
-    door_statements: HashMap<Bytes, Deallocation>,
-    door_portals: HashMap<Bytes, Deallocation>,
-    server: Option<ServerConn>,
+    // foldhash, not SipHash: every Parse and Bind looks names up here (measured).
+    door_statements: HashMap<Bytes, Deallocation, foldhash::fast::RandomState>,
+    door_portals: HashMap<Bytes, Deallocation, foldhash::fast::RandomState>,
+    server: Option<Pooled>,
     expect: VecDeque<Expect>,
     /// The server is skipping messages up to the next Sync after an error.
     skipping: bool,
@@ -286,8 +287,8 @@ impl Session {
             unnamed: None,
             unnamed_here: false,
             names: Bounded::new(client_statements, "client"),
-            door_statements: HashMap::new(),
-            door_portals: HashMap::new(),
+            door_statements: HashMap::default(),
+            door_portals: HashMap::default(),
             server: None,
             expect: VecDeque::new(),
             skipping: false,
@@ -419,7 +420,7 @@ impl Session {
             None => tokio::select! {
                 read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
                 _ = sleep_for(client_idle), if client_idle_on => Event::ClientIdle,
-                _ = bell.notified() => return None,
+                () = bell.rung() => return None,
             },
             Some(server) => tokio::select! {
                 read = self.client.read_buf(&mut self.cbuf) => Event::Client(read),
@@ -427,7 +428,7 @@ impl Session {
                 _ = sleep_for(tx_idle), if tx_idle_on => Event::IdleInTransaction,
                 _ = sleep_for(client_idle), if idle_and_pinned && client_idle_on => Event::ClientIdle,
                 _ = sleep_until(tx_deadline), if tx_deadline.is_some() => Event::TransactionTimeout,
-                _ = bell.notified() => return None,
+                () = bell.rung() => return None,
             },
         })
     }
