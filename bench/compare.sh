@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# One command for the whole comparison: pgway vs PostgreSQL directly vs PgBouncer, on this
-# machine, in one run, written to BENCHMARKS.md.
+# One command for the whole comparison: pgway vs PostgreSQL directly vs PgBouncer (and PgDog at
+# the PostgreSQL door), on this machine, in one run, written to BENCHMARKS.md.
 #
 #   bench/compare.sh            # the full run (about 15 minutes on 2 cores)
 #   bench/compare.sh --smoke    # a tiny run for CI (SMOKE=1 works too); writes target/bench/
 #
 # It starts a throwaway PostgreSQL (as the `postgres` OS user when run as root), loads the
-# pgbench schema, starts PgBouncer (transaction pooling, pool of 20; installed with apt-get when
-# missing) and the gateway (target/release/pgway serve, pool of 20), all on loopback, then runs
-# target/release/pgway-bench against each of them over gRPC / tokio-postgres; then pgbench against
-# pgway's PostgreSQL door, PgBouncer and PostgreSQL itself (each measured by `pgway-bench
-# pgbench`), and the door's memory with many idle clients (`pgway-bench idle`); then the gateway's
-# instructions per call under callgrind (bench/callgrind.sh). Everything it started is stopped
-# and every temporary file removed when it exits, however it exits.
+# pgbench schema, starts PgBouncer (transaction pooling, pool of 20, as the `postgres` OS user
+# when run as root), PgDog (transaction pooling, pool of 20, 2 workers) and the gateway
+# (target/release/pgway serve, pool of 20), all on loopback, then runs target/release/pgway-bench
+# against the gateway, PgBouncer and PostgreSQL over gRPC / tokio-postgres; then pgbench against
+# pgway's PostgreSQL door, PgBouncer, PgDog and PostgreSQL itself (each measured by `pgway-bench
+# pgbench`), and the proxies' memory with many idle clients (`pgway-bench idle`); then the
+# gateway's instructions per call under callgrind (bench/callgrind.sh). A pooler whose binary is
+# not found is not installed: its runs are skipped and the report says so. Everything it started
+# is stopped and every temporary file removed when it exits, however it exits.
 #
 # Settings (environment):
 #   SWEEP="1 10 20 50 100 200"   concurrency points of the point-select sweep
@@ -34,9 +36,15 @@
 #   PG_TPCB_CLIENTS=100           clients of the TPC-B-like pgbench run
 #   IDLE_CLIENTS=1000             idle client connections held open through the door
 #   DOOR=1                        0 skips the PostgreSQL door's runs
+#   PGBOUNCER=/path/to/pgbouncer  the PgBouncer binary [default: `pgbouncer` on PATH, else
+#                                 /usr/sbin/pgbouncer]; none found: every PgBouncer run is
+#                                 skipped (-M prepared needs 1.21 or newer: max_prepared_statements)
+#   PGDOG=/path/to/pgdog          the PgDog binary, a target of the PostgreSQL door's runs
+#                                 [default: `pgdog` on PATH]; none found: skipped
 #   PG_SOCKET=0                   1: the gateway (both doors, and under callgrind) and PgBouncer
 #                                 reach PostgreSQL over its Unix socket instead of loopback TCP
-#                                 (the direct runs stay on TCP: they stand for remote clients)
+#                                 (the direct runs stay on TCP: they stand for remote clients;
+#                                 PgDog stays on TCP too)
 #   CALLGRIND=1                   0 skips the instruction counts (a second gateway under
 #                                 valgrind --tool=callgrind, bench/callgrind.sh; valgrind is
 #                                 installed with apt-get when missing and root); 0 with --smoke
@@ -118,7 +126,8 @@ DOOR=${DOOR:-1}
 CALLGRIND_CONCURRENCY=${CALLGRIND_CONCURRENCY:-1 100}
 CALLGRIND_DURATION=${CALLGRIND_DURATION:-15s}
 # The password of the postgres role: the gateway's URL carries it (its PostgreSQL door checks its
-# clients' SCRAM proofs against it), PgBouncer holds its SCRAM verifier, pgbench sends it.
+# clients' SCRAM proofs against it), PgBouncer holds its SCRAM verifier, PgDog's users.toml holds
+# it, pgbench sends it.
 PG_PASSWORD=${PG_PASSWORD:-pgway-bench-secret}
 export PGPASSWORD=$PG_PASSWORD
 # 1,000 idle clients hold a socket each in the load generator and in the gateway.
@@ -133,7 +142,8 @@ MAX_WAITING=${MAX_WAITING:-4096}
 # 0: one HTTP/2 connection per load thread, whatever the concurrency (see pgway-bench run --help).
 CALLERS_PER_CHANNEL=${CALLERS_PER_CHANNEL:-0}
 STREAM_CALLERS_PER_CHANNEL=${STREAM_CALLERS_PER_CHANNEL:-32}
-# 200 direct connections + PgBouncer's 20 + the gateway's 20 + its health check + headroom.
+# 200 direct connections + PgBouncer's 20 + PgDog's 20 + the gateway's 20 + its health check +
+# headroom.
 MAX_CONNECTIONS=${MAX_CONNECTIONS:-400}
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -188,13 +198,31 @@ PGBENCH=$PG_BIN/pgbench
 [ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench || true)
 [ -n "$PGBENCH" ] || die "no pgbench found"
 
-PGBOUNCER=$(command -v pgbouncer || true)
-[ -n "$PGBOUNCER" ] || [ ! -x /usr/sbin/pgbouncer ] || PGBOUNCER=/usr/sbin/pgbouncer
-if [ -z "$PGBOUNCER" ]; then
-    apt_install pgbouncer
-    PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-fi
-[ -x "$PGBOUNCER" ] || die "no pgbouncer found"
+# The poolers compared with, by path (or by name on PATH). One that isn't there is skipped, not
+# installed: the report says it was not measured.
+find_pooler() {
+    local setting=$1 name=$2 path
+    shift 2
+    if [ -n "$setting" ]; then
+        path=$(command -v "$setting" || true)
+        [ -z "$path" ] || [ -d "$path" ] || { echo "$path"; return; }
+        log "$name: no executable at $setting: its runs are skipped"
+        return
+    fi
+    for path in "$@"; do
+        path=$(command -v "$path" || true)
+        [ -z "$path" ] || [ -d "$path" ] || { echo "$path"; return; }
+    done
+    log "$name not found (give its path in ${name^^}=): its runs are skipped"
+}
+PGBOUNCER_SETTING=${PGBOUNCER:-}
+PGDOG_SETTING=${PGDOG:-}
+PGBOUNCER=$(find_pooler "$PGBOUNCER_SETTING" pgbouncer pgbouncer /usr/sbin/pgbouncer)
+PGDOG=$(find_pooler "$PGDOG_SETTING" pgdog pgdog)
+HAVE_BOUNCER=0
+[ -z "$PGBOUNCER" ] || HAVE_BOUNCER=1
+HAVE_PGDOG=0
+[ -z "$PGDOG" ] || HAVE_PGDOG=1
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     log "cargo build --release -p pgway -p pgway-bench"
@@ -212,21 +240,28 @@ WORK=$(mktemp -d /tmp/pgway-bench.XXXXXX)
 chmod 755 "$WORK"
 DATA=$WORK/pg/data
 GW_PID=
+PGDOG_PID=
 BOUNCER_PIDFILE=$WORK/bouncer/pgbouncer.pid
+
+# Stops child process $1 (if any): SIGTERM, then SIGKILL after $2 polls of 0.2 s.
+stop_child() {
+    local pid=$1 tries=$2
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq "$tries"); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+}
 
 cleanup() {
     local status=$?
     set +e
     trap - EXIT INT TERM
-    if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
-        kill -TERM "$GW_PID" 2>/dev/null
-        for _ in $(seq 50); do
-            kill -0 "$GW_PID" 2>/dev/null || break
-            sleep 0.2
-        done
-        kill -KILL "$GW_PID" 2>/dev/null
-        wait "$GW_PID" 2>/dev/null
-    fi
+    stop_child "$GW_PID" 50
+    stop_child "$PGDOG_PID" 25
     if [ -s "$BOUNCER_PIDFILE" ]; then
         local bpid
         bpid=$(cat "$BOUNCER_PIDFILE")
@@ -251,7 +286,7 @@ free_port() { "$BENCH" free-port; }
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 
-mkdir -p "$WORK/pg" "$WORK/bouncer"
+mkdir -p "$WORK/pg" "$WORK/bouncer" "$WORK/pgdog"
 [ "$IS_ROOT" = 1 ] && chown postgres "$WORK/pg" "$WORK/bouncer"
 log "initdb ($PG_BIN)"
 as_pg "$PG_BIN/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/initdb.log" 2>&1 ||
@@ -297,21 +332,26 @@ log "pgbench -i -s $SCALE"
 
 # --- PgBouncer ---------------------------------------------------------------------------------
 
-BOUNCER_PORT=$(free_port)
-# Its clients log in with SCRAM-SHA-256 against the role's verifier, as pgway's door's do.
-cat >"$WORK/bouncer/userlist.txt" <<EOF
+BOUNCER_PREPARED=0
+BOUNCER_PID=
+BOUNCER_PORT=
+BOUNCER_VERSION=
+BOUNCER_URL=
+if [ "$HAVE_BOUNCER" = 1 ]; then
+    BOUNCER_PORT=$(free_port)
+    # Its clients log in with SCRAM-SHA-256 against the role's verifier, as pgway's door's do.
+    cat >"$WORK/bouncer/userlist.txt" <<EOF
 "postgres" "$PG_VERIFIER"
 EOF
-# Named prepared statements in transaction mode need 1.21 (max_prepared_statements).
-BOUNCER_VERSION=$("$PGBOUNCER" --version 2>&1 | head -n 1 | grep -oE '[0-9]+\.[0-9]+' | head -n 1)
-BOUNCER_PREPARED=0
-case $BOUNCER_VERSION in
-    1.1[0-9] | 1.[0-9] | 1.20) ;;
-    *) BOUNCER_PREPARED=1 ;;
-esac
-BOUNCER_EXTRA=
-[ "$BOUNCER_PREPARED" = 0 ] || BOUNCER_EXTRA="max_prepared_statements = 200"
-cat >"$WORK/bouncer/pgbouncer.ini" <<EOF
+    # Named prepared statements in transaction mode need 1.21 (max_prepared_statements).
+    BOUNCER_VERSION=$("$PGBOUNCER" --version 2>&1 | head -n 1 | grep -oE '[0-9]+\.[0-9]+' | head -n 1)
+    case $BOUNCER_VERSION in
+        1.1[0-9] | 1.[0-9] | 1.20) ;;
+        *) BOUNCER_PREPARED=1 ;;
+    esac
+    BOUNCER_EXTRA=
+    [ "$BOUNCER_PREPARED" = 0 ] || BOUNCER_EXTRA="max_prepared_statements = 200"
+    cat >"$WORK/bouncer/pgbouncer.ini" <<EOF
 [databases]
 postgres = host=$PROXY_PG_HOST port=$PG_PORT dbname=postgres user=postgres
 
@@ -334,20 +374,80 @@ pidfile = $BOUNCER_PIDFILE
 log_connections = 0
 log_disconnections = 0
 EOF
-[ "$IS_ROOT" = 1 ] && chown -R postgres "$WORK/bouncer"
-# runuser's PAM session brings the default limit of open files (1024) back: raise it for the
-# 1,000 idle clients.
-as_pg sh -c 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$1" -d "$2"' sh \
-    "$PGBOUNCER" "$WORK/bouncer/pgbouncer.ini" >/dev/null 2>&1 ||
-    { cat "$WORK/bouncer/pgbouncer.log" >&2 2>/dev/null; die "PgBouncer did not start"; }
-for _ in $(seq 50); do
-    [ -s "$BOUNCER_PIDFILE" ] && break
-    sleep 0.1
-done
-[ -s "$BOUNCER_PIDFILE" ] || die "PgBouncer wrote no pid file"
-BOUNCER_PID=$(cat "$BOUNCER_PIDFILE")
-BOUNCER_URL=postgres://postgres:$PG_PASSWORD@127.0.0.1:$BOUNCER_PORT/postgres
-log "PgBouncer on 127.0.0.1:$BOUNCER_PORT (pid $BOUNCER_PID)"
+    [ "$IS_ROOT" = 1 ] && chown -R postgres "$WORK/bouncer"
+    # runuser's PAM session brings the default limit of open files (1024) back: raise it for the
+    # 1,000 idle clients.
+    as_pg sh -c 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$1" -d "$2"' sh \
+        "$PGBOUNCER" "$WORK/bouncer/pgbouncer.ini" >/dev/null 2>&1 ||
+        { cat "$WORK/bouncer/pgbouncer.log" >&2 2>/dev/null; die "PgBouncer did not start"; }
+    for _ in $(seq 50); do
+        [ -s "$BOUNCER_PIDFILE" ] && break
+        sleep 0.1
+    done
+    [ -s "$BOUNCER_PIDFILE" ] || die "PgBouncer wrote no pid file"
+    BOUNCER_PID=$(cat "$BOUNCER_PIDFILE")
+    BOUNCER_URL=postgres://postgres:$PG_PASSWORD@127.0.0.1:$BOUNCER_PORT/postgres
+    log "PgBouncer on 127.0.0.1:$BOUNCER_PORT (pid $BOUNCER_PID)"
+fi
+
+# --- PgDog -------------------------------------------------------------------------------------
+
+# Transaction pooling, the same pool as PgBouncer's, 2 workers, on loopback; its clients log in
+# with SCRAM-SHA-256 against the role's password, which it also logs in to PostgreSQL with. It
+# has no wildcard database: one block per database name clients use (here only `postgres`).
+# Only the door's runs use it.
+PGDOG_PORT=
+PGDOG_VERSION=
+[ "$HAVE_PGDOG" = 0 ] || PGDOG_VERSION=$("$PGDOG" --version 2>&1 | head -n 1 | sed 's/^ *//')
+if [ "$HAVE_PGDOG" = 1 ] && [ "$DOOR" = 1 ]; then
+    PGDOG_PORT=$(free_port)
+    cat >"$WORK/pgdog/pgdog.toml" <<EOF
+[general]
+host = "127.0.0.1"
+port = $PGDOG_PORT
+workers = 2
+default_pool_size = $POOL_SIZE
+min_pool_size = 0
+pooler_mode = "transaction"
+auth_type = "scram"
+prepared_statements = "extended"
+log_level = "warn"
+shutdown_timeout = 1000
+shutdown_termination_timeout = 1000
+
+[admin]
+name = "admin"
+user = "admin"
+password = "$PG_PASSWORD-admin"
+
+[[databases]]
+name = "postgres"
+host = "127.0.0.1"
+port = $PG_PORT
+database_name = "postgres"
+EOF
+    cat >"$WORK/pgdog/users.toml" <<EOF
+[[users]]
+name = "postgres"
+databases = ["postgres"]
+password = "$PG_PASSWORD"
+EOF
+    chmod 600 "$WORK/pgdog/users.toml" "$WORK/pgdog/pgdog.toml"
+    "$PGDOG" -c "$WORK/pgdog/pgdog.toml" -u "$WORK/pgdog/users.toml" run >"$WORK/pgdog/pgdog.log" 2>&1 &
+    PGDOG_PID=$!
+    pgdog_up=0
+    for _ in $(seq 100); do
+        kill -0 "$PGDOG_PID" 2>/dev/null || break
+        if PGCONNECT_TIMEOUT=2 "$PSQL" -X -At -h 127.0.0.1 -p "$PGDOG_PORT" -U postgres -d postgres \
+            -c 'SELECT 1' >/dev/null 2>&1; then
+            pgdog_up=1
+            break
+        fi
+        sleep 0.1
+    done
+    [ "$pgdog_up" = 1 ] || { tail -n 20 "$WORK/pgdog/pgdog.log" >&2; die "PgDog did not start"; }
+    log "PgDog on 127.0.0.1:$PGDOG_PORT (pid $PGDOG_PID, $PGDOG_VERSION)"
+fi
 
 # --- The gateway -------------------------------------------------------------------------------
 
@@ -403,14 +503,16 @@ select_rate() {
     grep "\"label\":\"sweep\",\"target\":\"gateway\",\"workload\":\"select\",\"concurrency\":$1," "$RESULTS" |
         tail -1 | sed -n 's/.*"throughput_qps":\([0-9.]*\).*/\1/p'
 }
-# The three targets take turns at each point, in a rotating order, so that a disturbance (a
-# compiler starting on the same machine) does not land on one target's whole sweep.
-TARGETS=(direct pgbouncer gateway)
+# The targets take turns at each point, in a rotating order, so that a disturbance (a compiler
+# starting on the same machine) does not land on one target's whole sweep.
+TARGETS=(direct)
+[ "$HAVE_BOUNCER" = 0 ] || TARGETS+=(pgbouncer)
+TARGETS+=(gateway)
 rotation=0
 each_target() {
-    local i
-    for i in 0 1 2; do
-        bench "${TARGETS[$(((i + rotation) % 3))]}" "$@"
+    local i n=${#TARGETS[@]}
+    for i in $(seq 0 $((n - 1))); do
+        bench "${TARGETS[$(((i + rotation) % n))]}" "$@"
     done
     rotation=$((rotation + 1))
 }
@@ -467,6 +569,7 @@ if [ "$DOOR" = 1 ]; then
         case $1 in
             gateway) echo "$DOOR_PORT" ;;
             pgbouncer) echo "$BOUNCER_PORT" ;;
+            pgdog) echo "$PGDOG_PORT" ;;
             direct) echo "$PG_PORT" ;;
         esac
     }
@@ -474,6 +577,7 @@ if [ "$DOOR" = 1 ]; then
         case $1 in
             gateway) echo "--pid $GW_PID" ;;
             pgbouncer) echo "--pid $BOUNCER_PID" ;;
+            pgdog) echo "--pid $PGDOG_PID" ;;
         esac
     }
     pgbench_run() {
@@ -497,20 +601,27 @@ if [ "$DOOR" = 1 ]; then
         done
         rotation=$((rotation + 1))
     }
-    ALL3=(gateway pgbouncer direct)
-    PREPARED_TARGETS=(gateway direct)
-    [ "$BOUNCER_PREPARED" = 0 ] || PREPARED_TARGETS=(gateway pgbouncer direct)
+    # The proxies that are here (a pooler not found is skipped), and PostgreSQL itself.
+    PROXIES=(gateway)
+    [ "$HAVE_BOUNCER" = 0 ] || PROXIES+=(pgbouncer)
+    [ "$HAVE_PGDOG" = 0 ] || PROXIES+=(pgdog)
+    # shellcheck disable=SC2034 # read through each_door_target's name reference
+    DOOR_TARGETS=("${PROXIES[@]}" direct)
+    PREPARED_TARGETS=(gateway)
+    [ "$BOUNCER_PREPARED" = 0 ] || PREPARED_TARGETS+=(pgbouncer)
+    [ "$HAVE_PGDOG" = 0 ] || PREPARED_TARGETS+=(pgdog)
+    PREPARED_TARGETS+=(direct)
     for round in $(seq "$REPEAT"); do
         log "PostgreSQL door ($round of $REPEAT): pgbench -S -M extended / prepared, clients $PG_SWEEP, $PG_WARMUP + $PG_DURATION each"
         for c in $PG_SWEEP; do
-            each_door_target ALL3 --script select --protocol extended -c "$c"
+            each_door_target DOOR_TARGETS --script select --protocol extended -c "$c"
             each_door_target PREPARED_TARGETS --script select --protocol prepared -c "$c"
         done
         log "PostgreSQL door ($round of $REPEAT): pgbench TPC-B-like -M extended, $PG_TPCB_CLIENTS clients"
-        each_door_target ALL3 --script tpcb --protocol extended -c "$PG_TPCB_CLIENTS"
+        each_door_target DOOR_TARGETS --script tpcb --protocol extended -c "$PG_TPCB_CLIENTS"
     done
-    log "PostgreSQL door: $IDLE_CLIENTS idle clients (gateway, then PgBouncer)"
-    for target in gateway pgbouncer; do
+    log "PostgreSQL door: $IDLE_CLIENTS idle clients (${PROXIES[*]}, in turn)"
+    for target in "${PROXIES[@]}"; do
         # shellcheck disable=SC2046
         "$BENCH" idle --target "$target" \
             --url "postgres://postgres:$PG_PASSWORD@127.0.0.1:$(door_port "$target")/postgres" \
@@ -574,7 +685,16 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
         [ ! -r "$HALT_POLL" ] || echo ", guest_halt_poll_ns=$(cat "$HALT_POLL")")"
     echo "os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
     echo "postgresql=$("$PG_BIN/postgres" --version)"
-    echo "pgbouncer=$("$PGBOUNCER" --version 2>&1 | head -n 1)"
+    if [ "$HAVE_BOUNCER" = 1 ]; then
+        echo "pgbouncer=$("$PGBOUNCER" --version 2>&1 | head -n 1) ($PGBOUNCER)"
+    else
+        echo "pgbouncer=not measured (PgBouncer not found${PGBOUNCER_SETTING:+ at $PGBOUNCER_SETTING})"
+    fi
+    if [ "$HAVE_PGDOG" = 1 ]; then
+        echo "pgdog=$PGDOG_VERSION ($PGDOG)"
+    else
+        echo "pgdog=not measured (PgDog not found${PGDOG_SETTING:+ at $PGDOG_SETTING})"
+    fi
     echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
     echo "pgway=$PGWAY_VERSION"
     echo "load average (1/5/15 min) before=$LOAD_BEFORE"
@@ -583,7 +703,8 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "scale=$SCALE"
     echo "max_connections=$MAX_CONNECTIONS"
     if [ "$PG_SOCKET" = 1 ]; then
-        echo "proxies_reach_postgres=its Unix socket (\`PG_SOCKET=1\`); the direct runs use loopback TCP"
+        echo "proxies_reach_postgres=its Unix socket (\`PG_SOCKET=1\`); the direct runs$(
+            [ "$HAVE_PGDOG" = 0 ] || echo " and PgDog") use loopback TCP"
     else
         echo "proxies_reach_postgres=loopback TCP"
     fi
@@ -597,8 +718,11 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
         echo "pg_warmup=$PG_WARMUP"
         echo "pg_duration=$PG_DURATION"
         echo "pg_sweep=$PG_SWEEP"
-        echo "pgbouncer_auth=auth_type = scram-sha-256 (userlist.txt holds the role's verifier from pg_authid)$(
-            [ "$BOUNCER_PREPARED" = 0 ] || echo ", max_prepared_statements = 200")"
+        [ "$HAVE_BOUNCER" = 0 ] ||
+            echo "pgbouncer_auth=auth_type = scram-sha-256 (userlist.txt holds the role's verifier from pg_authid)$(
+                [ "$BOUNCER_PREPARED" = 0 ] || echo ", max_prepared_statements = 200")"
+        [ "$HAVE_PGDOG" = 0 ] ||
+            echo "pgdog_config=pooler_mode = \"transaction\", default_pool_size = $POOL_SIZE, workers = 2, auth_type = \"scram\" (users.toml holds the role's password), prepared_statements = \"extended\", loopback TCP to PostgreSQL"
         echo "pgway_door=PGWAY_PG_ADDR on loopback, SCRAM-SHA-256 against the password of PGWAY_DATABASE_URL, PGWAY_PG_MAX_CLIENTS=$((IDLE_CLIENTS + 1000)), the pool of $POOL_SIZE shared with the gRPC door"
         echo "idle_clients=$IDLE_CLIENTS"
     fi

@@ -12,11 +12,13 @@
 //!   statements (what a service without a pooler does);
 //! - `pgbouncer`: PgBouncer in transaction pooling mode, one client connection per caller, with
 //!   unnamed statements (`query_typed`: Parse/Bind/Execute in one round trip), since named
-//!   prepared statements don't survive transaction pooling before PgBouncer 1.21.
+//!   prepared statements don't survive transaction pooling before PgBouncer 1.21;
+//! - `pgdog`: PgDog in transaction pooling mode, as `pgbouncer` (compare.sh measures it at the
+//!   PostgreSQL door only, with `pgbench` and `idle`).
 //!
 //! It prints one JSON line per run on stdout (and appends it to `--json-out`) and a line for
 //! people on stderr: throughput, latency percentiles, errors by code, and — for the process
-//! named by `--pid` (the gateway or PgBouncer) — CPU seconds per 1,000 queries and peak RSS,
+//! named by `--pid` (the gateway or a pooler) — CPU seconds per 1,000 queries and peak RSS,
 //! read from `/proc`. With `--pg-pid` it also measures the whole PostgreSQL cluster's CPU.
 //! `--soak` samples the RSS every `--sample-every` and reports its least-squares slope.
 //!
@@ -24,8 +26,8 @@
 //! `pgway-bench hop` times a bare loopback TCP round trip between two threads (on two cores and
 //! on one): what the machine charges for a hop between processes before any protocol.
 //! `pgway-bench pgbench` runs PostgreSQL's own `pgbench` against one target (pgway's PostgreSQL
-//! door, PgBouncer, PostgreSQL) and measures its window the way `run` does; `pgway-bench idle`
-//! holds N idle client connections open and reports the proxy's memory.
+//! door, PgBouncer, PgDog, PostgreSQL) and measures its window the way `run` does;
+//! `pgway-bench idle` holds N idle client connections open and reports the proxy's memory.
 //! `pgway-bench free-port` prints a free loopback TCP port (for the script).
 //!
 //! It is a benchmark, not a test: nothing here asserts a timing.
@@ -58,7 +60,7 @@ use shards::Shards;
 // Command line
 // ---------------------------------------------------------------------------------------------
 
-/// Load tool for pgway (and for PostgreSQL and PgBouncer, to compare with).
+/// Load tool for pgway (and for PostgreSQL, PgBouncer and PgDog, to compare with).
 #[derive(Debug, Parser)]
 #[command(name = "pgway-bench", version, about)]
 struct Cli {
@@ -107,6 +109,8 @@ enum Target {
     Direct,
     /// PgBouncer (transaction pooling), one client connection per caller.
     Pgbouncer,
+    /// PgDog (transaction pooling), one client connection per caller.
+    Pgdog,
 }
 
 impl Target {
@@ -115,6 +119,7 @@ impl Target {
             Target::Gateway => "gateway",
             Target::Direct => "direct",
             Target::Pgbouncer => "pgbouncer",
+            Target::Pgdog => "pgdog",
         }
     }
 }
@@ -225,7 +230,7 @@ struct RunArgs {
     sample_every: Duration,
 
     /// Statements for the PostgreSQL targets [default: prepared for direct, unnamed for
-    /// pgbouncer].
+    /// pgbouncer and pgdog].
     #[arg(long, value_enum)]
     statements: Option<StatementMode>,
 

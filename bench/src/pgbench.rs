@@ -1,10 +1,10 @@
 //! `pgbench` and `idle`: the PostgreSQL door measured with PostgreSQL's own load tool.
 //!
 //! `pgway-bench pgbench` runs one `pgbench` against one target (pgway's PostgreSQL door,
-//! PgBouncer or PostgreSQL itself) and measures it the way `run` measures its own callers:
-//! the measured window starts after `--warmup` and lasts `--duration`, timed by pgbench's own
-//! progress lines (`-P 1`), so neither the clients' logins (SCRAM for pgway and PgBouncer) nor
-//! their disconnections are counted. Over the window it reads the CPU of the proxy (`--pid`),
+//! PgBouncer, PgDog or PostgreSQL itself) and measures it the way `run` measures its own
+//! callers: the measured window starts after `--warmup` and lasts `--duration`, timed by
+//! pgbench's own progress lines (`-P 1`), so neither the clients' logins (SCRAM for the proxies)
+//! nor their disconnections are counted. Over the window it reads the CPU of the proxy (`--pid`),
 //! of the whole PostgreSQL cluster (`--pg-pid`) and of pgbench itself, and the proxy's peak
 //! RSS; after pgbench exits it reads its failed transactions and aborted clients. One JSON
 //! line per run, as `run` prints (`tool` is `pgbench`, `statements` the `-M` mode).
@@ -109,7 +109,7 @@ pub struct PgbenchArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
 
-    /// PID of the proxy whose CPU and memory are measured (pgway or PgBouncer).
+    /// PID of the proxy whose CPU and memory are measured (pgway, PgBouncer or PgDog).
     #[arg(long)]
     pid: Option<u32>,
 

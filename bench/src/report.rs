@@ -1,4 +1,5 @@
-//! `report`: the JSON lines of a bench/compare.sh run rendered as BENCHMARKS.md.
+//! `report`: the JSON lines of a bench/compare.sh run rendered as BENCHMARKS.md (the gRPC door
+//! here, the PostgreSQL door's pgbench runs in `door`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -6,6 +7,8 @@ use std::fmt::Write as _;
 use crate::json::{self, Record};
 use crate::targets::{RANGE_SQL, SELECT_SQL, UPDATE_SQL};
 use crate::{BoxError, ReportArgs};
+
+mod door;
 
 fn fmt_num(v: Option<f64>, decimals: usize) -> String {
     match v {
@@ -95,44 +98,115 @@ fn distinct_concurrencies(runs: Vec<&Record>) -> Vec<u64> {
     cs
 }
 
+/// The key=value lines compare.sh writes about the machine and the run, in their order.
+struct Machine {
+    lines: Vec<(String, String)>,
+}
+
+impl Machine {
+    /// A line's value ("" when absent).
+    fn get(&self, key: &str) -> &str {
+        self.lines
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// Why a pooler (`pgbouncer`, `pgdog`) was not measured, when compare.sh skipped it: its
+    /// line then says so (`pgbouncer=not measured (PgBouncer not found)`).
+    fn skipped(&self, target: &str) -> Option<&str> {
+        Some(self.get(target)).filter(|v| v.starts_with("not measured"))
+    }
+}
+
+/// The gRPC runs' targets, in their tables' order, with the names the tables give them.
 const TARGETS: [&str; 3] = ["direct", "pgbouncer", "gateway"];
 
-fn sweep_section(out: &mut String, runs: &Runs, label: &str, workload: &str, title: &str) {
+fn target_name(target: &str) -> &str {
+    match target {
+        "pgbouncer" => "PgBouncer",
+        t => t,
+    }
+}
+
+/// `PgBouncer: not measured (PgBouncer not found).` when compare.sh skipped it.
+fn skipped_pgbouncer(out: &mut String, machine: &Machine) {
+    if let Some(why) = machine.skipped("pgbouncer") {
+        let _ = writeln!(out, "PgBouncer: {why}.\n");
+    }
+}
+
+fn sweep_section(
+    out: &mut String,
+    runs: &Runs,
+    machine: &Machine,
+    label: &str,
+    workload: &str,
+    title: &str,
+) {
     let cs = runs.concurrencies(label, workload);
     if cs.is_empty() {
         return;
     }
+    // A pooler compare.sh skipped has no columns (a line under the table says why).
+    let present: Vec<&str> = TARGETS
+        .into_iter()
+        .filter(|t| {
+            machine.skipped(t).is_none()
+                || cs
+                    .iter()
+                    .any(|&c| !runs.all(label, t, workload, c).is_empty())
+        })
+        .collect();
+    let others: Vec<&str> = present
+        .iter()
+        .copied()
+        .filter(|t| *t != "gateway")
+        .collect();
+    let names = present
+        .iter()
+        .map(|t| target_name(t))
+        .collect::<Vec<_>>()
+        .join(" / ");
     let _ = writeln!(out, "### {title}\n");
     let _ = writeln!(
         out,
         "Throughput in queries (or transactions, or reads) per second; ratios are of runs in this same invocation.\n"
     );
+    let mut head = String::from("| callers |");
+    for t in &present {
+        let _ = write!(head, " {} q/s |", target_name(t));
+    }
+    for t in &others {
+        let _ = write!(head, " gateway / {} |", target_name(t));
+    }
+    let _ = writeln!(out, "{head} p50 {names} (µs) | p99 {names} (µs) |");
     let _ = writeln!(
         out,
-        "| callers | direct q/s | PgBouncer q/s | gateway q/s | gateway / direct | gateway / PgBouncer | p50 direct / PgBouncer / gateway (µs) | p99 direct / PgBouncer / gateway (µs) |"
+        "|{}",
+        "---:|".repeat(1 + present.len() + others.len() + 2)
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &c in &cs {
         let get = |t: &str| runs.find(label, t, workload, c);
         let q = |t: &str| get(t).and_then(|r| r.throughput_qps);
-        let p = |t: &str, k: fn(&Record) -> Option<f64>| fmt_num(get(t).and_then(k), 0);
-        let _ = writeln!(
-            out,
-            "| {c} | {} | {} | {} | {} | {} | {} / {} / {} | {} / {} / {} |",
-            fmt_num(q("direct"), 0),
-            fmt_num(q("pgbouncer"), 0),
-            fmt_num(q("gateway"), 0),
-            fmt_num(ratio(q("gateway"), q("direct")), 2),
-            fmt_num(ratio(q("gateway"), q("pgbouncer")), 2),
-            p("direct", |r| r.p50_us),
-            p("pgbouncer", |r| r.p50_us),
-            p("gateway", |r| r.p50_us),
-            p("direct", |r| r.p99_us),
-            p("pgbouncer", |r| r.p99_us),
-            p("gateway", |r| r.p99_us),
-        );
+        let p = |k: fn(&Record) -> Option<f64>| {
+            present
+                .iter()
+                .map(|t| fmt_num(get(t).and_then(k), 0))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let mut row = format!("| {c} |");
+        for t in &present {
+            let _ = write!(row, " {} |", fmt_num(q(t), 0));
+        }
+        for t in &others {
+            let _ = write!(row, " {} |", fmt_num(ratio(q("gateway"), q(t)), 2));
+        }
+        let _ = writeln!(out, "{row} {} | {} |", p(|r| r.p50_us), p(|r| r.p99_us));
     }
     let _ = writeln!(out);
+    skipped_pgbouncer(out, machine);
     let _ = writeln!(
         out,
         "<details><summary>Every run of this workload (latency, errors, CPU, memory)</summary>\n"
@@ -317,7 +391,7 @@ fn floor_ratio_section(out: &mut String, runs: &Runs) {
         let verdict = |target: &'static str, points: &[(u64, f64, f64)], c: u64, limit: f64| {
             let found = points.iter().find(|(pc, _, _)| *pc == c);
             Verdict {
-                target,
+                target: target.to_owned(),
                 measured: found.map_or_else(
                     || "not measured".to_owned(),
                     |(_, ping, select)| format!("ratio {:.2}", select / ping),
@@ -440,7 +514,7 @@ fn cpu_ratio_table(out: &mut String, points: &[(u64, f64, f64)]) {
 }
 
 struct Verdict {
-    target: &'static str,
+    target: String,
     measured: String,
     met: Option<bool>,
 }
@@ -458,7 +532,7 @@ fn verdict_table(out: &mut String, verdicts: Vec<Verdict>) {
     let _ = writeln!(out);
 }
 
-fn verdicts(runs: &Runs) -> Vec<Verdict> {
+fn verdicts(runs: &Runs, machine: &Machine) -> Vec<Verdict> {
     let sweep = |t: &str, c: u64| runs.find("sweep", t, "select", c);
     let qps = |t: &str, c: u64| sweep(t, c).and_then(|r| r.throughput_qps);
     let mut out = Vec::new();
@@ -480,7 +554,7 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
             let timeouts = r.acquire_timeouts;
             let share = q / best_q;
             Verdict {
-                target: "At 100 callers the gateway keeps ≥ 95% of its best throughput, with 0 errors and no acquire timeouts",
+                target: "At 100 callers the gateway keeps ≥ 95% of its best throughput, with 0 errors and no acquire timeouts".into(),
                 measured: format!(
                     "{q:.0} q/s at 100 = {:.1}% of its best ({best_q:.0} q/s at {best_c:.0}); errors {}; acquire timeouts {}",
                     share * 100.0,
@@ -491,7 +565,7 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
             }
         }
         _ => Verdict {
-            target: "At 100 callers the gateway keeps ≥ 95% of its best throughput, with 0 errors and no acquire timeouts",
+            target: "At 100 callers the gateway keeps ≥ 95% of its best throughput, with 0 errors and no acquire timeouts".into(),
             measured: "not measured".into(),
             met: None,
         },
@@ -506,7 +580,7 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
             let (gc, bc) = (g.cpu_s_per_1k, b.cpu_s_per_1k);
             let cpu_ok = matches!((gc, bc), (Some(g), Some(b)) if g <= b);
             Verdict {
-                target: name,
+                target: name.into(),
                 measured: format!(
                     "throughput {gq:.0} vs {bq:.0} q/s (ratio {}); CPU {} vs {} ms per 1,000 queries (ratio {})",
                     fmt_num(ratio(Some(gq), Some(bq)), 2),
@@ -517,19 +591,24 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
                 met: Some(gq >= bq && cpu_ok),
             }
         }
-        _ => Verdict { target: name, measured: "not measured".into(), met: None },
+        (_, None) => Verdict {
+            target: name.into(),
+            measured: machine.skipped("pgbouncer").unwrap_or("not measured").to_owned(),
+            met: None,
+        },
+        (None, _) => Verdict { target: name.into(), measured: "not measured".into(), met: None },
     });
 
     // 3. Versus direct at 200.
     let name = "At 200 callers the gateway beats direct connections";
     out.push(match (qps("gateway", 200), qps("direct", 200)) {
         (Some(g), Some(d)) => Verdict {
-            target: name,
+            target: name.into(),
             measured: format!("{g:.0} vs {d:.0} q/s (ratio {:.2})", g / d),
             met: Some(g > d),
         },
         _ => Verdict {
-            target: name,
+            target: name.into(),
             measured: "not measured".into(),
             met: None,
         },
@@ -543,7 +622,7 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
             sweep("direct", 1).and_then(|r| r.p50_us),
         ) {
             (Some(g), Some(d)) => Verdict {
-                target: name,
+                target: name.into(),
                 // What one more hop costs on this machine, for scale: PgBouncer's own, and
                 // the bare loopback round trip between two cores under any stack.
                 measured: {
@@ -568,7 +647,7 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
                 met: Some(g - d < 100.0),
             },
             _ => Verdict {
-                target: name,
+                target: name.into(),
                 measured: "not measured".into(),
                 met: None,
             },
@@ -595,14 +674,14 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
     }
     out.push(if rss100.is_empty() {
         Verdict {
-            target: name,
+            target: name.into(),
             measured: "not measured".into(),
             met: None,
         }
     } else {
         let worst = rss100.iter().map(|x| x.1).fold(0.0, f64::max);
         Verdict {
-            target: name,
+            target: name.into(),
             measured: rss100
                 .iter()
                 .map(|(w, b)| format!("{w}: {:.1} MB", b / 1e6))
@@ -615,7 +694,7 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
     let streams: Vec<&Record> = runs.label_runs("streams");
     out.push(if streams.is_empty() {
         Verdict {
-            target: name,
+            target: name.into(),
             measured: "not measured".into(),
             met: None,
         }
@@ -625,7 +704,7 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
             .filter_map(|r| r.rss_peak_bytes)
             .fold(0.0, f64::max);
         Verdict {
-            target: name,
+            target: name.into(),
             measured: streams
                 .iter()
                 .map(|r| {
@@ -652,7 +731,7 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
             let mean = if samples.is_empty() { 0.0 } else { samples.iter().sum::<f64>() / samples.len() as f64 };
             match slope {
                 Some(s) if mean > 0.0 => Verdict {
-                    target: name,
+                    target: name.into(),
                     measured: format!(
                         "{s:.0} bytes/min over {:.0} s ({} samples, mean RSS {:.1} MB, from {:.1} to {:.1} MB, errors {}): {:+.2}% per hour{}",
                         r.duration_s.unwrap_or(0.0),
@@ -670,499 +749,12 @@ fn verdicts(runs: &Runs) -> Vec<Verdict> {
                     ),
                     met: Some((s * 60.0).abs() < 0.05 * mean),
                 },
-                _ => Verdict { target: name, measured: "too few samples".into(), met: None },
+                _ => Verdict { target: name.into(), measured: "too few samples".into(), met: None },
             }
         }
-        None => Verdict { target: name, measured: "not measured".into(), met: None },
+        None => Verdict { target: name.into(), measured: "not measured".into(), met: None },
     });
     out
-}
-
-// ---------------------------------------------------------------------------------------------
-// The PostgreSQL door (pgbench runs, label `door`)
-// ---------------------------------------------------------------------------------------------
-
-/// The names the door's tables give the targets, in their column order.
-const DOOR_TARGETS: [(&str, &str); 3] = [
-    ("gateway", "pgway"),
-    ("pgbouncer", "PgBouncer"),
-    ("direct", "direct"),
-];
-
-/// CPU milliseconds per 1,000 transactions from a run's CPU seconds and its count (the
-/// `*_per_1k` fields are rounded to a millisecond, too coarse for a table in tenths).
-fn per_1k_ms(cpu_s: Option<f64>, rounded: Option<f64>, ok: Option<f64>) -> Option<f64> {
-    match (cpu_s, ok) {
-        (Some(cpu), Some(ok)) if ok > 0.0 => Some(cpu / ok * 1e6),
-        _ => rounded.map(|v| v * 1000.0),
-    }
-}
-
-fn proxy_ms(r: &Record) -> Option<f64> {
-    per_1k_ms(r.cpu_s, r.cpu_s_per_1k, r.ok)
-}
-
-fn pg_ms(r: &Record) -> Option<f64> {
-    per_1k_ms(r.pg_cpu_s, r.pg_cpu_s_per_1k, r.ok)
-}
-
-fn pgbench_ms(r: &Record) -> Option<f64> {
-    per_1k_ms(r.bench_cpu_s, r.bench_cpu_s_per_1k, r.ok)
-}
-
-impl Runs {
-    /// Every door run of one point, in the order they were made.
-    fn door_all(&self, target: &str, workload: &str, mode: &str, clients: u64) -> Vec<&Record> {
-        let mut runs = self.all("door", target, workload, clients);
-        runs.retain(|r| r.statements == mode);
-        runs
-    }
-
-    /// The median run of a door point (as [`Runs::find`]).
-    fn door(&self, target: &str, workload: &str, mode: &str, clients: u64) -> Option<&Record> {
-        median(self.door_all(target, workload, mode, clients))
-    }
-
-    fn door_clients(&self, workload: &str, mode: &str) -> Vec<u64> {
-        distinct_concurrencies(
-            self.select(|r| r.label == "door" && r.workload == workload && r.statements == mode),
-        )
-    }
-
-    /// pgway's best median throughput over a mode's -S sweep: (tps, clients).
-    fn door_best(&self, mode: &str) -> Option<(f64, u64)> {
-        self.door_clients("select", mode)
-            .into_iter()
-            .filter_map(|c| Some((self.door("gateway", "select", mode, c)?.throughput_qps?, c)))
-            .fold(None, |acc: Option<(f64, u64)>, x| match acc {
-                Some(a) if a.0 >= x.0 => Some(a),
-                _ => Some(x),
-            })
-    }
-}
-
-fn door_verdicts(runs: &Runs) -> Vec<Verdict> {
-    let tps = |t: &str, mode: &str, c: u64| {
-        runs.door(t, "select", mode, c)
-            .and_then(|r| r.throughput_qps)
-    };
-    let mut out = Vec::new();
-
-    // 1. Versus PgBouncer at 100, extended (PgBouncer's prepared statements need 1.21).
-    let name = "At 100 clients (`-S -M extended`): pgway's throughput ≥ 1.0× PgBouncer's, and its CPU per transaction ≤ PgBouncer's";
-    out.push(
-        match (
-            runs.door("gateway", "select", "extended", 100),
-            runs.door("pgbouncer", "select", "extended", 100),
-        ) {
-            (Some(g), Some(b)) => {
-                let (gq, bq) = (g.throughput_qps.unwrap_or(0.0), b.throughput_qps.unwrap_or(0.0));
-                let (gc, bc) = (proxy_ms(g), proxy_ms(b));
-                Verdict {
-                    target: name,
-                    measured: format!(
-                        "{gq:.0} vs {bq:.0} tps (ratio {}); CPU {} vs {} ms per 1,000 transactions (ratio {})",
-                        fmt_num(ratio(Some(gq), Some(bq)), 2),
-                        fmt_num(gc, 1),
-                        fmt_num(bc, 1),
-                        fmt_num(ratio(gc, bc), 2),
-                    ),
-                    met: Some(gq >= bq && matches!((gc, bc), (Some(g), Some(b)) if g <= b)),
-                }
-            }
-            _ => Verdict { target: name, measured: "not measured".into(), met: None },
-        },
-    );
-
-    // 2. Versus direct at 200, each mode.
-    for (mode, name) in [
-        (
-            "extended",
-            "At 200 clients (`-S -M extended`) pgway beats direct connections",
-        ),
-        (
-            "prepared",
-            "At 200 clients (`-S -M prepared`) pgway beats direct connections",
-        ),
-    ] {
-        out.push(
-            match (tps("gateway", mode, 200), tps("direct", mode, 200)) {
-                (Some(g), Some(d)) => Verdict {
-                    target: name,
-                    measured: format!(
-                        "{g:.0} vs {d:.0} tps (ratio {})",
-                        fmt_num(ratio(Some(g), Some(d)), 2)
-                    ),
-                    met: Some(g > d),
-                },
-                _ => Verdict {
-                    target: name,
-                    measured: "not measured".into(),
-                    met: None,
-                },
-            },
-        );
-    }
-
-    // 3. No collapse at 100, each mode.
-    for (mode, name) in [
-        (
-            "extended",
-            "At 100 clients (`-S -M extended`) pgway keeps ≥ 95% of its best throughput over the sweep",
-        ),
-        (
-            "prepared",
-            "At 100 clients (`-S -M prepared`) pgway keeps ≥ 95% of its best throughput over the sweep",
-        ),
-    ] {
-        out.push(match (runs.door_best(mode), tps("gateway", mode, 100)) {
-            (Some((best, at)), Some(q)) => Verdict {
-                target: name,
-                measured: format!(
-                    "{q:.0} tps at 100 = {:.1}% of its best ({best:.0} tps at {at})",
-                    q / best * 100.0
-                ),
-                met: Some(q / best >= 0.95),
-            },
-            _ => Verdict {
-                target: name,
-                measured: "not measured".into(),
-                met: None,
-            },
-        });
-    }
-
-    // 4. No failures.
-    let name = "0 failed transactions (and no aborted clients) in any pgbench run through pgway";
-    let pgbench_runs: Vec<&Record> = runs
-        .label_runs("door")
-        .into_iter()
-        .filter(|r| r.workload != "idle")
-        .collect();
-    out.push(if pgbench_runs.is_empty() {
-        Verdict {
-            target: name,
-            measured: "not measured".into(),
-            met: None,
-        }
-    } else {
-        let with_errors = |t: &str| -> Vec<String> {
-            pgbench_runs
-                .iter()
-                .filter(|r| r.target == t && r.errors.unwrap_or(0.0) > 0.0)
-                .map(|r| {
-                    format!(
-                        "{} -M {} at {}: {}",
-                        r.workload,
-                        r.statements,
-                        fmt_num(r.concurrency, 0),
-                        errors_text(r)
-                    )
-                })
-                .collect()
-        };
-        let own = with_errors("gateway");
-        let others: usize = ["pgbouncer", "direct"]
-            .iter()
-            .map(|t| with_errors(t).len())
-            .sum();
-        let n = pgbench_runs
-            .iter()
-            .filter(|r| r.target == "gateway")
-            .count();
-        Verdict {
-            target: name,
-            measured: format!(
-                "{n} runs through pgway, {}; {}",
-                if own.is_empty() {
-                    "none failed".to_owned()
-                } else {
-                    own.join("; ")
-                },
-                if others == 0 {
-                    "PgBouncer's and direct runs: none failed".to_owned()
-                } else {
-                    format!("{others} PgBouncer or direct run(s) with failures")
-                }
-            ),
-            met: Some(own.is_empty()),
-        }
-    });
-
-    // 5. Memory.
-    let name = "pgway's RSS < 50 MB at 1,000 idle clients and at 100 busy ones";
-    let idle = runs
-        .label_runs("door")
-        .into_iter()
-        .filter(|r| r.target == "gateway" && r.workload == "idle")
-        .max_by(|a, b| {
-            a.concurrency
-                .unwrap_or(0.0)
-                .total_cmp(&b.concurrency.unwrap_or(0.0))
-        });
-    let busy: Vec<&Record> = runs
-        .label_runs("door")
-        .into_iter()
-        .filter(|r| r.target == "gateway" && r.workload != "idle" && r.concurrency == Some(100.0))
-        .collect();
-    let busy_peak = busy
-        .iter()
-        .filter_map(|r| r.rss_peak_bytes)
-        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
-    out.push(match (idle, busy_peak) {
-        (None, None) => Verdict {
-            target: name,
-            measured: "not measured".into(),
-            met: None,
-        },
-        (idle, busy_peak) => {
-            let mut parts = Vec::new();
-            if let Some(r) = idle {
-                parts.push(format!(
-                    "{} idle clients ({} connected): peak {} MB, {} MB at the end of the hold",
-                    fmt_num(r.concurrency, 0),
-                    fmt_num(r.ok, 0),
-                    fmt_num(r.rss_peak_bytes.map(|b| b / 1e6), 1),
-                    fmt_num(r.rss_end_bytes.map(|b| b / 1e6), 1),
-                ));
-            }
-            if let Some(b) = busy_peak {
-                parts.push(format!("100 busy clients: peak {:.1} MB", b / 1e6));
-            }
-            let idle_ok = idle.and_then(|r| r.rss_peak_bytes).map(|b| b < 50e6);
-            let idle_full = idle.is_some_and(|r| {
-                r.concurrency.unwrap_or(0.0) >= 1000.0 && r.errors.unwrap_or(0.0) == 0.0
-            });
-            let busy_ok = busy_peak.map(|b| b < 50e6);
-            Verdict {
-                target: name,
-                measured: parts.join("; ")
-                    + if idle_full || idle.is_none() {
-                        ""
-                    } else {
-                        " (fewer than 1,000 idle clients connected: not the target's test)"
-                    },
-                met: match (idle_ok, busy_ok) {
-                    (Some(i), Some(b)) if idle_full => Some(i && b),
-                    (Some(false), _) | (_, Some(false)) => Some(false),
-                    _ => None,
-                },
-            }
-        }
-    });
-    out
-}
-
-fn door_table(out: &mut String, runs: &Runs, workload: &str, mode: &str, title: &str) {
-    let cs = runs.door_clients(workload, mode);
-    if cs.is_empty() {
-        return;
-    }
-    let present: Vec<(&str, &str)> = DOOR_TARGETS
-        .into_iter()
-        .filter(|(t, _)| {
-            cs.iter()
-                .any(|&c| !runs.door_all(t, workload, mode, c).is_empty())
-        })
-        .collect();
-    let names = |f: &dyn Fn(&str) -> String| -> String {
-        present
-            .iter()
-            .map(|(_, n)| f(n))
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
-    let _ = writeln!(out, "### {title}\n");
-    let mut head = String::from("| clients |");
-    for (_, n) in &present {
-        let _ = write!(head, " {n} tps |");
-    }
-    let others: Vec<&(&str, &str)> = present.iter().filter(|(t, _)| *t != "gateway").collect();
-    for (_, n) in &others {
-        let _ = write!(head, " pgway / {n} |");
-    }
-    let proxies: Vec<&(&str, &str)> = present.iter().filter(|(t, _)| *t != "direct").collect();
-    let _ = write!(
-        head,
-        " proxy CPU ms / 1k tx ({}) | PostgreSQL CPU ms / 1k tx ({}) | pgbench CPU ms / 1k tx ({}) | failed ({}) |",
-        proxies
-            .iter()
-            .map(|(_, n)| *n)
-            .collect::<Vec<_>>()
-            .join(" / "),
-        names(&|n| n.to_owned()),
-        names(&|n| n.to_owned()),
-        names(&|n| n.to_owned()),
-    );
-    let columns = 1 + present.len() + others.len() + 4;
-    let _ = writeln!(out, "{head}");
-    let _ = writeln!(out, "|{}", "---:|".repeat(columns));
-    for &c in &cs {
-        let get = |t: &str| runs.door(t, workload, mode, c);
-        let q = |t: &str| get(t).and_then(|r| r.throughput_qps);
-        let ms = |t: &str, f: fn(&Record) -> Option<f64>| fmt_num(get(t).and_then(f), 1);
-        let mut row = format!("| {c} |");
-        for (t, _) in &present {
-            let _ = write!(row, " {} |", fmt_num(q(t), 0));
-        }
-        for (t, _) in &others {
-            let _ = write!(row, " {} |", fmt_num(ratio(q("gateway"), q(t)), 2));
-        }
-        let join = |list: &[&(&str, &str)], f: &dyn Fn(&str) -> String| {
-            list.iter()
-                .map(|(t, _)| f(t))
-                .collect::<Vec<_>>()
-                .join(" / ")
-        };
-        let all: Vec<&(&str, &str)> = present.iter().collect();
-        let _ = writeln!(
-            out,
-            "{row} {} | {} | {} | {} |",
-            join(&proxies, &|t| ms(t, proxy_ms)),
-            join(&all, &|t| ms(t, pg_ms)),
-            join(&all, &|t| ms(t, pgbench_ms)),
-            join(&all, &|t| get(t)
-                .map_or("–".into(), |r| fmt_num(r.errors, 0))),
-        );
-    }
-    let _ = writeln!(out);
-}
-
-fn door_section(out: &mut String, runs: &Runs, info: &dyn Fn(&str) -> String) {
-    let door = runs.label_runs("door");
-    if door.is_empty() {
-        return;
-    }
-    let _ = writeln!(out, "## The PostgreSQL door (pgbench)\n");
-    let _ = writeln!(
-        out,
-        "PostgreSQL's own `pgbench` against pgway's PostgreSQL door (**pgway**: the same `pgway serve` process \
-         as above, its gRPC door idle meanwhile, transaction pooling over the same pool of 20), PgBouncer \
-         (transaction mode, pool of 20) and PostgreSQL itself (**direct**: one backend per client), on the same \
-         PostgreSQL and data. Each run: `pgbench -n -S -M <mode> -c <clients> -j 2 -T <…> -P 1` (or the built-in \
-         TPC-B-like script instead of `-S`); the first {} after the clients have logged in are a warm-up, then \
-         {} are measured, cut from pgbench's once-a-second progress lines, so logins (SCRAM-SHA-256 for pgway \
-         and PgBouncer) are not in the figures. Over that window the CPU of the proxy (pgway or PgBouncer), of \
-         the whole PostgreSQL cluster and of pgbench is read from `/proc`: CPU per transaction = CPU seconds / \
-         transactions in the window. The targets take turns at each point. `-M prepared` runs against \
-         PgBouncer only where PgBouncer is 1.21 or newer (`max_prepared_statements`); this run's: {}. \
-         PgBouncer: {}. pgway: {}.\n",
-        info("pg_warmup"),
-        info("pg_duration"),
-        info("pgbouncer"),
-        info("pgbouncer_auth"),
-        info("pgway_door"),
-    );
-    let _ = writeln!(out, "### Targets of the PostgreSQL door\n");
-    verdict_table(out, door_verdicts(runs));
-    door_table(
-        out,
-        runs,
-        "select",
-        "extended",
-        "`pgbench -S -M extended` (unnamed statements)",
-    );
-    door_table(
-        out,
-        runs,
-        "select",
-        "prepared",
-        "`pgbench -S -M prepared` (named prepared statements)",
-    );
-    door_table(out, runs, "select", "simple", "`pgbench -S -M simple`");
-    door_table(
-        out,
-        runs,
-        "tpcb",
-        "extended",
-        "TPC-B-like script, `-M extended`",
-    );
-    door_table(
-        out,
-        runs,
-        "tpcb",
-        "prepared",
-        "TPC-B-like script, `-M prepared`",
-    );
-
-    let _ = writeln!(out, "### Memory of the proxies\n");
-    let _ = writeln!(
-        out,
-        "Idle: `pgway-bench idle` opens the clients (tokio-postgres, SCRAM-SHA-256 login), runs one `SELECT 1` on \
-         each, then holds them all open and idle; the peak is VmHWM (reset before the logins) or the highest \
-         100 ms sample. Busy: the peak during the measured window of the pgbench runs at 100 clients.\n"
-    );
-    let _ = writeln!(
-        out,
-        "| proxy | clients | what | connected | RSS before | peak RSS | RSS at the end |\n|---|---:|---|---:|---:|---:|---:|"
-    );
-    for (t, n) in DOOR_TARGETS.iter().filter(|(t, _)| *t != "direct") {
-        for r in door
-            .iter()
-            .filter(|r| r.target == *t && r.workload == "idle")
-        {
-            let _ = writeln!(
-                out,
-                "| {n} | {} | idle | {} | {} | {} | {} |",
-                fmt_num(r.concurrency, 0),
-                fmt_num(r.ok, 0),
-                mib(r.rss_start_bytes),
-                mib(r.rss_peak_bytes),
-                mib(r.rss_end_bytes),
-            );
-        }
-        for r in door
-            .iter()
-            .filter(|r| r.target == *t && r.workload != "idle" && r.concurrency == Some(100.0))
-        {
-            let _ = writeln!(
-                out,
-                "| {n} | 100 | busy: {} -M {} | 100 | – | {} | {} |",
-                r.workload,
-                r.statements,
-                mib(r.rss_peak_bytes),
-                mib(r.rss_end_bytes),
-            );
-        }
-    }
-    let _ = writeln!(out);
-
-    let _ = writeln!(
-        out,
-        "<details><summary>Every pgbench run (CPU, memory, machine)</summary>\n"
-    );
-    let _ = writeln!(
-        out,
-        "| target | script | -M | clients | tps | latency avg µs | failed | proxy CPU ms / 1k tx | PostgreSQL CPU ms / 1k tx | pgbench CPU ms / 1k tx | proxy peak RSS | machine busy | CPU of other processes (s) |"
-    );
-    let _ = writeln!(
-        out,
-        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
-    );
-    for (t, n) in DOOR_TARGETS {
-        for r in door
-            .iter()
-            .filter(|r| r.target == t && r.workload != "idle")
-        {
-            let _ = writeln!(
-                out,
-                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}% | {} |",
-                r.workload,
-                r.statements,
-                fmt_num(r.concurrency, 0),
-                fmt_num(r.throughput_qps, 0),
-                fmt_num(r.mean_us, 0),
-                errors_text(r),
-                fmt_num(proxy_ms(r), 1),
-                fmt_num(pg_ms(r), 1),
-                fmt_num(pgbench_ms(r), 1),
-                mib(r.rss_peak_bytes),
-                fmt_num(r.machine_busy_pct, 0),
-                fmt_num(r.other_cpu_s, 1),
-            );
-        }
-    }
-    let _ = writeln!(out, "\n</details>\n");
 }
 
 pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
@@ -1177,27 +769,23 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
         );
     }
     let runs = Runs { runs: parsed };
-    let machine: Vec<(String, String)> = match &args.machine {
-        Some(path) => std::fs::read_to_string(path)?
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-            .collect(),
-        None => Vec::new(),
+    let machine = Machine {
+        lines: match &args.machine {
+            Some(path) => std::fs::read_to_string(path)?
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect(),
+            None => Vec::new(),
+        },
     };
-    let info = |key: &str| {
-        machine
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    };
+    let info = |key: &str| machine.get(key);
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
         "Generated by `bench/compare.sh`{} on {}. Every number below comes from that one run, on one machine: the gateway (`pgway`), \
-         PostgreSQL, PgBouncer and the load generator (`pgway-bench`) all ran on it at the same time, over loopback. \
+         PostgreSQL, the poolers it is compared with and the load generator (`pgway-bench`) all ran on it at the same time, over loopback. \
          Compare ratios from the same run, not absolute numbers across runs or machines. \
          Regenerate with `bench/compare.sh` (about 15 minutes on 2 cores; `SOAK_SECONDS=1800` for the long soak).\n",
         if info("mode") == "smoke" {
@@ -1209,7 +797,7 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
     );
     let _ = writeln!(out, "## The machine\n");
     let _ = writeln!(out, "| | |\n|---|---|");
-    for (k, v) in &machine {
+    for (k, v) in &machine.lines {
         let _ = writeln!(out, "| {k} | {v} |");
     }
     let _ = writeln!(out);
@@ -1229,8 +817,7 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
         "- PostgreSQL: a throwaway cluster (`initdb` as the `postgres` user), `fsync=off`, `synchronous_commit=off`, \
          `full_page_writes=off`, `shared_buffers=128MB`, `max_connections={}`; `pgbench -i -s {}` data.\n\
          - direct: one tokio-postgres connection per caller, named prepared statements (prepared once per connection).\n\
-         - PgBouncer: `pool_mode=transaction`, `default_pool_size=20`, tokio-postgres clients with unnamed statements \
-         (`query_typed`, one round trip; named prepared statements need PgBouncer ≥ 1.21).\n\
+         - PgBouncer: {}\n\
          - gateway: `target/release/pgway serve`, `PGWAY_POOL_MAX=20`, `PGWAY_MAX_WAITING={}`, `PGWAY_LOG=warn`; \
          {}, each connection hyper's HTTP/2 client \
          used directly (tonic's `Channel` would add a buffer task per connection and cost the load generator more CPU per call).\n\
@@ -1241,6 +828,12 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
          (the `Transaction` RPC for the gateway); **read1000** = `{}` over 1,000 consecutive aids (unary `Query` for the gateway).\n",
         info("max_connections"),
         info("scale"),
+        match machine.skipped("pgbouncer") {
+            Some(why) => format!("{why}."),
+            None => "`pool_mode=transaction`, `default_pool_size=20`, tokio-postgres clients with unnamed \
+                     statements (`query_typed`, one round trip; named prepared statements need PgBouncer ≥ 1.21)."
+                .to_owned(),
+        },
         info("max_waiting"),
         match info("callers_per_channel") {
             "0" => format!(
@@ -1270,18 +863,19 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
     if !info("proxies_reach_postgres").is_empty() {
         let _ = writeln!(
             out,
-            "PgBouncer and the gateway reach PostgreSQL over {}.\n",
+            "The proxies reach PostgreSQL over {}.\n",
             info("proxies_reach_postgres")
         );
     }
 
     let _ = writeln!(out, "## Targets\n");
-    verdict_table(&mut out, verdicts(&runs));
+    verdict_table(&mut out, verdicts(&runs, &machine));
 
     let _ = writeln!(out, "## Results\n");
     sweep_section(
         &mut out,
         &runs,
+        &machine,
         "sweep",
         "select",
         "Point select (`pgbench -S`), concurrency sweep",
@@ -1289,11 +883,19 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
     sweep_section(
         &mut out,
         &runs,
+        &machine,
         "workloads",
         "write",
         "Small write transaction",
     );
-    sweep_section(&mut out, &runs, "workloads", "read1000", "1,000-row read");
+    sweep_section(
+        &mut out,
+        &runs,
+        &machine,
+        "workloads",
+        "read1000",
+        "1,000-row read",
+    );
 
     let floor = runs.label_runs("floor");
     if !floor.is_empty() {
@@ -1340,6 +942,7 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
             );
         }
         let _ = writeln!(out);
+        skipped_pgbouncer(&mut out, &machine);
     }
 
     floor_ratio_section(&mut out, &runs);
@@ -1396,7 +999,7 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
         }
     }
 
-    door_section(&mut out, &runs, &|k| info(k).to_owned());
+    door::door_section(&mut out, &runs, &machine);
 
     let notes = info("notes");
     if !notes.is_empty() {
@@ -1462,6 +1065,52 @@ mod tests {
         };
         assert_eq!(q(two.find("sweep", "gateway", "select", 1)), Some(10.0));
     }
+    #[test]
+    fn a_sweep_without_pgbouncer_says_why_and_keeps_its_columns_otherwise() {
+        let runs = Runs {
+            runs: vec![
+                run("direct", 100, 1000.0),
+                run("pgbouncer", 100, 900.0),
+                run("gateway", 100, 1100.0),
+            ],
+        };
+        let found = Machine {
+            lines: vec![("pgbouncer".into(), "PgBouncer 1.25.2".into())],
+        };
+        let mut out = String::new();
+        sweep_section(&mut out, &runs, &found, "sweep", "select", "Point select");
+        assert!(
+            out.contains("| callers | direct q/s | PgBouncer q/s | gateway q/s | gateway / direct | gateway / PgBouncer | p50 direct / PgBouncer / gateway (µs) | p99 direct / PgBouncer / gateway (µs) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n| 100 | 1000 | 900 | 1100 | 1.10 | 1.22 | – / – / – | – / – / – |"),
+            "{out}"
+        );
+        let runs = Runs {
+            runs: vec![run("direct", 100, 1000.0), run("gateway", 100, 1100.0)],
+        };
+        let skipped = Machine {
+            lines: vec![(
+                "pgbouncer".into(),
+                "not measured (PgBouncer not found)".into(),
+            )],
+        };
+        let mut out = String::new();
+        sweep_section(&mut out, &runs, &skipped, "sweep", "select", "Point select");
+        assert!(
+            out.contains("| callers | direct q/s | gateway q/s | gateway / direct | p50 direct / gateway (µs) | p99 direct / gateway (µs) |\n|---:|---:|---:|---:|---:|---:|\n| 100 | 1000 | 1100 | 1.10 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("PgBouncer: not measured (PgBouncer not found).\n"),
+            "{out}"
+        );
+        let verdicts = verdicts(&runs, &skipped);
+        let versus = verdicts
+            .iter()
+            .find(|v| v.target.contains("PgBouncer's"))
+            .expect("the verdict against PgBouncer");
+        assert_eq!(versus.measured, "not measured (PgBouncer not found)");
+        assert_eq!(versus.met, None);
+    }
+
     #[test]
     fn the_report_reads_the_added_latency_against_the_bare_hop() {
         let dir = tempfile::tempdir().unwrap();

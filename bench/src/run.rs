@@ -97,7 +97,7 @@ pub async fn run(args: RunArgs, shards: &Shards) -> Result<(), BoxError> {
         .into());
     }
     let mode = args.statements.unwrap_or(match args.target {
-        Target::Pgbouncer => StatementMode::Unnamed,
+        Target::Pgbouncer | Target::Pgdog => StatementMode::Unnamed,
         _ => StatementMode::Prepared,
     });
     let params = Arc::new(Params {

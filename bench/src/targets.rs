@@ -1,4 +1,5 @@
-//! The callers and what they call: the gateway over gRPC, PostgreSQL directly, PgBouncer.
+//! The callers and what they call: the gateway over gRPC, PostgreSQL directly, PgBouncer or
+//! PgDog.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -463,7 +464,7 @@ pub async fn connect_callers(
                 .collect();
             Ok((callers, channels))
         }
-        Target::Direct | Target::Pgbouncer => {
+        Target::Direct | Target::Pgbouncer | Target::Pgdog => {
             // Open the connections a few at a time: a burst of forks is not what is measured.
             let mut callers = Vec::with_capacity(n);
             let mut pending = futures::stream::iter((0..n).map(|i| {
