@@ -140,3 +140,65 @@ async fn both_doors_share_the_budget_under_load() {
         "{most} server connections open, over the budget of 3"
     );
 }
+
+/// After the gRPC door has used the whole budget, the PostgreSQL door's clients still get
+/// more than one connection: clients taking turns on one connection are each served within
+/// a round trip, never waiting long one by one, yet the door is short all the same, and its
+/// line asks the gRPC door for its idle connections.
+#[tokio::test]
+async fn door_clients_taking_turns_win_back_idle_grpc_connections() {
+    let (gw, door) = both_doors(&["--pool-max", "4", "--pool-min", "0"]).await;
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        callers.push(gw.client().await);
+    }
+    futures::future::join_all(
+        callers
+            .iter_mut()
+            .map(|caller| run(caller, "SELECT pg_sleep(0.3)", vec![])),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the gRPC door holds the whole budget, idle",
+        || async {
+            gw.metric("pgway_pool_connections{door=\"grpc\",state=\"idle\"}")
+                .await
+                == 4.0
+        },
+    )
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (door, stop) = (door.clone(), std::sync::Arc::clone(&stop));
+        clients.spawn(async move {
+            let client = connect(&door).await;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client
+                    .query_one("SELECT pg_sleep(0.01)", &[])
+                    .await
+                    .expect("a door client's statement");
+            }
+        });
+    }
+    eventually(
+        Duration::from_secs(15),
+        "the door holds three or more server connections",
+        || async {
+            let idle = gw
+                .metric("pgway_pool_connections{door=\"postgres\",state=\"idle\"}")
+                .await;
+            let busy = gw
+                .metric("pgway_pool_connections{door=\"postgres\",state=\"in_use\"}")
+                .await;
+            idle + busy >= 3.0
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    while let Some(done) = clients.join_next().await {
+        done.expect("a door client failed");
+    }
+    drop(gw);
+}

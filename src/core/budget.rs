@@ -164,6 +164,16 @@ impl Budget {
         self.take_while(patience, || true).await
     }
 
+    /// [`Budget::take`], asking the holders for a place after `ask_after` rather than
+    /// [`ASK_AFTER`]: for a taker whose side has already been short for a while.
+    pub async fn take_asking_after(
+        &self,
+        patience: Duration,
+        ask_after: Duration,
+    ) -> Option<Permit> {
+        self.take_inner(patience, ask_after, || true).await
+    }
+
     /// A place, waiting up to `patience` for as long as `needed` says someone waits for it.
     /// Places are handed out in the order takers came. After [`ASK_AFTER`] without one, and
     /// every [`ASK_AGAIN`] after that, the holders are asked to give back an idle connection;
@@ -173,13 +183,22 @@ impl Budget {
         patience: Duration,
         needed: impl Fn() -> bool,
     ) -> Option<Permit> {
+        self.take_inner(patience, ASK_AFTER, needed).await
+    }
+
+    async fn take_inner(
+        &self,
+        patience: Duration,
+        ask_after: Duration,
+        needed: impl Fn() -> bool,
+    ) -> Option<Permit> {
         if let Some(permit) = self.try_take() {
             return Some(permit);
         }
         let deadline = tokio::time::Instant::now() + patience;
         let acquire = self.permits.clone().acquire_owned();
         tokio::pin!(acquire);
-        let mut ask_at = tokio::time::Instant::now() + ASK_AFTER;
+        let mut ask_at = tokio::time::Instant::now() + ask_after;
         let mut asking = None;
         loop {
             let slice = ask_at.min(deadline);

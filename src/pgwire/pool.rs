@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::roster::{NewServer, Roster, ServerGuard};
 use super::scram::Credential;
 use super::server::{self, LoginError, Pooled, ServerConn, Target};
-use crate::core::budget::Budget;
+use crate::core::budget::{ASK_AFTER, Budget};
 use crate::core::pool::CloseReason;
 use crate::core::retry::Backoff;
 use crate::core::telemetry as names;
@@ -95,6 +95,14 @@ struct Inner {
     warm: Mutex<Option<(Arc<PoolKey>, usize)>>,
     /// How many it started with (`PGWAY_POOL_MIN`; 0 when it doesn't run).
     warm_start: AtomicUsize,
+    /// Since when the door has been short of connections, in milliseconds after `epoch` plus
+    /// one (0: not short): set when a client joins a line, cleared when a client takes an idle
+    /// connection and leaves another idle. The door asks the other door for a place once it
+    /// has been short for `ASK_AFTER`, however quickly each client is served: ten clients
+    /// taking turns on one connection never wait that long one by one, yet are short of
+    /// connections all the same.
+    queued_since: AtomicU64,
+    epoch: Instant,
 }
 
 /// One open server connection of the door, counted while its [`ServerConn`] lives: the
@@ -151,6 +159,8 @@ impl Pools {
                 retiring: AtomicBool::new(false),
                 warm: Mutex::new(None),
                 warm_start: AtomicUsize::new(0),
+                queued_since: AtomicU64::new(0),
+                epoch: Instant::now(),
             }),
         }
     }
@@ -334,12 +344,7 @@ impl Pools {
                     // In line for the next connection of this key given back, first come
                     // first served; or for a place in the budget, whichever comes first.
                     let (handoff, received) = oneshot::channel();
-                    if let Ok(mut waiters) = inner.waiters.lock() {
-                        waiters
-                            .entry(Arc::clone(key))
-                            .or_default()
-                            .push_back(handoff);
-                    }
+                    let ask_after = self.join_line(key, handoff);
                     // One may have come back between the look and joining the line.
                     if let Some(conn) = self.take_idle(key) {
                         return Ok(conn);
@@ -352,7 +357,7 @@ impl Pools {
                             // The pool shut: its waiters' lines were dropped.
                             Err(_) => continue,
                         },
-                        place = inner.budget.take(remaining) => place,
+                        place = inner.budget.take_asking_after(remaining, ask_after) => place,
                     };
                     // A connection may have been handed over in the same instant: it is
                     // taken rather than dropped with the line (a new login saved).
@@ -498,9 +503,11 @@ impl Pools {
     /// Gives a connection back: pooled if it can be vouched for, closed otherwise.
     pub fn release(&self, key: &Arc<PoolKey>, conn: Pooled) {
         let inner = &self.inner;
+        // One clock read for the lifetime and the idle time (once per transaction).
+        let now = Instant::now();
         if conn.broken
             || inner.closed.load(Ordering::Relaxed)
-            || conn.opened.elapsed() >= inner.settings.max_lifetime.get()
+            || now.saturating_duration_since(conn.opened) >= inner.settings.max_lifetime.get()
         {
             let reason = if conn.broken {
                 CloseReason::Broken
@@ -526,7 +533,7 @@ impl Pools {
                 }
             }
         }
-        conn.idle_since = Instant::now();
+        conn.idle_since = now;
         if let Ok(mut idle) = inner.idle.lock() {
             idle.entry(Arc::clone(key)).or_default().push(conn);
         }
@@ -549,7 +556,16 @@ impl Pools {
     fn take_idle(&self, key: &Arc<PoolKey>) -> Option<Pooled> {
         loop {
             // The most recently used first: a light load keeps reusing a few warm connections.
-            let conn = self.inner.idle.lock().ok()?.get_mut(key)?.pop()?;
+            let conn = {
+                let mut idle = self.inner.idle.lock().ok()?;
+                let list = idle.get_mut(key)?;
+                let conn = list.pop()?;
+                if !list.is_empty() {
+                    // A connection to spare: the door is not short (see `queued_since`).
+                    self.inner.queued_since.store(0, Ordering::Relaxed);
+                }
+                conn
+            };
             let mut conn = conn;
             if conn.closed_while_idle() {
                 self.close(conn, CloseReason::Broken);
@@ -562,6 +578,32 @@ impl Pools {
             debug!(server_conn = conn.id, "checked out");
             return Some(conn);
         }
+    }
+
+    /// Puts a client in the line of `key`; how much longer it waits before asking the other
+    /// door for a place (see `queued_since`).
+    fn join_line(&self, key: &Arc<PoolKey>, handoff: oneshot::Sender<Pooled>) -> Duration {
+        let inner = &self.inner;
+        let now = inner.epoch.elapsed().as_millis() as u64 + 1;
+        let since = match inner.waiters.lock() {
+            Ok(mut waiters) => {
+                waiters
+                    .entry(Arc::clone(key))
+                    .or_default()
+                    .push_back(handoff);
+                match inner.queued_since.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => now,
+                    Err(since) => since,
+                }
+            }
+            Err(_) => now,
+        };
+        ASK_AFTER.saturating_sub(Duration::from_millis(now - since.min(now)))
     }
 
     /// Closes the longest-idle connection of any key but `except` (to give its place to

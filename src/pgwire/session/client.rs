@@ -162,7 +162,10 @@ impl Session {
         to_client: &mut BytesMut,
     ) -> Result<(), FrameError> {
         let parse = frame::read_parse(msg)?;
-        self.door_statements.remove(parse.name);
+        // Nearly always empty: then the name isn't even hashed (every Parse comes here).
+        if !self.door_statements.is_empty() {
+            self.door_statements.remove(parse.name);
+        }
         if let Some(deallocation) = self.door_deallocation(parse.query) {
             self.door_statements
                 .insert(Bytes::copy_from_slice(parse.name), deallocation);
@@ -219,7 +222,9 @@ impl Session {
         to_client: &mut BytesMut,
     ) -> Result<(), FrameError> {
         let (portal, name, rest) = frame::read_bind(msg)?;
-        self.door_portals.remove(portal);
+        if !self.door_portals.is_empty() {
+            self.door_portals.remove(portal);
+        }
         if let Some(deallocation) = self.door_statements.get(name).cloned() {
             self.door_portals
                 .insert(Bytes::copy_from_slice(portal), deallocation);
