@@ -158,19 +158,10 @@ impl Budget {
         self.permits.clone().try_acquire_owned().ok()
     }
 
-    /// A place for a client that waits for it, waiting up to `patience`; see
-    /// [`Budget::take_while`].
-    pub async fn take(&self, patience: Duration) -> Option<Permit> {
-        self.take_while(patience, || true).await
-    }
-
-    /// [`Budget::take`], asking the holders for a place after `ask_after` rather than
-    /// [`ASK_AFTER`]: for a taker whose side has already been short for a while.
-    pub async fn take_asking_after(
-        &self,
-        patience: Duration,
-        ask_after: Duration,
-    ) -> Option<Permit> {
+    /// A place for a client that waits for it, waiting up to `patience` and asking the holders
+    /// for one after `ask_after` (see [`Budget::take_while`], which asks after [`ASK_AFTER`]): a
+    /// taker whose side has already been short for a while asks sooner.
+    pub async fn take(&self, patience: Duration, ask_after: Duration) -> Option<Permit> {
         self.take_inner(patience, ask_after, || true).await
     }
 
@@ -250,11 +241,16 @@ mod tests {
                 started.elapsed()
             })
         };
-        let got = budget.take(Duration::from_secs(5)).await;
+        let got = budget.take(Duration::from_secs(5), ASK_AFTER).await;
         assert!(got.is_some());
         // Asked only once the taker had waited for a place of its own side's to come back.
         assert!(holder.await.unwrap() >= ASK_AFTER);
-        assert!(budget.take(Duration::from_millis(10)).await.is_none());
+        assert!(
+            budget
+                .take(Duration::from_millis(10), ASK_AFTER)
+                .await
+                .is_none()
+        );
     }
 
     #[tokio::test]

@@ -357,7 +357,7 @@ impl Pools {
                             // The pool shut: its waiters' lines were dropped.
                             Err(_) => continue,
                         },
-                        place = inner.budget.take_asking_after(remaining, ask_after) => place,
+                        place = inner.budget.take(remaining, ask_after) => place,
                     };
                     // A connection may have been handed over in the same instant: it is
                     // taken rather than dropped with the line (a new login saved).
