@@ -1,7 +1,7 @@
 //! Both doors busy at once on one small budget: server connections are reused, not churned.
 //! A door gives an idle connection back to the other only when a client there really waits for
-//! a place, never so that a spare connection (`--pool-min`) can be opened, and never while its
-//! own clients wait.
+//! a place, never so that a spare connection (`--pool-min`) can be opened, and while its own
+//! clients wait too only above an even split; the place given goes to the door that asked.
 
 mod support;
 
@@ -52,6 +52,19 @@ struct Load {
     first_failure: Option<String>,
     reclaimed: f64,
     opened: f64,
+}
+
+impl Load {
+    /// No failure, and at most `reclaims` connections closed to give their places away.
+    fn assert_clean(&self, reclaims: f64) {
+        assert_eq!(self.failures, 0, "first: {:?}", self.first_failure);
+        assert!(
+            self.reclaimed <= reclaims,
+            "{} connections reclaimed for {} operations",
+            self.reclaimed,
+            self.operations
+        );
+    }
 }
 
 /// `grpc_callers` gRPC callers and `door_clients` door clients, each running `SELECT 1`
@@ -145,13 +158,7 @@ async fn spare_connections_take_only_free_places() {
     let _one = ONE_AT_A_TIME.lock().await;
     let door = spares_ready(&["--pool-max", "4", "--pool-min", "4"]).await;
     let load = mixed_load(&door, 2, 2, EACH).await;
-    assert_eq!(load.failures, 0, "first: {:?}", load.first_failure);
-    assert!(
-        load.reclaimed <= 4.0,
-        "{} connections reclaimed for {} operations",
-        load.reclaimed,
-        load.operations
-    );
+    load.assert_clean(4.0);
 }
 
 /// Three gRPC callers and three door clients on a budget of four, with four spare connections
@@ -166,11 +173,22 @@ async fn few_reclaims_when_both_doors_want_more_than_the_budget() {
     let _one = ONE_AT_A_TIME.lock().await;
     let door = spares_ready(&["--pool-max", "4", "--pool-min", "4"]).await;
     let load = mixed_load(&door, 3, 3, EACH).await;
-    assert_eq!(load.failures, 0, "first: {:?}", load.first_failure);
-    assert!(
-        load.reclaimed <= 6.0,
-        "{} connections reclaimed for {} operations",
-        load.reclaimed,
-        load.operations
-    );
+    load.assert_clean(6.0);
+}
+
+/// Sixteen gRPC callers and sixteen door clients on a budget of eight, none kept spare: both
+/// doors want twice the budget for the whole run. Each settles on about half and its callers
+/// take turns on it. Reclaims come only where one door really needs a place: while the first
+/// split, however uneven, evens out (a door short itself gives only while it holds two more
+/// than the asker; the budget at most, as places given and not yet taken count for neither)
+/// and when one door's clients finish first and the other takes over its idle places (at
+/// most the budget again): sixteen at most, 7 to 10 measured. Before
+/// the even-split rule and the place going to the door that asked (rather than to the giving
+/// door's own connect, queued earlier), the same load saw 272 in under eight seconds.
+#[tokio::test]
+async fn busy_doors_settle_instead_of_trading_places() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let door = Door::start(&["--pool-max", "8", "--pool-min", "0"]).await;
+    let load = mixed_load(&door, 16, 16, 1500).await;
+    load.assert_clean(16.0);
 }

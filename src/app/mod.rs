@@ -32,10 +32,7 @@ fn start_pg_door(
     stopping: &CancellationToken,
 ) -> (Arc<pgwire::Door>, TaskTracker) {
     let target = pgwire::server::Target::of(&config.database, config.database_tls.clone());
-    tasks.spawn(
-        pool.clone()
-            .give_back_idle(budget.clone(), stopping.clone()),
-    );
+    tasks.spawn(pool.clone().give_back_idle(stopping.clone()));
     let pools = pgwire::pool::Pools::new(
         target,
         budget,

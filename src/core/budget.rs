@@ -1,29 +1,33 @@
 //! The one connection budget both doors draw from: `PGWAY_POOL_MAX` server connections in all.
 //!
-//! Every server connection, whichever door opens it, holds one [`Permit`] for as long as it is
-//! open. A door whose client waits for a place it can't find asks the others to give back an
-//! idle connection ([`Budget::reclaim_requested`]): the PostgreSQL door keeps idle connections
-//! per user and database, and one user's idle connections must not starve another user, or the
-//! gRPC door.
+//! Each door draws through a [`Share`] of its own, and every server connection, whichever door
+//! opens it, holds one [`Place`] for as long as it is open. A door whose client waits for a
+//! place it can't find asks the others to give back an idle connection
+//! ([`Share::reclaim_requested`]): the PostgreSQL door keeps idle connections per user and
+//! database, and one user's idle connections must not starve another user, or the gRPC door.
 //!
 //! A reclaim costs the side that gives up the connection a new login when it needs one again,
-//! and when both doors are busy that is a place handed back and forth for nothing. So a place
-//! is asked for only by a taker someone waits on ([`Budget::take_while`]), only once it has
-//! waited [`ASK_AFTER`] (a busy side's own connections come back within a round trip), and a
-//! holder is woken only while someone still asks.
+//! and when both doors are busy that is a place handed back and forth for nothing. So:
+//! - a place is asked for only by a taker someone waits on ([`Share::take_while`]), only once
+//!   its side has been short for [`ASK_AFTER`] (a busy side's own connections come back within
+//!   a round trip);
+//! - a side that is itself short gives a place only while it holds at least two more than the
+//!   side asking, so two busy doors settle on an even split instead of trading places;
+//! - a place given back goes to the side that asked ([`Place::give_on_drop`]), not to the first
+//!   taker in the semaphore's line, which is often the giving side's own connect, queued
+//!   earlier: the place would go straight back, and be asked for again (measured: 272 reclaims
+//!   in 7.6 s with 16 callers on each door and a budget of 8).
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-/// Held by an open server connection; dropping it frees its place.
-pub type Permit = OwnedSemaphorePermit;
-
-/// How long a taker waits for a place before asking the holders for one. A connection of its
-/// own side given back usually comes within a statement's round trip; one taken from the other
+/// How long a side is short before it asks the holders for a place. A connection of its own
+/// side given back usually comes within a statement's round trip; one taken from the other
 /// side costs that side a login later, so it is asked for only by a wait longer than that.
+/// A side short within this long counts as busy when asked to give.
 pub const ASK_AFTER: Duration = Duration::from_millis(100);
 
 /// How often a taker that still waits asks again: a holder with nothing idle, or with clients
@@ -36,16 +40,57 @@ const COLLECT_PATIENCE: Duration = Duration::from_secs(60);
 /// The shared budget. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Budget {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     permits: Arc<Semaphore>,
-    /// Woken when someone asks for a place: a holder of idle connections closes one.
-    reclaim: Arc<Notify>,
-    /// Takers asking for a place now; a holder woken after they all got one does nothing.
-    asking: Arc<AtomicUsize>,
-    total: Arc<AtomicU32>,
+    /// Woken when someone asks for a place: a holder of idle connections may close one.
+    reclaim: Notify,
+    /// Woken when a place is given back to the askers.
+    given: Notify,
+    /// The sides, who asks and the places given back for them, under one lock so that a place
+    /// is never given to nobody.
+    table: Mutex<Table>,
+    total: AtomicU32,
     /// The total it started with (`PGWAY_POOL_MAX`).
     start: u32,
     /// Places a shrink ([`Budget::resize`]) still has to take back as they free.
-    shrink: Arc<Shrink>,
+    shrink: Shrink,
+    /// The shrink's collector takes places as a side of its own.
+    collector: Arc<Side>,
+    /// What the sides' `short_at` count from.
+    epoch: std::time::Instant,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    sides: Vec<Arc<Side>>,
+    /// Places given back, with the side that gave each: for any other side that asks.
+    gifts: Vec<(usize, OwnedSemaphorePermit)>,
+}
+
+impl Table {
+    /// Whether a side other than `from` asks for a place now.
+    fn someone_asks_but(&self, from: usize) -> bool {
+        self.sides
+            .iter()
+            .any(|side| side.id != from && side.asking.load(Ordering::Relaxed) > 0)
+    }
+}
+
+/// One door's part of the budget.
+#[derive(Debug)]
+struct Side {
+    id: usize,
+    /// Places held now.
+    held: AtomicU32,
+    /// Takers of this side asking for a place now; changed under the table's lock.
+    asking: AtomicUsize,
+    /// When a client of this side last had to wait for a connection, in milliseconds from
+    /// the budget's epoch, plus one (0: never).
+    short_at: AtomicU64,
 }
 
 /// What a shrink still owes: places to forget as connections give them back.
@@ -57,48 +102,155 @@ struct Shrink {
     collecting: Mutex<bool>,
 }
 
+/// A door's handle on the budget: the places it takes count as its own. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Share {
+    budget: Budget,
+    side: Arc<Side>,
+}
+
+/// Held by an open server connection; dropping it frees its place.
+#[derive(Debug)]
+pub struct Place {
+    permit: Option<OwnedSemaphorePermit>,
+    side: Arc<Side>,
+    budget: Budget,
+    /// Set when the connection was closed to give its place to another side that asked.
+    give: Arc<AtomicBool>,
+}
+
+/// Marks a [`Place`] held elsewhere (by a connection's task) as given back when it drops.
+#[derive(Debug, Clone, Default)]
+pub struct Giver(Arc<AtomicBool>);
+
+impl Giver {
+    /// The place goes to the side that asked, when the connection holding it closes.
+    pub fn give_on_drop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Place {
+    /// The place goes to the side that asked when it drops, not back to the line.
+    pub fn give_on_drop(&self) {
+        self.give.store(true, Ordering::Relaxed);
+    }
+
+    /// A handle that can [`Giver::give_on_drop`] this place from wherever it is.
+    pub fn giver(&self) -> Giver {
+        Giver(Arc::clone(&self.give))
+    }
+
+    /// Takes the place out of the budget for good (a shrink).
+    fn forget(mut self) {
+        if let Some(permit) = self.permit.take() {
+            permit.forget();
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.side.held.fetch_sub(1, Ordering::Relaxed);
+        if let Some(permit) = self.permit.take()
+            && self.give.load(Ordering::Relaxed)
+        {
+            self.budget.give(self.side.id, permit);
+        }
+    }
+}
+
 /// Counts a taker as asking for as long as it lives.
-struct Asking(Arc<AtomicUsize>);
+struct Asking {
+    budget: Budget,
+    side: Arc<Side>,
+}
 
 impl Asking {
-    fn new(asking: &Arc<AtomicUsize>) -> Asking {
-        asking.fetch_add(1, Ordering::Relaxed);
-        Asking(Arc::clone(asking))
+    fn new(budget: &Budget, side: &Arc<Side>) -> Asking {
+        let _table = budget.table();
+        side.asking.fetch_add(1, Ordering::Relaxed);
+        Asking {
+            budget: budget.clone(),
+            side: Arc::clone(side),
+        }
     }
 }
 
 impl Drop for Asking {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        // Places given back for nobody now return to the line (dropped after the lock).
+        let mut orphans = Vec::new();
+        let mut table = self.budget.table();
+        self.side.asking.fetch_sub(1, Ordering::Relaxed);
+        let mut i = 0;
+        while i < table.gifts.len() {
+            if table.someone_asks_but(table.gifts[i].0) {
+                i += 1;
+            } else {
+                orphans.push(table.gifts.swap_remove(i));
+            }
+        }
+        drop(table);
+        drop(orphans);
     }
 }
 
 impl Budget {
     pub fn new(total: u32) -> Budget {
+        let collector = Arc::new(Side::new(0));
         Budget {
-            permits: Arc::new(Semaphore::new(total as usize)),
-            reclaim: Arc::new(Notify::new()),
-            asking: Arc::new(AtomicUsize::new(0)),
-            total: Arc::new(AtomicU32::new(total)),
-            start: total,
-            shrink: Arc::default(),
+            shared: Arc::new(Shared {
+                permits: Arc::new(Semaphore::new(total as usize)),
+                reclaim: Notify::new(),
+                given: Notify::new(),
+                table: Mutex::new(Table {
+                    sides: vec![Arc::clone(&collector)],
+                    gifts: Vec::new(),
+                }),
+                total: AtomicU32::new(total),
+                start: total,
+                shrink: Shrink::default(),
+                collector,
+                epoch: std::time::Instant::now(),
+            }),
         }
+    }
+
+    /// A new side of the budget, for one door.
+    pub fn share(&self) -> Share {
+        let mut table = self.table();
+        let side = Arc::new(Side::new(table.sides.len()));
+        table.sides.push(Arc::clone(&side));
+        Share {
+            budget: self.clone(),
+            side,
+        }
+    }
+
+    /// The table; its data stays whole whatever panicked while holding it (counters and a
+    /// list, each changed in one step), so a poisoned lock is taken as it is.
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.shared
+            .table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// How many connections may be open at once.
     pub fn total(&self) -> u32 {
-        self.total.load(Ordering::Relaxed)
+        self.shared.total.load(Ordering::Relaxed)
     }
 
     /// The total it started with (`PGWAY_POOL_MAX`).
     pub fn start(&self) -> u32 {
-        self.start
+        self.shared.start
     }
 
     /// How many are open now (more than [`Budget::total`] for a while after a shrink).
     pub fn in_use(&self) -> u32 {
-        let capacity = self.total() + self.shrink.owed.load(Ordering::Relaxed);
-        capacity.saturating_sub(self.permits.available_permits() as u32)
+        let capacity = self.total() + self.shared.shrink.owed.load(Ordering::Relaxed);
+        capacity.saturating_sub(self.shared.permits.available_permits() as u32)
     }
 
     /// Changes how many connections may be open at once (the console's `SET`). More places
@@ -106,74 +258,126 @@ impl Budget {
     /// of idle ones asked to, so no connection in use is closed. Needs the runtime when it
     /// shrinks below what is in use.
     pub fn resize(&self, total: u32) {
+        let shrink = &self.shared.shrink;
         // Poisoned only by a panic while holding it, which nothing here can do.
-        let Ok(mut collecting) = self.shrink.collecting.lock() else {
+        let Ok(mut collecting) = shrink.collecting.lock() else {
             return;
         };
-        let old = self.total.swap(total, Ordering::Relaxed);
-        let owed = self.shrink.owed.load(Ordering::Relaxed);
+        let old = self.shared.total.swap(total, Ordering::Relaxed);
+        let owed = shrink.owed.load(Ordering::Relaxed);
         if total >= old {
             // What a shrink still owes is cancelled first: those places are in use.
             let grow = total - old;
             let repaid = grow.min(owed);
-            self.shrink.owed.store(owed - repaid, Ordering::Relaxed);
-            self.permits.add_permits((grow - repaid) as usize);
+            shrink.owed.store(owed - repaid, Ordering::Relaxed);
+            self.shared.permits.add_permits((grow - repaid) as usize);
             return;
         }
         let cut = old - total;
-        let forgotten = self.permits.forget_permits(cut as usize) as u32;
+        let forgotten = self.shared.permits.forget_permits(cut as usize) as u32;
         let rest = cut - forgotten;
         if rest == 0 {
             return;
         }
-        self.shrink.owed.store(owed + rest, Ordering::Relaxed);
+        shrink.owed.store(owed + rest, Ordering::Relaxed);
         if !*collecting {
             *collecting = true;
-            tokio::spawn(self.clone().collect());
+            let collector = Share {
+                budget: self.clone(),
+                side: Arc::clone(&self.shared.collector),
+            };
+            tokio::spawn(collector.collect());
         }
     }
 
-    /// Takes back, one by one as they free, the places a shrink owes.
-    async fn collect(self) {
-        let owed = || self.shrink.owed.load(Ordering::Relaxed) > 0;
-        loop {
-            let place = self.take_while(COLLECT_PATIENCE, owed).await;
-            let Ok(mut collecting) = self.shrink.collecting.lock() else {
-                return;
-            };
-            let still = self.shrink.owed.load(Ordering::Relaxed);
-            if let Some(place) = place.filter(|_| still > 0) {
-                place.forget();
-                self.shrink.owed.store(still - 1, Ordering::Relaxed);
-            }
-            if self.shrink.owed.load(Ordering::Relaxed) == 0 {
-                *collecting = false;
-                return;
-            }
+    /// A place given back by side `from`: to the other sides' askers, or to the line if none
+    /// asks any more.
+    fn give(&self, from: usize, permit: OwnedSemaphorePermit) {
+        let mut table = self.table();
+        if table.someone_asks_but(from) {
+            table.gifts.push((from, permit));
+            drop(table);
+            self.shared.given.notify_waiters();
+        } else {
+            drop(table);
+            drop(permit);
+        }
+    }
+}
+
+impl Side {
+    fn new(id: usize) -> Side {
+        Side {
+            id,
+            held: AtomicU32::new(0),
+            asking: AtomicUsize::new(0),
+            short_at: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Share {
+    /// The budget this is a share of.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// How many places this side holds now.
+    pub fn held(&self) -> u32 {
+        self.side.held.load(Ordering::Relaxed)
+    }
+
+    /// Notes that a client of this side waits for a connection: the side is busy, and a
+    /// holder asked for a place gives one only above an even split (see [`Share::reclaim_requested`]).
+    pub fn short(&self) {
+        self.side.short_at.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        self.budget.shared.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether a client of this side waited for a connection within [`ASK_AFTER`].
+    fn short_lately(&self) -> bool {
+        let at = self.side.short_at.load(Ordering::Relaxed);
+        at != 0 && self.now().saturating_sub(at) < ASK_AFTER.as_millis() as u64
+    }
+
+    fn place(&self, permit: OwnedSemaphorePermit) -> Place {
+        self.side.held.fetch_add(1, Ordering::Relaxed);
+        Place {
+            permit: Some(permit),
+            side: Arc::clone(&self.side),
+            budget: self.budget.clone(),
+            give: Arc::default(),
         }
     }
 
     /// A place now, if one is free.
-    pub fn try_take(&self) -> Option<Permit> {
-        self.permits.clone().try_acquire_owned().ok()
+    pub fn try_take(&self) -> Option<Place> {
+        let permit = self
+            .budget
+            .shared
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .ok()?;
+        Some(self.place(permit))
     }
 
     /// A place for a client that waits for it, waiting up to `patience` and asking the holders
-    /// for one after `ask_after` (see [`Budget::take_while`], which asks after [`ASK_AFTER`]): a
+    /// for one after `ask_after` (see [`Share::take_while`], which asks after [`ASK_AFTER`]): a
     /// taker whose side has already been short for a while asks sooner.
-    pub async fn take(&self, patience: Duration, ask_after: Duration) -> Option<Permit> {
+    pub async fn take(&self, patience: Duration, ask_after: Duration) -> Option<Place> {
         self.take_inner(patience, ask_after, || true).await
     }
 
     /// A place, waiting up to `patience` for as long as `needed` says someone waits for it.
-    /// Places are handed out in the order takers came. After [`ASK_AFTER`] without one, and
-    /// every [`ASK_AGAIN`] after that, the holders are asked to give back an idle connection;
-    /// a taker no longer `needed` stops (`None`) instead of asking.
-    pub async fn take_while(
-        &self,
-        patience: Duration,
-        needed: impl Fn() -> bool,
-    ) -> Option<Permit> {
+    /// Free places are handed out in the order takers came. After [`ASK_AFTER`] without one,
+    /// and every [`ASK_AGAIN`] after that, the holders are asked to give back an idle
+    /// connection, whose place comes to the askers; a taker no longer `needed` stops (`None`)
+    /// instead of asking.
+    pub async fn take_while(&self, patience: Duration, needed: impl Fn() -> bool) -> Option<Place> {
         self.take_inner(patience, ASK_AFTER, needed).await
     }
 
@@ -182,39 +386,100 @@ impl Budget {
         patience: Duration,
         ask_after: Duration,
         needed: impl Fn() -> bool,
-    ) -> Option<Permit> {
-        if let Some(permit) = self.try_take() {
-            return Some(permit);
+    ) -> Option<Place> {
+        if let Some(place) = self.try_take() {
+            return Some(place);
         }
+        let shared = &self.budget.shared;
         let deadline = tokio::time::Instant::now() + patience;
-        let acquire = self.permits.clone().acquire_owned();
+        let acquire = shared.permits.clone().acquire_owned();
         tokio::pin!(acquire);
         let mut ask_at = tokio::time::Instant::now() + ask_after;
         let mut asking = None;
         loop {
             let slice = ask_at.min(deadline);
-            match tokio::time::timeout_at(slice, &mut acquire).await {
-                // The semaphore is never closed.
-                Ok(permit) => return permit.ok(),
-                Err(_) if slice >= deadline => return None,
-                Err(_) => {}
+            let given = shared.given.notified();
+            tokio::pin!(given);
+            if asking.is_some() {
+                // Registered before looking, so a place given after the look wakes it.
+                given.as_mut().enable();
+                if let Some(place) = self.take_given() {
+                    return Some(place);
+                }
             }
-            if !needed() {
+            tokio::select! {
+                biased;
+                // The semaphore is never closed.
+                permit = &mut acquire => return permit.ok().map(|permit| self.place(permit)),
+                () = &mut given, if asking.is_some() => continue,
+                () = tokio::time::sleep_until(slice) => {}
+            }
+            if slice >= deadline || !needed() {
                 return None;
             }
-            asking.get_or_insert_with(|| Asking::new(&self.asking));
-            self.reclaim.notify_waiters();
+            asking.get_or_insert_with(|| Asking::new(&self.budget, &self.side));
+            shared.reclaim.notify_waiters();
             ask_at = tokio::time::Instant::now() + ASK_AGAIN;
         }
     }
 
-    /// Resolves when someone asks for a place; a holder should close an idle connection if
-    /// it has one, unless its own clients wait for one.
+    /// A place another side gave back for this side's askers, if there is one.
+    fn take_given(&self) -> Option<Place> {
+        let mut table = self.budget.table();
+        let at = table
+            .gifts
+            .iter()
+            .position(|(from, _)| *from != self.side.id)?;
+        let (_, permit) = table.gifts.swap_remove(at);
+        drop(table);
+        Some(self.place(permit))
+    }
+
+    /// Resolves when another side asks for a place and this side should give one: if it has
+    /// an idle connection, it closes it with [`Place::give_on_drop`]. A side none of whose
+    /// clients waited within [`ASK_AFTER`] gives; a busy one only while it holds at least two
+    /// more places than the side asking, so that giving one never leaves it with fewer.
     pub async fn reclaim_requested(&self) {
         loop {
-            self.reclaim.notified().await;
-            // The taker that asked may have got a place before this holder woke.
-            if self.asking.load(Ordering::Relaxed) > 0 {
+            self.budget.shared.reclaim.notified().await;
+            if self.should_give() {
+                return;
+            }
+        }
+    }
+
+    fn should_give(&self) -> bool {
+        let table = self.budget.table();
+        let fewest = table
+            .sides
+            .iter()
+            .filter(|side| side.id != self.side.id && side.asking.load(Ordering::Relaxed) > 0)
+            .map(|side| side.held.load(Ordering::Relaxed))
+            .min();
+        drop(table);
+        // The taker that asked may have got a place before this holder woke.
+        let Some(fewest) = fewest else {
+            return false;
+        };
+        !self.short_lately() || self.held() >= fewest + 2
+    }
+
+    /// Takes back, one by one as they free, the places a shrink owes.
+    async fn collect(self) {
+        let shrink = &self.budget.shared.shrink;
+        let owed = || shrink.owed.load(Ordering::Relaxed) > 0;
+        loop {
+            let place = self.take_while(COLLECT_PATIENCE, owed).await;
+            let Ok(mut collecting) = shrink.collecting.lock() else {
+                return;
+            };
+            let still = shrink.owed.load(Ordering::Relaxed);
+            if let Some(place) = place.filter(|_| still > 0) {
+                place.forget();
+                shrink.owed.store(still - 1, Ordering::Relaxed);
+            }
+            if shrink.owed.load(Ordering::Relaxed) == 0 {
+                *collecting = false;
                 return;
             }
         }
@@ -228,25 +493,27 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_gets_the_place_an_idle_holder_gives_back() {
         let budget = Budget::new(1);
-        let held = budget.try_take();
+        let (giver, taker) = (budget.share(), budget.share());
+        let held = giver.try_take();
         assert!(held.is_some());
         assert_eq!(budget.in_use(), 1);
-        assert!(budget.try_take().is_none());
+        assert!(taker.try_take().is_none());
         let started = tokio::time::Instant::now();
         let holder = {
-            let budget = budget.clone();
+            let giver = giver.clone();
             tokio::spawn(async move {
-                budget.reclaim_requested().await;
+                giver.reclaim_requested().await;
                 drop(held);
                 started.elapsed()
             })
         };
-        let got = budget.take(Duration::from_secs(5), ASK_AFTER).await;
+        let got = taker.take(Duration::from_secs(5), ASK_AFTER).await;
         assert!(got.is_some());
+        assert_eq!((giver.held(), taker.held()), (0, 1));
         // Asked only once the taker had waited for a place of its own side's to come back.
         assert!(holder.await.unwrap() >= ASK_AFTER);
         assert!(
-            budget
+            taker
                 .take(Duration::from_millis(10), ASK_AFTER)
                 .await
                 .is_none()
@@ -256,10 +523,11 @@ mod tests {
     #[tokio::test]
     async fn a_resize_frees_places_at_once_and_takes_them_back_as_they_free() {
         let budget = Budget::new(2);
-        let (a, b) = (budget.try_take(), budget.try_take());
+        let share = budget.share();
+        let (a, b) = (share.try_take(), share.try_take());
         assert!(a.is_some() && b.is_some());
         budget.resize(3);
-        let c = budget.try_take();
+        let c = share.try_take();
         assert!(c.is_some(), "a grown budget has a free place at once");
         budget.resize(1);
         assert_eq!((budget.total(), budget.in_use()), (1, 3));
@@ -267,24 +535,24 @@ mod tests {
         drop(c);
         // The collector takes the two places back as they free: none is free to a taker.
         let collected = async {
-            while budget.shrink.owed.load(Ordering::Relaxed) > 0 {
+            while budget.shared.shrink.owed.load(Ordering::Relaxed) > 0 {
                 tokio::task::yield_now().await;
             }
         };
         tokio::time::timeout(Duration::from_secs(5), collected)
             .await
             .expect("the places given back were taken back");
-        assert!(budget.try_take().is_none());
+        assert!(share.try_take().is_none());
         drop(b);
-        assert!(budget.try_take().is_some(), "one place is left");
+        assert!(share.try_take().is_some(), "one place is left");
         // Growing while a shrink still owes cancels the debt first.
-        let held = budget.try_take().or_else(|| budget.try_take());
+        let held = share.try_take().or_else(|| share.try_take());
         budget.resize(0);
         budget.resize(2);
         drop(held);
         let both = async {
             loop {
-                if let (Some(_), Some(_)) = (budget.try_take(), budget.try_take()) {
+                if let (Some(_), Some(_)) = (share.try_take(), share.try_take()) {
                     return;
                 }
                 tokio::task::yield_now().await;
@@ -299,13 +567,14 @@ mod tests {
     #[tokio::test]
     async fn a_taker_nobody_waits_for_never_asks() {
         let budget = Budget::new(1);
-        let _held = budget.try_take();
+        let (giver, taker) = (budget.share(), budget.share());
+        let _held = giver.try_take();
         let holder = {
-            let budget = budget.clone();
-            tokio::spawn(async move { budget.reclaim_requested().await })
+            let giver = giver.clone();
+            tokio::spawn(async move { giver.reclaim_requested().await })
         };
         assert!(
-            budget
+            taker
                 .take_while(Duration::from_secs(5), || false)
                 .await
                 .is_none()
@@ -318,21 +587,81 @@ mod tests {
     #[tokio::test]
     async fn a_ring_nobody_asks_for_any_more_wakes_no_holder() {
         let budget = Budget::new(1);
+        let (giver, taker) = (budget.share(), budget.share());
         let holder = {
-            let budget = budget.clone();
-            tokio::spawn(async move { budget.reclaim_requested().await })
+            let giver = giver.clone();
+            tokio::spawn(async move { giver.reclaim_requested().await })
         };
         tokio::task::yield_now().await;
         // A ring whose taker got its place before the holder woke, as the holder sees it.
-        budget.reclaim.notify_waiters();
+        budget.shared.reclaim.notify_waiters();
         tokio::time::sleep(ASK_AGAIN).await;
         assert!(!holder.is_finished(), "woken with nobody asking");
         // While someone asks, the same ring wakes it.
-        let _asking = Asking::new(&budget.asking);
-        budget.reclaim.notify_waiters();
+        let _asking = Asking::new(&budget, &taker.side);
+        budget.shared.reclaim.notify_waiters();
         tokio::time::timeout(ASK_AGAIN, holder)
             .await
             .expect("woken while someone asks")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_place_given_back_goes_to_the_side_that_asked() {
+        let budget = Budget::new(1);
+        let (giver, taker) = (budget.share(), budget.share());
+        let held = giver.try_take().expect("a free place");
+        // The giver's own connect queued first: with the place dropped to the line it would
+        // get it back, and the taker would ask again.
+        let own = {
+            let giver = giver.clone();
+            tokio::spawn(async move { giver.take(Duration::from_secs(1), ASK_AFTER).await })
+        };
+        let asked = {
+            let giver = giver.clone();
+            tokio::spawn(async move { giver.reclaim_requested().await })
+        };
+        let took = {
+            let taker = taker.clone();
+            tokio::spawn(async move { taker.take(Duration::from_secs(5), ASK_AFTER).await })
+        };
+        tokio::time::timeout(Duration::from_secs(5), asked)
+            .await
+            .expect("the holder was asked")
+            .unwrap();
+        held.give_on_drop();
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(5), took)
+            .await
+            .expect("the asker was served")
+            .unwrap();
+        assert!(got.is_some(), "the place went to the side that asked");
+        assert_eq!((giver.held(), taker.held()), (0, 1));
+        assert!(
+            own.await.unwrap().is_none(),
+            "the giver's own taker got nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_side_at_an_even_split_keeps_its_places() {
+        let budget = Budget::new(4);
+        let (busy, asker) = (budget.share(), budget.share());
+        let mine = [busy.try_take(), busy.try_take()];
+        let theirs = [asker.try_take(), asker.try_take()];
+        assert!(mine.iter().chain(&theirs).all(Option::is_some));
+        let _asking = Asking::new(&budget, &asker.side);
+        busy.short();
+        assert!(
+            !busy.should_give(),
+            "a busy side at an even split gave a place"
+        );
+        assert!(busy.try_take().is_none(), "no place is free");
+        drop(theirs);
+        // Now 2 against 0: giving one still leaves it with more.
+        assert!(
+            busy.should_give(),
+            "a busy side two ahead keeps all its places"
+        );
     }
 }

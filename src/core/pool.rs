@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_postgres::{CancelToken, Client, Statement};
 use tracing::{debug, info, warn};
 
-use crate::core::budget::Budget;
+use crate::core::budget::{Budget, Giver, Share};
 use crate::core::dbtls::DatabaseTls;
 use crate::core::error::{ConnectError, GatewayError, Sent};
 use crate::core::pause::Pause;
@@ -149,6 +149,9 @@ pub struct PgConn {
     /// A statement that may have left session state behind ran: reset before reuse.
     dirty: bool,
     pool: Arc<PoolShared>,
+    /// Gives the connection's place (held by its socket's task) to the other door when it is
+    /// closed for that door.
+    giver: Giver,
 }
 
 /// A statement prepared on a connection, with what [`classify`] said about its text (`None`
@@ -428,9 +431,9 @@ pub struct Pool {
     min: u32,
     /// bb8's own bound: `PGWAY_POOL_MAX` as it started.
     max: u32,
-    /// The budget its connections draw on (the console's `SET` may make it larger or smaller
-    /// than `max`).
-    budget: Budget,
+    /// Its share of the budget its connections draw on (the console's `SET` may make the
+    /// budget larger or smaller than `max`).
+    share: Share,
     /// `pgway_pool_wait_seconds`, looked up once.
     wait_seconds: ::metrics::Histogram,
     /// PAUSE / RESUME, shared with the other door; calls for `database` wait while it is
@@ -505,8 +508,9 @@ impl Pool {
             .or(database.get_user())
             .unwrap_or("postgres")
             .into();
+        let share = budget.share();
         let manager =
-            ConnectionManager::new(database, tls, config, Arc::clone(&shared), budget.clone());
+            ConnectionManager::new(database, tls, config, Arc::clone(&shared), share.clone());
         let outcomes = manager.outcomes.subscribe();
         let inner = bb8::Pool::builder()
             .max_size(config.max)
@@ -533,7 +537,7 @@ impl Pool {
             max_waiting: config.max_waiting,
             min: config.min,
             max: config.max,
-            budget,
+            share,
             wait_seconds: histogram!(metrics::POOL_WAIT_SECONDS, "door" => "grpc"),
             pause: Arc::default(),
             database: name,
@@ -551,30 +555,24 @@ impl Pool {
     }
 
     /// Closes an idle connection whenever a client of the other door asks for a place in the
-    /// budget this pool shares (see [`Budget::take_while`]), until `stopping`. Used when
-    /// another door draws on the same budget. Spare connections (`PGWAY_POOL_MIN`) are given
-    /// back too, or they would starve the other door; they are not opened again at its
-    /// expense (see `ConnectionManager::place`).
-    pub async fn give_back_idle(
-        self,
-        budget: Budget,
-        stopping: tokio_util::sync::CancellationToken,
-    ) {
+    /// budget this pool shares and this pool should give one (see
+    /// [`Share::reclaim_requested`]), until `stopping`; its place goes to the side that asked.
+    /// Used when another door draws on the same budget. Spare connections (`PGWAY_POOL_MIN`)
+    /// are given back too, or they would starve the other door; they are not opened again at
+    /// its expense (see `ConnectionManager::place`).
+    pub async fn give_back_idle(self, stopping: tokio_util::sync::CancellationToken) {
         loop {
             tokio::select! {
                 _ = stopping.cancelled() => return,
-                _ = budget.reclaim_requested() => {}
+                _ = self.share.reclaim_requested() => {}
             }
-            // Not while this pool's own callers wait for a connection: it is short itself, and
-            // the place would only be asked for back at once.
-            if self.shared.wanting.load(Ordering::Relaxed) > 0
-                || self.inner.state().idle_connections == 0
-            {
+            if self.inner.state().idle_connections == 0 {
                 continue;
             }
             if let Ok(Ok(mut conn)) =
                 tokio::time::timeout(Duration::from_millis(1), self.inner.get()).await
             {
+                conn.giver.give_on_drop();
                 conn.mark_discard(CloseReason::Reclaimed);
             }
         }
@@ -615,7 +613,7 @@ impl Pool {
         // when the line is long.
         if waiting >= self.max_waiting {
             let state = self.inner.state();
-            let most = self.max.min(self.budget.total());
+            let most = self.max.min(self.share.budget().total());
             let available = state.idle_connections + most.saturating_sub(state.connections);
             if waiting >= self.max_waiting + available as usize {
                 counter!(metrics::SHED, "door" => "grpc").increment(1);
@@ -676,6 +674,7 @@ impl Pool {
             let get = std::future::poll_fn(|cx| {
                 let poll = get.as_mut().poll(cx);
                 if poll.is_pending() && wanting.is_none() {
+                    self.share.short();
                     wanting = Some(Waiting::new(&self.shared.wanting));
                 }
                 poll
@@ -738,7 +737,7 @@ impl Pool {
             open: state.connections,
             idle: state.idle_connections,
             min: self.min,
-            max: self.budget.total(),
+            max: self.share.budget().total(),
             waiting: self.shared.waiting.load(Ordering::Relaxed),
         }
     }

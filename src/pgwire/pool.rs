@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::roster::{NewServer, Roster, ServerGuard};
 use super::scram::Credential;
 use super::server::{self, LoginError, Pooled, ServerConn, Target};
-use crate::core::budget::{ASK_AFTER, Budget};
+use crate::core::budget::{ASK_AFTER, Budget, Place, Share};
 use crate::core::pool::CloseReason;
 use crate::core::retry::Backoff;
 use crate::core::telemetry as names;
@@ -74,7 +74,8 @@ pub struct Pools {
 #[derive(Debug)]
 struct Inner {
     target: Target,
-    budget: Budget,
+    /// This door's share of the budget both doors draw on.
+    share: Share,
     settings: PoolSettings,
     idle: Mutex<HashMap<Arc<PoolKey>, Vec<Pooled>, Hasher>>,
     /// Clients waiting for a connection of that key, longest-waiting first: a connection
@@ -145,7 +146,7 @@ impl Pools {
         Pools {
             inner: Arc::new(Inner {
                 target,
-                budget,
+                share: budget.share(),
                 settings,
                 idle: Mutex::new(HashMap::default()),
                 waiters: Mutex::new(HashMap::default()),
@@ -175,7 +176,7 @@ impl Pools {
 
     /// The budget both doors share (`PGWAY_POOL_MAX`).
     pub fn budget(&self) -> &Budget {
-        &self.inner.budget
+        self.inner.share.budget()
     }
 
     /// The door's live lists and figures.
@@ -333,9 +334,9 @@ impl Pools {
             if let Some(conn) = self.take_idle(key) {
                 return Ok(conn);
             }
-            let place = match inner.budget.try_take() {
+            let place = match inner.share.try_take() {
                 Some(place) => Some(place),
-                None if self.close_longest_idle(Some(key)) => inner.budget.try_take(),
+                None if self.close_longest_idle(Some(key), false) => inner.share.try_take(),
                 None => None,
             };
             let place = match place {
@@ -343,6 +344,7 @@ impl Pools {
                 None => {
                     // In line for the next connection of this key given back, first come
                     // first served; or for a place in the budget, whichever comes first.
+                    inner.share.short();
                     let (handoff, received) = oneshot::channel();
                     let ask_after = self.join_line(key, handoff);
                     // One may have come back between the look and joining the line.
@@ -357,7 +359,7 @@ impl Pools {
                             // The pool shut: its waiters' lines were dropped.
                             Err(_) => continue,
                         },
-                        place = inner.budget.take(remaining, ask_after) => place,
+                        place = inner.share.take(remaining, ask_after) => place,
                     };
                     // A connection may have been handed over in the same instant: it is
                     // taken rather than dropped with the line (a new login saved).
@@ -392,7 +394,7 @@ impl Pools {
         &self,
         key: &PoolKey,
         credential: &Credential,
-        place: crate::core::budget::Permit,
+        place: Place,
     ) -> Result<Pooled, LoginError> {
         let inner = &self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -455,7 +457,7 @@ impl Pools {
             if self.inner.closed.load(Ordering::Relaxed) || idle + others_idle() >= min {
                 continue;
             }
-            let Some(place) = self.inner.budget.try_take() else {
+            let Some(place) = self.inner.share.try_take() else {
                 continue;
             };
             if let Ok(conn) = self.open(&key, &credential, place).await {
@@ -607,8 +609,9 @@ impl Pools {
     }
 
     /// Closes the longest-idle connection of any key but `except` (to give its place to
-    /// that key); false if there is none.
-    fn close_longest_idle(&self, except: Option<&Arc<PoolKey>>) -> bool {
+    /// that key, or with `give` to the other door, which asked for it); false if there is
+    /// none.
+    fn close_longest_idle(&self, except: Option<&Arc<PoolKey>>, give: bool) -> bool {
         let victim = self.inner.idle.lock().ok().and_then(|mut idle| {
             let (_, list) = idle
                 .iter_mut()
@@ -618,6 +621,9 @@ impl Pools {
         });
         match victim {
             Some(conn) => {
+                if give {
+                    conn.give_place_on_close();
+                }
                 self.close(conn, CloseReason::Reclaimed);
                 true
             }
@@ -633,11 +639,8 @@ impl Pools {
         loop {
             tokio::select! {
                 _ = stopping.cancelled() => break,
-                _ = self.inner.budget.reclaim_requested() => {
-                    // Not while this door's own clients wait: it is short itself.
-                    if self.waiting() == 0 {
-                        self.close_longest_idle(None);
-                    }
+                _ = self.inner.share.reclaim_requested() => {
+                    self.close_longest_idle(None, true);
                 }
                 _ = tick.tick() => {
                     self.close_expired();

@@ -22,7 +22,7 @@ use tokio_postgres::config::ChannelBinding as ChannelBindingMode;
 
 use super::frame;
 use super::scram::{Binding, Credential, KeyClient, SCRAM_SHA_256, tls_server_end_point};
-use crate::core::budget::Permit;
+use crate::core::budget::Place;
 use crate::core::dbtls::require_auth::RequireAuth;
 use crate::core::dbtls::{DatabaseTls, SslMode};
 
@@ -167,7 +167,7 @@ pub struct ServerConn {
     pub idle_since: Instant,
     /// Set when what is on it can't be vouched for: it is closed, not pooled.
     pub broken: bool,
-    _place: Permit,
+    place: Place,
     /// Counts it among its pool's open connections for as long as it lives, whichever way it
     /// ends (a connection dropped on any path is one fewer, not a phantom "in use").
     pub(super) _open: Option<super::pool::OpenCount>,
@@ -183,6 +183,11 @@ impl std::fmt::Debug for ServerConn {
 }
 
 impl ServerConn {
+    /// Its place in the budget goes to the other door, which asked for it, when it closes.
+    pub fn give_place_on_close(&self) {
+        self.place.give_on_drop();
+    }
+
     /// Its entry in the door's roster (`SHOW SERVERS`), once its pool has counted it.
     pub fn listed(&self) -> Option<&std::sync::Arc<super::roster::ServerEntry>> {
         self._open.as_ref().map(|open| &open.listed.entry)
@@ -250,7 +255,7 @@ pub async fn connect(
     credential: &Credential,
     id: u64,
     prepared_cap: std::num::NonZeroUsize,
-    place: Permit,
+    place: Place,
 ) -> Result<Pooled, LoginError> {
     let work = async {
         let (stream, tls) = open_bound(target).await?;
@@ -275,7 +280,7 @@ pub async fn connect(
         opened: now,
         idle_since: now,
         broken: false,
-        _place: place,
+        place,
         _open: None,
     }))
 }

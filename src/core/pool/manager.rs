@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use super::{PgConn, PoolConfig, PoolShared};
-use crate::core::budget::{Budget, Permit};
+use crate::core::budget::{Place, Share};
 use crate::core::dbtls::DatabaseTls;
 use crate::core::error::ConnectError;
 use crate::core::telemetry as metrics;
@@ -34,8 +34,9 @@ pub struct ConnectionManager {
     connects: Semaphore,
     pub(super) outcomes: watch::Sender<ConnectOutcome>,
     pool: Arc<PoolShared>,
-    /// The places shared with the other door; each connection holds one while open.
-    budget: Budget,
+    /// This pool's share of the places shared with the other door; each connection holds one
+    /// while open.
+    share: Share,
     /// How long a connect waits for a place in the budget.
     budget_patience: Duration,
 }
@@ -62,10 +63,10 @@ impl ConnectionManager {
         tls: DatabaseTls,
         config: &PoolConfig,
         pool: Arc<PoolShared>,
-        budget: Budget,
+        share: Share,
     ) -> Self {
         ConnectionManager {
-            budget,
+            share,
             budget_patience: config.acquire_timeout,
             database: Arc::new(database),
             tls,
@@ -110,29 +111,29 @@ impl ConnectionManager {
     /// idle) takes only a free place, or none (`Ok(None)`): taking one from the other door
     /// would close a connection its clients use, only for that door to ask for it back, and a
     /// spare is tried again at the next checkout or reaper run anyway.
-    async fn place(&self) -> Result<Option<Permit>, ConnectError> {
-        if let Some(place) = self.budget.try_take() {
+    async fn place(&self) -> Result<Option<Place>, ConnectError> {
+        if let Some(place) = self.share.try_take() {
             return Ok(Some(place));
         }
         let wanted = || self.pool.wanting.load(Ordering::Relaxed) > 0;
         if !wanted() {
             return Ok(None);
         }
-        match self.budget.take_while(self.budget_patience, wanted).await {
+        match self.share.take_while(self.budget_patience, wanted).await {
             Some(place) => Ok(Some(place)),
             // The callers it was for got connections that came back.
             None if !wanted() => Ok(None),
             None => Err(ConnectError {
                 message: format!(
                     "all {} server connections of PGWAY_POOL_MAX are in use by the other door",
-                    self.budget.total()
+                    self.share.budget().total()
                 ),
                 ..ConnectError::default()
             }),
         }
     }
 
-    async fn open(&self, id: u64, place: Permit) -> Result<PgConn, ConnectError> {
+    async fn open(&self, id: u64, place: Place) -> Result<PgConn, ConnectError> {
         let (client, connection) = self.tls.connect(&self.database).await?;
         // The connection task is where a broken connection's reason lives: log it with the id.
         // It holds the connection's place in the budget, so the place is given back when the
@@ -140,6 +141,7 @@ impl ConnectionManager {
         // query in flight keeps its backend until the answer (or the cancel) comes, and no
         // other connection may take its place meanwhile.
         let pool = Arc::clone(&self.pool);
+        let giver = place.giver();
         tokio::spawn(async move {
             let _place = place;
             if let Err(error) = connection.await {
@@ -167,6 +169,7 @@ impl ConnectionManager {
             discard: None,
             dirty: false,
             pool: Arc::clone(&self.pool),
+            giver,
         })
     }
 }
