@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::door::{APP_PASSWORD, Door};
 use support::*;
 
 /// A gateway with both doors on whose URL carries a password (the harness server trusts
@@ -201,4 +202,90 @@ async fn door_clients_taking_turns_win_back_idle_grpc_connections() {
         done.expect("a door client failed");
     }
     drop(gw);
+}
+
+/// One user's clients keep every server connection of a budget of 2 busy, their line never
+/// empty; meanwhile `app` logs in and runs one statement, which must be served within its
+/// acquire timeout.
+async fn assert_another_user_is_served_beside_a_busy_one(door: &Door) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut busy = Vec::new();
+    for _ in 0..6 {
+        let client = door.client().await;
+        let stop = stop.clone();
+        busy.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client
+                    .batch_execute("SELECT pg_sleep(0.005)")
+                    .await
+                    .expect("the busy user's statement");
+            }
+        }));
+    }
+    // The busy user's clients have taken both connections and queue behind each other.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let served = async {
+        let (app, connection) =
+            tokio_postgres::connect(&door.dsn_as("app", APP_PASSWORD), tokio_postgres::NoTls)
+                .await?;
+        tokio::spawn(connection);
+        app.query_one("SELECT current_user::text", &[]).await
+    }
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in busy {
+        task.await.expect("the busy user's client");
+    }
+    let user: String = served.expect("the other user is served").get(0);
+    assert_eq!(user, "app");
+}
+
+/// A busy user does not lock another user out of the door: a connection given back while a
+/// client of another user waits for a place is closed to make room (while the busy user holds
+/// two more than the other), rather than handed on to the busy user's own line for ever.
+#[tokio::test]
+async fn a_busy_user_does_not_lock_another_user_out() {
+    // The file must exist when the gateway starts: the verifier is written once known.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("userlist.txt");
+    std::fs::write(&file, "").expect("write");
+    let path = file.to_str().expect("utf-8");
+    let door = Door::start(&[
+        "--pool-max",
+        "2",
+        "--acquire-timeout",
+        "3s",
+        "--pg-auth-file",
+        path,
+    ])
+    .await;
+    let verifier: String = door
+        .direct()
+        .await
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
+            &[],
+        )
+        .await
+        .expect("app's verifier")
+        .get(0);
+    std::fs::write(&file, format!("\"app\" \"{verifier}\"\n")).expect("write");
+    assert_another_user_is_served_beside_a_busy_one(&door).await;
+}
+
+/// The same with `app` found by the auth query, which runs on a connection of the gRPC door's
+/// pool: the busy door gives it a place (its connections never sit idle, so one is closed as
+/// it comes back), or the login would fail for want of a connection.
+#[tokio::test]
+async fn an_auth_query_gets_a_place_from_a_busy_door() {
+    let door = Door::start(&[
+        "--pool-max",
+        "2",
+        "--acquire-timeout",
+        "3s",
+        "--pg-auth-query",
+        "SELECT usename, passwd FROM pgway_auth.lookup($1)",
+    ])
+    .await;
+    assert_another_user_is_served_beside_a_busy_one(&door).await;
 }

@@ -50,6 +50,8 @@ struct Shared {
     reclaim: Notify,
     /// Woken when a place is given back to the askers.
     given: Notify,
+    /// Takers asking now, on every side: read on each release's path without the lock.
+    askers: AtomicUsize,
     /// The sides, who asks and the places given back for them, under one lock so that a place
     /// is never given to nobody.
     table: Mutex<Table>,
@@ -170,6 +172,7 @@ impl Asking {
     fn new(budget: &Budget, side: &Arc<Side>) -> Asking {
         let _table = budget.table();
         side.asking.fetch_add(1, Ordering::Relaxed);
+        budget.shared.askers.fetch_add(1, Ordering::Relaxed);
         Asking {
             budget: budget.clone(),
             side: Arc::clone(side),
@@ -183,6 +186,7 @@ impl Drop for Asking {
         let mut orphans = Vec::new();
         let mut table = self.budget.table();
         self.side.asking.fetch_sub(1, Ordering::Relaxed);
+        self.budget.shared.askers.fetch_sub(1, Ordering::Relaxed);
         let mut i = 0;
         while i < table.gifts.len() {
             if table.someone_asks_but(table.gifts[i].0) {
@@ -191,8 +195,13 @@ impl Drop for Asking {
                 orphans.push(table.gifts.swap_remove(i));
             }
         }
+        let left = !table.gifts.is_empty();
         drop(table);
         drop(orphans);
+        // Places a shrink's collector kept from the doors' askers are theirs once it stops.
+        if left && self.side.id == self.budget.shared.collector.id {
+            self.budget.shared.given.notify_waiters();
+        }
     }
 }
 
@@ -204,6 +213,7 @@ impl Budget {
                 permits: Arc::new(Semaphore::new(total as usize)),
                 reclaim: Notify::new(),
                 given: Notify::new(),
+                askers: AtomicUsize::new(0),
                 table: Mutex::new(Table {
                     sides: vec![Arc::clone(&collector)],
                     gifts: Vec::new(),
@@ -288,6 +298,11 @@ impl Budget {
             };
             tokio::spawn(collector.collect());
         }
+    }
+
+    /// Whether a shrink's collector asks for places now.
+    fn shrinking(&self) -> bool {
+        self.shared.collector.asking.load(Ordering::Relaxed) > 0
     }
 
     /// A place given back by side `from`: to the other sides' askers, or to the line if none
@@ -423,8 +438,13 @@ impl Share {
         }
     }
 
-    /// A place another side gave back for this side's askers, if there is one.
+    /// A place another side gave back for this side's askers, if there is one. While a
+    /// shrink asks, the places given back are all its own: a door taking one would only be
+    /// asked for it again.
     fn take_given(&self) -> Option<Place> {
+        if self.side.id != self.budget.shared.collector.id && self.budget.shrinking() {
+            return None;
+        }
         let mut table = self.budget.table();
         let at = table
             .gifts
@@ -448,20 +468,48 @@ impl Share {
         }
     }
 
+    /// Whether another side asks for a place now and this side should give one (see
+    /// [`Share::reclaim_requested`]): for a holder about to hand a connection given back to
+    /// a client of its own, which closes it (with [`Place::give_on_drop`]) instead. Costs one
+    /// atomic load while nobody else asks.
+    pub fn asked_to_give(&self) -> bool {
+        let askers = self.budget.shared.askers.load(Ordering::Relaxed);
+        askers > self.side.asking.load(Ordering::Relaxed) && self.should_give()
+    }
+
     fn should_give(&self) -> bool {
+        // A shrink takes places from whoever has one to spare: it is not a side to split with.
+        if self.budget.shrinking() {
+            return true;
+        }
         let table = self.budget.table();
+        let asking =
+            |side: &&Arc<Side>| side.id != self.side.id && side.asking.load(Ordering::Relaxed) > 0;
+        let askers: usize = table
+            .sides
+            .iter()
+            .filter(asking)
+            .map(|side| side.asking.load(Ordering::Relaxed))
+            .sum();
+        // Places given and not taken yet count as the askers': several connections coming
+        // back at once must not all go for one asker (the rest would return to the line, and
+        // be asked for again).
+        let given = table.gifts.len();
         let fewest = table
             .sides
             .iter()
-            .filter(|side| side.id != self.side.id && side.asking.load(Ordering::Relaxed) > 0)
+            .filter(asking)
             .map(|side| side.held.load(Ordering::Relaxed))
             .min();
         drop(table);
         // The taker that asked may have got a place before this holder woke.
-        let Some(fewest) = fewest else {
+        let Some(fewest) = fewest.filter(|_| given < askers) else {
             return false;
         };
-        !self.short_lately() || self.held() >= fewest + 2
+        let fewest = fewest + given as u32;
+        // A side with no place at all is served even by a busy holder of one: its clients
+        // would otherwise wait out their timeouts (a budget of one is shared in turns).
+        !self.short_lately() || self.held() >= fewest + 2 || (fewest == 0 && self.held() >= 1)
     }
 
     /// Takes back, one by one as they free, the places a shrink owes.
@@ -663,5 +711,58 @@ mod tests {
             busy.should_give(),
             "a busy side two ahead keeps all its places"
         );
+    }
+
+    #[tokio::test]
+    async fn a_side_with_no_place_is_served_even_by_a_busy_holder() {
+        let budget = Budget::new(1);
+        let (busy, asker) = (budget.share(), budget.share());
+        let _only = busy.try_take().expect("a free place");
+        busy.short();
+        assert!(!busy.asked_to_give(), "given with nobody asking");
+        let _asking = Asking::new(&budget, &asker.side);
+        assert!(
+            busy.asked_to_give(),
+            "a side with nothing was left to wait out its timeout"
+        );
+        assert!(
+            !asker.asked_to_give(),
+            "a side asked to give by its own askers"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shrink_takes_what_the_doors_give_back() {
+        let budget = Budget::new(4);
+        let (one, other) = (budget.share(), budget.share());
+        let mine = [one.try_take(), one.try_take()];
+        let theirs = [other.try_take(), other.try_take()];
+        one.short();
+        other.short();
+        budget.resize(2);
+        // The collector asks: even a busy side at an even split gives.
+        let asked = async {
+            while !one.asked_to_give() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), asked)
+            .await
+            .expect("a busy side was asked to give to a shrink");
+        // A door asking too doesn't take the places given back while the shrink asks.
+        let _asking = Asking::new(&budget, &other.side);
+        for place in mine.into_iter().flatten() {
+            place.give_on_drop();
+        }
+        let paid = async {
+            while budget.shared.shrink.owed.load(Ordering::Relaxed) > 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), paid)
+            .await
+            .expect("the shrink took both places");
+        assert_eq!((other.held(), budget.total(), budget.in_use()), (2, 2, 2));
+        drop(theirs);
     }
 }

@@ -102,6 +102,16 @@ impl std::ops::DerefMut for PooledConn {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_mut()
+            && conn.discard.is_none()
+            && conn.share.asked_to_give()
+        {
+            // The other door waits for a place (and this pool should give): a connection in
+            // steady use is never idle for `Pool::give_back_idle` to close, so it goes here.
+            conn.giver.give_on_drop();
+            conn.mark_discard(CloseReason::Reclaimed);
+            return;
+        }
         if !self.conn.as_ref().is_some_and(|conn| conn.needs_reset()) {
             return;
         }
@@ -152,6 +162,8 @@ pub struct PgConn {
     /// Gives the connection's place (held by its socket's task) to the other door when it is
     /// closed for that door.
     giver: Giver,
+    /// The pool's share of the budget: whether the other door asks for a place.
+    share: Share,
 }
 
 /// A statement prepared on a connection, with what [`classify`] said about its text (`None`

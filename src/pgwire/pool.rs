@@ -83,6 +83,8 @@ struct Inner {
     waiters: Mutex<HashMap<Arc<PoolKey>, Line, Hasher>>,
     waiting: AtomicUsize,
     open: Arc<AtomicUsize>,
+    /// Open connections per (user, database), for sharing the places fairly between them.
+    open_of: Mutex<HashMap<Arc<PoolKey>, Arc<AtomicUsize>, Hasher>>,
     next_id: AtomicU64,
     closed: AtomicBool,
     /// `pgway_pool_wait_seconds{door="postgres"}`, looked up once.
@@ -113,14 +115,18 @@ struct Inner {
 #[derive(Debug)]
 pub struct OpenCount {
     open: Arc<AtomicUsize>,
+    /// The open connections of its (user, database).
+    of_key: Arc<AtomicUsize>,
     pub listed: ServerGuard,
 }
 
 impl OpenCount {
-    fn new(open: &Arc<AtomicUsize>, listed: ServerGuard) -> OpenCount {
+    fn new(open: &Arc<AtomicUsize>, of_key: Arc<AtomicUsize>, listed: ServerGuard) -> OpenCount {
         open.fetch_add(1, Ordering::Relaxed);
+        of_key.fetch_add(1, Ordering::Relaxed);
         OpenCount {
             open: Arc::clone(open),
+            of_key,
             listed,
         }
     }
@@ -129,6 +135,7 @@ impl OpenCount {
 impl Drop for OpenCount {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        self.of_key.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -152,6 +159,7 @@ impl Pools {
                 waiters: Mutex::new(HashMap::default()),
                 waiting: AtomicUsize::new(0),
                 open: Arc::new(AtomicUsize::new(0)),
+                open_of: Mutex::new(HashMap::default()),
                 next_id: AtomicU64::new(1),
                 closed: AtomicBool::new(false),
                 wait_seconds: metrics::histogram!(names::POOL_WAIT_SECONDS, "door" => "postgres"),
@@ -392,7 +400,7 @@ impl Pools {
     /// Opens a server connection of `key` in `place`, counted and listed once logged in.
     async fn open(
         &self,
-        key: &PoolKey,
+        key: &Arc<PoolKey>,
         credential: &Credential,
         place: Place,
     ) -> Result<Pooled, LoginError> {
@@ -412,7 +420,7 @@ impl Pools {
         match opened {
             Ok(mut conn) => {
                 let listed = inner.roster.server(self.describe(key, &conn));
-                conn._open = Some(OpenCount::new(&inner.open, listed));
+                conn._open = Some(OpenCount::new(&inner.open, self.open_of(key), listed));
                 counter!(names::CONNECTIONS_OPENED).increment(1);
                 info!(
                     server_conn = id,
@@ -523,11 +531,26 @@ impl Pools {
             self.close(conn, CloseReason::Reconnect);
             return;
         }
-        // Straight to the longest-waiting client of the same key, if any still waits.
+        if inner.share.asked_to_give() {
+            // The other door waits for a place (and this one should give): a connection in
+            // steady use is never idle for its holder to close, so it goes here.
+            conn.give_place_on_close();
+            self.close(conn, CloseReason::Reclaimed);
+            return;
+        }
+        // Straight to the longest-waiting client of the same key, if any still waits, unless
+        // another key's client waits for its place.
         let mut conn = conn;
-        if let Ok(mut waiters) = inner.waiters.lock()
-            && let Some(line) = waiters.get_mut(key)
-        {
+        if let Ok(mut waiters) = inner.waiters.lock() {
+            if waiters.len() > 1 && self.owed_to_another_key(&waiters, key, &conn) {
+                drop(waiters);
+                self.close(conn, CloseReason::Reclaimed);
+                return;
+            }
+            let Some(line) = waiters.get_mut(key) else {
+                drop(waiters);
+                return self.park(key, conn, now);
+            };
             while let Some(waiter) = line.pop_front() {
                 match waiter.send(conn) {
                     Ok(()) => return,
@@ -535,10 +558,56 @@ impl Pools {
                 }
             }
         }
+        self.park(key, conn, now);
+    }
+
+    /// Puts a connection given back on its key's idle list.
+    fn park(&self, key: &Arc<PoolKey>, mut conn: Pooled, now: Instant) {
         conn.idle_since = now;
-        if let Ok(mut idle) = inner.idle.lock() {
+        if let Ok(mut idle) = self.inner.idle.lock() {
             idle.entry(Arc::clone(key)).or_default().push(conn);
         }
+    }
+
+    /// The open-connection count of `key`.
+    fn open_of(&self, key: &Arc<PoolKey>) -> Arc<AtomicUsize> {
+        match self.inner.open_of.lock() {
+            Ok(mut counts) => Arc::clone(counts.entry(Arc::clone(key)).or_default()),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    /// Whether a connection of `key` given back should close to make room for a client of
+    /// another key that waits for a place: when `key` holds at least two more connections
+    /// than that key (or that key holds none), so that two busy users settle on an even split
+    /// of the budget, as the doors do, instead of trading places at every transaction. Without
+    /// it, a user whose clients always queue keeps every connection it has, handing each on
+    /// to its own line, and another user's client waits out its timeout.
+    fn owed_to_another_key(
+        &self,
+        waiters: &HashMap<Arc<PoolKey>, Line, Hasher>,
+        key: &Arc<PoolKey>,
+        conn: &ServerConn,
+    ) -> bool {
+        let mut others = waiters
+            .iter()
+            .filter(|(k, line)| *k != key && line.iter().any(|w| !w.is_closed()))
+            .peekable();
+        if others.peek().is_none() {
+            return false;
+        }
+        let Ok(counts) = self.inner.open_of.lock() else {
+            return false;
+        };
+        let count = |k: &Arc<PoolKey>| counts.get(k).map_or(0, |c| c.load(Ordering::Relaxed));
+        let Some(fewest) = others.map(|(k, _)| count(k)).min() else {
+            return false;
+        };
+        let mine = conn
+            ._open
+            .as_ref()
+            .map_or(0, |o| o.of_key.load(Ordering::Relaxed));
+        mine >= fewest + 2 || (fewest == 0 && mine >= 1)
     }
 
     /// Closes a connection that can't go back (counted and logged).

@@ -170,6 +170,7 @@ impl ConnectionManager {
             dirty: false,
             pool: Arc::clone(&self.pool),
             giver,
+            share: self.share.clone(),
         })
     }
 }
