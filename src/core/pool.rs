@@ -656,6 +656,10 @@ impl Pool {
         let mut outcomes = self.outcomes.clone();
         outcomes.mark_unchanged();
         let mut last_error = None;
+        if self.admission.available_permits() == 0 {
+            // Callers queue for a place in line: the pool is busy (see `Share::short`).
+            self.share.short();
+        }
         // First a place in line. The same acquire future is kept across connect outcomes, so
         // the caller never loses its place; a permanent connect error still ends the wait.
         let acquire = Arc::clone(&self.admission).acquire_owned();
