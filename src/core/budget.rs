@@ -18,7 +18,7 @@
 //!   earlier: the place would go straight back, and be asked for again (measured: 272 reclaims
 //!   in 7.6 s with 16 callers on each door and a budget of 8).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,14 +121,22 @@ pub struct Place {
     permit: Option<OwnedSemaphorePermit>,
     side: Arc<Side>,
     budget: Budget,
-    /// Set when the connection was closed to give its place to another side that asked.
-    give: Arc<AtomicBool>,
+    /// [`LIVE`], [`PROMISED`] when the connection was closed to give its place to another
+    /// side that asked, [`DROPPED`] once it dropped.
+    give: Arc<AtomicU8>,
 }
+
+/// A place's `give`: held, not promised.
+const LIVE: u8 = 0;
+/// To be given to an asker when it drops (counted in `promised` until then).
+const PROMISED: u8 = 1;
+/// Dropped: a promise made now (the connection's socket ended first) counts for nothing.
+const DROPPED: u8 = 2;
 
 /// Marks a [`Place`] held elsewhere (by a connection's task) as given back when it drops.
 #[derive(Debug, Clone)]
 pub struct Giver {
-    give: Arc<AtomicBool>,
+    give: Arc<AtomicU8>,
     budget: Budget,
 }
 
@@ -164,7 +172,7 @@ impl Place {
 impl Drop for Place {
     fn drop(&mut self) {
         self.side.held.fetch_sub(1, Ordering::Relaxed);
-        if !self.give.load(Ordering::Relaxed) {
+        if self.give.swap(DROPPED, Ordering::Relaxed) != PROMISED {
             return;
         }
         self.budget.shared.promised.fetch_sub(1, Ordering::Relaxed);
@@ -313,10 +321,15 @@ impl Budget {
         }
     }
 
-    /// Marks a place as given when it drops (once).
-    fn promise(&self, give: &AtomicBool) {
-        if !give.swap(true, Ordering::Relaxed) {
-            self.shared.promised.fetch_add(1, Ordering::Relaxed);
+    /// Marks a place as given when it drops (once, and only while it is held). Counted
+    /// before it is marked, so that a drop in between never takes `promised` below zero.
+    fn promise(&self, give: &AtomicU8) {
+        self.shared.promised.fetch_add(1, Ordering::Relaxed);
+        if give
+            .compare_exchange(LIVE, PROMISED, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            self.shared.promised.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -503,11 +516,16 @@ impl Share {
     /// Whether to give a place to a side that asks; `busy`: whether clients of this side wait
     /// for connections too.
     fn should_give(&self, busy: bool) -> bool {
-        // A shrink takes places from whoever has one to spare: it is not a side to split with.
-        if self.budget.shrinking() {
-            return true;
-        }
         let table = self.budget.table();
+        // Places given and not taken yet count as the askers': several connections coming
+        // back at once must not all go for one asker (the rest would return to the line, and
+        // be asked for again).
+        let given = table.gifts.len() + self.budget.shared.promised.load(Ordering::Relaxed);
+        // A shrink takes places from whoever has one to spare (it is not a side to split
+        // with), as many as it still owes.
+        if self.budget.shrinking() {
+            return given < self.budget.shared.shrink.owed.load(Ordering::Relaxed) as usize;
+        }
         let asking =
             |side: &&Arc<Side>| side.id != self.side.id && side.asking.load(Ordering::Relaxed) > 0;
         let askers: usize = table
@@ -516,10 +534,6 @@ impl Share {
             .filter(asking)
             .map(|side| side.asking.load(Ordering::Relaxed))
             .sum();
-        // Places given and not taken yet count as the askers': several connections coming
-        // back at once must not all go for one asker (the rest would return to the line, and
-        // be asked for again).
-        let given = table.gifts.len() + self.budget.shared.promised.load(Ordering::Relaxed);
         let fewest = table
             .sides
             .iter()

@@ -104,6 +104,7 @@ impl Drop for PooledConn {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.as_mut()
             && conn.discard.is_none()
+            && !conn.busy
             && conn.share.asked_to_give()
         {
             // The other door waits for a place (and this pool should give): a connection in

@@ -115,27 +115,49 @@ struct Inner {
 #[derive(Debug)]
 pub struct OpenCount {
     open: Arc<AtomicUsize>,
-    /// The open connections of its (user, database).
-    of_key: Arc<AtomicUsize>,
+    /// Counts it among its (user, database)'s connections.
+    _of_key: KeyCount,
     pub listed: ServerGuard,
 }
 
 impl OpenCount {
-    fn new(open: &Arc<AtomicUsize>, of_key: Arc<AtomicUsize>, listed: ServerGuard) -> OpenCount {
+    fn new(open: &Arc<AtomicUsize>, of_key: KeyCount, listed: ServerGuard) -> OpenCount {
         open.fetch_add(1, Ordering::Relaxed);
-        of_key.fetch_add(1, Ordering::Relaxed);
         OpenCount {
             open: Arc::clone(open),
-            of_key,
+            _of_key: of_key,
             listed,
         }
+    }
+
+    /// How many connections its (user, database) has, logging in ones included.
+    fn of_key(&self) -> usize {
+        self._of_key.0.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for OpenCount {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        self.of_key.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a connection of one (user, database) from the moment its place is taken (a login
+/// in progress counts, or another key would see this one as holding none and close for it
+/// every connection coming back meanwhile) until it is dropped.
+#[derive(Debug)]
+struct KeyCount(Arc<AtomicUsize>);
+
+impl KeyCount {
+    fn new(count: Arc<AtomicUsize>) -> KeyCount {
+        count.fetch_add(1, Ordering::Relaxed);
+        KeyCount(count)
+    }
+}
+
+impl Drop for KeyCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -406,6 +428,7 @@ impl Pools {
     ) -> Result<Pooled, LoginError> {
         let inner = &self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let of_key = KeyCount::new(self.open_of(key));
         info!(server_conn = id, user = %key.user, database = %key.database, door = "postgres", "connecting");
         let opened = server::connect(
             &inner.target,
@@ -420,7 +443,7 @@ impl Pools {
         match opened {
             Ok(mut conn) => {
                 let listed = inner.roster.server(self.describe(key, &conn));
-                conn._open = Some(OpenCount::new(&inner.open, self.open_of(key), listed));
+                conn._open = Some(OpenCount::new(&inner.open, of_key, listed));
                 counter!(names::CONNECTIONS_OPENED).increment(1);
                 info!(
                     server_conn = id,
@@ -542,7 +565,7 @@ impl Pools {
         // another key's client waits for its place.
         let mut conn = conn;
         if let Ok(mut waiters) = inner.waiters.lock() {
-            if waiters.len() > 1 && self.owed_to_another_key(&waiters, key, &conn) {
+            if waiters.len() > 1 && self.owed_to_another_key(&mut waiters, key, &conn) {
                 drop(waiters);
                 self.close(conn, CloseReason::Reclaimed);
                 return;
@@ -585,14 +608,18 @@ impl Pools {
     /// to its own line, and another user's client waits out its timeout.
     fn owed_to_another_key(
         &self,
-        waiters: &HashMap<Arc<PoolKey>, Line, Hasher>,
+        waiters: &mut HashMap<Arc<PoolKey>, Line, Hasher>,
         key: &Arc<PoolKey>,
         conn: &ServerConn,
     ) -> bool {
-        let mut others = waiters
-            .iter()
-            .filter(|(k, line)| *k != key && line.iter().any(|w| !w.is_closed()))
-            .peekable();
+        // Lines of clients that left go, so that a key that once waited costs nothing later.
+        waiters.retain(|k, line| {
+            if k != key {
+                line.retain(|waiter| !waiter.is_closed());
+            }
+            k == key || !line.is_empty()
+        });
+        let mut others = waiters.iter().filter(|(k, _)| *k != key).peekable();
         if others.peek().is_none() {
             return false;
         }
@@ -603,10 +630,7 @@ impl Pools {
         let Some(fewest) = others.map(|(k, _)| count(k)).min() else {
             return false;
         };
-        let mine = conn
-            ._open
-            .as_ref()
-            .map_or(0, |o| o.of_key.load(Ordering::Relaxed));
+        let mine = conn._open.as_ref().map_or(0, OpenCount::of_key);
         mine >= fewest + 2 || (fewest == 0 && mine >= 1)
     }
 
