@@ -137,6 +137,7 @@ const DROPPED: u8 = 2;
 #[derive(Debug, Clone)]
 pub struct Giver {
     give: Arc<AtomicU8>,
+    side: Arc<Side>,
     budget: Budget,
 }
 
@@ -144,6 +145,11 @@ impl Giver {
     /// The place goes to the side that asked, when the connection holding it closes.
     pub fn give_on_drop(&self) {
         self.budget.promise(&self.give);
+    }
+
+    /// [`Place::give_if_asked`], for the place this stands for.
+    pub fn give_if_asked(&self) -> bool {
+        self.budget.give_if_asked(&self.side, &self.give)
     }
 }
 
@@ -153,10 +159,19 @@ impl Place {
         self.budget.promise(&self.give);
     }
 
+    /// For a connection coming back to its pool: whether another side asks for a place and
+    /// this one should give it (above an even split, as in [`Share::reclaim_requested`]); if
+    /// so the place is marked to be given when it drops, and the connection should be closed,
+    /// not handed on.
+    pub fn give_if_asked(&self) -> bool {
+        self.budget.give_if_asked(&self.side, &self.give)
+    }
+
     /// A handle that can [`Giver::give_on_drop`] this place from wherever it is.
     pub fn giver(&self) -> Giver {
         Giver {
             give: Arc::clone(&self.give),
+            side: Arc::clone(&self.side),
             budget: self.budget.clone(),
         }
     }
@@ -333,6 +348,72 @@ impl Budget {
         }
     }
 
+    /// Marks `give` if [`Budget::asked_to_give`] says `side` should give its place.
+    fn give_if_asked(&self, side: &Side, give: &AtomicU8) -> bool {
+        let asked = self.asked_to_give(side);
+        if asked {
+            self.promise(give);
+        }
+        asked
+    }
+
+    /// Whether another side asks for a place now and `side` should give one: for a holder
+    /// about to hand a connection given back to a client of its own, which closes it instead.
+    /// A connection in use counts its side as busy, so this gives only above an even split
+    /// (see [`Share::reclaim_requested`]): measured, a side that gave every connection coming
+    /// back while the other asked gave all 19 of its connections in the same millisecond, and
+    /// then asked for half of them back. Costs two atomic loads while nobody else asks.
+    fn asked_to_give(&self, side: &Side) -> bool {
+        let askers = self.shared.askers.load(Ordering::Relaxed);
+        askers > side.asking.load(Ordering::Relaxed) && self.should_give(side, true)
+    }
+
+    /// Whether `side` should give a place to a side that asks; `busy`: whether clients of
+    /// `side` wait for connections too.
+    fn should_give(&self, side: &Side, busy: bool) -> bool {
+        let table = self.table();
+        // Places given and not taken yet count as the askers': several connections coming
+        // back at once must not all go for one asker (the rest would return to the line, and
+        // be asked for again).
+        let given = table.gifts.len() + self.shared.promised.load(Ordering::Relaxed);
+        // A shrink takes places from whoever has one to spare (it is not a side to split
+        // with), as many as it still owes.
+        if self.shrinking() {
+            return given < self.shared.shrink.owed.load(Ordering::Relaxed) as usize;
+        }
+        // Of the other sides that ask: how many takers, and the fewest places one holds.
+        let (askers, fewest) = table
+            .sides
+            .iter()
+            .filter(|other| other.id != side.id)
+            .map(|other| {
+                (
+                    other.asking.load(Ordering::Relaxed),
+                    other.held.load(Ordering::Relaxed),
+                )
+            })
+            .filter(|&(asking, _)| asking > 0)
+            .fold(
+                (0, None),
+                |(askers, fewest): (usize, Option<u32>), (asking, held)| {
+                    (
+                        askers + asking,
+                        Some(fewest.map_or(held, |fewest| fewest.min(held))),
+                    )
+                },
+            );
+        drop(table);
+        // The taker that asked may have got a place before this holder woke.
+        let Some(fewest) = fewest.filter(|_| given < askers) else {
+            return false;
+        };
+        let fewest = fewest + given as u32;
+        let held = side.held.load(Ordering::Relaxed);
+        // A side with no place at all is served even by a busy holder of one: its clients
+        // would otherwise wait out their timeouts (a budget of one is shared in turns).
+        !busy || held >= fewest + 2 || (fewest == 0 && held >= 1)
+    }
+
     /// Whether a shrink's collector asks for places now.
     fn shrinking(&self) -> bool {
         self.shared.collector.asking.load(Ordering::Relaxed) > 0
@@ -371,7 +452,8 @@ impl Share {
     }
 
     /// How many places this side holds now.
-    pub fn held(&self) -> u32 {
+    #[cfg(test)]
+    fn held(&self) -> u32 {
         self.side.held.load(Ordering::Relaxed)
     }
 
@@ -495,60 +577,10 @@ impl Share {
     pub async fn reclaim_requested(&self) {
         loop {
             self.budget.shared.reclaim.notified().await;
-            if self.should_give(self.short_lately()) {
+            if self.budget.should_give(&self.side, self.short_lately()) {
                 return;
             }
         }
-    }
-
-    /// Whether another side asks for a place now and this side should give one: for a holder
-    /// about to hand a connection given back to a client of its own, which closes it (with
-    /// [`Place::give_on_drop`]) instead. A connection in use counts its side as busy, so this
-    /// gives only above an even split (see [`Share::reclaim_requested`]): measured, a side
-    /// that gave every connection coming back while the other asked gave all 19 of its
-    /// connections in the same millisecond, and then asked for half of them back. Costs two
-    /// atomic loads while nobody else asks.
-    pub fn asked_to_give(&self) -> bool {
-        let askers = self.budget.shared.askers.load(Ordering::Relaxed);
-        askers > self.side.asking.load(Ordering::Relaxed) && self.should_give(true)
-    }
-
-    /// Whether to give a place to a side that asks; `busy`: whether clients of this side wait
-    /// for connections too.
-    fn should_give(&self, busy: bool) -> bool {
-        let table = self.budget.table();
-        // Places given and not taken yet count as the askers': several connections coming
-        // back at once must not all go for one asker (the rest would return to the line, and
-        // be asked for again).
-        let given = table.gifts.len() + self.budget.shared.promised.load(Ordering::Relaxed);
-        // A shrink takes places from whoever has one to spare (it is not a side to split
-        // with), as many as it still owes.
-        if self.budget.shrinking() {
-            return given < self.budget.shared.shrink.owed.load(Ordering::Relaxed) as usize;
-        }
-        let asking =
-            |side: &&Arc<Side>| side.id != self.side.id && side.asking.load(Ordering::Relaxed) > 0;
-        let askers: usize = table
-            .sides
-            .iter()
-            .filter(asking)
-            .map(|side| side.asking.load(Ordering::Relaxed))
-            .sum();
-        let fewest = table
-            .sides
-            .iter()
-            .filter(asking)
-            .map(|side| side.held.load(Ordering::Relaxed))
-            .min();
-        drop(table);
-        // The taker that asked may have got a place before this holder woke.
-        let Some(fewest) = fewest.filter(|_| given < askers) else {
-            return false;
-        };
-        let fewest = fewest + given as u32;
-        // A side with no place at all is served even by a busy holder of one: its clients
-        // would otherwise wait out their timeouts (a budget of one is shared in turns).
-        !busy || self.held() >= fewest + 2 || (fewest == 0 && self.held() >= 1)
     }
 
     /// Takes back, one by one as they free, the places a shrink owes.
@@ -740,14 +772,14 @@ mod tests {
         let _asking = Asking::new(&budget, &asker.side);
         busy.short();
         assert!(
-            !busy.should_give(busy.short_lately()),
+            !budget.should_give(&busy.side, busy.short_lately()),
             "a busy side at an even split gave a place"
         );
         assert!(busy.try_take().is_none(), "no place is free");
         drop(theirs);
         // Now 2 against 0: giving one still leaves it with more.
         assert!(
-            busy.should_give(busy.short_lately()),
+            budget.should_give(&busy.side, busy.short_lately()),
             "a busy side two ahead keeps all its places"
         );
     }
@@ -758,14 +790,17 @@ mod tests {
         let (busy, asker) = (budget.share(), budget.share());
         let _only = busy.try_take().expect("a free place");
         busy.short();
-        assert!(!busy.asked_to_give(), "given with nobody asking");
+        assert!(
+            !budget.asked_to_give(&busy.side),
+            "given with nobody asking"
+        );
         let _asking = Asking::new(&budget, &asker.side);
         assert!(
-            busy.asked_to_give(),
+            budget.asked_to_give(&busy.side),
             "a side with nothing was left to wait out its timeout"
         );
         assert!(
-            !asker.asked_to_give(),
+            !budget.asked_to_give(&asker.side),
             "a side asked to give by its own askers"
         );
     }
@@ -781,7 +816,7 @@ mod tests {
         budget.resize(2);
         // The collector asks: even a busy side at an even split gives.
         let asked = async {
-            while !one.asked_to_give() {
+            while !budget.asked_to_give(&one.side) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };

@@ -105,11 +105,10 @@ impl Drop for PooledConn {
         if let Some(conn) = self.conn.as_mut()
             && conn.discard.is_none()
             && !conn.busy
-            && conn.share.asked_to_give()
+            && conn.giver.give_if_asked()
         {
             // The other door waits for a place (and this pool should give): a connection in
             // steady use is never idle for `Pool::give_back_idle` to close, so it goes here.
-            conn.giver.give_on_drop();
             conn.mark_discard(CloseReason::Reclaimed);
             return;
         }
@@ -163,8 +162,6 @@ pub struct PgConn {
     /// Gives the connection's place (held by its socket's task) to the other door when it is
     /// closed for that door.
     giver: Giver,
-    /// The pool's share of the budget: whether the other door asks for a place.
-    share: Share,
 }
 
 /// A statement prepared on a connection, with what [`classify`] said about its text (`None`

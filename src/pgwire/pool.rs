@@ -554,10 +554,9 @@ impl Pools {
             self.close(conn, CloseReason::Reconnect);
             return;
         }
-        if inner.share.asked_to_give() {
+        if conn.give_place_if_asked() {
             // The other door waits for a place (and this one should give): a connection in
             // steady use is never idle for its holder to close, so it goes here.
-            conn.give_place_on_close();
             self.close(conn, CloseReason::Reclaimed);
             return;
         }

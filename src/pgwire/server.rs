@@ -188,6 +188,13 @@ impl ServerConn {
         self.place.give_on_drop();
     }
 
+    /// Whether the other door asks for its place and should have it (see
+    /// [`crate::core::budget::Place::give_if_asked`]): then it goes to that door when this
+    /// closes.
+    pub fn give_place_if_asked(&self) -> bool {
+        self.place.give_if_asked()
+    }
+
     /// Its entry in the door's roster (`SHOW SERVERS`), once its pool has counted it.
     pub fn listed(&self) -> Option<&std::sync::Arc<super::roster::ServerEntry>> {
         self._open.as_ref().map(|open| &open.listed.entry)

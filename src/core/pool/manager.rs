@@ -170,7 +170,6 @@ impl ConnectionManager {
             dirty: false,
             pool: Arc::clone(&self.pool),
             giver,
-            share: self.share.clone(),
         })
     }
 }
