@@ -88,10 +88,8 @@ fn start_pg_door(
     tasks.spawn(pgwire::serve(Arc::clone(&door), listener, clients.clone()));
     tasks.spawn(door.pools.clone().maintain(stopping.clone()));
     if let Some((user, credential)) = door.users.url_login().filter(|_| pg.warm > 0) {
-        let key = Arc::new(pgwire::pool::PoolKey {
-            database: config.database.get_dbname().unwrap_or(&user).to_owned(),
-            user,
-        });
+        let database = config.database.get_dbname().unwrap_or(&user).to_owned();
+        let key = Arc::new(pgwire::pool::PoolKey::new(user, database));
         let grpc = pool.clone();
         tasks.spawn(door.pools.clone().keep_warm(
             key,

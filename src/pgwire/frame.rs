@@ -31,6 +31,14 @@ pub enum FrameError {
 /// Splits one whole message (tag, length and body) off the front of `buf`, or `None` until all
 /// of it has arrived. The message is returned as it came, to be forwarded untouched.
 pub fn split_message(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, FrameError> {
+    Ok(message_len(buf, max)?.map(|total| buf.split_to(total)))
+}
+
+/// The whole length of the message at the front of `buf` (tag, length and body), or `None`
+/// until all of it has arrived (room for the rest is reserved): for reading a message in
+/// place and then advancing past it, which costs less than splitting it off as a
+/// reference-counted piece when it is only copied on (measured).
+pub fn message_len(buf: &mut BytesMut, max: usize) -> Result<Option<usize>, FrameError> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -46,7 +54,7 @@ pub fn split_message(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>,
         buf.reserve(total - buf.len());
         return Ok(None);
     }
-    Ok(Some(buf.split_to(total)))
+    Ok(Some(total))
 }
 
 /// Splits a startup-phase packet (a length, then the body; no tag) off the front of `buf`.
@@ -129,7 +137,14 @@ fn utf8(bytes: &[u8]) -> Result<String, FrameError> {
 
 /// Takes a NUL-terminated string off the front of `buf`.
 pub fn take_cstr<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let end = buf.iter().position(|&b| b == 0)?;
+    // Most names are empty (the unnamed statement and portal): those are read off the first
+    // byte. The rest go to memchr, not a byte loop: every Parse's SQL text is scanned here,
+    // and the loop was 4% of the door's instructions per transaction, memchr on every string
+    // 3% (callgrind, pgbench -S -M extended).
+    let end = match buf.first() {
+        Some(0) => 0,
+        _ => memchr::memchr(0, buf)?,
+    };
     let (s, rest) = buf.split_at(end);
     *buf = rest.get(1..)?;
     Some(s)
@@ -475,6 +490,31 @@ mod tests {
         assert_eq!(read_query(&msg).unwrap(), b"SELECT 1");
         assert_eq!(&buf[..], b"Z");
         assert_eq!(split_message(&mut buf, 1 << 20).unwrap(), None);
+    }
+
+    #[test]
+    fn a_message_is_measured_in_place_only_once_whole() {
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x0dSELECT 1"[..]);
+        assert_eq!(message_len(&mut buf, 1 << 20), Ok(None));
+        buf.extend_from_slice(b"\0Z");
+        assert_eq!(message_len(&mut buf, 1 << 20), Ok(Some(14)));
+        assert_eq!(read_query(&buf[..14]).unwrap(), b"SELECT 1");
+        assert_eq!(buf.len(), 15, "measuring takes nothing off");
+        assert_eq!(
+            message_len(&mut buf, 10),
+            Err(FrameError::TooLarge { len: 14, max: 10 })
+        );
+    }
+
+    #[test]
+    fn a_nul_ends_a_string_wherever_it_falls() {
+        let mut rest: &[u8] = b"name\0SELECT 1\0\0\0";
+        assert_eq!(take_cstr(&mut rest), Some(&b"name"[..]));
+        assert_eq!(take_cstr(&mut rest), Some(&b"SELECT 1"[..]));
+        assert_eq!(take_cstr(&mut rest), Some(&b""[..]));
+        assert_eq!(rest, b"\0");
+        let mut unterminated: &[u8] = b"SELECT 1";
+        assert_eq!(take_cstr(&mut unterminated), None);
     }
 
     #[test]

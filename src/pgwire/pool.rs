@@ -25,10 +25,34 @@ use crate::core::telemetry as names;
 use crate::core::tunable::Tunable;
 
 /// Who a server connection is logged in as.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolKey {
+    /// A digest of the two names, made once: the key is hashed at every acquire and release
+    /// (three times a transaction), and hashing the names each time was 2% of the door's
+    /// instructions (callgrind). First, so that unequal keys compare unequal at once.
+    digest: u64,
     pub user: String,
     pub database: String,
+}
+
+impl PoolKey {
+    pub fn new(user: String, database: String) -> PoolKey {
+        use std::hash::BuildHasher;
+        // Fixed seeds: only logged-in users' names are hashed (no stranger can pick keys
+        // that collide), and the maps still mix this digest with their own random state.
+        let digest = foldhash::fast::FixedState::default().hash_one((&user, &database));
+        PoolKey {
+            digest,
+            user,
+            database,
+        }
+    }
+}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.digest);
+    }
 }
 
 /// How the door's pools behave.

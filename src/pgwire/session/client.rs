@@ -58,7 +58,7 @@ impl Session {
 
     pub(super) async fn client_message(
         &mut self,
-        msg: BytesMut,
+        msg: &[u8],
         to_server: &mut BytesMut,
         to_client: &mut BytesMut,
     ) -> Result<(), Ended> {
@@ -69,37 +69,37 @@ impl Session {
         }
         if self.skipping && tag != b'S' {
             // The server ignores it; so does the door.
-            to_server.extend_from_slice(&msg);
+            to_server.extend_from_slice(msg);
             return Ok(());
         }
         match tag {
             b'Q' => {
-                if let Err(error) = self.on_query(&msg, to_server, to_client) {
+                if let Err(error) = self.on_query(msg, to_server, to_client) {
                     return Err(self.violation(error).await);
                 }
             }
             b'P' => {
-                if let Err(error) = self.on_parse(&msg, to_server, to_client) {
+                if let Err(error) = self.on_parse(msg, to_server, to_client) {
                     return Err(self.violation(error).await);
                 }
             }
             b'B' => {
-                if let Err(error) = self.on_bind(&msg, to_server, to_client) {
+                if let Err(error) = self.on_bind(msg, to_server, to_client) {
                     return Err(self.violation(error).await);
                 }
             }
             b'D' | b'C' => {
-                if let Err(error) = self.on_target(tag, &msg, to_server, to_client) {
+                if let Err(error) = self.on_target(tag, msg, to_server, to_client) {
                     return Err(self.violation(error).await);
                 }
             }
             b'E' => {
-                if let Err(error) = self.on_execute(&msg, to_server, to_client) {
+                if let Err(error) = self.on_execute(msg, to_server, to_client) {
                     return Err(self.violation(error).await);
                 }
             }
             b'S' => {
-                to_server.extend_from_slice(&msg);
+                to_server.extend_from_slice(msg);
                 self.skipping = false;
                 self.unsynced = false;
                 self.expect_answer(End::Ready);
@@ -109,12 +109,12 @@ impl Session {
                 // A function call: what it does can't be read from the message.
                 self.noted.check = true;
                 self.noted.unknown_settings = true;
-                to_server.extend_from_slice(&msg);
+                to_server.extend_from_slice(msg);
                 self.expect_answer(End::Ready);
             }
-            b'H' | b'd' => to_server.extend_from_slice(&msg),
+            b'H' | b'd' => to_server.extend_from_slice(msg),
             b'c' | b'f' => {
-                to_server.extend_from_slice(&msg);
+                to_server.extend_from_slice(msg);
                 self.copy_ends = self.copy_ends.wrapping_add(1);
                 self.copy_in = false;
             }

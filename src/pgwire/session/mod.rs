@@ -466,60 +466,91 @@ impl Session {
         to_server: &mut BytesMut,
         to_client: &mut BytesMut,
     ) -> Result<(), Ended> {
+        // Held here while its messages are read in place (as the server's are, see
+        // `server_messages`); nothing below reads from the client.
+        let mut cbuf = std::mem::take(&mut self.cbuf);
+        let handled = self
+            .each_client_message(&mut cbuf, to_server, to_client)
+            .await;
+        self.cbuf = cbuf;
+        handled
+    }
+
+    async fn each_client_message(
+        &mut self,
+        cbuf: &mut BytesMut,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), Ended> {
         loop {
-            if self.pass_to_server(to_server) {
+            if self.pass_to_server(cbuf, to_server) {
                 return Ok(());
             }
-            let msg = match frame::split_message(&mut self.cbuf, self.door.settings.max_message) {
-                Ok(Some(msg)) => msg,
+            let total = match frame::message_len(cbuf, self.door.settings.max_message) {
+                Ok(Some(total)) => total,
                 Ok(None) => return Ok(()),
                 Err(error) => return Err(self.violation(error).await),
             };
-            match msg[0] {
-                b'P' => DbStats::add(&self.stats.client_parses, 1),
-                b'B' => DbStats::add(&self.stats.binds, 1),
-                _ => {}
-            }
-            if msg[0] == b'X' {
-                return Err(self.goodbye(to_server).await);
-            }
-            if self.refusing {
-                if matches!(msg[0], b'S' | b'Q') {
-                    self.refusing = false;
-                    frame::write_ready(to_client, b'I');
-                }
-                continue;
-            }
-            if self.server.is_none() && self.answer_unlinked(&msg, to_client) {
-                continue;
-            }
-            if self.server.is_none() {
-                self.link(to_server, to_client, msg[0]).await?;
-                if self.server.is_none() {
-                    continue;
-                }
-            }
-            self.client_message(msg, to_server, to_client).await?;
+            let handled = self
+                .one_client_message(&cbuf[..total], to_server, to_client)
+                .await;
+            cbuf.advance(total);
+            handled?;
         }
+    }
+
+    /// One whole message from the client.
+    async fn one_client_message(
+        &mut self,
+        msg: &[u8],
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Result<(), Ended> {
+        match msg[0] {
+            b'P' => DbStats::add(&self.stats.client_parses, 1),
+            b'B' => DbStats::add(&self.stats.binds, 1),
+            _ => {}
+        }
+        if msg[0] == b'X' {
+            return Err(self.goodbye(to_server).await);
+        }
+        if self.refusing {
+            if matches!(msg[0], b'S' | b'Q') {
+                self.refusing = false;
+                frame::write_ready(to_client, b'I');
+            }
+            return Ok(());
+        }
+        if self.server.is_none() && self.answer_unlinked(msg, to_client) {
+            return Ok(());
+        }
+        if self.server.is_none() {
+            self.link(to_server, to_client, msg[0]).await?;
+            if self.server.is_none() {
+                return Ok(());
+            }
+        }
+        self.client_message(msg, to_server, to_client).await
     }
 
     /// Passes a large CopyData from the client to the server in pieces as it arrives (a
     /// bulk load's rows can be hundreds of megabytes). Whether the client's buffer is spent.
-    fn pass_to_server(&mut self, to_server: &mut BytesMut) -> bool {
+    fn pass_to_server(&mut self, cbuf: &mut BytesMut, to_server: &mut BytesMut) -> bool {
         if self.to_server_passing == 0 {
             let max = self.door.settings.max_message;
-            match large_message(&self.cbuf, b'd') {
+            match large_message(cbuf, b'd') {
                 Some(total) if self.server.is_some() && !self.refusing && total <= max => {
                     self.to_server_passing = total;
-                    self.cbuf.reserve(PASS_CHUNK);
+                    cbuf.reserve(PASS_CHUNK);
                 }
                 _ => return false,
             }
         }
-        let n = self.to_server_passing.min(self.cbuf.len());
-        to_server.extend_from_slice(&self.cbuf.split_to(n));
+        let n = self.to_server_passing.min(cbuf.len());
+        to_server.extend_from_slice(&cbuf[..n]);
+        cbuf.advance(n);
         self.to_server_passing -= n;
-        self.cbuf.is_empty()
+        cbuf.is_empty()
     }
 
     /// Gets a server connection for the transaction the client is starting, and brings its

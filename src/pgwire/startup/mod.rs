@@ -214,10 +214,7 @@ async fn log_in<'a>(
             _client: client,
         }));
     }
-    let key = Arc::new(PoolKey {
-        user: hello.user.clone(),
-        database: hello.database.clone(),
-    });
+    let key = Arc::new(PoolKey::new(hello.user.clone(), hello.database.clone()));
     let settled = tokio::time::timeout(
         door.settings.login_timeout.get(),
         settle(door, stream, &key, &hello, &found, client_key, out),
