@@ -113,12 +113,6 @@ struct Inner {
     closed: AtomicBool,
     /// `pgway_pool_wait_seconds{door="postgres"}`, looked up once.
     wait_seconds: metrics::Histogram,
-    /// Acquires served at once by an idle connection: counted here and recorded in
-    /// `wait_seconds` as waits of 0 once a second (see [`Pools::maintain`]), as recording
-    /// each (nearly every transaction) was 1.5% of the door's instructions (callgrind).
-    unwaited: AtomicU64,
-    /// How many of them `wait_seconds` has.
-    unwaited_recorded: AtomicU64,
     roster: Arc<Roster>,
     /// RECONNECTs: (database or all, ids below which connections close once free).
     retire: Mutex<Vec<(Option<String>, u64)>>,
@@ -215,8 +209,6 @@ impl Pools {
                 next_id: AtomicU64::new(1),
                 closed: AtomicBool::new(false),
                 wait_seconds: metrics::histogram!(names::POOL_WAIT_SECONDS, "door" => "postgres"),
-                unwaited: AtomicU64::new(0),
-                unwaited_recorded: AtomicU64::new(0),
                 roster: Arc::default(),
                 retire: Mutex::new(Vec::new()),
                 retiring: AtomicBool::new(false),
@@ -356,7 +348,7 @@ impl Pools {
             return Err(AcquireError::Closing);
         }
         if let Some(conn) = self.take_idle(key) {
-            inner.unwaited.fetch_add(1, Ordering::Relaxed);
+            inner.wait_seconds.record(0.0);
             return Ok(conn);
         }
         let started = tokio::time::Instant::now();
@@ -767,7 +759,6 @@ impl Pools {
                     self.close_longest_idle(None, true);
                 }
                 _ = tick.tick() => {
-                    self.record_unwaited();
                     self.close_expired();
                     ticks += 1;
                     // PgBouncer's stats_period: the console's averages are of the last minute.
@@ -776,19 +767,6 @@ impl Pools {
                     }
                 }
             }
-        }
-    }
-
-    /// Records the acquires served at once since the last time, as waits of 0.
-    fn record_unwaited(&self) {
-        let inner = &self.inner;
-        let served = inner.unwaited.load(Ordering::Relaxed);
-        let recorded = inner.unwaited_recorded.swap(served, Ordering::Relaxed);
-        let new = served.wrapping_sub(recorded);
-        if new > 0 {
-            inner
-                .wait_seconds
-                .record_many(0.0, usize::try_from(new).unwrap_or(usize::MAX));
         }
     }
 
