@@ -521,12 +521,20 @@ impl Share {
             return Some(place);
         }
         let shared = &self.budget.shared;
-        let deadline = tokio::time::Instant::now() + patience;
+        let mut now = tokio::time::Instant::now();
+        let deadline = now + patience;
         let acquire = shared.permits.clone().acquire_owned();
         tokio::pin!(acquire);
-        let mut ask_at = tokio::time::Instant::now() + ask_after;
+        let mut ask_at = now + ask_after;
         let mut asking = None;
         loop {
+            if ask_at <= now {
+                if !needed() {
+                    return None;
+                }
+                self.ask(&mut asking);
+                ask_at = now + ASK_AGAIN;
+            }
             let slice = ask_at.min(deadline);
             let given = shared.given.notified();
             tokio::pin!(given);
@@ -541,16 +549,33 @@ impl Share {
                 biased;
                 // The semaphore is never closed.
                 permit = &mut acquire => return permit.ok().map(|permit| self.place(permit)),
-                () = &mut given, if asking.is_some() => continue,
-                () = tokio::time::sleep_until(slice) => {}
+                () = &mut given, if asking.is_some() => {}
+                () = tokio::time::sleep_until(slice) => {
+                    if slice >= deadline {
+                        return None;
+                    }
+                }
             }
-            if slice >= deadline || !needed() {
-                return None;
-            }
-            asking.get_or_insert_with(|| Asking::new(&self.budget, &self.side));
-            shared.reclaim.notify_waiters();
-            ask_at = tokio::time::Instant::now() + ASK_AGAIN;
+            now = tokio::time::Instant::now();
         }
+    }
+
+    /// Asks the holders for a place, counting the taker as asking from now on, when another
+    /// side holds one (in use, idle or given back) that could come of it. When this side holds
+    /// every place in use, nobody can give: a door short of connections for a while would
+    /// otherwise ask at every wait, the holders' tasks woken each time to find nothing to give
+    /// (measured, `pgbench -S -M extended -c 100` on a pool of 20: the door asked in 67,209 of
+    /// 68,453 transactions and woke both doors' holder tasks each time; without it, 12,169
+    /// instructions a transaction instead of 15,735, and 5.3 µs of user time instead of 7.0).
+    /// A side that takes a place later is asked at the next [`ASK_AGAIN`], and until then
+    /// gives when asked as its own connections come back.
+    fn ask(&self, asking: &mut Option<Asking>) {
+        let mine = self.side.held.load(Ordering::Relaxed);
+        if asking.is_none() && self.budget.in_use() <= mine {
+            return;
+        }
+        asking.get_or_insert_with(|| Asking::new(&self.budget, &self.side));
+        self.budget.shared.reclaim.notify_waiters();
     }
 
     /// A place another side gave back for this side's askers, if there is one. While a
@@ -723,6 +748,34 @@ mod tests {
             .await
             .expect("woken while someone asks")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_side_holding_every_place_in_use_asks_nobody() {
+        let budget = Budget::new(2);
+        let (busy, other) = (budget.share(), budget.share());
+        let (mine, _also_mine) = (busy.try_take(), busy.try_take());
+        let rung = budget.shared.reclaim.notified();
+        tokio::pin!(rung);
+        rung.as_mut().enable();
+        // Past the point where it would ask, with nobody else holding anything to give.
+        let waited = busy.take(Duration::from_millis(20), Duration::ZERO).await;
+        assert!(waited.is_none());
+        assert!(
+            tokio::time::timeout(Duration::ZERO, &mut rung)
+                .await
+                .is_err(),
+            "the holders were woken with nothing to give"
+        );
+        // Once another side holds a place, the same wait asks.
+        drop(mine);
+        let theirs = other.try_take();
+        assert!(theirs.is_some());
+        let waited = busy.take(Duration::from_millis(20), Duration::ZERO).await;
+        assert!(waited.is_none());
+        tokio::time::timeout(Duration::ZERO, &mut rung)
+            .await
+            .expect("the other side was asked");
     }
 
     #[tokio::test]
