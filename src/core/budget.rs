@@ -463,6 +463,17 @@ impl Share {
         self.side.short_at.store(self.now(), Ordering::Relaxed);
     }
 
+    /// [`Share::short`] as of `now`, for a caller that has just read the clock (one read
+    /// fewer on the path of every wait).
+    pub fn short_as_of(&self, now: tokio::time::Instant) {
+        let since = now
+            .into_std()
+            .saturating_duration_since(self.budget.shared.epoch);
+        self.side
+            .short_at
+            .store(since.as_millis() as u64 + 1, Ordering::Relaxed);
+    }
+
     fn now(&self) -> u64 {
         self.budget.shared.epoch.elapsed().as_millis() as u64 + 1
     }
@@ -499,7 +510,20 @@ impl Share {
     /// for one after `ask_after` (see [`Share::take_while`], which asks after [`ASK_AFTER`]): a
     /// taker whose side has already been short for a while asks sooner.
     pub async fn take(&self, patience: Duration, ask_after: Duration) -> Option<Place> {
-        self.take_inner(patience, ask_after, || true).await
+        let now = tokio::time::Instant::now();
+        self.take_inner(now, now + patience, ask_after, || true)
+            .await
+    }
+
+    /// [`Share::take`] until `deadline`, for a caller that read the clock at `now` (one read
+    /// fewer on the path of every wait).
+    pub async fn take_until(
+        &self,
+        now: tokio::time::Instant,
+        deadline: tokio::time::Instant,
+        ask_after: Duration,
+    ) -> Option<Place> {
+        self.take_inner(now, deadline, ask_after, || true).await
     }
 
     /// A place, waiting up to `patience` for as long as `needed` says someone waits for it.
@@ -508,12 +532,15 @@ impl Share {
     /// connection, whose place comes to the askers; a taker no longer `needed` stops (`None`)
     /// instead of asking.
     pub async fn take_while(&self, patience: Duration, needed: impl Fn() -> bool) -> Option<Place> {
-        self.take_inner(patience, ASK_AFTER, needed).await
+        let now = tokio::time::Instant::now();
+        self.take_inner(now, now + patience, ASK_AFTER, needed)
+            .await
     }
 
     async fn take_inner(
         &self,
-        patience: Duration,
+        mut now: tokio::time::Instant,
+        deadline: tokio::time::Instant,
         ask_after: Duration,
         needed: impl Fn() -> bool,
     ) -> Option<Place> {
@@ -521,8 +548,6 @@ impl Share {
             return Some(place);
         }
         let shared = &self.budget.shared;
-        let mut now = tokio::time::Instant::now();
-        let deadline = now + patience;
         let acquire = shared.permits.clone().acquire_owned();
         tokio::pin!(acquire);
         let mut ask_at = now + ask_after;
