@@ -667,17 +667,18 @@ impl Session {
             return;
         }
         if let Some(server) = self.server.take() {
-            let cancel = Arc::clone(&self.cancel);
-            let pools = self.door.pools.clone();
-            let key = Arc::clone(&self.key);
             self.door.clients.linked(-1);
             self.listed_unlinked(Some(&server));
             self.tx_deadline = None;
             // The cancel slot is cleared before the connection goes to anyone else; a cancel
-            // being sent right now is waited for (see cancel.rs).
-            if cancel.try_unlink() {
-                pools.release(&key, server);
+            // being sent right now is waited for (see cancel.rs), on a task of its own that
+            // takes the handles it needs.
+            if self.cancel.try_unlink() {
+                self.door.pools.release(&self.key, server);
             } else {
+                let cancel = Arc::clone(&self.cancel);
+                let pools = self.door.pools.clone();
+                let key = Arc::clone(&self.key);
                 tokio::spawn(async move {
                     cancel.unlink().await;
                     pools.release(&key, server);
