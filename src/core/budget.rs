@@ -466,16 +466,20 @@ impl Share {
     /// [`Share::short`] as of `now`, for a caller that has just read the clock (one read
     /// fewer on the path of every wait).
     pub fn short_as_of(&self, now: tokio::time::Instant) {
-        let since = now
-            .into_std()
-            .saturating_duration_since(self.budget.shared.epoch);
         self.side
             .short_at
-            .store(since.as_millis() as u64 + 1, Ordering::Relaxed);
+            .store(self.millis_at(now.into_std()), Ordering::Relaxed);
     }
 
     fn now(&self) -> u64 {
-        self.budget.shared.epoch.elapsed().as_millis() as u64 + 1
+        self.millis_at(std::time::Instant::now())
+    }
+
+    /// `at` as the sides' `short_at` count it.
+    fn millis_at(&self, at: std::time::Instant) -> u64 {
+        at.saturating_duration_since(self.budget.shared.epoch)
+            .as_millis() as u64
+            + 1
     }
 
     /// Whether a client of this side waited for a connection within [`ASK_AFTER`].
@@ -506,17 +510,10 @@ impl Share {
         Some(self.place(permit))
     }
 
-    /// A place for a client that waits for it, waiting up to `patience` and asking the holders
-    /// for one after `ask_after` (see [`Share::take_while`], which asks after [`ASK_AFTER`]): a
+    /// A place for a client that waits for it, from `now` (the caller's own reading of the
+    /// clock, one fewer on the path of every wait) until `deadline`, asking the holders for
+    /// one after `ask_after` (see [`Share::take_while`], which asks after [`ASK_AFTER`]): a
     /// taker whose side has already been short for a while asks sooner.
-    pub async fn take(&self, patience: Duration, ask_after: Duration) -> Option<Place> {
-        let now = tokio::time::Instant::now();
-        self.take_inner(now, now + patience, ask_after, || true)
-            .await
-    }
-
-    /// [`Share::take`] until `deadline`, for a caller that read the clock at `now` (one read
-    /// fewer on the path of every wait).
     pub async fn take_until(
         &self,
         now: tokio::time::Instant,
@@ -524,6 +521,13 @@ impl Share {
         ask_after: Duration,
     ) -> Option<Place> {
         self.take_inner(now, deadline, ask_after, || true).await
+    }
+
+    /// [`Share::take_until`] `patience` from now.
+    #[cfg(test)]
+    async fn take(&self, patience: Duration, ask_after: Duration) -> Option<Place> {
+        let now = tokio::time::Instant::now();
+        self.take_until(now, now + patience, ask_after).await
     }
 
     /// A place, waiting up to `patience` for as long as `needed` says someone waits for it.
