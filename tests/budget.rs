@@ -289,3 +289,42 @@ async fn an_auth_query_gets_a_place_from_a_busy_door() {
     .await;
     assert_another_user_is_served_beside_a_busy_one(&door).await;
 }
+
+/// A client waiting while the door holds the whole budget is served as soon as a place frees:
+/// here the connection in use is lost (its backend terminated), and the waiter gets a new one,
+/// long before its acquire timeout.
+#[tokio::test]
+async fn a_waiter_is_served_when_the_only_connection_is_lost() {
+    let door = Door::start(&["--pool-max", "1", "--acquire-timeout", "60s"]).await;
+    let (holder, waiter) = (door.client().await, door.client().await);
+    holder.batch_execute("BEGIN").await.expect("BEGIN");
+    let pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("the holder's backend")
+        .get(0);
+    let waiting = tokio::spawn(async move {
+        let row = waiter.query_one("SELECT 41 + 1", &[]).await?;
+        Ok::<i32, tokio_postgres::Error>(row.get(0))
+    });
+    eventually(
+        Duration::from_secs(30),
+        "the other client waits",
+        || async { door.gw.metric("pgway_pg_clients{state=\"waiting\"}").await >= 1.0 },
+    )
+    .await;
+    door.direct()
+        .await
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("terminated");
+    let served = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("served well within the acquire timeout")
+        .expect("the waiting task");
+    assert_eq!(served.expect("the waiter's query"), 42);
+    holder
+        .query_one("SELECT 1", &[])
+        .await
+        .expect_err("the holder's transaction was lost with its connection");
+}

@@ -498,6 +498,14 @@ impl Share {
         }
     }
 
+    /// Whether this side holds every place there is: none is free, none given back, none
+    /// held by another side or a shrink. Then a place can only come of one of this side's own
+    /// connections closing, and a taker has nobody to ask.
+    pub fn holds_all(&self) -> bool {
+        self.budget.shared.permits.available_permits() == 0
+            && self.budget.in_use() <= self.side.held.load(Ordering::Relaxed)
+    }
+
     /// A place now, if one is free.
     pub fn try_take(&self) -> Option<Place> {
         let permit = self

@@ -167,6 +167,8 @@ pub struct ServerConn {
     pub idle_since: Instant,
     /// Set when what is on it can't be vouched for: it is closed, not pooled.
     pub broken: bool,
+    /// Declared before `_open`, so that it is free by the time `_open` nudges a client waiting
+    /// for one (fields drop in order).
     place: Place,
     /// Counts it among its pool's open connections for as long as it lives, whichever way it
     /// ends (a connection dropped on any path is one fewer, not a phantom "in use").

@@ -5,14 +5,13 @@
 //! when the transaction is over. Idle connections of one user are closed to make room when
 //! another user, or the gRPC door, finds the budget spent.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::counter;
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::roster::{NewServer, Roster, ServerGuard};
@@ -24,6 +23,8 @@ use crate::core::telemetry as names;
 use crate::core::tunable::Tunable;
 
 mod wait;
+
+use wait::{Line, Lines};
 
 /// Who a server connection is logged in as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,9 +88,6 @@ const STATS_PERIOD_SECONDS: u64 = 60;
 /// release: SipHash was about 1% of the door's CPU (measured), foldhash a fraction of it.
 type Hasher = foldhash::fast::RandomState;
 
-/// The clients waiting for a connection of one key, each by the channel it is handed over on.
-type Line = VecDeque<oneshot::Sender<Pooled>>;
-
 /// The door's pools. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Pools {
@@ -105,7 +103,9 @@ struct Inner {
     idle: Mutex<HashMap<Arc<PoolKey>, Vec<Pooled>, Hasher>>,
     /// Clients waiting for a connection of that key, longest-waiting first: a connection
     /// given back goes straight to the first, so no newcomer can take it ahead of them.
-    waiters: Mutex<HashMap<Arc<PoolKey>, Line, Hasher>>,
+    waiters: Arc<Lines>,
+    /// Whether [`Pools::sweep_lines`] runs; changed under the `waiters` lock.
+    sweeping: AtomicBool,
     waiting: AtomicUsize,
     open: Arc<AtomicUsize>,
     /// Open connections per (user, database), for sharing the places fairly between them.
@@ -143,15 +143,19 @@ pub struct OpenCount {
     /// Counts it among its (user, database)'s connections.
     _of_key: KeyCount,
     pub listed: ServerGuard,
+    /// The door's lines: a client waiting alone is nudged when this closes (its place, dropped
+    /// just before, is free).
+    lines: Arc<Lines>,
 }
 
 impl OpenCount {
-    fn new(open: &Arc<AtomicUsize>, of_key: KeyCount, listed: ServerGuard) -> OpenCount {
-        open.fetch_add(1, Ordering::Relaxed);
+    fn new(inner: &Inner, of_key: KeyCount, listed: ServerGuard) -> OpenCount {
+        inner.open.fetch_add(1, Ordering::Relaxed);
         OpenCount {
-            open: Arc::clone(open),
+            open: Arc::clone(&inner.open),
             _of_key: of_key,
             listed,
+            lines: Arc::clone(&inner.waiters),
         }
     }
 
@@ -164,6 +168,8 @@ impl OpenCount {
 impl Drop for OpenCount {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        // A connection's place is dropped before this (its field comes first).
+        wait::nudge(&self.lines);
     }
 }
 
@@ -203,7 +209,8 @@ impl Pools {
                 share: budget.share(),
                 settings,
                 idle: Mutex::new(HashMap::default()),
-                waiters: Mutex::new(HashMap::default()),
+                waiters: Arc::default(),
+                sweeping: AtomicBool::new(false),
                 waiting: AtomicUsize::new(0),
                 open: Arc::new(AtomicUsize::new(0)),
                 open_of: Mutex::new(HashMap::default()),
@@ -359,7 +366,7 @@ impl Pools {
         match opened {
             Ok(mut conn) => {
                 let listed = inner.roster.server(self.describe(key, &conn));
-                conn._open = Some(OpenCount::new(&inner.open, of_key, listed));
+                conn._open = Some(OpenCount::new(inner, of_key, listed));
                 counter!(names::CONNECTIONS_OPENED).increment(1);
                 info!(
                     server_conn = id,
@@ -485,16 +492,19 @@ impl Pools {
                 self.close(conn, CloseReason::Reclaimed);
                 return;
             }
-            let Some(line) = waiters.get_mut(key) else {
-                drop(waiters);
-                return self.park(key, conn, now);
-            };
-            while let Some(waiter) = line.pop_front() {
-                match waiter.send(conn) {
-                    Ok(()) => return,
-                    Err(back) => conn = back,
+            if let Some(line) = waiters.get_mut(key) {
+                while let Some(waiter) = line.pop_front() {
+                    match waiter.handoff.send(conn) {
+                        Ok(()) => return,
+                        Err(back) => conn = back,
+                    }
                 }
             }
+            // Parked under the lines' lock: a client that joins a line looks at the idle list
+            // after, so it either finds this one there or was in line before and handed it.
+            // Parked after unlocking, a client could join in between, find nothing, and wait
+            // while this sat idle.
+            return self.park(key, conn, now);
         }
         self.park(key, conn, now);
     }
@@ -530,7 +540,7 @@ impl Pools {
         // Lines of clients that left go, so that a key that once waited costs nothing later.
         waiters.retain(|k, line| {
             if k != key {
-                line.retain(|waiter| !waiter.is_closed());
+                line.retain(|waiter| !waiter.handoff.is_closed());
             }
             k == key || !line.is_empty()
         });
