@@ -89,7 +89,7 @@ fn start_pg_door(
     tasks.spawn(door.pools.clone().maintain(stopping.clone()));
     if let Some((user, credential)) = door.users.url_login().filter(|_| pg.warm > 0) {
         let database = config.database.get_dbname().unwrap_or(&user).to_owned();
-        let key = Arc::new(pgwire::pool::PoolKey::new(user, database));
+        let key = door.pools.key(user, database);
         let grpc = pool.clone();
         tasks.spawn(door.pools.clone().keep_warm(
             key,

@@ -143,6 +143,26 @@ impl std::fmt::Display for LoginError {
     }
 }
 
+/// Session settings (names and values) in one piece, each string length first: compared at
+/// every link (does the connection have the client's settings?), where comparing the two maps
+/// of strings cost about 270 instructions a transaction and a slice compares in a few
+/// (callgrind, `pgbench -S`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings(Box<[u8]>);
+
+impl Settings {
+    pub fn of(settings: &BTreeMap<String, String>) -> Settings {
+        let mut all = Vec::new();
+        for (name, value) in settings {
+            for part in [name, value] {
+                all.extend_from_slice(&(part.len() as u64).to_le_bytes());
+                all.extend_from_slice(part.as_bytes());
+            }
+        }
+        Settings(all.into_boxed_slice())
+    }
+}
+
 /// One open, logged-in server connection.
 pub struct ServerConn {
     pub id: u64,
@@ -156,7 +176,7 @@ pub struct ServerConn {
     /// [`digest`] of `params`, so a client compares its view of them only when they differ.
     pub params_digest: u64,
     /// The session settings applied on it now beyond its defaults (`source = 'session'`).
-    pub applied: BTreeMap<String, String>,
+    pub applied: Settings,
     /// Something ran on it that may have changed settings the door can't list (custom ones,
     /// in a `DO` block or a function): the next link starts from `RESET ALL` whatever
     /// `applied` says.
@@ -283,7 +303,7 @@ pub async fn connect(
         pid,
         secret,
         params,
-        applied: BTreeMap::new(),
+        applied: Settings::default(),
         reset_needed: false,
         params_digest,
         prepared: LruCache::new(prepared_cap),

@@ -458,9 +458,13 @@ impl Pools {
 
     /// Gives a connection back: pooled if it can be vouched for, closed otherwise.
     pub fn release(&self, key: &Arc<PoolKey>, conn: Pooled) {
+        self.release_at(key, conn, Instant::now());
+    }
+
+    /// [`Pools::release`] at `now` (the caller's reading of the clock, for the lifetime and
+    /// the idle time).
+    pub fn release_at(&self, key: &Arc<PoolKey>, conn: Pooled, now: Instant) {
         let inner = &self.inner;
-        // One clock read for the lifetime and the idle time (once per transaction).
-        let now = Instant::now();
         if conn.broken
             || inner.closed.load(Ordering::Relaxed)
             || now.saturating_duration_since(conn.opened) >= inner.settings.max_lifetime.get()
@@ -515,6 +519,22 @@ impl Pools {
         if let Ok(mut idle) = self.inner.idle.lock() {
             idle.entry(Arc::clone(key)).or_default().push(conn);
         }
+    }
+
+    /// The one `Arc` of `key` its clients share: the idle lists and lines hold it too, so
+    /// finding a key there compares pointers, not names (four string compares a transaction
+    /// when each client had a key of its own).
+    pub fn key(&self, user: String, database: String) -> Arc<PoolKey> {
+        let key = PoolKey::new(user, database);
+        let Ok(mut counts) = self.inner.open_of.lock() else {
+            return Arc::new(key);
+        };
+        if let Some((shared, _)) = counts.get_key_value(&key) {
+            return Arc::clone(shared);
+        }
+        let key = Arc::new(key);
+        counts.insert(Arc::clone(&key), Arc::default());
+        key
     }
 
     /// The open-connection count of `key`.
@@ -573,7 +593,8 @@ impl Pools {
         drop(conn);
     }
 
-    fn take_idle(&self, key: &Arc<PoolKey>) -> Option<Pooled> {
+    /// An idle connection of `key`, as of `now` (for its lifetime).
+    fn take_idle(&self, key: &Arc<PoolKey>, now: Instant) -> Option<Pooled> {
         loop {
             // The most recently used first: a light load keeps reusing a few warm connections.
             let conn = {
@@ -591,7 +612,8 @@ impl Pools {
                 self.close(conn, CloseReason::Broken);
                 continue;
             }
-            if conn.opened.elapsed() >= self.inner.settings.max_lifetime.get() {
+            if now.saturating_duration_since(conn.opened) >= self.inner.settings.max_lifetime.get()
+            {
                 self.close(conn, CloseReason::Lifetime);
                 continue;
             }

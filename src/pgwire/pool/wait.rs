@@ -72,15 +72,26 @@ impl Pools {
         key: &Arc<PoolKey>,
         credential: &Credential,
     ) -> Result<Pooled, AcquireError> {
+        self.acquire_at(key, credential, std::time::Instant::now())
+            .await
+    }
+
+    /// [`Pools::acquire`] from `now` (the caller's reading of the clock).
+    pub async fn acquire_at(
+        &self,
+        key: &Arc<PoolKey>,
+        credential: &Credential,
+        now: std::time::Instant,
+    ) -> Result<Pooled, AcquireError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Relaxed) {
             return Err(AcquireError::Closing);
         }
-        if let Some(conn) = self.take_idle(key) {
+        if let Some(conn) = self.take_idle(key, now) {
             inner.wait_seconds.record(0.0);
             return Ok(conn);
         }
-        let started = Instant::now();
+        let started = Instant::from_std(now);
         let got = self.wait_for(key, credential, started).await;
         inner.wait_seconds.record(started.elapsed().as_secs_f64());
         match &got {
@@ -126,7 +137,7 @@ impl Pools {
                 return Err(AcquireError::Timeout { last });
             }
             if !std::mem::take(&mut first)
-                && let Some(conn) = self.take_idle(key)
+                && let Some(conn) = self.take_idle(key, now.into_std())
             {
                 return Ok(conn);
             }
@@ -173,7 +184,7 @@ impl Pools {
         let (handoff, mut received) = oneshot::channel();
         let ask_after = self.join_line(key, handoff, now, deadline);
         // One may have come back between the look and joining the line.
-        if let Some(conn) = self.take_idle(key) {
+        if let Some(conn) = self.take_idle(key, now.into_std()) {
             return Waited::Conn(conn);
         }
         let Some(ask_after) = ask_after else {

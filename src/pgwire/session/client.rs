@@ -56,12 +56,12 @@ impl Session {
         }
     }
 
-    pub(super) async fn client_message(
+    pub(super) fn client_message(
         &mut self,
         msg: &[u8],
         to_server: &mut BytesMut,
         to_client: &mut BytesMut,
-    ) -> Result<(), Ended> {
+    ) -> Result<(), FrameError> {
         let tag = msg[0];
         if matches!(tag, b'P' | b'B' | b'D' | b'C' | b'E' | b'H') {
             self.unsynced = true;
@@ -74,29 +74,19 @@ impl Session {
         }
         match tag {
             b'Q' => {
-                if let Err(error) = self.on_query(msg, to_server, to_client) {
-                    return Err(self.violation(error).await);
-                }
+                self.on_query(msg, to_server, to_client)?;
             }
             b'P' => {
-                if let Err(error) = self.on_parse(msg, to_server, to_client) {
-                    return Err(self.violation(error).await);
-                }
+                self.on_parse(msg, to_server, to_client)?;
             }
             b'B' => {
-                if let Err(error) = self.on_bind(msg, to_server, to_client) {
-                    return Err(self.violation(error).await);
-                }
+                self.on_bind(msg, to_server, to_client)?;
             }
             b'D' | b'C' => {
-                if let Err(error) = self.on_target(tag, msg, to_server, to_client) {
-                    return Err(self.violation(error).await);
-                }
+                self.on_target(tag, msg, to_server, to_client)?;
             }
             b'E' => {
-                if let Err(error) = self.on_execute(msg, to_server, to_client) {
-                    return Err(self.violation(error).await);
-                }
+                self.on_execute(msg, to_server, to_client)?;
             }
             b'S' => {
                 to_server.extend_from_slice(msg);
@@ -119,9 +109,7 @@ impl Session {
                 self.copy_in = false;
             }
             _ => {
-                return Err(self
-                    .violation(FrameError::Malformed("unexpected message type"))
-                    .await);
+                return Err(FrameError::Malformed("unexpected message type"));
             }
         }
         Ok(())

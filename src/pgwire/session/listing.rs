@@ -3,7 +3,8 @@
 //! while its database is paused (the console's PAUSE).
 
 use super::*;
-use crate::pgwire::roster::{DbStats, now_us};
+use crate::pgwire::pool::AcquireError;
+use crate::pgwire::roster::{DbStats, now_us, us_at};
 
 impl Session {
     /// About to wait for a server connection: returns when the wait began.
@@ -13,9 +14,44 @@ impl Session {
         now
     }
 
-    /// Linked to `server` after waiting since `began`.
-    pub(super) fn listed_linked(&self, server: &ServerConn, began: u64) {
-        let now = now_us();
+    /// A server connection for the transaction the client starts: the connection, when the
+    /// client began to wait for it and when it got it. Listed as waiting while it waits (and
+    /// through a PAUSE); when a connection is at hand at once, as at light load nearly always,
+    /// the clock is read once.
+    pub(super) async fn acquire_listed(
+        &mut self,
+    ) -> Result<Result<(Pooled, u64, u64), AcquireError>, Ended> {
+        loop {
+            if self.door.pause.any() {
+                self.wait_while_paused().await?;
+            }
+            let now = std::time::Instant::now();
+            let began = us_at(now);
+            let pools = &self.door.pools;
+            let mut acquiring = std::pin::pin!(pools.acquire_at(&self.key, &self.credential, now));
+            let got = match futures::FutureExt::now_or_never(&mut acquiring) {
+                Some(got) => got.map(|server| (server, began, began)),
+                None => {
+                    self.door.clients.waiting(1);
+                    self.listed.entry.waiting(began);
+                    let got = acquiring.await;
+                    self.door.clients.waiting(-1);
+                    got.map(|server| (server, began, now_us()))
+                }
+            };
+            match got {
+                // PAUSE came while this client waited in line: the connection goes back and
+                // the client waits with the others.
+                Ok((server, ..)) if self.door.pause.covers(&self.key.database) => {
+                    pools.release(&self.key, server);
+                }
+                got => return Ok(got),
+            }
+        }
+    }
+
+    /// Linked to `server` at `now`, after waiting since `began`.
+    pub(super) fn listed_linked(&self, server: &ServerConn, began: u64, now: u64) {
         DbStats::add(&self.stats.wait_us, now.saturating_sub(began));
         DbStats::add(&self.stats.server_assignments, 1);
         self.listed.entry.linked(server.id, now);
@@ -26,7 +62,11 @@ impl Session {
 
     /// Not linked any more (waiting for nothing, or giving `server` back).
     pub(super) fn listed_unlinked(&self, server: Option<&ServerConn>) {
-        let now = now_us();
+        self.listed_unlinked_at(server, now_us());
+    }
+
+    /// [`Session::listed_unlinked`] at `now`.
+    pub(super) fn listed_unlinked_at(&self, server: Option<&ServerConn>, now: u64) {
         if let Some(server) = server {
             let since = self.listed.entry.since();
             DbStats::add(&self.stats.xact_us, now.saturating_sub(since));

@@ -23,7 +23,7 @@ use super::cancel::Slot;
 use super::frame::{self, FrameError};
 use super::pool::{AcquireError, PoolKey};
 use super::scram::Credential;
-use super::server::{Pooled, ServerConn, Stream};
+use super::server::{Pooled, ServerConn, Settings, Stream};
 use super::statements::{Bounded, Statement};
 use super::{Door, Phase, SessionStateMode};
 use crate::core::pool::CloseReason;
@@ -169,6 +169,8 @@ pub struct Session {
     /// The settings this client's session has beyond the server's defaults: its startup
     /// values, then whatever it SET, as read back from the server.
     wanted: BTreeMap<String, String>,
+    /// `wanted` as a connection's `applied` has it.
+    wanted_set: Settings,
     /// Its startup values: what `RESET` returns to.
     startup: BTreeMap<String, String>,
     /// The parameters it has been told (ParameterStatus), as PostgreSQL tells them: just
@@ -278,6 +280,7 @@ impl Session {
             credential,
             custom: state::custom_names(&wanted),
             startup: wanted.clone(),
+            wanted_set: Settings::of(&wanted),
             told: startup.reported,
             restoring: Vec::new(),
             told_digest,
@@ -491,11 +494,29 @@ impl Session {
                 Ok(None) => return Ok(()),
                 Err(error) => return Err(self.violation(error).await),
             };
-            let handled = self
-                .one_client_message(&cbuf[..total], to_server, to_client)
-                .await;
+            let msg = &cbuf[..total];
+            // A linked client's message is relayed without an await, so without a future of
+            // its own to make, poll and drop: five a transaction in the extended protocol,
+            // and 9,582 instructions a transaction down to 9,258 (callgrind, 10 clients).
+            let handled = if self.server.is_some() && !self.refusing && msg[0] != b'X' {
+                self.count_message(msg[0]);
+                match self.client_message(msg, to_server, to_client) {
+                    Ok(()) => Ok(()),
+                    Err(error) => Err(self.violation(error).await),
+                }
+            } else {
+                self.one_client_message(msg, to_server, to_client).await
+            };
             cbuf.advance(total);
             handled?;
+        }
+    }
+
+    fn count_message(&self, tag: u8) {
+        match tag {
+            b'P' => DbStats::add(&self.stats.client_parses, 1),
+            b'B' => DbStats::add(&self.stats.binds, 1),
+            _ => {}
         }
     }
 
@@ -506,11 +527,7 @@ impl Session {
         to_server: &mut BytesMut,
         to_client: &mut BytesMut,
     ) -> Result<(), Ended> {
-        match msg[0] {
-            b'P' => DbStats::add(&self.stats.client_parses, 1),
-            b'B' => DbStats::add(&self.stats.binds, 1),
-            _ => {}
-        }
+        self.count_message(msg[0]);
         if msg[0] == b'X' {
             return Err(self.goodbye(to_server).await);
         }
@@ -530,7 +547,10 @@ impl Session {
                 return Ok(());
             }
         }
-        self.client_message(msg, to_server, to_client).await
+        match self.client_message(msg, to_server, to_client) {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.violation(error).await),
+        }
     }
 
     /// Passes a large CopyData from the client to the server in pieces as it arrives (a
@@ -564,24 +584,8 @@ impl Session {
         if self.door.phase() >= Phase::Stopping {
             return Err(self.shut_out().await);
         }
-        let got = loop {
-            if self.door.pause.any() {
-                self.wait_while_paused().await?;
-            }
-            self.door.clients.waiting(1);
-            let began = self.listed_waiting();
-            let got = self.door.pools.acquire(&self.key, &self.credential).await;
-            self.door.clients.waiting(-1);
-            match got {
-                // PAUSE came while this client waited in line: the connection goes back and
-                // the client waits with the others.
-                Ok(server) if self.door.pause.covers(&self.key.database) => {
-                    self.door.pools.release(&self.key, server);
-                }
-                got => break got.map(|server| (server, began)),
-            }
-        };
-        let (mut server, began) = match got {
+        let got = self.acquire_listed().await?;
+        let (mut server, began, linked_at) = match got {
             Ok(linked) => linked,
             Err(error) => {
                 self.listed_unlinked(None);
@@ -639,7 +643,7 @@ impl Session {
             }
         };
         self.door.clients.linked(1);
-        self.listed_linked(&server, began);
+        self.listed_linked(&server, began, linked_at);
         let limit = self.door.settings.transaction_timeout.get();
         self.tx_deadline = (!limit.is_zero()).then(|| tokio::time::Instant::now() + limit);
         self.cancel.link(server.pid, server.secret);
@@ -668,13 +672,14 @@ impl Session {
         }
         if let Some(server) = self.server.take() {
             self.door.clients.linked(-1);
-            self.listed_unlinked(Some(&server));
+            let now = std::time::Instant::now();
+            self.listed_unlinked_at(Some(&server), crate::pgwire::roster::us_at(now));
             self.tx_deadline = None;
             // The cancel slot is cleared before the connection goes to anyone else; a cancel
             // being sent right now is waited for (see cancel.rs), on a task of its own that
             // takes the handles it needs.
             if self.cancel.try_unlink() {
-                self.door.pools.release(&self.key, server);
+                self.door.pools.release_at(&self.key, server, now);
             } else {
                 let cancel = Arc::clone(&self.cancel);
                 let pools = self.door.pools.clone();
@@ -856,7 +861,7 @@ impl Session {
         let resetting = reset(&mut server, owed, self.copy_in, self.unsynced);
         match tokio::time::timeout(Duration::from_secs(5), resetting).await {
             Ok(Some(())) => {
-                server.applied.clear();
+                server.applied = Settings::default();
                 server.reset_needed = false;
                 server.prepared.clear();
                 self.door.pools.release(&self.key, server);

@@ -101,7 +101,7 @@ impl Session {
 
     /// At link: brings the connection's settings to the client's.
     pub(super) fn replay_settings(&mut self, server: &mut ServerConn, to_server: &mut BytesMut) {
-        if server.applied == self.wanted && !server.reset_needed {
+        if server.applied == self.wanted_set && !server.reset_needed {
             return;
         }
         // Two queries, so that a value the server refuses can't take the reset with it.
@@ -109,7 +109,7 @@ impl Session {
         if let Some(sql) = set_values(&self.wanted) {
             self.own(to_server, &sql, Own::Replay);
         }
-        server.applied = self.wanted.clone();
+        server.applied = self.wanted_set.clone();
         server.reset_needed = false;
     }
 
@@ -186,7 +186,8 @@ impl Session {
                     }
                 }
                 self.custom.extend(custom_names(&now));
-                server.applied = now.clone();
+                self.wanted_set = Settings::of(&now);
+                server.applied = self.wanted_set.clone();
                 self.standard_strings = super::state::standard_strings(&now);
                 self.wanted = now;
             }

@@ -27,7 +27,7 @@ use super::frame;
 use super::gate::Full;
 use super::pool::PoolKey;
 use super::roster::{DbStats, NewClient};
-use super::server::Stream;
+use super::server::{Settings, Stream};
 use super::session::{Connection, Ended, LoggedIn, Session, replay};
 use super::users::Found;
 use crate::core::telemetry as names;
@@ -214,7 +214,7 @@ async fn log_in<'a>(
             _client: client,
         }));
     }
-    let key = Arc::new(PoolKey::new(hello.user.clone(), hello.database.clone()));
+    let key = door.pools.key(hello.user.clone(), hello.database.clone());
     let settled = tokio::time::timeout(
         door.settings.login_timeout.get(),
         settle(door, stream, &key, &hello, &found, client_key, out),
@@ -501,10 +501,11 @@ async fn settle(
                 .after(out));
         }
     };
-    if server.applied != hello.wanted || server.reset_needed {
+    let wanted = Settings::of(&hello.wanted);
+    if server.applied != wanted || server.reset_needed {
         match apply(&mut server, &hello.wanted).await {
             Ok(()) => {
-                server.applied = hello.wanted.clone();
+                server.applied = wanted;
                 server.reset_needed = false;
             }
             Err(Some(msg)) => {
