@@ -56,6 +56,35 @@ impl Session {
         }
     }
 
+    /// Counts a Parse or a Bind for `SHOW STATS`.
+    pub(super) fn count_message(&self, tag: u8) {
+        match tag {
+            b'P' => DbStats::add(&self.stats.client_parses, 1),
+            b'B' => DbStats::add(&self.stats.binds, 1),
+            _ => {}
+        }
+    }
+
+    /// Passes a large CopyData from the client to the server in pieces as it arrives (a
+    /// bulk load's rows can be hundreds of megabytes). Whether the client's buffer is spent.
+    pub(super) fn pass_to_server(&mut self, cbuf: &mut BytesMut, to_server: &mut BytesMut) -> bool {
+        if self.to_server_passing == 0 {
+            let max = self.door.settings.max_message;
+            match large_message(cbuf, b'd') {
+                Some(total) if self.server.is_some() && !self.refusing && total <= max => {
+                    self.to_server_passing = total;
+                    cbuf.reserve(PASS_CHUNK);
+                }
+                _ => return false,
+            }
+        }
+        let n = self.to_server_passing.min(cbuf.len());
+        to_server.extend_from_slice(&cbuf[..n]);
+        cbuf.advance(n);
+        self.to_server_passing -= n;
+        cbuf.is_empty()
+    }
+
     pub(super) fn client_message(
         &mut self,
         msg: &[u8],

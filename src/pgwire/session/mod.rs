@@ -512,14 +512,6 @@ impl Session {
         }
     }
 
-    fn count_message(&self, tag: u8) {
-        match tag {
-            b'P' => DbStats::add(&self.stats.client_parses, 1),
-            b'B' => DbStats::add(&self.stats.binds, 1),
-            _ => {}
-        }
-    }
-
     /// One whole message from the client.
     async fn one_client_message(
         &mut self,
@@ -551,26 +543,6 @@ impl Session {
             Ok(()) => Ok(()),
             Err(error) => Err(self.violation(error).await),
         }
-    }
-
-    /// Passes a large CopyData from the client to the server in pieces as it arrives (a
-    /// bulk load's rows can be hundreds of megabytes). Whether the client's buffer is spent.
-    fn pass_to_server(&mut self, cbuf: &mut BytesMut, to_server: &mut BytesMut) -> bool {
-        if self.to_server_passing == 0 {
-            let max = self.door.settings.max_message;
-            match large_message(cbuf, b'd') {
-                Some(total) if self.server.is_some() && !self.refusing && total <= max => {
-                    self.to_server_passing = total;
-                    cbuf.reserve(PASS_CHUNK);
-                }
-                _ => return false,
-            }
-        }
-        let n = self.to_server_passing.min(cbuf.len());
-        to_server.extend_from_slice(&cbuf[..n]);
-        cbuf.advance(n);
-        self.to_server_passing -= n;
-        cbuf.is_empty()
     }
 
     /// Gets a server connection for the transaction the client is starting, and brings its
