@@ -129,6 +129,8 @@ impl Pools {
         let mut failures = 0u32;
         let mut now = started;
         let mut first = true;
+        // Let go from its line once: it keeps its turn when it joins again.
+        let mut again = false;
         loop {
             if inner.closed.load(Ordering::Relaxed) {
                 return Err(AcquireError::Closing);
@@ -148,11 +150,12 @@ impl Pools {
             };
             let place = match place {
                 Some(place) => place,
-                None => match self.wait_in_line(key, now, deadline).await {
+                None => match self.wait_in_line(key, now, deadline, again).await {
                     Waited::Conn(conn) => return Ok(conn),
                     Waited::Place(place) => place,
                     Waited::Again => {
                         now = Instant::now();
+                        again = true;
                         continue;
                     }
                     Waited::TimedOut => return Err(AcquireError::Timeout { last }),
@@ -178,11 +181,17 @@ impl Pools {
 
     /// In line for the next connection of this key given back, first come first served; or
     /// for a place in the budget, whichever comes first.
-    async fn wait_in_line(&self, key: &Arc<PoolKey>, now: Instant, deadline: Instant) -> Waited {
+    async fn wait_in_line(
+        &self,
+        key: &Arc<PoolKey>,
+        now: Instant,
+        deadline: Instant,
+        again: bool,
+    ) -> Waited {
         let share = &self.inner.share;
         share.short_as_of(now);
         let (handoff, mut received) = oneshot::channel();
-        let ask_after = self.join_line(key, handoff, now, deadline);
+        let ask_after = self.join_line(key, handoff, now, deadline, again);
         // One may have come back between the look and joining the line.
         if let Some(conn) = self.take_idle(key, now.into_std()) {
             return Waited::Conn(conn);
@@ -212,8 +221,10 @@ impl Pools {
         }
     }
 
-    /// Puts a client in the line of `key`. Returns how much longer it waits before asking the
-    /// other door for a place (see `queued_since`), or `None` when it waits alone.
+    /// Puts a client in the line of `key`: at its end, or at its head `again` (a client let go
+    /// to look again, whose place a newcomer or another key took, keeps its turn). Returns how
+    /// much longer it waits before asking the other door for a place (see `queued_since`), or
+    /// `None` when it waits alone.
     ///
     /// Alone: the door holds every place of the budget and no other key waits, so only a
     /// connection of its own can help, given back (handed over on the line) or closed (its
@@ -227,6 +238,7 @@ impl Pools {
         handoff: oneshot::Sender<Pooled>,
         now: Instant,
         deadline: Instant,
+        again: bool,
     ) -> Option<Duration> {
         let inner = &self.inner;
         let now = now
@@ -239,13 +251,16 @@ impl Pools {
         };
         let alone =
             inner.share.holds_all() && waiters.iter().all(|(k, line)| k == key || line.is_empty());
-        waiters
-            .entry(Arc::clone(key))
-            .or_default()
-            .push_back(Waiter {
-                handoff,
-                alone_until: alone.then_some(deadline),
-            });
+        let line = waiters.entry(Arc::clone(key)).or_default();
+        let waiter = Waiter {
+            handoff,
+            alone_until: alone.then_some(deadline),
+        };
+        if again {
+            line.push_front(waiter);
+        } else {
+            line.push_back(waiter);
+        }
         if alone && !inner.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(self.clone().sweep_lines());
         }
@@ -268,9 +283,13 @@ impl Pools {
         loop {
             tokio::time::sleep(SWEEP).await;
             let now = Instant::now();
-            let Ok(mut lines) = self.inner.waiters.lock() else {
-                return;
-            };
+            // Poisoned only by a panic elsewhere: the lines are still whole, and a sweep that
+            // stopped would leave the clients waiting alone with no deadline.
+            let mut lines = self
+                .inner
+                .waiters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let holds_all = self.inner.share.holds_all();
             let mut alone = false;
             for line in lines.values_mut() {
