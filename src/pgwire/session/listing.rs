@@ -7,11 +7,9 @@ use crate::pgwire::pool::AcquireError;
 use crate::pgwire::roster::{DbStats, now_us, us_at};
 
 impl Session {
-    /// About to wait for a server connection: returns when the wait began.
-    pub(super) fn listed_waiting(&self) -> u64 {
-        let now = now_us();
-        self.listed.entry.waiting(now);
-        now
+    /// About to wait (while its database is paused).
+    pub(super) fn listed_waiting(&self) {
+        self.listed.entry.waiting(now_us());
     }
 
     /// A server connection for the transaction the client starts: the connection, when the

@@ -495,31 +495,37 @@ impl Session {
                 Err(error) => return Err(self.violation(error).await),
             };
             let msg = &cbuf[..total];
-            // A linked client's message is relayed without an await, so without a future of
-            // its own to make, poll and drop: five a transaction in the extended protocol,
+            self.count_message(msg[0]);
+            // A linked client's message needs no await before it is relayed, so no future is
+            // made, polled and dropped for it: five a transaction in the extended protocol,
             // and 9,582 instructions a transaction down to 9,258 (callgrind, 10 clients).
-            let handled = if self.server.is_some() && !self.refusing && msg[0] != b'X' {
-                self.count_message(msg[0]);
-                match self.client_message(msg, to_server, to_client) {
+            let relay = if self.server.is_some() && !self.refusing && msg[0] != b'X' {
+                Ok(true)
+            } else {
+                self.ready_to_relay(msg, to_server, to_client).await
+            };
+            let handled = match relay {
+                Ok(true) => match self.client_message(msg, to_server, to_client) {
                     Ok(()) => Ok(()),
                     Err(error) => Err(self.violation(error).await),
-                }
-            } else {
-                self.one_client_message(msg, to_server, to_client).await
+                },
+                Ok(false) => Ok(()),
+                Err(ended) => Err(ended),
             };
             cbuf.advance(total);
             handled?;
         }
     }
 
-    /// One whole message from the client.
-    async fn one_client_message(
+    /// What comes before a client's message can be relayed: its goodbye, the rest of a
+    /// pipeline refused, an answer the door gives itself between transactions, or a link.
+    /// Whether the message is to be relayed now.
+    async fn ready_to_relay(
         &mut self,
         msg: &[u8],
         to_server: &mut BytesMut,
         to_client: &mut BytesMut,
-    ) -> Result<(), Ended> {
-        self.count_message(msg[0]);
+    ) -> Result<bool, Ended> {
         if msg[0] == b'X' {
             return Err(self.goodbye(to_server).await);
         }
@@ -528,21 +534,15 @@ impl Session {
                 self.refusing = false;
                 frame::write_ready(to_client, b'I');
             }
-            return Ok(());
+            return Ok(false);
         }
         if self.server.is_none() && self.answer_unlinked(msg, to_client) {
-            return Ok(());
+            return Ok(false);
         }
         if self.server.is_none() {
             self.link(to_server, to_client, msg[0]).await?;
-            if self.server.is_none() {
-                return Ok(());
-            }
         }
-        match self.client_message(msg, to_server, to_client) {
-            Ok(()) => Ok(()),
-            Err(error) => Err(self.violation(error).await),
-        }
+        Ok(self.server.is_some())
     }
 
     /// Gets a server connection for the transaction the client is starting, and brings its
