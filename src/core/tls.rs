@@ -241,13 +241,19 @@ impl Current {
 /// Accepts connections on `listener` and yields them once their TLS handshake is done, each
 /// handshake in a task of its own with a time limit. Accepting stops when the returned stream
 /// is dropped (the server stops taking connections) or `stopping` is cancelled.
+///
+/// The task holding the listener is returned too: the caller awaits it before saying it has
+/// stopped, since until that task runs again the port still completes TCP handshakes.
 pub fn incoming(
     listener: TcpListener,
     current: Current,
     stopping: CancellationToken,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> (
+    ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (sender, receiver) = mpsc::channel(64);
-    tokio::spawn(async move {
+    let accepting = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 () = sender.closed() => return,
@@ -276,7 +282,7 @@ pub fn incoming(
             });
         }
     });
-    ReceiverStream::new(receiver)
+    (ReceiverStream::new(receiver), accepting)
 }
 
 async fn handshake(

@@ -282,6 +282,7 @@ pub async fn serve(
         .add_optional_service(reflection_v1_guarded)
         .add_optional_service(reflection_v1alpha_open)
         .add_optional_service(reflection_v1alpha_guarded);
+    let mut accepting = None;
     let server = match &settings.tls {
         None => Either::Left(router.serve_with_incoming_shutdown(plaintext(listener), signal)),
         Some(tls_settings) => {
@@ -298,7 +299,8 @@ pub async fn serve(
                 stopping.clone(),
             ));
             // Accepting ends with the signal: tonic drops the stream when it stops.
-            let incoming = tls::incoming(listener, current, stopping.clone());
+            let (incoming, task) = tls::incoming(listener, current, stopping.clone());
+            accepting = Some(task);
             Either::Right(router.serve_with_incoming_shutdown(incoming, signal))
         }
     };
@@ -310,9 +312,19 @@ pub async fn serve(
         stopping.cancelled().await;
         tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        result = server => result?,
-        () = drained => warn!(?grace, "grace period over with calls still open; closing them"),
+    let served = tokio::select! {
+        result = server => result,
+        () = drained => {
+            warn!(?grace, "grace period over with calls still open; closing them");
+            Ok(())
+        }
+    };
+    // The TLS listener lives in its own task: it is closed once that task has ended, and a
+    // stopped gateway must refuse connections.
+    if let Some(task) = accepting {
+        task.abort();
+        let _ = task.await;
     }
+    served?;
     Ok(())
 }
