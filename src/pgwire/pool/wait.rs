@@ -246,9 +246,12 @@ impl Pools {
             .saturating_duration_since(inner.epoch)
             .as_millis() as u64
             + 1;
-        let Ok(mut waiters) = inner.waiters.lock() else {
-            return Some(ASK_AFTER);
-        };
+        // Poisoned only by a panic elsewhere; the lines are still whole. Giving up here would
+        // drop `handoff`, and the client, let go at once, would come straight back: a spin.
+        let mut waiters = inner
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let alone =
             inner.share.holds_all() && waiters.iter().all(|(k, line)| k == key || line.is_empty());
         let line = waiters.entry(Arc::clone(key)).or_default();

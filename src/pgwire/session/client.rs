@@ -158,7 +158,7 @@ impl Session {
             self.reply(to_client, ready.freeze());
             return Ok(());
         }
-        let effect = self.read(sql);
+        let (_, effect) = self.recent.read(sql, self.standard_strings);
         if let Some(refusal) = self.admit(&effect) {
             frame::write_query(to_server, &refusal);
         } else {
@@ -192,16 +192,19 @@ impl Session {
         if parse.name.is_empty() {
             // Drivers send the same text as the unnamed statement again and again (pgbench
             // `-M extended`, most ORMs): read only what is new.
-            let same = self
-                .unnamed
-                .as_ref()
-                .is_some_and(|u| u.query == parse.query && u.types == parse.types);
+            let standard_strings = self.standard_strings;
+            let same = self.unnamed.as_ref().is_some_and(|u| {
+                u.query == parse.query
+                    && u.types == parse.types
+                    && u.standard_strings == standard_strings
+            });
             if !same {
-                let effect = self.read(parse.query);
+                let (query, effect) = self.recent.read(parse.query, standard_strings);
                 self.unnamed = Some(Unnamed {
-                    query: Bytes::copy_from_slice(parse.query),
+                    query,
                     types: Bytes::copy_from_slice(parse.types),
-                    effect: Arc::new(effect),
+                    effect,
+                    standard_strings,
                 });
             }
             let effect = self.unnamed.as_ref().map(|u| Arc::clone(&u.effect));

@@ -36,6 +36,7 @@ mod handover;
 mod listing;
 mod own;
 mod prepared;
+mod recent;
 mod replies;
 mod state;
 
@@ -191,6 +192,8 @@ pub struct Session {
     /// The client's unnamed statement, and whether the linked server has it.
     unnamed: Option<Unnamed>,
     unnamed_here: bool,
+    /// The texts it sent lately, read.
+    recent: recent::Recent,
     /// The client's statement names → the global statements.
     names: Bounded<Bytes>,
     /// The client's statements (by name, `""` for the unnamed one) and portals that are a
@@ -289,6 +292,7 @@ impl Session {
             standard_strings,
             unnamed: None,
             unnamed_here: false,
+            recent: recent::Recent::default(),
             names: Bounded::new(client_statements, "client"),
             door_statements: HashMap::default(),
             door_portals: HashMap::default(),

@@ -40,6 +40,8 @@ pub(super) struct Unnamed {
     pub query: Bytes,
     pub types: Bytes,
     pub effect: Arc<SessionEffect>,
+    /// The `standard_conforming_strings` it was read under.
+    pub standard_strings: bool,
 }
 
 impl Session {
