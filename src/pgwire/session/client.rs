@@ -158,7 +158,7 @@ impl Session {
             self.reply(to_client, ready.freeze());
             return Ok(());
         }
-        let (_, effect) = self.recent.read(sql, self.standard_strings);
+        let effect = self.read(sql);
         if let Some(refusal) = self.admit(&effect) {
             frame::write_query(to_server, &refusal);
         } else {

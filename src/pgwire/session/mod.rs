@@ -192,7 +192,7 @@ pub struct Session {
     /// The client's unnamed statement, and whether the linked server has it.
     unnamed: Option<Unnamed>,
     unnamed_here: bool,
-    /// The texts it sent lately, read.
+    /// The texts it parsed lately as its unnamed statement, read.
     recent: recent::Recent,
     /// The client's statement names → the global statements.
     names: Bounded<Bytes>,
