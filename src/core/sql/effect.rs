@@ -3,7 +3,6 @@
 //! hold, and whether it does anything this reading can't vouch for (a `DO` block, a procedure,
 //! a function that isn't PostgreSQL's own), which the door then checks on the server.
 
-use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use super::lexer::{Token, string_value, tokens};
@@ -250,11 +249,11 @@ const PLAIN: &[&str] = &[
     "reassign",
 ];
 
-/// `word` folded to lower case in `buf`; `""` (which names no statement) when it is longer
-/// than `buf` or not ASCII, as no statement's word is. Every simple Query's first word is read
-/// so, and a `String` for it was an allocation and a free each time (about 250 instructions,
-/// callgrind, `pgbench -S -M simple`).
-fn lower_in<'b>(word: &[u8], buf: &'b mut [u8; 16]) -> &'b str {
+/// `word` folded to lower case in `buf`; `""` (which names no statement and no function of the
+/// catalog) when it is longer than `buf` or not ASCII, as none of those is. Every simple
+/// Query's first word and the name of every call in it are read so, and a `String` for each
+/// was an allocation and a free (about 250 instructions each, callgrind, `pgbench -M simple`).
+fn lower_in<'b, const N: usize>(word: &[u8], buf: &'b mut [u8; N]) -> &'b str {
     let Some(buf) = buf.get_mut(..word.len()) else {
         return "";
     };
@@ -652,9 +651,27 @@ const NAME_FOLLOWS: &[&str] = &[
 
 /// The names of the functions PostgreSQL's own catalog defines (`pg_proc` in `pg_catalog`, as
 /// of PostgreSQL 15). A name missing from it only costs a check on the server.
-fn builtins() -> &'static HashSet<&'static str> {
-    static BUILTINS: OnceLock<HashSet<&'static str>> = OnceLock::new();
+fn builtins() -> &'static foldhash::HashSet<&'static str> {
+    static BUILTINS: OnceLock<foldhash::HashSet<&'static str>> = OnceLock::new();
     BUILTINS.get_or_init(|| include_str!("builtins.txt").lines().collect())
+}
+
+/// [`NOT_CALLS`] as a set: looked up at every `(` that follows a word (`IN (`, `VALUES (`,
+/// `count(`), where a scan of the list's 130 words was about 700 instructions a query of an
+/// ORM's shape (callgrind).
+fn not_calls() -> &'static foldhash::HashSet<&'static str> {
+    static NOT: OnceLock<foldhash::HashSet<&'static str>> = OnceLock::new();
+    NOT.get_or_init(|| NOT_CALLS.iter().copied().collect())
+}
+
+/// A name as PostgreSQL reads it: a word folded to lower case (in `buf`, see [`lower_in`]), a
+/// quoted identifier as it is.
+fn name_in<'a>(token: &Token<'a>, buf: &'a mut [u8; 64]) -> Option<std::borrow::Cow<'a, str>> {
+    match token {
+        Token::Word(w) => Some(std::borrow::Cow::Borrowed(lower_in(w, buf))),
+        Token::Quoted(q) => Some(String::from_utf8_lossy(q)),
+        _ => None,
+    }
 }
 
 /// Every `name (` and `schema.name (` in the statement.
@@ -663,30 +680,27 @@ fn read_calls(t: &[Token<'_>], effect: &mut SessionEffect) {
         if !matches!(token, Token::Punct(b'(')) || i == 0 {
             continue;
         }
-        let name = match t[i - 1] {
-            Token::Word(w) => String::from_utf8_lossy(w).to_ascii_lowercase(),
-            Token::Quoted(q) => String::from_utf8_lossy(q).into_owned(),
-            Token::UnicodeQuoted => {
-                effect.unverified = true;
-                continue;
-            }
-            _ => continue,
+        if t[i - 1] == Token::UnicodeQuoted {
+            effect.unverified = true;
+            continue;
+        }
+        let mut name_buf = [0u8; 64];
+        let Some(name) = name_in(&t[i - 1], &mut name_buf) else {
+            continue;
         };
-        let qualified = i >= 3 && t[i - 2] == Token::Punct(b'.');
-        let schema = qualified.then(|| match t[i - 3] {
-            Token::Word(w) => String::from_utf8_lossy(w).to_ascii_lowercase(),
-            Token::Quoted(q) => String::from_utf8_lossy(q).into_owned(),
-            _ => String::new(),
-        });
+        let qualified = i >= 3 && matches!(t[i - 2], Token::Punct(b'.'));
+        let mut schema_buf = [0u8; 64];
+        let schema = qualified.then(|| name_in(&t[i - 3], &mut schema_buf).unwrap_or_default());
         let before = if qualified {
             i.checked_sub(4)
         } else {
             i.checked_sub(2)
         };
-        if before
-            .and_then(|b| word_at(t, b))
-            .is_some_and(|w| NAME_FOLLOWS.contains(&w.as_str()))
-        {
+        let name_follows = before.and_then(|b| t.get(b)).is_some_and(|word| {
+            matches!(word, Token::Word(w)
+                if NAME_FOLLOWS.iter().any(|n| w.eq_ignore_ascii_case(n.as_bytes())))
+        });
+        if name_follows {
             continue;
         }
         read_call(schema.as_deref(), &name, &t[i + 1..], effect);
@@ -720,7 +734,7 @@ fn read_call(schema: Option<&str>, name: &str, args: &[Token<'_>], effect: &mut 
     let own = match schema {
         Some("pg_catalog") => true,
         Some(_) => false,
-        None => NOT_CALLS.contains(&name) || builtins().contains(name),
+        None => not_calls().contains(name) || builtins().contains(name),
     };
     if !own {
         effect.unverified = true;
