@@ -696,11 +696,7 @@ fn read_calls(t: &[Token<'_>], effect: &mut SessionEffect) {
         } else {
             i.checked_sub(2)
         };
-        let name_follows = before.and_then(|b| t.get(b)).is_some_and(|word| {
-            matches!(word, Token::Word(w)
-                if NAME_FOLLOWS.iter().any(|n| w.eq_ignore_ascii_case(n.as_bytes())))
-        });
-        if name_follows {
+        if before.is_some_and(|b| NAME_FOLLOWS.iter().any(|word| is(t.get(b), word))) {
             continue;
         }
         read_call(schema.as_deref(), &name, &t[i + 1..], effect);
