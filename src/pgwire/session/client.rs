@@ -192,7 +192,7 @@ impl Session {
         if parse.name.is_empty() {
             // Drivers send the same text as the unnamed statement again and again (pgbench
             // `-M extended`, most ORMs): read only what is new.
-            let standard_strings = self.standard_strings;
+            let standard_strings = self.wanted.standard_strings();
             let same = self.unnamed.as_ref().is_some_and(|u| {
                 u.query == parse.query
                     && u.types == parse.types
@@ -386,7 +386,7 @@ impl Session {
         &self,
         statement: &'a Statement,
     ) -> std::borrow::Cow<'a, SessionEffect> {
-        if self.standard_strings {
+        if self.wanted.standard_strings() {
             std::borrow::Cow::Borrowed(&statement.effect)
         } else {
             std::borrow::Cow::Owned(self.read(&statement.query))

@@ -43,7 +43,7 @@ mod state;
 pub use handover::{Connection, LoggedIn};
 use own::Own;
 use prepared::Deallocation;
-use state::{Noted, Unnamed};
+use state::{Noted, Unnamed, Wanted};
 pub use state::{literal, replay};
 
 /// How long the statements a client sent before its Terminate may take to finish.
@@ -169,9 +169,7 @@ pub struct Session {
     credential: Credential,
     /// The settings this client's session has beyond the server's defaults: its startup
     /// values, then whatever it SET, as read back from the server.
-    wanted: BTreeMap<String, String>,
-    /// `wanted` as a connection's `applied` has it.
-    wanted_set: Settings,
+    wanted: Wanted,
     /// Its startup values: what `RESET` returns to.
     startup: BTreeMap<String, String>,
     /// The parameters it has been told (ParameterStatus), as PostgreSQL tells them: just
@@ -187,8 +185,6 @@ pub struct Session {
     custom: std::collections::BTreeSet<String>,
     /// What the transaction in progress did to the session.
     noted: Noted,
-    /// Its `standard_conforming_strings` (where its strings end), kept with `wanted`.
-    standard_strings: bool,
     /// The client's unnamed statement, and whether the linked server has it.
     unnamed: Option<Unnamed>,
     unnamed_here: bool,
@@ -268,7 +264,6 @@ impl Session {
         cancel: Arc<Slot>,
     ) -> Session {
         let wanted = startup.settings;
-        let standard_strings = state::standard_strings(&wanted);
         let told_digest = super::server::digest(&startup.reported);
         let client_statements = door.settings.client_statements;
         let stats = door.pools.roster().stats(&key.database);
@@ -283,13 +278,11 @@ impl Session {
             credential,
             custom: state::custom_names(&wanted),
             startup: wanted.clone(),
-            wanted_set: Settings::of(&wanted),
             told: startup.reported,
             restoring: Vec::new(),
             told_digest,
-            wanted,
+            wanted: Wanted::new(wanted),
             noted: Noted::default(),
-            standard_strings,
             unnamed: None,
             unnamed_here: false,
             recent: recent::Recent::default(),

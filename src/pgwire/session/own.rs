@@ -101,15 +101,15 @@ impl Session {
 
     /// At link: brings the connection's settings to the client's.
     pub(super) fn replay_settings(&mut self, server: &mut ServerConn, to_server: &mut BytesMut) {
-        if server.applied == self.wanted_set && !server.reset_needed {
+        if server.applied == *self.wanted.set() && !server.reset_needed {
             return;
         }
         // Two queries, so that a value the server refuses can't take the reset with it.
         self.own(to_server, RESET, Own::Replay);
-        if let Some(sql) = set_values(&self.wanted) {
+        if let Some(sql) = set_values(self.wanted.values()) {
             self.own(to_server, &sql, Own::Replay);
         }
-        server.applied = self.wanted_set.clone();
+        server.applied = self.wanted.set().clone();
         server.reset_needed = false;
     }
 
@@ -186,10 +186,8 @@ impl Session {
                     }
                 }
                 self.custom.extend(custom_names(&now));
-                self.wanted_set = Settings::of(&now);
-                server.applied = self.wanted_set.clone();
-                self.standard_strings = super::state::standard_strings(&now);
-                self.wanted = now;
+                self.wanted = Wanted::new(now);
+                server.applied = self.wanted.set().clone();
             }
             Own::Check => self.judge(failed.is_some()),
             Own::Restore => self.restoring.clear(),

@@ -47,7 +47,7 @@ pub(super) struct Unnamed {
 impl Session {
     /// What `sql` does to the session, read as this session's server reads it.
     pub(super) fn read(&self, sql: &[u8]) -> SessionEffect {
-        session_effect(sql, self.standard_strings)
+        session_effect(sql, self.wanted.standard_strings())
     }
 
     /// Notes what a statement about to run does. `params` is a Bind's parameters, for the
@@ -170,10 +170,44 @@ impl Session {
 
 /// Whether a session with `settings` reads strings as the standard says
 /// (`standard_conforming_strings`, on unless the client turned it off).
-pub(super) fn standard_strings(settings: &BTreeMap<String, String>) -> bool {
+fn standard_strings(settings: &BTreeMap<String, String>) -> bool {
     settings
         .get("standard_conforming_strings")
         .is_none_or(|v| !v.eq_ignore_ascii_case("off"))
+}
+
+/// The settings a client's session has beyond the server's defaults, with what is derived
+/// from them made once, together, so that none of it can be left behind when they change:
+/// the form a connection's `applied` is compared with at every link, and where the
+/// session's strings end (`standard_conforming_strings`), which every reading of its SQL
+/// needs.
+pub(super) struct Wanted {
+    values: BTreeMap<String, String>,
+    set: Settings,
+    standard_strings: bool,
+}
+
+impl Wanted {
+    pub(super) fn new(values: BTreeMap<String, String>) -> Wanted {
+        Wanted {
+            set: Settings::of(&values),
+            standard_strings: standard_strings(&values),
+            values,
+        }
+    }
+
+    pub(super) fn values(&self) -> &BTreeMap<String, String> {
+        &self.values
+    }
+
+    /// The values as a connection's `applied` holds them.
+    pub(super) fn set(&self) -> &Settings {
+        &self.set
+    }
+
+    pub(super) fn standard_strings(&self) -> bool {
+        self.standard_strings
+    }
 }
 
 /// A statement that fails on the server with 0A000 and `message`.
