@@ -1,16 +1,15 @@
 //! What a login hands its session: the client's connection and what the login settled.
 
-use std::collections::BTreeMap;
-
 use bytes::BytesMut;
 
 use super::super::roster::ClientGuard;
 use super::super::server::Stream;
+use super::Wanted;
 
 /// What a client's login left: its startup settings, and the parameters it was told.
 #[derive(Debug)]
 pub struct LoggedIn {
-    pub settings: BTreeMap<String, String>,
+    pub wanted: Wanted,
     pub reported: Vec<(String, String)>,
 }
 

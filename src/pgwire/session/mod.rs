@@ -43,7 +43,8 @@ mod state;
 pub use handover::{Connection, LoggedIn};
 use own::Own;
 use prepared::Deallocation;
-use state::{Noted, Unnamed, Wanted};
+pub use state::Wanted;
+use state::{Noted, Unnamed};
 pub use state::{literal, replay};
 
 /// How long the statements a client sent before its Terminate may take to finish.
@@ -263,7 +264,7 @@ impl Session {
         startup: LoggedIn,
         cancel: Arc<Slot>,
     ) -> Session {
-        let wanted = startup.settings;
+        let wanted = startup.wanted;
         let told_digest = super::server::digest(&startup.reported);
         let client_statements = door.settings.client_statements;
         let stats = door.pools.roster().stats(&key.database);
@@ -276,12 +277,12 @@ impl Session {
             listed: connection.listed,
             key,
             credential,
-            custom: state::custom_names(&wanted),
-            startup: wanted.clone(),
+            custom: state::custom_names(wanted.values()),
+            startup: wanted.values().clone(),
             told: startup.reported,
             restoring: Vec::new(),
             told_digest,
-            wanted: Wanted::new(wanted),
+            wanted,
             noted: Noted::default(),
             unnamed: None,
             unnamed_here: false,

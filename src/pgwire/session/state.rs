@@ -181,14 +181,15 @@ fn standard_strings(settings: &BTreeMap<String, String>) -> bool {
 /// the form a connection's `applied` is compared with at every link, and where the
 /// session's strings end (`standard_conforming_strings`), which every reading of its SQL
 /// needs.
-pub(super) struct Wanted {
+#[derive(Debug)]
+pub struct Wanted {
     values: BTreeMap<String, String>,
     set: Settings,
     standard_strings: bool,
 }
 
 impl Wanted {
-    pub(super) fn new(values: BTreeMap<String, String>) -> Wanted {
+    pub fn new(values: BTreeMap<String, String>) -> Wanted {
         Wanted {
             set: Settings::of(&values),
             standard_strings: standard_strings(&values),
@@ -196,12 +197,12 @@ impl Wanted {
         }
     }
 
-    pub(super) fn values(&self) -> &BTreeMap<String, String> {
+    pub fn values(&self) -> &BTreeMap<String, String> {
         &self.values
     }
 
     /// The values as a connection's `applied` holds them.
-    pub(super) fn set(&self) -> &Settings {
+    pub fn set(&self) -> &Settings {
         &self.set
     }
 

@@ -27,8 +27,8 @@ use super::frame;
 use super::gate::Full;
 use super::pool::PoolKey;
 use super::roster::{DbStats, NewClient};
-use super::server::{Settings, Stream};
-use super::session::{Connection, Ended, LoggedIn, Session, replay};
+use super::server::Stream;
+use super::session::{Connection, Ended, LoggedIn, Session, Wanted, replay};
 use super::users::Found;
 use crate::core::telemetry as names;
 use negotiate::Hello;
@@ -82,7 +82,8 @@ pub async fn serve_client(door: Arc<Door>, tcp: TcpStream, peer: SocketAddr) {
         peer,
         local,
         application_name: startup
-            .settings
+            .wanted
+            .values()
             .get("application_name")
             .cloned()
             .unwrap_or_default(),
@@ -501,11 +502,12 @@ async fn settle(
                 .after(out));
         }
     };
-    let wanted = Settings::of(&hello.wanted);
-    if server.applied != wanted || server.reset_needed {
-        match apply(&mut server, &hello.wanted).await {
+    // Made once here: the session goes on comparing connections with the same form.
+    let wanted = Wanted::new(hello.wanted.clone());
+    if server.applied != *wanted.set() || server.reset_needed {
+        match apply(&mut server, wanted.values()).await {
             Ok(()) => {
-                server.applied = wanted;
+                server.applied = wanted.set().clone();
                 server.reset_needed = false;
             }
             Err(Some(msg)) => {
@@ -533,10 +535,7 @@ async fn settle(
         door.cancels.forget(cancel_key);
         return Err(Refusal::gone());
     }
-    let startup = LoggedIn {
-        settings: hello.wanted.clone(),
-        reported,
-    };
+    let startup = LoggedIn { wanted, reported };
     Ok((startup, cancel_key, slot))
 }
 
