@@ -21,6 +21,8 @@
 #   JSON_OUT=file                   append one JSON line per count ("label":"instructions")
 #   KEEP=dir                        keep the callgrind.out files there (for callgrind_annotate)
 #   PGWAY=target/release/pgway BENCH=target/release/pgway-bench
+#   CALLGRIND_LOG=warn              the gateway's PGWAY_LOG (`info`, the default, logs every call)
+#   CALLGRIND_LOG_FORMAT=text       its PGWAY_LOG_FORMAT (`json` is what a deployment reads)
 #
 # A benchmark, not a test: it asserts nothing about the counts.
 set -euo pipefail
@@ -82,8 +84,8 @@ PGWAY_DATABASE_URL=$PG_URL \
     PGWAY_METRICS_ADDR=127.0.0.1:$METRICS_PORT \
     PGWAY_POOL_MAX=20 \
     PGWAY_MAX_WAITING=4096 \
-    PGWAY_LOG=warn \
-    PGWAY_LOG_FORMAT=text \
+    PGWAY_LOG="${CALLGRIND_LOG:-warn}" \
+    PGWAY_LOG_FORMAT="${CALLGRIND_LOG_FORMAT:-text}" \
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out.%p" \
     "$PGWAY" serve >"$WORK/gateway.log" 2>&1 &
 VG_PID=$!
