@@ -3,7 +3,12 @@
 
 use std::io::IsTerminal;
 
+use tracing::Subscriber;
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::app::config::LogFormat;
 
@@ -29,8 +34,15 @@ pub fn init(format: Option<LogFormat>) {
     });
     // A second init (tests start several gateways in one process) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Json => json().with_env_filter(filter).try_init(),
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(json())
+            .with(filter)
+            .try_init()
+            .map_err(|error| error.to_string()),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .try_init()
+            .map_err(|error| error.to_string()),
     };
 }
 
@@ -57,9 +69,25 @@ fn filter() -> EnvFilter {
 /// `tracing_subscriber` stores them as text and parses that text back at every line. A gRPC
 /// call's span, its caller recorded later and its `call finished` line cost about 50 k
 /// instructions that way and 21.6 k with `json-subscriber` (callgrind, 10,000 of them); a
-/// point select's whole call at `info`, at 100 callers, 108 k against 90 k.
-fn json() -> json_subscriber::fmt::SubscriberBuilder {
-    json_subscriber::fmt().flatten_event(true)
+/// point select's whole call at `info`, at 100 callers, 108 k against 91 k.
+fn json<S>() -> json_subscriber::fmt::Layer<S>
+where
+    S: Subscriber + for<'lookup> LookupSpan<'lookup>,
+{
+    let mut layer = json_subscriber::fmt::layer().flatten_event(true);
+    // A record of the `log` crate (rustls, tokio-postgres' notices) arrives as an event of
+    // tracing-log's own callsite, whose target is `log`: name the record's own target, as
+    // `tracing_subscriber`'s format does. (Its `log.*` fields stay: file, line, module.)
+    layer
+        .inner_layer_mut()
+        .add_dynamic_field("target", |event, _| {
+            let target = match event.normalized_metadata() {
+                Some(metadata) => metadata.target().to_owned(),
+                None => event.metadata().target().to_owned(),
+            };
+            Some(target)
+        });
+    layer
 }
 
 #[cfg(test)]
@@ -86,10 +114,9 @@ mod tests {
     fn json_lines(emit: impl FnOnce()) -> Vec<serde_json::Value> {
         let out = Captured::default();
         let writer = out.clone();
-        let subscriber = json()
-            .with_env_filter(EnvFilter::new("info"))
-            .with_writer(move || writer.clone())
-            .finish();
+        let subscriber = tracing_subscriber::registry()
+            .with(json().with_writer(move || writer.clone()))
+            .with(EnvFilter::new("info"));
         tracing::subscriber::with_default(subscriber, emit);
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         text.lines()
@@ -142,5 +169,26 @@ mod tests {
         assert_eq!(lines[0]["message"], "shown");
         assert_eq!(lines[0]["peer"], "127.0.0.1:1");
         assert!(lines[0].get("span").is_none(), "no span, no span key");
+    }
+
+    #[test]
+    fn log_records_name_their_own_target() {
+        let lines = json_lines(|| {
+            let record = |level, text| {
+                let _ = tracing_log::format_trace(
+                    &log::Record::builder()
+                        .target("rustls::client")
+                        .level(level)
+                        .args(format_args!("{text}"))
+                        .build(),
+                );
+            };
+            record(log::Level::Warn, "shown");
+            record(log::Level::Debug, "below the filter");
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["target"], "rustls::client");
+        assert_eq!(lines[0]["level"], "WARN");
+        assert_eq!(lines[0]["message"], "shown");
     }
 }
