@@ -33,24 +33,30 @@ pub fn init(format: Option<LogFormat>) {
         LogFormat::Json
     });
     // A second init (tests start several gateways in one process) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Json => tracing_subscriber::registry()
-            .with(json())
-            .with(filter)
-            .try_init()
-            .map_err(|error| error.to_string()),
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .try_init()
-            .map_err(|error| error.to_string()),
-    };
+    match format {
+        LogFormat::Json => {
+            let _ = tracing_subscriber::registry()
+                .with(json())
+                .with(filter)
+                .try_init();
+        }
+        LogFormat::Text => {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+        }
+    }
 }
 
 /// `PGWAY_LOG`, else `RUST_LOG`, else `info`; with the secret-bearing targets capped.
 fn filter() -> EnvFilter {
-    let mut filter = EnvFilter::try_from_env("PGWAY_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    capped(
+        EnvFilter::try_from_env("PGWAY_LOG")
+            .or_else(|_| EnvFilter::try_from_default_env())
+            .unwrap_or_else(|_| EnvFilter::new("info")),
+    )
+}
+
+/// `filter` with the secret-bearing targets capped at info.
+fn capped(mut filter: EnvFilter) -> EnvFilter {
     // Below info these libraries print what must never reach a log: tokio-postgres the
     // parameter values of every statement, the HTTP/2 stack request headers (authorization).
     // pgway's own events say what every call and connection did without them.
@@ -63,7 +69,9 @@ fn filter() -> EnvFilter {
 }
 
 /// JSON lines: the event's fields at the top level, with `timestamp`, `level`, `target`, the
-/// current `span` and the `spans` list, as `tracing_subscriber`'s JSON format writes them.
+/// current `span` and the `spans` list, as `tracing_subscriber`'s JSON format writes them, but
+/// with the keys in alphabetical order, and with an event's explicit parent (a call's `call
+/// finished` line, written after its future returned) in `spans` as well as in `span`.
 ///
 /// `json-subscriber` rather than that format: it keeps a span's fields as JSON values, where
 /// `tracing_subscriber` stores them as text and parses that text back at every line. A gRPC
@@ -110,23 +118,43 @@ mod tests {
         }
     }
 
-    /// The lines the JSON format writes for `emit`, parsed.
-    fn json_lines(emit: impl FnOnce()) -> Vec<serde_json::Value> {
+    /// The lines the JSON format writes for `emit` under `PGWAY_LOG=directives`, parsed.
+    fn json_lines(directives: &str, emit: impl FnOnce()) -> Vec<serde_json::Value> {
         let out = Captured::default();
         let writer = out.clone();
         let subscriber = tracing_subscriber::registry()
             .with(json().with_writer(move || writer.clone()))
-            .with(EnvFilter::new("info"));
+            .with(capped(EnvFilter::new(directives)));
         tracing::subscriber::with_default(subscriber, emit);
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         text.lines()
-            .map(|line| serde_json::from_str(line).unwrap())
+            .map(|line| {
+                // A parsed object keeps the last of two equal keys: count them in the text.
+                for key in ["\"target\":", "\"span\":", "\"level\":"] {
+                    assert!(line.matches(key).count() <= 1, "{key} twice in {line}");
+                }
+                serde_json::from_str(line).unwrap()
+            })
             .collect()
+    }
+
+    /// A record of the `log` crate, as `LogTracer` hands it on.
+    fn log_record(target: &str, level: log::Level, text: &str) {
+        let _ = tracing_log::format_trace(
+            &log::Record::builder()
+                .target(target)
+                .module_path(Some(target))
+                .file(Some("src/lib.rs"))
+                .line(Some(7))
+                .level(level)
+                .args(format_args!("{text}"))
+                .build(),
+        );
     }
 
     #[test]
     fn fields_recorded_later_read_like_recorded_ones() {
-        let lines = json_lines(|| {
+        let lines = json_lines("info", || {
             let span = tracing::info_span!(
                 "call",
                 method = "Query",
@@ -160,35 +188,55 @@ mod tests {
     }
 
     #[test]
-    fn the_filter_caps_what_it_is_told_to() {
-        let lines = json_lines(|| {
-            tracing::debug!("not at info");
-            tracing::warn!(peer = "127.0.0.1:1", "shown");
+    fn a_line_written_after_its_span_was_left_names_it() {
+        let lines = json_lines("info", || {
+            let span = tracing::info_span!("call", method = "Query");
+            span.in_scope(|| tracing::info!("inside"));
+            tracing::info!(parent: &span, code = 0, "call finished");
+            tracing::warn!(peer = "127.0.0.1:1", "outside any span");
         });
-        assert_eq!(lines.len(), 1, "{lines:?}");
-        assert_eq!(lines[0]["message"], "shown");
-        assert_eq!(lines[0]["peer"], "127.0.0.1:1");
-        assert!(lines[0].get("span").is_none(), "no span, no span key");
+        let [inside, finished, outside] = lines.as_slice() else {
+            panic!("three lines expected: {lines:?}");
+        };
+        assert_eq!(inside["spans"][0]["name"], "call");
+        assert_eq!(finished["span"]["method"], "Query");
+        assert_eq!(finished["spans"][0]["method"], "Query");
+        assert_eq!(finished["code"], 0);
+        assert_eq!(outside["peer"], "127.0.0.1:1");
+        assert!(outside.get("span").is_none(), "no span, no span key");
+    }
+
+    #[test]
+    fn secret_bearing_targets_stay_capped_at_debug() {
+        let lines = json_lines("debug", || {
+            tracing::debug!(target: "tokio_postgres::query", "a parameter's value");
+            log_record(
+                "tokio_postgres::query",
+                log::Level::Debug,
+                "a parameter's value",
+            );
+            log_record("rustls::client", log::Level::Debug, "a handshake's secret");
+            tracing::debug!(target: "h2::codec", "a header");
+            tracing::debug!("pgway's own");
+            log_record("tokio_postgres::connection", log::Level::Info, "NOTICE: x");
+        });
+        let messages: Vec<_> = lines.iter().map(|l| l["message"].clone()).collect();
+        assert_eq!(messages, ["pgway's own", "NOTICE: x"], "{lines:?}");
     }
 
     #[test]
     fn log_records_name_their_own_target() {
-        let lines = json_lines(|| {
-            let record = |level, text| {
-                let _ = tracing_log::format_trace(
-                    &log::Record::builder()
-                        .target("rustls::client")
-                        .level(level)
-                        .args(format_args!("{text}"))
-                        .build(),
-                );
-            };
-            record(log::Level::Warn, "shown");
-            record(log::Level::Debug, "below the filter");
+        let lines = json_lines("info", || {
+            log_record("rustls::client", log::Level::Warn, "shown");
         });
-        assert_eq!(lines.len(), 1, "{lines:?}");
-        assert_eq!(lines[0]["target"], "rustls::client");
-        assert_eq!(lines[0]["level"], "WARN");
-        assert_eq!(lines[0]["message"], "shown");
+        let [line] = lines.as_slice() else {
+            panic!("one line expected: {lines:?}");
+        };
+        assert_eq!(line["target"], "rustls::client");
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["message"], "shown");
+        assert_eq!(line["log.target"], "rustls::client");
+        assert_eq!(line["log.module_path"], "rustls::client");
+        assert_eq!(line["log.line"], 7);
     }
 }
