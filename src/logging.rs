@@ -1,11 +1,16 @@
 //! Logging set-up: JSON lines for machines, text for people; the filter comes from `PGWAY_LOG`
 //! or `RUST_LOG` (default `info`).
 
+use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::io::IsTerminal;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::Subscriber;
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -82,7 +87,9 @@ fn json<S>() -> json_subscriber::fmt::Layer<S>
 where
     S: Subscriber + for<'lookup> LookupSpan<'lookup>,
 {
-    let mut layer = json_subscriber::fmt::layer().flatten_event(true);
+    let mut layer = json_subscriber::fmt::layer()
+        .flatten_event(true)
+        .with_timer(Timestamp);
     // A record of the `log` crate (rustls, tokio-postgres' notices) arrives as an event of
     // tracing-log's own callsite, whose target is `log`: name the record's own target, as
     // `tracing_subscriber`'s format does. (Its `log.*` fields stay: file, line, module.)
@@ -96,6 +103,70 @@ where
             Some(target)
         });
     layer
+}
+
+/// A line's `timestamp`: RFC 3339 in UTC with microseconds (`2026-12-07T17:15:40.123456Z`),
+/// as `tracing_subscriber`'s `SystemTime` writes it, but with the date and the time of day
+/// formatted once a second on each thread and only the microseconds at every line. Working
+/// out the date and formatting it were 2.3 k of a gRPC call's 91 k instructions at `info`
+/// with JSON logs (callgrind, point select, 100 callers), where every call writes a line.
+#[derive(Debug, Clone, Copy)]
+struct Timestamp;
+
+impl FormatTime for Timestamp {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        thread_local! {
+            static SECOND: RefCell<Second> = const { RefCell::new(Second::new()) };
+        }
+        // A clock set before 1970 reads as 1970: nothing pgway logs is dated then.
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        SECOND.with_borrow_mut(|second| second.write(since, w))
+    }
+}
+
+/// The formatted second a [`Timestamp`] last wrote, up to (not including) its fraction.
+#[derive(Debug)]
+struct Second {
+    /// Seconds since the epoch; `u64::MAX` before the first line.
+    at: u64,
+    text: String,
+}
+
+impl Second {
+    const fn new() -> Second {
+        Second {
+            at: u64::MAX,
+            text: String::new(),
+        }
+    }
+
+    fn write(&mut self, since: Duration, w: &mut impl std::fmt::Write) -> std::fmt::Result {
+        let at = since.as_secs();
+        if at != self.at {
+            self.text.clear();
+            // `2026-12-07T17:15:40Z`, whose `Z` goes after the fraction. (Past the year 9999
+            // this writes nothing: the line still comes out, with the fraction alone.)
+            let whole = UNIX_EPOCH + Duration::from_secs(at);
+            if write!(self.text, "{}", humantime::format_rfc3339_seconds(whole)).is_ok() {
+                self.text.pop();
+            } else {
+                self.text.clear();
+            }
+            self.at = at;
+        }
+        w.write_str(&self.text)?;
+        let mut fraction = *b".000000Z";
+        let mut micros = since.subsec_micros();
+        for digit in fraction[1..7].iter_mut().rev() {
+            // A digit, so always ASCII.
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        // Only ASCII digits, a dot and a `Z` above: always valid UTF-8.
+        w.write_str(std::str::from_utf8(&fraction).unwrap_or(".000000Z"))
+    }
 }
 
 #[cfg(test)]
@@ -178,7 +249,10 @@ mod tests {
         );
         assert_eq!(line["level"], "INFO");
         assert_eq!(line["target"], module_path!());
-        assert!(line["timestamp"].is_string());
+        let timestamp = line["timestamp"].as_str().unwrap();
+        let parsed = humantime::parse_rfc3339(timestamp).unwrap();
+        let off = SystemTime::now().duration_since(parsed).unwrap();
+        assert!(off < Duration::from_secs(60), "{timestamp} is now");
         assert_eq!(line["span"]["name"], "call");
         assert_eq!(line["span"]["method"], "Query");
         assert_eq!(line["span"]["request_id"], "r\"1");
@@ -238,5 +312,30 @@ mod tests {
         assert_eq!(line["log.target"], "rustls::client");
         assert_eq!(line["log.module_path"], "rustls::client");
         assert_eq!(line["log.line"], 7);
+    }
+
+    #[test]
+    fn timestamps_read_as_rfc3339_with_microseconds() {
+        let mut second = Second::new();
+        // The same second twice (the cached text), the next one, the epoch, a leap day.
+        for (secs, micros) in [
+            (1_796_663_740, 123_456),
+            (1_796_663_740, 7),
+            (1_796_663_741, 999_999),
+            (0, 0),
+            (951_782_400, 500_000),
+            (1_796_663_740, 1),
+        ] {
+            let since = Duration::new(secs, micros * 1000 + 999);
+            let mut ours = String::new();
+            second.write(since, &mut ours).unwrap();
+            let expected = humantime::format_rfc3339_micros(UNIX_EPOCH + since).to_string();
+            assert_eq!(ours, expected);
+        }
+        let mut leap_day = String::new();
+        Second::new()
+            .write(Duration::from_secs(951_782_400), &mut leap_day)
+            .unwrap();
+        assert_eq!(leap_day, "2000-02-29T00:00:00.000000Z");
     }
 }
