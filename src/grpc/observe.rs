@@ -1,7 +1,10 @@
 //! The tower layer that gives every call a request id, a span, a log line and its metrics.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
@@ -136,7 +139,7 @@ fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
 
 /// The caller's address, as tonic's transport recorded it (plain TCP or TLS), for the logs of
 /// its calls: a refusal is logged with who was refused.
-fn peer<B>(request: &Request<B>) -> Option<std::net::SocketAddr> {
+fn peer<B>(request: &Request<B>) -> Option<SocketAddr> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let extensions = request.extensions();
     extensions
@@ -147,6 +150,33 @@ fn peer<B>(request: &Request<B>) -> Option<std::net::SocketAddr> {
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|tls| tls.get_ref().remote_addr())
         })
+}
+
+/// `addr` as the logs write it (`127.0.0.1:50432`, `[::1]:50432`).
+///
+/// `core::fmt` writes an address a digit at a time: 1.9 k instructions, 2% of a point
+/// select's call at `info` (callgrind, 100 callers). A caller's calls come from one address
+/// for the life of its connection, so each thread keeps the text of the addresses it wrote
+/// last, one per slot of a small table indexed by port.
+fn peer_text(addr: SocketAddr) -> Rc<str> {
+    const SLOTS: usize = 16;
+    /// An address and its text.
+    type Written = Option<(SocketAddr, Rc<str>)>;
+    thread_local! {
+        static WRITTEN: RefCell<[Written; SLOTS]> =
+            const { RefCell::new([const { None }; SLOTS]) };
+    }
+    WRITTEN.with_borrow_mut(|written| {
+        let slot = &mut written[usize::from(addr.port()) % SLOTS];
+        match slot {
+            Some((at, text)) if *at == addr => Rc::clone(text),
+            _ => {
+                let text: Rc<str> = addr.to_string().into();
+                *slot = Some((addr, Rc::clone(&text)));
+                text
+            }
+        }
+    })
 }
 
 /// A request id a caller may choose: short and printable, so it is safe in logs and headers.
@@ -292,7 +322,7 @@ where
             "call",
             method = METHODS[method],
             request_id = log_id,
-            peer = peer(&request).map(tracing::field::display),
+            peer = peer(&request).map(peer_text).as_deref(),
             // Filled in once the caller is known (never a secret: see auth::Caller::log_name).
             caller = tracing::field::Empty,
         );
@@ -376,6 +406,27 @@ impl std::fmt::Debug for CallRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_are_written_as_their_addresses() {
+        // Two addresses for each slot (ports 16 apart), both families, each written twice:
+        // a slot taken by another address is written afresh, never read as it.
+        let addrs: Vec<SocketAddr> = (0..40u16)
+            .flat_map(|i| {
+                [
+                    SocketAddr::from(([127, 0, 0, 1], 50_000 + i)),
+                    SocketAddr::from(([127, 0, 0, 2], 50_000 + i)),
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 50_016 + i)),
+                ]
+            })
+            .collect();
+        for _ in 0..2 {
+            for addr in &addrs {
+                assert_eq!(&*peer_text(*addr), addr.to_string());
+            }
+        }
+        assert_eq!(&*peer_text("[::1]:5432".parse().unwrap()), "[::1]:5432");
+    }
 
     #[test]
     fn methods_come_from_a_closed_set() {
