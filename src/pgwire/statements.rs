@@ -1,7 +1,7 @@
 //! Named prepared statements in transaction mode.
 //!
 //! A client's named statement may be bound on any server connection, so the door gives each
-//! distinct (query text, parameter types) one global name (`pgway_<random>_<n>`, the random
+//! distinct (query text, parameter types, `search_path`) one global name (`pgway_<random>_<n>`, the random
 //! part new each time the gateway starts, so no client can guess a name another client's Binds
 //! will use) and prepares it on a
 //! server connection the first time that connection needs it. Each connection tracks what it
@@ -13,6 +13,12 @@
 //! text every time, and a hostile client can send megabytes per statement. A text dropped
 //! from the registry stays usable by the clients that name it (they hold it); the next Parse
 //! of it only gets a new global name.
+//!
+//! The `search_path` is part of the key because PostgreSQL analyses a statement under the
+//! path in force at its Parse, and analyses it again at a Bind under another one: a text
+//! shared by clients of different paths (a schema per tenant) would otherwise be bound under
+//! a path it wasn't prepared with, and fail with 0A000 ("cached plan must not change result
+//! type") where each client's own statement directly runs.
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +45,8 @@ pub struct Statement {
     pub name: Bytes,
     pub query: Bytes,
     pub types: Bytes,
+    /// The `search_path` it is analysed under.
+    pub path: Bytes,
     /// What running it does to the session (read once, for every Bind).
     pub effect: SessionEffect,
     /// The catalog epoch it was made in (see [`Registry::catalog_changed`]).
@@ -56,7 +64,7 @@ impl Statement {
 
     /// The bytes it holds, as its bounds count them.
     pub fn size(&self) -> usize {
-        self.query.len() + self.types.len() + self.name.len()
+        self.query.len() + self.types.len() + self.name.len() + self.path.len()
     }
 }
 
@@ -181,7 +189,7 @@ impl Default for Registry {
 
 #[derive(Debug)]
 struct Inner {
-    by_text: Bounded<(Bytes, Bytes)>,
+    by_text: Bounded<(Bytes, Bytes, Bytes)>,
     next: u64,
     /// Bumped by every CREATE, ALTER or DROP the door sees complete.
     epoch: u64,
@@ -200,13 +208,18 @@ impl Registry {
         }
     }
 
-    /// The global statement for this text and these types, made on first use.
-    pub fn statement(&self, query: &[u8], types: &[u8]) -> Arc<Statement> {
+    /// The global statement for this text and these types under `path` (the client's
+    /// `search_path`), made on first use.
+    pub fn statement(&self, query: &[u8], types: &[u8], path: &[u8]) -> Arc<Statement> {
         let Ok(mut inner) = self.inner.lock() else {
             // Poisoned only by a panic elsewhere; a private statement still works.
-            return Arc::new(self.make(u64::MAX, query, types));
+            return Arc::new(self.make(u64::MAX, query, types, path));
         };
-        let key = (Bytes::copy_from_slice(query), Bytes::copy_from_slice(types));
+        let key = (
+            Bytes::copy_from_slice(query),
+            Bytes::copy_from_slice(types),
+            Bytes::copy_from_slice(path),
+        );
         let epoch = inner.epoch;
         if let Some(found) = inner.by_text.get(&key) {
             if found.epoch == epoch {
@@ -219,11 +232,24 @@ impl Registry {
             // one keep it, as their statement would stay prepared directly.
         }
         inner.next += 1;
-        let mut made = self.make(inner.next, query, types);
+        let mut made = self.make(inner.next, query, types, path);
         made.epoch = inner.epoch;
         let statement = Arc::new(made);
         inner.by_text.insert(key, Arc::clone(&statement));
         statement
+    }
+
+    /// A statement of this text and these types that no other Parse gets: for a client whose
+    /// `search_path` the door doesn't know (changed in the transaction in progress).
+    pub fn private(&self, query: &[u8], types: &[u8]) -> Arc<Statement> {
+        let id = match self.inner.lock() {
+            Ok(mut inner) => {
+                inner.next += 1;
+                inner.next
+            }
+            Err(_) => u64::MAX,
+        };
+        Arc::new(self.make(id, query, types, b""))
     }
 
     /// Retires a statement whose plan went stale (0A000 after DDL): the next Parse of the same
@@ -250,12 +276,13 @@ impl Registry {
         format!("{}{id}", self.prefix)
     }
 
-    fn make(&self, id: u64, query: &[u8], types: &[u8]) -> Statement {
+    fn make(&self, id: u64, query: &[u8], types: &[u8], path: &[u8]) -> Statement {
         Statement {
             id,
             name: Bytes::from(self.name(id)),
             query: Bytes::copy_from_slice(query),
             types: Bytes::copy_from_slice(types),
+            path: Bytes::copy_from_slice(path),
             effect: session_effect(query, true),
             epoch: 0,
             retired: AtomicBool::new(false),
@@ -284,33 +311,53 @@ mod tests {
     #[test]
     fn one_name_per_text_and_types_until_retired() {
         let registry = Registry::default();
-        let a = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
-        let b = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
-        let c = registry.statement(b"SELECT $1", &[0, 0]);
+        let a = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"");
+        let b = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"");
+        let c = registry.statement(b"SELECT $1", &[0, 0], b"");
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
+        // Another search_path, another statement: it is analysed under its own path.
+        let d = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"tenant_b");
+        assert_ne!(a.id, d.id);
+        assert_eq!(
+            registry
+                .statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"tenant_b")
+                .id,
+            d.id
+        );
+        // A private one is no one else's.
+        let e = registry.private(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        assert!(![a.id, c.id, d.id].contains(&e.id));
+        assert_ne!(
+            registry.private(b"SELECT $1", &[0, 1, 0, 0, 0, 23]).id,
+            e.id
+        );
         registry.retire(a.id);
         assert!(a.is_retired() && !c.is_retired());
         assert_ne!(
-            registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23]).id,
+            registry
+                .statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"")
+                .id,
             a.id
         );
-        let before = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        let before = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"");
         registry.catalog_changed();
-        let after = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        let after = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"");
         // After DDL a Parse of the same text gets a new name; clients naming the old one
         // keep it.
         assert_ne!(after.id, before.id);
         assert!(!before.is_retired());
         assert_eq!(
-            registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23]).id,
+            registry
+                .statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"")
+                .id,
             after.id
         );
         // Another gateway (or the same one restarted) names its statements otherwise.
         assert_ne!(
             a.name,
             Registry::default()
-                .statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23])
+                .statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"")
                 .name
         );
     }
@@ -321,17 +368,17 @@ mod tests {
             count: NonZeroUsize::new(3).unwrap(),
             bytes: 1 << 20,
         });
-        let first = registry.statement(b"SELECT 1", &[0, 0]);
+        let first = registry.statement(b"SELECT 1", &[0, 0], b"");
         for n in 2..=3 {
-            registry.statement(format!("SELECT {n}").as_bytes(), &[0, 0]);
+            registry.statement(format!("SELECT {n}").as_bytes(), &[0, 0], b"");
         }
         // Used again: now the most recent.
-        assert_eq!(registry.statement(b"SELECT 1", &[0, 0]).id, first.id);
-        registry.statement(b"SELECT 4", &[0, 0]);
+        assert_eq!(registry.statement(b"SELECT 1", &[0, 0], b"").id, first.id);
+        registry.statement(b"SELECT 4", &[0, 0], b"");
         assert_eq!(registry.len(), 3);
-        assert_eq!(registry.statement(b"SELECT 1", &[0, 0]).id, first.id);
+        assert_eq!(registry.statement(b"SELECT 1", &[0, 0], b"").id, first.id);
         // SELECT 2 was the least recently used: dropped, so it gets a new name.
-        let second = registry.statement(b"SELECT 2", &[0, 0]);
+        let second = registry.statement(b"SELECT 2", &[0, 0], b"");
         assert!(second.id > 4);
 
         // By bytes: one statement larger than the bound is kept alone.
@@ -340,10 +387,10 @@ mod tests {
             bytes: 1000,
         });
         for n in 0..50 {
-            small.statement(format!("SELECT {n:0>100}").as_bytes(), &[0, 0]);
+            small.statement(format!("SELECT {n:0>100}").as_bytes(), &[0, 0], b"");
         }
         assert!(small.bytes() <= 1000, "{}", small.bytes());
-        small.statement(&[b'x'; 5000], &[0, 0]);
+        small.statement(&[b'x'; 5000], &[0, 0], b"");
         assert_eq!(small.len(), 1);
     }
 }

@@ -177,8 +177,11 @@ class PsycopgClient:
 
     def connect(self):
         try:
+            # Only the steps that ask for a named statement prepare one: psycopg never
+            # prepares with a threshold of None (prepare=True included), so the threshold is
+            # one no step reaches instead.
             self.conn = psycopg.connect(
-                self.dsn, autocommit=True, prepare_threshold=None, **self.kwargs
+                self.dsn, autocommit=True, prepare_threshold=1 << 30, **self.kwargs
             )
         except psycopg.Error as e:
             return {"connect": error_of(e)}
@@ -399,16 +402,17 @@ SETUP = """
 SET lock_timeout = '5s';
 SET statement_timeout = '20s';
 SET search_path = pg_catalog;
-DROP SCHEMA IF EXISTS iso, app, shop, evil, s_a, s_b CASCADE;
+DROP SCHEMA IF EXISTS iso, app, shop, evil, s_a, s_b, s_wide CASCADE;
 DROP TABLE IF EXISTS public.items;
 CREATE SCHEMA iso; CREATE SCHEMA app; CREATE SCHEMA shop; CREATE SCHEMA evil;
-CREATE SCHEMA s_a; CREATE SCHEMA s_b;
+CREATE SCHEMA s_a; CREATE SCHEMA s_b; CREATE SCHEMA s_wide;
 CREATE TABLE public.items (v text); INSERT INTO public.items VALUES ('public');
 CREATE TABLE app.items (v text); INSERT INTO app.items VALUES ('app');
 CREATE TABLE shop.items (v text); INSERT INTO shop.items VALUES ('shop');
 CREATE TABLE evil.items (v text); INSERT INTO evil.items VALUES ('evil');
 CREATE TABLE s_a.items (v text); INSERT INTO s_a.items VALUES ('s_a');
 CREATE TABLE s_b.items (v text); INSERT INTO s_b.items VALUES ('s_b');
+CREATE TABLE s_wide.items (v text, w int); INSERT INTO s_wide.items VALUES ('s_wide', 7);
 CREATE TABLE iso.log (n int);
 CREATE FUNCTION iso.set_guc(name text, value text) RETURNS text LANGUAGE plpgsql AS
   $$BEGIN RETURN pg_catalog.set_config(name, value, false); END$$;
@@ -423,8 +427,8 @@ BEGIN
   CREATE TEMP TABLE fn_t AS SELECT 'fn-secret'::text AS s;
   RETURN 'done';
 END$$;
-GRANT USAGE ON SCHEMA iso, app, shop, evil, s_a, s_b TO PUBLIC;
-GRANT SELECT ON ALL TABLES IN SCHEMA app, shop, evil, s_a, s_b TO PUBLIC;
+GRANT USAGE ON SCHEMA iso, app, shop, evil, s_a, s_b, s_wide TO PUBLIC;
+GRANT SELECT ON ALL TABLES IN SCHEMA app, shop, evil, s_a, s_b, s_wide TO PUBLIC;
 GRANT SELECT ON public.items TO PUBLIC;
 GRANT SELECT, INSERT ON iso.log TO PUBLIC;
 """
@@ -433,7 +437,7 @@ TEARDOWN = """
 SET lock_timeout = '5s';
 SET statement_timeout = '20s';
 SET search_path = pg_catalog;
-DROP SCHEMA IF EXISTS iso, app, shop, evil, s_a, s_b CASCADE;
+DROP SCHEMA IF EXISTS iso, app, shop, evil, s_a, s_b, s_wide CASCADE;
 DROP TABLE IF EXISTS public.items;
 """
 
@@ -517,6 +521,55 @@ def hand_written(twopc):
             (A, sql("/* x */ /* y */ SET /* z */ search_path = s_b")),
             (C, items),
             (A, items),
+        ],
+    )
+
+    # A schema per tenant, tables of different shapes: each client's named statement is
+    # analysed under its own search_path, as directly (a statement shared by text alone
+    # would be bound under another client's path: 0A000, "cached plan must not change
+    # result type").
+    star = sql("SELECT * FROM items", prepare=True)
+    star2 = sql("SELECT *, 2 AS two FROM items", prepare=True)
+    star3 = sql("SELECT *, 3 AS three FROM items", prepare=True)
+    yield Scenario(
+        "2b a schema per tenant, named statements",
+        [
+            (A, sql("SET search_path = s_a")),
+            (B, sql("SET search_path = s_wide")),
+            # A holds one of the door's two server connections: B and C share the other.
+            (A, sql("BEGIN")),
+            (A, sql("SELECT 1")),
+            (B, star),
+            (C, star),
+            (B, star),
+            (C, star),
+            (A, sql("COMMIT")),
+            (A, star),
+            (B, star),
+            (C, star),
+            (A, star),
+            (B, star),
+            (C, star),
+            (B, star),
+            (A, star),
+            # Changed inside a transaction: the statement is parsed under the new path.
+            (B, sql("BEGIN")),
+            (B, sql("SET search_path = s_a")),
+            (B, star2),
+            (B, sql("COMMIT")),
+            (A, star2),
+            (B, star2),
+            (A, sql("BEGIN")),
+            (A, sql("SET LOCAL search_path = s_wide")),
+            (A, star3),
+            (A, sql("COMMIT")),
+            (A, star),
+            (C, sql("SELECT set_config('search_path', 's_wide', false)")),
+            (C, star2),
+            (C, star3),
+            (A, star2),
+            (B, star2),
+            (C, star2),
         ],
     )
 

@@ -5,6 +5,9 @@ client that keeps the connection when it shouldn't makes the next client fail.
 - statements sent right before a Terminate (libpq's PQsendQuery then PQfinish) all run;
 - the unnamed statement, prepared in one transaction and executed in the next, is the
   client's own even when another client prepared its own unnamed statement in between;
+- a client that binds the unnamed statement without one of its own (never prepared, or
+  dropped by a simple Query) gets 26000, never another client's; the door's own Queries on
+  the client's server connection don't drop the client's;
 - asyncpg's copy_records_to_table (data and CopyDone sent before the server's answer) gives
   the server connection back;
 - the client_encoding a client asks for at startup is the one reported to it, every time;
@@ -68,6 +71,46 @@ def unnamed_statement_across_transactions():
         b.finish()
 
 
+def unnamed_statement_is_never_another_clients():
+    a = pq.PGconn.connect(DSN.encode())
+    b = pq.PGconn.connect(DSN.encode())
+    try:
+        res = b.prepare(b"", b"SELECT 'b only'")
+        assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+        # `a` never prepared an unnamed statement; directly there is none to run.
+        res = a.exec_prepared(b"", [])
+        assert res.status == pq.ExecStatus.FATAL_ERROR, (res.status, res.get_value(0, 0))
+        assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"26000", res.error_message
+        # A simple Query drops the unnamed statement.
+        assert b.exec_(b"SELECT 1").status == pq.ExecStatus.TUPLES_OK
+        res = b.exec_prepared(b"", [])
+        assert res.status == pq.ExecStatus.FATAL_ERROR, (res.status, res.get_value(0, 0))
+        assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"26000", res.error_message
+    finally:
+        a.finish()
+        b.finish()
+
+
+def unnamed_statement_outlives_the_doors_own_queries():
+    """A RESET of a startup value makes the door put the value back with a Query of its own
+    after the Sync, inside the client's transaction; the client's unnamed statement, which
+    that Query drops on the server, still runs as directly."""
+    info = psycopg.conninfo.make_conninfo(DSN, options="-c statement_timeout=5s")
+    c = pq.PGconn.connect(info.encode())
+    try:
+        assert c.exec_(b"BEGIN").status == pq.ExecStatus.COMMAND_OK
+        res = c.prepare(b"", b"RESET statement_timeout")
+        assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+        for _ in range(2):
+            res = c.exec_prepared(b"", [])
+            assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+        res = c.exec_(b"SHOW statement_timeout")
+        assert res.get_value(0, 0) == b"5s", res.get_value(0, 0)
+        assert c.exec_(b"COMMIT").status == pq.ExecStatus.COMMAND_OK
+    finally:
+        c.finish()
+
+
 async def asyncpg_copy_records_gives_the_connection_back():
     first = await asyncpg.connect(DSN)
     second = await asyncpg.connect(DSN)
@@ -121,6 +164,8 @@ def a_long_pipeline_of_large_results_completes():
 terminate_right_after_queries()
 a_long_pipeline_of_large_results_completes()
 unnamed_statement_across_transactions()
+unnamed_statement_is_never_another_clients()
+unnamed_statement_outlives_the_doors_own_queries()
 asyncio.run(asyncpg_copy_records_gives_the_connection_back())
 startup_encoding_is_reported_every_time()
 startup_role_is_the_sessions_own()

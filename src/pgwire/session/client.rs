@@ -25,7 +25,7 @@ impl Session {
                 if parse.name.is_empty() {
                     return false;
                 }
-                let statement = self.door.statements.statement(parse.query, parse.types);
+                let statement = self.statement_for(parse.query, parse.types);
                 if !self.statement_effect(&statement).is_plain() {
                     return false;
                 }
@@ -128,6 +128,7 @@ impl Session {
                 // A function call: what it does can't be read from the message.
                 self.noted.check = true;
                 self.noted.unknown_settings = true;
+                self.noted.path = true;
                 to_server.extend_from_slice(msg);
                 self.expect_answer(End::Ready);
             }
@@ -151,6 +152,12 @@ impl Session {
         to_client: &mut BytesMut,
     ) -> Result<(), FrameError> {
         let sql = frame::read_query(msg)?;
+        // A simple Query drops the unnamed statement, as PostgreSQL does at its start (a later
+        // Bind of "" gets 26000). Whether the linked server's is gone too isn't known (the
+        // door may answer this Query, or the server may be skipping to a Sync): it is closed
+        // there before the client's next use of "".
+        self.unnamed = None;
+        self.unnamed_here = false;
         if let Some(reply) = self.deallocate(sql) {
             self.reply(to_client, reply);
             let mut ready = BytesMut::new();
@@ -217,7 +224,7 @@ impl Session {
             to_server.extend_from_slice(msg);
             self.expect_answer(End::ParseComplete);
         } else {
-            let statement = self.door.statements.statement(parse.query, parse.types);
+            let statement = self.statement_for(parse.query, parse.types);
             let effect = self.statement_effect(&statement);
             if let Some(refusal) = self.admit(&effect) {
                 self.refuse_parse(&refusal, to_server);
@@ -393,17 +400,25 @@ impl Session {
         }
     }
 
-    /// Makes sure the linked server has the client's unnamed statement, parsing it there if
-    /// it was parsed on another connection.
+    /// Makes sure the linked server's unnamed statement is the client's: parsed there if it
+    /// was parsed on another connection, closed there if the client has none (what the server
+    /// has is another client's, or one the client's Query dropped: the client's Bind of "" must
+    /// get 26000, as directly, never run that).
     fn ensure_unnamed(&mut self, to_server: &mut BytesMut) {
         if self.unnamed_here {
             return;
         }
-        if let Some(unnamed) = &self.unnamed {
-            frame::write_parse(to_server, b"", &unnamed.query, &unnamed.types);
-            self.unnamed_here = true;
-            self.expect_swallowed(End::ParseComplete);
+        match &self.unnamed {
+            Some(unnamed) => {
+                frame::write_parse(to_server, b"", &unnamed.query, &unnamed.types);
+                self.expect_swallowed(End::ParseComplete);
+            }
+            None => {
+                frame::write_target(to_server, b'C', b'S', b"");
+                self.expect_swallowed(End::CloseComplete);
+            }
         }
+        self.unnamed_here = true;
     }
 
     /// Answers a Parse with the refusal the server raises: the refusal is parsed, bound and

@@ -641,6 +641,8 @@ impl Session {
             return;
         }
         if let Some(server) = self.server.take() {
+            // The settings are read back: the path the next Parse is keyed by is known.
+            self.noted.path = false;
             self.door.clients.linked(-1);
             let now = std::time::Instant::now();
             self.listed_unlinked_at(Some(&server), crate::pgwire::roster::us_at(now));

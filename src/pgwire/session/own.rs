@@ -96,6 +96,9 @@ fn restore_sql(startup: &BTreeMap<String, String>, resets: &Resets) -> Option<St
 impl Session {
     fn own(&mut self, to_server: &mut BytesMut, sql: &str, kind: Own) {
         frame::write_query(to_server, sql);
+        // A simple Query drops the server's unnamed statement: the client's is parsed there
+        // again before its next use.
+        self.unnamed_here = false;
         self.expect.push_back(Expect::Own(kind));
     }
 

@@ -113,15 +113,23 @@ impl Session {
 
     /// The statement a client's name maps to now: a statement whose plan went stale is
     /// replaced by a fresh one of the same text.
+    /// The global statement a Parse of `query` gets: the one of its text, types and the
+    /// client's `search_path`, or one of its own while that path is unknown to the door.
+    pub(super) fn statement_for(&self, query: &[u8], types: &[u8]) -> Arc<Statement> {
+        if self.noted.path {
+            self.door.statements.private(query, types)
+        } else {
+            (self.door.statements).statement(query, types, self.wanted.search_path())
+        }
+    }
+
     pub(super) fn current(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
         let statement = self.names.get(name)?;
         if !statement.is_retired() {
             return Some(Arc::clone(statement));
         }
-        let fresh = self
-            .door
-            .statements
-            .statement(&statement.query, &statement.types);
+        let statement = Arc::clone(statement);
+        let fresh = self.statement_for(&statement.query, &statement.types);
         self.names
             .insert(Bytes::copy_from_slice(name), Arc::clone(&fresh));
         Some(fresh)

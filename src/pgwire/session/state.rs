@@ -28,6 +28,10 @@ pub(super) struct Noted {
     /// Something ran that may have changed settings the door can't name: the connection's
     /// next link starts from `RESET ALL`.
     pub unknown_settings: bool,
+    /// Something ran since the link that may have changed the `search_path`: until it is
+    /// read back (at the unlink), the client's named statements are its own (see
+    /// [`crate::pgwire::statements`]).
+    pub path: bool,
     /// Settings returned to their defaults, whose startup values must be put back (PostgreSQL
     /// resets to the startup values; the server connection's are pgway's).
     pub resets: Resets,
@@ -58,6 +62,12 @@ impl Session {
         }
         let noted = &mut self.noted;
         noted.settings |= effect.settings;
+        // Custom settings (`app.tenant_id`, the row-level security pattern) and named ones
+        // other than the path don't touch how a statement is analysed.
+        noted.path |= effect.unverified
+            || !effect.name_params.is_empty()
+            || (effect.settings
+                && (effect.names.is_empty() || effect.names.iter().any(|n| n == "search_path")));
         if effect.unverified {
             noted.check = true;
             noted.unknown_settings = true;
@@ -186,6 +196,8 @@ pub struct Wanted {
     values: BTreeMap<String, String>,
     set: Settings,
     standard_strings: bool,
+    /// The `search_path`, as its statements are keyed (empty: the server's default).
+    search_path: Bytes,
 }
 
 impl Wanted {
@@ -193,6 +205,10 @@ impl Wanted {
         Wanted {
             set: Settings::of(&values),
             standard_strings: standard_strings(&values),
+            // A startup packet may spell the name in any case, as PostgreSQL reads it.
+            search_path: (values.iter())
+                .find(|(name, _)| name.eq_ignore_ascii_case("search_path"))
+                .map_or_else(Bytes::new, |(_, v)| Bytes::copy_from_slice(v.as_bytes())),
             values,
         }
     }
@@ -208,6 +224,10 @@ impl Wanted {
 
     pub(super) fn standard_strings(&self) -> bool {
         self.standard_strings
+    }
+
+    pub(super) fn search_path(&self) -> &[u8] {
+        &self.search_path
     }
 }
 
