@@ -72,6 +72,7 @@ fn start_pg_door(
         idle_in_transaction_timeout: pg.idle_in_transaction_timeout.into(),
         client_write_timeout: pg.client_write_timeout,
         session_state: pg.session_state,
+        keep_unnamed: pg.keep_unnamed,
         max_pinned: pg.max_pinned.into(),
         max_clients: pg.max_clients.into(),
         require_tls: pg.require_tls,

@@ -65,6 +65,9 @@ pub struct Settings {
     /// How long a linked client may leave replies unread (0: no bound).
     pub client_write_timeout: Duration,
     pub session_state: SessionStateMode,
+    /// Clients' unnamed statements are kept prepared on server connections as global named
+    /// ones (`PGWAY_PG_KEEP_UNNAMED`).
+    pub keep_unnamed: bool,
     pub max_pinned: Tunable<usize>,
     pub max_clients: Tunable<usize>,
     /// Plaintext clients are refused (`PGWAY_PG_REQUIRE_TLS`, or a client CA set).

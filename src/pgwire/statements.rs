@@ -21,7 +21,7 @@
 //! type") where each client's own statement directly runs.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -176,6 +176,9 @@ pub struct Registry {
     inner: Arc<Mutex<Inner>>,
     /// `pgway_<random>_`: what every global name starts with.
     prefix: Arc<str>,
+    /// `Inner::epoch`, readable without the lock (a kept unnamed statement is checked
+    /// against it at every Parse).
+    epoch: Arc<AtomicU64>,
 }
 
 impl Default for Registry {
@@ -205,6 +208,7 @@ impl Registry {
                 epoch: 0,
             })),
             prefix: format!("pgway_{:016x}_", rand::random::<u64>()).into(),
+            epoch: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -268,7 +272,14 @@ impl Registry {
     pub fn catalog_changed(&self) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.epoch += 1;
+            self.epoch.store(inner.epoch, Ordering::Relaxed);
         }
+    }
+
+    /// Whether a Parse of `statement`'s text now would still get `statement`, as far as can
+    /// be told without the lock: not retired, and no DDL seen since it was made.
+    pub fn is_current(&self, statement: &Statement) -> bool {
+        !statement.is_retired() && statement.epoch == self.epoch.load(Ordering::Relaxed)
     }
 
     /// The global name of statement `id`.
@@ -334,6 +345,7 @@ mod tests {
         );
         registry.retire(a.id);
         assert!(a.is_retired() && !c.is_retired());
+        assert!(!registry.is_current(&a) && registry.is_current(&c));
         assert_ne!(
             registry
                 .statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"")
@@ -341,8 +353,11 @@ mod tests {
             a.id
         );
         let before = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"");
+        assert!(registry.is_current(&before));
         registry.catalog_changed();
+        assert!(!registry.is_current(&before));
         let after = registry.statement(b"SELECT $1", &[0, 1, 0, 0, 0, 23], b"");
+        assert!(registry.is_current(&after));
         // After DDL a Parse of the same text gets a new name; clients naming the old one
         // keep it.
         assert_ne!(after.id, before.id);

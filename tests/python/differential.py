@@ -531,6 +531,7 @@ def hand_written(twopc):
     star = sql("SELECT * FROM items", prepare=True)
     star2 = sql("SELECT *, 2 AS two FROM items", prepare=True)
     star3 = sql("SELECT *, 3 AS three FROM items", prepare=True)
+    unnamed = sql("SELECT * FROM items WHERE v <> %s", ("x",))
     yield Scenario(
         "2b a schema per tenant, named statements",
         [
@@ -547,6 +548,11 @@ def hand_written(twopc):
             (A, star),
             (B, star),
             (C, star),
+            (A, unnamed),
+            (B, unnamed),
+            (C, unnamed),
+            (B, unnamed),
+            (A, unnamed),
             (A, star),
             (B, star),
             (C, star),
@@ -566,6 +572,7 @@ def hand_written(twopc):
             (A, star),
             (C, sql("SELECT set_config('search_path', 's_wide', false)")),
             (C, star2),
+            (C, unnamed),
             (C, star3),
             (A, star2),
             (B, star2),

@@ -145,6 +145,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PGWAY_PG_PREPARED_STATEMENTS", default_value_t = 200)]
     pub pg_prepared_statements: usize,
 
+    /// Keep clients' unnamed statements prepared on each server connection, as named ones
+    /// (PostgreSQL then parses and analyses a repeated text once per connection, not at
+    /// every query). Off by default: a client then sees what it wouldn't on a connection of
+    /// its own (0A000 after DDL outside pgway, generic plans after five executions).
+    #[arg(long, env = "PGWAY_PG_KEEP_UNNAMED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub pg_keep_unnamed: bool,
+
     /// Most clients of the PostgreSQL door pinned to a server connection at once [default:
     /// PGWAY_POOL_MAX less a quarter of it (at least 2), so unpinned clients keep a share].
     #[arg(long, env = "PGWAY_PG_MAX_PINNED")]

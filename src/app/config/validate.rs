@@ -166,6 +166,7 @@ impl ServeArgs {
             max_pinned: self
                 .pg_max_pinned
                 .unwrap_or_else(|| default_max_pinned(pool.max)),
+            keep_unnamed: self.pg_keep_unnamed,
             session_state: if self.pg_session_state == "error" {
                 crate::pgwire::SessionStateMode::Error
             } else {

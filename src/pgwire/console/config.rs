@@ -64,6 +64,10 @@ fn knobs(door: &Door) -> Vec<(&'static str, Knob<'_>)> {
         ("admin_users", Knob::Fixed(s.admin_users.join(","))),
         ("stats_users", Knob::Fixed(s.stats_users.join(","))),
         ("max_pinned", count(&s.max_pinned, 0)),
+        (
+            "keep_unnamed",
+            Knob::Fixed(if s.keep_unnamed { "1" } else { "0" }.into()),
+        ),
         ("max_waiting", count(&pool.max_waiting, 1)),
     ]
 }

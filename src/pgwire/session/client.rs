@@ -212,6 +212,7 @@ impl Session {
                     types: Bytes::copy_from_slice(parse.types),
                     effect,
                     standard_strings,
+                    kept: None,
                 });
             }
             let effect = self.unnamed.as_ref().map(|u| Arc::clone(&u.effect));
@@ -219,6 +220,13 @@ impl Session {
                 self.unnamed = None;
                 self.refuse_parse(&refusal, to_server);
                 return Ok(());
+            }
+            if self.door.settings.keep_unnamed && !self.noted.path {
+                self.parse_kept(to_server, to_client);
+                return Ok(());
+            }
+            if let Some(unnamed) = self.unnamed.as_mut() {
+                unnamed.kept = None;
             }
             self.unnamed_here = true;
             to_server.extend_from_slice(msg);
@@ -258,18 +266,26 @@ impl Session {
             self.reply(to_client, Bytes::from_static(frame::BIND_COMPLETE));
             return Ok(());
         }
-        if name.is_empty() {
-            self.ensure_unnamed(to_server);
+        let statement = if name.is_empty() {
+            let kept = self.kept();
+            if kept.is_none() {
+                self.ensure_unnamed(to_server);
+            }
             if let Some(unnamed) = &self.unnamed {
                 let effect = Arc::clone(&unnamed.effect);
                 self.note(&effect, Some(rest));
             }
-        }
-        let statement = (!name.is_empty()).then(|| self.current(name)).flatten();
+            kept
+        } else {
+            let statement = self.current(name);
+            if let Some(statement) = &statement {
+                let effect = self.statement_effect(statement);
+                self.note(&effect, Some(rest));
+            }
+            statement
+        };
         match statement {
             Some(statement) => {
-                let effect = self.statement_effect(&statement);
-                self.note(&effect, Some(rest));
                 self.ensure(&statement, to_server);
                 frame::write_bind(to_server, portal, &statement.name, rest);
                 self.expect.push_back(Expect::Answer {
@@ -321,9 +337,11 @@ impl Session {
             self.reply(to_client, Bytes::from_static(reply));
             return Ok(());
         }
-        let mapped = (kind == b'S' && !name.is_empty())
-            .then(|| self.current(name))
-            .flatten();
+        let mapped = match (kind, name.is_empty()) {
+            (b'S', true) => self.kept(),
+            (b'S', false) => self.current(name),
+            _ => None,
+        };
         match (tag, mapped) {
             (b'D', Some(statement)) => {
                 self.ensure(&statement, to_server);
@@ -333,7 +351,12 @@ impl Session {
             (_, Some(_)) => {
                 // Close of a client's name: the global statement stays prepared for
                 // others; only the client's name goes.
-                self.names.remove(name);
+                if name.is_empty() {
+                    self.unnamed = None;
+                    self.unnamed_here = false;
+                } else {
+                    self.names.remove(name);
+                }
                 self.reply(to_client, Bytes::from_static(frame::CLOSE_COMPLETE));
             }
             _ => {

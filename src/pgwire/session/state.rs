@@ -46,6 +46,8 @@ pub(super) struct Unnamed {
     pub effect: Arc<SessionEffect>,
     /// The `standard_conforming_strings` it was read under.
     pub standard_strings: bool,
+    /// The global statement it runs as, when kept (`PGWAY_PG_KEEP_UNNAMED`).
+    pub kept: Option<Arc<Statement>>,
 }
 
 impl Session {
