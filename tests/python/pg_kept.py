@@ -5,8 +5,10 @@ every client here.
 - each client's extended queries give what they give directly, with a schema per tenant
   (tables of different shapes under the same name), and after DDL run through the door;
 - the server connection keeps one statement per text and search_path, not one per query;
-- after DDL run outside pgway changes a kept statement's result type, that client's next
-  query fails once with 0A000 (as the README says), and the one after works.
+- after DDL run outside pgway changes a kept statement's result type, a query that is the
+  first thing of an implicit transaction runs as directly (its failed Bind is run again
+  unseen, and an INSERT applied once); inside a transaction block it fails once with 0A000,
+  as the README says.
 
 usage: pg_kept.py DOOR_DSN DIRECT_DSN (the direct one is pointed at the door's database)
 """
@@ -52,15 +54,32 @@ other.execute("ALTER TABLE k_a.t ADD COLUMN n int DEFAULT 5")
 assert a.execute(QUERY, ("x",)).fetchall() == [("a", 5)]
 assert b.execute(QUERY, ("x",)).fetchall() == [("wide", 7)]
 
-# DDL outside pgway: the door can't know; the kept statement fails once.
+# DDL outside pgway, which the door can't see, changes what a kept statement returns. As
+# the first thing of an implicit transaction its Bind fails with 0A000 unseen and runs again,
+# prepared afresh: the client gets what it gets directly, applied once.
 direct.execute("ALTER TABLE k_wide.t DROP COLUMN w")
+assert b.execute(QUERY, ("x",)).fetchall() == [("wide",)]
+INSERT = "INSERT INTO log VALUES (%s) RETURNING *"
+direct.execute("CREATE TABLE k_wide.log (v text)")
+for i in range(3):
+    assert b.execute(INSERT, (f"row {i}",)).fetchall() == [(f"row {i}",)]
+direct.execute("ALTER TABLE k_wide.log ADD COLUMN n int DEFAULT 0")
+assert b.execute(INSERT, ("after",)).fetchall() == [("after", 0)]
+rows = direct.execute("SELECT v FROM k_wide.log ORDER BY v").fetchall()
+assert rows == [("after",), ("row 0",), ("row 1",), ("row 2",)], rows
+
+# Inside a transaction block the error can't be undone: it aborts the block, as the README
+# says, and the next Parse of the text prepares it afresh.
+direct.execute("ALTER TABLE k_wide.t ADD COLUMN z int DEFAULT 1")
+b.execute("BEGIN")
 try:
     b.execute(QUERY, ("x",))
     failed = None
 except psycopg.Error as e:
     failed = e.sqlstate
 assert failed == "0A000", failed
-assert b.execute(QUERY, ("x",)).fetchall() == [("wide",)]
+b.execute("ROLLBACK")
+assert b.execute(QUERY, ("x",)).fetchall() == [("wide", 1)]
 assert a.execute(QUERY, ("x",)).fetchall() == [("a", 5)]
 
 for c in (a, b, other):

@@ -142,6 +142,14 @@ impl Session {
                 return Err(FrameError::Malformed("unexpected message type"));
             }
         }
+        if self.retry.is_some() {
+            self.record(tag, msg);
+        }
+        match tag {
+            b'B' | b'E' | b'F' => self.batch_ran = true,
+            b'S' | b'Q' => self.batch_ran = false,
+            _ => {}
+        }
         Ok(())
     }
 
@@ -266,7 +274,8 @@ impl Session {
             self.reply(to_client, Bytes::from_static(frame::BIND_COMPLETE));
             return Ok(());
         }
-        let statement = if name.is_empty() {
+        let kept_bound = name.is_empty();
+        let statement = if kept_bound {
             let kept = self.kept();
             if kept.is_none() {
                 self.ensure_unnamed(to_server);
@@ -286,6 +295,9 @@ impl Session {
         };
         match statement {
             Some(statement) => {
+                if kept_bound {
+                    self.arm_retry(&statement);
+                }
                 self.ensure(&statement, to_server);
                 frame::write_bind(to_server, portal, &statement.name, rest);
                 self.expect.push_back(Expect::Answer {

@@ -33,6 +33,7 @@ use crate::pgwire::roster::DbStats;
 mod bounds;
 mod client;
 mod handover;
+mod kept;
 mod listing;
 mod own;
 mod prepared;
@@ -220,6 +221,14 @@ pub struct Session {
     pinned: Option<PinReason>,
     /// The link failed: the client's messages are dropped up to its next Sync.
     refusing: bool,
+    /// A Bind or Execute (or a Query) went to the server since the last Sync: something may
+    /// have run in the implicit transaction.
+    batch_ran: bool,
+    /// The client's messages kept to be run again if a kept statement's plan went stale
+    /// (see [`kept`]), and whether they are being run again now.
+    retry: Option<kept::Retry>,
+    retry_msgs: BytesMut,
+    retrying: bool,
     cancel: Arc<Slot>,
     /// Rows of the door's own settings query.
     captured: BTreeMap<String, String>,
@@ -301,6 +310,10 @@ impl Session {
             copy_ends: 0,
             pinned: None,
             refusing: false,
+            batch_ran: false,
+            retry: None,
+            retry_msgs: BytesMut::new(),
+            retrying: false,
             cancel,
             captured: BTreeMap::new(),
             checked: None,

@@ -123,52 +123,6 @@ impl Session {
         }
     }
 
-    /// Answers the client's Parse of its unnamed statement (just read into `self.unnamed`)
-    /// with a global statement kept on server connections (`PGWAY_PG_KEEP_UNNAMED`): PostgreSQL
-    /// then parses and plans a text a client sends again and again once per connection, not
-    /// at every query. The same text as the last Parse reuses its statement without the
-    /// registry's lock while that is still what a Parse would get.
-    pub(super) fn parse_kept(&mut self, to_server: &mut BytesMut, to_client: &mut BytesMut) {
-        let Some(unnamed) = self.unnamed.as_ref() else {
-            return;
-        };
-        let statement = match &unnamed.kept {
-            Some(kept)
-                if self.door.statements.is_current(kept)
-                    && kept.path == self.wanted.search_path() =>
-            {
-                Arc::clone(kept)
-            }
-            _ => self.statement_for(&unnamed.query, &unnamed.types),
-        };
-        if let Some(unnamed) = self.unnamed.as_mut() {
-            unnamed.kept = Some(Arc::clone(&statement));
-        }
-        // What the server holds as its unnamed statement is no longer the client's.
-        self.unnamed_here = false;
-        if self.has(&statement) {
-            self.door.prepared.hit.increment(1);
-            self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
-        } else {
-            self.prepare(&statement, to_server, false);
-        }
-    }
-
-    /// The global statement the client's unnamed one runs as, if kept; a retired one is
-    /// replaced as [`Session::current`] replaces a named one.
-    pub(super) fn kept(&mut self) -> Option<Arc<Statement>> {
-        let kept = self.unnamed.as_ref()?.kept.as_ref()?;
-        if !kept.is_retired() {
-            return Some(Arc::clone(kept));
-        }
-        let kept = Arc::clone(kept);
-        let fresh = self.statement_for(&kept.query, &kept.types);
-        if let Some(unnamed) = self.unnamed.as_mut() {
-            unnamed.kept = Some(Arc::clone(&fresh));
-        }
-        Some(fresh)
-    }
-
     pub(super) fn current(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
         let statement = self.names.get(name)?;
         if !statement.is_retired() {

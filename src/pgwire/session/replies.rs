@@ -128,6 +128,9 @@ impl Session {
                     if end.by(tag) {
                         self.expect.pop_front();
                     }
+                    if tag == b'Z' && (self.retry.is_some() || self.retrying) {
+                        self.ready_seen(to_client);
+                    }
                 }
             }
             Some(Expect::Reply(_)) => {}
@@ -204,11 +207,17 @@ impl Session {
         bind: Option<u64>,
         to_client: &mut BytesMut,
     ) {
+        if self.server.is_none() {
+            return;
+        }
+        let fields = frame::read_error(msg);
+        let again = self.retry.is_some() && self.retry_on(&fields.code, bind, msg);
+        if !again {
+            to_client.extend_from_slice(msg);
+        }
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        let fields = frame::read_error(msg);
-        to_client.extend_from_slice(msg);
         if fields.severity == "FATAL" || fields.severity == "PANIC" {
             server.broken = true;
         }
@@ -253,6 +262,17 @@ impl Session {
             }
             if self.expect.is_empty() {
                 self.skipping = true;
+            }
+            if again
+                && let Some(Expect::Answer {
+                    end: End::Ready,
+                    swallow,
+                    ..
+                }) = self.expect.front_mut()
+            {
+                // Its ReadyForQuery is the door's to swallow too: the messages run again
+                // behind it (`ready_seen`).
+                *swallow = true;
             }
         }
     }
