@@ -66,37 +66,48 @@ async fn every_client_sees_through_the_door_what_it_sees_directly() {
 }
 
 /// The same with clients' unnamed statements kept on the server connections as named ones
-/// (`PGWAY_PG_KEEP_UNNAMED`): the scenarios run no DDL outside the door, so every client still
-/// sees what it sees directly.
+/// (`PGWAY_PG_KEEP_UNNAMED`), either way: the scenarios run no DDL outside the door, so every
+/// client still sees what it sees directly.
 #[tokio::test]
 async fn every_client_sees_the_same_with_unnamed_statements_kept() {
     let pg = cluster().await;
-    let direct = direct_dsn(pg, &fresh_database(pg, "direct").await);
-    let door = Door::start(&["--pool-max", "2", "--pg-keep-unnamed", "true"]).await;
-    let out = differential(&direct, &door.dsn(), &["--lenient-placeholders"]).await;
-    assert_passed(
-        &out,
-        "with unnamed statements kept, clients saw through the door what they do not see directly",
-    );
+    for mode in ["autocommit", "always"] {
+        let direct = direct_dsn(pg, &fresh_database(pg, "direct").await);
+        let door = Door::start(&["--pool-max", "2", "--pg-keep-unnamed", mode]).await;
+        let out = differential(&direct, &door.dsn(), &["--lenient-placeholders"]).await;
+        assert_passed(
+            &out,
+            &format!(
+                "with PGWAY_PG_KEEP_UNNAMED={mode}, clients saw through the door what they do not see directly"
+            ),
+        );
+    }
 }
 
 /// Kept unnamed statements: one per text and search_path on the server connection, DDL
-/// through the door seen at the next Parse, DDL outside it reported once as the README says
-/// (tests/python/pg_kept.py).
+/// through the door seen at the next Parse, DDL outside it run again unseen where it can be
+/// and otherwise reported as the README says (tests/python/pg_kept.py).
 #[tokio::test]
 async fn kept_unnamed_statements_behave_as_documented() {
     let pg = cluster().await;
-    let door = Door::start(&["--pool-max", "1", "--pg-keep-unnamed", "true"]).await;
-    let direct = direct_dsn(pg, "postgres");
-    let path = Path::new("tests/python").join("pg_kept.py");
-    let out = support::run_program(
-        "python3",
-        &[path.to_str().expect("utf-8 path"), &door.dsn(), &direct],
-        &[],
-        "the Python drivers come with `pip install -r tests/python/requirements.txt`",
-    )
-    .await;
-    assert_passed(&out, "pg_kept.py");
+    for mode in ["autocommit", "always"] {
+        let door = Door::start(&["--pool-max", "1", "--pg-keep-unnamed", mode]).await;
+        let direct = direct_dsn(pg, "postgres");
+        let path = Path::new("tests/python").join("pg_kept.py");
+        let out = support::run_program(
+            "python3",
+            &[
+                path.to_str().expect("utf-8 path"),
+                &door.dsn(),
+                &direct,
+                mode,
+            ],
+            &[],
+            "the Python drivers come with `pip install -r tests/python/requirements.txt`",
+        )
+        .await;
+        assert_passed(&out, &format!("pg_kept.py, PGWAY_PG_KEEP_UNNAMED={mode}"));
+    }
 }
 
 /// The script itself: two direct runs of every scenario (two databases, no door) must agree,

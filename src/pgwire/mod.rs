@@ -50,6 +50,19 @@ pub enum SessionStateMode {
     Error,
 }
 
+/// Which of clients' unnamed statements are kept on server connections as global named ones
+/// (`PGWAY_PG_KEEP_UNNAMED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepUnnamed {
+    /// None: each is parsed where it runs, as directly.
+    Off,
+    /// Those run outside a transaction block, where a stale plan's failure can be run again
+    /// unseen; inside a block the text is parsed as the unnamed statement, as with `Off`.
+    Autocommit,
+    /// All of them: inside a block a stale plan (DDL outside pgway) fails with 0A000.
+    Always,
+}
+
 /// The door's settings.
 #[derive(Debug)]
 pub struct Settings {
@@ -67,7 +80,7 @@ pub struct Settings {
     pub session_state: SessionStateMode,
     /// Clients' unnamed statements are kept prepared on server connections as global named
     /// ones (`PGWAY_PG_KEEP_UNNAMED`).
-    pub keep_unnamed: bool,
+    pub keep_unnamed: KeepUnnamed,
     pub max_pinned: Tunable<usize>,
     pub max_clients: Tunable<usize>,
     /// Plaintext clients are refused (`PGWAY_PG_REQUIRE_TLS`, or a client CA set).

@@ -1,5 +1,5 @@
-"""The PostgreSQL door with PGWAY_PG_KEEP_UNNAMED: clients' unnamed statements are kept on
-the server connection as named ones. The door runs with one server connection, shared by
+"""The PostgreSQL door with PGWAY_PG_KEEP_UNNAMED=autocommit or always: clients' unnamed
+statements are kept on the server connection as named ones. The door runs with one server connection, shared by
 every client here.
 
 - each client's extended queries give what they give directly, with a schema per tenant
@@ -7,10 +7,11 @@ every client here.
 - the server connection keeps one statement per text and search_path, not one per query;
 - after DDL run outside pgway changes a kept statement's result type, a query that is the
   first thing of an implicit transaction runs as directly (its failed Bind is run again
-  unseen, and an INSERT applied once); inside a transaction block it fails once with 0A000,
-  as the README says.
+  unseen, and an INSERT applied once); inside a transaction block it fails once with 0A000
+  with `always`, as the README says, and runs as directly with `autocommit`.
 
-usage: pg_kept.py DOOR_DSN DIRECT_DSN (the direct one is pointed at the door's database)
+usage: pg_kept.py DOOR_DSN DIRECT_DSN MODE (the direct one is pointed at the door's database;
+MODE is the door's PGWAY_PG_KEEP_UNNAMED)
 """
 
 import faulthandler
@@ -18,7 +19,7 @@ import sys
 
 import psycopg
 
-DOOR, DIRECT = sys.argv[1], sys.argv[2]
+DOOR, DIRECT, MODE = sys.argv[1], sys.argv[2], sys.argv[3]
 faulthandler.dump_traceback_later(60, exit=True)
 QUERY = "SELECT * FROM t WHERE v <> %s"
 
@@ -68,17 +69,22 @@ assert b.execute(INSERT, ("after",)).fetchall() == [("after", 0)]
 rows = direct.execute("SELECT v FROM k_wide.log ORDER BY v").fetchall()
 assert rows == [("after",), ("row 0",), ("row 1",), ("row 2",)], rows
 
-# Inside a transaction block the error can't be undone: it aborts the block, as the README
-# says, and the next Parse of the text prepares it afresh.
+# Inside a transaction block the error can't be undone. With `always` it aborts the block,
+# as the README says, and the next Parse of the text prepares it afresh; with `autocommit`
+# the text is parsed as the unnamed statement there, as directly.
 direct.execute("ALTER TABLE k_wide.t ADD COLUMN z int DEFAULT 1")
 b.execute("BEGIN")
 try:
-    b.execute(QUERY, ("x",))
+    in_block = b.execute(QUERY, ("x",)).fetchall()
     failed = None
 except psycopg.Error as e:
     failed = e.sqlstate
-assert failed == "0A000", failed
-b.execute("ROLLBACK")
+if MODE == "always":
+    assert failed == "0A000", failed
+    b.execute("ROLLBACK")
+else:
+    assert failed is None and in_block == [("wide", 1)], (failed, in_block)
+    b.execute("COMMIT")
 assert b.execute(QUERY, ("x",)).fetchall() == [("wide", 1)]
 assert a.execute(QUERY, ("x",)).fetchall() == [("a", 5)]
 

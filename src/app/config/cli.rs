@@ -147,10 +147,11 @@ pub struct ServeArgs {
 
     /// Keep clients' unnamed statements prepared on each server connection, as named ones
     /// (PostgreSQL then parses and analyses a repeated text once per connection, not at
-    /// every query). Off by default: a client then sees what it wouldn't on a connection of
-    /// its own (0A000 after DDL outside pgway, generic plans after five executions).
-    #[arg(long, env = "PGWAY_PG_KEEP_UNNAMED", default_value_t = false, action = clap::ArgAction::Set)]
-    pub pg_keep_unnamed: bool,
+    /// every query): `autocommit` those run outside transaction blocks, `always` all of them
+    /// (inside a block, DDL outside pgway then shows as 0A000). Off by default: PostgreSQL
+    /// may choose generic plans for kept statements after five executions.
+    #[arg(long, env = "PGWAY_PG_KEEP_UNNAMED", default_value = "off", value_parser = ["off", "autocommit", "always"])]
+    pub pg_keep_unnamed: String,
 
     /// Most clients of the PostgreSQL door pinned to a server connection at once [default:
     /// PGWAY_POOL_MAX less a quarter of it (at least 2), so unpinned clients keep a share].

@@ -67,7 +67,7 @@ pub struct PgConfig {
     pub prepared_statements: NonZeroUsize,
     pub max_pinned: usize,
     pub session_state: crate::pgwire::SessionStateMode,
-    pub keep_unnamed: bool,
+    pub keep_unnamed: crate::pgwire::KeepUnnamed,
     pub max_clients: usize,
     pub max_request_bytes: usize,
     pub require_tls: bool,

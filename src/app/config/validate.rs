@@ -166,7 +166,11 @@ impl ServeArgs {
             max_pinned: self
                 .pg_max_pinned
                 .unwrap_or_else(|| default_max_pinned(pool.max)),
-            keep_unnamed: self.pg_keep_unnamed,
+            keep_unnamed: match self.pg_keep_unnamed.as_str() {
+                "always" => crate::pgwire::KeepUnnamed::Always,
+                "autocommit" => crate::pgwire::KeepUnnamed::Autocommit,
+                _ => crate::pgwire::KeepUnnamed::Off,
+            },
             session_state: if self.pg_session_state == "error" {
                 crate::pgwire::SessionStateMode::Error
             } else {

@@ -66,7 +66,14 @@ fn knobs(door: &Door) -> Vec<(&'static str, Knob<'_>)> {
         ("max_pinned", count(&s.max_pinned, 0)),
         (
             "keep_unnamed",
-            Knob::Fixed(if s.keep_unnamed { "1" } else { "0" }.into()),
+            Knob::Fixed(
+                match s.keep_unnamed {
+                    crate::pgwire::KeepUnnamed::Off => "off",
+                    crate::pgwire::KeepUnnamed::Autocommit => "autocommit",
+                    crate::pgwire::KeepUnnamed::Always => "always",
+                }
+                .into(),
+            ),
         ),
         ("max_waiting", count(&pool.max_waiting, 1)),
     ]

@@ -229,7 +229,7 @@ impl Session {
                 self.refuse_parse(&refusal, to_server);
                 return Ok(());
             }
-            if self.door.settings.keep_unnamed && !self.noted.path {
+            if self.door.settings.keep_unnamed != KeepUnnamed::Off && !self.noted.path {
                 self.parse_kept(to_server, to_client);
                 return Ok(());
             }
@@ -276,7 +276,7 @@ impl Session {
         }
         let kept_bound = name.is_empty();
         let statement = if kept_bound {
-            let kept = self.kept();
+            let kept = self.kept().filter(|s| self.run_kept(s));
             if kept.is_none() {
                 self.ensure_unnamed(to_server);
             }
@@ -295,9 +295,6 @@ impl Session {
         };
         match statement {
             Some(statement) => {
-                if kept_bound {
-                    self.arm_retry(&statement);
-                }
                 self.ensure(&statement, to_server);
                 frame::write_bind(to_server, portal, &statement.name, rest);
                 self.expect.push_back(Expect::Answer {
@@ -350,6 +347,7 @@ impl Session {
             return Ok(());
         }
         let mapped = match (kind, name.is_empty()) {
+            (b'S', true) if tag == b'D' => self.kept().filter(|s| self.run_kept(s)),
             (b'S', true) => self.kept(),
             (b'S', false) => self.current(name),
             _ => None,
@@ -358,7 +356,14 @@ impl Session {
             (b'D', Some(statement)) => {
                 self.ensure(&statement, to_server);
                 frame::write_target(to_server, b'D', b'S', &statement.name);
-                self.expect_answer(end);
+                // A Describe revalidates the plan as a Bind does: 0A000 retires it too.
+                self.expect.push_back(Expect::Answer {
+                    end,
+                    swallow: false,
+                    parse: None,
+                    bind: Some(statement.id),
+                    copy_ends: self.copy_ends,
+                });
             }
             (_, Some(_)) => {
                 // Close of a client's name: the global statement stays prepared for

@@ -73,14 +73,26 @@ impl Session {
         Some(fresh)
     }
 
-    /// Before a Bind of kept `statement`: keeps the client's messages from here to its Sync
-    /// if the Bind could be run again unseen (see the module's comment).
-    pub(super) fn arm_retry(&mut self, statement: &Statement) {
-        let replayable = self.retry.is_none()
-            && !self.retrying
+    /// At a Bind or Describe of the kept `statement`: whether it runs by its name here (else
+    /// its text is parsed as the server's unnamed statement, as without keeping). Prepared
+    /// here now, it can't be stale; prepared before, it may fail with 0A000, which is run
+    /// again unseen where it can be (`arm_retry`), and shown elsewhere only with `always`.
+    pub(super) fn run_kept(&mut self, statement: &Statement) -> bool {
+        !self.has(statement)
+            || self.arm_retry(statement)
+            || self.door.settings.keep_unnamed == KeepUnnamed::Always
+    }
+
+    /// Keeps the client's messages from here to its Sync if a failure of `statement` here
+    /// could be run again unseen (see the module's comment). Whether they are kept.
+    fn arm_retry(&mut self, statement: &Statement) -> bool {
+        if let Some(retry) = &self.retry {
+            // The Describe before this Bind armed it.
+            return retry.id == statement.id && !retry.complete && retry.due.is_none();
+        }
+        let replayable = !self.retrying
             && !self.batch_ran
             && self.status == b'I'
-            && self.has(statement)
             && !self.expect.iter().any(|e| {
                 matches!(
                     e,
@@ -98,6 +110,7 @@ impl Session {
                 due: None,
             });
         }
+        replayable
     }
 
     /// Keeps a client message that is part of what would be run again.

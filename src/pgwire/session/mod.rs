@@ -25,7 +25,7 @@ use super::pool::{AcquireError, PoolKey};
 use super::scram::Credential;
 use super::server::{Pooled, ServerConn, Settings, Stream};
 use super::statements::{Bounded, Statement};
-use super::{Door, Phase, SessionStateMode};
+use super::{Door, KeepUnnamed, Phase, SessionStateMode};
 use crate::core::pool::CloseReason;
 use crate::core::sql::{PinReason, SessionEffect, session_effect};
 use crate::pgwire::roster::DbStats;
