@@ -41,6 +41,9 @@
 #                                 skipped (-M prepared needs 1.21 or newer: max_prepared_statements)
 #   PGDOG=/path/to/pgdog          the PgDog binary, a target of the PostgreSQL door's runs
 #                                 [default: `pgdog` on PATH]; none found: skipped
+#   PGWAY_PG_KEEP_UNNAMED=off     passed to the gateway like any PGWAY_ setting it inherits;
+#                                 this one is named in the report (`autocommit`: -M extended
+#                                 without parsing each query again)
 #   PG_SOCKET=0                   1: the gateway (both doors, and under callgrind) and PgBouncer
 #                                 reach PostgreSQL over its Unix socket instead of loopback TCP
 #                                 (the direct runs stay on TCP: they stand for remote clients;
@@ -723,7 +726,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
                 [ "$BOUNCER_PREPARED" = 0 ] || echo ", max_prepared_statements = 200")"
         [ "$HAVE_PGDOG" = 0 ] ||
             echo "pgdog_config=pooler_mode = \"transaction\", default_pool_size = $POOL_SIZE, workers = 2, auth_type = \"scram\" (users.toml holds the role's password), prepared_statements = \"extended\", loopback TCP to PostgreSQL"
-        echo "pgway_door=PGWAY_PG_ADDR on loopback, SCRAM-SHA-256 against the password of PGWAY_DATABASE_URL, PGWAY_PG_MAX_CLIENTS=$((IDLE_CLIENTS + 1000)), the pool of $POOL_SIZE shared with the gRPC door"
+        echo "pgway_door=PGWAY_PG_ADDR on loopback, SCRAM-SHA-256 against the password of PGWAY_DATABASE_URL, PGWAY_PG_MAX_CLIENTS=$((IDLE_CLIENTS + 1000)), the pool of $POOL_SIZE shared with the gRPC door, PGWAY_PG_KEEP_UNNAMED=${PGWAY_PG_KEEP_UNNAMED:-off}"
         echo "idle_clients=$IDLE_CLIENTS"
     fi
     [ "$CALLGRIND_RAN" = 0 ] || echo "callgrind=$(valgrind --version), $CALLGRIND_DURATION per count"

@@ -229,7 +229,7 @@ impl Session {
                 self.refuse_parse(&refusal, to_server);
                 return Ok(());
             }
-            if self.door.settings.keep_unnamed != KeepUnnamed::Off && !self.noted.path {
+            if self.keeps_unnamed() {
                 self.parse_kept(to_server, to_client);
                 return Ok(());
             }

@@ -90,18 +90,7 @@ impl Session {
             // The Describe before this Bind armed it.
             return retry.id == statement.id && !retry.complete && retry.due.is_none();
         }
-        let replayable = !self.retrying
-            && !self.batch_ran
-            && self.status == b'I'
-            && !self.expect.iter().any(|e| {
-                matches!(
-                    e,
-                    Expect::Answer {
-                        end: End::Ready,
-                        ..
-                    }
-                )
-            });
+        let replayable = !self.retrying && self.nothing_ran();
         if replayable {
             self.retry_msgs.clear();
             self.retry = Some(Retry {
@@ -111,6 +100,35 @@ impl Session {
             });
         }
         replayable
+    }
+
+    /// Whether the server is outside a transaction block with nothing run since the last
+    /// Sync (every earlier Sync answered, so `status` is current): a failure now aborts
+    /// nothing but what follows up to the next Sync.
+    pub(super) fn nothing_ran(&self) -> bool {
+        !self.batch_ran
+            && self.status == b'I'
+            && !self.expect.iter().any(|e| {
+                matches!(
+                    e,
+                    Expect::Answer {
+                        end: End::Ready,
+                        ..
+                    }
+                )
+            })
+    }
+
+    /// Whether the unnamed statement the client is parsing is kept: with `autocommit` only
+    /// where its use can be run again unseen (in a transaction block the text is parsed as
+    /// the unnamed statement, as without keeping, and no named one is prepared in vain).
+    pub(super) fn keeps_unnamed(&self) -> bool {
+        !self.noted.path
+            && match self.door.settings.keep_unnamed {
+                KeepUnnamed::Off => false,
+                KeepUnnamed::Autocommit => self.nothing_ran(),
+                KeepUnnamed::Always => true,
+            }
     }
 
     /// Keeps a client message that is part of what would be run again.

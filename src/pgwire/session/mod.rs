@@ -345,6 +345,11 @@ impl Session {
             if !self.pending.is_empty() {
                 to_server.extend_from_slice(&self.pending.split());
             }
+            // The door's own replies (a kept statement's ParseComplete) wait to go out with
+            // the server's answers to what was just sent, as PostgreSQL holds its own replies
+            // until a Sync or Flush: one write to the client a transaction, not two (each a
+            // wake-up of the client before its answer is there).
+            let asked = !to_server.is_empty() && !self.expect.is_empty();
             if !to_server.is_empty() {
                 let sent = match self.server.as_mut() {
                     Some(server) => server.stream.write_all(&to_server).await,
@@ -355,7 +360,7 @@ impl Session {
                     return self.server_lost(&mut to_client).await;
                 }
             }
-            if !to_client.is_empty() {
+            if !to_client.is_empty() && !asked {
                 if let Err(ended) = self.write_client(&to_client).await {
                     return ended;
                 }
