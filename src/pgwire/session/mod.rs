@@ -338,6 +338,7 @@ impl Session {
         let mut to_server = BytesMut::with_capacity(8192);
         let mut to_client = BytesMut::with_capacity(8192);
         loop {
+            let only_ours = to_client.is_empty();
             // Whole client messages first: they may need a server.
             if let Err(ended) = self.client_messages(&mut to_server, &mut to_client).await {
                 return ended;
@@ -345,11 +346,17 @@ impl Session {
             if !self.pending.is_empty() {
                 to_server.extend_from_slice(&self.pending.split());
             }
-            // The door's own replies (a kept statement's ParseComplete) wait to go out with
-            // the server's answers to what was just sent, as PostgreSQL holds its own replies
-            // until a Sync or Flush: one write to the client a transaction, not two (each a
-            // wake-up of the client before its answer is there).
-            let asked = !to_server.is_empty() && !self.expect.is_empty();
+            // The door's own replies to what the client just sent (a kept statement's
+            // ParseComplete) wait to go out with the server's answers, as PostgreSQL holds
+            // its replies until a Sync or Flush: one write to the client a transaction, not
+            // two (each a wake-up of the client before its answer is there). Only when the
+            // server has been asked to answer (the client's Sync, Flush or Query went out),
+            // and never with anything of the server's before them, which the client may be
+            // waiting for.
+            let asked = only_ours
+                && !to_server.is_empty()
+                && !self.expect.is_empty()
+                && (!self.unsynced || self.flushed);
             if !to_server.is_empty() {
                 let sent = match self.server.as_mut() {
                     Some(server) => server.stream.write_all(&to_server).await,
