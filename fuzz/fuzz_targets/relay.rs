@@ -24,7 +24,7 @@ use pgway::pgwire::pool::{PoolSettings, Pools};
 use pgway::pgwire::server::Target;
 use pgway::pgwire::statements::Bound;
 use pgway::pgwire::users::Users;
-use pgway::pgwire::{Door, SessionStateMode, Settings};
+use pgway::pgwire::{Door, KeepUnnamed, SessionStateMode, Settings};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -121,6 +121,8 @@ async fn start(script: Arc<Mutex<Vec<u8>>>) -> SocketAddr {
         idle_in_transaction_timeout: Duration::from_millis(200).into(),
         client_write_timeout: Duration::from_millis(200),
         session_state: SessionStateMode::Pin,
+        // The mode with the most paths: kept statements, their retry, and plain ones in blocks.
+        keep_unnamed: KeepUnnamed::Autocommit,
         max_pinned: 2.into(),
         max_clients: 100.into(),
         require_tls: false,

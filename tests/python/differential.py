@@ -531,6 +531,7 @@ def hand_written(twopc):
     star = sql("SELECT * FROM items", prepare=True)
     star2 = sql("SELECT *, 2 AS two FROM items", prepare=True)
     star3 = sql("SELECT *, 3 AS three FROM items", prepare=True)
+    star4 = sql("SELECT *, 4 AS four FROM items", prepare=True)
     unnamed = sql("SELECT * FROM items WHERE v <> %s", ("x",))
     yield Scenario(
         "2b a schema per tenant, named statements",
@@ -548,6 +549,16 @@ def hand_written(twopc):
             (A, star),
             (B, star),
             (C, star),
+            # B's session path is s_a now, A's too; A prepares the same text inside a block
+            # under SET LOCAL: its statement is its own.
+            (B, star4),
+            (A, sql("BEGIN")),
+            (A, sql("SET LOCAL search_path = s_wide")),
+            (A, star4),
+            (A, sql("COMMIT")),
+            (B, star4),
+            (C, sql("SELECT 1")),
+            (B, star4),
             (A, unnamed),
             (B, unnamed),
             (C, unnamed),

@@ -124,6 +124,10 @@ pub struct SessionEffect {
     pub names: Vec<String>,
     /// `set_config($n, …, false)`: the name is the value of parameter `n` (1-based).
     pub name_params: Vec<u32>,
+    /// It may change the `search_path` for the rest of its transaction only (`SET LOCAL
+    /// search_path`, `set_config('search_path', …, true)`): statements parsed after it there
+    /// are analysed under another path than the session's.
+    pub local_path: bool,
 }
 
 impl SessionEffect {
@@ -363,7 +367,11 @@ fn read_set(t: &[Token<'_>], effect: &mut SessionEffect) {
         return read_assignment(t, effect);
     };
     match first {
-        "local" | "transaction" | "constraints" => {}
+        "local" => {
+            let mut name = [0; 32];
+            effect.local_path = matches!(word_at(t, 1, &mut name), Some("search_path" | "schema"));
+        }
+        "transaction" | "constraints" => {}
         "session" => match word_at(t, 1, &mut second) {
             Some("characteristics") => effect.settings = true,
             Some("authorization") => set_authorization(&t[2..], effect),
@@ -774,6 +782,13 @@ fn read_set_config(args: &[Token<'_>], effect: &mut SessionEffect) {
         _ => false,
     };
     if local {
+        // Only the path matters beyond the transaction's own statements; a name that isn't a
+        // literal may be it.
+        effect.local_path = match args.first() {
+            Some(Token::Str { text, escapes }) => string_value(text, *escapes)
+                .is_none_or(|name| name.eq_ignore_ascii_case("search_path")),
+            _ => true,
+        };
         return;
     }
     effect.settings = true;

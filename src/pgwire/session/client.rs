@@ -43,6 +43,9 @@ impl Session {
                 let Some(reply) = self.deallocate(sql) else {
                     return false;
                 };
+                // A simple Query drops the unnamed statement (see `on_query`).
+                self.unnamed = None;
+                self.unnamed_here = false;
                 to_client.extend_from_slice(&reply);
                 frame::write_ready(to_client, self.status);
                 true
@@ -379,6 +382,11 @@ impl Session {
             _ => {
                 if kind == b'S' && name.is_empty() {
                     self.ensure_unnamed(to_server);
+                    if tag == b'C' {
+                        // Closed on the server: gone for the client too (a later Bind of
+                        // "" gets 26000, as directly).
+                        self.unnamed = None;
+                    }
                 }
                 to_server.extend_from_slice(msg);
                 self.expect_answer(end);

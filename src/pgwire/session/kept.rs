@@ -24,6 +24,9 @@ pub(super) struct Retry {
     complete: bool,
     /// The Bind failed: the messages run again once the server's ReadyForQuery is in.
     due: Option<Bytes>,
+    /// The client sent more after the Sync: running the kept messages again would put their
+    /// answers behind those.
+    overtaken: bool,
 }
 
 impl Session {
@@ -97,6 +100,7 @@ impl Session {
                 id: statement.id,
                 complete: false,
                 due: None,
+                overtaken: false,
             });
         }
         replayable
@@ -137,6 +141,18 @@ impl Session {
             return;
         };
         if retry.complete {
+            retry.overtaken = true;
+            return;
+        }
+        // A Parse or Close of the unnamed statement after the Bind changes what a Bind of ""
+        // would run again: not run again.
+        let unnamed_changed = match tag {
+            b'P' => msg.get(5) == Some(&0),
+            b'C' => msg.get(5) == Some(&b'S') && msg.get(6) == Some(&0),
+            _ => false,
+        };
+        if unnamed_changed {
+            self.retry = None;
             return;
         }
         match tag {
@@ -157,7 +173,12 @@ impl Session {
         let Some(retry) = self.retry.as_mut() else {
             return false;
         };
-        if code == "0A000" && retry.complete && bind == Some(retry.id) && retry.due.is_none() {
+        if code == "0A000"
+            && retry.complete
+            && !retry.overtaken
+            && bind == Some(retry.id)
+            && retry.due.is_none()
+        {
             retry.due = Some(Bytes::copy_from_slice(msg));
             return true;
         }
@@ -170,13 +191,16 @@ impl Session {
     pub(super) fn ready_seen(&mut self, to_client: &mut BytesMut) {
         self.retrying = false;
         let Some(Retry {
-            due: Some(error), ..
+            due: Some(error),
+            overtaken,
+            ..
         }) = self.retry.take()
         else {
             return;
         };
-        if self.status != b'I' {
-            // Not what was armed for: the client gets its error after all.
+        if self.status != b'I' || overtaken || !self.expect.is_empty() {
+            // Not what was armed for, or more is already on its way to the server behind
+            // it: the client gets its error after all, in its place.
             to_client.extend_from_slice(&error);
             frame::write_ready(to_client, self.status);
             return;

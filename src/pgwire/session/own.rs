@@ -246,6 +246,8 @@ impl Session {
             if found.is_none() {
                 frame::write_query(&mut self.pending, "DEALLOCATE ALL");
                 self.expect.push_back(Expect::Own(Own::Deallocate));
+                // A simple Query: the server's unnamed statement goes too.
+                self.unnamed_here = false;
             } else {
                 server.broken = true;
             }

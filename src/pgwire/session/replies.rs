@@ -253,11 +253,22 @@ impl Session {
                 ) {
                     break;
                 }
-                if let Some(Expect::Answer {
-                    parse: Some(id), ..
-                }) = self.expect.pop_front()
-                {
-                    server.prepared.pop(&id);
+                match self.expect.pop_front() {
+                    Some(Expect::Answer {
+                        parse: Some(id), ..
+                    }) => {
+                        server.prepared.pop(&id);
+                    }
+                    Some(Expect::Answer {
+                        end: End::ParseComplete | End::CloseComplete,
+                        ..
+                    }) => {
+                        // A Parse or Close of the unnamed statement (the client's, or the
+                        // door's making it the client's) that never happened: what the
+                        // server holds as its unnamed statement isn't known.
+                        self.unnamed_here = false;
+                    }
+                    _ => {}
                 }
             }
             if self.expect.is_empty() {

@@ -67,6 +67,7 @@ impl Session {
         // Custom settings (`app.tenant_id`, the row-level security pattern) and named ones
         // other than the path don't touch how a statement is analysed.
         noted.path |= effect.unverified
+            || effect.local_path
             || !effect.name_params.is_empty()
             || (effect.settings
                 && (effect.names.is_empty() || effect.names.iter().any(|n| n == "search_path")));

@@ -154,3 +154,23 @@ fn what_cannot_be_vouched_for_is_checked() {
         assert!(effect(sql).unverified, "{sql}");
     }
 }
+
+#[test]
+fn a_path_for_the_transaction_only_is_seen() {
+    for sql in [
+        "SET LOCAL search_path = tenant_b",
+        "set local SCHEMA 'tenant_b'",
+        "SELECT set_config('search_path', 'tenant_b', true)",
+        "SELECT set_config($1, $2, true)",
+    ] {
+        let read = effect(sql);
+        assert!(read.local_path && !read.settings, "{sql}: {read:?}");
+    }
+    for sql in [
+        "SET LOCAL statement_timeout = 5",
+        "SELECT set_config('app.tenant_id', '42', true)",
+        "SET search_path = tenant_b",
+    ] {
+        assert!(!effect(sql).local_path, "{sql}");
+    }
+}
