@@ -16,31 +16,24 @@ mod support;
 use std::path::Path;
 use std::process::Output;
 
+use support::assert_passed;
 use support::door::{Door, cluster, direct_dsn, fresh_database};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Fails with what the script printed unless it succeeded.
-fn assert_passed(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} ({}):\n{}\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
 
 /// Runs tests/python/differential.py with `direct` and `other` as its two DSNs.
 async fn differential(direct: &str, other: &str, extra: &[&str]) -> Output {
-    let path = Path::new("tests/python").join("differential.py");
-    let mut args = vec![path.to_str().expect("utf-8 path"), direct, other];
+    let mut args = vec![direct, other];
     args.extend_from_slice(extra);
+    python("differential.py", &args).await
+}
+
+/// Runs tests/python/`script` with `args`.
+async fn python(script: &str, args: &[&str]) -> Output {
+    let path = Path::new("tests/python").join(script);
+    let mut all = vec![path.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
     support::run_program(
         "python3",
-        &args,
+        &all,
         &[],
         "the Python drivers come with `pip install -r tests/python/requirements.txt`",
     )
@@ -93,19 +86,7 @@ async fn kept_unnamed_statements_behave_as_documented() {
     for mode in ["autocommit", "always"] {
         let door = Door::start(&["--pool-max", "1", "--pg-keep-unnamed", mode]).await;
         let direct = direct_dsn(pg, "postgres");
-        let path = Path::new("tests/python").join("pg_kept.py");
-        let out = support::run_program(
-            "python3",
-            &[
-                path.to_str().expect("utf-8 path"),
-                &door.dsn(),
-                &direct,
-                mode,
-            ],
-            &[],
-            "the Python drivers come with `pip install -r tests/python/requirements.txt`",
-        )
-        .await;
+        let out = python("pg_kept.py", &[&door.dsn(), &direct, mode]).await;
         assert_passed(&out, &format!("pg_kept.py, PGWAY_PG_KEEP_UNNAMED={mode}"));
     }
 }

@@ -52,13 +52,7 @@ async fn python(script: &str, dsn: &str, args: &[&str]) -> String {
     let mut all = vec![path.to_str().expect("utf-8 path"), dsn];
     all.extend_from_slice(args);
     let out = run("python3", &all, &[]).await;
-    assert!(
-        out.status.success(),
-        "{script} failed ({}):\n{}\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    support::assert_passed(&out, &format!("{script} failed"));
     text(&out.stdout)
 }
 

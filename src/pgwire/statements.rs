@@ -176,8 +176,8 @@ pub struct Registry {
     inner: Arc<Mutex<Inner>>,
     /// `pgway_<random>_`: what every global name starts with.
     prefix: Arc<str>,
-    /// `Inner::epoch`, readable without the lock (a kept unnamed statement is checked
-    /// against it at every Parse).
+    /// Bumped by every CREATE, ALTER or DROP the door sees complete; outside the lock, since
+    /// a kept unnamed statement is checked against it at every Parse.
     epoch: Arc<AtomicU64>,
 }
 
@@ -194,8 +194,6 @@ impl Default for Registry {
 struct Inner {
     by_text: Bounded<(Bytes, Bytes, Bytes)>,
     next: u64,
-    /// Bumped by every CREATE, ALTER or DROP the door sees complete.
-    epoch: u64,
 }
 
 impl Registry {
@@ -205,7 +203,6 @@ impl Registry {
             inner: Arc::new(Mutex::new(Inner {
                 by_text: Bounded::new(bound, "registry"),
                 next: 0,
-                epoch: 0,
             })),
             prefix: format!("pgway_{:016x}_", rand::random::<u64>()).into(),
             epoch: Arc::new(AtomicU64::new(0)),
@@ -224,7 +221,7 @@ impl Registry {
             Bytes::copy_from_slice(types),
             Bytes::copy_from_slice(path),
         );
-        let epoch = inner.epoch;
+        let epoch = self.epoch.load(Ordering::Relaxed);
         if let Some(found) = inner.by_text.get(&key) {
             if found.epoch == epoch {
                 return Arc::clone(found);
@@ -237,7 +234,7 @@ impl Registry {
         }
         inner.next += 1;
         let mut made = self.make(inner.next, query, types, path);
-        made.epoch = inner.epoch;
+        made.epoch = epoch;
         let statement = Arc::new(made);
         inner.by_text.insert(key, Arc::clone(&statement));
         statement
@@ -270,10 +267,7 @@ impl Registry {
     /// A statement that changes the catalog (CREATE, ALTER, DROP) completed: statements made
     /// before it are not reused for a new Parse of their text.
     pub fn catalog_changed(&self) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.epoch += 1;
-            self.epoch.store(inner.epoch, Ordering::Relaxed);
-        }
+        self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether a Parse of `statement`'s text now would still get `statement`, as far as can

@@ -445,6 +445,17 @@ pub fn error_info(status: &tonic::Status) -> tonic_types::ErrorInfo {
 /// The longest one run of a client program (psql, pgbench, a Python or Node script) may take.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Fails the test with what a program printed unless it exited 0; `what` says what failed.
+pub fn assert_passed(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs `program` with `args` and extra environment `env` from the crate root, within
 /// [`TOOL_TIMEOUT`]. Fails the test, saying how to install the program (`hint`), when it is
 /// missing.

@@ -43,9 +43,8 @@ impl Session {
                 let Some(reply) = self.deallocate(sql) else {
                     return false;
                 };
-                // A simple Query drops the unnamed statement (see `on_query`).
-                self.unnamed = None;
-                self.unnamed_here = false;
+                // A simple Query drops the unnamed statement.
+                self.forget_unnamed();
                 to_client.extend_from_slice(&reply);
                 frame::write_ready(to_client, self.status);
                 true
@@ -163,12 +162,9 @@ impl Session {
         to_client: &mut BytesMut,
     ) -> Result<(), FrameError> {
         let sql = frame::read_query(msg)?;
-        // A simple Query drops the unnamed statement, as PostgreSQL does at its start (a later
-        // Bind of "" gets 26000). Whether the linked server's is gone too isn't known (the
-        // door may answer this Query, or the server may be skipping to a Sync): it is closed
-        // there before the client's next use of "".
-        self.unnamed = None;
-        self.unnamed_here = false;
+        // A simple Query drops the unnamed statement, as PostgreSQL does at its start (the door
+        // may answer this Query, or the server may be skipping to a Sync).
+        self.forget_unnamed();
         if let Some(reply) = self.deallocate(sql) {
             self.reply(to_client, reply);
             let mut ready = BytesMut::new();
@@ -251,12 +247,7 @@ impl Session {
             }
             self.names
                 .insert(Bytes::copy_from_slice(parse.name), Arc::clone(&statement));
-            if self.has(&statement) {
-                self.door.prepared.hit.increment(1);
-                self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
-            } else {
-                self.prepare(&statement, to_server, false);
-            }
+            self.parse_global(&statement, to_server, to_client);
         }
         Ok(())
     }
@@ -372,8 +363,7 @@ impl Session {
                 // Close of a client's name: the global statement stays prepared for
                 // others; only the client's name goes.
                 if name.is_empty() {
-                    self.unnamed = None;
-                    self.unnamed_here = false;
+                    self.forget_unnamed();
                 } else {
                     self.names.remove(name);
                 }
@@ -446,6 +436,14 @@ impl Session {
         } else {
             std::borrow::Cow::Owned(self.read(&statement.query))
         }
+    }
+
+    /// The client's unnamed statement is gone (a later Bind of "" gets 26000); whether the
+    /// linked server's is gone too isn't known, so it is closed there before the client's
+    /// next use of "".
+    fn forget_unnamed(&mut self) {
+        self.unnamed = None;
+        self.unnamed_here = false;
     }
 
     /// Makes sure the linked server's unnamed statement is the client's: parsed there if it

@@ -53,12 +53,7 @@ impl Session {
         }
         // What the server holds as its unnamed statement is no longer the client's.
         self.unnamed_here = false;
-        if self.has(&statement) {
-            self.door.prepared.hit.increment(1);
-            self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
-        } else {
-            self.prepare(&statement, to_server, false);
-        }
+        self.parse_global(&statement, to_server, to_client);
     }
 
     /// The global statement the client's unnamed one runs as, if kept; a retired one is

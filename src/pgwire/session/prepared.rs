@@ -111,8 +111,6 @@ impl Session {
         }
     }
 
-    /// The statement a client's name maps to now: a statement whose plan went stale is
-    /// replaced by a fresh one of the same text.
     /// The global statement a Parse of `query` gets: the one of its text, types and the
     /// client's `search_path`, or one of its own while that path is unknown to the door.
     pub(super) fn statement_for(&self, query: &[u8], types: &[u8]) -> Arc<Statement> {
@@ -123,6 +121,24 @@ impl Session {
         }
     }
 
+    /// Answers a client's Parse that maps to `statement`: at once if the linked server has it
+    /// already, else with the server's answer to its Parse there.
+    pub(super) fn parse_global(
+        &mut self,
+        statement: &Statement,
+        to_server: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) {
+        if self.has(statement) {
+            self.door.prepared.hit.increment(1);
+            self.reply(to_client, Bytes::from_static(frame::PARSE_COMPLETE));
+        } else {
+            self.prepare(statement, to_server, false);
+        }
+    }
+
+    /// The statement a client's name maps to now: a statement whose plan went stale is
+    /// replaced by a fresh one of the same text.
     pub(super) fn current(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
         let statement = self.names.get(name)?;
         if !statement.is_retired() {
