@@ -2,9 +2,12 @@
 //! database per test, and a gateway in-process on a free port with a ready client.
 #![allow(dead_code)]
 
+pub mod callers;
+pub mod clients;
 pub mod door;
 pub mod proxy;
 pub mod raw;
+pub mod types;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
