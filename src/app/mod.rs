@@ -150,6 +150,71 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     serve(config, listener, pg, metrics, signals.stopped()).await
 }
 
+/// How the metrics endpoint reads the PostgreSQL door's pools (when it runs).
+fn door_readers(
+    door: Option<&(Arc<pgwire::Door>, TaskTracker)>,
+) -> Vec<admin::metrics::DoorReader> {
+    door.iter()
+        .map(|(door, _)| {
+            let door = Arc::clone(door);
+            let read = move || {
+                door.clients.publish();
+                let pools = &door.pools;
+                let (open, idle) = pools.counts();
+                admin::metrics::DoorPools {
+                    open,
+                    idle,
+                    waiting: pools.waiting(),
+                    warm: pools.warm_min(),
+                }
+            };
+            let read: Arc<dyn Fn() -> admin::metrics::DoorPools + Send + Sync> = Arc::new(read);
+            ("postgres", read)
+        })
+        .collect()
+}
+
+/// Once `stop` fires: the PostgreSQL door stops taking clients, its clients get `grace` to
+/// finish (then the grace is over for the rest, and a last moment), and its pools shut.
+async fn drain_pg_door(
+    door: &pgwire::Door,
+    clients: &TaskTracker,
+    stop: &CancellationToken,
+    grace: Duration,
+) {
+    stop.cancelled().await;
+    door.stop();
+    clients.close();
+    if tokio::time::timeout(grace, clients.wait()).await.is_err() {
+        door.end_grace();
+        let _ = tokio::time::timeout(Duration::from_secs(2), clients.wait()).await;
+    }
+    door.pools.shut();
+}
+
+/// After both doors stopped serving: what is still open is ended, the background tasks and
+/// the pool's resets get a bounded moment, and the pool closes.
+async fn finish(shared: grpc::server::Shared, pool: Pool, tasks: TaskTracker) {
+    // Streams and interactive transactions still open are cancelled and rolled back now; they
+    // get a moment for that (one round trip), not a second grace period.
+    shared.grace_over.cancel();
+    pool.close();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(2), async {
+        tasks.wait().await;
+        pool.resets_done().await;
+    })
+    .await
+    .is_err()
+    {
+        warn!("tasks still running after the grace period");
+    }
+    let state = pool.state();
+    drop(shared);
+    drop(pool);
+    info!(open_connections = state.open, "stopped");
+}
+
 /// Serves gRPC on `listener`, the PostgreSQL door on `pg_listener` (when `config.pg` is set)
 /// and metrics on `metrics_listener` until `shutdown` resolves, then stops accepting calls and
 /// clients, gives what is in flight `config.shutdown_grace` to finish, and closes the pools.
@@ -228,45 +293,17 @@ pub async fn serve(
         });
     }
     if let Some(listener) = metrics_listener {
-        let others: Vec<admin::metrics::DoorReader> = door
-            .iter()
-            .map(|(door, _)| {
-                let door = Arc::clone(door);
-                let read = move || {
-                    door.clients.publish();
-                    let pools = &door.pools;
-                    let (open, idle) = pools.counts();
-                    admin::metrics::DoorPools {
-                        open,
-                        idle,
-                        waiting: pools.waiting(),
-                        warm: pools.warm_min(),
-                    }
-                };
-                let read: Arc<dyn Fn() -> admin::metrics::DoorPools + Send + Sync> = Arc::new(read);
-                ("postgres", read)
-            })
-            .collect();
         tasks.spawn(admin::metrics::serve(
             listener,
             pool.clone(),
-            others,
+            door_readers(door.as_ref()),
             stopping.clone(),
         ));
     }
     let pg_drained = async {
-        let Some((door, clients)) = &door else { return };
-        stop.cancelled().await;
-        door.stop();
-        clients.close();
-        if tokio::time::timeout(config.shutdown_grace, clients.wait())
-            .await
-            .is_err()
-        {
-            door.end_grace();
-            let _ = tokio::time::timeout(Duration::from_secs(2), clients.wait()).await;
+        if let Some((door, clients)) = &door {
+            drain_pg_door(door, clients, &stop, config.shutdown_grace).await;
         }
-        door.pools.shut();
     };
     let (served, ()) = tokio::join!(
         grpc::server::serve(
@@ -278,23 +315,6 @@ pub async fn serve(
         pg_drained
     );
     served?;
-    // Streams and interactive transactions still open are cancelled and rolled back now; they
-    // get a moment for that (one round trip), not a second grace period.
-    shared.grace_over.cancel();
-    pool.close();
-    tasks.close();
-    if tokio::time::timeout(Duration::from_secs(2), async {
-        tasks.wait().await;
-        pool.resets_done().await;
-    })
-    .await
-    .is_err()
-    {
-        warn!("tasks still running after the grace period");
-    }
-    let state = pool.state();
-    drop(shared);
-    drop(pool);
-    info!(open_connections = state.open, "stopped");
+    finish(shared, pool, tasks).await;
     Ok(())
 }

@@ -192,6 +192,36 @@ fn guard<S>(
     }
 }
 
+/// The health service, and the reporter through which the gateway's readiness, liveness and
+/// PAUSE reach it (kept up to date by background tasks until `stopping`).
+async fn start_health(
+    shared: &Shared,
+) -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    // tonic-health reports SERVING for a registered service at once: readiness starts
+    // NOT_SERVING until the monitor has seen the database.
+    reporter
+        .set_service_status(health::READINESS, tonic_health::ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status(health::LIVENESS, tonic_health::ServingStatus::Serving)
+        .await;
+    shared.tasks.spawn(health::report(
+        shared.ready.clone(),
+        reporter.clone(),
+        shared.stopping.clone(),
+    ));
+    shared.tasks.spawn(health::report_pause(
+        shared.pool.pause().subscribe(),
+        reporter.clone(),
+        shared.stopping.clone(),
+    ));
+    (reporter, health_service)
+}
+
 /// Serves gRPC on `listener` until `shutdown` resolves: then readiness and liveness go
 /// NOT_SERVING, `shared.stopping` is cancelled, and the calls in flight get
 /// `settings.shutdown_grace` to finish (after which it returns; the caller then cancels
@@ -204,30 +234,12 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let Shared {
         pool,
-        ready,
+        ready: _,
         tasks,
         stopping,
         grace_over,
     } = shared;
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    // tonic-health reports SERVING for a registered service at once: readiness starts
-    // NOT_SERVING until the monitor has seen the database.
-    reporter
-        .set_service_status(health::READINESS, tonic_health::ServingStatus::NotServing)
-        .await;
-    reporter
-        .set_service_status(health::LIVENESS, tonic_health::ServingStatus::Serving)
-        .await;
-    tasks.spawn(health::report(
-        ready.clone(),
-        reporter.clone(),
-        stopping.clone(),
-    ));
-    tasks.spawn(health::report_pause(
-        pool.pause().subscribe(),
-        reporter.clone(),
-        stopping.clone(),
-    ));
+    let (reporter, health_service) = start_health(shared).await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
