@@ -7,7 +7,8 @@ client that keeps the connection when it shouldn't makes the next client fail.
   client's own even when another client prepared its own unnamed statement in between;
 - a client that binds the unnamed statement without one of its own (never prepared, or
   dropped by a simple Query) gets 26000, never another client's; the door's own Queries on
-  the client's server connection don't drop the client's;
+  the client's server connection don't drop the client's; a failed Parse of the unnamed
+  statement leaves none (26000 at the next Bind, not the Parse's error again);
 - asyncpg's copy_records_to_table (data and CopyDone sent before the server's answer) gives
   the server connection back;
 - the client_encoding a client asks for at startup is the one reported to it, every time;
@@ -91,6 +92,26 @@ def unnamed_statement_is_never_another_clients():
         b.finish()
 
 
+def a_failed_unnamed_parse_leaves_none():
+    a = pq.PGconn.connect(DSN.encode())
+    b = pq.PGconn.connect(DSN.encode())
+    try:
+        res = a.prepare(b"", b"SELECT 'a'")
+        assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+        res = a.prepare(b"", b"SELECT * FROM edge_no_such_table")
+        assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"42P01", res.error_message
+        # Another client on the one server connection in between: `a`'s next Bind goes to a
+        # server that never saw its Parse.
+        res = b.prepare(b"", b"SELECT 'b'")
+        assert res.status == pq.ExecStatus.COMMAND_OK, res.error_message
+        res = a.exec_prepared(b"", [])
+        assert res.status == pq.ExecStatus.FATAL_ERROR, (res.status, res.get_value(0, 0))
+        assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"26000", res.error_message
+    finally:
+        a.finish()
+        b.finish()
+
+
 def unnamed_statement_outlives_the_doors_own_queries():
     """A RESET of a startup value makes the door put the value back with a Query of its own
     after the Sync, inside the client's transaction; the client's unnamed statement, which
@@ -165,6 +186,7 @@ terminate_right_after_queries()
 a_long_pipeline_of_large_results_completes()
 unnamed_statement_across_transactions()
 unnamed_statement_is_never_another_clients()
+a_failed_unnamed_parse_leaves_none()
 unnamed_statement_outlives_the_doors_own_queries()
 asyncio.run(asyncpg_copy_records_gives_the_connection_back())
 startup_encoding_is_reported_every_time()

@@ -441,7 +441,7 @@ impl Session {
     /// The client's unnamed statement is gone (a later Bind of "" gets 26000); whether the
     /// linked server's is gone too isn't known, so it is closed there before the client's
     /// next use of "".
-    fn forget_unnamed(&mut self) {
+    pub(super) fn forget_unnamed(&mut self) {
         self.unnamed = None;
         self.unnamed_here = false;
     }

@@ -93,7 +93,7 @@ impl Session {
                 let (end, swallow, parse, bind) = (*end, *swallow, *parse, *bind);
                 let copy_ended = *copy_ends != self.copy_ends;
                 if tag == b'E' {
-                    self.answer_error(msg, end, parse, bind, to_client);
+                    self.answer_error(msg, end, swallow, parse, bind, to_client);
                 } else {
                     if !swallow {
                         if tag == b'Z'
@@ -203,6 +203,7 @@ impl Session {
         &mut self,
         msg: &[u8],
         end: End,
+        swallow: bool,
         parse: Option<u64>,
         bind: Option<u64>,
         to_client: &mut BytesMut,
@@ -214,6 +215,12 @@ impl Session {
         let again = self.retry.is_some() && self.retry_on(&fields.code, bind, msg);
         if !again {
             to_client.extend_from_slice(msg);
+        }
+        if end == End::ParseComplete && !swallow && self.failed_parse_was_unnamed(parse) {
+            // A failed Parse of "" leaves no unnamed statement: directly, the next Bind of ""
+            // gets 26000. Forgotten, it is closed on whatever server that Bind goes to,
+            // instead of the failing text being parsed there again with its error.
+            self.forget_unnamed();
         }
         let Some(server) = self.server.as_mut() else {
             return;
@@ -285,6 +292,20 @@ impl Session {
                 // behind it (`ready_seen`).
                 *swallow = true;
             }
+        }
+    }
+
+    /// Whether the client's Parse that failed (the global statement it prepared, if any) was
+    /// of its unnamed statement: one sent as the unnamed statement prepares none; one kept
+    /// (`PGWAY_PG_KEEP_UNNAMED`) prepares the statement the unnamed one is kept as.
+    fn failed_parse_was_unnamed(&self, parse: Option<u64>) -> bool {
+        match parse {
+            None => true,
+            Some(id) => self
+                .unnamed
+                .as_ref()
+                .and_then(|unnamed| unnamed.kept.as_ref())
+                .is_some_and(|kept| kept.id == id),
         }
     }
 
