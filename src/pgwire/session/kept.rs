@@ -105,17 +105,7 @@ impl Session {
     /// Sync (every earlier Sync answered, so `status` is current): a failure now aborts
     /// nothing but what follows up to the next Sync.
     pub(super) fn nothing_ran(&self) -> bool {
-        !self.batch_ran
-            && self.status == b'I'
-            && !self.expect.iter().any(|e| {
-                matches!(
-                    e,
-                    Expect::Answer {
-                        end: End::Ready,
-                        ..
-                    }
-                )
-            })
+        !self.batch_ran && self.status == b'I' && !self.expect.iter().any(Expect::ends_at_ready)
     }
 
     /// Whether the unnamed statement the client is parsing is kept: with `autocommit` only
@@ -141,9 +131,12 @@ impl Session {
         }
         // A Parse or Close of the unnamed statement after the Bind changes what a Bind of ""
         // would run again: not run again.
+        // (Already read once as the client sent it, so well-formed here.)
         let unnamed_changed = match tag {
-            b'P' => msg.get(5) == Some(&0),
-            b'C' => msg.get(5) == Some(&b'S') && msg.get(6) == Some(&0),
+            b'P' => frame::read_parse(msg).map_or(true, |parse| parse.name.is_empty()),
+            b'C' => {
+                frame::read_target(msg).map_or(true, |(kind, name)| kind == b'S' && name.is_empty())
+            }
             _ => false,
         };
         if unnamed_changed {

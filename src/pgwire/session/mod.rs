@@ -73,6 +73,19 @@ enum Expect {
     Own(Own),
 }
 
+impl Expect {
+    /// Whether it is answered up to a ReadyForQuery: the client's Sync or Query, relayed.
+    fn ends_at_ready(&self) -> bool {
+        matches!(
+            self,
+            Expect::Answer {
+                end: End::Ready,
+                ..
+            }
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     ParseComplete,
@@ -844,15 +857,7 @@ impl Session {
         let owed = self
             .expect
             .iter()
-            .filter(|e| {
-                matches!(
-                    e,
-                    Expect::Answer {
-                        end: End::Ready,
-                        ..
-                    } | Expect::Own(_)
-                )
-            })
+            .filter(|e| e.ends_at_ready() || matches!(e, Expect::Own(_)))
             .count()
             + 3;
         let resetting = reset(&mut server, owed, self.copy_in, self.unsynced);

@@ -251,13 +251,7 @@ impl Session {
             // among those never happened.
             self.expect.pop_front();
             while let Some(next) = self.expect.front() {
-                if matches!(
-                    next,
-                    Expect::Answer {
-                        end: End::Ready,
-                        ..
-                    }
-                ) {
+                if next.ends_at_ready() {
                     break;
                 }
                 match self.expect.pop_front() {
