@@ -101,3 +101,24 @@ async fn the_script_sees_no_difference_between_two_direct_runs() {
     let out = differential(&first, &second, &[]).await;
     assert_passed(&out, "differential.py differs from itself without a door");
 }
+
+/// A client's Parse and Close that the server failed or skipped (an earlier message up to the
+/// same Sync failed), and a Parse of a name in use, leave its statements as directly: run
+/// first against PostgreSQL itself, so the script's expectations are PostgreSQL's, then
+/// through a door of one server connection with unnamed statements kept or not
+/// (tests/python/pg_skipped.py).
+#[tokio::test]
+async fn skipped_and_failed_parses_leave_what_they_leave_directly() {
+    let pg = cluster().await;
+    let direct = direct_dsn(pg, "postgres");
+    let out = python("pg_skipped.py", &[&direct]).await;
+    assert_passed(&out, "pg_skipped.py straight to PostgreSQL");
+    for mode in ["off", "autocommit", "always"] {
+        let door = Door::start(&["--pool-max", "1", "--pg-keep-unnamed", mode]).await;
+        let out = python("pg_skipped.py", &[&door.dsn()]).await;
+        assert_passed(
+            &out,
+            &format!("pg_skipped.py, PGWAY_PG_KEEP_UNNAMED={mode}"),
+        );
+    }
+}

@@ -89,10 +89,11 @@ impl<K: std::hash::Hash + Eq> Bounded<K> {
     }
 
     /// Adds (or replaces) `key`, then drops the least recently used beyond the bound (never
-    /// the one just added).
-    pub fn insert(&mut self, key: K, statement: Arc<Statement>) {
+    /// the one just added). What `key` named before, if anything.
+    pub fn insert(&mut self, key: K, statement: Arc<Statement>) -> Option<Arc<Statement>> {
         self.bytes += statement.size();
-        if let Some(old) = self.map.put(key, statement) {
+        let replaced = self.map.put(key, statement);
+        if let Some(old) = &replaced {
             self.bytes -= old.size();
         }
         let mut dropped = 0;
@@ -108,6 +109,7 @@ impl<K: std::hash::Hash + Eq> Bounded<K> {
         if dropped > 0 {
             counter!(names::PG_STATEMENTS_DROPPED, "place" => self.place).increment(dropped);
         }
+        replaced
     }
 
     /// The statement of `key`, now the most recently used.

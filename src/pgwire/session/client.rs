@@ -22,7 +22,8 @@ impl Session {
                     to_client.extend_from_slice(frame::PARSE_COMPLETE);
                     return true;
                 }
-                if parse.name.is_empty() {
+                // A name in use is refused by the server (`on_parse`).
+                if parse.name.is_empty() || self.names.contains_key(parse.name) {
                     return false;
                 }
                 let statement = self.statement_for(parse.query, parse.types);
@@ -212,15 +213,17 @@ impl Session {
                     && u.types == parse.types
                     && u.standard_strings == standard_strings
             });
+            // What it replaces, should the server skip it.
+            let mut replaced = None;
             if !same {
                 let (query, effect) = self.recent.read(parse.query, standard_strings);
-                self.unnamed = Some(Unnamed {
+                replaced = Some(self.unnamed.replace(Unnamed {
                     query,
                     types: Bytes::copy_from_slice(parse.types),
                     effect,
                     standard_strings,
                     kept: None,
-                });
+                }));
             }
             let effect = self.unnamed.as_ref().map(|u| Arc::clone(&u.effect));
             if let Some(refusal) = effect.and_then(|e| self.admit(&e)) {
@@ -230,24 +233,34 @@ impl Session {
             }
             if self.keeps_unnamed() {
                 self.parse_kept(to_server, to_client);
+            } else {
+                if let Some(unnamed) = self.unnamed.as_mut() {
+                    unnamed.kept = None;
+                }
+                self.unnamed_here = true;
+                to_server.extend_from_slice(msg);
+                self.expect_answer(End::ParseComplete);
+            }
+            if let Some(replaced) = replaced {
+                self.undoable(Undo::Unnamed(replaced));
+            }
+        } else {
+            if self.names.contains_key(parse.name) {
+                // Directly a name is parsed once until closed: 42P05, and the name keeps
+                // its statement.
+                self.refuse_parse(&state::duplicate_sql(parse.name), to_server);
                 return Ok(());
             }
-            if let Some(unnamed) = self.unnamed.as_mut() {
-                unnamed.kept = None;
-            }
-            self.unnamed_here = true;
-            to_server.extend_from_slice(msg);
-            self.expect_answer(End::ParseComplete);
-        } else {
             let statement = self.statement_for(parse.query, parse.types);
             let effect = self.statement_effect(&statement);
             if let Some(refusal) = self.admit(&effect) {
                 self.refuse_parse(&refusal, to_server);
                 return Ok(());
             }
-            self.names
-                .insert(Bytes::copy_from_slice(parse.name), Arc::clone(&statement));
+            let name = Bytes::copy_from_slice(parse.name);
+            let replaced = self.names.insert(name.clone(), Arc::clone(&statement));
             self.parse_global(&statement, to_server, to_client);
+            self.undoable(Undo::Name(name, replaced));
         }
         Ok(())
     }
@@ -362,24 +375,31 @@ impl Session {
             (_, Some(_)) => {
                 // Close of a client's name: the global statement stays prepared for
                 // others; only the client's name goes.
-                if name.is_empty() {
+                let undo = if name.is_empty() {
+                    let closed = self.unnamed.take();
                     self.forget_unnamed();
+                    Undo::Unnamed(closed)
                 } else {
-                    self.names.remove(name);
-                }
+                    Undo::Name(Bytes::copy_from_slice(name), self.names.remove(name))
+                };
                 self.reply(to_client, Bytes::from_static(frame::CLOSE_COMPLETE));
+                self.undoable(undo);
             }
             _ => {
+                let mut closed = None;
                 if kind == b'S' && name.is_empty() {
                     self.ensure_unnamed(to_server);
                     if tag == b'C' {
                         // Closed on the server: gone for the client too (a later Bind of
                         // "" gets 26000, as directly).
-                        self.unnamed = None;
+                        closed = Some(self.unnamed.take());
                     }
                 }
                 to_server.extend_from_slice(msg);
                 self.expect_answer(end);
+                if let Some(closed) = closed {
+                    self.undoable(Undo::Unnamed(closed));
+                }
             }
         }
         Ok(())

@@ -40,6 +40,7 @@ mod prepared;
 mod recent;
 mod replies;
 mod state;
+mod undo;
 
 pub use handover::{Connection, LoggedIn};
 use own::Own;
@@ -47,6 +48,7 @@ use prepared::Deallocation;
 pub use state::Wanted;
 use state::{Noted, Unnamed};
 pub use state::{literal, replay};
+use undo::Undo;
 
 /// How long the statements a client sent before its Terminate may take to finish.
 const GOODBYE_BOUND: Duration = Duration::from_secs(60);
@@ -71,6 +73,9 @@ enum Expect {
     Reply(Bytes),
     /// A query of the door's own, swallowed up to its ReadyForQuery (see [`own`]).
     Own(Own),
+    /// How to undo what the client's message before it did, should the server skip it
+    /// (see [`undo`]). Never at the head of the queue: dropped once it gets there.
+    Undo(Box<undo::Undo>),
 }
 
 impl Expect {

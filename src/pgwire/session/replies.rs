@@ -133,12 +133,21 @@ impl Session {
                     }
                 }
             }
-            Some(Expect::Reply(_)) => {}
+            Some(Expect::Reply(_) | Expect::Undo(_)) => {}
         }
-        // Replies of the door's own now at the head go out in their place.
-        while let Some(Expect::Reply(_)) = self.expect.front() {
-            if let Some(Expect::Reply(bytes)) = self.expect.pop_front() {
-                to_client.extend_from_slice(&bytes);
+        // Replies of the door's own now at the head go out in their place; the undoing of
+        // messages now answered is dropped.
+        loop {
+            match self.expect.front() {
+                Some(Expect::Reply(_)) => {
+                    if let Some(Expect::Reply(bytes)) = self.expect.pop_front() {
+                        to_client.extend_from_slice(&bytes);
+                    }
+                }
+                Some(Expect::Undo(_)) => {
+                    self.expect.pop_front();
+                }
+                _ => break,
             }
         }
     }
@@ -216,12 +225,7 @@ impl Session {
         if !again {
             to_client.extend_from_slice(msg);
         }
-        if end == End::ParseComplete && !swallow && self.failed_parse_was_unnamed(parse) {
-            // A failed Parse of "" leaves no unnamed statement: directly, the next Bind of ""
-            // gets 26000. Forgotten, it is closed on whatever server that Bind goes to,
-            // instead of the failing text being parsed there again with its error.
-            self.forget_unnamed();
-        }
+        let failed_parse = end == End::ParseComplete && !swallow;
         let Some(server) = self.server.as_mut() else {
             return;
         };
@@ -246,10 +250,18 @@ impl Session {
             // The server lacks a statement the door thought it had.
             server.prepared.pop(&id);
         }
+        let mut own_undo = None;
+        let mut undos = Vec::new();
         if end != End::Ready {
             // The server skips everything up to the next Sync: the Parses
             // among those never happened.
             self.expect.pop_front();
+            if failed_parse && let Some(Expect::Undo(_)) = self.expect.front() {
+                // The failed Parse's own: its statement never came to be.
+                if let Some(Expect::Undo(undo)) = self.expect.pop_front() {
+                    own_undo = Some(undo);
+                }
+            }
             while let Some(next) = self.expect.front() {
                 if next.ends_at_ready() {
                     break;
@@ -269,6 +281,7 @@ impl Session {
                         // server holds as its unnamed statement isn't known.
                         self.unnamed_here = false;
                     }
+                    Some(Expect::Undo(undo)) => undos.push(undo),
                     _ => {}
                 }
             }
@@ -287,19 +300,21 @@ impl Session {
                 *swallow = true;
             }
         }
-    }
-
-    /// Whether the client's Parse that failed (the global statement it prepared, if any) was
-    /// of its unnamed statement: one sent as the unnamed statement prepares none; one kept
-    /// (`PGWAY_PG_KEEP_UNNAMED`) prepares the statement the unnamed one is kept as.
-    fn failed_parse_was_unnamed(&self, parse: Option<u64>) -> bool {
-        match parse {
-            None => true,
-            Some(id) => self
-                .unnamed
-                .as_ref()
-                .and_then(|unnamed| unnamed.kept.as_ref())
-                .is_some_and(|kept| kept.id == id),
+        // The latest first, so that each puts back what its message found.
+        for undo in undos.into_iter().rev() {
+            self.undo(*undo);
+        }
+        match own_undo.map(|undo| *undo) {
+            // A failed Parse of a name leaves the name as it was: a Bind of it gets 26000
+            // on any server connection, not the Parse's error again.
+            Some(undo @ Undo::Name(..)) => self.undo(undo),
+            // A failed Parse of "" (sent as the unnamed statement or kept: a named Parse
+            // is always followed by its undo) leaves no unnamed statement: directly, the
+            // next Bind of "" gets 26000. Forgotten, it is closed on whatever server that
+            // Bind goes to, instead of the failing text being parsed there again with its
+            // error.
+            _ if failed_parse => self.forget_unnamed(),
+            _ => {}
         }
     }
 

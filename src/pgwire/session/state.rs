@@ -245,6 +245,20 @@ pub(super) fn refusal_sql(message: &str) -> String {
     )
 }
 
+/// A statement that fails on the server as a Parse of `name`, a name the client's session
+/// has already, fails directly: `42P05`, PostgreSQL's message. (Raised by PL/pgSQL, so the
+/// error carries its CONTEXT line too.)
+pub(super) fn duplicate_sql(name: &[u8]) -> String {
+    let message = format!(
+        "prepared statement \"{}\" already exists",
+        String::from_utf8_lossy(name)
+    );
+    format!(
+        "DO $pgway$BEGIN RAISE EXCEPTION USING ERRCODE = '42P05', MESSAGE = {}; END$pgway$",
+        literal(&message)
+    )
+}
+
 /// The statement that brings a connection's settings to `wanted` at login (one Query: if a
 /// startup value is refused, nothing of it stays, and the login fails as PostgreSQL's would).
 pub fn replay(wanted: &BTreeMap<String, String>) -> String {
