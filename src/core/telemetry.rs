@@ -161,6 +161,14 @@ const TLS_HANDSHAKE_REASONS: [&str; 2] = ["error", "timeout"];
 /// closed set at zero, before anything happens: an alert on `rate(pgway_shed_total[5m]) > 0`
 /// or `pgway_database_up == 0` can only fire on a series that exists.
 fn register_known_series() {
+    describe_shared();
+    describe_grpc();
+    describe_pg_door();
+    register_at_zero();
+}
+
+/// The `# HELP` of the pool's, the database's and the process's metrics, both doors'.
+fn describe_shared() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
 
     describe_gauge!(
@@ -184,17 +192,9 @@ fn register_known_series() {
         POOL_ACQUIRE_TIMEOUTS,
         "Calls or transactions that got no connection within PGWAY_ACQUIRE_TIMEOUT (53300 at the PostgreSQL door), by door."
     );
-    describe_counter!(
-        PG_CONSOLE_COMMANDS,
-        "Commands run on the PostgreSQL door's admin console, by command."
-    );
     describe_gauge!(
         PAUSED,
         "1 while anything is paused (the console's PAUSE), else 0."
-    );
-    describe_counter!(
-        PG_REFUSALS,
-        "Statements the PostgreSQL door refused with 0A000 instead of pinning the client, by reason."
     );
     describe_counter!(CONNECTIONS_OPENED, "Database connections opened.");
     describe_counter!(
@@ -205,6 +205,21 @@ fn register_known_series() {
         CONNECTION_ERRORS,
         "Failed attempts to open a database connection, by kind."
     );
+    describe_counter!(
+        SHED,
+        "Calls (OVERLOADED) or transactions (53300) refused at once because PGWAY_MAX_WAITING already waited, by door."
+    );
+    describe_gauge!(
+        DATABASE_UP,
+        "1 when the health monitor's last check of the database passed, else 0."
+    );
+    describe_gauge!(BUILD_INFO, "The running version (always 1).");
+}
+
+/// The `# HELP` of the gRPC door's metrics.
+fn describe_grpc() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+
     describe_counter!(REQUESTS, "Finished calls, by gRPC method and status code.");
     describe_histogram!(REQUEST_DURATION, "Call duration, by gRPC method.");
     describe_gauge!(REQUESTS_IN_FLIGHT, "Calls being served now.");
@@ -212,20 +227,11 @@ fn register_known_series() {
         RETRIES,
         "Statements and transactions run again by the gateway, by reason."
     );
-    describe_counter!(
-        SHED,
-        "Calls (OVERLOADED) or transactions (53300) refused at once because PGWAY_MAX_WAITING already waited, by door."
-    );
     describe_counter!(TRANSACTIONS, "Transactions ended, by outcome.");
     describe_histogram!(
         TRANSACTION_ATTEMPTS,
         "Attempts a committed Transaction took."
     );
-    describe_gauge!(
-        DATABASE_UP,
-        "1 when the health monitor's last check of the database passed, else 0."
-    );
-    describe_gauge!(BUILD_INFO, "The running version (always 1).");
     describe_counter!(AUTH_FAILURES, "Calls refused by authentication, by reason.");
     describe_counter!(
         AUTH_RELOADS,
@@ -239,6 +245,20 @@ fn register_known_series() {
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,
         "Refused or timed-out TLS handshakes, by reason."
+    );
+}
+
+/// The `# HELP` of the PostgreSQL door's metrics.
+fn describe_pg_door() {
+    use metrics::{describe_counter, describe_gauge};
+
+    describe_counter!(
+        PG_CONSOLE_COMMANDS,
+        "Commands run on the PostgreSQL door's admin console, by command."
+    );
+    describe_counter!(
+        PG_REFUSALS,
+        "Statements the PostgreSQL door refused with 0A000 instead of pinning the client, by reason."
     );
     describe_gauge!(
         PG_CLIENTS,
@@ -264,7 +284,10 @@ fn register_known_series() {
         PG_STATEMENTS_DROPPED,
         "Prepared statements the PostgreSQL door forgot, least recently used first, to stay within its bounds."
     );
+}
 
+/// Every series whose labels come from a closed set, at zero.
+fn register_at_zero() {
     // Not ready until the monitor has seen the database.
     gauge!(DATABASE_UP).set(0.0);
     gauge!(PAUSED).set(0.0);

@@ -317,9 +317,19 @@ pub async fn serve(
         }
     };
 
-    // The server waits for every connection to close after the signal, which a client that
-    // keeps its connection open could stretch forever: bound the drain by the grace period.
-    let grace = settings.shutdown_grace;
+    until_drained(server, stopping, settings.shutdown_grace, accepting).await?;
+    Ok(())
+}
+
+/// Runs `server` to its end, or until `grace` after `stopping` is cancelled: the server
+/// waits for every connection to close after the signal, which a client that keeps its
+/// connection open could stretch forever. Then closes the TLS listener's task, if any.
+async fn until_drained<E>(
+    server: impl Future<Output = Result<(), E>>,
+    stopping: &CancellationToken,
+    grace: Duration,
+    accepting: Option<tokio::task::JoinHandle<()>>,
+) -> Result<(), E> {
     let drained = async {
         stopping.cancelled().await;
         tokio::time::sleep(grace).await;
@@ -337,6 +347,5 @@ pub async fn serve(
         task.abort();
         let _ = task.await;
     }
-    served?;
-    Ok(())
+    served
 }

@@ -167,45 +167,9 @@ pub fn verify(
             ));
         }
     };
-    let mut validation = Validation::new(header.alg);
-    validation.leeway = rules.leeway.as_secs();
-    validation.validate_nbf = true;
-    match &rules.audience {
-        Some(audience) => {
-            validation.set_audience(&[audience]);
-            validation.required_spec_claims.insert("aud".into());
-        }
-        None => validation.validate_aud = false,
-    }
-    if let Some(issuer) = &rules.issuer {
-        validation.set_issuer(&[issuer]);
-        validation.required_spec_claims.insert("iss".into());
-    }
+    let validation = validation(header.alg, rules);
     let data =
-        jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| match e
-            .kind()
-        {
-            ErrorKind::ExpiredSignature => unauthenticated("expired", "the token has expired"),
-            ErrorKind::ImmatureSignature => {
-                unauthenticated("not_yet_valid", "the token is not valid yet (nbf)")
-            }
-            ErrorKind::InvalidAudience => {
-                unauthenticated("audience", "the token's audience (aud) is not accepted")
-            }
-            ErrorKind::InvalidIssuer => {
-                unauthenticated("issuer", "the token's issuer (iss) is not accepted")
-            }
-            ErrorKind::MissingRequiredClaim(claim) => {
-                unauthenticated("missing_claim", format!("the token has no {claim:?} claim"))
-            }
-            ErrorKind::InvalidSignature => {
-                unauthenticated("bad_signature", "the token's signature is not valid")
-            }
-            ErrorKind::InvalidAlgorithm => {
-                unauthenticated("algorithm", "the token's algorithm does not match its key")
-            }
-            _ => unauthenticated("malformed", "the bearer token is not a valid JWT"),
-        })?;
+        jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(refusal)?;
     let claims = data.claims;
     let role = match claims.get(&rules.role_claim) {
         Some(Value::String(role)) => role.clone(),
@@ -236,4 +200,50 @@ pub fn verify(
         subject,
         expires_at,
     })
+}
+
+/// What a token of `algorithm` must satisfy under `rules`: expiry and not-before with the
+/// leeway, and the audience and issuer when they are configured (then required).
+fn validation(algorithm: Algorithm, rules: &JwtRules) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = rules.leeway.as_secs();
+    validation.validate_nbf = true;
+    match &rules.audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        None => validation.validate_aud = false,
+    }
+    if let Some(issuer) = &rules.issuer {
+        validation.set_issuer(&[issuer]);
+        validation.required_spec_claims.insert("iss".into());
+    }
+    validation
+}
+
+/// Why the token was refused, in the caller's terms.
+fn refusal(e: jsonwebtoken::errors::Error) -> Refused {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => unauthenticated("expired", "the token has expired"),
+        ErrorKind::ImmatureSignature => {
+            unauthenticated("not_yet_valid", "the token is not valid yet (nbf)")
+        }
+        ErrorKind::InvalidAudience => {
+            unauthenticated("audience", "the token's audience (aud) is not accepted")
+        }
+        ErrorKind::InvalidIssuer => {
+            unauthenticated("issuer", "the token's issuer (iss) is not accepted")
+        }
+        ErrorKind::MissingRequiredClaim(claim) => {
+            unauthenticated("missing_claim", format!("the token has no {claim:?} claim"))
+        }
+        ErrorKind::InvalidSignature => {
+            unauthenticated("bad_signature", "the token's signature is not valid")
+        }
+        ErrorKind::InvalidAlgorithm => {
+            unauthenticated("algorithm", "the token's algorithm does not match its key")
+        }
+        _ => unauthenticated("malformed", "the bearer token is not a valid JWT"),
+    }
 }

@@ -127,31 +127,8 @@ async fn stream_rows(
     };
     let decoder = RowDecoder::new(statement.columns());
     let mut columns = RowDecoder::columns_to_proto(statement.columns());
-    let check = match identity {
-        Some(_) => Some(
-            conn.prepare_cached(IDENTITY_CHECK)
-                .await
-                .map_err(|e| GatewayError::from_postgres(e, Sent::No))?,
-        ),
-        None => None,
-    };
-    let transaction = conn
-        .client_mut()
-        .build_transaction()
-        .read_only(request.read_only)
-        .start()
-        .await
-        .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
-    if let Some(identity) = identity {
-        transaction
-            .batch_execute(&identity_sql(identity))
-            .await
-            .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
-    }
-    let portal = transaction
-        .bind_raw(statement, params.iter())
-        .await
-        .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe))?;
+    let (check, transaction, portal) =
+        open_portal(conn, request, statement, params, identity).await?;
 
     let batch_rows = u64::from(limits.stream_batch_rows);
     // Start small, then size fetches so one batch is about stream_batch_bytes.
@@ -206,7 +183,64 @@ async fn stream_rows(
         .await
         .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe))?;
     conn.mark_idle();
-    let mut messages = split_batches(columns, last_rows, &limits)?;
+    send_last(columns, last_rows, sent_rows, truncated, &limits, sink).await
+}
+
+/// Opens the transaction (read-only if asked, the caller's identity set inside it) and binds
+/// `statement` to a portal in it; the identity check to run before each batch, if any.
+async fn open_portal<'c>(
+    conn: &'c mut PooledConn,
+    request: &proto::QueryRequest,
+    statement: &Statement,
+    params: &[Param],
+    identity: Option<&Verified>,
+) -> Result<
+    (
+        Option<Statement>,
+        tokio_postgres::Transaction<'c>,
+        tokio_postgres::Portal,
+    ),
+    GatewayError,
+> {
+    let check = match identity {
+        Some(_) => Some(
+            conn.prepare_cached(IDENTITY_CHECK)
+                .await
+                .map_err(|e| GatewayError::from_postgres(e, Sent::No))?,
+        ),
+        None => None,
+    };
+    let transaction = conn
+        .client_mut()
+        .build_transaction()
+        .read_only(request.read_only)
+        .start()
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
+    if let Some(identity) = identity {
+        transaction
+            .batch_execute(&identity_sql(identity))
+            .await
+            .map_err(|e| GatewayError::from_postgres(e, Sent::No))?;
+    }
+    let portal = transaction
+        .bind_raw(statement, params.iter())
+        .await
+        .map_err(|e| GatewayError::from_postgres(e, Sent::Maybe))?;
+    Ok((check, transaction, portal))
+}
+
+/// Sends the rows of the last batch, the last message saying how many rows there were in all
+/// and whether the result was cut short (a message of its own if no rows are left).
+async fn send_last(
+    columns: Vec<proto::Column>,
+    last_rows: Vec<proto::Row>,
+    sent_rows: u64,
+    truncated: bool,
+    limits: &CallBounds,
+    sink: &mut StreamSink<'_>,
+) -> Result<(), GatewayError> {
+    let mut messages = split_batches(columns, last_rows, limits)?;
     match messages.last_mut() {
         Some(last) => {
             last.rows_affected = sent_rows;

@@ -135,8 +135,12 @@ impl Session {
             }
             Some(Expect::Reply(_) | Expect::Undo(_)) => {}
         }
-        // Replies of the door's own now at the head go out in their place; the undoing of
-        // messages now answered is dropped.
+        self.now_due(to_client);
+    }
+
+    /// Replies of the door's own now at the head of the queue go out in their place; the
+    /// undoing of messages now answered is dropped.
+    fn now_due(&mut self, to_client: &mut BytesMut) {
         loop {
             match self.expect.front() {
                 Some(Expect::Reply(_)) => {
@@ -250,55 +254,64 @@ impl Session {
             // The server lacks a statement the door thought it had.
             server.prepared.pop(&id);
         }
-        let mut own_undo = None;
-        let mut undos = Vec::new();
         if end != End::Ready {
-            // The server skips everything up to the next Sync: the Parses
-            // among those never happened.
-            self.expect.pop_front();
-            if failed_parse && let Some(Expect::Undo(_)) = self.expect.front() {
-                // The failed Parse's own: its statement never came to be.
-                if let Some(Expect::Undo(undo)) = self.expect.pop_front() {
-                    own_undo = Some(undo);
-                }
+            self.skip_to_sync(failed_parse, again);
+        }
+    }
+
+    /// After an error answering the message at the head of the queue (not a Query): the
+    /// server skips everything up to the next Sync, so what was expected up to it is dropped,
+    /// and what those messages did to the client's statements undone. The Parses among them
+    /// never happened.
+    fn skip_to_sync(&mut self, failed_parse: bool, again: bool) {
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        self.expect.pop_front();
+        let mut own_undo = None;
+        if failed_parse && let Some(Expect::Undo(_)) = self.expect.front() {
+            // The failed Parse's own: its statement never came to be.
+            if let Some(Expect::Undo(undo)) = self.expect.pop_front() {
+                own_undo = Some(undo);
             }
-            while let Some(next) = self.expect.front() {
-                if next.ends_at_ready() {
-                    break;
-                }
-                match self.expect.pop_front() {
-                    Some(Expect::Answer {
-                        parse: Some(id), ..
-                    }) => {
-                        server.prepared.pop(&id);
-                    }
-                    Some(Expect::Answer {
-                        end: End::ParseComplete | End::CloseComplete,
-                        ..
-                    }) => {
-                        // A Parse or Close of the unnamed statement (the client's, or the
-                        // door's making it the client's) that never happened: what the
-                        // server holds as its unnamed statement isn't known.
-                        self.unnamed_here = false;
-                    }
-                    Some(Expect::Undo(undo)) => undos.push(undo),
-                    _ => {}
-                }
+        }
+        let mut undos = Vec::new();
+        while let Some(next) = self.expect.front() {
+            if next.ends_at_ready() {
+                break;
             }
-            if self.expect.is_empty() {
-                self.skipping = true;
-            }
-            if again
-                && let Some(Expect::Answer {
-                    end: End::Ready,
-                    swallow,
+            match self.expect.pop_front() {
+                Some(Expect::Answer {
+                    parse: Some(id), ..
+                }) => {
+                    server.prepared.pop(&id);
+                }
+                Some(Expect::Answer {
+                    end: End::ParseComplete | End::CloseComplete,
                     ..
-                }) = self.expect.front_mut()
-            {
-                // Its ReadyForQuery is the door's to swallow too: the messages run again
-                // behind it (`ready_seen`).
-                *swallow = true;
+                }) => {
+                    // A Parse or Close of the unnamed statement (the client's, or the
+                    // door's making it the client's) that never happened: what the
+                    // server holds as its unnamed statement isn't known.
+                    self.unnamed_here = false;
+                }
+                Some(Expect::Undo(undo)) => undos.push(undo),
+                _ => {}
             }
+        }
+        if self.expect.is_empty() {
+            self.skipping = true;
+        }
+        if again
+            && let Some(Expect::Answer {
+                end: End::Ready,
+                swallow,
+                ..
+            }) = self.expect.front_mut()
+        {
+            // Its ReadyForQuery is the door's to swallow too: the messages run again
+            // behind it (`ready_seen`).
+            *swallow = true;
         }
         // The latest first, so that each puts back what its message found.
         for undo in undos.into_iter().rev() {
