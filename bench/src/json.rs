@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -159,6 +160,14 @@ pub struct Record {
     /// counted window, and per call.
     pub instructions: Option<f64>,
     pub instructions_per_call: Option<f64>,
+}
+
+/// A line's `started_unix`: seconds since the Unix epoch (0 for a clock set before it).
+pub fn started_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Reads one line.

@@ -15,9 +15,9 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
@@ -245,27 +245,8 @@ fn snapshot(args: &PgbenchArgs, child: u32) -> Snapshot {
 pub fn run_pgbench(args: &PgbenchArgs) -> Result<(), BoxError> {
     let warmup_s = args.warmup.as_secs().max(1);
     let duration_s = args.duration.as_secs().max(1);
-    let started_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut command = Command::new(&args.pgbench);
-    command.args(["-n", "-P", "1"]);
-    if args.script == Script::Select {
-        command.arg("-S");
-    }
-    command
-        .args(["-M", args.protocol.name()])
-        .args(["-c", &args.clients.to_string()])
-        .args(["-j", &args.jobs.min(args.clients).max(1).to_string()])
-        // One more second, so that the progress line closing the window is printed.
-        .args(["-T", &(warmup_s + duration_s + 1).to_string()])
-        .args(["-h", &args.host, "-p", &args.port.to_string()])
-        .args(["-U", &args.user, &args.dbname])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command
+    let started_unix = json::started_unix();
+    let mut child = command(args, warmup_s + duration_s)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", args.pgbench))?;
     let child_pid = child.id();
@@ -288,97 +269,248 @@ pub fn run_pgbench(args: &PgbenchArgs) -> Result<(), BoxError> {
         }
     });
 
-    let mut progress: Vec<Progress> = Vec::new();
-    let mut other_lines: Vec<String> = Vec::new();
-    let mut before: Option<Snapshot> = None;
-    let mut after: Option<Snapshot> = None;
-    let mut hwm_reset = false;
-    let mut sampled_peak = 0u64;
-    let mut hwm = None;
-    let mut rss_end = None;
     let start_s = warmup_s as f64;
     let end_s = (warmup_s + duration_s) as f64;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Ok(p)) => {
-                progress.push(p);
-                if before.is_none() && p.at_s >= start_s - 0.01 {
-                    hwm_reset = args.pid.is_some_and(procfs::reset_hwm);
-                    before = Some(snapshot(args, child_pid));
-                } else if before.is_some() && after.is_none() && p.at_s >= end_s - 0.01 {
-                    after = Some(snapshot(args, child_pid));
-                    hwm = args.pid.and_then(procfs::hwm);
-                    rss_end = args.pid.and_then(procfs::rss);
-                }
-            }
-            Ok(Err(line)) => other_lines.push(line),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        if before.is_some() && after.is_none() {
-            if let Some(rss) = args.pid.and_then(procfs::rss) {
-                sampled_peak = sampled_peak.max(rss);
-            }
-        }
-    }
+    let watched = watch(args, &rx, child_pid, start_s, end_s);
     let status = child.wait()?;
     let _ = stderr_reader.join();
     let summary = parse_summary(&stdout_reader.join().unwrap_or_default());
+    let failures = Failures::of(&watched.other_lines, &summary, status);
+    let measured = Measured::of(&watched, &summary, start_s, end_s);
 
-    // Clients that gave up: pgbench says so on stderr, one line each.
-    let aborted = other_lines
-        .iter()
-        .filter(|l| l.contains("aborted in command") || l.contains("aborted while"))
-        .count() as u64;
-    let failed = summary.failed.unwrap_or(0);
-    let mut errors_by_code = BTreeMap::new();
-    if failed > 0 {
-        errors_by_code.insert("failed transactions".to_owned(), failed);
-    }
-    if aborted > 0 {
-        errors_by_code.insert("aborted clients".to_owned(), aborted);
-    }
-    if !status.success() && aborted == 0 {
-        errors_by_code.insert(format!("pgbench exit {}", status.code().unwrap_or(-1)), 1);
-    }
-    let error_total: u64 = errors_by_code.values().sum();
-
-    let (tx_window, covered) = window(&progress, start_s, end_s);
-    let (ok, qps, elapsed, snapshots) = match (&before, &after) {
-        (Some(b), Some(a)) if covered > 0.0 => (
-            tx_window,
-            tx_window / covered,
-            (a.at - b.at).as_secs_f64(),
-            Some((b, a)),
-        ),
-        // No window (pgbench stopped early): its own totals, and no CPU.
-        _ => (
-            summary.processed.unwrap_or(0) as f64,
-            summary.tps.unwrap_or(0.0),
-            0.0,
-            None,
-        ),
-    };
-    let delta = |f: fn(&Snapshot) -> Option<f64>| {
-        snapshots.and_then(|(b, a)| f(a).zip(f(b)).map(|(a, b)| a - b))
-    };
-    let per_1k = |cpu: Option<f64>| cpu.filter(|_| ok > 0.0).map(|c| c / ok * 1000.0);
-    let pid_ticks = snapshots.and_then(|(b, a)| a.pid_cpu.zip(b.pid_cpu).map(|(a, b)| a.since(b)));
-    let pid_cpu = pid_ticks.map(procfs::CpuTicks::total_s);
-    let pg_cpu = delta(|s| s.pg_cpu);
-    let pgbench_cpu = delta(|s| s.pgbench_cpu);
-    let (machine_busy, machine_busy_pct) = match snapshots.map(|(b, a)| (b.machine, a.machine)) {
-        Some((Some((b0, t0)), Some((b1, t1)))) if t1 > t0 => {
-            (Some(b1 - b0), Some((b1 - b0) / (t1 - t0) * 100.0))
+    let line = pgbench_line(args, warmup_s, started_unix, &summary, &failures, &measured)?;
+    let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}", v * 1000.0));
+    let (failed, aborted) = (failures.failed, failures.aborted);
+    eprintln!(
+        "pgbench {:<9} {:<6} -M {:<8} c={:<4} {:>9.0} tps  failed {failed}  aborted {aborted}  proxy cpu {} ms/1k  pg cpu {} ms/1k  pgbench cpu {} ms/1k  rss peak {}  other cpu {}",
+        args.target.name(),
+        args.script.name(),
+        args.protocol.name(),
+        args.clients,
+        measured.qps,
+        ms(measured.per_1k(measured.pid_cpu)),
+        ms(measured.per_1k(measured.pg_cpu)),
+        ms(measured.per_1k(measured.pgbench_cpu)),
+        measured
+            .rss_peak
+            .map_or("–".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+        measured
+            .other_cpu
+            .map_or("–".into(), |s| format!("{s:.1}s")),
+    );
+    if failures.total() > 0 || !measured.windowed {
+        for l in watched.other_lines.iter().take(5) {
+            eprintln!("pgbench: {l}");
         }
-        _ => (None, None),
+    }
+    json::emit(line, args.json_out.as_deref())?;
+    if !measured.windowed {
+        return Err("pgbench gave no measured window (see its messages above)".into());
+    }
+    Ok(())
+}
+
+/// The pgbench command line, to run for `seconds` and one more.
+fn command(args: &PgbenchArgs, seconds: u64) -> Command {
+    let mut command = Command::new(&args.pgbench);
+    command.args(["-n", "-P", "1"]);
+    if args.script == Script::Select {
+        command.arg("-S");
+    }
+    command
+        .args(["-M", args.protocol.name()])
+        .args(["-c", &args.clients.to_string()])
+        .args(["-j", &args.jobs.min(args.clients).max(1).to_string()])
+        // One more second, so that the progress line closing the window is printed.
+        .args(["-T", &(seconds + 1).to_string()])
+        .args(["-h", &args.host, "-p", &args.port.to_string()])
+        .args(["-U", &args.user, &args.dbname])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// What was read while pgbench ran: its lines, and the processes at the window's two ends.
+struct Watched {
+    progress: Vec<Progress>,
+    other_lines: Vec<String>,
+    before: Option<Snapshot>,
+    after: Option<Snapshot>,
+    hwm_reset: bool,
+    sampled_peak: u64,
+    hwm: Option<u64>,
+    rss_end: Option<u64>,
+}
+
+/// Follows pgbench's stderr until it closes, reading the processes when its progress lines
+/// open and close the (`start_s`, `end_s`] window, and sampling the proxy's RSS inside it.
+fn watch(
+    args: &PgbenchArgs,
+    rx: &mpsc::Receiver<Result<Progress, String>>,
+    child_pid: u32,
+    start_s: f64,
+    end_s: f64,
+) -> Watched {
+    let mut w = Watched {
+        progress: Vec::new(),
+        other_lines: Vec::new(),
+        before: None,
+        after: None,
+        hwm_reset: false,
+        sampled_peak: 0,
+        hwm: None,
+        rss_end: None,
     };
-    let other_cpu = machine_busy.map(|busy| {
-        busy - pid_cpu.unwrap_or(0.0) - pg_cpu.unwrap_or(0.0) - pgbench_cpu.unwrap_or(0.0)
-    });
-    let rss_peak = procfs::peak_rss(hwm_reset, hwm, sampled_peak);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(p)) => {
+                w.progress.push(p);
+                if w.before.is_none() && p.at_s >= start_s - 0.01 {
+                    w.hwm_reset = args.pid.is_some_and(procfs::reset_hwm);
+                    w.before = Some(snapshot(args, child_pid));
+                } else if w.before.is_some() && w.after.is_none() && p.at_s >= end_s - 0.01 {
+                    w.after = Some(snapshot(args, child_pid));
+                    w.hwm = args.pid.and_then(procfs::hwm);
+                    w.rss_end = args.pid.and_then(procfs::rss);
+                }
+            }
+            Ok(Err(line)) => w.other_lines.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if w.before.is_some() && w.after.is_none() {
+            if let Some(rss) = args.pid.and_then(procfs::rss) {
+                w.sampled_peak = w.sampled_peak.max(rss);
+            }
+        }
+    }
+    w
+}
+
+/// A run's failed transactions and aborted clients, and a failed pgbench.
+struct Failures {
+    failed: u64,
+    aborted: u64,
+    by_code: BTreeMap<String, u64>,
+}
+
+impl Failures {
+    fn of(other_lines: &[String], summary: &Summary, status: ExitStatus) -> Failures {
+        // Clients that gave up: pgbench says so on stderr, one line each.
+        let aborted = other_lines
+            .iter()
+            .filter(|l| l.contains("aborted in command") || l.contains("aborted while"))
+            .count() as u64;
+        let failed = summary.failed.unwrap_or(0);
+        let mut by_code = BTreeMap::new();
+        if failed > 0 {
+            by_code.insert("failed transactions".to_owned(), failed);
+        }
+        if aborted > 0 {
+            by_code.insert("aborted clients".to_owned(), aborted);
+        }
+        if !status.success() && aborted == 0 {
+            by_code.insert(format!("pgbench exit {}", status.code().unwrap_or(-1)), 1);
+        }
+        Failures {
+            failed,
+            aborted,
+            by_code,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.by_code.values().sum()
+    }
+}
+
+/// The window's figures: transactions, and the CPU and memory of the processes.
+struct Measured {
+    ok: f64,
+    qps: f64,
+    elapsed: f64,
+    /// Whether pgbench's progress lines covered the window (else no CPU was read).
+    windowed: bool,
+    pid_ticks: Option<procfs::CpuTicks>,
+    pid_cpu: Option<f64>,
+    pg_cpu: Option<f64>,
+    pgbench_cpu: Option<f64>,
+    machine_busy_pct: Option<f64>,
+    other_cpu: Option<f64>,
+    rss_peak: Option<u64>,
+    hwm: Option<u64>,
+    hwm_reset: bool,
+    rss_end: Option<u64>,
+}
+
+impl Measured {
+    fn of(watched: &Watched, summary: &Summary, start_s: f64, end_s: f64) -> Measured {
+        let (tx_window, covered) = window(&watched.progress, start_s, end_s);
+        let (ok, qps, elapsed, snapshots) = match (&watched.before, &watched.after) {
+            (Some(b), Some(a)) if covered > 0.0 => (
+                tx_window,
+                tx_window / covered,
+                (a.at - b.at).as_secs_f64(),
+                Some((b, a)),
+            ),
+            // No window (pgbench stopped early): its own totals, and no CPU.
+            _ => (
+                summary.processed.unwrap_or(0) as f64,
+                summary.tps.unwrap_or(0.0),
+                0.0,
+                None,
+            ),
+        };
+        let delta = |f: fn(&Snapshot) -> Option<f64>| {
+            snapshots.and_then(|(b, a)| f(a).zip(f(b)).map(|(a, b)| a - b))
+        };
+        let pid_ticks =
+            snapshots.and_then(|(b, a)| a.pid_cpu.zip(b.pid_cpu).map(|(a, b)| a.since(b)));
+        let pid_cpu = pid_ticks.map(procfs::CpuTicks::total_s);
+        let pg_cpu = delta(|s| s.pg_cpu);
+        let pgbench_cpu = delta(|s| s.pgbench_cpu);
+        let (machine_busy, machine_busy_pct) = match snapshots {
+            Some((b, a)) => procfs::machine_busy(b.machine, a.machine),
+            None => (None, None),
+        };
+        let other_cpu = machine_busy.map(|busy| {
+            busy - pid_cpu.unwrap_or(0.0) - pg_cpu.unwrap_or(0.0) - pgbench_cpu.unwrap_or(0.0)
+        });
+        Measured {
+            ok,
+            qps,
+            elapsed,
+            windowed: snapshots.is_some(),
+            pid_ticks,
+            pid_cpu,
+            pg_cpu,
+            pgbench_cpu,
+            machine_busy_pct,
+            other_cpu,
+            rss_peak: procfs::peak_rss(watched.hwm_reset, watched.hwm, watched.sampled_peak),
+            hwm: watched.hwm,
+            hwm_reset: watched.hwm_reset,
+            rss_end: watched.rss_end,
+        }
+    }
+
+    fn per_1k(&self, cpu: Option<f64>) -> Option<f64> {
+        cpu.filter(|_| self.ok > 0.0).map(|c| c / self.ok * 1000.0)
+    }
+}
+
+/// The run's JSON line.
+fn pgbench_line(
+    args: &PgbenchArgs,
+    warmup_s: u64,
+    started_unix: u64,
+    summary: &Summary,
+    failures: &Failures,
+    m: &Measured,
+) -> serde_json::Result<String> {
     let nan = Num(f64::NAN);
-    let line = serde_json::to_string(&RunLine {
+    serde_json::to_string(&RunLine {
         tool: "pgbench",
         label: &args.label,
         target: args.target.name(),
@@ -387,14 +519,14 @@ pub fn run_pgbench(args: &PgbenchArgs) -> Result<(), BoxError> {
         connections: args.clients,
         statements: args.protocol.name(),
         warmup_s: Num(warmup_s as f64),
-        duration_s: Num(elapsed),
+        duration_s: Num(m.elapsed),
         started_unix,
-        ok: ok.round() as u64,
+        ok: m.ok.round() as u64,
         rows: 0,
-        errors: error_total,
-        errors_by_code: errors_by_code.clone(),
+        errors: failures.total(),
+        errors_by_code: failures.by_code.clone(),
         errors_outside_window: 0,
-        throughput_qps: Num(qps),
+        throughput_qps: Num(m.qps),
         p50_us: nan,
         p90_us: nan,
         p99_us: nan,
@@ -402,48 +534,24 @@ pub fn run_pgbench(args: &PgbenchArgs) -> Result<(), BoxError> {
         max_us: nan,
         mean_us: Num(summary.latency_ms.map_or(f64::NAN, |ms| ms * 1000.0)),
         pid: args.pid,
-        cpu_s: pid_cpu.map(Num),
-        cpu_user_s: pid_ticks.map(|t| Num(t.user_s())),
-        cpu_sys_s: pid_ticks.map(|t| Num(t.sys_s())),
-        cpu_s_per_1k: per_1k(pid_cpu).map(Num),
-        rss_peak_bytes: rss_peak,
-        rss_hwm_bytes: hwm,
-        rss_hwm_reset: hwm_reset,
-        rss_end_bytes: rss_end,
+        cpu_s: m.pid_cpu.map(Num),
+        cpu_user_s: m.pid_ticks.map(|t| Num(t.user_s())),
+        cpu_sys_s: m.pid_ticks.map(|t| Num(t.sys_s())),
+        cpu_s_per_1k: m.per_1k(m.pid_cpu).map(Num),
+        rss_peak_bytes: m.rss_peak,
+        rss_hwm_bytes: m.hwm,
+        rss_hwm_reset: m.hwm_reset,
+        rss_end_bytes: m.rss_end,
         rss_slope_bytes_per_min: None,
-        pg_cpu_s: pg_cpu.map(Num),
-        pg_cpu_s_per_1k: per_1k(pg_cpu).map(Num),
-        bench_cpu_s: pgbench_cpu.map(Num),
-        bench_cpu_s_per_1k: per_1k(pgbench_cpu).map(Num),
-        machine_busy_pct: machine_busy_pct.map(Num),
-        other_cpu_s: other_cpu.map(Num),
+        pg_cpu_s: m.pg_cpu.map(Num),
+        pg_cpu_s_per_1k: m.per_1k(m.pg_cpu).map(Num),
+        bench_cpu_s: m.pgbench_cpu.map(Num),
+        bench_cpu_s_per_1k: m.per_1k(m.pgbench_cpu).map(Num),
+        machine_busy_pct: m.machine_busy_pct.map(Num),
+        other_cpu_s: m.other_cpu.map(Num),
         loadavg_end: procfs::loadavg(),
         ..RunLine::default()
-    })?;
-    let ms = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.1}", v * 1000.0));
-    eprintln!(
-        "pgbench {:<9} {:<6} -M {:<8} c={:<4} {:>9.0} tps  failed {failed}  aborted {aborted}  proxy cpu {} ms/1k  pg cpu {} ms/1k  pgbench cpu {} ms/1k  rss peak {}  other cpu {}",
-        args.target.name(),
-        args.script.name(),
-        args.protocol.name(),
-        args.clients,
-        qps,
-        ms(per_1k(pid_cpu)),
-        ms(per_1k(pg_cpu)),
-        ms(per_1k(pgbench_cpu)),
-        rss_peak.map_or("–".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
-        other_cpu.map_or("–".into(), |s| format!("{s:.1}s")),
-    );
-    if error_total > 0 || snapshots.is_none() {
-        for l in other_lines.iter().take(5) {
-            eprintln!("pgbench: {l}");
-        }
-    }
-    json::emit(line, args.json_out.as_deref())?;
-    if snapshots.is_none() {
-        return Err("pgbench gave no measured window (see its messages above)".into());
-    }
-    Ok(())
+    })
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -456,36 +564,11 @@ pub fn run_idle(args: &IdleArgs) -> Result<(), BoxError> {
 }
 
 async fn idle(args: &IdleArgs) -> Result<(), BoxError> {
-    let started_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let started_unix = json::started_unix();
     let rss_start = args.pid.and_then(procfs::rss);
     let hwm_reset = args.pid.is_some_and(procfs::reset_hwm);
     let opened = Instant::now();
-    let url = args.url.clone();
-    let results: Vec<Result<tokio_postgres::Client, String>> =
-        futures::stream::iter(0..args.clients)
-            .map(|_| {
-                let url = url.clone();
-                async move {
-                    // A proxy that stops accepting (out of file descriptors) must not hang the run.
-                    let connecting = tokio_postgres::connect(&url, tokio_postgres::NoTls);
-                    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-                        .await
-                        .map_err(|_| "connect timed out".to_owned())?
-                        .map_err(|e| e.to_string())?;
-                    tokio::spawn(connection);
-                    client
-                        .simple_query("SELECT 1")
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Ok(client)
-                }
-            })
-            .buffer_unordered(args.parallel.max(1))
-            .collect()
-            .await;
+    let results = log_in(args).await;
     let login_s = opened.elapsed().as_secs_f64();
     let mut clients = Vec::new();
     let mut errors_by_code: BTreeMap<String, u64> = BTreeMap::new();
@@ -495,25 +578,10 @@ async fn idle(args: &IdleArgs) -> Result<(), BoxError> {
             Err(error) => *errors_by_code.entry(error).or_default() += 1,
         }
     }
-    // Held open and idle; the RSS sampled meanwhile.
-    let mut sampled_peak = 0u64;
-    let until = Instant::now() + args.hold;
-    while Instant::now() < until {
-        if let Some(rss) = args.pid.and_then(procfs::rss) {
-            sampled_peak = sampled_peak.max(rss);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let sampled_peak = hold(args).await;
     let rss_end = args.pid.and_then(procfs::rss);
     let hwm = args.pid.and_then(procfs::hwm);
-    // Still all alive at the end of the hold?
-    let mut alive = 0u64;
-    for client in &clients {
-        let query = tokio::time::timeout(CONNECT_TIMEOUT, client.simple_query("SELECT 1"));
-        if matches!(query.await, Ok(Ok(_))) {
-            alive += 1;
-        }
-    }
+    let alive = still_alive(&clients).await;
     let lost = clients.len() as u64 - alive;
     if lost > 0 {
         errors_by_code.insert("lost while idle".into(), lost);
@@ -565,6 +633,59 @@ async fn idle(args: &IdleArgs) -> Result<(), BoxError> {
     );
     json::emit(line, args.json_out.as_deref())?;
     Ok(())
+}
+
+/// Opens `--clients` connections, `--parallel` at a time, each logged in and asked one
+/// `SELECT 1`: the clients, or why each one failed.
+async fn log_in(args: &IdleArgs) -> Vec<Result<tokio_postgres::Client, String>> {
+    let url = args.url.clone();
+    futures::stream::iter(0..args.clients)
+        .map(|_| {
+            let url = url.clone();
+            async move {
+                // A proxy that stops accepting (out of file descriptors) must not hang the run.
+                let connecting = tokio_postgres::connect(&url, tokio_postgres::NoTls);
+                let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+                    .await
+                    .map_err(|_| "connect timed out".to_owned())?
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(connection);
+                client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(client)
+            }
+        })
+        .buffer_unordered(args.parallel.max(1))
+        .collect()
+        .await
+}
+
+/// Waits `--hold` while the clients are held open and idle, the RSS sampled meanwhile: its
+/// peak.
+async fn hold(args: &IdleArgs) -> u64 {
+    let mut sampled_peak = 0u64;
+    let until = Instant::now() + args.hold;
+    while Instant::now() < until {
+        if let Some(rss) = args.pid.and_then(procfs::rss) {
+            sampled_peak = sampled_peak.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sampled_peak
+}
+
+/// How many of the clients still answer at the end of the hold.
+async fn still_alive(clients: &[tokio_postgres::Client]) -> u64 {
+    let mut alive = 0u64;
+    for client in clients {
+        let query = tokio::time::timeout(CONNECT_TIMEOUT, client.simple_query("SELECT 1"));
+        if matches!(query.await, Ok(Ok(_))) {
+            alive += 1;
+        }
+    }
+    alive
 }
 
 #[cfg(test)]

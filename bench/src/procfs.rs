@@ -173,6 +173,20 @@ pub fn machine_cpu() -> Option<(f64, f64)> {
     Some((busy as f64 / ticks, (busy + idle) as f64 / ticks))
 }
 
+/// The machine's busy CPU seconds between two [`machine_cpu`] readings, and their share of all
+/// its CPU time in percent.
+pub fn machine_busy(
+    before: Option<(f64, f64)>,
+    after: Option<(f64, f64)>,
+) -> (Option<f64>, Option<f64>) {
+    match (before, after) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+            (Some(b1 - b0), Some((b1 - b0) / (t1 - t0) * 100.0))
+        }
+        _ => (None, None),
+    }
+}
+
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

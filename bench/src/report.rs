@@ -1,5 +1,6 @@
 //! `report`: the JSON lines of a bench/compare.sh run rendered as BENCHMARKS.md (the gRPC door
-//! here, the PostgreSQL door's pgbench runs in `door`).
+//! here, its one-caller floor and own work per call in `floor`, the PostgreSQL door's pgbench
+//! runs in `door`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,8 +10,10 @@ use crate::targets::{RANGE_SQL, SELECT_SQL, UPDATE_SQL};
 use crate::{BoxError, ReportArgs};
 
 mod door;
+mod floor;
 mod verdicts;
 
+use floor::{floor_ratio_section, floor_section};
 use verdicts::verdicts;
 
 fn fmt_num(v: Option<f64>, decimals: usize) -> String {
@@ -210,6 +213,11 @@ fn sweep_section(
     }
     let _ = writeln!(out);
     skipped_pgbouncer(out, machine);
+    every_run_details(out, runs, label, workload, &cs);
+}
+
+/// Every run of a workload, at the concurrencies `cs`, in a table folded away.
+fn every_run_details(out: &mut String, runs: &Runs, label: &str, workload: &str, cs: &[u64]) {
     let _ = writeln!(
         out,
         "<details><summary>Every run of this workload (latency, errors, CPU, memory)</summary>\n"
@@ -247,279 +255,21 @@ fn sweep_section(
     let _ = writeln!(out, "\n</details>\n");
 }
 
-/// The gRPC door's own work per call: gateway CPU per point select against gateway CPU per
-/// call that does nothing (the health `Check`), at each concurrency both were measured at;
-/// that CPU split into user space and kernel when the runs have the split; and the gateway's
-/// instructions per call counted by callgrind (bench/callgrind.sh) when there are such lines.
-fn floor_ratio_section(out: &mut String, runs: &Runs) {
-    let pairs: Vec<(u64, &Record, &Record)> = runs
-        .concurrencies("floor", "ping")
-        .into_iter()
-        .filter_map(|c| {
-            let ping = runs.find("floor", "gateway", "ping", c)?;
-            let select = runs.find("sweep", "gateway", "select", c)?;
-            Some((c, ping, select))
-        })
-        .collect();
-    let points: Vec<(u64, f64, f64)> = pairs
-        .iter()
-        .filter_map(|&(c, ping, select)| {
-            let (ping, select) = (ping.cpu_s_per_1k?, select.cpu_s_per_1k?);
-            (ping > 0.0).then_some((c, ping, select))
-        })
-        .collect();
-    // The same pair with one HTTP/2 connection per caller, measured side by side under its own
-    // label.
-    let own_connection: Vec<(u64, f64, f64)> = runs
-        .concurrencies("floor-conn", "ping")
-        .into_iter()
-        .filter_map(|c| {
-            let ping = runs
-                .find("floor-conn", "gateway", "ping", c)?
-                .cpu_s_per_1k?;
-            let select = runs
-                .find("floor-conn", "gateway", "select", c)?
-                .cpu_s_per_1k?;
-            (ping > 0.0).then_some((c, ping, select))
-        })
-        .collect();
-    // The no-op call paced at the sweep's select rate: (callers, select q/s, ping q/s, ping CPU,
-    // select CPU).
-    let paced: Vec<(u64, f64, f64, f64, f64)> = runs
-        .concurrencies("floor-rate", "ping")
-        .into_iter()
-        .filter_map(|c| {
-            let ping = runs.find("floor-rate", "gateway", "ping", c)?;
-            let select = runs.find("sweep", "gateway", "select", c)?;
-            let (ping_cpu, select_cpu) = (ping.cpu_s_per_1k?, select.cpu_s_per_1k?);
-            (ping_cpu > 0.0).then_some((
-                c,
-                select.throughput_qps?,
-                ping.throughput_qps?,
-                ping_cpu,
-                select_cpu,
-            ))
-        })
-        .collect();
-    // µs per call of a CPU field of a run.
-    let per_call = |r: &Record, seconds: fn(&Record) -> Option<f64>| match (seconds(r), r.ok) {
-        (Some(s), Some(ok)) if ok > 0.0 => Some(s / ok * 1e6),
-        _ => None,
-    };
-    // (callers, [user ping, user select, kernel ping, kernel select]) in µs per call.
-    let split: Vec<(u64, [f64; 4])> = pairs
-        .iter()
-        .filter_map(|&(c, ping, select)| {
-            Some((
-                c,
-                [
-                    per_call(ping, |r| r.cpu_user_s)?,
-                    per_call(select, |r| r.cpu_user_s)?,
-                    per_call(ping, |r| r.cpu_sys_s)?,
-                    per_call(select, |r| r.cpu_sys_s)?,
-                ],
-            ))
-        })
-        .collect();
-    let counted = runs
-        .select(|r| r.tool == "callgrind" && r.label == "instructions" && r.target == "gateway");
-    let instructions_per_call = |workload: &str, c: u64| {
-        let r = counted
-            .iter()
-            .rfind(|r| r.workload == workload && r.concurrency == Some(c as f64))?;
-        r.instructions_per_call
-            .or_else(|| ratio(r.instructions, r.ok))
-            .filter(|n| *n > 0.0)
-    };
-    let counted_cs = distinct_concurrencies(
-        counted
-            .iter()
-            .copied()
-            .filter(|r| r.workload == "ping" || r.workload == "select")
-            .collect(),
-    );
-    if points.is_empty() && split.is_empty() && counted_cs.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        out,
-        "### The gRPC door's own work per call
-"
-    );
-    if !points.is_empty() {
-        let _ = writeln!(
-            out,
-            "Gateway CPU per point select (`select`, from the sweep) against gateway CPU per health \
-             `Check` (`ping`, a call that does nothing), same run. The difference is pgway's own work \
-             per call and the libraries under it (auth, admission, deadline, pool checkout, \
-             tokio-postgres, values, the observer layer); the `ping` figure is the gRPC stack's floor.\n"
-        );
-        cpu_ratio_table(out, &points);
-        if !own_connection.is_empty() {
-            let _ = writeln!(
-                out,
-                "The same two calls with every caller on an HTTP/2 connection of its own \
-                 (`--callers-per-channel 1`: h2load's arrangement, one stream per connection). \
-                 Concurrent `Check`s then can't share the gateway's reads and writes, so the \
-                 floor costs more than on the shared connections above. At one caller the two \
-                 arrangements are the same.\n"
-            );
-            cpu_ratio_table(out, &own_connection);
-        }
-        if !paced.is_empty() {
-            let _ = writeln!(
-                out,
-                "And the `Check` paced at the rate the sweep's select reached with as many callers \
-                 (`--rate`). A select's gateway waits for PostgreSQL, on the same cores, so its \
-                 threads sleep and wake between calls and fewer calls share each read, write and \
-                 wake-up; unpaced, the `Check`s above run several times faster and share them. \
-                 Paced, the two calls meet the gateway at the same pace, and the difference is \
-                 the select's own work.\n"
-            );
-            let _ = writeln!(
-                out,
-                "| callers | select q/s | paced ping q/s | gateway CPU ms / 1k, paced ping | gateway CPU ms / 1k, select | select / paced ping |\n|---:|---:|---:|---:|---:|---:|"
-            );
-            for (c, select_qps, ping_qps, ping, select) in &paced {
-                let _ = writeln!(
-                    out,
-                    "| {c} | {select_qps:.0} | {ping_qps:.0} | {:.1} | {:.1} | {:.2} |",
-                    ping * 1000.0,
-                    select * 1000.0,
-                    select / ping
-                );
-            }
-            let _ = writeln!(out);
-        }
-        let verdict = |target: &'static str, points: &[(u64, f64, f64)], c: u64, limit: f64| {
-            let found = points.iter().find(|(pc, _, _)| *pc == c);
-            Verdict {
-                target: target.to_owned(),
-                measured: found.map_or_else(
-                    || "not measured".to_owned(),
-                    |(_, ping, select)| format!("ratio {:.2}", select / ping),
-                ),
-                met: found.map(|(_, ping, select)| select / ping <= limit),
-            }
-        };
-        let mut verdicts = vec![
-            verdict(
-                "At 1 caller: gateway CPU per point select ≤ 1.5× its CPU per no-op call",
-                &points,
-                1,
-                1.5,
-            ),
-            verdict(
-                "At 100 callers: gateway CPU per point select ≤ 1.3× its CPU per no-op call",
-                &points,
-                100,
-                1.3,
-            ),
-        ];
-        if !own_connection.is_empty() {
-            verdicts.push(verdict(
-                "At 100 callers, one HTTP/2 connection each: the same ≤ 1.3×",
-                &own_connection,
-                100,
-                1.3,
-            ));
-        }
-        if !paced.is_empty() {
-            let at_rate: Vec<(u64, f64, f64)> = paced
-                .iter()
-                .map(|&(c, _, _, ping, select)| (c, ping, select))
-                .collect();
-            verdicts.push(verdict(
-                "At 100 callers, the no-op call paced at the select's rate: the same ≤ 1.3×",
-                &at_rate,
-                100,
-                1.3,
-            ));
-        }
-        verdict_table(out, verdicts);
-    }
-    if !split.is_empty() {
-        let _ = writeln!(out, "#### The same CPU, user space and kernel\n");
-        let _ = writeln!(
-            out,
-            "The gateway's CPU per call split into its own user-space time (utime) and the kernel's \
-             time on its behalf (stime: system calls, and the loopback TCP work under them), in µs \
-             per call, same runs as above.\n"
-        );
-        let _ = writeln!(
-            out,
-            "| callers | user µs / call, ping | user µs / call, select | user select / ping | kernel µs / call, ping | kernel µs / call, select | kernel select / ping |\n|---:|---:|---:|---:|---:|---:|---:|"
-        );
-        for (c, [user_ping, user_select, sys_ping, sys_select]) in &split {
-            let _ = writeln!(
-                out,
-                "| {c} | {user_ping:.1} | {user_select:.1} | {} | {sys_ping:.1} | {sys_select:.1} | {} |",
-                fmt_num(ratio(Some(*user_select), Some(*user_ping)), 2),
-                fmt_num(ratio(Some(*sys_select), Some(*sys_ping)), 2),
-            );
-        }
-        let _ = writeln!(out);
-    }
-    if !counted_cs.is_empty() {
-        let _ = writeln!(
-            out,
-            "#### Instructions per call (callgrind, the gateway process's user space only)\n"
-        );
-        let _ = writeln!(
-            out,
-            "Counted by `bench/callgrind.sh`: the gateway run under `valgrind --tool=callgrind`, \
-             instructions over one measured window divided by the calls it answered. Instruction \
-             counts don't move with the machine's load, unlike CPU time, so they compare across \
-             runs; they cover the gateway's user space only, not the kernel's loopback TCP work{}.\n",
-            if split.is_empty() {
-                ""
-            } else {
-                " (the kernel columns above)"
-            }
-        );
-        let _ = writeln!(
-            out,
-            "| callers | instructions / call, ping | instructions / call, select | select / ping |\n|---:|---:|---:|---:|"
-        );
-        for &c in &counted_cs {
-            let (ping, select) = (
-                instructions_per_call("ping", c),
-                instructions_per_call("select", c),
-            );
-            let _ = writeln!(
-                out,
-                "| {c} | {} | {} | {} |",
-                fmt_num(ping, 0),
-                fmt_num(select, 0),
-                fmt_num(ratio(select, ping), 2),
-            );
-        }
-        let _ = writeln!(out);
-    }
-}
-
-/// Gateway CPU per 1,000 calls of ping and select, and their ratio, one row per concurrency.
-fn cpu_ratio_table(out: &mut String, points: &[(u64, f64, f64)]) {
-    let _ = writeln!(
-        out,
-        "| callers | gateway CPU ms / 1k, ping | gateway CPU ms / 1k, select | select / ping |\n|---:|---:|---:|---:|"
-    );
-    for (c, ping, select) in points {
-        let _ = writeln!(
-            out,
-            "| {c} | {:.1} | {:.1} | {:.2} |",
-            ping * 1000.0,
-            select * 1000.0,
-            select / ping
-        );
-    }
-    let _ = writeln!(out);
-}
-
 struct Verdict {
     target: String,
     measured: String,
     met: Option<bool>,
+}
+
+impl Verdict {
+    /// A target without the runs to judge it.
+    fn unmeasured(target: impl Into<String>) -> Verdict {
+        Verdict {
+            target: target.into(),
+            measured: "not measured".into(),
+            met: None,
+        }
+    }
 }
 
 fn verdict_table(out: &mut String, verdicts: Vec<Verdict>) {
@@ -536,6 +286,51 @@ fn verdict_table(out: &mut String, verdicts: Vec<Verdict>) {
 }
 
 pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
+    let runs = read_runs(args)?;
+    let machine = read_machine(args)?;
+    let mut out = String::new();
+    introduction(&mut out, &machine);
+    set_up(&mut out, &machine);
+
+    let _ = writeln!(out, "## Targets\n");
+    verdict_table(&mut out, verdicts(&runs, &machine));
+
+    let _ = writeln!(out, "## Results\n");
+    sweep_section(
+        &mut out,
+        &runs,
+        &machine,
+        "sweep",
+        "select",
+        "Point select (`pgbench -S`), concurrency sweep",
+    );
+    sweep_section(
+        &mut out,
+        &runs,
+        &machine,
+        "workloads",
+        "write",
+        "Small write transaction",
+    );
+    sweep_section(
+        &mut out,
+        &runs,
+        &machine,
+        "workloads",
+        "read1000",
+        "1,000-row read",
+    );
+    floor_section(&mut out, &runs, &machine);
+    floor_ratio_section(&mut out, &runs);
+    streams_section(&mut out, &runs);
+    soak_section(&mut out, &runs);
+    door::door_section(&mut out, &runs, &machine);
+    notes(&mut out, &machine, args)?;
+    write_out(args, &runs, &out)
+}
+
+/// The results file's lines, each a run.
+fn read_runs(args: &ReportArgs) -> Result<Runs, BoxError> {
     let text = std::fs::read_to_string(&args.results)?;
     let mut parsed = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -546,8 +341,12 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
             json::parse(line).map_err(|e| format!("{}:{}: {e}", args.results.display(), i + 1))?,
         );
     }
-    let runs = Runs { runs: parsed };
-    let machine = Machine {
+    Ok(Runs { runs: parsed })
+}
+
+/// The `--machine` file's key=value lines (none without one).
+fn read_machine(args: &ReportArgs) -> Result<Machine, BoxError> {
+    Ok(Machine {
         lines: match &args.machine {
             Some(path) => std::fs::read_to_string(path)?
                 .lines()
@@ -556,9 +355,12 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
                 .collect(),
             None => Vec::new(),
         },
-    };
+    })
+}
+
+/// The title, where the numbers come from, and the machine they were measured on.
+fn introduction(out: &mut String, machine: &Machine) {
     let info = |key: &str| machine.get(key);
-    let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
@@ -589,6 +391,11 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
          of the benchmark (for example a compiler running at the same time): where it is not near 0, that run was disturbed.\n",
         info("cores")
     );
+}
+
+/// How PostgreSQL, the proxies and the load generator were set up.
+fn set_up(out: &mut String, machine: &Machine) {
+    let info = |key: &str| machine.get(key);
     let _ = writeln!(out, "## Set-up\n");
     let _ = writeln!(
         out,
@@ -645,140 +452,72 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
             info("proxies_reach_postgres")
         );
     }
+}
 
-    let _ = writeln!(out, "## Targets\n");
-    verdict_table(&mut out, verdicts(&runs, &machine));
-
-    let _ = writeln!(out, "## Results\n");
-    sweep_section(
-        &mut out,
-        &runs,
-        &machine,
-        "sweep",
-        "select",
-        "Point select (`pgbench -S`), concurrency sweep",
-    );
-    sweep_section(
-        &mut out,
-        &runs,
-        &machine,
-        "workloads",
-        "write",
-        "Small write transaction",
-    );
-    sweep_section(
-        &mut out,
-        &runs,
-        &machine,
-        "workloads",
-        "read1000",
-        "1,000-row read",
-    );
-
-    let floor = runs.label_runs("floor");
-    if !floor.is_empty() {
-        let _ = writeln!(out, "### One caller: the round-trip floor of each stack\n");
-        let _ = writeln!(
-            out,
-            "`ping` is a call that does no SQL: the gRPC health `Check` for the gateway, an empty query for \
-             PostgreSQL and PgBouncer. The gap between `ping` and `select` is the work of the query itself; \
-             the gap between the targets' `ping` is the cost of their protocol stacks on this machine. \
-             The `loopback` rows are under every stack: one byte sent back and forth between two threads \
-             over a loopback TCP connection, with blocking sockets and no protocol (`pgway-bench hop`), \
-             the threads pinned to two different cores (`tcp-2-cores`) or both to one (`tcp-1-core`). \
-             A call through the gateway or PgBouncer makes two such round trips where a direct call \
-             makes one, so the `tcp-2-cores` row is the scale on which to read what a proxy adds at one \
-             caller: what this machine charges for waking a thread on another core, before any protocol \
-             (less when the scheduler happens to put the two processes on one core).\n"
-        );
-        let _ = writeln!(
-            out,
-            "| target | workload | q/s | p50 µs | p90 µs | p99 µs | proxy CPU ms / 1k | PostgreSQL CPU ms / 1k | load generator CPU ms / 1k |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
-        );
-        let stacks = TARGETS.iter().flat_map(|&t| {
-            runs.find("floor", t, "ping", 1)
-                .into_iter()
-                .chain(runs.find("sweep", t, "select", 1))
-        });
-        let bare = ["tcp-2-cores", "tcp-1-core"]
-            .into_iter()
-            .filter_map(|w| runs.find("floor", "loopback", w, 1));
-        for r in stacks.chain(bare) {
-            let ms = |v: Option<f64>| fmt_num(v.map(|v| v * 1000.0), 1);
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.target,
-                r.workload,
-                fmt_num(r.throughput_qps, 0),
-                fmt_num(r.p50_us, 0),
-                fmt_num(r.p90_us, 0),
-                fmt_num(r.p99_us, 0),
-                ms(r.cpu_s_per_1k),
-                ms(r.pg_cpu_s_per_1k),
-                ms(r.bench_cpu_s_per_1k),
-            );
-        }
-        let _ = writeln!(out);
-        skipped_pgbouncer(&mut out, &machine);
-    }
-
-    floor_ratio_section(&mut out, &runs);
-
+/// The gateway's memory with many concurrent calls.
+fn streams_section(out: &mut String, runs: &Runs) {
     let streams = runs.label_runs("streams");
-    if !streams.is_empty() {
-        let _ = writeln!(out, "### Many concurrent calls (gateway memory)\n");
+    if streams.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "### Many concurrent calls (gateway memory)\n");
+    let _ = writeln!(
+        out,
+        "| callers | workload | channels | q/s | p50 µs | p99 µs | errors | peak RSS | RSS after |\n|---:|---|---:|---:|---:|---:|---|---:|---:|"
+    );
+    for r in streams {
         let _ = writeln!(
             out,
-            "| callers | workload | channels | q/s | p50 µs | p99 µs | errors | peak RSS | RSS after |\n|---:|---|---:|---:|---:|---:|---|---:|---:|"
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt_num(r.concurrency, 0),
+            r.workload,
+            fmt_num(r.connections, 0),
+            fmt_num(r.throughput_qps, 0),
+            fmt_num(r.p50_us, 0),
+            fmt_num(r.p99_us, 0),
+            errors_text(r),
+            mib(r.rss_peak_bytes),
+            mib(r.rss_end_bytes),
         );
-        for r in streams {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                fmt_num(r.concurrency, 0),
-                r.workload,
-                fmt_num(r.connections, 0),
-                fmt_num(r.throughput_qps, 0),
-                fmt_num(r.p50_us, 0),
-                fmt_num(r.p99_us, 0),
-                errors_text(r),
-                mib(r.rss_peak_bytes),
-                mib(r.rss_end_bytes),
-            );
+    }
+    let _ = writeln!(out);
+}
+
+/// The soak: throughput, errors and the RSS over a long run.
+fn soak_section(out: &mut String, runs: &Runs) {
+    let soak = runs.label_runs("soak");
+    let Some(r) = soak.last() else {
+        return;
+    };
+    let _ = writeln!(out, "### Soak\n");
+    let _ = writeln!(
+        out,
+        "{} callers, point select, {} s after a warm-up of {} s: {} q/s, errors {}, RSS slope {} bytes/min (least squares).\n",
+        fmt_num(r.concurrency, 0),
+        fmt_num(r.duration_s, 0),
+        fmt_num(r.warmup_s, 0),
+        fmt_num(r.throughput_qps, 0),
+        errors_text(r),
+        fmt_num(r.rss_slope_bytes_per_min, 0),
+    );
+    if let Some(samples) = &r.rss_samples {
+        let _ = writeln!(out, "| seconds | RSS |\n|---:|---:|");
+        // At most ~20 rows, evenly spread, always the last.
+        let step = samples.len().div_ceil(20).max(1);
+        for (i, s) in samples.iter().enumerate() {
+            if i % step != 0 && i + 1 != samples.len() {
+                continue;
+            }
+            let (t, v) = s;
+            let _ = writeln!(out, "| {t:.0} | {:.2} MiB |", v / 1048576.0);
         }
         let _ = writeln!(out);
     }
+}
 
-    if let Some(r) = runs.label_runs("soak").last() {
-        let _ = writeln!(out, "### Soak\n");
-        let _ = writeln!(
-            out,
-            "{} callers, point select, {} s after a warm-up of {} s: {} q/s, errors {}, RSS slope {} bytes/min (least squares).\n",
-            fmt_num(r.concurrency, 0),
-            fmt_num(r.duration_s, 0),
-            fmt_num(r.warmup_s, 0),
-            fmt_num(r.throughput_qps, 0),
-            errors_text(r),
-            fmt_num(r.rss_slope_bytes_per_min, 0),
-        );
-        if let Some(samples) = &r.rss_samples {
-            let _ = writeln!(out, "| seconds | RSS |\n|---:|---:|");
-            // At most ~20 rows, evenly spread, always the last.
-            let step = samples.len().div_ceil(20).max(1);
-            for (i, s) in samples.iter().enumerate() {
-                if i % step != 0 && i + 1 != samples.len() {
-                    continue;
-                }
-                let (t, v) = s;
-                let _ = writeln!(out, "| {t:.0} | {:.2} MiB |", v / 1048576.0);
-            }
-            let _ = writeln!(out);
-        }
-    }
-
-    door::door_section(&mut out, &runs, &machine);
-
+/// The notes of the `--machine` file and of `--notes`, and where the raw results are.
+fn notes(out: &mut String, machine: &Machine, args: &ReportArgs) -> Result<(), BoxError> {
+    let info = |key: &str| machine.get(key);
     let notes = info("notes");
     if !notes.is_empty() {
         let _ = writeln!(out, "## Notes\n\n{notes}\n");
@@ -792,14 +531,18 @@ pub fn run(args: &ReportArgs) -> Result<(), BoxError> {
         "Raw results: one JSON line per run, printed by `pgway-bench run` (kept by `bench/compare.sh` in `{}`).",
         info("results_file")
     );
+    Ok(())
+}
 
+/// The report written to `--out` (saying so, with the runs by label), or printed.
+fn write_out(args: &ReportArgs, runs: &Runs, out: &str) -> Result<(), BoxError> {
     let mut by_label: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &runs.runs {
         *by_label.entry(r.label.as_str()).or_default() += 1;
     }
     match &args.out {
         Some(path) => {
-            std::fs::write(path, &out)?;
+            std::fs::write(path, out)?;
             eprintln!(
                 "wrote {} ({} runs: {by_label:?})",
                 path.display(),
