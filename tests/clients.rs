@@ -153,73 +153,8 @@ async fn grpcurl_works_through_reflection() {
     let addr = gw.addr.to_string();
     let auth = "authorization: Bearer grpcurl-token-0123456789abcdef";
 
-    let services = grpcurl_ok(&[], &addr, &["list"]).await;
-    let services: Vec<&str> = services.lines().map(str::trim).collect();
-    for service in ["pgway.v1.Database", "grpc.health.v1.Health"] {
-        assert!(
-            services.contains(&service),
-            "{service} not listed: {services:?}"
-        );
-    }
-
-    let described = grpcurl_ok(&[], &addr, &["describe", "pgway.v1.Database"]).await;
-    for expected in [
-        "pgway.v1.Database is a service",
-        "rpc Query ( .pgway.v1.QueryRequest ) returns ( .pgway.v1.QueryResponse );",
-        "rpc QueryStream ( .pgway.v1.QueryRequest ) returns ( stream .pgway.v1.QueryStreamResponse );",
-        "rpc Transaction ( .pgway.v1.TransactionRequest ) returns ( .pgway.v1.TransactionResponse );",
-        "rpc InteractiveTransaction ( stream .pgway.v1.InteractiveTransactionRequest ) returns ( stream .pgway.v1.InteractiveTransactionResponse );",
-    ] {
-        assert!(
-            described.contains(expected),
-            "no {expected:?} in:\n{described}"
-        );
-    }
-    // Value refers to google/protobuf/struct.proto: the served set must hold it too.
-    let value = grpcurl_ok(&[], &addr, &["describe", "pgway.v1.Value"]).await;
-    assert!(
-        value.contains(".google.protobuf.NullValue null_value = 1;"),
-        "{value}"
-    );
-
-    let query = r#"{"sql":"SELECT $1::int4 + 1 AS n","params":[{"intValue":"41"}]}"#;
-    let refused = grpcurl(&["-d", query], &addr, &["pgway.v1.Database/Query"]).await;
-    assert!(
-        printed(&refused).contains("Code: Unauthenticated"),
-        "{}",
-        printed(&refused)
-    );
-    let reply = grpcurl_ok(
-        &["-H", auth, "-d", query],
-        &addr,
-        &["pgway.v1.Database/Query"],
-    )
-    .await;
-    let json = squashed(&reply);
-    for expected in [
-        r#""columns":[{"name":"n","typeOid":23,"typeName":"int4"}]"#,
-        r#""rows":[{"values":[{"intValue":"42"}]}]"#,
-        r#""rowsAffected":"1""#,
-    ] {
-        assert!(json.contains(expected), "no {expected} in:\n{reply}");
-    }
-
-    // An error keeps its code and message.
-    let failed = grpcurl(
-        &["-H", auth, "-d", r#"{"sql":"SELECT 1/0"}"#],
-        &addr,
-        &["pgway.v1.Database/Query"],
-    )
-    .await;
-    let all = printed(&failed);
-    assert!(!failed.status.success(), "{all}");
-    assert!(all.contains("Code: InvalidArgument"), "{all}");
-    assert!(
-        all.contains("Message: division by zero (SQLSTATE 22012)"),
-        "{all}"
-    );
-    // Reflection serves google.rpc's descriptors, so grpcurl decodes the ErrorInfo too.
-    assert!(all.contains(r#""reason":"DIVISION_BY_ZERO""#), "{all}");
+    reflection_lists_and_describes_the_service(&addr).await;
+    queries_need_the_token_and_errors_keep_their_details(&addr, auth).await;
 
     let addr: &str = &addr;
     eventually(
@@ -247,6 +182,82 @@ async fn grpcurl_works_through_reflection() {
     );
     let listed = grpcurl_ok(&["-H", auth], &closed_addr, &["list"]).await;
     assert!(listed.contains("pgway.v1.Database"), "{listed}");
+}
+
+/// Through reflection grpcurl lists the Database and health services and describes the
+/// Database service's RPCs and `Value`, well-known types included.
+async fn reflection_lists_and_describes_the_service(addr: &str) {
+    let services = grpcurl_ok(&[], addr, &["list"]).await;
+    let services: Vec<&str> = services.lines().map(str::trim).collect();
+    for service in ["pgway.v1.Database", "grpc.health.v1.Health"] {
+        assert!(
+            services.contains(&service),
+            "{service} not listed: {services:?}"
+        );
+    }
+
+    let described = grpcurl_ok(&[], addr, &["describe", "pgway.v1.Database"]).await;
+    for expected in [
+        "pgway.v1.Database is a service",
+        "rpc Query ( .pgway.v1.QueryRequest ) returns ( .pgway.v1.QueryResponse );",
+        "rpc QueryStream ( .pgway.v1.QueryRequest ) returns ( stream .pgway.v1.QueryStreamResponse );",
+        "rpc Transaction ( .pgway.v1.TransactionRequest ) returns ( .pgway.v1.TransactionResponse );",
+        "rpc InteractiveTransaction ( stream .pgway.v1.InteractiveTransactionRequest ) returns ( stream .pgway.v1.InteractiveTransactionResponse );",
+    ] {
+        assert!(
+            described.contains(expected),
+            "no {expected:?} in:\n{described}"
+        );
+    }
+    // Value refers to google/protobuf/struct.proto: the served set must hold it too.
+    let value = grpcurl_ok(&[], addr, &["describe", "pgway.v1.Value"]).await;
+    assert!(
+        value.contains(".google.protobuf.NullValue null_value = 1;"),
+        "{value}"
+    );
+}
+
+/// A query without the token is UNAUTHENTICATED; with it, grpcurl gets the result as JSON,
+/// and a failing query's code, message and ErrorInfo.
+async fn queries_need_the_token_and_errors_keep_their_details(addr: &str, auth: &str) {
+    let query = r#"{"sql":"SELECT $1::int4 + 1 AS n","params":[{"intValue":"41"}]}"#;
+    let refused = grpcurl(&["-d", query], addr, &["pgway.v1.Database/Query"]).await;
+    assert!(
+        printed(&refused).contains("Code: Unauthenticated"),
+        "{}",
+        printed(&refused)
+    );
+    let reply = grpcurl_ok(
+        &["-H", auth, "-d", query],
+        addr,
+        &["pgway.v1.Database/Query"],
+    )
+    .await;
+    let json = squashed(&reply);
+    for expected in [
+        r#""columns":[{"name":"n","typeOid":23,"typeName":"int4"}]"#,
+        r#""rows":[{"values":[{"intValue":"42"}]}]"#,
+        r#""rowsAffected":"1""#,
+    ] {
+        assert!(json.contains(expected), "no {expected} in:\n{reply}");
+    }
+
+    // An error keeps its code and message.
+    let failed = grpcurl(
+        &["-H", auth, "-d", r#"{"sql":"SELECT 1/0"}"#],
+        addr,
+        &["pgway.v1.Database/Query"],
+    )
+    .await;
+    let all = printed(&failed);
+    assert!(!failed.status.success(), "{all}");
+    assert!(all.contains("Code: InvalidArgument"), "{all}");
+    assert!(
+        all.contains("Message: division by zero (SQLSTATE 22012)"),
+        "{all}"
+    );
+    // Reflection serves google.rpc's descriptors, so grpcurl decodes the ErrorInfo too.
+    assert!(all.contains(r#""reason":"DIVISION_BY_ZERO""#), "{all}");
 }
 
 /// Checks liveness, waits (bounded) for readiness, and checks an unknown service, printing one

@@ -236,20 +236,7 @@ async fn only_console_users_get_in() {
 async fn the_lists_show_what_the_door_is_doing() {
     let door = door().await;
     let admin = console(&door, "postgres", POSTGRES_PASSWORD).await;
-    for (what, expected) in [
-        ("POOLS", &POOLS[..]),
-        ("CLIENTS", &SOCKETS[..]),
-        ("SERVERS", &SOCKETS[..]),
-        ("DATABASES", &DATABASES[..]),
-        ("STATS_TOTALS", &STATS_TOTALS[..]),
-    ] {
-        let (columns, _) = show(&admin, what).await;
-        assert_eq!(
-            &columns[..expected.len()],
-            expected,
-            "SHOW {what}: PgBouncer's columns, in its order"
-        );
-    }
+    the_lists_have_pgbouncers_columns(&admin).await;
 
     let (busy, busy_conn) = tokio_postgres::connect(
         &format!("{}&application_name=busy-worker", door.dsn()),
@@ -269,14 +256,49 @@ async fn the_lists_show_what_the_door_is_doing() {
         .expect("pid")
         .get(0);
 
-    let (_, pools) = show(&admin, "POOLS").await;
+    let worker = pools_clients_and_servers_show_the_busy_client(&door, &admin, pid).await;
+    let _pinning = the_pinned_column_says_why(&door, &admin, &worker).await;
+
+    busy.batch_execute("COMMIT").await.expect("COMMIT");
+    transactions_are_counted(&door, &admin, &idle).await;
+}
+
+/// SHOW POOLS, CLIENTS, SERVERS, DATABASES and STATS_TOTALS start with PgBouncer's columns,
+/// in its order.
+async fn the_lists_have_pgbouncers_columns(admin: &tokio_postgres::Client) {
+    for (what, expected) in [
+        ("POOLS", &POOLS[..]),
+        ("CLIENTS", &SOCKETS[..]),
+        ("SERVERS", &SOCKETS[..]),
+        ("DATABASES", &DATABASES[..]),
+        ("STATS_TOTALS", &STATS_TOTALS[..]),
+    ] {
+        let (columns, _) = show(admin, what).await;
+        assert_eq!(
+            &columns[..expected.len()],
+            expected,
+            "SHOW {what}: PgBouncer's columns, in its order"
+        );
+    }
+}
+
+/// With the busy client (backend `pid`) in a transaction and the idle one not: POOLS counts
+/// an active client and server, CLIENTS lists both (the busy one by name and address) and
+/// the console's own client, and SERVERS links `pid`'s connection to the busy client.
+/// Returns the busy client's row of CLIENTS.
+async fn pools_clients_and_servers_show_the_busy_client(
+    door: &Door,
+    admin: &tokio_postgres::Client,
+    pid: i32,
+) -> Row {
+    let (_, pools) = show(admin, "POOLS").await;
     let pool = row(&pools, "database", &door.database);
     assert_eq!(pool["user"].as_deref(), Some("postgres"));
     assert_eq!(int(pool, "cl_active"), 1, "{pool:?}");
     assert_eq!(int(pool, "sv_active"), 1, "{pool:?}");
     assert_eq!(pool["pool_mode"].as_deref(), Some("transaction"));
 
-    let (_, clients) = show(&admin, "CLIENTS").await;
+    let (_, clients) = show(admin, "CLIENTS").await;
     let mine: Vec<_> = clients
         .iter()
         .filter(|c| c["database"].as_deref() == Some(door.database.as_str()))
@@ -298,7 +320,7 @@ async fn the_lists_show_what_the_door_is_doing() {
         "the console's own client is listed: {clients:?}"
     );
 
-    let (_, servers) = show(&admin, "SERVERS").await;
+    let (_, servers) = show(admin, "SERVERS").await;
     let linked = servers
         .iter()
         .find(|s| int(s, "remote_pid") == i64::from(pid))
@@ -306,13 +328,23 @@ async fn the_lists_show_what_the_door_is_doing() {
     assert_eq!(linked["state"].as_deref(), Some("active"));
     assert_eq!(linked["link"], worker["ptr"], "linked to the busy client");
 
+    (*worker).clone()
+}
+
+/// SHOW CLIENTS' `pinned` says `temp_table` for a client with a temp table, and nothing for
+/// `worker`. Returns the pinned client, to keep it connected.
+async fn the_pinned_column_says_why(
+    door: &Door,
+    admin: &tokio_postgres::Client,
+    worker: &Row,
+) -> tokio_postgres::Client {
     // pgway's own column: why a client is pinned to its server connection.
-    let pinning = named_client(&door, "pinning").await;
+    let pinning = named_client(door, "pinning").await;
     pinning
         .batch_execute("CREATE TEMP TABLE mine (a int)")
         .await
         .expect("temp table");
-    let (_, clients) = show(&admin, "CLIENTS").await;
+    let (_, clients) = show(admin, "CLIENTS").await;
     let pinned = row(&clients, "application_name", "pinning");
     assert_eq!(
         pinned["pinned"].as_deref(),
@@ -321,20 +353,28 @@ async fn the_lists_show_what_the_door_is_doing() {
     );
     assert_eq!(worker["pinned"], None);
 
-    busy.batch_execute("COMMIT").await.expect("COMMIT");
+    pinning
+}
+
+/// Five queries of `idle` count as five transactions in STATS_TOTALS.
+async fn transactions_are_counted(
+    door: &Door,
+    admin: &tokio_postgres::Client,
+    idle: &tokio_postgres::Client,
+) {
     let xacts = |rows: &[HashMap<String, Option<String>>]| {
         rows.iter()
             .find(|r| r["database"].as_deref() == Some(door.database.as_str()))
             .map_or(0, |r| int(r, "xact_count"))
     };
-    let before = xacts(&show(&admin, "STATS_TOTALS").await.1);
+    let before = xacts(&show(admin, "STATS_TOTALS").await.1);
     for _ in 0..5 {
         idle.simple_query("SELECT 1").await.expect("query");
     }
     eventually(
         Duration::from_secs(10),
         "five transactions counted",
-        || async { xacts(&show(&admin, "STATS_TOTALS").await.1) >= before + 5 },
+        || async { xacts(&show(admin, "STATS_TOTALS").await.1) >= before + 5 },
     )
     .await;
 }
@@ -504,12 +544,33 @@ async fn admin_commands_do_what_pgbouncers_do() {
         .await
         .expect("table");
 
-    let victim = named_client(&door, "victim").await;
+    kill_client_ends_one_client_and_rolls_back(&door, &admin, &direct).await;
+    let client = reconnect_replaces_the_server_connections(&door, &admin, &direct).await;
+    kill_ends_every_client_and_holds_new_work(&door, &admin, &client).await;
+
+    admin.simple_query("RELOAD").await.expect("RELOAD");
+    let _ = admin.simple_query("SHUTDOWN").await;
+    eventually(
+        Duration::from_secs(30),
+        "the door stops accepting",
+        || async { tokio::net::TcpStream::connect(door.addr).await.is_err() },
+    )
+    .await;
+}
+
+/// KILL_CLIENT ends the client in a transaction, which can't commit, and its transaction is
+/// rolled back; KILL_CLIENT of an id no client has is an error.
+async fn kill_client_ends_one_client_and_rolls_back(
+    door: &Door,
+    admin: &tokio_postgres::Client,
+    direct: &tokio_postgres::Client,
+) {
+    let victim = named_client(door, "victim").await;
     victim
         .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
         .await
         .expect("in a transaction");
-    let id = client_id(&admin, "victim").await;
+    let id = client_id(admin, "victim").await;
     admin
         .simple_query(&format!("KILL_CLIENT {id}"))
         .await
@@ -551,8 +612,16 @@ async fn admin_commands_do_what_pgbouncers_do() {
             .message()
             .contains("no such client")
     );
+}
 
-    let client = named_client(&door, "steady").await;
+/// After RECONNECT and WAIT_CLOSE a client's next transaction runs on a new server connection
+/// and the old backend is gone. Returns that client.
+async fn reconnect_replaces_the_server_connections(
+    door: &Door,
+    admin: &tokio_postgres::Client,
+    direct: &tokio_postgres::Client,
+) -> tokio_postgres::Client {
+    let client = named_client(door, "steady").await;
     let before = backend_pid(&client).await;
     admin.simple_query("RECONNECT").await.expect("RECONNECT");
     admin.simple_query("WAIT_CLOSE").await.expect("WAIT_CLOSE");
@@ -570,7 +639,16 @@ async fn admin_commands_do_what_pgbouncers_do() {
         n == 0
     })
     .await;
+    client
+}
 
+/// KILL of the database ends `client`, and a new client's query is held until RESUME, then
+/// served.
+async fn kill_ends_every_client_and_holds_new_work(
+    door: &Door,
+    admin: &tokio_postgres::Client,
+    client: &tokio_postgres::Client,
+) {
     // KILL: every client of the database ended, its new work held until RESUME.
     admin
         .simple_query(&format!("KILL {}", door.database))
@@ -591,15 +669,6 @@ async fn admin_commands_do_what_pgbouncers_do() {
         .expect("served after RESUME")
         .expect("task")
         .expect("query");
-
-    admin.simple_query("RELOAD").await.expect("RELOAD");
-    let _ = admin.simple_query("SHUTDOWN").await;
-    eventually(
-        Duration::from_secs(30),
-        "the door stops accepting",
-        || async { tokio::net::TcpStream::connect(door.addr).await.is_err() },
-    )
-    .await;
 }
 
 /// A `SHOW CONFIG` row by key: (value, default, changeable).

@@ -30,99 +30,100 @@ async fn setup(gw: &Gateway) {
     gw.direct().await.batch_execute(&sql).await.expect("setup");
 }
 
+/// PostgreSQL errors and what the gateway answers for each: (sql, code, reason, sqlstate).
+const POSTGRES_ERROR_CASES: &[(&str, Code, &str, &str)] = &[
+    (
+        "INSERT INTO parent VALUES (1)",
+        Code::AlreadyExists,
+        "UNIQUE_VIOLATION",
+        "23505",
+    ),
+    (
+        "INSERT INTO child VALUES (1, 99, 1)",
+        Code::FailedPrecondition,
+        "FOREIGN_KEY_VIOLATION",
+        "23503",
+    ),
+    (
+        "INSERT INTO child VALUES (1, 1, NULL)",
+        Code::FailedPrecondition,
+        "NOT_NULL_VIOLATION",
+        "23502",
+    ),
+    (
+        "INSERT INTO child VALUES (1, 1, -5)",
+        Code::FailedPrecondition,
+        "CHECK_VIOLATION",
+        "23514",
+    ),
+    (
+        "SELECT * FROM no_such_table",
+        Code::InvalidArgument,
+        "UNDEFINED_TABLE",
+        "42P01",
+    ),
+    ("SELEC 1", Code::InvalidArgument, "SYNTAX_ERROR", "42601"),
+    (
+        "SELECT 1/0",
+        Code::InvalidArgument,
+        "DIVISION_BY_ZERO",
+        "22012",
+    ),
+    (
+        "SELECT 'x'::int",
+        Code::InvalidArgument,
+        "INVALID_TEXT_REPRESENTATION",
+        "22P02",
+    ),
+    (
+        "SELECT no_such_column FROM parent",
+        Code::InvalidArgument,
+        "UNDEFINED_COLUMN",
+        "42703",
+    ),
+    (
+        "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = '40001'; END $$",
+        Code::Aborted,
+        "SERIALIZATION_FAILURE",
+        "40001",
+    ),
+    (
+        "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = '40P01'; END $$",
+        Code::Aborted,
+        "DEADLOCK_DETECTED",
+        "40P01",
+    ),
+    (
+        "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = '53300'; END $$",
+        Code::ResourceExhausted,
+        "TOO_MANY_CONNECTIONS",
+        "53300",
+    ),
+    (
+        "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = '57P01'; END $$",
+        Code::Unavailable,
+        "ADMIN_SHUTDOWN",
+        "57P01",
+    ),
+    (
+        "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = '08006'; END $$",
+        Code::Unavailable,
+        "CONNECTION_FAILURE",
+        "08006",
+    ),
+    (
+        "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = 'XX000'; END $$",
+        Code::Internal,
+        "INTERNAL_ERROR",
+        "XX000",
+    ),
+];
+
 #[tokio::test]
 async fn postgres_errors_map_to_codes_with_error_info() {
     let gw = Gateway::start().await;
     setup(&gw).await;
-    // (sql, code, reason, sqlstate)
-    let cases: Vec<(&str, Code, &str, &str)> = vec![
-        (
-            "INSERT INTO parent VALUES (1)",
-            Code::AlreadyExists,
-            "UNIQUE_VIOLATION",
-            "23505",
-        ),
-        (
-            "INSERT INTO child VALUES (1, 99, 1)",
-            Code::FailedPrecondition,
-            "FOREIGN_KEY_VIOLATION",
-            "23503",
-        ),
-        (
-            "INSERT INTO child VALUES (1, 1, NULL)",
-            Code::FailedPrecondition,
-            "NOT_NULL_VIOLATION",
-            "23502",
-        ),
-        (
-            "INSERT INTO child VALUES (1, 1, -5)",
-            Code::FailedPrecondition,
-            "CHECK_VIOLATION",
-            "23514",
-        ),
-        (
-            "SELECT * FROM no_such_table",
-            Code::InvalidArgument,
-            "UNDEFINED_TABLE",
-            "42P01",
-        ),
-        ("SELEC 1", Code::InvalidArgument, "SYNTAX_ERROR", "42601"),
-        (
-            "SELECT 1/0",
-            Code::InvalidArgument,
-            "DIVISION_BY_ZERO",
-            "22012",
-        ),
-        (
-            "SELECT 'x'::int",
-            Code::InvalidArgument,
-            "INVALID_TEXT_REPRESENTATION",
-            "22P02",
-        ),
-        (
-            "SELECT no_such_column FROM parent",
-            Code::InvalidArgument,
-            "UNDEFINED_COLUMN",
-            "42703",
-        ),
-        (
-            "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = '40001'; END $$",
-            Code::Aborted,
-            "SERIALIZATION_FAILURE",
-            "40001",
-        ),
-        (
-            "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = '40P01'; END $$",
-            Code::Aborted,
-            "DEADLOCK_DETECTED",
-            "40P01",
-        ),
-        (
-            "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = '53300'; END $$",
-            Code::ResourceExhausted,
-            "TOO_MANY_CONNECTIONS",
-            "53300",
-        ),
-        (
-            "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = '57P01'; END $$",
-            Code::Unavailable,
-            "ADMIN_SHUTDOWN",
-            "57P01",
-        ),
-        (
-            "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = '08006'; END $$",
-            Code::Unavailable,
-            "CONNECTION_FAILURE",
-            "08006",
-        ),
-        (
-            "DO $$ BEGIN RAISE EXCEPTION 'custom' USING ERRCODE = 'XX000'; END $$",
-            Code::Internal,
-            "INTERNAL_ERROR",
-            "XX000",
-        ),
-    ];
-    for (sql, code, reason, sqlstate) in cases {
+    for &(sql, code, reason, sqlstate) in POSTGRES_ERROR_CASES {
         let status = fails(&gw, sql, vec![]).await;
         assert_eq!(status.code(), code, "{sql}: {status:?}");
         let info = error_info(&status);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use pgway::devdb::TempPostgres;
 use pgway::proto::{self, value::Kind};
 use support::proxy::FaultProxy;
+use support::types::DbClient;
 use support::*;
 use tokio::sync::Mutex;
 use tonic::Code;
@@ -475,6 +476,17 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     let mut client = gw.client().await;
     run(&mut client, "SELECT 1", vec![]).await;
 
+    a_cut_after_commit_is_outcome_unknown(&proxy, &mut client, &direct).await;
+    an_autocommit_write_cut_mid_flight(&proxy, &client, &direct).await;
+}
+
+/// A transaction whose connection is cut right after COMMIT is OUTCOME_UNKNOWN, and the
+/// COMMIT did reach the server.
+async fn a_cut_after_commit_is_outcome_unknown(
+    proxy: &FaultProxy,
+    client: &mut DbClient,
+    direct: &tokio_postgres::Client,
+) {
     proxy.cut_after_commit(true);
     let status = client
         .transaction(proto::TransactionRequest {
@@ -504,7 +516,15 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     )
     .await;
     proxy.cut_after_commit(false);
+}
 
+/// An autocommit write cut mid-flight is OUTCOME_UNKNOWN; the same write marked idempotent is
+/// retried and succeeds.
+async fn an_autocommit_write_cut_mid_flight(
+    proxy: &FaultProxy,
+    client: &DbClient,
+    direct: &tokio_postgres::Client,
+) {
     // An autocommit write cut mid-flight: UNKNOWN unless the caller said it is idempotent,
     // in which case it is retried and succeeds. The write waits at a gate that `direct`
     // closes, so it is certainly still running when the connection is cut, and no answer can
@@ -515,8 +535,8 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
             vec![],
         )
     };
-    let write_running = || async { waiting_at_gate(&direct, "INSERT INTO t SELECT 2%").await };
-    close_gate(&direct).await;
+    let write_running = || async { waiting_at_gate(direct, "INSERT INTO t SELECT 2%").await };
+    close_gate(direct).await;
     let call = tokio::spawn({
         let mut client = client.clone();
         let request = slow_write();
@@ -530,18 +550,18 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     let status = call.await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::Unknown, "{status:?}");
     assert_eq!(reason(&status), "OUTCOME_UNKNOWN");
-    open_gate(&direct).await;
+    open_gate(direct).await;
     // Whether the orphaned write commits is a race between the gate opening and the
     // cancel request the gateway sends for it: exactly why the caller hears UNKNOWN.
     statements_end(
-        &direct,
+        direct,
         "INSERT INTO t SELECT 2%",
         Duration::from_secs(5),
         "the orphaned write ends",
     )
     .await;
 
-    close_gate(&direct).await;
+    close_gate(direct).await;
     let mut request = slow_write();
     request.idempotent = true;
     let call = tokio::spawn({
@@ -555,7 +575,7 @@ async fn a_connection_lost_after_commit_is_outcome_unknown() {
     )
     .await;
     proxy.cut_all();
-    open_gate(&direct).await;
+    open_gate(direct).await;
     call.await
         .unwrap()
         .expect("an idempotent write is retried after the cut");
@@ -609,6 +629,49 @@ async fn a_black_hole_is_survived() {
 
     proxy.blackhole(true);
     let hole_started = Instant::now();
+    let calls = callers_through_the_hole(&gw, hole_started);
+    eventually(
+        Duration::from_secs(6),
+        "not ready during the black hole",
+        || readiness(&mut health).then_is(2),
+    )
+    .await;
+    let mut max_backends = 0;
+    while hole_started.elapsed() < Duration::from_secs(30) {
+        max_backends = max_backends.max(backends_on_server().await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for call in calls {
+        let late = call.await.unwrap();
+        assert!(late.is_empty(), "calls ran past their deadline: {late:?}");
+    }
+    proxy.blackhole(false);
+    let back = Instant::now();
+    let mut client = gw.client().await;
+    calls_succeed_after_the_hole(&client).await;
+    eventually(Duration::from_secs(5), "ready again", || {
+        readiness(&mut health).then_is(1)
+    })
+    .await;
+    println!("recovered {:?} after the black hole ended", back.elapsed());
+    run(&mut client, "SELECT 1", vec![]).await;
+    max_backends = max_backends.max(backends_on_server().await);
+    assert!(
+        max_backends <= 5,
+        "{max_backends} pool backends on the server, pool max 5"
+    );
+}
+
+/// The calls of one caller that ended late: how long each took, and how it ended.
+type LateCalls = Vec<(Duration, Result<(), tonic::Status>)>;
+
+/// The calls of a black hole begun at `hole_started`: five callers call with a 2 s deadline
+/// until it has lasted 30 s, failing only with DEADLINE_EXCEEDED or UNAVAILABLE; each task
+/// returns its calls that ended late.
+fn callers_through_the_hole(
+    gw: &Gateway,
+    hole_started: Instant,
+) -> Vec<tokio::task::JoinHandle<LateCalls>> {
     let deadline = Duration::from_secs(2);
     let mut calls = Vec::new();
     for _ in 0..5 {
@@ -636,24 +699,11 @@ async fn a_black_hole_is_survived() {
             late
         }));
     }
-    eventually(
-        Duration::from_secs(6),
-        "not ready during the black hole",
-        || readiness(&mut health).then_is(2),
-    )
-    .await;
-    let mut max_backends = 0;
-    while hole_started.elapsed() < Duration::from_secs(30) {
-        max_backends = max_backends.max(backends_on_server().await);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    for call in calls {
-        let late = call.await.unwrap();
-        assert!(late.is_empty(), "calls ran past their deadline: {late:?}");
-    }
-    proxy.blackhole(false);
-    let back = Instant::now();
-    let mut client = gw.client().await;
+    calls
+}
+
+/// Once the black hole is gone, a call with a 500 ms deadline succeeds within 5 s.
+async fn calls_succeed_after_the_hole(client: &DbClient) {
     eventually(
         Duration::from_secs(5),
         "calls succeed after the black hole",
@@ -671,17 +721,6 @@ async fn a_black_hole_is_survived() {
         },
     )
     .await;
-    eventually(Duration::from_secs(5), "ready again", || {
-        readiness(&mut health).then_is(1)
-    })
-    .await;
-    println!("recovered {:?} after the black hole ended", back.elapsed());
-    run(&mut client, "SELECT 1", vec![]).await;
-    max_backends = max_backends.max(backends_on_server().await);
-    assert!(
-        max_backends <= 5,
-        "{max_backends} pool backends on the server, pool max 5"
-    );
 }
 
 trait ThenIs {

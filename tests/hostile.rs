@@ -13,6 +13,7 @@ use pgway::proto::{
     interactive_transaction_request::Action, interactive_transaction_response::Event, value::Kind,
 };
 use support::callers::*;
+use support::types::DbClient;
 use support::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,36 +46,7 @@ async fn limits_refuse_early_and_spare_other_callers() {
     ])
     .await;
     let mut client = gw.client().await;
-
-    let long = format!("SELECT 1 /* {} */", "x".repeat(100));
-    let status = query_as(&mut client, SERVICE_TOKEN, &long)
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(reason(&status), "REQUEST_TOO_LARGE");
-    let status = client
-        .query(bearer(
-            query(
-                "SELECT $1, $2, $3, $4",
-                vec![int(1), int(2), int(3), int(4)],
-            ),
-            SERVICE_TOKEN,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(reason(&status), "REQUEST_TOO_LARGE", "{status:?}");
-    let status = client
-        .query(bearer(
-            query("SELECT length($1)", vec![text(&"y".repeat(4096))]),
-            SERVICE_TOKEN,
-        ))
-        .await
-        .unwrap_err();
-    assert_ne!(status.code(), Code::Ok);
-    let response = query_as(&mut client, SERVICE_TOKEN, "SHOW statement_timeout")
-        .await
-        .unwrap();
-    assert_eq!(texts(&response), ["7s"]);
+    request_caps_refuse_before_anything_runs(&mut client).await;
 
     // One open interactive transaction per caller.
     let open = |credential: &str| {
@@ -119,7 +91,51 @@ async fn limits_refuse_early_and_spare_other_callers() {
         other_events.message().await.unwrap().unwrap().event,
         Some(Event::Begun(_))
     ));
+    two_calls_in_flight_per_caller(&mut client, first, first_events, other).await;
+}
 
+/// Caps on SQL size and the number of parameters are REQUEST_TOO_LARGE, a request over the
+/// byte cap is refused, and the statement timeout is the configured one.
+async fn request_caps_refuse_before_anything_runs(client: &mut DbClient) {
+    let long = format!("SELECT 1 /* {} */", "x".repeat(100));
+    let status = query_as(client, SERVICE_TOKEN, &long).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(reason(&status), "REQUEST_TOO_LARGE");
+    let status = client
+        .query(bearer(
+            query(
+                "SELECT $1, $2, $3, $4",
+                vec![int(1), int(2), int(3), int(4)],
+            ),
+            SERVICE_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "REQUEST_TOO_LARGE", "{status:?}");
+    let status = client
+        .query(bearer(
+            query("SELECT length($1)", vec![text(&"y".repeat(4096))]),
+            SERVICE_TOKEN,
+        ))
+        .await
+        .unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    let response = query_as(client, SERVICE_TOKEN, "SHOW statement_timeout")
+        .await
+        .unwrap();
+    assert_eq!(texts(&response), ["7s"]);
+}
+
+/// With `first` (the service caller's open transaction) and an unread stream the service
+/// caller is at its cap of two calls while the other caller is not; once the stream and the
+/// transaction are dropped, its places come back. `other` (the other caller's transaction) is
+/// dropped at the end.
+async fn two_calls_in_flight_per_caller(
+    client: &mut DbClient,
+    first: mpsc::Sender<InteractiveTransactionRequest>,
+    first_events: tonic::Streaming<proto::InteractiveTransactionResponse>,
+    other: mpsc::Sender<InteractiveTransactionRequest>,
+) {
     // Two calls in flight per caller: the open transaction and an unread stream.
     let stream = client
         .query_stream(bearer(
@@ -131,13 +147,11 @@ async fn limits_refuse_early_and_spare_other_callers() {
         ))
         .await
         .unwrap();
-    let status = query_as(&mut client, SERVICE_TOKEN, "SELECT 1")
+    let status = query_as(client, SERVICE_TOKEN, "SELECT 1")
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    query_as(&mut client, OTHER_TOKEN, "SELECT 1")
-        .await
-        .unwrap();
+    query_as(client, OTHER_TOKEN, "SELECT 1").await.unwrap();
     drop(stream);
     drop(first);
     drop(first_events);
@@ -195,9 +209,42 @@ async fn secrets_stay_out_of_logs_and_metrics() {
         drain(child.stdout.take().unwrap()),
         drain(child.stderr.take().unwrap()),
     ];
+    let scraped = calls_carrying_every_secret(grpc, metrics, token, wrong, &jwt, param).await;
+
+    signal(&child, "TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let logs: String = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(logs.contains("call finished"), "the log was written");
+    for marker in [token, wrong, secret, password, param, jwt.as_str()] {
+        let leaks: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(marker))
+            .take(3)
+            .collect();
+        assert!(leaks.is_empty(), "{marker} is in the log: {leaks:#?}");
+        assert!(!scraped.contains(marker), "{marker} is in the metrics");
+    }
+    // Not even the JWT's signature part.
+    let signature = jwt.rsplit('.').next().unwrap();
+    assert!(!logs.contains(signature));
+    calls_name_the_caller_without_its_secret(&logs, token);
+}
+
+/// As the token caller and as the JWT caller: a query with a parameter, one failing on it and
+/// a transaction with it; then calls with a wrong token and a broken JWT. Returns `/metrics` as
+/// scraped after.
+async fn calls_carrying_every_secret(
+    grpc: u16,
+    metrics: u16,
+    token: &str,
+    wrong: &str,
+    jwt: &str,
+    param: &str,
+) -> String {
     let channel = connect_when_up(&format!("127.0.0.1:{grpc}")).await;
     let mut client = proto::database_client::DatabaseClient::new(channel);
-    for credential in [token, jwt.as_str()] {
+    for credential in [token, jwt] {
         let reply = client
             .query(bearer(
                 query("SELECT $1::text", vec![text(param)]),
@@ -237,23 +284,12 @@ async fn secrets_stay_out_of_logs_and_metrics() {
     assert!(scraped.contains("pgway_requests_total"));
 
     drop(client);
-    signal(&child, "TERM");
-    let status = child.wait().unwrap();
-    assert!(status.success());
-    let logs: String = readers.into_iter().map(|r| r.join().unwrap()).collect();
-    assert!(logs.contains("call finished"), "the log was written");
-    for marker in [token, wrong, secret, password, param, jwt.as_str()] {
-        let leaks: Vec<&str> = logs
-            .lines()
-            .filter(|l| l.contains(marker))
-            .take(3)
-            .collect();
-        assert!(leaks.is_empty(), "{marker} is in the log: {leaks:#?}");
-        assert!(!scraped.contains(marker), "{marker} is in the metrics");
-    }
-    // Not even the JWT's signature part.
-    let signature = jwt.rsplit('.').next().unwrap();
-    assert!(!logs.contains(signature));
+    scraped
+}
+
+/// The call lines name the token caller by the token's fingerprint and the JWT caller by its
+/// role and subject.
+fn calls_name_the_caller_without_its_secret(logs: &str, token: &str) {
     // What the call lines name instead: the token by its fingerprint (the first 8 hex digits of
     // its SHA-256), the JWT by its role and subject.
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());

@@ -10,6 +10,7 @@ use std::time::Duration;
 use pgway::proto::database_client::DatabaseClient;
 use support::*;
 use tonic::Code;
+use tonic::transport::Channel;
 
 #[tokio::test]
 async fn metrics_follow_the_pool_and_the_calls() {
@@ -24,6 +25,25 @@ async fn metrics_follow_the_pool_and_the_calls() {
     .await;
     let mut client = gw.client().await;
     run(&mut client, "SELECT 1", vec![]).await;
+    the_settings_and_the_database_show(&gw).await;
+    let ok_before = gw
+        .metric("pgway_requests_total{method=\"Query\",code=\"OK\"}")
+        .await;
+    let timeouts_before = gw
+        .metric("pgway_pool_acquire_timeouts_total{door=\"grpc\"}")
+        .await;
+    a_checkout_shows_and_the_next_caller_times_out(&gw, &mut client, timeouts_before).await;
+    assert!(
+        gw.metric("pgway_requests_total{method=\"Query\",code=\"OK\"}")
+            .await
+            >= ok_before + 1.0
+    );
+    calls_and_waits_are_timed_and_labels_carry_no_sql(&gw).await;
+    transactions_are_counted_by_outcome(&gw, &mut client).await;
+}
+
+/// The pool's sizes and the build show as gauges, and the database is seen up.
+async fn the_settings_and_the_database_show(gw: &Gateway) {
     assert_eq!(gw.metric("pgway_pool_max_connections").await, 1.0);
     assert_eq!(gw.metric("pgway_pool_min_connections").await, 1.0);
     assert_eq!(gw.metric("pgway_build_info{version=\"0.1.0\"}").await, 1.0);
@@ -31,13 +51,16 @@ async fn metrics_follow_the_pool_and_the_calls() {
         gw.metric("pgway_database_up").await == 1.0
     })
     .await;
-    let ok_before = gw
-        .metric("pgway_requests_total{method=\"Query\",code=\"OK\"}")
-        .await;
-    let timeouts_before = gw
-        .metric("pgway_pool_acquire_timeouts_total{door=\"grpc\"}")
-        .await;
+}
 
+/// A call holding the only connection shows as in use; a second caller meanwhile times out
+/// waiting for it (UNAVAILABLE, POOL_TIMEOUT, counted); once the first call ends, the
+/// connection is idle again.
+async fn a_checkout_shows_and_the_next_caller_times_out(
+    gw: &Gateway,
+    client: &mut DatabaseClient<Channel>,
+    timeouts_before: f64,
+) {
     // A checkout shows in in_use. The call waits at a gate closed here, so it keeps the only
     // connection for as long as the test needs it.
     let direct = gw.direct().await;
@@ -90,20 +113,10 @@ async fn metrics_follow_the_pool_and_the_calls() {
         },
     )
     .await;
-    assert!(
-        gw.metric("pgway_requests_total{method=\"Query\",code=\"OK\"}")
-            .await
-            >= ok_before + 1.0
-    );
-    let text = gw.scrape().await;
-    assert!(
-        text.contains("pgway_request_duration_seconds_bucket{method=\"Query\""),
-        "{text}"
-    );
-    assert!(text.contains("pgway_pool_wait_seconds_bucket"), "{text}");
-    // Labels never carry SQL.
-    assert!(!text.contains("advisory"));
+}
 
+/// A committed transaction counts once under its outcome.
+async fn transactions_are_counted_by_outcome(gw: &Gateway, client: &mut DatabaseClient<Channel>) {
     // Transactions are counted by outcome.
     let committed = gw
         .metric("pgway_transactions_total{outcome=\"committed\"}")
@@ -352,4 +365,16 @@ async fn every_series_exists_from_the_start() {
         .await
         .unwrap();
     assert!(status.success());
+}
+
+/// The calls' durations and the pool's waits are histograms, and no label carries SQL.
+async fn calls_and_waits_are_timed_and_labels_carry_no_sql(gw: &Gateway) {
+    let text = gw.scrape().await;
+    assert!(
+        text.contains("pgway_request_duration_seconds_bucket{method=\"Query\""),
+        "{text}"
+    );
+    assert!(text.contains("pgway_pool_wait_seconds_bucket"), "{text}");
+    // Labels never carry SQL.
+    assert!(!text.contains("advisory"));
 }

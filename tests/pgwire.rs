@@ -372,6 +372,15 @@ async fn session_state_pins_the_client_and_is_reset_after() {
     let door = Door::start(&["--pool-max", "2", "--pg-max-pinned", "1"]).await;
     let other = door.client().await;
 
+    let pid = a_temp_table_pins_its_client(&door, &other).await;
+    the_pinned_connection_is_reset_before_reuse(&door, pid).await;
+    listen_pins_and_the_pin_cap_refuses_more(&door, &other).await;
+    a_session_lock_stays_with_its_holder(&door, &other).await;
+}
+
+/// A client with a temp table is pinned, sees its table across transactions while `other`
+/// can't, and is unpinned once gone. Returns its server connection's pid.
+async fn a_temp_table_pins_its_client(door: &Door, other: &tokio_postgres::Client) -> i32 {
     // A temp table: the pinned client keeps it across transactions; nobody else sees it.
     let (client, connection) = door.connect().await;
     client
@@ -379,7 +388,7 @@ async fn session_state_pins_the_client_and_is_reset_after() {
         .await
         .expect("temp table");
     eventually(Duration::from_secs(10), "pinned = 1", || async {
-        pinned(&door).await == 1.0
+        pinned(door).await == 1.0
     })
     .await;
     let pid: i32 = client
@@ -403,9 +412,15 @@ async fn session_state_pins_the_client_and_is_reset_after() {
     drop(client);
     let _ = connection.await;
     eventually(Duration::from_secs(10), "pinned = 0", || async {
-        pinned(&door).await == 0.0
+        pinned(door).await == 0.0
     })
     .await;
+    pid
+}
+
+/// The pinned client's server connection (`pid`) is reused, without the temp table, by one of
+/// two clients holding both server connections in transactions.
+async fn the_pinned_connection_is_reset_before_reuse(door: &Door, pid: i32) {
     // The pinned connection was reset before anyone else got it: two clients in
     // transactions hold both server connections, one of them the pinned client's.
     let (first, second) = (door.client().await, door.client().await);
@@ -435,9 +450,13 @@ async fn session_state_pins_the_client_and_is_reset_after() {
     for next in [first, second] {
         next.batch_execute("COMMIT").await.expect("COMMIT");
     }
+}
 
+/// A listener pinned by LISTEN gets what `other` NOTIFYs, and at the pin cap (1) `other`'s
+/// pinning statement is refused with 0A000 and a hint.
+async fn listen_pins_and_the_pin_cap_refuses_more(door: &Door, other: &tokio_postgres::Client) {
     // LISTEN: the listener gets what another client NOTIFYs.
-    let (listening, mut notes) = listener(&door).await;
+    let (listening, mut notes) = listener(door).await;
     listening
         .batch_execute("LISTEN door_channel")
         .await
@@ -460,11 +479,15 @@ async fn session_state_pins_the_client_and_is_reset_after() {
     assert_eq!(db.code().code(), "0A000", "{error:?}");
     assert!(db.hint().is_some(), "{error:?}");
     drop(listening);
+}
 
+/// A session advisory lock taken once nobody is pinned stays with its holder between
+/// transactions: `other` can't take it, and the holder can unlock it.
+async fn a_session_lock_stays_with_its_holder(door: &Door, other: &tokio_postgres::Client) {
     // A session advisory lock: its holder can unlock it in a later transaction; others
     // can't take it meanwhile.
     eventually(Duration::from_secs(10), "pinned = 0", || async {
-        pinned(&door).await == 0.0
+        pinned(door).await == 0.0
     })
     .await;
     let holder = door.client().await;

@@ -125,14 +125,44 @@ async fn pause_restart_resume_costs_the_clients_nothing() {
         .expect("ledger");
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    let writers = start_writers(&door, &stop, &done).await;
+    progress(&done, 300, "writes before the restart").await;
+
+    let admin = console(&door).await;
+    let held = pause_holds_what_starts(&door, &admin, &done).await;
+    let pg = cluster().await;
+    tokio::task::spawn_blocking(move || pg.restart("fast"))
+        .await
+        .expect("restart task")
+        .expect("PostgreSQL restarts");
+    // While paused nothing committed: everything waited.
+    assert_eq!(
+        done.load(Ordering::Relaxed),
+        held,
+        "nothing ran while paused"
+    );
+    admin.simple_query("RESUME").await.expect("RESUME");
+    progress(&done, 300, "writes after the restart").await;
+
+    stop.store(true, Ordering::Relaxed);
+    every_told_write_is_in_the_ledger_once(&door, writers).await;
+}
+
+/// Starts the writers: `DOOR_WRITERS` through the door and `GRPC_WRITERS` over gRPC, each on
+/// a client of its own, writing until `stop` and counting commits in `done`.
+async fn start_writers(
+    door: &Door,
+    stop: &Arc<AtomicBool>,
+    done: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Result<u64, String>>> {
     let mut writers = Vec::new();
     for id in 0..DOOR_WRITERS {
         let client = door.client().await;
         writers.push(tokio::spawn(door_writer(
             client,
             id,
-            Arc::clone(&stop),
-            Arc::clone(&done),
+            Arc::clone(stop),
+            Arc::clone(done),
         )));
     }
     for id in DOOR_WRITERS..DOOR_WRITERS + GRPC_WRITERS {
@@ -140,13 +170,20 @@ async fn pause_restart_resume_costs_the_clients_nothing() {
         writers.push(tokio::spawn(grpc_writer(
             client,
             id,
-            Arc::clone(&stop),
-            Arc::clone(&done),
+            Arc::clone(stop),
+            Arc::clone(done),
         )));
     }
-    progress(&done, 300, "writes before the restart").await;
+    writers
+}
 
-    let admin = console(&door).await;
+/// PAUSE: once what was in flight is counted nothing more commits, and SHOW STATE and the
+/// `pgway_paused` gauge say paused. Returns the count of commits it holds at.
+async fn pause_holds_what_starts(
+    door: &Door,
+    admin: &tokio_postgres::Client,
+    done: &AtomicU64,
+) -> u64 {
     admin.simple_query("PAUSE").await.expect("PAUSE");
     // PAUSE returns once the last transaction in flight has ended on the server; its
     // client may count it a moment later. Then nothing moves.
@@ -168,21 +205,15 @@ async fn pause_restart_resume_costs_the_clients_nothing() {
     });
     assert!(paused, "SHOW STATE says paused");
     assert_eq!(door.gw.metric("pgway_paused").await, 1.0);
-    let pg = cluster().await;
-    tokio::task::spawn_blocking(move || pg.restart("fast"))
-        .await
-        .expect("restart task")
-        .expect("PostgreSQL restarts");
-    // While paused nothing committed: everything waited.
-    assert_eq!(
-        done.load(Ordering::Relaxed),
-        held,
-        "nothing ran while paused"
-    );
-    admin.simple_query("RESUME").await.expect("RESUME");
-    progress(&done, 300, "writes after the restart").await;
+    held
+}
 
-    stop.store(true, Ordering::Relaxed);
+/// Once stopped, no writer saw an error, and the ledger and the totals hold exactly the writes
+/// the writers were told committed.
+async fn every_told_write_is_in_the_ledger_once(
+    door: &Door,
+    writers: Vec<tokio::task::JoinHandle<Result<u64, String>>>,
+) {
     let mut told = 0;
     for writer in writers {
         told += writer

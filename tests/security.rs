@@ -14,6 +14,7 @@ use pgway::proto::{
 };
 use serde_json::json;
 use support::callers::*;
+use support::types::DbClient;
 use support::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -424,48 +425,7 @@ async fn row_level_security_keeps_callers_apart() {
     let pg = postgres().await;
     let admin = connect(&pg.url("postgres")).await;
     let database = format!("rls_{}", std::process::id());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(
-            "DO $$ BEGIN
-               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator') THEN
-                 CREATE ROLE authenticator LOGIN NOINHERIT;
-               END IF;
-               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
-                 CREATE ROLE anon NOLOGIN;
-               END IF;
-               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
-                 CREATE ROLE authenticated NOLOGIN;
-               END IF;
-               -- Allowed by the gateway, but not granted to authenticator.
-               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ungranted') THEN
-                 CREATE ROLE ungranted NOLOGIN;
-               END IF;
-             END $$;
-             GRANT anon, authenticated TO authenticator;",
-        )
-        .await
-        .unwrap();
-    let db = connect(&pg.url(&database)).await;
-    db.batch_execute(
-        "CREATE TABLE notes (id serial PRIMARY KEY, owner text NOT NULL, body text NOT NULL);
-         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
-         CREATE POLICY own_notes ON notes FOR ALL TO authenticated
-           USING (owner = current_setting('request.jwt.claims', true)::json ->> 'sub')
-           WITH CHECK (owner = current_setting('request.jwt.claims', true)::json ->> 'sub');
-         GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO authenticated;
-         GRANT SELECT ON notes TO anon;
-         GRANT USAGE ON SEQUENCE notes_id_seq TO authenticated;
-         INSERT INTO notes (owner, body) VALUES ('alice', 'a1'), ('alice', 'a2'), ('bob', 'b1');
-         -- A helper a DBA might write, which the statement filter can't see into.
-         CREATE FUNCTION impersonate(sub text) RETURNS text LANGUAGE sql AS
-           $f$ SELECT set_config('request.jwt.claims', json_build_object('sub', sub)::text, true) $f$;",
-    )
-    .await
-    .unwrap();
+    let db = create_roles_and_notes(pg, &admin, &database).await;
 
     let dir = tempfile::tempdir().unwrap();
     let secret = write(dir.path(), "secret", SECRET);
@@ -495,27 +455,97 @@ async fn row_level_security_keeps_callers_apart() {
     let anon = hs256(SECRET, json!({"role": "anon", "exp": now() + 600}));
     let notes = "SELECT body FROM notes ORDER BY body";
 
+    every_caller_reads_only_its_own_notes(&mut client, &alice, &bob, &anon, notes).await;
+    transactions_write_only_in_the_callers_name(&mut client, &alice, &bob).await;
+    an_interactive_transaction_cannot_become_another_caller(&mut client, &bob).await;
+    a_caller_cannot_change_who_it_is(&mut client, &bob, notes).await;
+    an_ungranted_role_is_refused_and_spares_the_connection(&mut client, &bob, notes).await;
+    the_token_caller_runs_as_the_gateway_with_no_claims(&mut client, &db).await;
+    drop(gw);
+}
+
+/// The RLS test's database `database`: the Supabase roles (and `ungranted`, which
+/// authenticator may not become), and a `notes` table whose policy lets each JWT caller see and
+/// write only its own notes. Returns a superuser connection to it.
+async fn create_roles_and_notes(
+    pg: &pgway::devdb::TempPostgres,
+    admin: &tokio_postgres::Client,
+    database: &str,
+) -> tokio_postgres::Client {
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticator') THEN
+                 CREATE ROLE authenticator LOGIN NOINHERIT;
+               END IF;
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
+                 CREATE ROLE anon NOLOGIN;
+               END IF;
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
+                 CREATE ROLE authenticated NOLOGIN;
+               END IF;
+               -- Allowed by the gateway, but not granted to authenticator.
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ungranted') THEN
+                 CREATE ROLE ungranted NOLOGIN;
+               END IF;
+             END $$;
+             GRANT anon, authenticated TO authenticator;",
+        )
+        .await
+        .unwrap();
+    let db = connect(&pg.url(database)).await;
+    db.batch_execute(
+        "CREATE TABLE notes (id serial PRIMARY KEY, owner text NOT NULL, body text NOT NULL);
+         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY own_notes ON notes FOR ALL TO authenticated
+           USING (owner = current_setting('request.jwt.claims', true)::json ->> 'sub')
+           WITH CHECK (owner = current_setting('request.jwt.claims', true)::json ->> 'sub');
+         GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO authenticated;
+         GRANT SELECT ON notes TO anon;
+         GRANT USAGE ON SEQUENCE notes_id_seq TO authenticated;
+         INSERT INTO notes (owner, body) VALUES ('alice', 'a1'), ('alice', 'a2'), ('bob', 'b1');
+         -- A helper a DBA might write, which the statement filter can't see into.
+         CREATE FUNCTION impersonate(sub text) RETURNS text LANGUAGE sql AS
+           $f$ SELECT set_config('request.jwt.claims', json_build_object('sub', sub)::text, true) $f$;",
+    )
+    .await
+    .unwrap();
+    db
+}
+
+/// A statement inserting a note of `owner` saying `body`.
+fn insert(owner: &str, body: &str) -> proto::Statement {
+    proto::Statement {
+        sql: "INSERT INTO notes (owner, body) VALUES ($1, $2)".into(),
+        params: vec![text(owner), text(body)],
+    }
+}
+
+/// Over Query (three times, on the one session) alice sees only hers, bob only his and anon
+/// none; over QueryStream bob sees only his.
+async fn every_caller_reads_only_its_own_notes(
+    client: &mut DbClient,
+    alice: &str,
+    bob: &str,
+    anon: &str,
+    notes: &str,
+) {
     for _ in 0..3 {
         assert_eq!(
-            texts(&query_as(&mut client, &alice, notes).await.unwrap()),
+            texts(&query_as(client, alice, notes).await.unwrap()),
             ["a1", "a2"]
         );
-        assert_eq!(
-            texts(&query_as(&mut client, &bob, notes).await.unwrap()),
-            ["b1"]
-        );
-        assert!(
-            query_as(&mut client, &anon, notes)
-                .await
-                .unwrap()
-                .rows
-                .is_empty()
-        );
+        assert_eq!(texts(&query_as(client, bob, notes).await.unwrap()), ["b1"]);
+        assert!(query_as(client, anon, notes).await.unwrap().rows.is_empty());
     }
 
     // QueryStream.
     let mut stream = client
-        .query_stream(bearer(query(notes, vec![]), &bob))
+        .query_stream(bearer(query(notes, vec![]), bob))
         .await
         .unwrap()
         .into_inner();
@@ -528,12 +558,16 @@ async fn row_level_security_keeps_callers_apart() {
         }
     }
     assert_eq!(streamed, ["b1"]);
+}
 
+/// Transaction: alice's insert of her own note is counted; bob's in alice's name is
+/// PERMISSION_DENIED.
+async fn transactions_write_only_in_the_callers_name(
+    client: &mut DbClient,
+    alice: &str,
+    bob: &str,
+) {
     // Transaction: alice writes her own note; bob may not write one in alice's name.
-    let insert = |owner: &str, body: &str| proto::Statement {
-        sql: "INSERT INTO notes (owner, body) VALUES ($1, $2)".into(),
-        params: vec![text(owner), text(body)],
-    };
     let count = proto::Statement {
         sql: "SELECT count(*)::text FROM notes".into(),
         params: vec![],
@@ -544,7 +578,7 @@ async fn row_level_security_keeps_callers_apart() {
                 statements: vec![insert("alice", "a3"), count.clone()],
                 ..Default::default()
             },
-            &alice,
+            alice,
         ))
         .await
         .unwrap()
@@ -556,16 +590,20 @@ async fn row_level_security_keeps_callers_apart() {
                 statements: vec![insert("alice", "forged")],
                 ..Default::default()
             },
-            &bob,
+            bob,
         ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
 
+/// InteractiveTransaction as bob runs as `authenticated` and sees his one note; calling a
+/// function that would make him alice ends the transaction with PERMISSION_DENIED.
+async fn an_interactive_transaction_cannot_become_another_caller(client: &mut DbClient, bob: &str) {
     // InteractiveTransaction as bob.
     let (sender, receiver) = mpsc::channel(4);
     let mut events = client
-        .interactive_transaction(bearer(ReceiverStream::new(receiver), &bob))
+        .interactive_transaction(bearer(ReceiverStream::new(receiver), bob))
         .await
         .unwrap()
         .into_inner();
@@ -601,7 +639,11 @@ async fn row_level_security_keeps_callers_apart() {
         .unwrap();
     let status = events.message().await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
 
+/// Changing role or claims, said outright or hidden in a function or DO block, is
+/// PERMISSION_DENIED, and bob still sees only his note after.
+async fn a_caller_cannot_change_who_it_is(client: &mut DbClient, bob: &str, notes: &str) {
     // A caller can't change who it is, whether the statement says so or hides it.
     for sql in [
         "SET ROLE authenticator",
@@ -611,19 +653,24 @@ async fn row_level_security_keeps_callers_apart() {
         "DO $$ BEGIN EXECUTE 'RESET ROLE'; END $$",
         "SELECT impersonate('alice'), (SELECT count(*) FROM notes)",
     ] {
-        let status = query_as(&mut client, &bob, sql).await.unwrap_err();
+        let status = query_as(client, bob, sql).await.unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{sql}: {status:?}");
     }
-    assert_eq!(
-        texts(&query_as(&mut client, &bob, notes).await.unwrap()),
-        ["b1"]
-    );
+    assert_eq!(texts(&query_as(client, bob, notes).await.unwrap()), ["b1"]);
+}
 
+/// A role authenticator was not granted is PERMISSION_DENIED for reads, `SELECT 1` and
+/// writes alike, and bob's next call on the connection works.
+async fn an_ungranted_role_is_refused_and_spares_the_connection(
+    client: &mut DbClient,
+    bob: &str,
+    notes: &str,
+) {
     // A role the database won't let pgway become: its BEGIN batch fails, the statement never
     // runs, read or write, and the connection is fit for the next caller.
     let ungranted = hs256(SECRET, user("ungranted", "mallory"));
     for sql in [notes, "SELECT 1"] {
-        let status = query_as(&mut client, &ungranted, sql).await.unwrap_err();
+        let status = query_as(client, &ungranted, sql).await.unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{sql}: {status:?}");
     }
     let status = client
@@ -637,14 +684,18 @@ async fn row_level_security_keeps_callers_apart() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert_eq!(
-        texts(&query_as(&mut client, &bob, notes).await.unwrap()),
-        ["b1"]
-    );
+    assert_eq!(texts(&query_as(client, bob, notes).await.unwrap()), ["b1"]);
+}
 
+/// The token caller runs as authenticator with no claims, and the table holds only the one
+/// note added (alice's a3).
+async fn the_token_caller_runs_as_the_gateway_with_no_claims(
+    client: &mut DbClient,
+    db: &tokio_postgres::Client,
+) {
     // The token caller on the same connection runs as the gateway's own role, with no claims.
     let response = query_as(
-        &mut client,
+        client,
         SERVICE_TOKEN,
         "SELECT current_user || '|' || coalesce(current_setting('request.jwt.claims', true), '')",
     )
@@ -657,5 +708,4 @@ async fn row_level_security_keeps_callers_apart() {
         .unwrap()
         .get(0);
     assert_eq!(total, 4, "only alice's a3 was added");
-    drop(gw);
 }

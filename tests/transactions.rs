@@ -532,9 +532,43 @@ async fn interactive_transactions_commit_roll_back_and_fail_cleanly() {
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
+    commit_applies(&gw).await;
+    rollback_undoes(&gw).await;
+    a_statement_error_ends_the_stream_and_rolls_back(&gw).await;
+    the_first_message_must_be_begin(&gw).await;
+    a_caller_vanishes_mid_transaction(&gw).await;
 
+    let ids: Vec<i32> = direct
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    eventually(
+        Duration::from_secs(5),
+        "no transaction left open",
+        || async {
+            let open: i64 = direct
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            open == 0
+        },
+    )
+    .await;
+    assert_eq!(ids, vec![1]);
+}
+
+/// An interactive transaction's Begin, an insert of 1 and Commit answer Begun, Result and
+/// Committed, and the stream ends.
+async fn commit_applies(gw: &Gateway) {
     // Commit applies.
-    let (sender, mut events) = open_interactive(&gw).await;
+    let (sender, mut events) = open_interactive(gw).await;
     sender
         .send(act(Action::Begin(TransactionOptions::default())))
         .await
@@ -561,9 +595,12 @@ async fn interactive_transactions_commit_roll_back_and_fail_cleanly() {
         );
     }
     assert_eq!(kinds, ["Begun", "Result", "Committed"]);
+}
 
+/// An interactive transaction ended by Rollback answers RolledBack last.
+async fn rollback_undoes(gw: &Gateway) {
     // Rollback undoes.
-    let (sender, mut events) = open_interactive(&gw).await;
+    let (sender, mut events) = open_interactive(gw).await;
     sender
         .send(act(Action::Begin(TransactionOptions::default())))
         .await
@@ -584,9 +621,13 @@ async fn interactive_transactions_commit_roll_back_and_fail_cleanly() {
         last = event.unwrap().event;
     }
     assert!(matches!(last, Some(Event::RolledBack(_))));
+}
 
+/// An insert of a duplicate key ends the stream with ALREADY_EXISTS (and rolls back the
+/// insert of 3 before it).
+async fn a_statement_error_ends_the_stream_and_rolls_back(gw: &Gateway) {
     // A statement error ends the stream with its status and rolls back.
-    let (sender, mut events) = open_interactive(&gw).await;
+    let (sender, mut events) = open_interactive(gw).await;
     sender
         .send(act(Action::Begin(TransactionOptions::default())))
         .await
@@ -612,18 +653,25 @@ async fn interactive_transactions_commit_roll_back_and_fail_cleanly() {
         }
     }
     assert_eq!(status.unwrap().code(), Code::AlreadyExists);
+}
 
+/// A statement before Begin is FAILED_PRECONDITION.
+async fn the_first_message_must_be_begin(gw: &Gateway) {
     // The first message must be begin.
-    let (sender, mut events) = open_interactive(&gw).await;
+    let (sender, mut events) = open_interactive(gw).await;
     sender
         .send(act(Action::Statement(statement("SELECT 1", vec![]))))
         .await
         .unwrap();
     let status = events.next().await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
+}
 
+/// A caller that drops its stream after inserting 4 in an open transaction (checked by the
+/// test: rolled back, connection freed).
+async fn a_caller_vanishes_mid_transaction(gw: &Gateway) {
     // A caller that vanishes mid-transaction: rolled back, connection freed.
-    let (sender, mut events) = open_interactive(&gw).await;
+    let (sender, mut events) = open_interactive(gw).await;
     sender
         .send(act(Action::Begin(TransactionOptions::default())))
         .await
@@ -639,31 +687,6 @@ async fn interactive_transactions_commit_roll_back_and_fail_cleanly() {
     events.next().await.unwrap().unwrap();
     drop(sender);
     drop(events);
-
-    let ids: Vec<i32> = direct
-        .query("SELECT id FROM t ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    eventually(
-        Duration::from_secs(5),
-        "no transaction left open",
-        || async {
-            let open: i64 = direct
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            open == 0
-        },
-    )
-    .await;
-    assert_eq!(ids, vec![1]);
 }
 
 #[tokio::test]

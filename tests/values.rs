@@ -5,7 +5,7 @@
 mod support;
 
 use pgway::proto::{self, value::Kind};
-use support::types::{same, setup};
+use support::types::{DbClient, same, setup};
 use support::*;
 
 fn string_of(kind: &Option<Kind>) -> &str {
@@ -388,6 +388,14 @@ async fn many_server_texts_stay_in_order() {
 #[tokio::test]
 async fn arrays_in_results() {
     let (_gw, mut client, _direct) = setup().await;
+    arrays_come_back_as_spelled(&mut client).await;
+    elements_needing_the_server_are_its_text(&mut client).await;
+}
+
+/// Arrays checked against values spelled out: natural elements keep their kind (-0 and NaN
+/// too), the others are text, NULL elements are null_values, more dimensions nest, and a lower
+/// bound other than 1 changes nothing.
+async fn arrays_come_back_as_spelled(client: &mut DbClient) {
     let ints =
         |values: &[Option<i64>]| array(values.iter().map(|v| v.map_or_else(null, int)).collect());
     let spelled: Vec<(&str, proto::Value)> = vec![
@@ -454,14 +462,18 @@ async fn arrays_in_results() {
         ("'{happy,NULL}'::mood[]", array(vec![text("happy"), null()])),
     ];
     for (expr, expected) in spelled {
-        let response = run(&mut client, &format!("SELECT {expr}"), vec![]).await;
+        let response = run(client, &format!("SELECT {expr}"), vec![]).await;
         let got = scalar(&response);
         assert!(
             same(&got, &expected.kind),
             "{expr}: got {got:?}, expected {expected:?}"
         );
     }
+}
 
+/// Arrays of types whose elements are the server's text: each element, at any depth, is its
+/// `unnest(...)::text`.
+async fn elements_needing_the_server_are_its_text(client: &mut DbClient) {
     // Arrays whose elements need the server's text: each element is `unnest(...)::text`.
     let server_elements = [
         "ARRAY['2024-06-01 12:00+09:30'::timestamptz, NULL, 'infinity', '1999-12-31 23:59:59.5-03']",
@@ -482,7 +494,7 @@ async fn arrays_in_results() {
     ];
     for expr in server_elements {
         let response = run(
-            &mut client,
+            client,
             &format!("SELECT a, {} FROM (SELECT {expr}) s(a)", element_texts("a")),
             vec![],
         )
@@ -596,6 +608,15 @@ async fn user_defined_types_come_back_as_text() {
         )
         .await
         .expect("things");
+    every_rpc_returns_each_columns_text(&mut client).await;
+    strings_in_come_back_as_the_same_text(&mut client).await;
+    anonymous_records_are_composites_too(&mut client).await;
+    many_records_each_get_their_own_text(&mut client).await;
+}
+
+/// Over Query, QueryStream and Transaction, every user-defined column of `things` is exactly
+/// its `::text` (or NULL), and the arrays' elements are each element's text.
+async fn every_rpc_returns_each_columns_text(client: &mut DbClient) {
     // Each column and its `::text`, in the same statement: whatever the session's settings,
     // the gateway's value must be the server's text (arrays: element by element, below).
     let columns = ["m", "ms", "p", "ps", "n", "pd", "st", "r", "w", "c", "h"];
@@ -607,7 +628,7 @@ async fn user_defined_types_come_back_as_text() {
         .join(", ");
     let sql = format!("SELECT {select} FROM things ORDER BY id");
 
-    let unary = run(&mut client, &sql, vec![]).await;
+    let unary = run(client, &sql, vec![]).await;
     let mut stream = client
         .query_stream(query(&sql, vec![]))
         .await
@@ -651,7 +672,7 @@ async fn user_defined_types_come_back_as_text() {
     }
     for array_column in arrays {
         let response = run(
-            &mut client,
+            client,
             &format!(
                 "SELECT {array_column}, {} FROM things WHERE id = 1",
                 element_texts(array_column)
@@ -672,10 +693,13 @@ async fn user_defined_types_come_back_as_text() {
                 .collect::<Vec<_>>()
         );
     }
+}
 
+/// Strings in as parameters, the same text out, for every user-defined type.
+async fn strings_in_come_back_as_the_same_text(client: &mut DbClient) {
     // Strings in, the same text out, for every user-defined type.
     let response = run(
-        &mut client,
+        client,
         "SELECT $1::mood, $2::pair, $3::mood_range, $4::\"Other Schema\".\"Weird Type\", $5::pair_domain, $6::hstore",
         vec![text("ok"), text("(9,\"q \"\"r\"\"\",)"), text("(sad,ok]"), text("ü"), text("(1,,)"), text("x=>NULL")],
     )
@@ -696,7 +720,11 @@ async fn user_defined_types_come_back_as_text() {
             "\"x\"=>NULL"
         ]
     );
+}
 
+/// Anonymous records, alone, nested or in arrays, come back as their `::text`; an array of
+/// them has each element's own text.
+async fn anonymous_records_are_composites_too(client: &mut DbClient) {
     // Anonymous records (a ROW(...) or a whole row of a subquery) are composites too.
     for expr in [
         "ROW(1, 'a \"b\", c', NULL::int, 'ab'::char(4), '10.0.0.1'::inet)",
@@ -707,18 +735,13 @@ async fn user_defined_types_come_back_as_text() {
         "(SELECT t FROM (SELECT 1 AS a, 'x y'::text AS b, 'sad'::mood AS c) t)",
         "ROW(1, (SELECT ROW(2) WHERE false), (SELECT ARRAY[ROW(3)] WHERE false))",
     ] {
-        let response = run(
-            &mut client,
-            &format!("SELECT {expr}, ({expr})::text"),
-            vec![],
-        )
-        .await;
+        let response = run(client, &format!("SELECT {expr}, ({expr})::text"), vec![]).await;
         let row = &response.rows[0];
         assert_eq!(row.values[0].kind, row.values[1].kind, "{expr}");
     }
     // An array of anonymous records: each element is the element's own text.
     let response = run(
-        &mut client,
+        client,
         "SELECT a, ARRAY(SELECT unnest(a)::text) \
          FROM (SELECT array_agg(s ORDER BY n) FROM (VALUES (1, 'a b'), (2, NULL)) s(n, t)) q(a)",
         vec![],
@@ -737,13 +760,16 @@ async fn user_defined_types_come_back_as_text() {
             Some(Kind::StringValue("(2,)".into()))
         ]
     );
+}
 
+/// 1500 records in one result each get their own text, unary and streamed.
+async fn many_records_each_get_their_own_text(client: &mut DbClient) {
     // Many records in one result: their fields are formatted in batches, and every record
     // still gets its own text, in unary and streamed results.
     let sql = "SELECT ROW(i, repeat('x', i % 7), NULL::int, i::numeric / 3), \
                       (ROW(i, repeat('x', i % 7), NULL::int, i::numeric / 3))::text \
                FROM generate_series(1, 1500) i ORDER BY i";
-    let response = run(&mut client, sql, vec![]).await;
+    let response = run(client, sql, vec![]).await;
     assert_eq!(response.rows.len(), 1500);
     for row in &response.rows {
         assert_eq!(row.values[0].kind, row.values[1].kind);
