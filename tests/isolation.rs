@@ -13,10 +13,10 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Output;
 
 use support::assert_passed;
+use support::clients::python_output as python;
 use support::door::{Door, cluster, direct_dsn, fresh_database};
 
 /// Runs tests/python/differential.py with `direct` and `other` as its two DSNs.
@@ -24,20 +24,6 @@ async fn differential(direct: &str, other: &str, extra: &[&str]) -> Output {
     let mut args = vec![direct, other];
     args.extend_from_slice(extra);
     python("differential.py", &args).await
-}
-
-/// Runs tests/python/`script` with `args`.
-async fn python(script: &str, args: &[&str]) -> Output {
-    let path = Path::new("tests/python").join(script);
-    let mut all = vec![path.to_str().expect("utf-8 path")];
-    all.extend_from_slice(args);
-    support::run_program(
-        "python3",
-        &all,
-        &[],
-        "the Python drivers come with `pip install -r tests/python/requirements.txt`",
-    )
-    .await
 }
 
 /// Every scenario, every client, every step: the same observations through the door as

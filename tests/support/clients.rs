@@ -32,12 +32,19 @@ pub async fn psql(dsn: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, Stri
 
 /// Runs tests/python/`script` with the door's DSN and `args`; asserts it exits 0.
 pub async fn python(script: &str, dsn: &str, args: &[&str]) -> String {
-    let path = Path::new("tests/python").join(script);
-    let mut all = vec![path.to_str().expect("utf-8 path"), dsn];
+    let mut all = vec![dsn];
     all.extend_from_slice(args);
-    let out = run("python3", &all, &[]).await;
+    let out = python_output(script, &all).await;
     super::assert_passed(&out, &format!("{script} failed"));
     text(&out.stdout)
+}
+
+/// Runs tests/python/`script` with `args`: its output, for the caller to judge.
+pub async fn python_output(script: &str, args: &[&str]) -> Output {
+    let path = Path::new("tests/python").join(script);
+    let mut all = vec![path.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    run("python3", &all, &[]).await
 }
 
 /// The error a login through the door is refused with.
