@@ -245,8 +245,8 @@ pub(super) fn refusal_sql(message: &str) -> String {
     )
 }
 
-/// A statement that fails on the server as a Parse of `name`, a name the client's session
-/// has already, fails directly: `42P05`, PostgreSQL's message. (Raised by PL/pgSQL, so the
+/// A statement that fails on the server as a Parse of `name` fails directly when the session
+/// has that name already: `42P05`, with PostgreSQL's message. (Raised by PL/pgSQL, so the
 /// error carries its CONTEXT line too.)
 pub(super) fn duplicate_sql(name: &[u8]) -> String {
     let message = format!(

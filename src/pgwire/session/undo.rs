@@ -6,7 +6,7 @@
 //! read in that light. Directly, a message the server skips (an earlier one up to the same
 //! Sync failed) never happened, and a failed Parse leaves no statement of its name. So while
 //! the answer is still to come, the message's entries in `expect` are followed by how to undo
-//! it: dropped once they are answered, applied if they are skipped (see `answer_error`).
+//! it: dropped once they are answered, applied if they are skipped (see `skip_to_sync`).
 
 use super::*;
 
