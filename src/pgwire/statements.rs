@@ -89,11 +89,10 @@ impl<K: std::hash::Hash + Eq> Bounded<K> {
     }
 
     /// Adds (or replaces) `key`, then drops the least recently used beyond the bound (never
-    /// the one just added). What `key` named before, if anything.
-    pub fn insert(&mut self, key: K, statement: Arc<Statement>) -> Option<Arc<Statement>> {
+    /// the one just added).
+    pub fn insert(&mut self, key: K, statement: Arc<Statement>) {
         self.bytes += statement.size();
-        let replaced = self.map.put(key, statement);
-        if let Some(old) = &replaced {
+        if let Some(old) = self.map.put(key, statement) {
             self.bytes -= old.size();
         }
         let mut dropped = 0;
@@ -109,7 +108,6 @@ impl<K: std::hash::Hash + Eq> Bounded<K> {
         if dropped > 0 {
             counter!(names::PG_STATEMENTS_DROPPED, "place" => self.place).increment(dropped);
         }
-        replaced
     }
 
     /// The statement of `key`, now the most recently used.

@@ -258,9 +258,10 @@ impl Session {
                 return Ok(());
             }
             let name = Bytes::copy_from_slice(parse.name);
-            let replaced = self.names.insert(name.clone(), Arc::clone(&statement));
+            self.names.insert(name.clone(), Arc::clone(&statement));
             self.parse_global(&statement, to_server, to_client);
-            self.undoable(Undo::Name(name, replaced));
+            // The name was free (checked above): undone, it names nothing again.
+            self.undoable(Undo::Name(name, None));
         }
         Ok(())
     }
